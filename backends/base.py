@@ -1,0 +1,55 @@
+"""What the job engine needs from a generator, whichever it is (ModelsLab, a local GPU)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from backends.params import GenerationParams, Operation
+
+
+class ResultStatus(StrEnum):
+    SUCCESS = "success"
+    PROCESSING = "processing"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ProviderResult:
+    """One answer about a generation, from submit, fetch or a confirmed webhook."""
+
+    status: ResultStatus
+    provider_id: str | None = None
+    outputs: tuple[str, ...] = ()
+    eta_seconds: float | None = None
+    message: str | None = None
+    generation_time: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """A generation to start. Images are sanitised bytes; their MIME type says their format."""
+
+    params: GenerationParams
+    face_image: bytes
+    face_image_type: str = "image/jpeg"
+    pose_image: bytes | None = None
+    pose_image_type: str = "image/jpeg"
+    webhook_url: str | None = None
+    track_id: str | None = None
+
+
+class Backend(Protocol):
+    """A generator. Raises `backends.errors.BackendError` subclasses, never anything else."""
+
+    name: str
+
+    async def submit(self, request: SubmitRequest) -> ProviderResult: ...
+
+    async def fetch(self, operation: Operation, provider_id: str) -> ProviderResult: ...
+
+    async def download_output(self, url: str, *, max_bytes: int) -> bytes: ...
+
+    async def aclose(self) -> None: ...
