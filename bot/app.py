@@ -1,0 +1,152 @@
+"""Builds the running service from settings: database, image store, backend, engine, web server."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from backends.base import Backend
+from backends.modelslab import ModelsLabClient
+from bot.config import ConfigError, Settings
+from bot.engine import EngineTimings, JobEngine
+from bot.event_bus import EventBus
+from bot.generation import GenerationService
+from bot.web import create_web_app
+from storage.accounts import AccountRepository
+from storage.database import Database
+from storage.imagestore import ImageStore, open_image_store
+from storage.jobs import JobRepository
+from storage.migrate import upgrade
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What a caller may set beyond the settings: tests, the benchmark and demo mode use these."""
+
+    backend: Backend | None = None
+    timings: EngineTimings | None = None
+    web_port: int | None = None
+    # Ask the provider to send webhooks to our own listening address (the in-process simulator).
+    local_webhooks: bool = False
+
+
+class HeadshotApp:
+    """The whole service in one process. `async with HeadshotApp(settings) as app: ...`"""
+
+    def __init__(self, settings: Settings, overrides: Overrides | None = None) -> None:
+        self.settings = settings
+        self._overrides = overrides or Overrides()
+        self._runner: web.AppRunner | None = None
+        self.db: Database
+        self.store: ImageStore
+        self.backend: Backend
+        self.accounts: AccountRepository
+        self.jobs: JobRepository
+        self.events = EventBus()
+        self.engine: JobEngine
+        self.generation: GenerationService
+        self.base_url = ""
+
+    async def start(self) -> None:
+        settings = self.settings
+        url = settings.effective_database_url
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await upgrade(url)
+        self.db = Database(url)
+        self.store = open_image_store(
+            data_dir=settings.data_dir / "images",
+            s3_bucket=settings.s3_bucket,
+            s3_endpoint_url=str(settings.s3_endpoint_url) if settings.s3_endpoint_url else None,
+            s3_region=settings.s3_region,
+            s3_access_key_id=_secret(settings.s3_access_key_id),
+            s3_secret_access_key=_secret(settings.s3_secret_access_key),
+            s3_prefix=settings.s3_prefix,
+        )
+        self.backend = self._overrides.backend or self._modelslab()
+        self.accounts = AccountRepository(self.db)
+        self.jobs = JobRepository(self.db)
+
+        sock = _bind(settings.web_host, _pick(self._overrides.web_port, settings.web_port))
+        host, port = sock.getsockname()[:2]
+        self.base_url = f"http://{host}:{port}"
+        public = str(settings.public_base_url).rstrip("/") if settings.public_base_url else None
+        self.engine = JobEngine(
+            jobs=self.jobs,
+            backend=self.backend,
+            store=self.store,
+            events=self.events,
+            capacity=settings.modelslab_max_queued,
+            image_base_url=public or self.base_url,
+            webhook_base_url=self.base_url if self._overrides.local_webhooks else public,
+            max_output_bytes=settings.max_output_bytes,
+            timings=self._overrides.timings
+            or EngineTimings(
+                job_timeout_seconds=settings.job_timeout_seconds,
+                link_ttl_seconds=settings.provider_link_ttl_seconds,
+            ),
+        )
+        self.generation = GenerationService(
+            accounts=self.accounts,
+            jobs=self.jobs,
+            store=self.store,
+            engine=self.engine,
+            daily_quota=settings.daily_quota,
+            max_upload_bytes=settings.max_upload_bytes,
+        )
+        self._runner = web.AppRunner(create_web_app(self.engine, self.jobs, self.store))
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+        await self.engine.resume()
+        log.info("listening on %s", self.base_url)
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.backend.aclose()
+        await self.store.aclose()
+        await self.db.dispose()
+
+    async def __aenter__(self) -> HeadshotApp:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _modelslab(self) -> Backend:
+        key = self.settings.api_key
+        if not key:
+            raise ConfigError("invalid setting MODELSLAB_API_KEY: it is not set (or use --demo)")
+        return ModelsLabClient(
+            key, str(self.settings.modelslab_base_url), timeout=self.settings.modelslab_timeout
+        )
+
+
+def _secret(value: object) -> str | None:
+    return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
+
+
+def _pick(override: int | None, default: int) -> int:
+    return default if override is None else override
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"invalid setting WEB_PORT: cannot listen on {host}:{port} ({exc.strerror})"
+        ) from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,80 @@
+"""Settings from the environment and an optional `.env`. A bad value stops start-up in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong. The message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    modelslab_api_key: SecretStr | None = None
+    modelslab_base_url: HttpUrl = HttpUrl("https://modelslab.com")
+    modelslab_max_queued: int = Field(5, ge=1, le=100)
+    modelslab_timeout: float = Field(30.0, gt=0, le=300)
+
+    database_url: str | None = None
+    data_dir: Path = Path("./data")
+    public_base_url: HttpUrl | None = None
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(8080, ge=0, le=65535)
+
+    daily_quota: int = Field(5, ge=0, le=10_000)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_output_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    job_timeout_seconds: float = Field(1800.0, gt=0)
+    provider_link_ttl_seconds: float = Field(24 * 3600.0, gt=0)
+
+    s3_bucket: str | None = None
+    s3_endpoint_url: HttpUrl | None = None
+    s3_region: str | None = None
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_prefix: str = ""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_async(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith(("sqlite://", "sqlite+pysqlite://")):
+            raise ValueError("use sqlite+aiosqlite:///path/to/file.db")
+        if value.startswith(("postgresql://", "postgres://", "postgresql+psycopg2://")):
+            raise ValueError("use postgresql+asyncpg://user:password@host/db")
+        if not value.startswith(("sqlite+aiosqlite:///", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:/// or postgresql+asyncpg://")
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'headshot.db'}"
+
+    @property
+    def api_key(self) -> str | None:
+        return self.modelslab_api_key.get_secret_value() if self.modelslab_api_key else None
+
+    def secrets(self) -> list[str]:
+        """Every secret value in these settings: the log filter redacts them."""
+        values = [self.modelslab_api_key, self.s3_access_key_id, self.s3_secret_access_key]
+        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment; raises ConfigError naming the first bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {name}: {message}") from None

@@ -1,0 +1,379 @@
+"""Drives every job from `queued` to `succeeded` or `failed`; resumes them after a restart.
+
+One asyncio task per unfinished job. A job waits in the dispatcher for a provider slot, is
+submitted, then waits for its result: a webhook only wakes it early (the body is never trusted),
+the eta-driven poll is the fallback, and both confirm through the provider's fetch endpoint.
+Every step is a guarded transition, so a duplicate webhook, a late poll or a second process
+can never move a job backwards or settle its credits twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import statistics
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from backends.base import Backend, ProviderResult, ResultStatus, SubmitRequest
+from backends.errors import (
+    AuthenticationFailed,
+    BackendError,
+    InsufficientCredits,
+    InvalidRequest,
+    PlanRestricted,
+    RateLimited,
+    UnknownProviderJob,
+)
+from backends.params import GenerationParams
+from bot.dispatcher import Dispatcher
+from bot.event_bus import EventBus
+from bot.events import Completed, Failed, ImageRef, Progress, Queued, Started
+from bot.rehost import Rehoster, RehostFailed, RetryPolicy
+from bot.tokens import new_token, token_hash
+from storage.imagestore import ImageNotFound, ImageStore
+from storage.jobs import JobRepository
+from storage.records import JobRecord, JobState
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GENERATION_SECONDS = 20.0
+
+
+class JobFailure(Exception):
+    """Ends a job as failed. The message is the reason shown to the user."""
+
+
+class JobMovedOn(Exception):
+    """A guarded transition found the job no longer where we left it: stop driving it."""
+
+
+@dataclass(frozen=True)
+class EngineTimings:
+    min_poll_seconds: float = 1.0
+    max_poll_seconds: float = 30.0
+    job_timeout_seconds: float = 1800.0
+    link_ttl_seconds: float = 24 * 3600.0
+    busy_retry_rounds: int = 5
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+class JobEngine:
+    def __init__(
+        self,
+        *,
+        jobs: JobRepository,
+        backend: Backend,
+        store: ImageStore,
+        events: EventBus,
+        capacity: int,
+        image_base_url: str,
+        webhook_base_url: str | None,
+        max_output_bytes: int,
+        timings: EngineTimings | None = None,
+    ) -> None:
+        self._jobs = jobs
+        self._backend = backend
+        self._store = store
+        self._events = events
+        self._image_base_url = image_base_url.rstrip("/")
+        self._webhook_base_url = webhook_base_url.rstrip("/") if webhook_base_url else None
+        self._timings = timings or EngineTimings()
+        self._rehoster = Rehoster(
+            backend, store, max_bytes=max_output_bytes, retry=self._timings.retry
+        )
+        self.dispatcher = Dispatcher(capacity, on_change=self._announce_positions)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._nudges: dict[str, asyncio.Event] = {}
+        self._announced: dict[str, int] = {}
+        self._durations: deque[float] = deque(maxlen=50)
+        self._started_at: dict[str, float] = {}
+
+    # ---- life cycle -------------------------------------------------------------------
+
+    async def resume(self) -> int:
+        """Pick up every unfinished job (start-up) and drop stored inputs no job needs."""
+        unfinished = await self._jobs.unfinished()
+        for job in unfinished:
+            if job.state == JobState.PROCESSING:
+                self.dispatcher.claim(job.id)
+            self.start(job)
+        await self._sweep_orphan_inputs()
+        if unfinished:
+            log.info("resumed %d unfinished job(s)", len(unfinished))
+        return len(unfinished)
+
+    async def stop(self) -> None:
+        """Stop driving jobs; they stay in the database and resume at the next start."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def start(self, job: JobRecord) -> None:
+        if job.id in self._tasks:
+            return
+        self._nudges[job.id] = asyncio.Event()
+        task = asyncio.create_task(self._drive(job), name=f"job-{job.id}")
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda _t, job_id=job.id: self._forget(job_id))
+
+    def nudge(self, job_id: str) -> bool:
+        """A webhook said this job may have ended: check it now. False if we are not driving it."""
+        event = self._nudges.get(job_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    async def wait_idle(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+
+    @property
+    def active_jobs(self) -> int:
+        return len(self._tasks)
+
+    def _forget(self, job_id: str) -> None:
+        self._tasks.pop(job_id, None)
+        self._nudges.pop(job_id, None)
+        self._announced.pop(job_id, None)
+        self.dispatcher.release(job_id)
+
+    # ---- one job ------------------------------------------------------------------------
+
+    async def _drive(self, job: JobRecord) -> None:
+        try:
+            if job.state in (JobState.QUEUED, JobState.SUBMITTED):
+                await self.dispatcher.acquire(job.id)
+                job = await self._submit(job)
+            if job.state == JobState.PROCESSING:
+                job = await self._await_result(job)
+            if job.state == JobState.REHOSTING:
+                await self._rehost(job)
+        except JobFailure as failure:
+            await self._fail(job, str(failure))
+        except JobMovedOn:
+            log.info("job %s: already moved on elsewhere", job.id)
+        except Exception:
+            log.exception("job %s: unexpected error", job.id)
+            await self._fail(job, "something went wrong on our side")
+
+    async def _submit(self, job: JobRecord) -> JobRecord:
+        params = GenerationParams.from_dict(job.params)
+        token = new_token() if self._webhook_base_url else None
+        fields = {
+            "webhook_token_hash": token_hash(token) if token else None,
+            "submitted_at": datetime.now(UTC),
+            "attempts": job.attempts + 1,
+        }
+        if not await self._jobs.transition(
+            job.id, [JobState.QUEUED, JobState.SUBMITTED], JobState.SUBMITTED, **fields
+        ):
+            raise JobMovedOn
+        request = SubmitRequest(
+            params=params,
+            face_image=await self._input(job.selfie_key),
+            pose_image=await self._input(job.pose_key) if job.pose_key else None,
+            webhook_url=f"{self._webhook_base_url}/webhooks/modelslab/{token}" if token else None,
+            track_id=job.id,
+        )
+        started = time.monotonic()
+        result = await self._call_with_retries(job, lambda: self._backend.submit(request))
+        self._started_at[job.id] = started
+        return await self._record_result(job, result)
+
+    async def _await_result(self, job: JobRecord) -> JobRecord:
+        assert job.provider_id is not None
+        operation = GenerationParams.from_dict(job.params).operation
+        provider_id = job.provider_id
+
+        def fetch() -> Awaitable[ProviderResult]:
+            return self._backend.fetch(operation, provider_id)
+
+        nudge = self._nudges[job.id]
+        deadline = self._deadline(job)
+        delay = self._first_poll_delay(job)
+        polls = 0
+        while True:
+            if time.monotonic() >= deadline:
+                raise JobFailure("it took too long: the generator did not finish in time")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    nudge.wait(), timeout=min(delay, deadline - time.monotonic())
+                )
+            nudge.clear()
+            result = await self._call_with_retries(job, fetch)
+            if result.status != ResultStatus.PROCESSING:
+                return await self._record_result(job, result)
+            polls += 1
+            delay = self._next_poll_delay(result.eta_seconds, polls)
+
+    async def _record_result(self, job: JobRecord, result: ProviderResult) -> JobRecord:
+        now = datetime.now(UTC)
+        if result.status == ResultStatus.FAILED:
+            self._slot_done(job)
+            detail = f": {result.message}" if result.message else ""
+            log.warning("job %s: provider reported failure%s", job.id, detail)
+            raise JobFailure("the generator could not make this image")
+        if result.status == ResultStatus.PROCESSING:
+            if not result.provider_id:
+                raise JobFailure("the generator gave no job id to follow")
+            eta_at = now + timedelta(seconds=result.eta_seconds or 0)
+            moved = await self._jobs.transition(
+                job.id,
+                [JobState.SUBMITTED],
+                JobState.PROCESSING,
+                provider_id=result.provider_id,
+                eta_at=eta_at,
+            )
+            new_state = JobState.PROCESSING
+            self._events.publish(Started(job.id, result.eta_seconds))
+        else:
+            self._slot_done(job)
+            moved = await self._jobs.transition(
+                job.id,
+                [JobState.SUBMITTED, JobState.PROCESSING],
+                JobState.REHOSTING,
+                provider_id=result.provider_id or job.provider_id,
+                provider_outputs=list(result.outputs),
+                completed_at=now,
+                generation_time=result.generation_time,
+            )
+            new_state = JobState.REHOSTING
+        if not moved:
+            raise JobMovedOn
+        fresh = await self._jobs.get(job.id)
+        assert fresh is not None and fresh.state == new_state
+        return fresh
+
+    async def _rehost(self, job: JobRecord) -> None:
+        self._events.publish(Progress(job.id, "rehosting"))
+        completed_at = job.completed_at or datetime.now(UTC)
+        link_left = (
+            completed_at + timedelta(seconds=self._timings.link_ttl_seconds) - datetime.now(UTC)
+        )
+        deadline = time.monotonic() + link_left.total_seconds()
+        try:
+            outputs = await self._rehoster.rehost(job.id, job.provider_outputs, deadline=deadline)
+        except RehostFailed as exc:
+            raise JobFailure(str(exc)) from None
+        requested = job.credits_reserved
+        outputs = outputs[:requested]
+        if not await self._jobs.succeed(job.id, outputs, generation_time=job.generation_time):
+            return
+        await self._drop_inputs(job)
+        images = tuple(
+            ImageRef(
+                url=f"{self._image_base_url}/images/{out.public_token}",
+                content_key=out.content_key,
+                content_type=out.content_type,
+                width=out.width,
+                height=out.height,
+            )
+            for out in outputs
+        )
+        seed = job.seed if job.seed is not None else job.params.get("seed")
+        self._events.publish(Completed(job.id, images, seed, refunded=requested - len(outputs)))
+
+    async def _fail(self, job: JobRecord, reason: str) -> None:
+        self._slot_done(job)
+        refunded = await self._jobs.fail(job.id, reason)
+        if refunded:
+            await self._drop_inputs(job)
+            self._events.publish(Failed(job.id, reason, refunded=True))
+            log.info("job %s failed: %s", job.id, reason)
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    async def _call_with_retries(
+        self, job: JobRecord, call: Callable[[], Awaitable[ProviderResult]]
+    ) -> ProviderResult:
+        """Run a provider call; a busy or unreachable provider is retried, bounded in rounds."""
+        for round_ in range(self._timings.busy_retry_rounds):
+            try:
+                return await call()
+            except RateLimited as exc:
+                wait = exc.retry_after + random.uniform(0, 1)
+            except (AuthenticationFailed, InsufficientCredits, PlanRestricted) as exc:
+                log.error("job %s: provider refused the account: %s", job.id, exc)
+                raise JobFailure(
+                    "the image service is misconfigured; an admin must fix it"
+                ) from None
+            except InvalidRequest as exc:
+                raise JobFailure(f"the generator refused the request ({exc})") from None
+            except UnknownProviderJob:
+                raise JobFailure("the generator lost track of this job") from None
+            except BackendError as exc:
+                if not exc.retryable:
+                    raise JobFailure(f"the generator failed ({exc})") from None
+                wait = self._timings.retry.delay(round_ + 2)
+            log.info("job %s: provider busy, retrying in %.1f s", job.id, wait)
+            self._events.publish(Progress(job.id, "retrying"))
+            await asyncio.sleep(wait)
+        raise JobFailure("the generator is unavailable right now; try again in a few minutes")
+
+    async def _input(self, key: str | None) -> bytes:
+        if key is None:
+            raise JobFailure("the selfie for this job is missing")
+        try:
+            return await self._store.get(key)
+        except ImageNotFound:
+            raise JobFailure("the selfie for this job is missing") from None
+
+    async def _drop_inputs(self, job: JobRecord) -> None:
+        for key in (job.selfie_key, job.pose_key):
+            if key:
+                await self._store.delete(key)
+
+    async def _sweep_orphan_inputs(self) -> None:
+        """Delete stored selfies whose job has ended (a crash between commit and delete)."""
+        needed = await self._jobs.referenced_input_keys()
+        for key in await self._store.keys():
+            if key.startswith(INPUT_PREFIX) and key not in needed:
+                await self._store.delete(key)
+
+    def _slot_done(self, job: JobRecord) -> None:
+        started = self._started_at.pop(job.id, None)
+        if started is not None:
+            self._durations.append(time.monotonic() - started)
+        self.dispatcher.release(job.id)
+
+    def _deadline(self, job: JobRecord) -> float:
+        since = job.submitted_at or job.created_at
+        left = since + timedelta(seconds=self._timings.job_timeout_seconds) - datetime.now(UTC)
+        return time.monotonic() + left.total_seconds()
+
+    def _first_poll_delay(self, job: JobRecord) -> float:
+        if job.eta_at is None:
+            return self._timings.min_poll_seconds
+        until_eta = (job.eta_at - datetime.now(UTC)).total_seconds()
+        return self._clamp_poll(until_eta)
+
+    def _next_poll_delay(self, eta_seconds: float | None, polls: int) -> float:
+        backoff = self._timings.min_poll_seconds * 2 ** min(polls, 10)
+        return self._clamp_poll(eta_seconds if eta_seconds else backoff)
+
+    def _clamp_poll(self, seconds: float) -> float:
+        return min(self._timings.max_poll_seconds, max(self._timings.min_poll_seconds, seconds))
+
+    def typical_generation_seconds(self) -> float:
+        return statistics.median(self._durations) if self._durations else DEFAULT_GENERATION_SECONDS
+
+    def _announce_positions(self) -> None:
+        typical = self.typical_generation_seconds()
+        capacity = self.dispatcher.capacity
+        for position, job_id in enumerate(self.dispatcher.waiting, start=1):
+            if self._announced.get(job_id) == position or not self._events.watching(job_id):
+                continue
+            self._announced[job_id] = position
+            rounds = (position - 1) // capacity + 2
+            self._events.publish(Queued(job_id, position, typical * rounds))
+
+
+INPUT_PREFIX = "inputs/"

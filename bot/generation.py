@@ -1,0 +1,139 @@
+"""Turns a platform-neutral generation request into a queued job, or refuses it with one message.
+
+Everything that can refuse a request runs before a credit moves: options are checked against
+the documented limits, the selfie is sanitised, and only then is the job inserted together with
+its credit reservation in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from backends.params import MAX_SEED, GenerationParams, ParameterError
+from bot.engine import INPUT_PREFIX, JobEngine
+from bot.images import ImageRejected, sanitise_selfie
+from bot.tokens import new_job_id
+from storage.accounts import AccountRepository
+from storage.imagestore import ImageStore
+from storage.jobs import JobRepository, NewJob
+from storage.ledger import QuotaExceeded
+from storage.records import Allowance, JobRecord
+
+
+class RequestRefused(Exception):
+    """The request was refused before anything was reserved. The message is for the user."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    platform: str
+    platform_user_id: str
+    operation: str
+    options: Mapping[str, Any]
+    selfie: bytes
+    pose_image: bytes | None = None
+    platform_community_id: str | None = None
+    # The operator (the local CLI user) is not metered by the daily quota.
+    metered: bool = True
+
+
+class GenerationService:
+    def __init__(
+        self,
+        *,
+        accounts: AccountRepository,
+        jobs: JobRepository,
+        store: ImageStore,
+        engine: JobEngine,
+        daily_quota: int,
+        max_upload_bytes: int,
+    ) -> None:
+        self._accounts = accounts
+        self._jobs = jobs
+        self._store = store
+        self._engine = engine
+        self._daily_quota = daily_quota
+        self._max_upload_bytes = max_upload_bytes
+
+    async def request(self, req: GenerationRequest) -> JobRecord:
+        """Queue the job and return it; RequestRefused (nothing changed) if it cannot be done."""
+        params = self._params(req)
+        selfie = await self._sanitise(req.selfie, "selfie")
+        pose = await self._sanitise(req.pose_image, "pose image") if req.pose_image else None
+        user = await self._accounts.user(req.platform, req.platform_user_id)
+        community_id = (
+            await self._accounts.community(req.platform, req.platform_community_id)
+            if req.platform_community_id
+            else None
+        )
+        job_id = new_job_id()
+        selfie_key = await self._store.put(
+            selfie, content_type="image/jpeg", key=f"{INPUT_PREFIX}{job_id}.jpg"
+        )
+        pose_key = (
+            await self._store.put(
+                pose, content_type="image/jpeg", key=f"{INPUT_PREFIX}{job_id}-pose.jpg"
+            )
+            if pose
+            else None
+        )
+        new_job = NewJob(
+            id=job_id,
+            user_id=user.id,
+            community_id=community_id,
+            operation=str(params.operation),
+            params=params.to_dict(),
+            credits=params.samples,
+            selfie_key=selfie_key,
+            pose_key=pose_key,
+            seed=params.seed,
+        )
+        today = datetime.now(UTC).date()
+        try:
+            job = await self._jobs.create(
+                new_job, daily_quota=self._daily_quota if req.metered else None, today=today
+            )
+        except BaseException as exc:
+            for key in (selfie_key, pose_key):
+                if key:
+                    await self._store.delete(key)
+            if isinstance(exc, QuotaExceeded):
+                raise RequestRefused(_quota_message(exc.requested, exc.allowance)) from None
+            raise
+        self._engine.start(job)
+        return job
+
+    def _params(self, req: GenerationRequest) -> GenerationParams:
+        options = dict(req.options)
+        if options.get("seed") is None:
+            # Every job gets a seed, so a result can always be reproduced or re-rolled.
+            options["seed"] = secrets.randbelow(MAX_SEED + 1)
+        try:
+            return GenerationParams.create(req.operation, **options)
+        except ParameterError as exc:
+            raise RequestRefused(f"{exc}.") from None
+
+    async def _sanitise(self, data: bytes, what: str) -> bytes:
+        try:
+            image = await asyncio.to_thread(sanitise_selfie, data, max_bytes=self._max_upload_bytes)
+        except ImageRejected as exc:
+            raise RequestRefused(str(exc) if what == "selfie" else f"Pose image: {exc}") from None
+        return image.data
+
+
+def _quota_message(requested: int, allowance: Allowance) -> str:
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    minutes = int((midnight - now).total_seconds() // 60)
+    resets = f"your daily allowance resets at 00:00 UTC (in {minutes // 60} h {minutes % 60} min)"
+    if allowance.total == 0:
+        return f"You have no credits left: {resets}."
+    return (
+        f"You asked for {requested} images but have {allowance.total} credit(s) left: "
+        f"ask for fewer, or wait; {resets}."
+    )

@@ -1,0 +1,93 @@
+"""Copies a provider's outputs into our own store before its links expire (24 h at ModelsLab)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from backends.base import Backend
+from backends.errors import BackendError, OutputTooLarge, OutputUnavailable
+from bot.images import ImageRejected, inspect_output
+from bot.tokens import new_token
+from storage.imagestore import ImageStore
+from storage.records import OutputRecord
+
+log = logging.getLogger(__name__)
+
+
+class RehostFailed(Exception):
+    """An output could not be kept. The message is the user-facing reason."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base_seconds: float = 1.0
+    cap_seconds: float = 60.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.cap_seconds, self.base_seconds * 2**attempt))
+
+
+class Rehoster:
+    def __init__(
+        self,
+        backend: Backend,
+        store: ImageStore,
+        *,
+        max_bytes: int,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._backend = backend
+        self._store = store
+        self._max_bytes = max_bytes
+        self._retry = retry or RetryPolicy()
+
+    async def rehost(
+        self, job_id: str, urls: tuple[str, ...], *, deadline: float
+    ) -> list[OutputRecord]:
+        """Download, check and store every output before `deadline` (a time.monotonic())."""
+        if not urls:
+            raise RehostFailed("the generator returned no image")
+        tasks = [self._one(job_id, position, url, deadline) for position, url in enumerate(urls)]
+        return list(await asyncio.gather(*tasks))
+
+    async def _one(self, job_id: str, position: int, url: str, deadline: float) -> OutputRecord:
+        data = await self._download(job_id, url, deadline)
+        try:
+            info = await asyncio.to_thread(inspect_output, data)
+        except ImageRejected as exc:
+            log.warning("job %s: output %d is not an image: %s", job_id, position, exc)
+            raise RehostFailed("the generator sent back something that isn't an image") from None
+        key = await self._store.put(data, content_type=info.content_type)
+        return OutputRecord(
+            job_id=job_id,
+            position=position,
+            content_key=key,
+            public_token=new_token(),
+            content_type=info.content_type,
+            width=info.width,
+            height=info.height,
+            size_bytes=len(data),
+        )
+
+    async def _download(self, job_id: str, url: str, deadline: float) -> bytes:
+        attempt = 0
+        while True:
+            try:
+                return await self._backend.download_output(url, max_bytes=self._max_bytes)
+            except OutputUnavailable:
+                raise RehostFailed("the generated image expired before it could be saved") from None
+            except OutputTooLarge:
+                raise RehostFailed("the generated image was larger than we accept") from None
+            except BackendError as exc:
+                wait = self._retry.delay(attempt)
+                if time.monotonic() + wait >= deadline:
+                    raise RehostFailed(
+                        "the generated image expired before it could be saved"
+                    ) from None
+                log.info("job %s: download failed (%s), retrying in %.1f s", job_id, exc, wait)
+                attempt += 1
+                await asyncio.sleep(wait)

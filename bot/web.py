@@ -1,0 +1,75 @@
+"""Our aiohttp server: ModelsLab webhooks, the re-hosted images, and a health check."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from bot.engine import JobEngine
+from bot.tokens import token_hash
+from storage.imagestore import ImageNotFound, ImageStore
+from storage.jobs import JobRepository
+
+log = logging.getLogger(__name__)
+
+MAX_WEBHOOK_BYTES = 64 * 1024
+ENGINE_KEY = web.AppKey("engine", JobEngine)
+JOBS_KEY = web.AppKey("jobs", JobRepository)
+STORE_KEY = web.AppKey("store", ImageStore)
+
+
+def create_web_app(engine: JobEngine, jobs: JobRepository, store: ImageStore) -> web.Application:
+    app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
+    app[ENGINE_KEY] = engine
+    app[JOBS_KEY] = jobs
+    app[STORE_KEY] = store
+    app.router.add_post("/webhooks/modelslab/{token}", modelslab_webhook)
+    app.router.add_get("/images/{token}", image)
+    app.router.add_get("/healthz", health)
+    return app
+
+
+async def modelslab_webhook(request: web.Request) -> web.Response:
+    """A hint that a job has ended. The body proves nothing: the engine confirms through fetch.
+
+    An unknown token is a 404 and changes nothing. A known one with a body that is not a JSON
+    object is a 400. Otherwise the job is woken to fetch its result (duplicates are harmless).
+    """
+    job = await request.app[JOBS_KEY].get_by_webhook_hash(token_hash(request.match_info["token"]))
+    if job is None:
+        raise web.HTTPNotFound()
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(text="body must be JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object")
+    woken = request.app[ENGINE_KEY].nudge(job.id)
+    log.debug("webhook for job %s (status %r), woken=%s", job.id, body.get("status"), woken)
+    return web.json_response({"ok": True})
+
+
+async def image(request: web.Request) -> web.Response:
+    token = request.match_info["token"].split(".", 1)[0]
+    output = await request.app[JOBS_KEY].output_by_token(token)
+    if output is None:
+        raise web.HTTPNotFound()
+    try:
+        data = await request.app[STORE_KEY].get(output.content_key)
+    except ImageNotFound:
+        raise web.HTTPNotFound() from None
+    return web.Response(
+        body=data,
+        content_type=output.content_type,
+        headers={
+            "Cache-Control": "private, max-age=31536000, immutable",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'",
+        },
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "active_jobs": request.app[ENGINE_KEY].active_jobs})

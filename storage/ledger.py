@@ -1,0 +1,187 @@
+"""The credit ledger: reserve, commit, release, grant. Append-only, in the caller's transaction.
+
+A job reserves one credit per requested image, taken from today's allowance first and from
+granted credits after. When the job ends, the delivered images are committed (allowance first)
+and the rest released, exactly once: the ledger's unique (job, kind, pool) constraint makes a
+second settlement impossible even if the caller's state guard were bypassed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import Job, LedgerEntry
+from storage.records import FINISHED_STATES, Allowance, LedgerKind, Pool
+
+
+class QuotaExceeded(Exception):
+    def __init__(self, requested: int, allowance: Allowance) -> None:
+        super().__init__(f"requested {requested} credits, {allowance.total} available")
+        self.requested = requested
+        self.allowance = allowance
+
+
+async def allowance(
+    session: AsyncSession, user_id: int, daily_quota: int, today: date
+) -> Allowance:
+    rows = await session.execute(
+        select(LedgerEntry.kind, LedgerEntry.pool, func.sum(LedgerEntry.amount))
+        .where(
+            LedgerEntry.user_id == user_id,
+            or_(
+                LedgerEntry.pool == Pool.GRANT,
+                (LedgerEntry.pool == Pool.DAILY) & (LedgerEntry.day == today),
+            ),
+        )
+        .group_by(LedgerEntry.kind, LedgerEntry.pool)
+    )
+    sums: dict[tuple[str, str], int] = {(k, p): int(s or 0) for k, p, s in rows}
+    daily_used = sums.get((LedgerKind.RESERVE, Pool.DAILY), 0) - sums.get(
+        (LedgerKind.RELEASE, Pool.DAILY), 0
+    )
+    granted = (
+        sums.get((LedgerKind.GRANT, Pool.GRANT), 0)
+        - sums.get((LedgerKind.RESERVE, Pool.GRANT), 0)
+        + sums.get((LedgerKind.RELEASE, Pool.GRANT), 0)
+    )
+    return Allowance(daily_left=max(0, daily_quota - daily_used), granted=max(0, granted))
+
+
+async def reserve(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    job_id: str,
+    credits: int,
+    daily_quota: int | None,
+    today: date,
+) -> None:
+    """Reserve `credits` for a job, or raise QuotaExceeded. `daily_quota=None` is unmetered."""
+    if credits < 1:
+        raise ValueError("a job reserves at least one credit")
+    if daily_quota is None:
+        _append(session, user_id, job_id, LedgerKind.RESERVE, Pool.UNMETERED, credits, today)
+        return
+    left = await allowance(session, user_id, daily_quota, today)
+    if credits > left.total:
+        raise QuotaExceeded(credits, left)
+    from_daily = min(credits, left.daily_left)
+    if from_daily:
+        _append(session, user_id, job_id, LedgerKind.RESERVE, Pool.DAILY, from_daily, today)
+    if credits - from_daily:
+        _append(
+            session, user_id, job_id, LedgerKind.RESERVE, Pool.GRANT, credits - from_daily, today
+        )
+
+
+async def settle(session: AsyncSession, *, job_id: str, delivered: int) -> None:
+    """Commit `delivered` of a job's reserved credits and release the rest."""
+    rows = (
+        await session.execute(
+            select(LedgerEntry).where(
+                LedgerEntry.job_id == job_id, LedgerEntry.kind == LedgerKind.RESERVE
+            )
+        )
+    ).scalars()
+    order = {Pool.DAILY: 0, Pool.UNMETERED: 1, Pool.GRANT: 2}
+    to_commit = delivered
+    for entry in sorted(rows, key=lambda e: order[Pool(e.pool)]):
+        committed = min(to_commit, entry.amount)
+        to_commit -= committed
+        if committed:
+            _append(
+                session, entry.user_id, job_id, LedgerKind.COMMIT, entry.pool, committed, entry.day
+            )
+        if entry.amount - committed:
+            _append(
+                session,
+                entry.user_id,
+                job_id,
+                LedgerKind.RELEASE,
+                entry.pool,
+                entry.amount - committed,
+                entry.day,
+            )
+
+
+def grant(session: AsyncSession, *, user_id: int, credits: int, note: str | None) -> None:
+    if credits < 1:
+        raise ValueError("a grant is at least one credit")
+    entry = LedgerEntry(
+        user_id=user_id, kind=LedgerKind.GRANT, pool=Pool.GRANT, amount=credits, note=note
+    )
+    session.add(entry)
+
+
+def _append(
+    session: AsyncSession,
+    user_id: int,
+    job_id: str,
+    kind: LedgerKind,
+    pool: str,
+    amount: int,
+    day: date | None,
+) -> None:
+    session.add(
+        LedgerEntry(user_id=user_id, job_id=job_id, kind=kind, pool=pool, amount=amount, day=day)
+    )
+
+
+async def violations(session: AsyncSession) -> list[str]:
+    """Every way the ledger disagrees with itself or with the jobs table (empty when sound).
+
+    Per job and pool, commits + releases never exceed the reservation; a finished job has settled
+    all of it, an unfinished one none of it. Per user, the grant balance
+    (grants − commits − open reservations) is never negative.
+    """
+    problems: list[str] = []
+    jobs = {
+        job_id: (state, reserved)
+        for job_id, state, reserved in await session.execute(
+            select(Job.id, Job.state, Job.credits_reserved)
+        )
+    }
+    per_job: dict[str, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
+    grant_balance: dict[int, int] = defaultdict(int)
+    for entry in (await session.execute(select(LedgerEntry))).scalars():
+        if entry.amount < 1:
+            problems.append(f"ledger entry {entry.id} has amount {entry.amount}")
+        if entry.kind == LedgerKind.GRANT:
+            if entry.job_id is not None:
+                problems.append(f"grant {entry.id} names job {entry.job_id}")
+            grant_balance[entry.user_id] += entry.amount
+            continue
+        if entry.job_id is None:
+            problems.append(f"{entry.kind} entry {entry.id} names no job")
+            continue
+        per_job[entry.job_id][(entry.kind, entry.pool)] += entry.amount
+        if entry.pool == Pool.GRANT:
+            sign = {LedgerKind.RESERVE: -1, LedgerKind.RELEASE: 1}.get(LedgerKind(entry.kind), 0)
+            grant_balance[entry.user_id] += sign * entry.amount
+    for job_id, (state, reserved) in jobs.items():
+        sums = per_job.get(job_id, {})
+        pools = {pool for _, pool in sums}
+        total_reserved = sum(v for (kind, _), v in sums.items() if kind == LedgerKind.RESERVE)
+        if total_reserved != reserved:
+            problems.append(
+                f"job {job_id}: reserved {total_reserved} in the ledger, {reserved} on the job"
+            )
+        for pool in pools:
+            r = sums.get((LedgerKind.RESERVE, pool), 0)
+            settled = sums.get((LedgerKind.COMMIT, pool), 0) + sums.get(
+                (LedgerKind.RELEASE, pool), 0
+            )
+            if state in FINISHED_STATES and settled != r:
+                problems.append(f"job {job_id} ({state}): {pool} reserved {r}, settled {settled}")
+            if state not in FINISHED_STATES and settled != 0:
+                problems.append(f"job {job_id} ({state}) is open but {pool} settled {settled}")
+    for job_id in per_job.keys() - jobs.keys():
+        problems.append(f"ledger names unknown job {job_id}")
+    for user_id, balance in grant_balance.items():
+        if balance < 0:
+            problems.append(f"user {user_id}: grant balance {balance} is negative")
+    return problems

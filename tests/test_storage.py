@@ -1,0 +1,185 @@
+"""Storage on a real SQLite file: migrations, reservations under concurrency, settlement."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import date
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from storage.accounts import AccountRepository
+from storage.database import Database
+from storage.jobs import JobRepository, NewJob
+from storage.ledger import QuotaExceeded, violations
+from storage.migrate import downgrade, upgrade
+from storage.records import JobState, OutputRecord
+from tests.conftest import register_database
+
+TODAY = date(2026, 11, 21)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> Database:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    await upgrade(url)
+    database = Database(url)
+    register_database(url)
+    yield database  # type: ignore[misc]
+    await database.dispose()
+
+
+def _job(job_id: str, user_id: int, credits: int = 1) -> NewJob:
+    return NewJob(
+        id=job_id,
+        user_id=user_id,
+        community_id=None,
+        operation="headshot",
+        params={"operation": "headshot", "prompt": "p", "samples": credits},
+        credits=credits,
+        selfie_key=f"inputs/{job_id}.jpg",
+        pose_key=None,
+        seed=1,
+    )
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    return {name for (name,) in rows} - {"alembic_version"}
+
+
+async def test_migrations_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    expected = {"users", "communities", "jobs", "outputs", "credit_ledger", "audit_log"}
+    await upgrade(url)
+    assert _tables(path) == expected
+    await downgrade(url, "base")
+    assert _tables(path) == set()
+    await upgrade(url)
+    assert _tables(path) == expected
+
+
+async def test_database_uses_wal_and_refuses_memory(db: Database, tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "test.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with pytest.raises(ValueError, match="in-memory"):
+        Database("sqlite+aiosqlite:///:memory:")
+
+
+@pytest.mark.parametrize(("requests", "balance"), [(20, 5), (12, 0), (8, 8)])
+async def test_concurrent_reservations_accept_exactly_the_balance(
+    db: Database, requests: int, balance: int
+) -> None:
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+
+    async def attempt(n: int) -> bool:
+        try:
+            await jobs.create(_job(f"job{n:04d}", user.id), daily_quota=balance, today=TODAY)
+            return True
+        except QuotaExceeded:
+            return False
+
+    results = await asyncio.gather(*(attempt(n) for n in range(requests)))
+    assert sum(results) == balance
+    left = await accounts.allowance(user.id, daily_quota=balance, today=TODAY)
+    assert left.total == 0
+
+
+async def test_reservation_uses_daily_allowance_then_grants(db: Database) -> None:
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    await accounts.grant(user.id, 3, actor="operator", note="welcome")
+    await jobs.create(_job("a", user.id, credits=2), daily_quota=2, today=TODAY)
+    assert (await accounts.allowance(user.id, daily_quota=2, today=TODAY)).granted == 3
+    await jobs.create(_job("b", user.id, credits=2), daily_quota=2, today=TODAY)
+    left = await accounts.allowance(user.id, daily_quota=2, today=TODAY)
+    assert (left.daily_left, left.granted) == (0, 1)
+    with pytest.raises(QuotaExceeded) as refused:
+        await jobs.create(_job("c", user.id, credits=2), daily_quota=2, today=TODAY)
+    assert refused.value.allowance.total == 1
+    assert await jobs.get("c") is None
+    # A new day brings a new allowance; grants carry over.
+    tomorrow = date(2026, 11, 22)
+    assert (await accounts.allowance(user.id, daily_quota=2, today=tomorrow)).total == 3
+
+
+async def test_failure_refunds_once_and_success_commits_delivered(db: Database) -> None:
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    await jobs.create(_job("fail", user.id, credits=2), daily_quota=5, today=TODAY)
+    assert await jobs.fail("fail", "boom")
+    assert not await jobs.fail("fail", "boom again")
+    assert (await accounts.allowance(user.id, daily_quota=5, today=TODAY)).total == 5
+
+    await jobs.create(_job("ok", user.id, credits=2), daily_quota=5, today=TODAY)
+    assert await jobs.transition("ok", [JobState.QUEUED], JobState.SUBMITTED)
+    assert await jobs.transition("ok", [JobState.SUBMITTED], JobState.REHOSTING)
+    out = OutputRecord("ok", 0, "abc.jpg", "tok", "image/jpeg", 1, 1, 10)
+    assert await jobs.succeed("ok", [out], generation_time=1.0)
+    assert not await jobs.succeed("ok", [out], generation_time=1.0)
+    assert not await jobs.fail("ok", "late failure")
+    # One image delivered of two reserved: one credit spent, one returned.
+    assert (await accounts.allowance(user.id, daily_quota=5, today=TODAY)).total == 4
+    done = await jobs.get("ok")
+    assert done is not None and done.state == JobState.SUCCEEDED and done.selfie_key is None
+
+
+async def test_transitions_never_move_backwards(db: Database) -> None:
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    await jobs.create(_job("j", user.id), daily_quota=5, today=TODAY)
+    assert await jobs.transition("j", [JobState.QUEUED], JobState.SUBMITTED)
+    assert await jobs.transition("j", [JobState.SUBMITTED], JobState.PROCESSING, provider_id="7")
+    assert not await jobs.transition("j", [JobState.SUBMITTED], JobState.PROCESSING)
+    assert not await jobs.transition("j", [JobState.QUEUED], JobState.SUBMITTED)
+    job = await jobs.get("j")
+    assert job is not None and job.state == JobState.PROCESSING and job.provider_id == "7"
+    with pytest.raises(ValueError):
+        await jobs.transition("j", [JobState.PROCESSING], JobState.SUCCEEDED)
+
+
+async def test_ledger_refuses_a_second_refund_and_the_checker_catches_overspend(
+    db: Database,
+) -> None:
+    """The database itself refuses a second release; the checker run after every test must be
+    able to fail, here on a commit written beside a release."""
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    await jobs.create(_job("j", user.id), daily_quota=5, today=TODAY)
+    async with db.write() as session:
+        assert await violations(session) == []
+    await jobs.fail("j", "boom")
+
+    class Undo(Exception):
+        pass
+
+    with pytest.raises(IntegrityError):
+        async with db.write() as session:
+            connection = await session.connection()
+            await connection.exec_driver_sql(
+                "INSERT INTO credit_ledger (user_id, job_id, kind, pool, amount, day, created_at) "
+                f"VALUES ({user.id}, 'j', 'release', 'daily', 1, '2026-11-21', '2026-11-21')"
+            )
+
+    problems: list[str] = []
+    with pytest.raises(Undo):  # the forged entry is rolled back so the autouse check passes
+        async with db.write() as session:
+            connection = await session.connection()
+            await connection.exec_driver_sql(
+                "INSERT INTO credit_ledger (user_id, job_id, kind, pool, amount, day, created_at) "
+                f"VALUES ({user.id}, 'j', 'commit', 'daily', 1, '2026-11-21', '2026-11-21')"
+            )
+            problems = await violations(session)
+            raise Undo
+    assert problems == ["job j (failed): daily reserved 1, settled 2"]
+
+
+async def test_users_are_created_once_under_concurrency(db: Database) -> None:
+    accounts = AccountRepository(db)
+    users = await asyncio.gather(*(accounts.user("discord", "42") for _ in range(10)))
+    assert len({u.id for u in users}) == 1
