@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _generate(args: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = _settings(quiet=True)
     selfie = _read(args.selfie, "selfie")
     pose = _read(args.pose, "pose image") if args.pose else None
     option_names = ("negative_prompt", "seed", "width", "height", "num_inference_steps")
@@ -143,9 +143,11 @@ async def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings() -> Settings:
+def _settings(*, quiet: bool = False) -> Settings:
+    """Settings and logging. `quiet` commands print their own progress: warnings only."""
     settings = load_settings()
-    setup_logging(settings.log_level, settings.secrets())
+    level = "WARNING" if quiet and settings.log_level in ("DEBUG", "INFO") else settings.log_level
+    setup_logging(level, settings.secrets())
     return settings
 
 

@@ -1,0 +1,110 @@
+"""A real process killed with SIGKILL mid-job; a new one finishes the job, paying exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from backends.modelslab.simulator import Simulator
+from tests.conftest import EXAMPLE_SELFIE, TEST_KEY, register_database
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _query(db: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def _wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+        await asyncio.sleep(0.05)
+
+
+def _state(db: Path) -> str | None:
+    if not db.exists():
+        return None
+    try:
+        rows = _query(db, "SELECT state FROM jobs")
+    except sqlite3.OperationalError:
+        return None  # not migrated yet
+    return str(rows[0][0]) if rows else None
+
+
+@pytest.mark.parametrize("kill_when", ["submitted", "processing"])
+async def test_killed_mid_job_then_restarted_finishes_the_job(
+    tmp_path: Path, simulator: Simulator, kill_when: str
+) -> None:
+    data_dir = tmp_path / "data"
+    db = data_dir / "headshot.db"
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATA_DIR": str(data_dir),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{db}",
+        "MODELSLAB_BASE_URL": simulator.base_url,
+        "MODELSLAB_API_KEY": TEST_KEY,
+        "WEB_PORT": str(port),
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "LOG_LEVEL": "INFO",
+    }
+    register_database(env["DATABASE_URL"])
+    simulator.config.processing_seconds = 2.0
+    if kill_when == "submitted":
+        simulator.config.delay_seconds = 2.0  # the submit call is in flight when we kill
+
+    generate = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "generate",
+        str(EXAMPLE_SELFIE),
+        "--out",
+        str(tmp_path / "out"),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await _wait_for(lambda: _state(db) == kill_when)
+    generate.send_signal(signal.SIGKILL)
+    assert await generate.wait() == -signal.SIGKILL
+    assert _state(db) == kill_when
+    assert _query(db, "SELECT kind, amount FROM credit_ledger") == [("reserve", 1)]
+
+    simulator.config.delay_seconds = 0.0
+    service = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await _wait_for(lambda: _state(db) in ("succeeded", "failed"), timeout=30)
+    finally:
+        service.send_signal(signal.SIGTERM)
+        _, stderr = await service.communicate()
+    assert service.returncode == 0, stderr.decode()
+    assert _state(db) == "succeeded"
+    ledger = sorted(_query(db, "SELECT kind, pool, amount FROM credit_ledger"))
+    assert ledger == [("commit", "unmetered", 1), ("reserve", "unmetered", 1)]
+    (content_key,) = _query(db, "SELECT content_key FROM outputs")[0]
+    assert (data_dir / "images" / str(content_key)).is_file()
+    assert not list((data_dir / "images").glob("inputs/*")), "the selfie outlived its job"
+    if kill_when == "processing":
+        assert len(simulator.jobs) == 1, "resumed by fetching, not by submitting again"

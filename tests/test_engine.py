@@ -1,0 +1,333 @@
+"""The whole path, end to end over real sockets: intake -> dispatcher -> the real ModelsLab client
+-> the simulator -> webhook or poll -> fetch -> re-host -> settlement."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from backends.modelslab.simulator import Simulator
+from bot.app import HeadshotApp
+from bot.engine import EngineTimings
+from bot.events import Completed, Failed, JobEvent, Queued, Started
+from bot.generation import GenerationRequest, RequestRefused
+from bot.rehost import RetryPolicy
+from storage.records import JobState
+from tests.conftest import TEST_KEY, AppFactory, make_image
+
+OPTIONS: dict[str, dict[str, Any]] = {
+    "headshot": {"prompt": "corporate headshot", "width": 384, "height": 512},
+    "facegen": {"prompt": "studio portrait"},
+    "avatar": {"prompt": "3d avatar", "controlnet_selection": ["pose", "canny"]},
+    "flux_headshot": {"prompt": "linkedin headshot", "width": 512, "height": 512},
+}
+
+
+async def run_job(
+    app: HeadshotApp,
+    selfie: bytes,
+    operation: str = "headshot",
+    *,
+    user: str = "alice",
+    pose: bytes | None = None,
+    **options: Any,
+) -> tuple[str, list[JobEvent]]:
+    job = await app.generation.request(
+        GenerationRequest(
+            platform="test",
+            platform_user_id=user,
+            operation=operation,
+            options=options or OPTIONS[operation],
+            selfie=selfie,
+            pose_image=pose,
+        )
+    )
+    events = [event async for event in app.events.watch(job.id)]
+    return job.id, events
+
+
+async def allowance_left(app: HeadshotApp, user: str = "alice") -> int:
+    record = await app.accounts.user("test", user)
+    today = datetime.now(UTC).date()
+    left = await app.accounts.allowance(
+        record.id, daily_quota=app.settings.daily_quota, today=today
+    )
+    return left.total
+
+
+@pytest.mark.parametrize("operation", list(OPTIONS))
+@pytest.mark.parametrize("processing_seconds", [0.0, 0.3], ids=["immediate", "processing"])
+@pytest.mark.parametrize("webhooks", [True, False], ids=["webhook", "polling"])
+async def test_every_operation_on_every_path(
+    make_app: AppFactory,
+    simulator: Simulator,
+    selfie: bytes,
+    operation: str,
+    processing_seconds: float,
+    webhooks: bool,
+) -> None:
+    simulator.config.processing_seconds = processing_seconds
+    app = await make_app(local_webhooks=webhooks)
+    pose = make_image((200, 300), "navy") if operation == "avatar" else None
+    job_id, events = await run_job(app, selfie, operation, pose=pose)
+
+    final = events[-1]
+    assert isinstance(final, Completed), events
+    assert len(final.images) == 1
+    if processing_seconds:
+        assert any(isinstance(e, Started) for e in events)
+    image = final.images[0]
+    assert image.url.startswith(f"{app.base_url}/images/")
+    assert simulator.base_url not in image.url
+    async with httpx.AsyncClient() as http:
+        served = await http.get(image.url)
+    assert served.status_code == 200
+    assert served.headers["content-type"] == image.content_type
+    assert served.content == await app.store.get(image.content_key)
+
+    job = await app.jobs.get(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    assert job.selfie_key is None and job.pose_key is None
+    assert not [k for k in await app.store.keys() if k.startswith("inputs/")]
+    assert await allowance_left(app) == app.settings.daily_quota - 1
+    delivered = [d for d in simulator.webhook_deliveries if processing_seconds]
+    assert bool(delivered) == (webhooks and bool(processing_seconds))
+
+
+async def test_webhook_wakes_the_job_long_before_the_next_poll(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes
+) -> None:
+    simulator.config.processing_seconds = 0.3
+    slow_polls = EngineTimings(min_poll_seconds=20, max_poll_seconds=20, job_timeout_seconds=60)
+    app = await make_app(timings=slow_polls)
+    started = time.monotonic()
+    _, events = await run_job(app, selfie)
+    assert isinstance(events[-1], Completed)
+    assert time.monotonic() - started < 5
+    assert simulator.webhook_deliveries
+
+
+async def test_duplicate_and_out_of_order_webhooks_change_nothing(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes
+) -> None:
+    simulator.config.processing_seconds = 0.2
+    simulator.config.webhook_duplicates = 3
+    simulator.config.webhook_jitter_seconds = 0.3
+    app = await make_app()
+    results = await asyncio.gather(*(run_job(app, selfie, user=f"u{n}") for n in range(5)))
+    for job_id, events in results:
+        assert [type(e) for e in events].count(Completed) == 1
+        assert len(await app.jobs.outputs(job_id)) == 1
+    await asyncio.sleep(0.5)  # let the late duplicates land
+    assert len(simulator.webhook_deliveries) >= 5 * 4
+    for job_id, _ in results:
+        job = await app.jobs.get(job_id)
+        assert job is not None and job.state == JobState.SUCCEEDED
+        assert len(await app.jobs.outputs(job_id)) == 1
+
+
+async def test_forged_webhooks_change_nothing(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes
+) -> None:
+    simulator.config.processing_seconds = 30
+    app = await make_app(timings=EngineTimings(min_poll_seconds=20, max_poll_seconds=20))
+    job = await app.generation.request(
+        GenerationRequest("test", "alice", "headshot", OPTIONS["headshot"], selfie)
+    )
+    for _ in range(100):
+        current = await app.jobs.get(job.id)
+        if current is not None and current.state == JobState.PROCESSING:
+            break
+        await asyncio.sleep(0.05)
+    (sim_job,) = simulator.jobs.values()
+    assert sim_job.webhook is not None
+    forged_success = {"status": "success", "id": sim_job.id, "output": ["http://evil/x.png"]}
+    async with httpx.AsyncClient() as http:
+        unknown = await http.post(
+            f"{app.base_url}/webhooks/modelslab/not-a-real-token", json=forged_success
+        )
+        # The right path with a lying body: the engine asks the provider, who says processing.
+        lying = await http.post(sim_job.webhook, json=forged_success)
+        garbage = await http.post(sim_job.webhook, content=b"\x00not json")
+    assert unknown.status_code == 404
+    assert lying.status_code == 200
+    assert garbage.status_code == 400
+    await asyncio.sleep(0.3)
+    current = await app.jobs.get(job.id)
+    assert current is not None and current.state == JobState.PROCESSING
+    assert await app.jobs.outputs(job.id) == []
+    # Once the provider really finishes, the same webhook path completes the job.
+    simulator.complete_now(sim_job.id)
+    async for event in app.events.watch(job.id):
+        final = event
+    assert isinstance(final, Completed)
+
+
+async def test_expired_output_link_fails_the_job_with_a_refund(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes
+) -> None:
+    simulator.config.link_ttl_seconds = 0.0
+    app = await make_app()
+    job_id, events = await run_job(app, selfie)
+    final = events[-1]
+    assert isinstance(final, Failed) and final.refunded
+    assert "expired" in final.reason
+    assert await allowance_left(app) == app.settings.daily_quota
+    job = await app.jobs.get(job_id)
+    assert job is not None and job.state == JobState.FAILED
+
+
+async def test_provider_failure_refunds(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes
+) -> None:
+    simulator.config.failure_rate = 1.0
+    simulator.config.processing_seconds = 0.1
+    app = await make_app()
+    _, events = await run_job(app, selfie)
+    final = events[-1]
+    assert isinstance(final, Failed) and final.refunded
+    assert "Your credits were returned" in final.text
+    assert await allowance_left(app) == app.settings.daily_quota
+
+
+async def test_fewer_outputs_than_requested_refund_the_difference(
+    make_app: AppFactory, selfie: bytes
+) -> None:
+    app = await make_app()
+    # Documented quirk: at 512×768 head_shot returns one image even when two are asked for.
+    options = {"prompt": "p", "samples": 2, "width": 512, "height": 768}
+    _, events = await run_job(app, selfie, **options)
+    final = events[-1]
+    assert isinstance(final, Completed)
+    assert len(final.images) == 1 and final.refunded == 1
+    assert await allowance_left(app) == app.settings.daily_quota - 1
+
+
+async def test_quota_refusal_reserves_nothing(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes
+) -> None:
+    app = await make_app(daily_quota=2)
+    _, events = await run_job(app, selfie)
+    assert isinstance(events[-1], Completed)
+    submitted = len(simulator.jobs)
+    with pytest.raises(RequestRefused, match=r"asked for 2 images but have 1 credit\(s\) left"):
+        await run_job(app, selfie, prompt="p", samples=2)
+    _, events = await run_job(app, selfie)
+    assert isinstance(events[-1], Completed)
+    submitted = len(simulator.jobs)
+    with pytest.raises(RequestRefused, match=r"no credits left.*resets at 00:00 UTC"):
+        await run_job(app, selfie)
+    assert len(simulator.jobs) == submitted
+    assert not [k for k in await app.store.keys() if k.startswith("inputs/")]
+
+
+@pytest.mark.parametrize(
+    ("selfie_bytes", "options", "message"),
+    [
+        (b"%PDF-1.4 not an image", OPTIONS["headshot"], "isn't an image"),
+        (make_image((256, 320)), {"prompt": "p", "samples": 3}, "samples must be an integer"),
+        (make_image((256, 320)), {"prompt": "p", "width": 4096}, "width must be an integer"),
+        (make_image((256, 320)), {"prompt": " "}, "prompt must be a non-empty text"),
+        (make_image((256, 320)), {"prompt": "p", "s_scale": 9}, "s_scale must be a number"),
+    ],
+)
+async def test_bad_input_is_refused_before_anything_moves(
+    make_app: AppFactory,
+    simulator: Simulator,
+    selfie_bytes: bytes,
+    options: dict[str, Any],
+    message: str,
+) -> None:
+    app = await make_app()
+    with pytest.raises(RequestRefused, match=message):
+        await run_job(app, selfie_bytes, **options)
+    assert simulator.requests == []
+    assert await app.store.keys() == []
+    assert await allowance_left(app) == app.settings.daily_quota
+
+
+async def test_jobs_wait_in_our_queue_instead_of_being_refused(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes
+) -> None:
+    simulator.config.processing_seconds = 0.3
+    simulator.config.max_queued = 2
+    app = await make_app(modelslab_max_queued=2, daily_quota=10)
+    results = await asyncio.gather(*(run_job(app, selfie, user=f"u{n}") for n in range(6)))
+    assert all(isinstance(events[-1], Completed) for _, events in results)
+    assert 429 not in {status for _, status in simulator.requests}
+    positions = [e.position for _, events in results for e in events if isinstance(e, Queued)]
+    assert positions and max(positions) >= 3
+
+
+async def test_provider_rate_limit_and_outage_are_retried(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes
+) -> None:
+    simulator.config.retry_after = 0
+    simulator.config.inject = [429, 503, 503, 503, 503]
+    app = await make_app()
+    _, events = await run_job(app, selfie)
+    assert isinstance(events[-1], Completed)
+    statuses = [status for _, status in simulator.requests]
+    assert statuses[:2] == [429, 503]
+
+
+async def test_wrong_api_key_fails_with_an_actionable_reason_and_refund(
+    make_app: AppFactory, selfie: bytes
+) -> None:
+    app = await make_app(modelslab_api_key="sk-wrong-key-0000")
+    _, events = await run_job(app, selfie)
+    final = events[-1]
+    assert isinstance(final, Failed) and final.refunded
+    assert "misconfigured" in final.reason
+
+
+async def test_the_api_key_never_reaches_logs_or_the_database(
+    make_app: AppFactory,
+    simulator: Simulator,
+    selfie: bytes,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    simulator.config.processing_seconds = 0.1
+    simulator.config.retry_after = 0
+    simulator.config.inject = [429, 500]
+    app = await make_app()
+    await run_job(app, selfie)
+    simulator.config.failure_rate = 1.0
+    await run_job(app, selfie)
+    simulator.config.api_keys = frozenset({"another"})
+    await run_job(app, selfie)
+    assert caplog.records
+    assert TEST_KEY not in caplog.text
+    for path in (tmp_path / "data").rglob("*"):
+        if path.is_file():
+            assert TEST_KEY.encode() not in path.read_bytes(), path
+
+
+async def test_a_restarted_service_finishes_what_the_last_one_started(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes
+) -> None:
+    simulator.config.processing_seconds = 0.5
+    first = await make_app(timings=EngineTimings(min_poll_seconds=30, max_poll_seconds=30))
+    job = await first.generation.request(
+        GenerationRequest("test", "alice", "headshot", OPTIONS["headshot"], selfie)
+    )
+    while (current := await first.jobs.get(job.id)) and current.state != JobState.PROCESSING:
+        await asyncio.sleep(0.02)
+    await first.stop()
+    second = await make_app(
+        local_webhooks=False,
+        timings=EngineTimings(min_poll_seconds=0.05, retry=RetryPolicy(0.01, 0.1)),
+    )
+    await second.engine.wait_idle()
+    done = await second.jobs.get(job.id)
+    assert done is not None and done.state == JobState.SUCCEEDED
+    assert len(simulator.jobs) == 1  # resumed by fetching, not submitted again
