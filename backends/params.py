@@ -216,7 +216,7 @@ class GenerationParams:
         values = {k: v for k, v in options.items() if v is not None}
         if "controlnet_selection" in values:
             values["controlnet_selection"] = _as_tuple(values["controlnet_selection"])
-        for name in _OPTIONAL_FIELDS + ("controlnet_selection",):
+        for name in (*_OPTIONAL_FIELDS, "controlnet_selection"):
             if name in values and name not in limits.rules and name not in limits.defaults:
                 message = f"{name} is not an option of {op}"
                 raise ParameterError(name, "not set", values[name], message=message)

@@ -1,0 +1,409 @@
+"""The ModelsLab backend: submit, fetch and download over HTTP, with bounded retries.
+
+The API key travels in every JSON body, so it must never reach anything that outlives a call:
+exceptions are built from our own words (plus the provider's sanitised message), and every
+error is raised outside the `except` clause that caught the transport failure, so no
+`__context__` chain keeps an httpx exception, whose `.request` holds the body, alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from backends.base import ProviderResult, ResultStatus, SubmitRequest
+from backends.errors import (
+    AuthenticationFailed,
+    BackendError,
+    InsufficientCredits,
+    InvalidRequest,
+    OutputTooLarge,
+    OutputUnavailable,
+    PlanRestricted,
+    ProviderUnavailable,
+    RateLimited,
+    UnknownProviderJob,
+)
+from backends.modelslab import wire
+from backends.modelslab.retry import RetryPolicy
+from backends.params import MAX_SEED, GenerationParams, Operation, ParameterError
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+AUTH_MESSAGE = "ModelsLab rejected the API key: check MODELSLAB_API_KEY"
+CREDITS_MESSAGE = "The ModelsLab account is out of credits: top it up at modelslab.com"
+# The contract's example 429 asks for 30 s; used when a rate limit names no wait.
+DEFAULT_RETRY_AFTER = 30.0
+
+
+def _plan_message(operation: Operation) -> str:
+    return (
+        f"The ModelsLab plan does not include {operation}: "
+        "upgrade the plan at modelslab.com or turn this command off"
+    )
+
+
+@dataclass(frozen=True)
+class _Transient:
+    """A failed try that another try may fix."""
+
+    reason: str
+    rate_limited: bool = False
+    retry_after: float | None = None
+
+
+class ModelsLabClient:
+    """`backends.base.Backend` for ModelsLab's four face endpoints.
+
+    Retries (5xx, 408, timeouts, connection errors, garbled answers, rate limits) happen inside
+    submit and fetch, up to `max_attempts` tries; refusals (4xx, error bodies) never retry.
+    Selfies travel as data URIs, which ModelsLab reads only with `base64: true` (it then
+    answers `.base64` links, which `download_output` decodes); `send_base64=False` sends
+    `base64: false`, which the documented endpoints refuse for inline images.
+    """
+
+    name = "modelslab"
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = "https://modelslab.com",
+        *,
+        timeout: float = 30.0,
+        max_attempts: int = 4,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 20.0,
+        max_retry_after: float = 120.0,
+        send_base64: bool = True,
+        http: httpx.AsyncClient | None = None,
+        rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise ValueError("The ModelsLab API key is empty: set MODELSLAB_API_KEY")
+        if not timeout > 0:
+            raise ValueError("timeout must be more than 0 seconds")
+        self._base_url = _checked_base_url(base_url)
+        self._key = api_key
+        self._timeout = httpx.Timeout(timeout)
+        self._retry = RetryPolicy(max_attempts, backoff_base, backoff_cap, max_retry_after)
+        self._send_base64 = send_base64
+        self._owns_http = http is None
+        self._http = http if http is not None else httpx.AsyncClient(timeout=self._timeout)
+        self._rng = rng if rng is not None else random.Random()
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        return f"ModelsLabClient(base_url={self._base_url!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    # --- generation -----------------------------------------------------------------------
+
+    async def submit(self, request: SubmitRequest) -> ProviderResult:
+        params = _validated(request.params)
+        if params.limits.seed_required and params.seed is None:
+            # The endpoint insists on a seed; picking it here keeps the result reproducible.
+            params = params.with_seed(self._rng.randint(0, MAX_SEED))
+            request = dataclasses.replace(request, params=params)
+        body = wire.build_submit_body(request, key=self._key, send_base64=self._send_base64)
+        endpoint = wire.ENDPOINTS[params.operation]
+        reply = await self._post(endpoint.submit_path, body, params.operation, provider_id=None)
+        if wire.is_error(reply) and wire.parse_id(reply.get("id")) is None:
+            raise self._refusal(reply, params.operation, provider_id=None)
+        result = self._parse(reply)
+        if result.status is ResultStatus.PROCESSING and result.provider_id is None:
+            raise ProviderUnavailable("ModelsLab said the job is processing but gave no job id")
+        if result.seed is None and params.seed is not None:
+            result = dataclasses.replace(result, seed=params.seed)
+        log.debug(
+            "ModelsLab %s submitted: %s id=%s", params.operation, result.status, result.provider_id
+        )
+        return result
+
+    async def fetch(self, operation: Operation, provider_id: str) -> ProviderResult:
+        op = _operation(operation)
+        if not isinstance(provider_id, str) or not provider_id.strip():
+            raise InvalidRequest("provider_id must be a non-empty job id")
+        provider_id = provider_id.strip()
+        path = wire.ENDPOINTS[op].fetch_path(provider_id)
+        reply = await self._post(path, wire.fetch_body(self._key), op, provider_id=provider_id)
+        # An error without an id may be about the call (the key, the id) rather than the job.
+        if (
+            wire.is_error(reply)
+            and wire.parse_id(reply.get("id")) is None
+            and wire.classify_error(reply) is not wire.ErrorKind.INVALID
+        ):
+            raise self._refusal(reply, op, provider_id=provider_id)
+        result = self._parse(reply)
+        if result.provider_id is None:
+            result = dataclasses.replace(result, provider_id=provider_id)
+        log.debug("ModelsLab %s job %s: %s", op, provider_id, result.status)
+        return result
+
+    def _parse(self, reply: dict[str, Any]) -> ProviderResult:
+        return wire.parse_result(reply, secrets=(self._key,))
+
+    # --- one API call, retried ------------------------------------------------------------
+
+    async def _post(
+        self, path: str, body: dict[str, Any], operation: Operation, *, provider_id: str | None
+    ) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            outcome = await self._post_once(path, body, operation, provider_id)
+            if isinstance(outcome, dict):
+                return outcome
+            wait = self._wait(outcome, attempt)
+            attempt += 1
+            if wait is None or attempt >= self._retry.max_attempts:
+                raise _exhausted(outcome, attempt)
+            log.warning(
+                "ModelsLab %s: %s; try %d of %d in %.1fs",
+                path,
+                outcome.reason,
+                attempt + 1,
+                self._retry.max_attempts,
+                wait,
+            )
+            await self._sleep(wait)
+
+    def _wait(self, outcome: _Transient, attempt: int) -> float | None:
+        if outcome.rate_limited:
+            return self._retry.rate_limit_wait(attempt, outcome.retry_after, self._rng)
+        return self._retry.backoff(attempt, self._rng)
+
+    async def _post_once(
+        self, path: str, body: dict[str, Any], operation: Operation, provider_id: str | None
+    ) -> dict[str, Any] | _Transient:
+        response = await self._send(path, body)
+        if isinstance(response, _Transient):
+            return response
+        reply = wire.json_object(response.content)
+        code = response.status_code
+        if 200 <= code < 300:
+            return self._accepted(reply, code)
+        if code == 429:
+            return _rate_limit(reply, response.headers.get("retry-after"))
+        if code == 408 or code >= 500:
+            return _Transient(f"ModelsLab is unavailable (HTTP {code})")
+        raise self._http_error(code, reply, path, operation, provider_id)
+
+    async def _send(self, path: str, body: dict[str, Any]) -> httpx.Response | _Transient:
+        try:
+            return await self._http.post(
+                self._base_url + path,
+                json=body,
+                headers={"Accept": "application/json"},
+                timeout=self._timeout,
+            )
+        except httpx.TimeoutException:
+            return _Transient("ModelsLab did not answer in time")
+        except (httpx.HTTPError, httpx.StreamError):
+            return _Transient("could not reach ModelsLab")
+
+    @staticmethod
+    def _accepted(reply: dict[str, Any] | None, code: int) -> dict[str, Any] | _Transient:
+        if reply is None or not wire.is_known(reply):
+            return _Transient(f"ModelsLab sent an unreadable answer (HTTP {code})")
+        if wire.is_error(reply) and wire.classify_error(reply) is wire.ErrorKind.RATE_LIMIT:
+            return _rate_limit(reply, None)
+        return reply
+
+    def _http_error(
+        self,
+        code: int,
+        reply: dict[str, Any] | None,
+        path: str,
+        operation: Operation,
+        provider_id: str | None,
+    ) -> BackendError:
+        if code == 401:
+            return AuthenticationFailed(AUTH_MESSAGE)
+        if code == 402:
+            return InsufficientCredits(CREDITS_MESSAGE)
+        if code == 403:
+            return PlanRestricted(_plan_message(operation))
+        if code in (404, 410):
+            if provider_id is not None:
+                return UnknownProviderJob(f"ModelsLab does not know job {provider_id}")
+            return InvalidRequest(f"ModelsLab has no endpoint at {path}: check the base URL")
+        if reply is not None:
+            return self._refusal(reply, operation, provider_id)
+        return InvalidRequest(f"ModelsLab refused the request (HTTP {code})")
+
+    def _refusal(
+        self, reply: dict[str, Any], operation: Operation, provider_id: str | None
+    ) -> BackendError:
+        """The error for an error body: by its text, since a 200 can carry any of them."""
+        kind = wire.classify_error(reply)
+        if kind is wire.ErrorKind.AUTH:
+            return AuthenticationFailed(AUTH_MESSAGE)
+        if kind is wire.ErrorKind.CREDITS:
+            return InsufficientCredits(CREDITS_MESSAGE)
+        if kind is wire.ErrorKind.PLAN:
+            return PlanRestricted(_plan_message(operation))
+        if kind is wire.ErrorKind.UNKNOWN_JOB and provider_id is not None:
+            return UnknownProviderJob(f"ModelsLab does not know job {provider_id}")
+        message = wire.message_of(reply, secrets=(self._key,))
+        if not message:
+            return InvalidRequest("ModelsLab refused the request without saying why")
+        return InvalidRequest(f"ModelsLab refused the request: {message}")
+
+    # --- outputs --------------------------------------------------------------------------
+
+    async def download_output(self, url: str, *, max_bytes: int) -> bytes:
+        """The image behind an output link, at most `max_bytes` of it.
+
+        Not retried here: the job engine knows how long the link lives and decides.
+        A `.base64` link holds base64 text; its decoded image is what is returned.
+        """
+        target = _output_url(url)
+        encoded = target.path.endswith(".base64")
+        limit = _base64_length(max_bytes) if encoded else max_bytes
+        outcome = await self._stream(target, limit, max_bytes)
+        if isinstance(outcome, BackendError):
+            raise outcome
+        if not encoded:
+            return outcome
+        image = wire.decode_base64_output(outcome)
+        if len(image) > max_bytes:
+            raise OutputTooLarge(f"the output is larger than {max_bytes} bytes")
+        return image
+
+    async def _stream(self, url: httpx.URL, limit: int, max_bytes: int) -> bytes | BackendError:
+        """The body, up to `limit` bytes; an error (returned, not raised: see the module doc)."""
+        too_large = OutputTooLarge(f"the output is larger than {max_bytes} bytes")
+        try:
+            async with self._http.stream(
+                "GET", url, timeout=self._timeout, follow_redirects=True
+            ) as response:
+                problem = _download_problem(response, limit, too_large)
+                if problem is not None:
+                    return problem
+                body = await _read_capped(response, limit)
+                return too_large if body is None else body
+        except httpx.TimeoutException:
+            return ProviderUnavailable("the output download timed out")
+        except (httpx.HTTPError, httpx.StreamError):
+            return ProviderUnavailable("could not download the output")
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _checked_base_url(base_url: str) -> str:
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError):
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("base_url must be an http:// or https:// URL")
+    return str(url).rstrip("/")
+
+
+def _validated(params: GenerationParams) -> GenerationParams:
+    # Again, here: a hand-built params object must not reach the network unchecked.
+    try:
+        params.validate()
+    except ParameterError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    return params
+
+
+def _operation(operation: Operation | str) -> Operation:
+    try:
+        return Operation(operation)
+    except ValueError:
+        pass
+    raise InvalidRequest("operation must be one of " + ", ".join(Operation))
+
+
+def _rate_limit(reply: dict[str, Any] | None, header: str | None) -> _Transient:
+    return _Transient(
+        "ModelsLab's queue for this account is full",
+        rate_limited=True,
+        retry_after=wire.retry_after(reply, header),
+    )
+
+
+def _exhausted(outcome: _Transient, attempts: int) -> BackendError:
+    if outcome.rate_limited:
+        retry_after = (
+            outcome.retry_after if outcome.retry_after is not None else DEFAULT_RETRY_AFTER
+        )
+        return RateLimited(
+            f"{outcome.reason}: try again in {retry_after:.0f}s", retry_after=retry_after
+        )
+    tries = "try" if attempts == 1 else "tries"
+    return ProviderUnavailable(f"{outcome.reason}; gave up after {attempts} {tries}")
+
+
+def _output_url(url: str) -> httpx.URL:
+    try:
+        target = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        target = None
+    if target is None or target.scheme not in ("http", "https") or not target.host:
+        raise OutputUnavailable("the output link is not an http(s) URL")
+    return target
+
+
+def _base64_length(max_bytes: int) -> int:
+    # Base64 is 4/3 of the bytes, plus line breaks and a `data:image/...;base64,` prefix.
+    encoded = -(-max_bytes // 3) * 4
+    return encoded + encoded // 64 + 256
+
+
+def _download_problem(
+    response: httpx.Response, limit: int, too_large: OutputTooLarge
+) -> BackendError | None:
+    code = response.status_code
+    if code in (404, 410):
+        return OutputUnavailable("the output link has expired")
+    if code >= 500:
+        return ProviderUnavailable(f"the output host is unavailable (HTTP {code})")
+    if code != 200:
+        return OutputUnavailable(f"the output link answered HTTP {code}")
+    # A future link answers an HTML placeholder page until the image exists: not ready yet,
+    # rather than gone, so the caller may try again later.
+    content_type = response.headers.get("content-type", "").lower()
+    if content_type.startswith("text/html"):
+        return ProviderUnavailable("the output is not ready yet")
+    declared = wire.parse_number(response.headers.get("content-length"))
+    if declared is not None and declared > limit:
+        return too_large
+    return None
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes | None:
+    """The body, or None as soon as more than `limit` bytes have arrived."""
+    received = bytearray()
+    async for chunk in response.aiter_bytes():
+        received += chunk
+        if len(received) > limit:
+            return None
+    return bytes(received)

@@ -1,0 +1,168 @@
+"""Throughput of the whole path: request -> reserve -> dispatch -> real client -> simulator (zero
+processing time, own process) -> webhook -> fetch -> re-host -> commit.
+
+    python bench/throughput.py --jobs 2000 --users 50 --cap 50
+
+Prints jobs/s, acknowledgement latency (request accepted and its credit reserved), latency from
+the webhook's arrival (the simulator sends it within one 20 ms tick of completing) to the
+re-hosted image, and the bot process's peak RSS. Run it a few times: report the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from bot.app import HeadshotApp, Overrides
+from bot.config import load_settings
+from bot.engine import EngineTimings
+from bot.events import Completed
+from bot.generation import GenerationRequest
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _selfie() -> bytes:
+    image = Image.new("RGB", (256, 320), (200, 160, 130))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def _wait_until_listening(port: int) -> None:
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError("the simulator did not start")
+
+
+async def run(jobs: int, users: int, cap: int, workdir: Path) -> dict[str, float]:
+    sim_port = _free_port()
+    simulator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bot",
+            "simulate",
+            "--port",
+            str(sim_port),
+            "--processing-seconds",
+            "0.001",
+            "--max-queued",
+            str(cap),
+        ],
+        env={**os.environ, "LOG_LEVEL": "WARNING"},
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await _wait_until_listening(sim_port)
+        settings = load_settings(
+            data_dir=workdir,
+            database_url=f"sqlite+aiosqlite:///{workdir / 'bench.db'}",
+            modelslab_base_url=f"http://127.0.0.1:{sim_port}",
+            modelslab_api_key="bench-key",
+            modelslab_max_queued=cap,
+            daily_quota=10_000,
+            web_port=0,
+        )
+        timings = EngineTimings(min_poll_seconds=5.0, max_poll_seconds=5.0)
+        async with HeadshotApp(settings, Overrides(timings=timings, local_webhooks=True)) as app:
+            return await _drive(app, jobs, users)
+    finally:
+        simulator.terminate()
+        simulator.wait()
+
+
+async def _drive(app: HeadshotApp, jobs: int, users: int) -> dict[str, float]:
+    selfie = _selfie()
+    webhook_at: dict[str, float] = {}
+    nudge = app.engine.nudge
+
+    def timed_nudge(job_id: str) -> bool:
+        webhook_at.setdefault(job_id, time.perf_counter())
+        return nudge(job_id)
+
+    app.engine.nudge = timed_nudge  # type: ignore[method-assign]
+    acks: list[float] = []
+    rehost_latency: list[float] = []
+    watchers: list[asyncio.Task[None]] = []
+
+    async def watch(job_id: str) -> None:
+        async for event in app.events.watch(job_id):
+            if isinstance(event, Completed):
+                rehost_latency.append(time.perf_counter() - webhook_at[job_id])
+
+    async def user(index: int, count: int) -> None:
+        for _ in range(count):
+            started = time.perf_counter()
+            job = await app.generation.request(
+                GenerationRequest(
+                    platform="bench",
+                    platform_user_id=f"user{index}",
+                    operation="headshot",
+                    options={"prompt": "corporate headshot", "width": 256, "height": 320},
+                    selfie=selfie,
+                )
+            )
+            acks.append(time.perf_counter() - started)
+            watchers.append(asyncio.create_task(watch(job.id)))
+
+    share, extra = divmod(jobs, users)
+    started = time.perf_counter()
+    await asyncio.gather(*(user(i, share + (i < extra)) for i in range(users)))
+    await asyncio.gather(*watchers)
+    await app.engine.wait_idle()
+    elapsed = time.perf_counter() - started
+    problems = await app.accounts.ledger_violations()
+    if problems or len(rehost_latency) != jobs:
+        raise RuntimeError(f"{len(rehost_latency)}/{jobs} completed; ledger: {problems[:3]}")
+    return {
+        "jobs_per_s": jobs / elapsed,
+        "ack_p50_ms": statistics.median(acks) * 1000,
+        "ack_p99_ms": _percentile(acks, 99) * 1000,
+        "rehost_p50_ms": statistics.median(rehost_latency) * 1000,
+        "rehost_p99_ms": _percentile(rehost_latency, 99) * 1000,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--cap", type=int, default=50, help="MODELSLAB_MAX_QUEUED and the sim's cap")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = asyncio.run(run(args.jobs, args.users, args.cap, Path(tmp)))
+    print(f"jobs={args.jobs} users={args.users} cap={args.cap}")
+    for name, value in figures.items():
+        print(f"{name:>14}: {value:8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,891 @@
+"""The real ModelsLab client against the real simulator, over loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import io
+import json
+import logging
+import random
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from PIL import Image, ImageDraw
+
+from backends.base import ProviderResult, ResultStatus, SubmitRequest
+from backends.errors import (
+    AuthenticationFailed,
+    BackendError,
+    InsufficientCredits,
+    InvalidRequest,
+    OutputTooLarge,
+    OutputUnavailable,
+    PlanRestricted,
+    ProviderUnavailable,
+    RateLimited,
+    UnknownProviderJob,
+)
+from backends.modelslab import ModelsLabClient
+from backends.modelslab.simulator import Simulator, SimulatorConfig
+from backends.params import MAX_SEED, GenerationParams, Operation
+
+KEY = "sk-live-SECRET-9f8e7d6c5b4a39281706"
+MAX_BYTES = 5 * 1024 * 1024
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 10_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Sleeps:
+    """Stands in for asyncio.sleep: records the waits and returns at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def _selfie() -> bytes:
+    image = Image.new("RGB", (320, 400), (70, 80, 95))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((100, 90, 220, 250), fill=(224, 172, 140))
+    draw.rectangle((60, 300, 260, 400), fill=(40, 50, 120))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+SELFIE = _selfie()
+
+
+def _request(operation: str, face: bytes = SELFIE, **options: Any) -> SubmitRequest:
+    params = GenerationParams.create(operation, prompt="a professional headshot", **options)
+    return SubmitRequest(params=params, face_image=face)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def sim(clock: FakeClock) -> AsyncIterator[Simulator]:
+    simulator = Simulator(SimulatorConfig(api_keys=frozenset({KEY}), seed=7), clock=clock)
+    await simulator.start()
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+MakeClient = Callable[..., ModelsLabClient]
+
+
+@pytest.fixture
+async def make_client(sim: Simulator, sleeps: Sleeps) -> AsyncIterator[MakeClient]:
+    made: list[ModelsLabClient] = []
+
+    def make(**overrides: Any) -> ModelsLabClient:
+        options: dict[str, Any] = {"timeout": 10.0, "rng": random.Random(0), "sleep": sleeps}
+        options.update(overrides)
+        key = options.pop("api_key", KEY)
+        assert sim.base_url is not None
+        made.append(ModelsLabClient(key, sim.base_url, **options))
+        return made[-1]
+
+    yield make
+    for client in made:
+        await client.aclose()
+
+
+@pytest.fixture
+def client(make_client: MakeClient) -> ModelsLabClient:
+    return make_client()
+
+
+def _api_calls(sim: Simulator) -> list[tuple[str, int]]:
+    return [(path, status) for path, status in sim.requests if path.startswith("/api/")]
+
+
+def _open(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+# --- the happy paths ------------------------------------------------------------------------
+
+CASES = [
+    ("headshot", {"width": 256, "height": 320}, (256, 320)),
+    ("avatar", {"controlnet_selection": ["pose", "canny"]}, (512, 768)),
+    ("facegen", {"samples": 2, "width": 384, "height": 512}, (384, 512)),
+    ("flux_headshot", {"width": 512, "height": 512, "num_inference_steps": 8}, (512, 512)),
+]
+
+
+@pytest.mark.parametrize(("operation", "options", "size"), CASES)
+async def test_immediate_success_and_download(
+    client: ModelsLabClient,
+    sim: Simulator,
+    operation: str,
+    options: dict[str, Any],
+    size: tuple[int, int],
+) -> None:
+    result = await client.submit(_request(operation, seed=1234, **options))
+    assert result.status is ResultStatus.SUCCESS
+    assert isinstance(result.provider_id, str) and result.provider_id in sim.jobs
+    assert result.seed == 1234
+    assert result.generation_time is not None
+    samples = options.get("samples", 1)
+    assert len(result.outputs) == samples
+    for url in result.outputs:
+        assert url.endswith(".base64")  # base64 true by default
+        image = _open(await client.download_output(url, max_bytes=MAX_BYTES))
+        assert image.size == size
+    assert sim.jobs[result.provider_id].op == Operation(operation)
+
+
+async def test_the_request_reaches_the_right_endpoint_with_its_fields(
+    client: ModelsLabClient, sim: Simulator
+) -> None:
+    request = SubmitRequest(
+        params=GenerationParams.create(
+            "avatar", prompt="a knight", seed=5, pose_strength=0.7, controlnet_selection="canny"
+        ),
+        face_image=SELFIE,
+        pose_image=SELFIE,
+        webhook_url="http://127.0.0.1:1/webhooks/modelslab/token",
+        track_id="job-42",
+    )
+    result = await client.submit(request)
+    assert _api_calls(sim) == [("/api/v6/image_editing/avatar_gen", 200)]
+    job = sim.jobs[result.provider_id or ""]
+    assert job.params["pose_strength"] == 0.7
+    assert job.params["controlnet_selection"] == ["canny"]
+    assert job.track_id == "job-42"
+    assert job.webhook == "http://127.0.0.1:1/webhooks/modelslab/token"
+
+
+@pytest.mark.parametrize("operation", ["facegen", "flux_headshot"])
+async def test_required_seed_is_picked_reproducibly(
+    make_client: MakeClient, operation: str
+) -> None:
+    expected = random.Random(99).randint(0, MAX_SEED)
+    client = make_client(rng=random.Random(99))
+    result = await client.submit(_request(operation))
+    assert result.seed == expected
+
+
+async def test_headshot_without_seed_lets_the_provider_choose(client: ModelsLabClient) -> None:
+    result = await client.submit(_request("headshot", width=128, height=128))
+    assert result.status is ResultStatus.SUCCESS
+    assert isinstance(result.seed, int)
+
+
+@pytest.mark.parametrize(("operation", "options", "size"), CASES)
+async def test_processing_then_fetch(
+    client: ModelsLabClient,
+    sim: Simulator,
+    clock: FakeClock,
+    operation: str,
+    options: dict[str, Any],
+    size: tuple[int, int],
+) -> None:
+    sim.config.processing_seconds = 60.0
+    submitted = await client.submit(_request(operation, seed=3, **options))
+    assert submitted.status is ResultStatus.PROCESSING
+    assert submitted.eta_seconds == pytest.approx(60.0)
+    assert submitted.outputs == ()
+    provider_id = submitted.provider_id
+    assert provider_id is not None
+
+    still = await client.fetch(Operation(operation), provider_id)
+    assert still.status is ResultStatus.PROCESSING
+    assert still.provider_id == provider_id
+    assert still.outputs == ()
+
+    clock.advance(61.0)
+    done = await client.fetch(Operation(operation), provider_id)
+    assert done.status is ResultStatus.SUCCESS
+    assert done.provider_id == provider_id
+    assert done.seed == 3
+    image = _open(await client.download_output(done.outputs[0], max_bytes=MAX_BYTES))
+    assert image.size == size
+
+
+async def test_processing_then_poll_in_real_time() -> None:
+    real = Simulator(SimulatorConfig(processing_seconds=0.2))
+    base_url = await real.start()
+    try:
+        async with ModelsLabClient(KEY, base_url, timeout=5.0) as client:
+            result = await client.submit(_request("headshot", width=128, height=128))
+            assert result.status is ResultStatus.PROCESSING
+            assert result.provider_id is not None
+            for _ in range(100):
+                result = await client.fetch(Operation.HEADSHOT, result.provider_id)
+                if result.status is not ResultStatus.PROCESSING:
+                    break
+                await asyncio.sleep(0.05)
+            assert result.status is ResultStatus.SUCCESS
+            _open(await client.download_output(result.outputs[0], max_bytes=MAX_BYTES))
+    finally:
+        await real.stop()
+
+
+async def test_failed_generation(client: ModelsLabClient, sim: Simulator) -> None:
+    sim.config.failure_rate = 1.0
+    result = await client.submit(_request("headshot", width=128, height=128))
+    assert result.status is ResultStatus.FAILED
+    assert result.provider_id in sim.jobs
+    assert result.message == "Failed to generate image, please try again."
+
+
+async def test_failed_after_processing(
+    client: ModelsLabClient, sim: Simulator, clock: FakeClock
+) -> None:
+    sim.config.failure_rate = 1.0
+    sim.config.processing_seconds = 5.0
+    sim.config.message_field = "messege"
+    submitted = await client.submit(_request("facegen", width=128, height=128))
+    assert submitted.status is ResultStatus.PROCESSING
+    clock.advance(6.0)
+    result = await client.fetch(Operation.FACEGEN, submitted.provider_id or "")
+    assert result.status is ResultStatus.FAILED
+    assert result.message == "Failed to generate image, please try again."
+
+
+async def test_numbers_as_strings(
+    client: ModelsLabClient, sim: Simulator, clock: FakeClock
+) -> None:
+    sim.config.numbers_as_strings = True
+    sim.config.processing_seconds = 12.5
+    submitted = await client.submit(_request("flux_headshot", seed=77, width=256, height=256))
+    assert submitted.status is ResultStatus.PROCESSING
+    assert submitted.eta_seconds == pytest.approx(12.5)
+    assert isinstance(submitted.provider_id, str) and submitted.provider_id.isdigit()
+    clock.advance(13.0)
+    done = await client.fetch(Operation.FLUX_HEADSHOT, submitted.provider_id)
+    assert done.status is ResultStatus.SUCCESS
+    assert done.seed == 77
+    assert isinstance(done.generation_time, float)
+    _open(await client.download_output(done.outputs[0], max_bytes=MAX_BYTES))
+
+
+async def test_base64_output_with_a_data_uri_prefix(
+    client: ModelsLabClient, sim: Simulator
+) -> None:
+    sim.config.base64_data_uri_prefix = True
+    sim.config.output_format = "png"
+    result = await client.submit(_request("headshot", width=128, height=160))
+    image = _open(await client.download_output(result.outputs[0], max_bytes=MAX_BYTES))
+    assert (image.format, image.size) == ("PNG", (128, 160))
+
+
+async def test_plain_image_link(client: ModelsLabClient, sim: Simulator) -> None:
+    result = await client.submit(_request("headshot", width=128, height=160))
+    plain = sim.jobs[result.provider_id or ""].image_urls[0]  # the proxy link, a .jpg
+    data = await client.download_output(plain, max_bytes=MAX_BYTES)
+    assert _open(data).format == "JPEG"
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+
+async def test_wrong_key(make_client: MakeClient, sim: Simulator) -> None:
+    client = make_client(api_key="sk-wrong-key-000000")
+    with pytest.raises(AuthenticationFailed) as caught:
+        await client.submit(_request("headshot"))
+    assert str(caught.value) == "ModelsLab rejected the API key: check MODELSLAB_API_KEY"
+    assert not caught.value.retryable
+    assert len(_api_calls(sim)) == 1  # never retried
+    with pytest.raises(AuthenticationFailed):
+        await client.fetch(Operation.HEADSHOT, "123")
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "needle"),
+    [
+        (402, InsufficientCredits, "top it up"),
+        (403, PlanRestricted, "does not include headshot"),
+        (400, InvalidRequest, "Bad Request"),
+        (422, InvalidRequest, "Unprocessable"),
+    ],
+)
+async def test_refusals_by_http_status(
+    client: ModelsLabClient,
+    sim: Simulator,
+    sleeps: Sleeps,
+    status: int,
+    error: type[BackendError],
+    needle: str,
+) -> None:
+    sim.config.inject = [status]
+    with pytest.raises(error, match=needle) as caught:
+        await client.submit(_request("headshot"))
+    assert not caught.value.retryable
+    assert sleeps.waits == []
+    assert _api_calls(sim) == [("/api/v6/image_editing/head_shot", status)]
+
+
+@pytest.mark.parametrize("as_http_status", [True, False])
+@pytest.mark.parametrize("field", ["message", "messege"])
+async def test_provider_validation_errors(
+    client: ModelsLabClient, sim: Simulator, sleeps: Sleeps, as_http_status: bool, field: str
+) -> None:
+    sim.config.errors_as_http_status = as_http_status
+    sim.config.message_field = field  # type: ignore[assignment]
+    with pytest.raises(InvalidRequest) as caught:
+        await client.submit(_request("headshot", face=b"definitely not an image"))
+    message = str(caught.value)
+    assert message.startswith("ModelsLab refused the request: face_image is not a usable image")
+    assert len(message) < 300
+    assert sleeps.waits == []
+    assert [status for _, status in _api_calls(sim)] == [400 if as_http_status else 200]
+
+
+async def test_base64_off_sends_what_the_provider_cannot_read(
+    make_client: MakeClient, sim: Simulator
+) -> None:
+    # Documented limitation: a data URI needs base64 true; see ModelsLabClient.
+    client = make_client(send_base64=False)
+    with pytest.raises(InvalidRequest, match="set base64 to true"):
+        await client.submit(_request("headshot"))
+
+
+async def test_fetch_unknown_job(client: ModelsLabClient, sim: Simulator) -> None:
+    with pytest.raises(UnknownProviderJob, match="999"):
+        await client.fetch(Operation.HEADSHOT, "999")
+    result = await client.submit(_request("facegen", width=128, height=128))
+    # A face_gen job is not known to the image-editing fetch endpoint.
+    with pytest.raises(UnknownProviderJob):
+        await client.fetch(Operation.HEADSHOT, result.provider_id or "")
+    assert (await client.fetch(Operation.FACEGEN, result.provider_id or "")).status == "success"
+
+
+# --- retries --------------------------------------------------------------------------------
+
+
+async def test_rate_limit_is_retried_after_retry_after(
+    client: ModelsLabClient, sim: Simulator, sleeps: Sleeps
+) -> None:
+    sim.config.retry_after = 3
+    sim.config.inject = [429, 429]
+    result = await client.submit(_request("headshot", width=128, height=128))
+    assert result.status is ResultStatus.SUCCESS
+    assert len(sleeps.waits) == 2
+    assert all(3.0 <= wait <= 3.5 for wait in sleeps.waits)
+    assert [status for _, status in _api_calls(sim)] == [429, 429, 200]
+
+
+async def test_rate_limit_exhausted(
+    make_client: MakeClient, sim: Simulator, sleeps: Sleeps
+) -> None:
+    client = make_client(max_attempts=3)
+    sim.config.retry_after = 4
+    sim.config.inject = [429] * 5
+    with pytest.raises(RateLimited) as caught:
+        await client.submit(_request("headshot"))
+    assert caught.value.retry_after == 4.0
+    assert caught.value.retryable
+    assert len(sleeps.waits) == 2
+    assert len(_api_calls(sim)) == 3
+
+
+async def test_the_real_queue_cap(
+    client: ModelsLabClient, sim: Simulator, sleeps: Sleeps, clock: FakeClock
+) -> None:
+    sim.config.max_queued = 1
+    sim.config.retry_after = 10
+    sim.config.processing_seconds = 100.0
+    first = await client.submit(_request("headshot", width=128, height=128))
+    assert first.status is ResultStatus.PROCESSING
+    with pytest.raises(RateLimited, match="queue"):
+        await client.submit(_request("headshot", width=128, height=128))
+    assert len(sleeps.waits) == 3  # max_attempts 4: three waits
+    clock.advance(101.0)
+    second = await client.submit(_request("headshot", width=128, height=128))
+    assert second.status is ResultStatus.PROCESSING
+
+
+async def test_long_retry_after_is_handed_to_the_caller(
+    client: ModelsLabClient, sim: Simulator, sleeps: Sleeps
+) -> None:
+    sim.config.retry_after = 600  # more than max_retry_after (120)
+    sim.config.inject = [429]
+    with pytest.raises(RateLimited) as caught:
+        await client.submit(_request("headshot"))
+    assert caught.value.retry_after == 600.0
+    assert sleeps.waits == []
+    assert len(_api_calls(sim)) == 1
+
+
+async def test_server_errors_are_retried_with_bounded_backoff(
+    make_client: MakeClient, sim: Simulator, sleeps: Sleeps
+) -> None:
+    client = make_client(backoff_base=0.5, backoff_cap=1.5)
+    sim.config.inject = [503, 500, 502]
+    result = await client.submit(_request("headshot", width=128, height=128))
+    assert result.status is ResultStatus.SUCCESS
+    assert [status for _, status in _api_calls(sim)] == [503, 500, 502, 200]
+    ceilings = [0.5, 1.0, 1.5]
+    assert len(sleeps.waits) == 3
+    assert all(0 <= w <= c for w, c in zip(sleeps.waits, ceilings, strict=True))
+
+
+async def test_server_errors_exhausted(
+    client: ModelsLabClient, sim: Simulator, sleeps: Sleeps
+) -> None:
+    sim.config.inject = [503] * 4
+    with pytest.raises(ProviderUnavailable, match=r"\(HTTP 503\); gave up after 4 tries") as caught:
+        await client.submit(_request("headshot"))
+    assert caught.value.retryable
+    assert len(sleeps.waits) == 3
+    assert len(_api_calls(sim)) == 4
+
+
+async def test_fetch_is_retried_too(client: ModelsLabClient, sim: Simulator) -> None:
+    result = await client.submit(_request("headshot", width=128, height=128))
+    sim.config.inject = [500]
+    fetched = await client.fetch(Operation.HEADSHOT, result.provider_id or "")
+    assert fetched.status is ResultStatus.SUCCESS
+    assert fetched.outputs == result.outputs
+
+
+async def test_slow_provider_times_out(
+    make_client: MakeClient, sim: Simulator, sleeps: Sleeps
+) -> None:
+    client = make_client(timeout=0.2, max_attempts=2)
+    sim.config.delay_seconds = 1.0
+    with pytest.raises(ProviderUnavailable, match="did not answer in time"):
+        await client.submit(_request("headshot"))
+    assert len(sleeps.waits) == 1
+
+
+async def test_nothing_listening(sleeps: Sleeps) -> None:
+    client = ModelsLabClient(KEY, "http://127.0.0.1:9", sleep=sleeps, rng=random.Random(1))
+    try:
+        with pytest.raises(ProviderUnavailable, match="could not reach ModelsLab"):
+            await client.fetch(Operation.HEADSHOT, "1")
+    finally:
+        await client.aclose()
+    assert len(sleeps.waits) == 3
+
+
+# --- outputs --------------------------------------------------------------------------------
+
+
+async def test_expired_output_link(
+    client: ModelsLabClient, sim: Simulator, clock: FakeClock
+) -> None:
+    sim.config.link_ttl_seconds = 3600.0
+    result = await client.submit(_request("headshot", width=128, height=128))
+    await client.download_output(result.outputs[0], max_bytes=MAX_BYTES)
+    clock.advance(3601.0)
+    with pytest.raises(OutputUnavailable, match="the output link has expired"):
+        await client.download_output(result.outputs[0], max_bytes=MAX_BYTES)
+
+
+async def test_output_too_large(client: ModelsLabClient, sim: Simulator) -> None:
+    result = await client.submit(_request("headshot", width=256, height=256))
+    url = result.outputs[0]
+    size = len(await client.download_output(url, max_bytes=MAX_BYTES))
+    assert await client.download_output(url, max_bytes=size) is not None  # exactly the cap
+    with pytest.raises(OutputTooLarge, match=f"larger than {size - 1} bytes"):
+        await client.download_output(url, max_bytes=size - 1)
+    plain = sim.jobs[result.provider_id or ""].image_urls[0]
+    with pytest.raises(OutputTooLarge):
+        await client.download_output(plain, max_bytes=100)
+
+
+async def test_pending_html_page_is_not_ready_yet(client: ModelsLabClient, sim: Simulator) -> None:
+    sim.config.processing_seconds = 30.0
+    sim.config.pending_links = "html"
+    submitted = await client.submit(_request("headshot", width=128, height=128))
+    future = sim.jobs[submitted.provider_id or ""].output_urls[0]
+    with pytest.raises(ProviderUnavailable, match="not ready yet"):
+        await client.download_output(future, max_bytes=MAX_BYTES)
+
+
+async def test_missing_output(client: ModelsLabClient, sim: Simulator) -> None:
+    assert sim.base_url is not None
+    with pytest.raises(OutputUnavailable):
+        await client.download_output(f"{sim.base_url}/sim/outputs/1/0.jpg", max_bytes=10)
+    with pytest.raises(OutputUnavailable):
+        await client.download_output(f"{sim.base_url}/elsewhere", max_bytes=10)
+
+
+async def test_output_host_down(make_client: MakeClient) -> None:
+    client = make_client()
+    with pytest.raises(ProviderUnavailable, match="could not download"):
+        await client.download_output("http://127.0.0.1:9/x.base64", max_bytes=10)
+
+
+# --- the key never leaks --------------------------------------------------------------------
+
+
+def _texts(exc: BaseException) -> list[str]:
+    texts = ["".join(traceback.format_exception(exc))]
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts += [str(current), repr(current), repr(current.args)]
+        current = current.__cause__ or current.__context__
+    return texts
+
+
+async def test_the_key_never_reaches_logs_or_errors(
+    caplog: pytest.LogCaptureFixture,
+    make_client: MakeClient,
+    sim: Simulator,
+    clock: FakeClock,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for name in ("httpx", "httpcore", "aiohttp", "backends"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    wrong = "sk-wrong-SECRET-111122223333"
+    client = make_client(max_attempts=2)
+    errors: list[BaseException] = []
+    results: list[ProviderResult] = []
+
+    async def attempt(call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            value = await call()
+        except BackendError as exc:
+            errors.append(exc)
+        else:
+            if isinstance(value, ProviderResult):
+                results.append(value)
+
+    ok = await client.submit(_request("headshot", width=128, height=128))
+    results.append(ok)
+    await attempt(lambda: client.download_output(ok.outputs[0], max_bytes=MAX_BYTES))
+    await attempt(lambda: client.download_output(ok.outputs[0], max_bytes=10))
+    sim.config.processing_seconds = 5.0
+    await attempt(lambda: client.submit(_request("facegen", width=128, height=128)))
+    clock.advance(6.0)
+    for job_id in list(sim.jobs):
+        await attempt(lambda job_id=job_id: client.fetch(Operation.FACEGEN, job_id))
+    sim.config.processing_seconds = 0.0
+    await attempt(lambda: client.fetch(Operation.AVATAR, "nope"))
+    for status in (400, 401, 402, 403, 429, 500, 503):
+        sim.config.inject = [status, status]
+        await attempt(lambda: client.submit(_request("headshot")))
+    sim.config.inject = []
+    sim.config.errors_as_http_status = False
+    sim.config.message_field = "messege"
+    await attempt(lambda: client.submit(_request("avatar", face=b"garbage")))
+    sim.config.failure_rate = 1.0
+    await attempt(lambda: client.submit(_request("flux_headshot", width=128, height=128)))
+    sim.config.failure_rate = 0.0
+    await attempt(lambda: make_client(api_key=wrong).submit(_request("headshot")))
+    await attempt(lambda: make_client(timeout=0.1, max_attempts=1).fetch(Operation.FACEGEN, "1"))
+    sim.config.delay_seconds = 0.5
+    await attempt(lambda: make_client(timeout=0.1, max_attempts=2).submit(_request("headshot")))
+    sim.config.delay_seconds = 0.0
+    clock.advance(10 * 86400.0)
+    await attempt(lambda: client.download_output(ok.outputs[0], max_bytes=MAX_BYTES))
+    async with ModelsLabClient(KEY, "http://127.0.0.1:9", max_attempts=1) as dead:
+        await attempt(lambda: dead.fetch(Operation.HEADSHOT, "1"))
+
+    kinds = {type(exc) for exc in errors}
+    assert kinds >= {
+        AuthenticationFailed,
+        InsufficientCredits,
+        InvalidRequest,
+        OutputTooLarge,
+        OutputUnavailable,
+        PlanRestricted,
+        ProviderUnavailable,
+        RateLimited,
+        UnknownProviderJob,
+    }
+    assert caplog.records, "expected some logging to inspect"
+    assert any(record.name.startswith("httpx") for record in caplog.records)
+    assert any(record.name.startswith("backends.modelslab.client") for record in caplog.records)
+    for secret in (KEY, wrong):
+        assert secret not in caplog.text
+        for record in caplog.records:
+            assert secret not in record.getMessage()
+            assert secret not in repr(record.args)
+        for exc in errors:
+            for text in _texts(exc):
+                assert secret not in text
+        for result in results:
+            assert secret not in repr(result)
+        assert secret not in repr(client)
+
+
+# --- shapes the simulator does not produce, from a scripted server on a real socket ---------
+
+
+class Scripted:
+    """A loopback HTTP server answering each request with the next scripted reply."""
+
+    def __init__(self) -> None:
+        self.replies: list[Callable[[], web.StreamResponse]] = []
+        self.paths: list[str] = []
+        self.base_url = ""
+
+    def add(
+        self,
+        status: int = 200,
+        body: object = None,
+        *,
+        text: str | bytes | None = None,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+        times: int = 1,
+    ) -> None:
+        if text is None:
+            text = json.dumps(body)
+        raw = text.encode() if isinstance(text, str) else text
+
+        def reply() -> web.StreamResponse:
+            return web.Response(status=status, body=raw, content_type=content_type, headers=headers)
+
+        self.replies += [reply] * times
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        self.paths.append(request.path)
+        return self.replies.pop(0)()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Scripted]:
+    server = Scripted()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", server.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    server.base_url = f"http://{host}:{port}"
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def scripted_client(scripted: Scripted, sleeps: Sleeps) -> AsyncIterator[ModelsLabClient]:
+    async with ModelsLabClient(
+        KEY, scripted.base_url, timeout=5.0, rng=random.Random(3), sleep=sleeps
+    ) as client:
+        yield client
+
+
+SUCCESS = {"status": "success", "id": 5, "output": ["http://127.0.0.1:1/a.png"]}
+
+
+async def test_rate_limit_in_a_200_body(
+    scripted: Scripted, scripted_client: ModelsLabClient, sleeps: Sleeps
+) -> None:
+    scripted.add(body={"status": "error", "messege": "Rate limit exceeded", "retry_after": "2"})
+    scripted.add(body=SUCCESS)
+    result = await scripted_client.submit(_request("headshot"))
+    assert result.provider_id == "5"
+    assert len(sleeps.waits) == 1 and 2.0 <= sleeps.waits[0] <= 2.5
+
+
+async def test_retry_after_header_and_default(
+    scripted: Scripted, scripted_client: ModelsLabClient, sleeps: Sleeps
+) -> None:
+    scripted.add(429, text="", content_type="text/plain", headers={"Retry-After": "7"})
+    scripted.add(body=SUCCESS)
+    await scripted_client.submit(_request("headshot"))
+    assert 7.0 <= sleeps.waits[0] <= 7.5
+    scripted.add(429, text="too many", content_type="text/plain", times=4)
+    with pytest.raises(RateLimited) as caught:
+        await scripted_client.submit(_request("headshot"))
+    assert caught.value.retry_after == 30.0  # nothing said: the documented example's 30 s
+    assert all(wait <= 4.0 for wait in sleeps.waits[1:])  # plain backoff meanwhile
+
+
+@pytest.mark.parametrize(
+    "garbled",
+    [
+        {"text": "<html><body>Bad gateway</body></html>", "content_type": "text/html"},
+        {"body": ["not", "an", "object"]},
+        {"body": {"status": "queued?"}},
+        {"text": b"\x00\xff\x10", "content_type": "application/octet-stream"},
+    ],
+)
+async def test_garbled_answers_are_retried_then_unavailable(
+    scripted: Scripted,
+    scripted_client: ModelsLabClient,
+    sleeps: Sleeps,
+    garbled: dict[str, Any],
+) -> None:
+    scripted.add(**garbled)
+    scripted.add(body=SUCCESS)
+    assert (await scripted_client.submit(_request("headshot"))).provider_id == "5"
+    scripted.add(**garbled, times=4)
+    with pytest.raises(ProviderUnavailable, match="unreadable answer") as caught:
+        await scripted_client.fetch(Operation.HEADSHOT, "5")
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "needle"),
+    [
+        ({"body": {"status": "error", "message": "Invalid API key"}}, AuthenticationFailed, "key"),
+        (
+            {"body": {"status": "error", "message": "Insufficient credits"}},
+            InsufficientCredits,
+            "top it up",
+        ),
+        (
+            {"body": {"status": "error", "message": "Upgrade your plan"}},
+            PlanRestricted,
+            "upgrade",
+        ),
+        (
+            {"body": {"status": "failed", "message": {"prompt": ["The prompt is invalid."]}}},
+            InvalidRequest,
+            "refused the request: prompt: The prompt is invalid.",
+        ),
+        ({"body": {"status": "error"}}, InvalidRequest, "without saying why"),
+        (
+            {"status": 400, "text": "<html>nope</html>", "content_type": "text/html"},
+            InvalidRequest,
+            r"\(HTTP 400\)",
+        ),
+        ({"status": 404, "body": {"message": "Not Found"}}, InvalidRequest, "check the base URL"),
+        ({"status": 401, "text": ""}, AuthenticationFailed, "MODELSLAB_API_KEY"),
+        (
+            {"body": {"status": "processing", "eta": 3}},
+            ProviderUnavailable,
+            "gave no job id",
+        ),
+    ],
+)
+async def test_error_bodies_on_submit(
+    scripted: Scripted,
+    scripted_client: ModelsLabClient,
+    sleeps: Sleeps,
+    reply: dict[str, Any],
+    error: type[BackendError],
+    needle: str,
+) -> None:
+    scripted.add(**reply)
+    with pytest.raises(error, match=needle):
+        await scripted_client.submit(_request("headshot"))
+    assert sleeps.waits == []
+    assert len(scripted.paths) == 1
+
+
+async def test_an_echoed_key_is_redacted_and_long_messages_cut(
+    scripted: Scripted, scripted_client: ModelsLabClient
+) -> None:
+    scripted.add(body={"status": "error", "message": f"bad request for {KEY}: " + "z" * 1000})
+    with pytest.raises(InvalidRequest) as caught:
+        await scripted_client.submit(_request("headshot"))
+    message = str(caught.value)
+    assert KEY not in message and "[redacted]" in message
+    assert len(message) < 260
+
+
+async def test_fetch_answers(scripted: Scripted, scripted_client: ModelsLabClient) -> None:
+    scripted.add(body={"status": "error", "message": "Request not found"})
+    with pytest.raises(UnknownProviderJob):
+        await scripted_client.fetch(Operation.FACEGEN, "77")
+    scripted.add(body={"status": "failed", "messege": "GPU fell over"})
+    result = await scripted_client.fetch(Operation.FACEGEN, "77")
+    assert result == ProviderResult(
+        status=ResultStatus.FAILED, provider_id="77", message="GPU fell over"
+    )
+    scripted.add(410, body={"status": "error", "message": "gone"})
+    with pytest.raises(UnknownProviderJob):
+        await scripted_client.fetch(Operation.FACEGEN, "77")
+    scripted.add(body={"status": "processing", "id": "77", "eta": "4.5", "output": ""})
+    result = await scripted_client.fetch(Operation.FLUX_HEADSHOT, "77")
+    assert (result.status, result.eta_seconds) == (ResultStatus.PROCESSING, 4.5)
+    assert scripted.paths == [
+        "/api/v1/enterprise/face_gen/fetch/77",
+        "/api/v1/enterprise/face_gen/fetch/77",
+        "/api/v1/enterprise/face_gen/fetch/77",
+        "/api/v1/enterprise/flux_headshot/fetch/77",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "needle"),
+    [
+        ({"status": 410, "text": "gone"}, OutputUnavailable, "expired"),
+        ({"status": 403, "text": "denied"}, OutputUnavailable, "HTTP 403"),
+        ({"status": 500, "text": "oops"}, ProviderUnavailable, "HTTP 500"),
+        (
+            {"text": "<html>processing</html>", "content_type": "text/html"},
+            ProviderUnavailable,
+            "not ready yet",
+        ),
+        (
+            {"text": "x" * 2000, "content_type": "image/png"},
+            OutputTooLarge,
+            "larger than 1000 bytes",
+        ),
+    ],
+)
+async def test_download_answers(
+    scripted: Scripted,
+    scripted_client: ModelsLabClient,
+    reply: dict[str, Any],
+    error: type[BackendError],
+    needle: str,
+) -> None:
+    scripted.add(**reply)
+    with pytest.raises(error, match=needle):
+        await scripted_client.download_output(f"{scripted.base_url}/o/1.png", max_bytes=1000)
+
+
+async def test_download_caps_the_decompressed_size(
+    scripted: Scripted, scripted_client: ModelsLabClient
+) -> None:
+    bomb = gzip.compress(b"\0" * 1_000_000)
+    scripted.add(text=bomb, content_type="image/png", headers={"Content-Encoding": "gzip"})
+    with pytest.raises(OutputTooLarge):
+        await scripted_client.download_output(f"{scripted.base_url}/o/1.png", max_bytes=50_000)
+
+
+async def test_download_base64_quirks(scripted: Scripted, scripted_client: ModelsLabClient) -> None:
+    url = f"{scripted.base_url}/o/1.base64?sig=abc"
+    scripted.add(text="%%% not base64 %%%", content_type="text/plain")
+    with pytest.raises(OutputUnavailable, match="not valid base64"):
+        await scripted_client.download_output(url, max_bytes=1000)
+    scripted.add(text="data:image/png;base64," + base64.b64encode(b"P" * 900).decode())
+    assert await scripted_client.download_output(url, max_bytes=900) == b"P" * 900
+    scripted.add(text=base64.b64encode(b"P" * 901).decode(), content_type="text/plain")
+    with pytest.raises(OutputTooLarge, match="larger than 900 bytes"):
+        await scripted_client.download_output(url, max_bytes=900)
+
+
+async def test_download_follows_redirects(
+    scripted: Scripted, scripted_client: ModelsLabClient
+) -> None:
+    scripted.add(302, text="", headers={"Location": "/o/real.png"})
+    scripted.add(text=b"\x89PNG-bytes", content_type="image/png")
+    data = await scripted_client.download_output(f"{scripted.base_url}/o/1.png", max_bytes=100)
+    assert data == b"\x89PNG-bytes"
+    assert scripted.paths == ["/o/1.png", "/o/real.png"]
