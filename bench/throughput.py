@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import os
 import resource
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
@@ -61,41 +63,39 @@ async def _wait_until_listening(port: int) -> None:
     raise RuntimeError("the simulator did not start")
 
 
-async def run(jobs: int, users: int, cap: int, workdir: Path) -> dict[str, float]:
-    sim_port = _free_port()
-    simulator = subprocess.Popen(
+@contextlib.contextmanager
+def simulator_process(cap: int) -> Iterator[int]:
+    """The simulator in its own process, as the real provider is elsewhere; yields its port."""
+    port = _free_port()
+    process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "bot",
-            "simulate",
-            "--port",
-            str(sim_port),
-            "--processing-seconds",
-            "0.001",
-            "--max-queued",
-            str(cap),
+            *(sys.executable, "-m", "bot", "simulate", "--port", str(port)),
+            *("--processing-seconds", "0.001", "--max-queued", str(cap)),
         ],
         env={**os.environ, "LOG_LEVEL": "WARNING"},
         stderr=subprocess.DEVNULL,
     )
     try:
-        await _wait_until_listening(sim_port)
-        settings = load_settings(
-            data_dir=workdir,
-            database_url=f"sqlite+aiosqlite:///{workdir / 'bench.db'}",
-            modelslab_base_url=f"http://127.0.0.1:{sim_port}",
-            modelslab_api_key="bench-key",
-            modelslab_max_queued=cap,
-            daily_quota=10_000,
-            web_port=0,
-        )
-        timings = EngineTimings(min_poll_seconds=5.0, max_poll_seconds=5.0)
-        async with HeadshotApp(settings, Overrides(timings=timings, local_webhooks=True)) as app:
-            return await _drive(app, jobs, users)
+        yield port
     finally:
-        simulator.terminate()
-        simulator.wait()
+        process.terminate()
+        process.wait()
+
+
+async def run(jobs: int, users: int, cap: int, sim_port: int, workdir: Path) -> dict[str, float]:
+    await _wait_until_listening(sim_port)
+    settings = load_settings(
+        data_dir=workdir,
+        database_url=f"sqlite+aiosqlite:///{workdir / 'bench.db'}",
+        modelslab_base_url=f"http://127.0.0.1:{sim_port}",
+        modelslab_api_key="bench-key",
+        modelslab_max_queued=cap,
+        daily_quota=10_000,
+        web_port=0,
+    )
+    timings = EngineTimings(min_poll_seconds=5.0, max_poll_seconds=5.0)
+    async with HeadshotApp(settings, Overrides(timings=timings, local_webhooks=True)) as app:
+        return await _drive(app, jobs, users)
 
 
 async def _drive(app: HeadshotApp, jobs: int, users: int) -> dict[str, float]:
@@ -155,10 +155,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--users", type=int, default=50)
-    parser.add_argument("--cap", type=int, default=50, help="MODELSLAB_MAX_QUEUED and the sim's cap")
+    parser.add_argument("--cap", type=int, default=50, help="MODELSLAB_MAX_QUEUED, sim's cap")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        figures = asyncio.run(run(args.jobs, args.users, args.cap, Path(tmp)))
+    with tempfile.TemporaryDirectory() as tmp, simulator_process(args.cap) as sim_port:
+        figures = asyncio.run(run(args.jobs, args.users, args.cap, sim_port, Path(tmp)))
     print(f"jobs={args.jobs} users={args.users} cap={args.cap}")
     for name, value in figures.items():
         print(f"{name:>14}: {value:8.1f}")

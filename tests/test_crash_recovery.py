@@ -27,8 +27,8 @@ def _query(db: Path, sql: str) -> list[tuple[object, ...]]:
         return conn.execute(sql).fetchall()
 
 
-async def _wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _wait_for(predicate, within: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + within
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
         await asyncio.sleep(0.05)
@@ -95,7 +95,7 @@ async def test_killed_mid_job_then_restarted_finishes_the_job(
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        await _wait_for(lambda: _state(db) in ("succeeded", "failed"), timeout=30)
+        await _wait_for(lambda: _state(db) in ("succeeded", "failed"), within=30)
     finally:
         service.send_signal(signal.SIGTERM)
         _, stderr = await service.communicate()
