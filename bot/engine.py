@@ -93,6 +93,8 @@ class JobEngine:
         self._announced: dict[str, int] = {}
         self._durations: deque[float] = deque(maxlen=50)
         self._started_at: dict[str, float] = {}
+        self._job_of_webhook: dict[str, str] = {}
+        self._webhook_of_job: dict[str, str] = {}
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -119,6 +121,7 @@ class JobEngine:
         if job.id in self._tasks:
             return
         self._nudges[job.id] = asyncio.Event()
+        self._remember_webhook(job.id, job.webhook_token_hash)
         task = asyncio.create_task(self._drive(job), name=f"job-{job.id}")
         self._tasks[job.id] = task
         task.add_done_callback(lambda _t, job_id=job.id: self._forget(job_id))
@@ -130,6 +133,18 @@ class JobEngine:
             return False
         event.set()
         return True
+
+    def job_for_webhook(self, webhook_token_hash: str) -> str | None:
+        """The job that a webhook token belongs to, among the jobs this engine is driving."""
+        return self._job_of_webhook.get(webhook_token_hash)
+
+    def _remember_webhook(self, job_id: str, webhook_token_hash: str | None) -> None:
+        old = self._webhook_of_job.pop(job_id, None)
+        if old:
+            self._job_of_webhook.pop(old, None)
+        if webhook_token_hash:
+            self._webhook_of_job[job_id] = webhook_token_hash
+            self._job_of_webhook[webhook_token_hash] = job_id
 
     async def wait_idle(self) -> None:
         while self._tasks:
@@ -143,6 +158,7 @@ class JobEngine:
         self._tasks.pop(job_id, None)
         self._nudges.pop(job_id, None)
         self._announced.pop(job_id, None)
+        self._remember_webhook(job_id, None)
         self.dispatcher.release(job_id)
 
     # ---- one job ------------------------------------------------------------------------
@@ -172,10 +188,13 @@ class JobEngine:
             "submitted_at": datetime.now(UTC),
             "attempts": job.attempts + 1,
         }
-        if not await self._jobs.transition(
+        submitted = await self._jobs.transition(
             job.id, [JobState.QUEUED, JobState.SUBMITTED], JobState.SUBMITTED, **fields
-        ):
+        )
+        if submitted is None:
             raise JobMovedOn
+        job = submitted
+        self._remember_webhook(job.id, job.webhook_token_hash)
         request = SubmitRequest(
             params=params,
             face_image=await self._input(job.selfie_key),
@@ -232,7 +251,6 @@ class JobEngine:
                 provider_id=result.provider_id,
                 eta_at=eta_at,
             )
-            new_state = JobState.PROCESSING
             self._events.publish(Started(job.id, result.eta_seconds))
         else:
             self._slot_done(job)
@@ -245,12 +263,9 @@ class JobEngine:
                 completed_at=now,
                 generation_time=result.generation_time,
             )
-            new_state = JobState.REHOSTING
-        if not moved:
+        if moved is None:
             raise JobMovedOn
-        fresh = await self._jobs.get(job.id)
-        assert fresh is not None and fresh.state == new_state
-        return fresh
+        return moved
 
     async def _rehost(self, job: JobRecord) -> None:
         self._events.publish(Progress(job.id, "rehosting"))

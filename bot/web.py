@@ -34,11 +34,13 @@ def create_web_app(engine: JobEngine, jobs: JobRepository, store: ImageStore) ->
 async def modelslab_webhook(request: web.Request) -> web.Response:
     """A hint that a job has ended. The body proves nothing: the engine confirms through fetch.
 
-    An unknown token is a 404 and changes nothing. A known one with a body that is not a JSON
+    A token that belongs to no job we are driving (unknown, forged, or its job already finished)
+    is a 404 and changes nothing. A known one with a body that is not a JSON
     object is a 400. Otherwise the job is woken to fetch its result (duplicates are harmless).
     """
-    job = await request.app[JOBS_KEY].get_by_webhook_hash(token_hash(request.match_info["token"]))
-    if job is None:
+    engine = request.app[ENGINE_KEY]
+    job_id = engine.job_for_webhook(token_hash(request.match_info["token"]))
+    if job_id is None:
         raise web.HTTPNotFound()
     try:
         body = json.loads(await request.read())
@@ -46,8 +48,8 @@ async def modelslab_webhook(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="body must be JSON") from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="body must be a JSON object")
-    woken = request.app[ENGINE_KEY].nudge(job.id)
-    log.debug("webhook for job %s (status %r), woken=%s", job.id, body.get("status"), woken)
+    engine.nudge(job_id)
+    log.debug("webhook for job %s (status %r)", job_id, body.get("status"))
     return web.json_response({"ok": True})
 
 

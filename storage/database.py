@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -9,18 +11,16 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 BUSY_TIMEOUT_MS = 30_000
 
 
 class Database:
     """Owns the engine. `write()` is one serialised transaction; `read()` a consistent snapshot.
+
+    Both hand out Core connections: the repositories speak SQL expressions, not ORM sessions,
+    which costs a fraction of the CPU on the hot path of every job.
 
     On SQLite every write transaction starts with BEGIN IMMEDIATE, so a read-then-write (check a
     balance, then reserve) can never be interleaved with another writer: the second one waits
@@ -44,20 +44,24 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
-        write_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
-        self._writer = async_sessionmaker(write_engine, expire_on_commit=False)
-        self._reader = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
+        # SQLite has one writer at a time. Writers of this process queue here, in the event loop,
+        # rather than inside SQLite, whose busy handler waits by sleeping in growing steps.
+        # Other processes (a CLI beside the service) still meet the busy timeout.
+        self._write_turn = asyncio.Lock() if self.is_sqlite else None
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
+    async def write(self) -> AsyncIterator[AsyncConnection]:
         """One write transaction: committed on normal exit, rolled back on an exception."""
-        async with self._writer() as session, session.begin():
-            yield session
+        async with contextlib.AsyncExitStack() as stack:
+            if self._write_turn is not None:
+                await stack.enter_async_context(self._write_turn)
+            yield await stack.enter_async_context(self._write_engine.begin())
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
-        async with self._reader() as session, session.begin():
-            yield session
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as connection:
+            yield connection
 
     async def dispose(self) -> None:
         await self.engine.dispose()

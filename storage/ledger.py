@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import date
+from typing import Any
 
-from sqlalchemy import func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import func, insert, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.models import Job, LedgerEntry
+from storage.models import Job, LedgerEntry, utcnow
 from storage.records import FINISHED_STATES, Allowance, LedgerKind, Pool
 
 
@@ -26,9 +27,9 @@ class QuotaExceeded(Exception):
 
 
 async def allowance(
-    session: AsyncSession, user_id: int, daily_quota: int, today: date
+    conn: AsyncConnection, user_id: int, daily_quota: int, today: date
 ) -> Allowance:
-    rows = await session.execute(
+    rows = await conn.execute(
         select(LedgerEntry.kind, LedgerEntry.pool, func.sum(LedgerEntry.amount))
         .where(
             LedgerEntry.user_id == user_id,
@@ -52,7 +53,7 @@ async def allowance(
 
 
 async def reserve(
-    session: AsyncSession,
+    conn: AsyncConnection,
     *,
     user_id: int,
     job_id: str,
@@ -64,74 +65,73 @@ async def reserve(
     if credits < 1:
         raise ValueError("a job reserves at least one credit")
     if daily_quota is None:
-        _append(session, user_id, job_id, LedgerKind.RESERVE, Pool.UNMETERED, credits, today)
-        return
-    left = await allowance(session, user_id, daily_quota, today)
-    if credits > left.total:
-        raise QuotaExceeded(credits, left)
-    from_daily = min(credits, left.daily_left)
-    if from_daily:
-        _append(session, user_id, job_id, LedgerKind.RESERVE, Pool.DAILY, from_daily, today)
-    if credits - from_daily:
-        _append(
-            session, user_id, job_id, LedgerKind.RESERVE, Pool.GRANT, credits - from_daily, today
-        )
+        split = {Pool.UNMETERED: credits}
+    else:
+        left = await allowance(conn, user_id, daily_quota, today)
+        if credits > left.total:
+            raise QuotaExceeded(credits, left)
+        from_daily = min(credits, left.daily_left)
+        split = {Pool.DAILY: from_daily, Pool.GRANT: credits - from_daily}
+    await _append(
+        conn,
+        [
+            _entry(user_id, job_id, LedgerKind.RESERVE, pool, n, today)
+            for pool, n in split.items()
+            if n
+        ],
+    )
 
 
-async def settle(session: AsyncSession, *, job_id: str, delivered: int) -> None:
-    """Commit `delivered` of a job's reserved credits and release the rest."""
-    rows = (
-        await session.execute(
-            select(LedgerEntry).where(
-                LedgerEntry.job_id == job_id, LedgerEntry.kind == LedgerKind.RESERVE
-            )
+async def settle(conn: AsyncConnection, *, job_id: str, delivered: int) -> None:
+    """Commit `delivered` of a job's reserved credits (allowance first) and release the rest."""
+    rows = await conn.execute(
+        select(LedgerEntry.user_id, LedgerEntry.pool, LedgerEntry.amount, LedgerEntry.day).where(
+            LedgerEntry.job_id == job_id, LedgerEntry.kind == LedgerKind.RESERVE
         )
-    ).scalars()
+    )
     order = {Pool.DAILY: 0, Pool.UNMETERED: 1, Pool.GRANT: 2}
     to_commit = delivered
-    for entry in sorted(rows, key=lambda e: order[Pool(e.pool)]):
-        committed = min(to_commit, entry.amount)
+    entries = []
+    for user_id, pool, amount, day in sorted(rows, key=lambda row: order[Pool(row.pool)]):
+        committed = min(to_commit, amount)
         to_commit -= committed
         if committed:
-            _append(
-                session, entry.user_id, job_id, LedgerKind.COMMIT, entry.pool, committed, entry.day
+            entries.append(_entry(user_id, job_id, LedgerKind.COMMIT, pool, committed, day))
+        if amount - committed:
+            entries.append(
+                _entry(user_id, job_id, LedgerKind.RELEASE, pool, amount - committed, day)
             )
-        if entry.amount - committed:
-            _append(
-                session,
-                entry.user_id,
-                job_id,
-                LedgerKind.RELEASE,
-                entry.pool,
-                entry.amount - committed,
-                entry.day,
-            )
+    await _append(conn, entries)
 
 
-def grant(session: AsyncSession, *, user_id: int, credits: int, note: str | None) -> None:
+async def grant(conn: AsyncConnection, *, user_id: int, credits: int, note: str | None) -> None:
     if credits < 1:
         raise ValueError("a grant is at least one credit")
-    entry = LedgerEntry(
-        user_id=user_id, kind=LedgerKind.GRANT, pool=Pool.GRANT, amount=credits, note=note
-    )
-    session.add(entry)
+    entry = _entry(user_id, None, LedgerKind.GRANT, Pool.GRANT, credits, None)
+    await _append(conn, [{**entry, "note": note}])
 
 
-def _append(
-    session: AsyncSession,
-    user_id: int,
-    job_id: str,
-    kind: LedgerKind,
-    pool: str,
-    amount: int,
-    day: date | None,
-) -> None:
-    session.add(
-        LedgerEntry(user_id=user_id, job_id=job_id, kind=kind, pool=pool, amount=amount, day=day)
-    )
+def _entry(
+    user_id: int, job_id: str | None, kind: LedgerKind, pool: str, amount: int, day: date | None
+) -> dict[str, Any]:
+    return {
+        "user_id": user_id,
+        "job_id": job_id,
+        "kind": str(kind),
+        "pool": str(pool),
+        "amount": amount,
+        "day": day,
+        "note": None,
+        "created_at": utcnow(),
+    }
 
 
-async def violations(session: AsyncSession) -> list[str]:
+async def _append(conn: AsyncConnection, entries: list[dict[str, Any]]) -> None:
+    if entries:
+        await conn.execute(insert(LedgerEntry), entries)
+
+
+async def violations(conn: AsyncConnection) -> list[str]:
     """Every way the ledger disagrees with itself or with the jobs table (empty when sound).
 
     Per job and pool, commits + releases never exceed the reservation; a finished job has settled
@@ -141,13 +141,13 @@ async def violations(session: AsyncSession) -> list[str]:
     problems: list[str] = []
     jobs = {
         job_id: (state, reserved)
-        for job_id, state, reserved in await session.execute(
+        for job_id, state, reserved in await conn.execute(
             select(Job.id, Job.state, Job.credits_reserved)
         )
     }
     per_job: dict[str, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
     grant_balance: dict[int, int] = defaultdict(int)
-    for entry in (await session.execute(select(LedgerEntry))).scalars():
+    for entry in await conn.execute(select(LedgerEntry.__table__)):
         if entry.amount < 1:
             problems.append(f"ledger entry {entry.id} has amount {entry.amount}")
         if entry.kind == LedgerKind.GRANT:

@@ -58,6 +58,7 @@ class JobRecord:
     credits_reserved: int
     selfie_key: str | None
     pose_key: str | None
+    webhook_token_hash: str | None
     provider_id: str | None
     provider_outputs: tuple[str, ...]
     seed: int | None

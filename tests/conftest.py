@@ -56,8 +56,8 @@ async def ledger_invariant() -> AsyncIterator[None]:
     for url in _databases:
         db = Database(url)
         try:
-            async with db.read() as session:
-                problems = await violations(session)
+            async with db.read() as connection:
+                problems = await violations(connection)
         finally:
             await db.dispose()
         assert problems == [], f"ledger invariant broken in {url}: {problems}"

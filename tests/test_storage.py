@@ -151,16 +151,15 @@ async def test_ledger_refuses_a_second_refund_and_the_checker_catches_overspend(
     accounts, jobs = AccountRepository(db), JobRepository(db)
     user = await accounts.user("test", "u1")
     await jobs.create(_job("j", user.id), daily_quota=5, today=TODAY)
-    async with db.write() as session:
-        assert await violations(session) == []
+    async with db.read() as connection:
+        assert await violations(connection) == []
     await jobs.fail("j", "boom")
 
     class Undo(Exception):
         pass
 
     with pytest.raises(IntegrityError):
-        async with db.write() as session:
-            connection = await session.connection()
+        async with db.write() as connection:
             await connection.exec_driver_sql(
                 "INSERT INTO credit_ledger (user_id, job_id, kind, pool, amount, day, created_at) "
                 f"VALUES ({user.id}, 'j', 'release', 'daily', 1, '2026-11-21', '2026-11-21')"
@@ -168,13 +167,12 @@ async def test_ledger_refuses_a_second_refund_and_the_checker_catches_overspend(
 
     problems: list[str] = []
     with pytest.raises(Undo):  # the forged entry is rolled back so the autouse check passes
-        async with db.write() as session:
-            connection = await session.connection()
+        async with db.write() as connection:
             await connection.exec_driver_sql(
                 "INSERT INTO credit_ledger (user_id, job_id, kind, pool, amount, day, created_at) "
                 f"VALUES ({user.id}, 'j', 'commit', 'daily', 1, '2026-11-21', '2026-11-21')"
             )
-            problems = await violations(session)
+            problems = await violations(connection)
             raise Undo
     assert problems == ["job j (failed): daily reserved 1, settled 2"]
 

@@ -37,6 +37,9 @@ from backends.modelslab.retry import RetryPolicy
 from backends.params import MAX_SEED, GenerationParams, Operation, ParameterError
 
 log = logging.getLogger(__name__)
+# Keep enough idle connections for every provider slot plus downloads: with httpx's default of
+# 20 keep-alive connections a busy account reopens a TCP connection for most calls.
+_POOL_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=100)
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -99,7 +102,11 @@ class ModelsLabClient:
         self._retry = RetryPolicy(max_attempts, backoff_base, backoff_cap, max_retry_after)
         self._send_base64 = send_base64
         self._owns_http = http is None
-        self._http = http if http is not None else httpx.AsyncClient(timeout=self._timeout)
+        self._http = (
+            http
+            if http is not None
+            else httpx.AsyncClient(timeout=self._timeout, limits=_POOL_LIMITS)
+        )
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
 
