@@ -177,10 +177,16 @@ async def _service(
     simulator = Simulator(SimulatorConfig(processing_seconds=DEMO_PROCESSING_SECONDS))
     sim_url = await simulator.start()
     demo_settings = load_settings(modelslab_base_url=sim_url, modelslab_api_key=DEMO_KEY)
+    # The simulator runs beside us, so its webhooks can reach our server on loopback.
+    app = HeadshotApp(demo_settings, Overrides(web_port=web_port, local_webhooks=True))
     try:
-        # The simulator runs beside us, so its webhooks can reach our server on loopback.
-        overrides = Overrides(web_port=web_port, local_webhooks=True)
-        async with HeadshotApp(demo_settings, overrides) as app:
-            yield app
-    finally:
+        await app.start()
+    except BaseException:
         await simulator.stop()
+        raise
+    try:
+        yield app
+    finally:
+        # The simulator first: a webhook it still had to send must not meet a closed server.
+        await simulator.stop()
+        await app.stop()
