@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 from PIL import Image
 
 from backends.modelslab.simulator import Simulator, SimulatorConfig
@@ -31,6 +32,12 @@ FAST = EngineTimings(
 )
 
 _databases: list[str] = []
+
+# Machines here are shared and noisy: property tests check behaviour, never timing.
+settings.register_profile(
+    "shared-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("shared-machine")
 
 
 @pytest.fixture
