@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.models import Job, LedgerEntry, utcnow
+from storage.models import Job, LedgerEntry, User, utcnow
 from storage.records import FINISHED_STATES, Allowance, LedgerKind, Pool
 
 
@@ -67,6 +67,9 @@ async def reserve(
     if daily_quota is None:
         split = {Pool.UNMETERED: credits}
     else:
+        # Serialise reservations per user where the database does not already (SQLite's
+        # BEGIN IMMEDIATE does; PostgreSQL's READ COMMITTED needs the row lock).
+        await conn.execute(select(User.id).where(User.id == user_id).with_for_update())
         left = await allowance(conn, user_id, daily_quota, today)
         if credits > left.total:
             raise QuotaExceeded(credits, left)
