@@ -73,25 +73,6 @@ class AccountRepository:
         async with self._db.read() as conn:
             return await ledger.violations(conn)
 
-    async def audit(
-        self,
-        *,
-        actor: str,
-        action: str,
-        target: str | None = None,
-        community_id: int | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        async with self._db.write() as conn:
-            await _audit(
-                conn,
-                actor=actor,
-                action=action,
-                target=target,
-                community_id=community_id,
-                details=details,
-            )
-
     async def _find_user(self, platform: str, platform_user_id: str) -> UserRecord | None:
         async with self._db.read() as conn:
             row = (
