@@ -236,7 +236,6 @@ class JobEngine:
     async def _record_result(self, job: JobRecord, result: ProviderResult) -> JobRecord:
         now = datetime.now(UTC)
         if result.status == ResultStatus.FAILED:
-            self._slot_done(job)
             detail = f": {result.message}" if result.message else ""
             log.warning("job %s: provider reported failure%s", job.id, detail)
             raise JobFailure("the generator could not make this image")
@@ -251,7 +250,8 @@ class JobEngine:
                 provider_id=result.provider_id,
                 eta_at=eta_at,
             )
-            self._events.publish(Started(job.id, result.eta_seconds))
+            if moved is not None:
+                self._events.publish(Started(job.id, result.eta_seconds))
         else:
             self._slot_done(job)
             moved = await self._jobs.transition(
@@ -274,15 +274,16 @@ class JobEngine:
             completed_at + timedelta(seconds=self._timings.link_ttl_seconds) - datetime.now(UTC)
         )
         deadline = time.monotonic() + link_left.total_seconds()
+        # More outputs than paid for are never fetched: only what was reserved is delivered.
+        requested = job.credits_reserved
+        urls = job.provider_outputs[:requested]
         try:
-            outputs = await self._rehoster.rehost(job.id, job.provider_outputs, deadline=deadline)
+            outputs = await self._rehoster.rehost(job.id, urls, deadline=deadline)
         except RehostFailed as exc:
             raise JobFailure(str(exc)) from None
-        requested = job.credits_reserved
-        outputs = outputs[:requested]
         if not await self._jobs.succeed(job.id, outputs, generation_time=job.generation_time):
             return
-        await self._drop_inputs(job)
+        await drop_inputs(self._store, job.selfie_key, job.pose_key)
         images = tuple(
             ImageRef(
                 url=f"{self._image_base_url}/images/{out.public_token}",
@@ -293,14 +294,14 @@ class JobEngine:
             )
             for out in outputs
         )
-        seed = job.seed if job.seed is not None else job.params.get("seed")
-        self._events.publish(Completed(job.id, images, seed, refunded=requested - len(outputs)))
+        refunded = requested - len(outputs)
+        self._events.publish(Completed(job.id, images, job.seed, refunded=refunded))
 
     async def _fail(self, job: JobRecord, reason: str) -> None:
         self._slot_done(job)
         refunded = await self._jobs.fail(job.id, reason)
         if refunded:
-            await self._drop_inputs(job)
+            await drop_inputs(self._store, job.selfie_key, job.pose_key)
             self._events.publish(Failed(job.id, reason, refunded=True))
             log.info("job %s failed: %s", job.id, reason)
 
@@ -340,11 +341,6 @@ class JobEngine:
             return await self._store.get(key)
         except ImageNotFound:
             raise JobFailure("the selfie for this job is missing") from None
-
-    async def _drop_inputs(self, job: JobRecord) -> None:
-        for key in (job.selfie_key, job.pose_key):
-            if key:
-                await self._store.delete(key)
 
     async def _sweep_orphan_inputs(self) -> None:
         """Delete stored selfies whose job has ended (a crash between commit and delete)."""
@@ -392,3 +388,10 @@ class JobEngine:
 
 
 INPUT_PREFIX = "inputs/"
+
+
+async def drop_inputs(store: ImageStore, *keys: str | None) -> None:
+    """Delete a job's stored selfie and pose image: they are kept only while the job needs them."""
+    for key in keys:
+        if key:
+            await store.delete(key)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backends.params import MAX_SEED, GenerationParams, ParameterError
-from bot.engine import INPUT_PREFIX, JobEngine
+from bot.engine import INPUT_PREFIX, JobEngine, drop_inputs
 from bot.images import ImageRejected, sanitise_selfie
 from bot.tokens import new_job_id
 from storage.accounts import AccountRepository
@@ -99,9 +99,7 @@ class GenerationService:
                 new_job, daily_quota=self._daily_quota if req.metered else None, today=today
             )
         except BaseException as exc:
-            for key in (selfie_key, pose_key):
-                if key:
-                    await self._store.delete(key)
+            await drop_inputs(self._store, selfie_key, pose_key)
             if isinstance(exc, QuotaExceeded):
                 raise RequestRefused(_quota_message(exc.requested, exc.allowance)) from None
             raise
