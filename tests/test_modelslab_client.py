@@ -362,15 +362,6 @@ async def test_provider_validation_errors(
     assert [status for _, status in _api_calls(sim)] == [400 if as_http_status else 200]
 
 
-async def test_base64_off_sends_what_the_provider_cannot_read(
-    make_client: MakeClient, sim: Simulator
-) -> None:
-    # Documented limitation: a data URI needs base64 true; see ModelsLabClient.
-    client = make_client(send_base64=False)
-    with pytest.raises(InvalidRequest, match="set base64 to true"):
-        await client.submit(_request("headshot"))
-
-
 async def test_fetch_unknown_job(client: ModelsLabClient, sim: Simulator) -> None:
     with pytest.raises(UnknownProviderJob, match="999"):
         await client.fetch(Operation.HEADSHOT, "999")

@@ -63,7 +63,7 @@ def test_headshot_body() -> None:
         webhook_url="https://bot.example/webhooks/modelslab/t",
         track_id="job-1",
     )
-    body = wire.build_submit_body(request, key=KEY, send_base64=True)
+    body = wire.build_submit_body(request, key=KEY)
     assert body == {
         "key": KEY,
         "prompt": "a headshot",
@@ -93,7 +93,7 @@ def test_avatar_body_uses_init_image_and_avatar_fields() -> None:
         pose_image=b"pose-bytes",
         pose_image_type="image/png",
     )
-    body = wire.build_submit_body(request, key=KEY, send_base64=False)
+    body = wire.build_submit_body(request, key=KEY)
     assert body["init_image"] == FACE_URI
     assert "face_image" not in body
     assert body["pose_image"] == "data:image/png;base64," + base64.b64encode(b"pose-bytes").decode()
@@ -102,12 +102,12 @@ def test_avatar_body_uses_init_image_and_avatar_fields() -> None:
     assert body["adapter_strength_ratio"] == 1.0
     assert body["pose_strength"] == 0.4
     assert body["canny_strength"] == 0.3
-    assert (body["width"], body["height"], body["seed"], body["base64"]) == (512, 768, 7, False)
+    assert (body["width"], body["height"], body["seed"], body["base64"]) == (512, 768, 7, True)
     assert body["webhook"] is None and body["track_id"] is None
 
 
 def test_facegen_body_has_its_required_fields() -> None:
-    body = wire.build_submit_body(_request("facegen", seed=99), key=KEY, send_base64=True)
+    body = wire.build_submit_body(_request("facegen", seed=99), key=KEY)
     for field in ("key", "prompt", "face_image", "safety_checker", "s_scale", "seed"):
         assert body[field] is not None, field
     assert body["seed"] == 99
@@ -115,7 +115,7 @@ def test_facegen_body_has_its_required_fields() -> None:
 
 
 def test_flux_body_has_no_sd_only_fields() -> None:
-    body = wire.build_submit_body(_request("flux_headshot", seed=5), key=KEY, send_base64=True)
+    body = wire.build_submit_body(_request("flux_headshot", seed=5), key=KEY)
     assert body["seed"] == 5
     assert (body["width"], body["height"], body["num_inference_steps"]) == (1024, 1024, 21)
     assert body["guidance_scale"] == 3.5
@@ -126,7 +126,7 @@ def test_flux_body_has_no_sd_only_fields() -> None:
 @pytest.mark.parametrize("operation", ["facegen", "flux_headshot"])
 def test_seed_required_operations_refuse_a_missing_seed(operation: str) -> None:
     with pytest.raises(InvalidRequest, match="seed is required"):
-        wire.build_submit_body(_request(operation), key=KEY, send_base64=True)
+        wire.build_submit_body(_request(operation), key=KEY)
 
 
 @pytest.mark.parametrize(

@@ -71,8 +71,7 @@ class ModelsLabClient:
     Retries (5xx, 408, timeouts, connection errors, garbled answers, rate limits) happen inside
     submit and fetch, up to `max_attempts` tries; refusals (4xx, error bodies) never retry.
     Selfies travel as data URIs, which ModelsLab reads only with `base64: true` (it then
-    answers `.base64` links, which `download_output` decodes); `send_base64=False` sends
-    `base64: false`, which the documented endpoints refuse for inline images.
+    answers `.base64` links, which `download_output` decodes).
     """
 
     name = "modelslab"
@@ -87,7 +86,6 @@ class ModelsLabClient:
         backoff_base: float = 0.5,
         backoff_cap: float = 20.0,
         max_retry_after: float = 120.0,
-        send_base64: bool = True,
         http: httpx.AsyncClient | None = None,
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
@@ -100,7 +98,6 @@ class ModelsLabClient:
         self._key = api_key
         self._timeout = httpx.Timeout(timeout)
         self._retry = RetryPolicy(max_attempts, backoff_base, backoff_cap, max_retry_after)
-        self._send_base64 = send_base64
         self._owns_http = http is None
         self._http = (
             http
@@ -136,7 +133,7 @@ class ModelsLabClient:
             # The endpoint insists on a seed; picking it here keeps the result reproducible.
             params = params.with_seed(self._rng.randint(0, MAX_SEED))
             request = dataclasses.replace(request, params=params)
-        body = wire.build_submit_body(request, key=self._key, send_base64=self._send_base64)
+        body = wire.build_submit_body(request, key=self._key)
         endpoint = wire.ENDPOINTS[params.operation]
         reply = await self._post(endpoint.submit_path, body, params.operation, provider_id=None)
         if wire.is_error(reply) and wire.parse_id(reply.get("id")) is None:

@@ -83,7 +83,7 @@ def data_uri(data: bytes, mime: str, field: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def build_submit_body(request: SubmitRequest, *, key: str, send_base64: bool) -> dict[str, Any]:
+def build_submit_body(request: SubmitRequest, *, key: str) -> dict[str, Any]:
     """The JSON body for `request`. Its params must be valid and, where the operation requires
     one, carry a seed (the client picks one first)."""
     params = request.params
@@ -111,7 +111,8 @@ def build_submit_body(request: SubmitRequest, *, key: str, send_base64: bool) ->
     if operation is Operation.AVATAR:
         _add_avatar_fields(body, request)
     body["seed"] = params.seed
-    body["base64"] = send_base64
+    # Images go inline as data URIs, which ModelsLab reads only with base64 on.
+    body["base64"] = True
     body["webhook"] = request.webhook_url
     body["track_id"] = request.track_id
     return body
