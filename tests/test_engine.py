@@ -19,7 +19,7 @@ from bot.engine import EngineTimings
 from bot.events import Completed, Failed, JobEvent, Queued, Started
 from bot.generation import GenerationRequest, RequestRefused
 from bot.rehost import RetryPolicy
-from storage.records import JobState
+from storage.records import JobRecord, JobState
 from tests.conftest import TEST_KEY, AppFactory, make_image
 
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -51,6 +51,19 @@ async def run_job(
     )
     events = [event async for event in app.events.watch(job.id)]
     return job.id, events
+
+
+async def start_processing_job(app: HeadshotApp, selfie: bytes) -> JobRecord:
+    """Queue a headshot for alice and return once the provider has it in processing."""
+    job = await app.generation.request(
+        GenerationRequest("test", "alice", "headshot", OPTIONS["headshot"], selfie)
+    )
+    for _ in range(200):
+        current = await app.jobs.get(job.id)
+        if current is not None and current.state == JobState.PROCESSING:
+            return current
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"job {job.id} never reached processing")
 
 
 async def allowance_left(app: HeadshotApp, user: str = "alice") -> int:
@@ -138,14 +151,7 @@ async def test_forged_webhooks_change_nothing(
 ) -> None:
     simulator.config.processing_seconds = 30
     app = await make_app(timings=EngineTimings(min_poll_seconds=20, max_poll_seconds=20))
-    job = await app.generation.request(
-        GenerationRequest("test", "alice", "headshot", OPTIONS["headshot"], selfie)
-    )
-    for _ in range(100):
-        current = await app.jobs.get(job.id)
-        if current is not None and current.state == JobState.PROCESSING:
-            break
-        await asyncio.sleep(0.05)
+    job = await start_processing_job(app, selfie)
     (sim_job,) = simulator.jobs.values()
     assert sim_job.webhook is not None
     forged_success = {"status": "success", "id": sim_job.id, "output": ["http://evil/x.png"]}
@@ -317,11 +323,7 @@ async def test_a_restarted_service_finishes_what_the_last_one_started(
 ) -> None:
     simulator.config.processing_seconds = 0.5
     first = await make_app(timings=EngineTimings(min_poll_seconds=30, max_poll_seconds=30))
-    job = await first.generation.request(
-        GenerationRequest("test", "alice", "headshot", OPTIONS["headshot"], selfie)
-    )
-    while (current := await first.jobs.get(job.id)) and current.state != JobState.PROCESSING:
-        await asyncio.sleep(0.02)
+    job = await start_processing_job(first, selfie)
     await first.stop()
     second = await make_app(
         local_webhooks=False,
