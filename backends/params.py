@@ -161,17 +161,9 @@ LIMITS: dict[Operation, OperationLimits] = {
     ),
 }
 
-# Options that only some operations know; any other operation refuses them by name.
-_OPTIONAL_FIELDS = (
-    "num_inference_steps",
-    "guidance_scale",
-    "s_scale",
-    "safety_checker_type",
-    "identitynet_strength_ratio",
-    "adapter_strength_ratio",
-    "pose_strength",
-    "canny_strength",
-)
+# Options that only some operations know (every rule of any operation); an operation whose
+# limits do not name one refuses it by name.
+_OPTIONAL_FIELDS = tuple(dict.fromkeys(name for lim in LIMITS.values() for name in lim.rules))
 
 
 @dataclass(frozen=True, kw_only=True)

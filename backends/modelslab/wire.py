@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from backends.base import ProviderResult, ResultStatus, SubmitRequest
 from backends.errors import InvalidRequest, OutputUnavailable, ProviderUnavailable
-from backends.params import GenerationParams, Operation
+from backends.params import LIMITS, GenerationParams, Operation
 
 MAX_MESSAGE_CHARS = 200
 REDACTED = "[redacted]"
@@ -53,19 +53,11 @@ ENDPOINTS: dict[Operation, Endpoint] = {
     ),
 }
 
-# The tuning fields each operation sends when set (params has already refused the others).
+# The tuning fields each operation sends when set: those its limits know, beyond the two that
+# every operation sends. Derived, so an option added to the limits table is also sent.
+_ALWAYS_SENT = ("num_inference_steps", "guidance_scale")
 _TUNING_FIELDS: dict[Operation, tuple[str, ...]] = {
-    Operation.HEADSHOT: ("s_scale", "safety_checker_type"),
-    Operation.FACEGEN: ("s_scale", "safety_checker_type"),
-    Operation.AVATAR: (
-        "s_scale",
-        "safety_checker_type",
-        "identitynet_strength_ratio",
-        "adapter_strength_ratio",
-        "pose_strength",
-        "canny_strength",
-    ),
-    Operation.FLUX_HEADSHOT: (),
+    op: tuple(name for name in LIMITS[op].rules if name not in _ALWAYS_SENT) for op in Operation
 }
 
 _MIME = re.compile(r"image/[a-z0-9][a-z0-9.+-]{0,40}")
@@ -105,7 +97,7 @@ def build_submit_body(request: SubmitRequest, *, key: str) -> dict[str, Any]:
     if params.height is not None:
         body["height"] = params.height
     body["samples"] = params.samples
-    _put_if_set(body, params, ("num_inference_steps", "guidance_scale"))
+    _put_if_set(body, params, _ALWAYS_SENT)
     body["safety_checker"] = params.safety_checker
     _put_if_set(body, params, _TUNING_FIELDS[operation])
     if operation is Operation.AVATAR:
