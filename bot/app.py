@@ -10,16 +10,25 @@ from aiohttp import web
 
 from backends.base import Backend
 from backends.modelslab import ModelsLabClient
+from bot.commands import CommandLayer
+from bot.commands.confirmations import Confirmations
+from bot.commands.context import Services
 from bot.config import ConfigError, Settings
 from bot.engine import EngineTimings, JobEngine
 from bot.event_bus import EventBus
+from bot.fetch import SafeFetcher
 from bot.generation import GenerationService
 from bot.web import create_web_app
 from storage.accounts import AccountRepository
+from storage.audit import AuditRepository
+from storage.bans import BanRepository
 from storage.database import Database
+from storage.history import HistoryRepository
 from storage.imagestore import ImageStore, open_image_store
 from storage.jobs import JobRepository
 from storage.migrate import upgrade
+from storage.settings import SettingsRepository
+from storage.stats import StatsRepository
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +42,8 @@ class Overrides:
     web_port: int | None = None
     # Ask the provider to send webhooks to our own listening address (the in-process simulator).
     local_webhooks: bool = False
+    # How selfie links are fetched (tests let the loopback server stand in for the internet).
+    fetcher: SafeFetcher | None = None
 
 
 class HeadshotApp:
@@ -50,6 +61,8 @@ class HeadshotApp:
         self.events = EventBus()
         self.engine: JobEngine
         self.generation: GenerationService
+        self.fetcher: SafeFetcher
+        self.commands: CommandLayer
         self.base_url = ""
 
     async def start(self) -> None:
@@ -89,6 +102,7 @@ class HeadshotApp:
                 job_timeout_seconds=settings.job_timeout_seconds,
                 link_ttl_seconds=settings.provider_link_ttl_seconds,
             ),
+            input_retention_seconds=settings.selfie_retention_seconds,
         )
         self.generation = GenerationService(
             accounts=self.accounts,
@@ -97,6 +111,28 @@ class HeadshotApp:
             engine=self.engine,
             daily_quota=settings.daily_quota,
             max_upload_bytes=settings.max_upload_bytes,
+        )
+        self.fetcher = self._overrides.fetcher or SafeFetcher(
+            max_bytes=settings.max_selfie_url_bytes
+        )
+        self.commands = CommandLayer(
+            Services(
+                settings=settings,
+                accounts=self.accounts,
+                jobs=self.jobs,
+                history=HistoryRepository(self.db),
+                scoped=SettingsRepository(self.db),
+                bans=BanRepository(self.db),
+                audit=AuditRepository(self.db),
+                stats=StatsRepository(self.db),
+                store=self.store,
+                engine=self.engine,
+                events=self.events,
+                generation=self.generation,
+                fetcher=self.fetcher,
+                confirmations=Confirmations(),
+                image_base_url=public or self.base_url,
+            )
         )
         self._runner = web.AppRunner(create_web_app(self.engine, self.jobs, self.store))
         await self._runner.setup()
@@ -109,6 +145,7 @@ class HeadshotApp:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.backend.aclose()
+        await self.fetcher.aclose()
         await self.store.aclose()
         await self.db.dispose()
 

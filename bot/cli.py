@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import HttpUrl, SecretStr
+
 from backends.params import Operation
 from bot.app import HeadshotApp, Overrides
 from bot.config import ConfigError, Settings, load_settings
@@ -80,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _generate(args: argparse.Namespace) -> int:
-    settings = _settings(quiet=True)
+    # No re-roll from the command line: the selfie goes as soon as the job ends.
+    settings = _settings(quiet=True).model_copy(update={"selfie_retention_seconds": 0.0})
     selfie = _read(args.selfie, "selfie")
     pose = _read(args.pose, "pose image") if args.pose else None
     option_names = ("negative_prompt", "seed", "width", "height", "num_inference_steps")
@@ -176,7 +179,9 @@ async def _service(
 
     simulator = Simulator(SimulatorConfig(processing_seconds=DEMO_PROCESSING_SECONDS))
     sim_url = await simulator.start()
-    demo_settings = load_settings(modelslab_base_url=sim_url, modelslab_api_key=DEMO_KEY)
+    demo_settings = settings.model_copy(
+        update={"modelslab_base_url": HttpUrl(sim_url), "modelslab_api_key": SecretStr(DEMO_KEY)}
+    )
     # The simulator runs beside us, so its webhooks can reach our server on loopback.
     app = HeadshotApp(demo_settings, Overrides(web_port=web_port, local_webhooks=True))
     try:

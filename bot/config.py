@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     web_port: int = Field(8080, ge=0, le=65535)
 
     daily_quota: int = Field(5, ge=0, le=10_000)
+    max_active_per_user: int = Field(2, ge=1, le=100)
+    # Comma-separated platform user ids, each optionally prefixed by its platform
+    # ("discord:1234, telegram:5678" or "1234"): the operators, moderators everywhere.
+    owner_ids: str = ""
+    # How long a finished job keeps its selfie so that it can be re-rolled (0: delete at once).
+    selfie_retention_seconds: float = Field(3600.0, ge=0, le=7 * 24 * 3600)
+    max_selfie_url_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_output_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     job_timeout_seconds: float = Field(1800.0, gt=0)
@@ -59,6 +66,25 @@ class Settings(BaseSettings):
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'headshot.db'}"
 
+    @field_validator("owner_ids")
+    @classmethod
+    def _owner_ids_are_ids(cls, value: str) -> str:
+        for entry in _split_ids(value):
+            platform, _, user = entry.rpartition(":")
+            if not user or not all(
+                part.replace("_", "").isalnum() for part in (platform, user) if part
+            ):
+                raise ValueError(f"{entry!r} is not a user id (use 1234 or discord:1234)")
+        return value
+
+    @property
+    def owners(self) -> frozenset[str]:
+        """Owner entries as given: "platform:id" or a bare "id" (an owner on every platform)."""
+        return frozenset(_split_ids(self.owner_ids))
+
+    def is_owner(self, platform: str, user_id: str) -> bool:
+        return user_id in self.owners or f"{platform}:{user_id}" in self.owners
+
     @property
     def api_key(self) -> str | None:
         return self.modelslab_api_key.get_secret_value() if self.modelslab_api_key else None
@@ -67,6 +93,10 @@ class Settings(BaseSettings):
         """Every secret value in these settings: the log filter redacts them."""
         values = [self.modelslab_api_key, self.s3_access_key_id, self.s3_secret_access_key]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+
+def _split_ids(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def load_settings(**overrides: Any) -> Settings:

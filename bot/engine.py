@@ -33,9 +33,10 @@ from backends.errors import (
 from backends.params import GenerationParams
 from bot.dispatcher import Dispatcher
 from bot.event_bus import EventBus
-from bot.events import Completed, Failed, ImageRef, Progress, Queued, Started
+from bot.events import Completed, Failed, Progress, Queued, Started
 from bot.rehost import Rehoster, RehostFailed, RetryPolicy
 from bot.tokens import new_token, token_hash
+from bot.views import image_refs, job_summary
 from storage.imagestore import ImageNotFound, ImageStore
 from storage.jobs import JobRepository
 from storage.records import JobRecord, JobState
@@ -60,6 +61,8 @@ class EngineTimings:
     job_timeout_seconds: float = 1800.0
     link_ttl_seconds: float = 24 * 3600.0
     busy_retry_rounds: int = 5
+    # How often kept selfies whose re-roll window has passed are deleted.
+    input_sweep_seconds: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -76,6 +79,7 @@ class JobEngine:
         webhook_base_url: str | None,
         max_output_bytes: int,
         timings: EngineTimings | None = None,
+        input_retention_seconds: float = 0.0,
     ) -> None:
         self._jobs = jobs
         self._backend = backend
@@ -84,6 +88,8 @@ class JobEngine:
         self._image_base_url = image_base_url.rstrip("/")
         self._webhook_base_url = webhook_base_url.rstrip("/") if webhook_base_url else None
         self._timings = timings or EngineTimings()
+        self._input_retention = timedelta(seconds=input_retention_seconds)
+        self._sweeper: asyncio.Task[None] | None = None
         self._rehoster = Rehoster(
             backend, store, max_bytes=max_output_bytes, retry=self._timings.retry
         )
@@ -106,6 +112,9 @@ class JobEngine:
                 self.dispatcher.claim(job.id)
             self.start(job)
         await self._sweep_orphan_inputs()
+        await self.sweep_expired_inputs()
+        if self._input_retention and self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_periodically(), name="input-sweeper")
         if unfinished:
             log.info("resumed %d unfinished job(s)", len(unfinished))
         return len(unfinished)
@@ -113,6 +122,9 @@ class JobEngine:
     async def stop(self) -> None:
         """Stop driving jobs; they stay in the database and resume at the next start."""
         tasks = list(self._tasks.values())
+        if self._sweeper is not None:
+            tasks.append(self._sweeper)
+            self._sweeper = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -166,7 +178,7 @@ class JobEngine:
     async def _drive(self, job: JobRecord) -> None:
         try:
             if job.state in (JobState.QUEUED, JobState.SUBMITTED):
-                await self.dispatcher.acquire(job.id)
+                await self.dispatcher.acquire(job.id, user=job.user_id, community=job.community_id)
                 job = await self._submit(job)
             if job.state == JobState.PROCESSING:
                 job = await self._await_result(job)
@@ -281,27 +293,24 @@ class JobEngine:
             outputs = await self._rehoster.rehost(job.id, urls, deadline=deadline)
         except RehostFailed as exc:
             raise JobFailure(str(exc)) from None
-        if not await self._jobs.succeed(job.id, outputs, generation_time=job.generation_time):
+        keep_until = self._keep_inputs_until()
+        if not await self._jobs.succeed(
+            job.id, outputs, generation_time=job.generation_time, keep_inputs_until=keep_until
+        ):
             return
-        await drop_inputs(self._store, job.selfie_key, job.pose_key)
-        images = tuple(
-            ImageRef(
-                url=f"{self._image_base_url}/images/{out.public_token}",
-                content_key=out.content_key,
-                content_type=out.content_type,
-                width=out.width,
-                height=out.height,
-            )
-            for out in outputs
-        )
+        if keep_until is None:
+            await drop_inputs(self._store, job.selfie_key, job.pose_key)
+        images = image_refs(outputs, self._image_base_url)
         refunded = requested - len(outputs)
-        self._events.publish(Completed(job.id, images, job.seed, refunded=refunded))
+        self._events.publish(Completed(job.id, images, job_summary(job), refunded=refunded))
 
     async def _fail(self, job: JobRecord, reason: str) -> None:
         self._slot_done(job)
-        refunded = await self._jobs.fail(job.id, reason)
+        keep_until = self._keep_inputs_until()
+        refunded = await self._jobs.fail(job.id, reason, keep_inputs_until=keep_until)
         if refunded:
-            await drop_inputs(self._store, job.selfie_key, job.pose_key)
+            if keep_until is None:
+                await drop_inputs(self._store, job.selfie_key, job.pose_key)
             self._events.publish(Failed(job.id, reason, refunded=True))
             log.info("job %s failed: %s", job.id, reason)
 
@@ -349,6 +358,26 @@ class JobEngine:
             if key.startswith(INPUT_PREFIX) and key not in needed:
                 await self._store.delete(key)
 
+    def _keep_inputs_until(self) -> datetime | None:
+        """Until when a finished job keeps its selfie, so that it can be re-rolled."""
+        return datetime.now(UTC) + self._input_retention if self._input_retention else None
+
+    async def sweep_expired_inputs(self) -> int:
+        """Delete kept selfies whose re-roll window has passed; how many jobs had some."""
+        expired = await self._jobs.expired_inputs(datetime.now(UTC))
+        for job_id, keys in expired:
+            await drop_inputs(self._store, *keys)
+            await self._jobs.clear_inputs(job_id)
+        return len(expired)
+
+    async def _sweep_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._timings.input_sweep_seconds)
+            try:
+                await self.sweep_expired_inputs()
+            except Exception:
+                log.exception("sweeping expired selfies failed; trying again later")
+
     def _slot_done(self, job: JobRecord) -> None:
         started = self._started_at.pop(job.id, None)
         if started is not None:
@@ -376,15 +405,23 @@ class JobEngine:
     def typical_generation_seconds(self) -> float:
         return statistics.median(self._durations) if self._durations else DEFAULT_GENERATION_SECONDS
 
+    def queue_event(self, job_id: str) -> Queued | None:
+        """Where a waiting job stands, with an ETA from recent generation times."""
+        position = self.dispatcher.position(job_id)
+        if position is None:
+            return None
+        # It starts once the jobs ahead have gone through the provider's slots, then runs.
+        rounds = (position - 1) // self.dispatcher.capacity + 2
+        return Queued(job_id, position, self.typical_generation_seconds() * rounds)
+
     def _announce_positions(self) -> None:
-        typical = self.typical_generation_seconds()
-        capacity = self.dispatcher.capacity
-        for position, job_id in enumerate(self.dispatcher.waiting, start=1):
-            if self._announced.get(job_id) == position or not self._events.watching(job_id):
+        # Only watched jobs are told; everyone else learns their place when they ask (/quota).
+        for job_id in self._events.watched_jobs:
+            event = self.queue_event(job_id)
+            if event is None or self._announced.get(job_id) == event.position:
                 continue
-            self._announced[job_id] = position
-            rounds = (position - 1) // capacity + 2
-            self._events.publish(Queued(job_id, position, typical * rounds))
+            self._announced[job_id] = event.position
+            self._events.publish(event)
 
 
 INPUT_PREFIX = "inputs/"

@@ -4,40 +4,75 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator
 
 from bot.events import FINAL_EVENTS, JobEvent
 
 
+class Subscription:
+    """The events of one job from the moment of subscribing, ending after its final one.
+
+    Iterate it (`async for event in subscription`), or `close()` it to stop early; an
+    iteration that ends or is abandoned through `close()` unregisters it.
+    """
+
+    def __init__(self, bus: EventBus, job_id: str) -> None:
+        self._bus = bus
+        self.job_id = job_id
+        self._queue: asyncio.Queue[JobEvent] = asyncio.Queue()
+        self._closed = False
+
+    def put(self, event: JobEvent) -> None:
+        self._queue.put_nowait(event)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> JobEvent:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            event = await self._queue.get()
+        except BaseException:
+            self.close()
+            raise
+        if isinstance(event, FINAL_EVENTS):
+            self.close()
+        return event
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._bus._unsubscribe(self)
+
+
 class EventBus:
     def __init__(self) -> None:
-        self._watchers: dict[str, list[asyncio.Queue[JobEvent]]] = defaultdict(list)
+        self._watchers: dict[str, list[Subscription]] = defaultdict(list)
 
     def watching(self, job_id: str) -> bool:
         return bool(self._watchers.get(job_id))
 
-    def publish(self, event: JobEvent) -> None:
-        for queue in self._watchers.get(event.job_id, ()):
-            queue.put_nowait(event)
+    @property
+    def watched_jobs(self) -> list[str]:
+        return list(self._watchers)
 
-    def watch(self, job_id: str) -> AsyncIterator[JobEvent]:
+    def publish(self, event: JobEvent) -> None:
+        for subscription in self._watchers.get(event.job_id, ()):
+            subscription.put(event)
+
+    def watch(self, job_id: str) -> Subscription:
         """Events of one job from now on, ending after its final one (Completed or Failed).
 
         The watcher is registered before this returns, so no event published after the call
         is missed, even if iteration starts later.
         """
-        queue: asyncio.Queue[JobEvent] = asyncio.Queue()
-        self._watchers[job_id].append(queue)
-        return self._drain(job_id, queue)
+        subscription = Subscription(self, job_id)
+        self._watchers[job_id].append(subscription)
+        return subscription
 
-    async def _drain(self, job_id: str, queue: asyncio.Queue[JobEvent]) -> AsyncIterator[JobEvent]:
-        try:
-            while True:
-                event = await queue.get()
-                yield event
-                if isinstance(event, FINAL_EVENTS):
-                    return
-        finally:
-            self._watchers[job_id].remove(queue)
-            if not self._watchers[job_id]:
-                del self._watchers[job_id]
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        watchers = self._watchers.get(subscription.job_id)
+        if watchers and subscription in watchers:
+            watchers.remove(subscription)
+            if not watchers:
+                del self._watchers[subscription.job_id]

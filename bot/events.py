@@ -4,8 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.ui import Button, ImageRef, JobSummary, job_buttons
 
-def _eta(seconds: float | None) -> str:
+__all__ = [
+    "FINAL_EVENTS",
+    "Completed",
+    "Failed",
+    "ImageRef",
+    "JobEvent",
+    "Progress",
+    "Queued",
+    "Started",
+]
+
+
+def eta_text(seconds: float | None) -> str:
     if seconds is None:
         return ""
     if seconds < 60:
@@ -21,7 +34,12 @@ class Queued:
 
     @property
     def text(self) -> str:
-        return f"Queued: position {self.position}{_eta(self.eta_seconds)}."
+        ahead = self.position - 1
+        if ahead == 0:
+            return f"Queued: you're next{eta_text(self.eta_seconds)}."
+        jobs = "job" if ahead == 1 else "jobs"
+        eta = eta_text(self.eta_seconds)
+        return f"Queued: position {self.position} ({ahead} {jobs} ahead){eta}."
 
 
 @dataclass(frozen=True)
@@ -31,7 +49,7 @@ class Started:
 
     @property
     def text(self) -> str:
-        return f"Generating your image{_eta(self.eta_seconds)}…"
+        return f"Generating your image{eta_text(self.eta_seconds)}…"
 
 
 @dataclass(frozen=True)
@@ -48,27 +66,29 @@ class Progress:
 
 
 @dataclass(frozen=True)
-class ImageRef:
-    url: str
-    content_key: str
-    content_type: str
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
 class Completed:
     job_id: str
     images: tuple[ImageRef, ...]
-    seed: int | None
+    job: JobSummary
     refunded: int = 0
+
+    @property
+    def seed(self) -> int | None:
+        return self.job.seed
 
     @property
     def text(self) -> str:
         count = len(self.images)
         noun = "image" if count == 1 else "images"
+        style = f" · {self.job.style}" if self.job.style else ""
         note = f" {self.refunded} unused credit(s) returned." if self.refunded else ""
-        return f"Done: {count} {noun} (seed {self.seed}).{note}"
+        return (
+            f"Done: {count} {noun}{style} · seed {self.job.seed} · job {self.job.short_id}.{note}"
+        )
+
+    @property
+    def buttons(self) -> tuple[Button, ...]:
+        return job_buttons(self.job_id)
 
 
 @dataclass(frozen=True)
@@ -80,7 +100,11 @@ class Failed:
     @property
     def text(self) -> str:
         refund = " Your credits were returned." if self.refunded else ""
-        return f"Sorry, that didn't work: {self.reason}.{refund}"
+        return f"Sorry, that didn't work: {self.reason}.{refund} Press Try again to retry."
+
+    @property
+    def buttons(self) -> tuple[Button, ...]:
+        return (Button("Try again", "reroll", {"job": self.job_id}),)
 
 
 JobEvent = Queued | Started | Progress | Completed | Failed

@@ -20,7 +20,7 @@ from bot.images import ImageRejected, sanitise_selfie
 from bot.tokens import new_job_id
 from storage.accounts import AccountRepository
 from storage.imagestore import ImageStore
-from storage.jobs import JobRepository, NewJob
+from storage.jobs import JobRepository, NewJob, TooManyActive
 from storage.ledger import QuotaExceeded
 from storage.records import Allowance, JobRecord
 
@@ -40,6 +40,13 @@ class GenerationRequest:
     platform_community_id: str | None = None
     # The operator (the local CLI user) is not metered by the daily quota.
     metered: bool = True
+    # The daily allowance that applies to this user here (None: the configured default).
+    daily_quota: int | None = None
+    # At most this many of the user's jobs may be waiting or running (None: no limit).
+    max_active: int | None = None
+    # For the user's history: the style preset and the user's own words, before composition.
+    style: str | None = None
+    user_prompt: str | None = None
 
 
 class GenerationService:
@@ -92,16 +99,24 @@ class GenerationService:
             selfie_key=selfie_key,
             pose_key=pose_key,
             seed=params.seed,
+            style=req.style,
+            user_prompt=req.user_prompt,
         )
+        quota = self._daily_quota if req.daily_quota is None else req.daily_quota
         today = datetime.now(UTC).date()
         try:
             job = await self._jobs.create(
-                new_job, daily_quota=self._daily_quota if req.metered else None, today=today
+                new_job,
+                daily_quota=quota if req.metered else None,
+                today=today,
+                max_active=req.max_active,
             )
         except BaseException as exc:
             await drop_inputs(self._store, selfie_key, pose_key)
             if isinstance(exc, QuotaExceeded):
-                raise RequestRefused(_quota_message(exc.requested, exc.allowance)) from None
+                raise RequestRefused(quota_message(exc.requested, exc.allowance)) from None
+            if isinstance(exc, TooManyActive):
+                raise RequestRefused(too_many_message(exc.active)) from None
             raise
         self._engine.start(job)
         return job
@@ -124,14 +139,27 @@ class GenerationService:
         return image.data
 
 
-def _quota_message(requested: int, allowance: Allowance) -> str:
-    now = datetime.now(UTC)
-    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
-    minutes = int((midnight - now).total_seconds() // 60)
-    resets = f"your daily allowance resets at 00:00 UTC (in {minutes // 60} h {minutes % 60} min)"
+def quota_message(requested: int, allowance: Allowance) -> str:
+    resets = f"your daily allowance resets at 00:00 UTC (in {until_reset()})"
     if allowance.total == 0:
         return f"You have no credits left: {resets}."
     return (
         f"You asked for {requested} images but have {allowance.total} credit(s) left: "
         f"ask for fewer, or wait; {resets}."
     )
+
+
+def too_many_message(active: int) -> str:
+    jobs = "job" if active == 1 else "jobs"
+    return (
+        f"You already have {active} {jobs} in progress: wait for one to finish, then try again "
+        "(/quota shows them)."
+    )
+
+
+def until_reset(now: datetime | None = None) -> str:
+    """Time left until the daily allowance resets (00:00 UTC), as "5 h 12 min"."""
+    now = now or datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    minutes = int((midnight - now).total_seconds() // 60)
+    return f"{minutes // 60} h {minutes % 60} min"

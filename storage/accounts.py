@@ -1,4 +1,4 @@
-"""Users, communities, credit balances and the audit log."""
+"""Users, communities and credit balances."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import ledger
+from storage.audit import write_audit
 from storage.database import Database
-from storage.models import AuditEntry, Community, User, utcnow
-from storage.records import Allowance, UserRecord
+from storage.models import Community, User, utcnow
+from storage.records import Allowance, AuditNote, UserRecord
 
 
 class AccountRepository:
@@ -20,7 +21,7 @@ class AccountRepository:
 
     async def user(self, platform: str, platform_user_id: str) -> UserRecord:
         """The user with this platform id, created on first sight."""
-        row = await self._find_user(platform, platform_user_id)
+        row = await self.find_user(platform, platform_user_id)
         if row is None:
             async with self._db.write() as conn:
                 # Another request may have created the user since we looked: then this is a no-op.
@@ -29,16 +30,26 @@ class AccountRepository:
                         platform=platform, platform_user_id=platform_user_id, created_at=utcnow()
                     )
                 )
-            row = await self._find_user(platform, platform_user_id)
+            row = await self.find_user(platform, platform_user_id)
         assert row is not None
         return row
 
+    async def find_user(self, platform: str, platform_user_id: str) -> UserRecord | None:
+        """The user with this platform id, or None: looking someone up never creates them."""
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(_USERS.c.id, _USERS.c.platform, _USERS.c.platform_user_id).where(
+                        _USERS.c.platform == platform,
+                        _USERS.c.platform_user_id == platform_user_id,
+                    )
+                )
+            ).one_or_none()
+            return UserRecord(*row) if row else None
+
     async def community(self, platform: str, platform_community_id: str) -> int:
         """The community's id, created on first sight."""
-        where = (
-            _COMMUNITIES.c.platform == platform,
-            _COMMUNITIES.c.platform_community_id == platform_community_id,
-        )
+        where = _community_is(platform, platform_community_id)
         async with self._db.write() as conn:
             found = (await conn.execute(select(_COMMUNITIES.c.id).where(*where))).scalar()
             if found is not None:
@@ -53,46 +64,67 @@ class AccountRepository:
             )
             return int(inserted.scalar_one())
 
+    async def find_community(self, platform: str, platform_community_id: str) -> int | None:
+        """The community's id, or None: looking a community up never creates it."""
+        where = _community_is(platform, platform_community_id)
+        async with self._db.read() as conn:
+            found = (await conn.execute(select(_COMMUNITIES.c.id).where(*where))).scalar()
+            return None if found is None else int(found)
+
     async def allowance(self, user_id: int, *, daily_quota: int, today: date) -> Allowance:
         async with self._db.read() as conn:
             return await ledger.allowance(conn, user_id, daily_quota, today)
 
-    async def grant(self, user_id: int, credits: int, *, actor: str, note: str | None) -> None:
+    async def grant(
+        self,
+        user_id: int,
+        credits: int,
+        *,
+        actor: str,
+        note: str | None,
+        community_id: int | None = None,
+    ) -> None:
+        """Give a user credits, logged under `community_id` (None: the operator's global log).
+
+        The audit target is the user's platform id, which is what a moderator knows them by
+        (and what `forget` redacts), not the internal row id.
+        """
         async with self._db.write() as conn:
+            row = (
+                await conn.execute(
+                    select(_USERS.c.platform, _USERS.c.platform_user_id).where(
+                        _USERS.c.id == user_id
+                    )
+                )
+            ).one_or_none()
+            if row is None:
+                raise LookupError(f"no user {user_id}")
             await ledger.grant(conn, user_id=user_id, credits=credits, note=note)
-            await _audit(
+            await write_audit(
                 conn,
-                actor=actor,
-                action="grant",
-                target=f"user:{user_id}",
-                community_id=None,
-                details={"credits": credits, "note": note},
+                AuditNote(
+                    actor=actor,
+                    action="grant",
+                    target=f"{row.platform}:{row.platform_user_id}",
+                    community_id=community_id,
+                    details={"credits": credits, "note": note},
+                ),
             )
 
     async def ledger_violations(self) -> list[str]:
         async with self._db.read() as conn:
             return await ledger.violations(conn)
 
-    async def _find_user(self, platform: str, platform_user_id: str) -> UserRecord | None:
-        async with self._db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(_USERS.c.id, _USERS.c.platform, _USERS.c.platform_user_id).where(
-                        _USERS.c.platform == platform,
-                        _USERS.c.platform_user_id == platform_user_id,
-                    )
-                )
-            ).one_or_none()
-            return UserRecord(*row) if row else None
-
 
 _USERS = User.__table__
 _COMMUNITIES = Community.__table__
-_AUDIT = AuditEntry.__table__
 
 
-async def _audit(conn: AsyncConnection, **values: Any) -> None:
-    await conn.execute(insert(_AUDIT).values(at=utcnow(), **values))
+def _community_is(platform: str, platform_community_id: str) -> tuple[Any, ...]:
+    return (
+        _COMMUNITIES.c.platform == platform,
+        _COMMUNITIES.c.platform_community_id == platform_community_id,
+    )
 
 
 def _insert_ignoring_duplicates(conn: AsyncConnection, table: Any) -> Any:

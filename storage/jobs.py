@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import ledger
+from storage.audit import write_audit
 from storage.database import Database
-from storage.models import Job, Output, utcnow
-from storage.records import FINISHED_STATES, JobRecord, JobState, OutputRecord
+from storage.models import Job, Output, User, utcnow
+from storage.records import FINISHED_STATES, AuditNote, JobRecord, JobState, OutputRecord
 
 
 @dataclass(frozen=True)
@@ -27,16 +28,36 @@ class NewJob:
     selfie_key: str | None
     pose_key: str | None
     seed: int | None
+    style: str | None = None
+    user_prompt: str | None = None
+
+
+class TooManyActive(Exception):
+    """The user already has `active` unfinished jobs, the most allowed at once."""
+
+    def __init__(self, active: int) -> None:
+        super().__init__(f"{active} jobs are already queued or running")
+        self.active = active
 
 
 class JobRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create(self, job: NewJob, *, daily_quota: int | None, today: date) -> JobRecord:
+    async def create(
+        self,
+        job: NewJob,
+        *,
+        daily_quota: int | None,
+        today: date,
+        max_active: int | None = None,
+    ) -> JobRecord:
         """Insert a queued job and reserve its credits in one transaction.
 
-        Raises `ledger.QuotaExceeded`, having written nothing, when the user lacks the credits.
+        Raises `ledger.QuotaExceeded` when the user lacks the credits, and `TooManyActive` when
+        `max_active` is set and the user already has that many unfinished jobs; either way
+        having written nothing. The count is taken inside the write transaction, so two
+        requests at once cannot both slip under the limit.
         """
         now = utcnow()
         values = {
@@ -50,11 +71,17 @@ class JobRepository:
             "selfie_key": job.selfie_key,
             "pose_key": job.pose_key,
             "seed": job.seed,
+            "style": job.style,
+            "user_prompt": job.user_prompt,
             "attempts": 0,
             "created_at": now,
             "updated_at": now,
         }
         async with self._db.write() as conn:
+            if max_active is not None:
+                active = await _active_count(conn, job.user_id)
+                if active >= max_active:
+                    raise TooManyActive(active)
             row = (await conn.execute(insert(_JOBS).values(values).returning(_JOBS))).one()
             await ledger.reserve(
                 conn,
@@ -64,22 +91,20 @@ class JobRepository:
                 daily_quota=daily_quota,
                 today=today,
             )
-            return _job_record(row)
+            return job_record(row)
 
     async def get(self, job_id: str) -> JobRecord | None:
         async with self._db.read() as conn:
             row = (await conn.execute(select(_JOBS).where(_JOBS.c.id == job_id))).one_or_none()
-            return _job_record(row) if row else None
+            return job_record(row) if row else None
 
     async def unfinished(self) -> list[JobRecord]:
         """Every job not yet finished, oldest first: what start-up resumes."""
         async with self._db.read() as conn:
             rows = await conn.execute(
-                select(_JOBS)
-                .where(_JOBS.c.state.not_in([s.value for s in FINISHED_STATES]))
-                .order_by(_JOBS.c.created_at)
+                select(_JOBS).where(_JOBS.c.state.in_(_UNFINISHED)).order_by(_JOBS.c.created_at)
             )
-            return [_job_record(r) for r in rows]
+            return [job_record(r) for r in rows]
 
     async def transition(
         self, job_id: str, expected: Iterable[JobState], to: JobState, **fields: Any
@@ -91,16 +116,26 @@ class JobRepository:
             return await _guarded_update(conn, job_id, expected, to, fields)
 
     async def succeed(
-        self, job_id: str, outputs: list[OutputRecord], *, generation_time: float | None
+        self,
+        job_id: str,
+        outputs: list[OutputRecord],
+        *,
+        generation_time: float | None,
+        keep_inputs_until: datetime | None = None,
     ) -> bool:
-        """rehosting -> succeeded: keep the outputs, commit a credit per image, release the rest."""
+        """rehosting -> succeeded: keep the outputs, commit a credit per image, release the rest.
+
+        The job's selfie and pose image are let go (the caller deletes them) unless
+        `keep_inputs_until` says to keep them until then, so that the job can be re-rolled.
+        """
         async with self._db.write() as conn:
+            fields = {
+                "finished_at": utcnow(),
+                "generation_time": generation_time,
+                **_inputs_after_finish(keep_inputs_until),
+            }
             moved = await _guarded_update(
-                conn,
-                job_id,
-                [JobState.REHOSTING],
-                JobState.SUCCEEDED,
-                {"finished_at": utcnow(), "generation_time": generation_time, **_INPUTS_GONE},
+                conn, job_id, [JobState.REHOSTING], JobState.SUCCEEDED, fields
             )
             if moved is None:
                 return False
@@ -112,13 +147,27 @@ class JobRepository:
             await ledger.settle(conn, job_id=job_id, delivered=len(outputs))
             return True
 
-    async def fail(self, job_id: str, reason: str, *, state: JobState = JobState.FAILED) -> bool:
-        """Any unfinished state -> failed (or cancelled), releasing every reserved credit once."""
+    async def fail(
+        self,
+        job_id: str,
+        reason: str,
+        *,
+        state: JobState = JobState.FAILED,
+        keep_inputs_until: datetime | None = None,
+    ) -> bool:
+        """Any unfinished state -> failed (or cancelled), releasing every reserved credit once.
+
+        Inputs are let go or kept as in `succeed` ("Try again" re-rolls a failed job too).
+        """
         if state not in (JobState.FAILED, JobState.CANCELLED):
             raise ValueError(f"fail() ends a job as failed or cancelled, not {state}")
         unfinished = [s for s in JobState if s not in FINISHED_STATES]
         async with self._db.write() as conn:
-            fields = {"error": reason, "finished_at": utcnow(), **_INPUTS_GONE}
+            fields = {
+                "error": reason,
+                "finished_at": utcnow(),
+                **_inputs_after_finish(keep_inputs_until),
+            }
             moved = await _guarded_update(conn, job_id, unfinished, state, fields)
             if moved is not None:
                 await ledger.settle(conn, job_id=job_id, delivered=0)
@@ -141,17 +190,134 @@ class JobRepository:
             return OutputRecord(*row) if row else None
 
     async def referenced_input_keys(self) -> set[str]:
-        """The stored selfies and pose images that unfinished jobs still need."""
+        """The stored selfies and pose images some job still points at: unfinished jobs, and
+        finished ones keeping their inputs for a re-roll. Any other input is an orphan."""
         async with self._db.read() as conn:
             rows = await conn.execute(select(_JOBS.c.selfie_key, _JOBS.c.pose_key))
             return {key for pair in rows for key in pair if key}
+
+    async def expired_inputs(self, now: datetime) -> list[tuple[str, tuple[str, ...]]]:
+        """Finished jobs whose kept inputs are due to go, oldest due first: (job id, keys).
+
+        A re-roll may reuse its original's selfie, so a key still pointed at by a job that is
+        not due here is left out of that tuple. Delete the keys listed and `clear_inputs` the
+        job, in either order: a crash in between leaves a key the next sweep deletes again, or
+        an orphan for the start-up sweep.
+        """
+        async with self._db.read() as conn:
+            due = (
+                await conn.execute(
+                    select(_JOBS.c.id, _JOBS.c.selfie_key, _JOBS.c.pose_key)
+                    .where(
+                        _JOBS.c.state.in_(_FINISHED),
+                        _JOBS.c.inputs_expire_at <= now,
+                        or_(_JOBS.c.selfie_key.is_not(None), _JOBS.c.pose_key.is_not(None)),
+                    )
+                    .order_by(_JOBS.c.inputs_expire_at, _JOBS.c.id)
+                )
+            ).all()
+            due_ids = [row.id for row in due]
+            keys = {key for row in due for key in (row.selfie_key, row.pose_key) if key}
+            still_needed = await input_keys_in_use(conn, keys, excluding=due_ids)
+        return [
+            (
+                row.id,
+                tuple(
+                    key for key in (row.selfie_key, row.pose_key) if key and key not in still_needed
+                ),
+            )
+            for row in due
+        ]
+
+    async def clear_inputs(self, job_id: str) -> None:
+        """Let go of a finished job's kept inputs (the caller deletes them from the store)."""
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(_JOBS)
+                .where(_JOBS.c.id == job_id, _JOBS.c.state.in_(_FINISHED))
+                .values(selfie_key=None, pose_key=None, inputs_expire_at=None)
+            )
+
+    async def refund(self, job_id: str, *, audit: AuditNote) -> int:
+        """Give a succeeded job's committed credits back to its user, as granted credits.
+
+        Returns the credits refunded, or 0 having written nothing when the job did not
+        succeed, cost its user nothing (unmetered) or was refunded before. The job's own ledger
+        entries stay: today's use is still counted.
+        """
+        async with self._db.write() as conn:
+            row = (
+                await conn.execute(
+                    select(_JOBS.c.state, _JOBS.c.user_id).where(_JOBS.c.id == job_id)
+                )
+            ).one_or_none()
+            if row is None or row.state != JobState.SUCCEEDED:
+                return 0
+            credits = await ledger.committed(conn, job_id)
+            if credits == 0 or await ledger.refunded(conn, job_id):
+                return 0
+            await ledger.refund(conn, user_id=row.user_id, job_id=job_id, credits=credits)
+            await write_audit(conn, audit)
+            return credits
+
+
+# The shortest job id prefix a user may type (ids are 32 hex digits; 6 make a clash rare).
+MIN_REF_LENGTH = 6
+
+
+def id_matches(ref: str) -> Any:
+    """The job's id is `ref` or starts with it. substr, not LIKE: a ref is never a pattern."""
+    return or_(_JOBS.c.id == ref, func.substr(_JOBS.c.id, 1, len(ref)) == ref)
+
+
+def one_match(rows: Sequence[Any], ref: str) -> Any | None:
+    """Of the rows `id_matches` found (fetch two), the one `ref` names: None if ambiguous."""
+    exact = [row for row in rows if row.id == ref]
+    if exact:
+        return exact[0]
+    return rows[0] if len(rows) == 1 else None
 
 
 _JOBS = Job.__table__
 _OUTPUTS = Output.__table__
 _OUTPUT_COLUMNS = [_OUTPUTS.c[f.name] for f in fields(OutputRecord)]
-# A finished job needs neither its inputs nor a webhook any more.
-_INPUTS_GONE = {"selfie_key": None, "pose_key": None, "webhook_token_hash": None}
+_FINISHED = [s.value for s in FINISHED_STATES]
+_UNFINISHED = [s.value for s in JobState if s not in FINISHED_STATES]
+
+
+def _inputs_after_finish(keep_until: datetime | None) -> dict[str, Any]:
+    """A finished job needs no webhook any more, and its inputs only if kept for a re-roll."""
+    if keep_until is None:
+        return {"selfie_key": None, "pose_key": None, "webhook_token_hash": None}
+    return {"inputs_expire_at": keep_until, "webhook_token_hash": None}
+
+
+async def _active_count(conn: AsyncConnection, user_id: int) -> int:
+    # Lock the user row first where the database does not already serialise writers (SQLite's
+    # BEGIN IMMEDIATE does; PostgreSQL's READ COMMITTED needs the lock), as ledger.reserve does.
+    await conn.execute(select(User.id).where(User.id == user_id).with_for_update())
+    count = await conn.execute(
+        select(func.count())
+        .select_from(_JOBS)
+        .where(_JOBS.c.user_id == user_id, _JOBS.c.state.in_(_UNFINISHED))
+    )
+    return int(count.scalar_one())
+
+
+async def input_keys_in_use(
+    conn: AsyncConnection, keys: Iterable[str], *, excluding: Iterable[str] = ()
+) -> set[str]:
+    """Which of `keys` a job other than those `excluding` still points at as selfie or pose."""
+    wanted = set(keys)
+    if not wanted:
+        return set()
+    rows = await conn.execute(
+        select(_JOBS.c.selfie_key, _JOBS.c.pose_key).where(
+            or_(_JOBS.c.selfie_key.in_(sorted(wanted)), _JOBS.c.pose_key.in_(sorted(wanted))),
+            _JOBS.c.id.not_in(list(excluding)),
+        )
+    )
+    return {key for pair in rows for key in pair if key in wanted}
 
 
 async def _guarded_update(
@@ -168,10 +334,11 @@ async def _guarded_update(
         .returning(_JOBS)
     )
     row = result.one_or_none()
-    return _job_record(row) if row else None
+    return job_record(row) if row else None
 
 
-def _job_record(row: Any) -> JobRecord:
+def job_record(row: Any) -> JobRecord:
+    """A jobs row (every column) as a record; shared with the history and stats queries."""
     return JobRecord(
         id=row.id,
         user_id=row.user_id,
@@ -194,4 +361,8 @@ def _job_record(row: Any) -> JobRecord:
         submitted_at=row.submitted_at,
         completed_at=row.completed_at,
         finished_at=row.finished_at,
+        style=row.style,
+        user_prompt=row.user_prompt,
+        deleted_at=row.deleted_at,
+        inputs_expire_at=row.inputs_expire_at,
     )

@@ -1,9 +1,14 @@
-"""The credit ledger: reserve, commit, release, grant. Append-only, in the caller's transaction.
+"""The credit ledger: reserve, commit, release, grant, refund. Append-only, in the caller's
+transaction.
 
 A job reserves one credit per requested image, taken from today's allowance first and from
 granted credits after. When the job ends, the delivered images are committed (allowance first)
 and the rest released, exactly once: the ledger's unique (job, kind, pool) constraint makes a
 second settlement impossible even if the caller's state guard were bypassed.
+
+A moderator may refund a succeeded job: its committed credits come back as granted credits
+(they carry over, whichever pool they were spent from), at most once per job by the same
+constraint. The job's own entries stay, so today's use is still counted.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from sqlalchemy import func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import Job, LedgerEntry, User, utcnow
-from storage.records import FINISHED_STATES, Allowance, LedgerKind, Pool
+from storage.records import FINISHED_STATES, Allowance, JobState, LedgerKind, Pool
 
 
 class QuotaExceeded(Exception):
@@ -46,6 +51,7 @@ async def allowance(
     )
     granted = (
         sums.get((LedgerKind.GRANT, Pool.GRANT), 0)
+        + sums.get((LedgerKind.REFUND, Pool.GRANT), 0)
         - sums.get((LedgerKind.RESERVE, Pool.GRANT), 0)
         + sums.get((LedgerKind.RELEASE, Pool.GRANT), 0)
     )
@@ -114,6 +120,36 @@ async def grant(conn: AsyncConnection, *, user_id: int, credits: int, note: str 
     await _append(conn, [{**entry, "note": note}])
 
 
+async def committed(conn: AsyncConnection, job_id: str) -> int:
+    """The credits a job cost its user: commits from the allowance and from grants. Unmetered
+    commits cost nobody anything, so there is nothing of them to give back."""
+    total = await conn.execute(
+        select(func.sum(LedgerEntry.amount)).where(
+            LedgerEntry.job_id == job_id,
+            LedgerEntry.kind == LedgerKind.COMMIT,
+            LedgerEntry.pool != Pool.UNMETERED,
+        )
+    )
+    return int(total.scalar() or 0)
+
+
+async def refunded(conn: AsyncConnection, job_id: str) -> bool:
+    found = await conn.execute(
+        select(LedgerEntry.id).where(
+            LedgerEntry.job_id == job_id, LedgerEntry.kind == LedgerKind.REFUND
+        )
+    )
+    return found.first() is not None
+
+
+async def refund(conn: AsyncConnection, *, user_id: int, job_id: str, credits: int) -> None:
+    """Give back a succeeded job's committed credits as granted credits. The caller checks the
+    job; the unique (job, kind, pool) constraint refuses a second refund of the same job."""
+    if credits < 1:
+        raise ValueError("a refund is at least one credit")
+    await _append(conn, [_entry(user_id, job_id, LedgerKind.REFUND, Pool.GRANT, credits, None)])
+
+
 def _entry(
     user_id: int, job_id: str | None, kind: LedgerKind, pool: str, amount: int, day: date | None
 ) -> dict[str, Any]:
@@ -138,17 +174,20 @@ async def violations(conn: AsyncConnection) -> list[str]:
     """Every way the ledger disagrees with itself or with the jobs table (empty when sound).
 
     Per job and pool, commits + releases never exceed the reservation; a finished job has settled
-    all of it, an unfinished one none of it. Per user, the grant balance
-    (grants − commits − open reservations) is never negative.
+    all of it, an unfinished one none of it. A refund names a succeeded job, is granted back
+    and is no more than what the job committed from the allowance and grants. Every entry that
+    names a job is that job's user's. Per user, the grant balance
+    (grants + refunds − commits − open reservations) is never negative.
     """
     problems: list[str] = []
     jobs = {
-        job_id: (state, reserved)
-        for job_id, state, reserved in await conn.execute(
-            select(Job.id, Job.state, Job.credits_reserved)
+        job_id: (state, reserved, owner)
+        for job_id, state, reserved, owner in await conn.execute(
+            select(Job.id, Job.state, Job.credits_reserved, Job.user_id)
         )
     }
     per_job: dict[str, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
+    refunds: list[Any] = []
     grant_balance: dict[int, int] = defaultdict(int)
     for entry in await conn.execute(select(LedgerEntry.__table__)):
         if entry.amount < 1:
@@ -161,11 +200,20 @@ async def violations(conn: AsyncConnection) -> list[str]:
         if entry.job_id is None:
             problems.append(f"{entry.kind} entry {entry.id} names no job")
             continue
+        if entry.job_id in jobs and jobs[entry.job_id][2] != entry.user_id:
+            problems.append(
+                f"{entry.kind} entry {entry.id} is user {entry.user_id}'s, "
+                f"its job {entry.job_id} user {jobs[entry.job_id][2]}'s"
+            )
+        if entry.kind == LedgerKind.REFUND:
+            refunds.append(entry)
+            grant_balance[entry.user_id] += entry.amount
+            continue
         per_job[entry.job_id][(entry.kind, entry.pool)] += entry.amount
         if entry.pool == Pool.GRANT:
             sign = {LedgerKind.RESERVE: -1, LedgerKind.RELEASE: 1}.get(LedgerKind(entry.kind), 0)
             grant_balance[entry.user_id] += sign * entry.amount
-    for job_id, (state, reserved) in jobs.items():
+    for job_id, (state, reserved, _) in jobs.items():
         sums = per_job.get(job_id, {})
         pools = {pool for _, pool in sums}
         total_reserved = sum(v for (kind, _), v in sums.items() if kind == LedgerKind.RESERVE)
@@ -182,7 +230,26 @@ async def violations(conn: AsyncConnection) -> list[str]:
                 problems.append(f"job {job_id} ({state}): {pool} reserved {r}, settled {settled}")
             if state not in FINISHED_STATES and settled != 0:
                 problems.append(f"job {job_id} ({state}) is open but {pool} settled {settled}")
-    for job_id in per_job.keys() - jobs.keys():
+    for entry in refunds:
+        if entry.pool != Pool.GRANT:
+            problems.append(f"refund {entry.id} goes to pool {entry.pool}, not {Pool.GRANT}")
+        if entry.job_id not in jobs:
+            continue  # reported below as an unknown job
+        state = jobs[entry.job_id][0]
+        if state != JobState.SUCCEEDED:
+            problems.append(f"refund {entry.id} names job {entry.job_id} ({state}), not a success")
+        spent = sum(
+            v
+            for (kind, pool), v in per_job.get(entry.job_id, {}).items()
+            if kind == LedgerKind.COMMIT and pool != Pool.UNMETERED
+        )
+        if entry.amount > spent:
+            problems.append(
+                f"refund {entry.id} of job {entry.job_id}: {entry.amount} refunded, "
+                f"{spent} committed"
+            )
+    unknown = per_job.keys() | {entry.job_id for entry in refunds}
+    for job_id in sorted(unknown - jobs.keys()):
         problems.append(f"ledger names unknown job {job_id}")
     for user_id, balance in grant_balance.items():
         if balance < 0:

@@ -100,6 +100,12 @@ class Job(Base):
     submitted_at: Mapped[datetime | None] = mapped_column()
     completed_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+    # The command layer (migration 0002): what the user asked for, in words, and the life of a
+    # job after it ends: its selfie may be kept a while for re-rolls, and the user may delete it.
+    style: Mapped[str | None] = mapped_column(String(32))
+    user_prompt: Mapped[str | None] = mapped_column(Text)
+    deleted_at: Mapped[datetime | None] = mapped_column()
+    inputs_expire_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class Output(Base):
@@ -150,3 +156,41 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str | None] = mapped_column(String(128))
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class ScopedSetting(Base):
+    """A setting for a scope, where NULL means "any": (NULL, NULL) global, (c, NULL) a
+    community's, (NULL, u) a user's everywhere, (c, u) a user's in one community.
+
+    NULLs are never equal to each other, so a unique constraint could not keep one row per
+    scope and key; `storage.settings` does that inside its write transaction instead.
+    """
+
+    __tablename__ = "scoped_settings"
+    __table_args__ = (Index("ix_scoped_settings_scope", "community_id", "user_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    community_id: Mapped[int | None] = mapped_column(
+        ForeignKey("communities.id", ondelete="CASCADE")
+    )
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(128))
+
+
+class Ban(Base):
+    """A ban, keyed by `storage.bans.ban_subject` (a hash of the platform id), not by the user
+    row: a user's `forget` deletes that row, and must not lift the ban."""
+
+    __tablename__ = "bans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject: Mapped[str] = mapped_column(String(64), index=True)
+    community_id: Mapped[int | None] = mapped_column(
+        ForeignKey("communities.id", ondelete="CASCADE")
+    )  # NULL: banned everywhere
+    reason: Mapped[str | None] = mapped_column(Text)
+    banned_by: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -38,6 +38,8 @@ class LedgerKind(StrEnum):
     RESERVE = "reserve"
     COMMIT = "commit"
     RELEASE = "release"
+    # A moderator gives back what a succeeded job cost: pool GRANT, names the job, once per job.
+    REFUND = "refund"
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,11 @@ class JobRecord:
     submitted_at: datetime | None
     completed_at: datetime | None
     finished_at: datetime | None
+    # Appended with defaults so that records built before the command layer keep working.
+    style: str | None = None
+    user_prompt: str | None = None
+    deleted_at: datetime | None = None
+    inputs_expire_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -94,3 +101,73 @@ class Allowance:
     @property
     def total(self) -> int:
         return self.daily_left + self.granted
+
+
+@dataclass(frozen=True)
+class JobListing:
+    """A job with the platform id of its user: what a moderator's listing shows."""
+
+    job: JobRecord
+    platform_user_id: str
+
+
+@dataclass(frozen=True)
+class SettingRecord:
+    """One scoped setting. None means "any": (None, None) is global, (c, None) a community's
+    default, (None, u) a user's everywhere, (c, u) a user's in one community."""
+
+    community_id: int | None
+    user_id: int | None
+    key: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class BanRecord:
+    community_id: int | None  # None: banned everywhere
+    reason: str | None
+    banned_by: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class AuditNote:
+    """What an action writes to the audit log, in the same transaction as the action itself."""
+
+    actor: str
+    action: str
+    target: str | None = None
+    community_id: int | None = None
+    details: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    at: datetime
+    actor: str
+    action: str
+    target: str | None
+    community_id: int | None
+    details: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ForgetReport:
+    """What `forget` removed. `store_keys`: image-store keys the caller must now delete (outputs
+    no remaining output references, and inputs no remaining job references)."""
+
+    jobs: int
+    outputs: int
+    ledger_entries: int
+    settings: int
+    store_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class JobStats:
+    jobs: int
+    succeeded: int
+    failed: int
+    credits_used: int  # committed minus refunded
+    top_users: tuple[tuple[str, int], ...]  # (platform_user_id, jobs), most first, at most 5
+    median_generation_seconds: float | None

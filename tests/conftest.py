@@ -17,6 +17,7 @@ from backends.modelslab.simulator import Simulator, SimulatorConfig
 from bot.app import HeadshotApp, Overrides
 from bot.config import load_settings
 from bot.engine import EngineTimings
+from bot.fetch import SafeFetcher
 from bot.rehost import RetryPolicy
 from storage.database import Database
 from storage.ledger import violations
@@ -87,7 +88,11 @@ async def make_app(tmp_path: Path, simulator: Simulator) -> AsyncIterator[AppFac
     async with AsyncExitStack() as stack:
 
         async def factory(
-            *, local_webhooks: bool = True, timings: EngineTimings = FAST, **settings: Any
+            *,
+            local_webhooks: bool = True,
+            timings: EngineTimings = FAST,
+            fetcher: SafeFetcher | None = None,
+            **settings: Any,
         ) -> HeadshotApp:
             data_dir = tmp_path / "data"
             values: dict[str, Any] = {
@@ -96,11 +101,12 @@ async def make_app(tmp_path: Path, simulator: Simulator) -> AsyncIterator[AppFac
                 "modelslab_base_url": simulator.base_url,
                 "modelslab_api_key": TEST_KEY,
                 "web_port": 0,
+                # Selfies go when their job ends unless a test wants re-rolls.
+                "selfie_retention_seconds": 0,
                 **settings,
             }
-            app = HeadshotApp(
-                load_settings(**values), Overrides(timings=timings, local_webhooks=local_webhooks)
-            )
+            overrides = Overrides(timings=timings, local_webhooks=local_webhooks, fetcher=fetcher)
+            app = HeadshotApp(load_settings(**values), overrides)
             await stack.enter_async_context(app)
             register_database(values["database_url"])
             return app

@@ -40,7 +40,7 @@ def test_generate_demo_writes_the_rehosted_image(tmp_path: Path) -> None:
         image.load()
         assert image.format == "JPEG" and image.width > 0
     assert "Generating your image" in result.stderr
-    assert "Done: 1 image (seed 7)" in result.stderr
+    assert "Done: 1 image · seed 7 · job " in result.stderr
     register_database(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'headshot.db'}")
 
 

@@ -54,7 +54,16 @@ def _tables(path: Path) -> set[str]:
 async def test_migrations_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
     path = tmp_path / "m.db"
     url = f"sqlite+aiosqlite:///{path}"
-    expected = {"users", "communities", "jobs", "outputs", "credit_ledger", "audit_log"}
+    expected = {
+        "users",
+        "communities",
+        "jobs",
+        "outputs",
+        "credit_ledger",
+        "audit_log",
+        "scoped_settings",
+        "bans",
+    }
     await upgrade(url)
     assert _tables(path) == expected
     await downgrade(url, "base")

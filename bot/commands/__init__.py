@@ -1,0 +1,16 @@
+"""The chat-facing command layer (see `layer.py`)."""
+
+from bot.commands.context import Actor, CommandRequest
+from bot.commands.layer import CommandLayer
+from bot.commands.spec import COMMANDS, Access, CommandSpec, OptionSpec, OptionType
+
+__all__ = [
+    "COMMANDS",
+    "Access",
+    "Actor",
+    "CommandLayer",
+    "CommandRequest",
+    "CommandSpec",
+    "OptionSpec",
+    "OptionType",
+]

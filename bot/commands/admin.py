@@ -1,0 +1,208 @@
+"""Moderation. A moderator acts on their own community's scope only, an owner in a DM on the
+global scope; the scope is where the command runs, never an option, so no one can name another
+community. Every change is written to the audit log in the transaction that makes it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bot import replies
+from bot.commands.context import Context
+from bot.commands.parse import EVERYONE, CommandError
+from bot.policy import Key
+from bot.replies import Reply
+from bot.safety import SafetyLevel, normalise_phrase
+from bot.views import job_summary
+from storage.bans import ban_subject
+
+AUDIT_PAGE_SIZE = 10
+DEFAULT_STATS_DAYS = 7
+
+
+async def quota_set(ctx: Context, options: dict[str, Any]) -> Reply:
+    target, per_day = options["user"], options["per_day"]
+    user_id = None
+    if target != EVERYONE:
+        user_id = (await ctx.services.accounts.user(ctx.actor.platform, target)).id
+    await ctx.services.scoped.set(
+        community_id=ctx.community_id,
+        user_id=user_id,
+        key=Key.DAILY_QUOTA,
+        value=per_day,
+        audit=ctx.audit("quota set", _target(ctx, target), per_day=per_day),
+    )
+    return replies.quota_set(target, per_day, ctx.in_community)
+
+
+async def grant(ctx: Context, options: dict[str, Any]) -> Reply:
+    target, credits = options["user"], options["credits"]
+    user = await ctx.services.accounts.user(ctx.actor.platform, target)
+    await ctx.services.accounts.grant(
+        user.id, credits, actor=ctx.actor.key, note=None, community_id=ctx.community_id
+    )
+    return replies.granted(target, credits)
+
+
+async def ban(ctx: Context, options: dict[str, Any]) -> Reply:
+    target = options["user"]
+    if target == ctx.actor.user_id:
+        raise CommandError("You can't ban yourself.")
+    changed = await ctx.services.bans.ban(
+        ban_subject(ctx.actor.platform, target),
+        community_id=ctx.community_id,
+        reason=options.get("reason"),
+        audit=ctx.audit("ban", ctx.person(target), reason=options.get("reason")),
+    )
+    return replies.ban_result(target, changed, ctx.in_community)
+
+
+async def unban(ctx: Context, options: dict[str, Any]) -> Reply:
+    target = options["user"]
+    changed = await ctx.services.bans.unban(
+        ban_subject(ctx.actor.platform, target),
+        community_id=ctx.community_id,
+        audit=ctx.audit("unban", ctx.person(target)),
+    )
+    return replies.unban_result(target, changed, ctx.in_community)
+
+
+async def stats(ctx: Context, options: dict[str, Any]) -> Reply:
+    days = options.get("days", DEFAULT_STATS_DAYS)
+    since = datetime.now(UTC) - timedelta(days=days)
+    report = await ctx.services.stats.summary(ctx.community_id, since=since)
+    return replies.stats(report, days, ctx.in_community)
+
+
+async def enable(ctx: Context, options: dict[str, Any]) -> Reply:
+    return await _switch(ctx, options["operation"], enabled=True)
+
+
+async def disable(ctx: Context, options: dict[str, Any]) -> Reply:
+    return await _switch(ctx, options["operation"], enabled=False)
+
+
+async def _switch(ctx: Context, operation: str, *, enabled: bool) -> Reply:
+    if (
+        enabled
+        and ctx.in_community
+        and operation in await _global_list(ctx, Key.DISABLED_OPERATIONS)
+    ):
+        raise CommandError(replies.disabled_globally(operation))
+    disabled = await _own_list(ctx, Key.DISABLED_OPERATIONS)
+    changed = (operation in disabled) == enabled
+    if changed:
+        disabled = [op for op in disabled if op != operation] if enabled else [*disabled, operation]
+        await _set_own(
+            ctx, Key.DISABLED_OPERATIONS, disabled, "enable" if enabled else "disable", operation
+        )
+    return replies.operation_switched(operation, enabled, changed, ctx.in_community)
+
+
+async def style_default(ctx: Context, options: dict[str, Any]) -> Reply:
+    style = options["style"]
+    await _set_own(ctx, Key.STYLE_DEFAULT, style, "style-default", style)
+    return replies.style_default_set(style, ctx.in_community)
+
+
+async def safety(ctx: Context, options: dict[str, Any]) -> Reply:
+    level = SafetyLevel(options["level"])
+    if ctx.in_community:
+        floor = await _global_value(ctx, Key.SAFETY_LEVEL)
+        floor_level = SafetyLevel(floor) if floor else SafetyLevel.STANDARD
+        if level.rank < floor_level.rank:
+            raise CommandError(replies.safety_looser(floor_level))
+    await _set_own(ctx, Key.SAFETY_LEVEL, str(level), "safety", str(level))
+    return replies.safety_set(level, ctx.in_community)
+
+
+async def banned_words_add(ctx: Context, options: dict[str, Any]) -> Reply:
+    return await _banned_words_change(ctx, options["word"], add=True)
+
+
+async def banned_words_remove(ctx: Context, options: dict[str, Any]) -> Reply:
+    return await _banned_words_change(ctx, options["word"], add=False)
+
+
+async def _banned_words_change(ctx: Context, word: str, *, add: bool) -> Reply:
+    phrase = normalise_phrase(word)
+    if not phrase:
+        raise CommandError("Give a word made of letters or digits.")
+    words = await _own_list(ctx, Key.BANNED_WORDS)
+    changed = (phrase in words) != add
+    if changed:
+        words = [*words, phrase] if add else [w for w in words if w != phrase]
+        action = "banned-words add" if add else "banned-words remove"
+        await _set_own(ctx, Key.BANNED_WORDS, words, action, phrase)
+    return replies.banned_words_changed(phrase, add, changed, ctx.in_community)
+
+
+async def banned_words_list(ctx: Context, options: dict[str, Any]) -> Reply:
+    own = await _own_list(ctx, Key.BANNED_WORDS)
+    inherited = await _global_list(ctx, Key.BANNED_WORDS) if ctx.in_community else []
+    return replies.banned_words_list(own, [w for w in inherited if w not in own])
+
+
+async def jobs(ctx: Context, options: dict[str, Any]) -> Reply:
+    failed_only = bool(options.get("failed", False))
+    listings = await ctx.services.stats.recent_jobs(ctx.community_id, failed_only=failed_only)
+    entries = [(job_summary(item.job), item.platform_user_id) for item in listings]
+    return replies.jobs_list(entries, failed_only)
+
+
+async def refund(ctx: Context, options: dict[str, Any]) -> Reply:
+    ref = options["job"].lower()
+    listing = await ctx.services.stats.find_job(ctx.community_id, ref)
+    if listing is None:
+        raise CommandError(replies.no_such_community_job(ref))
+    job = listing.job
+    credits = await ctx.services.jobs.refund(
+        job.id, audit=ctx.audit("refund", ctx.person(listing.platform_user_id), job=job.id)
+    )
+    return replies.refund_result(job.id, listing.platform_user_id, credits, str(job.state))
+
+
+async def audit(ctx: Context, options: dict[str, Any]) -> Reply:
+    page = options.get("page", 1)
+    entries = await ctx.services.audit.recent(
+        ctx.community_id, limit=AUDIT_PAGE_SIZE, offset=(page - 1) * AUDIT_PAGE_SIZE
+    )
+    return replies.audit_page(entries, page)
+
+
+# ---- the scope's own settings -------------------------------------------------------------
+
+
+async def _scope_rows(ctx: Context, community_id: int | None) -> dict[str, Any]:
+    rows = await ctx.services.scoped.for_context(user_id=None, community_id=community_id)
+    return {
+        row.key: row.value
+        for row in rows
+        if row.community_id == community_id and row.user_id is None
+    }
+
+
+async def _own_list(ctx: Context, key: Key) -> list[str]:
+    return list((await _scope_rows(ctx, ctx.community_id)).get(key, []))
+
+
+async def _global_list(ctx: Context, key: Key) -> list[str]:
+    return list((await _scope_rows(ctx, None)).get(key, []))
+
+
+async def _global_value(ctx: Context, key: Key) -> Any:
+    return (await _scope_rows(ctx, None)).get(key)
+
+
+async def _set_own(ctx: Context, key: Key, value: Any, action: str, target: str) -> None:
+    await ctx.services.scoped.set(
+        community_id=ctx.community_id,
+        user_id=None,
+        key=key,
+        value=value,
+        audit=ctx.audit(action, target),
+    )
+
+
+def _target(ctx: Context, user: str) -> str:
+    return EVERYONE if user == EVERYONE else ctx.person(user)

@@ -1,0 +1,119 @@
+"""Who is asking, where, and the services a command may use."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.commands.confirmations import Confirmations
+from bot.config import Settings
+from bot.engine import JobEngine
+from bot.event_bus import EventBus
+from bot.fetch import SafeFetcher
+from bot.generation import GenerationService
+from bot.policy import Policy, resolve
+from storage.accounts import AccountRepository
+from storage.audit import AuditRepository
+from storage.bans import BanRepository, ban_subject
+from storage.history import HistoryRepository
+from storage.imagestore import ImageStore
+from storage.jobs import JobRepository
+from storage.records import AuditNote, BanRecord, UserRecord
+from storage.settings import SettingsRepository
+from storage.stats import StatsRepository
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The person running a command, as the adapter saw them."""
+
+    platform: str
+    user_id: str
+    # The server or group the command ran in; None in a DM.
+    community_id: str | None = None
+    # The adapter's word on whether this person moderates that community (server permission,
+    # group admin). The command layer decides what a moderator may do.
+    is_moderator: bool = False
+
+    @property
+    def key(self) -> str:
+        """How the audit log names a person."""
+        return f"{self.platform}:{self.user_id}"
+
+
+@dataclass(frozen=True)
+class CommandRequest:
+    actor: Actor
+    command: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    accounts: AccountRepository
+    jobs: JobRepository
+    history: HistoryRepository
+    scoped: SettingsRepository
+    bans: BanRepository
+    audit: AuditRepository
+    stats: StatsRepository
+    store: ImageStore
+    engine: JobEngine
+    events: EventBus
+    generation: GenerationService
+    fetcher: SafeFetcher
+    confirmations: Confirmations
+    image_base_url: str
+
+
+@dataclass
+class Context:
+    """One command's view of the world: the services, the actor, and where they are."""
+
+    services: Services
+    actor: Actor
+    is_owner: bool
+    # Our id for the actor's community (None in a DM).
+    community_id: int | None
+
+    @property
+    def in_community(self) -> bool:
+        return self.community_id is not None
+
+    async def user(self) -> UserRecord:
+        """The actor's user record, created on first sight."""
+        return await self.services.accounts.user(self.actor.platform, self.actor.user_id)
+
+    async def known_user(self) -> UserRecord | None:
+        return await self.services.accounts.find_user(self.actor.platform, self.actor.user_id)
+
+    async def policy(self, user_id: int | None) -> Policy:
+        rows = await self.services.scoped.for_context(
+            user_id=user_id, community_id=self.community_id
+        )
+        return resolve(
+            rows,
+            user_id=user_id,
+            community_id=self.community_id,
+            default_quota=self.services.settings.daily_quota,
+        )
+
+    async def ban(self) -> BanRecord | None:
+        """The ban that keeps the actor from generating here (global or this community's)."""
+        subject = ban_subject(self.actor.platform, self.actor.user_id)
+        return await self.services.bans.find(subject, community_id=self.community_id)
+
+    def audit(self, action: str, target: str | None = None, **details: Any) -> AuditNote:
+        return AuditNote(
+            actor=self.actor.key,
+            action=action,
+            target=target,
+            community_id=self.community_id,
+            details=details or None,
+        )
+
+    def person(self, platform_user_id: str) -> str:
+        """How the audit log names another person on the actor's platform."""
+        return f"{self.actor.platform}:{platform_user_id}"

@@ -1,0 +1,146 @@
+"""The command layer: every command a user or moderator can run, decided here, platform-neutral.
+
+An adapter builds a `CommandRequest` (or hands over a typed line with `run_line`), renders the
+`Reply` it gets back and, when the reply names a job, follows that job's events with `follow`.
+It never decides anything itself: options, permissions, bans, quotas and wording are all here.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+from bot import replies
+from bot.commands import admin, mine
+from bot.commands.context import Actor, CommandRequest, Context, Services
+from bot.commands.generate import generate, reroll
+from bot.commands.parse import CommandError, check_options, parse_line
+from bot.commands.spec import COMMANDS, GENERATION_COMMANDS, Access, CommandSpec, find_command
+from bot.events import Completed, Failed, JobEvent
+from bot.generation import RequestRefused
+from bot.replies import Reply
+from bot.views import image_refs, job_summary
+from storage.records import JobState
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Context, dict[str, Any]], Awaitable[Reply]]
+
+HANDLERS: dict[str, Handler] = {
+    **{name: functools.partial(generate, command=name) for name in GENERATION_COMMANDS},
+    "styles": mine.styles,
+    "history": mine.history,
+    "show": mine.show,
+    "reroll": reroll,
+    "delete": mine.delete,
+    "quota": mine.quota,
+    "forget": mine.forget,
+    "help": mine.help_,
+    "admin quota set": admin.quota_set,
+    "admin grant": admin.grant,
+    "admin ban": admin.ban,
+    "admin unban": admin.unban,
+    "admin stats": admin.stats,
+    "admin enable": admin.enable,
+    "admin disable": admin.disable,
+    "admin style-default": admin.style_default,
+    "admin safety": admin.safety,
+    "admin banned-words add": admin.banned_words_add,
+    "admin banned-words remove": admin.banned_words_remove,
+    "admin banned-words list": admin.banned_words_list,
+    "admin jobs": admin.jobs,
+    "admin refund": admin.refund,
+    "admin audit": admin.audit,
+}
+
+
+class CommandLayer:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    @property
+    def commands(self) -> Mapping[str, CommandSpec]:
+        return COMMANDS
+
+    async def handle(self, request: CommandRequest) -> Reply:
+        """Run one command. Every refusal is a private reply, and a refused command changed
+        nothing: all checks run before anything is written."""
+        spec = find_command(request.command)
+        if spec is None:
+            return replies.refused(
+                f"Unknown command /{request.command}: type /help to see the commands."
+            )
+        try:
+            options = check_options(spec, request.options)
+            ctx = await self._context(request.actor)
+            _check_access(spec, ctx)
+            return await HANDLERS[spec.name](ctx, options)
+        except (CommandError, RequestRefused) as refusal:
+            return replies.refused(str(refusal))
+
+    async def run_line(
+        self, actor: Actor, text: str, attachments: Mapping[str, bytes] | None = None
+    ) -> Reply:
+        """Run a command typed as text ("/admin quota set everyone 10")."""
+        try:
+            parsed = parse_line(text, attachments=attachments)
+        except CommandError as refusal:
+            return replies.refused(str(refusal))
+        return await self.handle(CommandRequest(actor, parsed.spec.name, parsed.options))
+
+    async def follow(self, job_id: str) -> AsyncIterator[JobEvent]:
+        """A job's events until it ends: where it stands now, then every change.
+
+        Safe to call at any time, even after a restart or after the job has ended: a finished
+        job yields its final event, rebuilt from the database.
+        """
+        services = self.services
+        subscription = services.events.watch(job_id)  # before reading, so nothing is missed
+        try:
+            job = await services.jobs.get(job_id)
+            if job is None:
+                return
+            if job.state.finished:
+                yield await self._final_event(job_id)
+                return
+            queued = services.engine.queue_event(job_id)
+            if queued is not None:
+                yield queued
+            async for event in subscription:
+                yield event
+        finally:
+            subscription.close()
+
+    async def _final_event(self, job_id: str) -> JobEvent:
+        job = await self.services.jobs.get(job_id)
+        assert job is not None and job.state.finished
+        if job.state == JobState.SUCCEEDED:
+            outputs = await self.services.jobs.outputs(job_id)
+            images = image_refs(outputs, self.services.image_base_url)
+            return Completed(job_id, images, job_summary(job), job.credits_reserved - len(images))
+        return Failed(job_id, job.error or "it was cancelled", refunded=True)
+
+    async def _context(self, actor: Actor) -> Context:
+        services = self.services
+        community_id = None
+        if actor.community_id is not None:
+            community_id = await services.accounts.find_community(
+                actor.platform, actor.community_id
+            ) or await services.accounts.community(actor.platform, actor.community_id)
+        return Context(
+            services=services,
+            actor=actor,
+            is_owner=services.settings.is_owner(actor.platform, actor.user_id),
+            community_id=community_id,
+        )
+
+
+def _check_access(spec: CommandSpec, ctx: Context) -> None:
+    if spec.access == Access.EVERYONE or ctx.is_owner:
+        return
+    if not ctx.in_community:
+        raise CommandError(replies.owners_only_in_dm())
+    if not ctx.actor.is_moderator:
+        raise CommandError(replies.not_moderator())

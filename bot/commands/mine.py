@@ -1,0 +1,128 @@
+"""A user's own things: styles, history, one job, delete, quota, forget, help."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from bot import replies
+from bot.commands.context import Context
+from bot.commands.parse import CommandError
+from bot.commands.spec import COMMANDS, Access
+from bot.generation import until_reset
+from bot.replies import Reply
+from bot.styles import STYLES
+from bot.views import image_refs, job_summary
+from storage.records import JobRecord
+
+HISTORY_PAGE_SIZE = 5
+
+
+async def styles(ctx: Context, options: dict[str, Any]) -> Reply:
+    user = await ctx.known_user()
+    policy = await ctx.policy(user.id if user else None)
+    return replies.styles_list(list(STYLES.values()), policy.style_default)
+
+
+async def history(ctx: Context, options: dict[str, Any]) -> Reply:
+    page = options.get("page", 1)
+    user = await ctx.known_user()
+    if user is None:
+        return replies.history_page([], page, 0)
+    jobs, total = await ctx.services.history.page(
+        user.id, offset=(page - 1) * HISTORY_PAGE_SIZE, limit=HISTORY_PAGE_SIZE
+    )
+    entries = [(job_summary(job), await _images(ctx, job)) for job in jobs]
+    return replies.history_page(entries, page, max(1, math.ceil(total / HISTORY_PAGE_SIZE)))
+
+
+async def show(ctx: Context, options: dict[str, Any]) -> Reply:
+    job = await own_job(ctx, options["job"])
+    return replies.job_details(job_summary(job), await _images(ctx, job))
+
+
+async def delete(ctx: Context, options: dict[str, Any]) -> Reply:
+    job = await own_job(ctx, options["job"])
+    if not job.state.finished:
+        raise CommandError(replies.still_running(job.id))
+    images = len(await ctx.services.jobs.outputs(job.id))
+    keys = await ctx.services.history.delete(job.id)
+    if keys is None:
+        raise CommandError(replies.still_running(job.id))
+    for key in keys:
+        await ctx.services.store.delete(key)
+    return replies.deleted(job.id, images)
+
+
+async def quota(ctx: Context, options: dict[str, Any]) -> Reply:
+    user = await ctx.known_user()
+    policy = await ctx.policy(user.id if user else None)
+    daily_left, granted, active = policy.daily_quota, 0, []
+    if user is not None:
+        today = datetime.now(UTC).date()
+        allowance = await ctx.services.accounts.allowance(
+            user.id, daily_quota=policy.daily_quota, today=today
+        )
+        daily_left, granted = allowance.daily_left, allowance.granted
+        dispatcher = ctx.services.engine.dispatcher
+        active = [
+            (job.id, str(job.state), dispatcher.position(job.id))
+            for job in await ctx.services.history.active(user.id)
+        ]
+    return replies.quota(
+        daily_quota=policy.daily_quota,
+        daily_left=daily_left,
+        granted=granted,
+        resets_in=until_reset(),
+        active=active,
+    )
+
+
+async def forget(ctx: Context, options: dict[str, Any]) -> Reply:
+    services = ctx.services
+    user = await ctx.known_user()
+    code = options.get("confirm")
+    if code is None:
+        if user is None:
+            return replies.forget_nothing()
+        _, jobs = await services.history.page(user.id, offset=0, limit=1)
+        minutes = round(services.confirmations.ttl_seconds / 60)
+        return replies.forget_ask(services.confirmations.issue(ctx.actor.key), jobs, minutes)
+    if not services.confirmations.redeem(code, ctx.actor.key):
+        raise CommandError(replies.forget_expired())
+    if user is None:
+        return replies.forget_nothing()
+    active = await services.history.active(user.id)
+    if active:
+        raise CommandError(replies.forget_busy(len(active)))
+    report = await services.history.forget(
+        user.id, platform=ctx.actor.platform, platform_user_id=ctx.actor.user_id
+    )
+    for key in report.store_keys:
+        await services.store.delete(key)
+    return replies.forgotten(report.jobs, report.outputs, report.ledger_entries, report.settings)
+
+
+async def help_(ctx: Context, options: dict[str, Any]) -> Reply:
+    moderator = ctx.is_owner or (ctx.in_community and ctx.actor.is_moderator)
+    listed = [
+        (spec.usage, spec.summary)
+        for spec in COMMANDS.values()
+        if spec.access == Access.EVERYONE or moderator
+    ]
+    return replies.help_text(listed)
+
+
+async def own_job(ctx: Context, ref: str) -> JobRecord:
+    """One of the actor's own jobs by id or id prefix: anyone else's is "not found"."""
+    user = await ctx.known_user()
+    job = await ctx.services.history.find(user.id, ref.lower()) if user else None
+    if job is None:
+        raise CommandError(replies.no_such_job(ref))
+    return job
+
+
+async def _images(ctx: Context, job: JobRecord) -> tuple[Any, ...]:
+    outputs = await ctx.services.jobs.outputs(job.id)
+    return image_refs(outputs, ctx.services.image_base_url)

@@ -1,0 +1,293 @@
+"""The command surface: one definition per command, which adapters read to register slash
+commands and build help, and which the command layer uses to check every option it is given.
+
+Generation commands are derived from the one table of documented limits (`backends.params`), so a
+limit changed there changes the slash command's ranges, the help and the checks together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from backends.params import LIMITS, MAX_PROMPT_CHARS, MAX_SEED, FloatRange, IntRange, Operation
+from bot.safety import SafetyLevel
+from bot.styles import STYLES
+
+
+class OptionType(StrEnum):
+    TEXT = "text"
+    INTEGER = "integer"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    IMAGE = "image"  # bytes: an attachment
+    USER = "user"  # a platform user id (the adapter resolves mentions)
+
+
+class Access(StrEnum):
+    EVERYONE = "everyone"
+    # A moderator of the community the command runs in (the adapter says who is one), or an
+    # owner; in a DM only an owner, acting on the global scope.
+    MODERATOR = "moderator"
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    name: str
+    type: OptionType
+    description: str
+    required: bool = False
+    min_value: float | None = None
+    max_value: float | None = None
+    choices: tuple[str | int | float, ...] = ()
+    max_length: int | None = None
+    # Typed as text, this option takes the rest of the line (a prompt, a reason).
+    rest: bool = False
+    # A USER option that also accepts the word "everyone".
+    allows_everyone: bool = False
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str  # words separated by spaces: "admin quota set"
+    summary: str
+    options: tuple[OptionSpec, ...] = ()
+    access: Access = Access.EVERYONE
+    # A selfie is needed: as the `selfie` attachment or the `selfie_url` link.
+    takes_selfie: bool = False
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return tuple(self.name.split(" "))
+
+    def option(self, name: str) -> OptionSpec | None:
+        return next((o for o in self.options if o.name == name), None)
+
+    @property
+    def usage(self) -> str:
+        parts = [f"/{self.name}"]
+        for option in self.options:
+            if option.type == OptionType.IMAGE:
+                continue
+            label = option.name + ("…" if option.rest else "")
+            parts.append(f"<{label}>" if option.required else f"[{label}]")
+        return " ".join(parts)
+
+
+# ---- generation commands -----------------------------------------------------------------
+
+GENERATION_COMMANDS: dict[str, Operation] = {
+    "headshot": Operation.HEADSHOT,
+    "facegen": Operation.FACEGEN,
+    "avatar": Operation.AVATAR,
+    "flux_headshot": Operation.FLUX_HEADSHOT,
+}
+
+_SUMMARIES = {
+    Operation.HEADSHOT: "Turn a selfie into a professional headshot",
+    Operation.FACEGEN: "Generate a new photo of your face from a prompt",
+    Operation.AVATAR: "Make an avatar of your face, optionally in a given pose",
+    Operation.FLUX_HEADSHOT: "A high-resolution FLUX headshot from your selfie",
+}
+
+# What each knob does, in words a user understands. Knobs the moderators control (the safety
+# checker) are not user options.
+_KNOB_DESCRIPTIONS = {
+    "num_inference_steps": "More steps: more detail, slower",
+    "guidance_scale": "How closely to follow the prompt",
+    "s_scale": "How strongly to keep your likeness",
+    "identitynet_strength_ratio": "How strongly the face structure is kept",
+    "adapter_strength_ratio": "How strongly your identity is applied",
+    "pose_strength": "How closely to follow the pose image",
+    "canny_strength": "How closely to follow the selfie's outlines",
+}
+_USER_KNOBS = tuple(_KNOB_DESCRIPTIONS)
+
+
+def _generation_spec(name: str, operation: Operation) -> CommandSpec:
+    limits = LIMITS[operation]
+    options = [
+        OptionSpec("selfie", OptionType.IMAGE, "Your selfie: a clear, front-facing photo"),
+        OptionSpec("style", OptionType.TEXT, "A style preset (see /styles)", choices=tuple(STYLES)),
+        OptionSpec(
+            "prompt",
+            OptionType.TEXT,
+            "Anything to add: clothes, background, mood",
+            max_length=MAX_PROMPT_CHARS,
+            rest=True,
+        ),
+        OptionSpec("selfie_url", OptionType.TEXT, "A link to your selfie, instead of attaching it"),
+        OptionSpec(
+            "samples",
+            OptionType.INTEGER,
+            "How many images (one credit each)",
+            min_value=1,
+            max_value=limits.max_samples,
+        ),
+        OptionSpec("seed", OptionType.INTEGER, "Repeat a result", min_value=0, max_value=MAX_SEED),
+        OptionSpec(
+            "width", OptionType.INTEGER, "Image width", min_value=64, max_value=limits.max_width
+        ),
+        OptionSpec(
+            "height", OptionType.INTEGER, "Image height", min_value=64, max_value=limits.max_height
+        ),
+    ]
+    for knob in _USER_KNOBS:
+        rule = limits.rules.get(knob)
+        if rule is None:
+            continue
+        description = _KNOB_DESCRIPTIONS[knob]
+        if isinstance(rule, IntRange):
+            kind = OptionType.INTEGER
+            options.append(
+                OptionSpec(knob, kind, description, min_value=rule.lo, max_value=rule.hi)
+            )
+        elif isinstance(rule, FloatRange):
+            kind = OptionType.NUMBER
+            options.append(
+                OptionSpec(knob, kind, description, min_value=rule.lo, max_value=rule.hi)
+            )
+        else:
+            choices = tuple(v for v in rule.values if isinstance(v, str | int | float))
+            kind = (
+                OptionType.INTEGER if all(isinstance(v, int) for v in choices) else OptionType.TEXT
+            )
+            options.append(OptionSpec(knob, kind, description, choices=choices))
+    if "controlnet_selection" in limits.defaults:
+        options.append(
+            OptionSpec(
+                "controlnet_selection",
+                OptionType.TEXT,
+                "Guides to use, comma-separated: pose, canny, depth",
+                max_length=40,
+            )
+        )
+        options.append(OptionSpec("pose_image", OptionType.IMAGE, "A photo whose pose to copy"))
+    return CommandSpec(name, _SUMMARIES[operation], tuple(options), takes_selfie=True)
+
+
+# ---- everything else ---------------------------------------------------------------------
+
+_JOB = OptionSpec(
+    "job", OptionType.TEXT, "The job id (from /history)", required=True, max_length=32
+)
+_USER = OptionSpec("user", OptionType.USER, "The user", required=True)
+_OPERATION = OptionSpec(
+    "operation", OptionType.TEXT, "The operation", required=True, choices=tuple(GENERATION_COMMANDS)
+)
+_WORD = OptionSpec(
+    "word", OptionType.TEXT, "A word or phrase", required=True, max_length=60, rest=True
+)
+_PAGE = OptionSpec("page", OptionType.INTEGER, "Page number", min_value=1, max_value=10_000)
+
+_OTHER_COMMANDS = (
+    CommandSpec("styles", "List the style presets"),
+    CommandSpec("history", "Your past images, newest first", (_PAGE,)),
+    CommandSpec("show", "One of your jobs in full", (_JOB,)),
+    CommandSpec("reroll", "Run one of your jobs again with a new seed", (_JOB,)),
+    CommandSpec("delete", "Delete one of your jobs and its images", (_JOB,)),
+    CommandSpec("quota", "What you have left today, and what is in progress"),
+    CommandSpec(
+        "forget",
+        "Delete everything we hold about you",
+        (OptionSpec("confirm", OptionType.TEXT, "The confirmation code", max_length=32),),
+    ),
+    CommandSpec("help", "What this bot can do"),
+    CommandSpec(
+        "admin quota set",
+        "Set the daily allowance for a user or everyone",
+        (
+            OptionSpec(
+                "user",
+                OptionType.USER,
+                "A user, or everyone",
+                required=True,
+                allows_everyone=True,
+            ),
+            OptionSpec(
+                "per_day", OptionType.INTEGER, "Images per day", True, min_value=0, max_value=10_000
+            ),
+        ),
+        Access.MODERATOR,
+    ),
+    CommandSpec(
+        "admin grant",
+        "Give a user extra credits",
+        (_USER, OptionSpec("credits", OptionType.INTEGER, "Credits", True, 1, 10_000)),
+        Access.MODERATOR,
+    ),
+    CommandSpec(
+        "admin ban",
+        "Stop a user from using the bot here",
+        (_USER, OptionSpec("reason", OptionType.TEXT, "Why", max_length=200, rest=True)),
+        Access.MODERATOR,
+    ),
+    CommandSpec("admin unban", "Lift a ban", (_USER,), Access.MODERATOR),
+    CommandSpec(
+        "admin stats",
+        "Jobs, success rate, credits and top users",
+        (OptionSpec("days", OptionType.INTEGER, "How many days back", min_value=1, max_value=365),),
+        Access.MODERATOR,
+    ),
+    CommandSpec("admin enable", "Allow an operation", (_OPERATION,), Access.MODERATOR),
+    CommandSpec("admin disable", "Turn an operation off", (_OPERATION,), Access.MODERATOR),
+    CommandSpec(
+        "admin style-default",
+        "The style used when none is given",
+        (
+            OptionSpec(
+                "style", OptionType.TEXT, "A style preset", required=True, choices=tuple(STYLES)
+            ),
+        ),
+        Access.MODERATOR,
+    ),
+    CommandSpec(
+        "admin safety",
+        "Make the image safety filter stricter",
+        (
+            OptionSpec(
+                "level",
+                OptionType.TEXT,
+                "How flagged images are shown",
+                required=True,
+                choices=tuple(SafetyLevel),
+            ),
+        ),
+        Access.MODERATOR,
+    ),
+    CommandSpec(
+        "admin banned-words add", "Refuse prompts with this word", (_WORD,), Access.MODERATOR
+    ),
+    CommandSpec(
+        "admin banned-words remove", "Allow a banned word again", (_WORD,), Access.MODERATOR
+    ),
+    CommandSpec("admin banned-words list", "The banned words", (), Access.MODERATOR),
+    CommandSpec(
+        "admin jobs",
+        "Recent jobs here",
+        (OptionSpec("failed", OptionType.BOOLEAN, "Only failed ones"),),
+        Access.MODERATOR,
+    ),
+    CommandSpec(
+        "admin refund", "Give back the credits of a finished job", (_JOB,), Access.MODERATOR
+    ),
+    CommandSpec("admin audit", "Who changed what, newest first", (_PAGE,), Access.MODERATOR),
+)
+
+COMMANDS: dict[str, CommandSpec] = {
+    spec.name: spec
+    for spec in (
+        *(_generation_spec(name, op) for name, op in GENERATION_COMMANDS.items()),
+        *_OTHER_COMMANDS,
+    )
+}
+
+
+# "flux-headshot" and "flux_headshot" are the same command: platforms differ in what they allow.
+_ALIASES = {alias: name for name in COMMANDS for alias in (name, name.replace("_", "-"))}
+
+
+def find_command(name: str) -> CommandSpec | None:
+    """The command with this name, whitespace- and case-insensitively."""
+    canonical = _ALIASES.get(" ".join(name.lower().split()))
+    return COMMANDS[canonical] if canonical else None

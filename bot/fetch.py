@@ -1,0 +1,438 @@
+"""Downloads a selfie from a URL a user sent, without letting that URL reach our own network.
+
+The URL is hostile input. It may point (directly, through DNS, or through a redirect) at the
+loopback interface, the LAN, the cloud metadata service (169.254.169.254) or an internal admin
+page; it may send an endless body, a web page instead of an image, or never answer. `SafeFetcher`
+refuses all of these with a short message the user can act on (`FetchRefused`).
+
+How the address rule is enforced, without a DNS-rebinding window:
+
+* IP-literal hosts (`http://10.0.0.1/`, `http://[::1]/`) are checked before any request is made.
+  aiohttp never resolves them, so the checked address is the one it connects to.
+* Host names are resolved inside the connection itself: the aiohttp `TCPConnector` gets a
+  `_ValidatingResolver`, which resolves the name once, refuses unless *every* address is allowed,
+  and hands the connector only those checked addresses. There is no second lookup that a hostile
+  DNS server could answer differently, and the DNS cache and keep-alive are off, so each
+  connection (every redirect hop included) is checked afresh. TLS SNI and the Host header still
+  carry the host name, because aiohttp only swaps the address it dials.
+* System proxies are ignored (`trust_env=False`): a proxy would do the resolving for us.
+* Redirects are followed by hand, and every new URL goes through the same checks from scratch.
+
+Testability. Two seams, both keyword arguments:
+
+* `resolver` (the `Resolver` protocol) replaces the system's getaddrinfo, so a test can make
+  `public.example` resolve to whatever it needs without any real DNS.
+* `address_allowed` replaces the address rule (`is_public_address` by default). A test that needs
+  a "public" server but only has one on loopback passes
+  `lambda ip: ip == IPv4Address("127.0.0.1") or is_public_address(ip)`: 127.0.0.1 stands in for
+  the internet while every other private address (10.0.0.1, 127.0.0.2, 169.254.169.254, ...)
+  is still refused by the real rule, so redirects into private space can be tested end to end.
+  `allow_private=True` is the operator's switch (a LAN deployment): it lifts the address rule and
+  nothing else; it cannot be combined with `address_allowed`.
+
+The bytes returned are not decoded here; the caller sanitises them as an image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+from typing import Protocol
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+AddressPolicy = Callable[[IPAddress], bool]
+
+MAX_URL_LENGTH = 2048
+_SCHEMES = frozenset({"http", "https"})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_MB = 1024 * 1024
+_HEADERS = {
+    "User-Agent": "headshot-bot (selfie fetch)",
+    "Accept": "image/*, application/octet-stream;q=0.5",
+    # Compressed bodies would be inflated before the size cap sees them; ask for none.
+    "Accept-Encoding": "identity",
+}
+
+# NAT64 prefixes embed an IPv4 address that a NAT64 gateway would reach on our behalf.
+_NAT64_NETWORKS = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+)
+
+_ATTACH_INSTEAD = "send a public image link or attach the file"
+
+
+class FetchRefused(Exception):
+    """The URL was refused or could not be fetched.
+
+    str(exc) is a short message for the user, e.g. "That link points to a private network
+    address: send a public image link or attach the file."
+    """
+
+
+class Resolver(Protocol):
+    """Turns a host name into IP address strings (IPv4 or IPv6, no brackets)."""
+
+    async def resolve(self, host: str, port: int) -> list[str]: ...
+
+
+class SystemResolver:
+    """The default `Resolver`: the running event loop's getaddrinfo."""
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses: list[str] = []
+        for family, _type, _proto, _name, sockaddr in infos:
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            address = str(sockaddr[0])
+            if address not in addresses:
+                addresses.append(address)
+        return addresses
+
+
+def is_public_address(ip: IPAddress) -> bool:
+    """True only for globally routable unicast addresses.
+
+    `is_global` alone is not enough: Python counts multicast as global, and IPv6 forms that
+    embed an IPv4 address (IPv4-mapped, NAT64, 6to4) must be judged by the embedded address.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded: ipaddress.IPv4Address | None = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and any(ip in net for net in _NAT64_NETWORKS):
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and not is_public_address(embedded):
+            return False
+        if ip.teredo is not None:
+            return False
+    return ip.is_global and not (
+        ip.is_multicast
+        or ip.is_unspecified
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_private
+        or ip.is_reserved
+    )
+
+
+def _allow_everything(_ip: IPAddress) -> bool:
+    return True
+
+
+def _parse_address(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _looks_like_ip_literal(host: str) -> bool:
+    """Mirrors aiohttp's own test for "this host is an address, do not resolve it"."""
+    return ":" in host or host.replace(".", "").isdigit()
+
+
+def _origin(url: URL) -> str:
+    """scheme://host[:port] for log lines: never the path or query (they may hold tokens)."""
+    try:
+        return str(url.origin())
+    except ValueError:
+        return f"{url.scheme}://{url.raw_host or '?'}"
+
+
+def _describe_size(max_bytes: int) -> str:
+    if max_bytes >= _MB // 10:
+        return f"{round(max_bytes / _MB, 1):g} MB"
+    return f"{max(1, round(max_bytes / 1024)):g} KB"
+
+
+def _sanitise_for_message(value: str, limit: int = 60) -> str:
+    """A server-supplied string made safe to echo to the user (no markup, no control chars)."""
+    kept = "".join(c for c in value if c.isascii() and (c.isalnum() or c in "/+-._"))
+    return kept[:limit] or "unknown"
+
+
+_RETRY_HINT = "Check the link, or attach the file instead."
+
+
+def _not_found(host: str) -> FetchRefused:
+    return FetchRefused(
+        f"Could not download that link: the site {_sanitise_for_message(host, limit=80)} "
+        f"was not found. {_RETRY_HINT}"
+    )
+
+
+def _private_address_refusal() -> FetchRefused:
+    return FetchRefused(f"That link points to a private network address: {_ATTACH_INSTEAD}.")
+
+
+class _ValidatingResolver(AbstractResolver):
+    """aiohttp resolver that answers only with addresses the policy allows.
+
+    The connector dials exactly what this returns, so the checked address is the connected one.
+    A refusal is raised as `FetchRefused` (not an OSError), which aiohttp passes through as is.
+    """
+
+    def __init__(self, resolver: Resolver, allowed: AddressPolicy) -> None:
+        self._resolver = resolver
+        self._allowed = allowed
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        try:
+            texts = await self._resolver.resolve(host, port)
+        except OSError as exc:
+            log.info("fetch failed: %s did not resolve (%s)", host, type(exc).__name__)
+            raise _not_found(host) from None
+        if not texts:
+            raise _not_found(host)
+        addresses: list[IPAddress] = []
+        for text in texts:
+            ip = _parse_address(text)
+            if ip is None or not self._allowed(ip):
+                log.info("fetch refused: %s resolves to a disallowed address", host)
+                raise _private_address_refusal()
+            addresses.append(ip)
+        results: list[ResolveResult] = []
+        for ip in addresses:
+            ip_family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            if family not in (socket.AF_UNSPEC, ip_family):
+                continue
+            results.append(
+                ResolveResult(
+                    hostname=host,
+                    host=str(ip),
+                    port=port,
+                    family=ip_family,
+                    proto=socket.IPPROTO_TCP,
+                    flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                )
+            )
+        if not results:
+            raise _not_found(host)
+        return results
+
+    async def close(self) -> None:
+        return None
+
+
+async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """Read until end of stream or `limit` bytes, whichever comes first; never more."""
+    parts: list[bytes] = []
+    total = 0
+    while total < limit:
+        chunk = await stream.read(limit - total)
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts)
+
+
+class SafeFetcher:
+    """Fetches an image URL under an SSRF-safe policy (see the module docstring).
+
+    `fetch` raises `FetchRefused` for every refusal and every failure; its message is meant
+    for the user. One instance can serve many concurrent fetches; call `aclose` when done.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        timeout: float = 15.0,
+        max_redirects: int = 3,
+        allow_private: bool = False,
+        resolver: Resolver | None = None,
+        address_allowed: AddressPolicy | None = None,
+    ) -> None:
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if max_redirects < 0:
+            raise ValueError("max_redirects must not be negative")
+        if allow_private and address_allowed is not None:
+            raise ValueError("pass allow_private or address_allowed, not both")
+        self._max_bytes = max_bytes
+        self._timeout = timeout
+        self._max_redirects = max_redirects
+        self._resolver: Resolver = resolver or SystemResolver()
+        if allow_private:
+            self._allowed: AddressPolicy = _allow_everything
+        else:
+            self._allowed = address_allowed or is_public_address
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def fetch(self, url: str) -> bytes:
+        """Download the image at `url` and return its raw bytes."""
+        if self._closed:
+            raise RuntimeError("SafeFetcher is closed")
+        current = self._check_url(url)
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._follow(current)
+        except TimeoutError:
+            log.info("fetch timed out after %gs: %s", self._timeout, _origin(current))
+            raise FetchRefused(
+                f"That link took too long to answer (over {self._timeout:g} s): {_ATTACH_INSTEAD}."
+            ) from None
+
+    def _session_for_fetch(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                resolver=_ValidatingResolver(self._resolver, self._allowed),
+                use_dns_cache=False,
+                force_close=True,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=None),
+                headers=_HEADERS,
+            )
+        return self._session
+
+    def _check_url(self, raw: str, *, redirected: bool = False) -> URL:
+        """Scheme, credentials, length, host, and the address rule for IP-literal hosts."""
+        where = "The address that link redirects to" if redirected else "That link"
+        if len(raw) > MAX_URL_LENGTH:
+            raise FetchRefused(
+                f"{where} is too long (over {MAX_URL_LENGTH} characters): {_ATTACH_INSTEAD}."
+            )
+        try:
+            url = URL(raw.strip())
+        except (ValueError, TypeError):
+            raise FetchRefused(f"{where} is not a valid web address: {_ATTACH_INSTEAD}.") from None
+        if url.scheme not in _SCHEMES:
+            raise FetchRefused(
+                "Only http:// and https:// links can be downloaded: "
+                "send a web link to the image or attach the file."
+            )
+        if url.raw_user is not None or url.raw_password is not None:
+            raise FetchRefused(
+                "That link contains a user name or password: send a link that needs no login, "
+                "or attach the file."
+            )
+        host = url.raw_host
+        if not host:
+            raise FetchRefused(f"{where} has no host name: {_ATTACH_INSTEAD}.")
+        if _looks_like_ip_literal(host):
+            ip = _parse_address(host)
+            if ip is None:
+                raise FetchRefused(
+                    f"{where} is not a valid web address ({_sanitise_for_message(host)}): "
+                    f"{_ATTACH_INSTEAD}."
+                )
+            if not self._allowed(ip):
+                log.info("fetch refused: disallowed address %s", _origin(url))
+                raise _private_address_refusal()
+        return url.with_fragment(None)
+
+    async def _follow(self, url: URL) -> bytes:
+        session = self._session_for_fetch()
+        redirects = 0
+        while True:
+            log.info("fetching %s", _origin(url))
+            try:
+                async with session.get(url, allow_redirects=False) as response:
+                    if response.status in _REDIRECT_STATUSES:
+                        url = self._redirect_target(url, response, redirects)
+                        redirects += 1
+                        continue
+                    return await self._read_image(url, response)
+            except FetchRefused:
+                raise
+            except TimeoutError:
+                raise
+            except aiohttp.ClientError as exc:
+                log.info("fetch failed (%s): %s", type(exc).__name__, _origin(url))
+                raise FetchRefused(self._describe_failure(url, exc)) from None
+            except OSError as exc:
+                log.info("fetch failed (%s): %s", type(exc).__name__, _origin(url))
+                raise FetchRefused(
+                    f"Could not download that link: the connection failed. {_RETRY_HINT}"
+                ) from None
+
+    def _redirect_target(self, url: URL, response: aiohttp.ClientResponse, done: int) -> URL:
+        if done >= self._max_redirects:
+            log.info("fetch refused: more than %d redirects: %s", self._max_redirects, _origin(url))
+            raise FetchRefused(
+                f"That link redirects too many times (more than {self._max_redirects}): "
+                "send the final link to the image, or attach the file."
+            )
+        location = response.headers.get("Location")
+        if not location:
+            raise FetchRefused(
+                f"That link answered with a redirect that leads nowhere: {_ATTACH_INSTEAD}."
+            )
+        try:
+            target = url.join(URL(location))
+        except (ValueError, TypeError):
+            raise FetchRefused(
+                f"That link redirects to an invalid address: {_ATTACH_INSTEAD}."
+            ) from None
+        log.info("fetch redirected: %s -> %s", _origin(url), _origin(target))
+        return self._check_url(str(target), redirected=True)
+
+    async def _read_image(self, url: URL, response: aiohttp.ClientResponse) -> bytes:
+        if response.status != 200:
+            log.info("fetch refused: HTTP %d from %s", response.status, _origin(url))
+            raise FetchRefused(
+                f"That link answered with HTTP {response.status}: send a link that opens "
+                "the image itself, or attach the file."
+            )
+        # No Content-Type at all means "unknown bytes" (RFC 9110 8.3), i.e. octet-stream.
+        content_type = response.content_type.lower()
+        if not (content_type.startswith("image/") or content_type == "application/octet-stream"):
+            log.info("fetch refused: content type %r from %s", content_type[:60], _origin(url))
+            raise FetchRefused(
+                f"That link is not an image (it is {_sanitise_for_message(content_type)}): "
+                "send a direct link to a JPEG, PNG, WebP or HEIC file, or attach it."
+            )
+        too_large = FetchRefused(
+            f"That image is larger than {_describe_size(self._max_bytes)}: "
+            "send a smaller one, or attach the file."
+        )
+        declared = response.content_length
+        if declared is not None and declared > self._max_bytes:
+            log.info("fetch refused: declared %d bytes from %s", declared, _origin(url))
+            raise too_large
+        data = await _read_capped(response.content, self._max_bytes + 1)
+        if len(data) > self._max_bytes:
+            log.info("fetch refused: body over %d bytes from %s", self._max_bytes, _origin(url))
+            raise too_large
+        log.info("fetched %d bytes from %s", len(data), _origin(url))
+        return data
+
+    @staticmethod
+    def _describe_failure(url: URL, exc: aiohttp.ClientError) -> str:
+        host = _sanitise_for_message(url.raw_host or "", limit=80)
+        if isinstance(exc, aiohttp.ClientSSLError):
+            reason = f"the secure connection to {host} failed."
+        elif isinstance(exc, aiohttp.ClientConnectorError):
+            reason = f"the site {host} could not be reached."
+        elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+            reason = "the connection broke off."
+        elif isinstance(exc, aiohttp.InvalidURL):
+            reason = "the address is not valid."
+        else:
+            reason = "the server gave an invalid answer."
+        return f"Could not download that link: {reason} {_RETRY_HINT}"

@@ -1,0 +1,365 @@
+"""Every reply the command layer gives, with its wording written here and only here.
+
+A reply is plain data: the text, whether only the person who asked should see it, images to
+show, buttons to offer and, when a job was queued, its id (follow it with
+`CommandLayer.follow`). Adapters render it; they never write their own wording.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from bot.safety import SafetyLevel
+from bot.styles import Style
+from bot.ui import Button, ButtonStyle, ImageRef, JobSummary, job_buttons, short_id
+from storage.records import AuditRecord, JobStats
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    private: bool = False
+    images: tuple[ImageRef, ...] = ()
+    buttons: tuple[Button, ...] = ()
+    job_id: str | None = None
+
+
+def refused(message: str) -> Reply:
+    """A refusal: nothing was done. Only the person who asked sees it."""
+    return Reply(message, private=True)
+
+
+def who(user: str) -> str:
+    return "everyone" if user == "everyone" else f"user {user}"
+
+
+def _when(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+# ---- generation ----------------------------------------------------------------------------
+
+
+def queued(
+    job_id: str, operation: str, style: str | None, *, reroll_of: str | None = None
+) -> Reply:
+    what = f"{style} {operation}" if style else operation
+    again = f" (a re-roll of job {short_id(reroll_of)})" if reroll_of else ""
+    return Reply(
+        f"Got it: your {what.replace('_', ' ')} is queued as job {short_id(job_id)}{again}. "
+        "This message will show its progress.",
+        job_id=job_id,
+    )
+
+
+def banned_word(phrase: str) -> str:
+    return f"Your prompt contains “{phrase}”, which isn't allowed here: rephrase it and try again."
+
+
+def banned(reason: str | None) -> str:
+    why = f" ({reason})" if reason else ""
+    return f"You can't use this bot here{why}. Ask a moderator if you think this is a mistake."
+
+
+def operation_disabled(operation: str) -> str:
+    return f"/{operation} is turned off here: try /headshot, or ask a moderator."
+
+
+def no_selfie() -> str:
+    return "Attach a selfie (a clear, front-facing photo), or give a link to one with selfie_url."
+
+
+def two_selfies() -> str:
+    return "Give the selfie once: attach it or give selfie_url, not both."
+
+
+def selfie_gone(retention_seconds: float) -> str:
+    if retention_seconds <= 0:
+        return "Selfies are deleted as soon as a job ends here: send your selfie again."
+    minutes = max(1, round(retention_seconds / 60))
+    return (
+        f"That job's selfie is no longer kept (selfies are deleted {minutes} min after "
+        "a job ends): send your selfie again."
+    )
+
+
+# ---- the user's own things ----------------------------------------------------------------
+
+
+def styles_list(styles: Sequence[Style], default: str) -> Reply:
+    lines = ["Styles (use them as style:<name>):"]
+    for style in styles:
+        mark = " (default here)" if style.name == default else ""
+        lines.append(f"• {style.name}: {style.description}{mark}")
+    return Reply("\n".join(lines), private=True)
+
+
+def _job_line(job: JobSummary, images: int) -> str:
+    parts = [job.short_id, _when(job.created_at), job.operation]
+    if job.style:
+        parts.append(job.style)
+    parts.append(job.state)
+    if images:
+        parts.append(_plural(images, "image"))
+    return " · ".join(parts)
+
+
+def history_page(
+    entries: Sequence[tuple[JobSummary, Sequence[ImageRef]]], page: int, pages: int
+) -> Reply:
+    if not entries:
+        text = "No images yet: send /headshot with a selfie to make your first one."
+        if page > 1:
+            text = f"There is no page {page}: your history has {_plural(pages, 'page')}."
+        return Reply(text, private=True)
+    lines = [f"Your jobs, newest first (page {page} of {pages}):"]
+    lines += [f"• {_job_line(job, len(images))}" for job, images in entries]
+    lines.append("See one in full with /show <job>.")
+    buttons = []
+    if page > 1:
+        buttons.append(Button("Previous", "history", {"page": str(page - 1)}))
+    if page < pages:
+        buttons.append(Button("Next", "history", {"page": str(page + 1)}))
+    images = tuple(image for _, refs in entries for image in refs)
+    return Reply("\n".join(lines), private=True, images=images, buttons=tuple(buttons))
+
+
+def job_details(job: JobSummary, images: Sequence[ImageRef]) -> Reply:
+    lines = [f"Job {job.short_id} · {job.operation}" + (f" · {job.style}" if job.style else "")]
+    lines.append(f"Status: {job.state} · seed {job.seed} · {_when(job.created_at)}")
+    if job.prompt:
+        lines.append(f"Prompt: {job.prompt}")
+    if job.error:
+        lines.append(f"Why it failed: {job.error}")
+    finished = job.state in ("succeeded", "failed", "cancelled")
+    return Reply(
+        "\n".join(lines),
+        private=True,
+        images=tuple(images),
+        buttons=job_buttons(job.id) if finished else (),
+    )
+
+
+def no_such_job(ref: str) -> str:
+    return f"No job of yours matches “{ref}”: /history lists them (give at least 6 characters)."
+
+
+def still_running(job_id: str) -> str:
+    return f"Job {short_id(job_id)} is still running: delete it once it has finished."
+
+
+def deleted(job_id: str, images: int) -> Reply:
+    return Reply(
+        f"Deleted job {short_id(job_id)} and its {_plural(images, 'image')}.", private=True
+    )
+
+
+def quota(
+    *,
+    daily_quota: int,
+    daily_left: int,
+    granted: int,
+    resets_in: str,
+    active: Sequence[tuple[str, str, int | None]],
+) -> Reply:
+    """`active`: (job id, state, queue position or None) for each job in progress."""
+    extra = f" plus {_plural(granted, 'granted credit')}" if granted else ""
+    lines = [
+        f"Today: {daily_left} of {daily_quota} images left{extra}. "
+        f"The allowance resets at 00:00 UTC (in {resets_in})."
+    ]
+    if not active:
+        lines.append("Nothing in progress.")
+    for job_id, state, position in active:
+        where = f"queued at position {position}" if position else state
+        lines.append(f"• job {short_id(job_id)}: {where}")
+    return Reply("\n".join(lines), private=True)
+
+
+def forget_ask(token: str, jobs: int, minutes: int) -> Reply:
+    return Reply(
+        f"This deletes everything we hold about you: {_plural(jobs, 'job')}, their images, your "
+        "history, credits and settings. It cannot be undone. Press “Delete everything” within "
+        f"{minutes} minutes to confirm.",
+        private=True,
+        buttons=(Button("Delete everything", "forget", {"confirm": token}, ButtonStyle.DANGER),),
+    )
+
+
+def forget_nothing() -> Reply:
+    return Reply("We hold nothing about you: there is nothing to delete.", private=True)
+
+
+def forget_expired() -> str:
+    return "That confirmation has expired or isn't yours: run /forget again."
+
+
+def forget_busy(active: int) -> str:
+    return (
+        f"You have {_plural(active, 'job')} in progress: run /forget again once "
+        f"{'it has' if active == 1 else 'they have'} finished."
+    )
+
+
+def forgotten(jobs: int, images: int, ledger: int, settings: int) -> Reply:
+    return Reply(
+        f"Done: deleted {_plural(jobs, 'job')}, {_plural(images, 'stored image')}, "
+        f"{_plural(ledger, 'credit record')} and {_plural(settings, 'setting')}. "
+        "Nothing else about you is kept.",
+        private=True,
+    )
+
+
+def help_text(commands: Sequence[tuple[str, str]]) -> Reply:
+    lines = ["Send /headshot with a selfie attached to get a professional headshot."]
+    lines += [f"{usage}: {summary}" for usage, summary in commands]
+    return Reply("\n".join(lines), private=True)
+
+
+# ---- moderation -------------------------------------------------------------------------------
+
+
+def not_moderator() -> str:
+    return "Only this community's moderators can use /admin commands."
+
+
+def owners_only_in_dm() -> str:
+    return "Admin commands work in a server or group; in a DM only the bot's owners can use them."
+
+
+def _scope(community: bool) -> str:
+    return "here" if community else "everywhere (global)"
+
+
+def done(text: str) -> Reply:
+    return Reply(text, private=True)
+
+
+def quota_set(user: str, per_day: int, community: bool) -> Reply:
+    return done(f"Daily allowance for {who(user)} {_scope(community)}: {per_day} images per day.")
+
+
+def granted(user: str, credits: int) -> Reply:
+    return done(f"Gave {who(user)} {_plural(credits, 'credit')}; they don't expire.")
+
+
+def ban_result(user: str, changed: bool, community: bool) -> Reply:
+    if not changed:
+        return done(f"{who(user).capitalize()} was already banned {_scope(community)}.")
+    return done(f"{who(user).capitalize()} is now banned {_scope(community)}.")
+
+
+def unban_result(user: str, changed: bool, community: bool) -> Reply:
+    if not changed:
+        return done(f"{who(user).capitalize()} wasn't banned {_scope(community)}.")
+    return done(f"{who(user).capitalize()} may use the bot {_scope(community)} again.")
+
+
+def operation_switched(operation: str, enabled: bool, changed: bool, community: bool) -> Reply:
+    state = "on" if enabled else "off"
+    if not changed:
+        return done(f"/{operation} was already {state} {_scope(community)}.")
+    return done(f"/{operation} is now {state} {_scope(community)}.")
+
+
+def disabled_globally(operation: str) -> str:
+    return f"/{operation} is turned off by the bot's operator; only an owner can turn it on."
+
+
+def style_default_set(style: str, community: bool) -> Reply:
+    return done(f"Jobs {_scope(community)} now use the {style} style unless they name one.")
+
+
+def safety_set(level: SafetyLevel, community: bool) -> Reply:
+    return done(f"Flagged images {_scope(community)} are now shown as: {level}.")
+
+
+def safety_looser(current: SafetyLevel) -> str:
+    return (
+        f"The safety filter is already at “{current}”: a community can only make it stricter "
+        f"({', '.join(level for level in SafetyLevel if level.rank > current.rank) or 'none'})."
+    )
+
+
+def banned_words_changed(word: str, added: bool, changed: bool, community: bool) -> Reply:
+    if not changed:
+        state = "already banned" if added else "not on the list"
+        return done(f"“{word}” is {state} {_scope(community)}.")
+    action = "now refused" if added else "allowed again"
+    return done(f"Prompts with “{word}” are {action} {_scope(community)}.")
+
+
+def banned_words_list(own: Sequence[str], inherited: Sequence[str]) -> Reply:
+    if not own and not inherited:
+        return done("No banned words. Add one with /admin banned-words add <word>.")
+    lines = [f"Banned words: {', '.join(own) if own else 'none'}."]
+    if inherited:
+        lines.append(f"Also banned by the operator: {', '.join(inherited)}.")
+    return done("\n".join(lines))
+
+
+def stats(report: JobStats, days: int, community: bool) -> Reply:
+    rate = f"{100 * report.succeeded / report.jobs:.0f}%" if report.jobs else "n/a"
+    median = (
+        f"{report.median_generation_seconds:.1f} s"
+        if report.median_generation_seconds is not None
+        else "n/a"
+    )
+    lines = [
+        f"Last {_plural(days, 'day')} {_scope(community)}: {_plural(report.jobs, 'job')}, "
+        f"{report.succeeded} succeeded, {report.failed} failed (success rate {rate}).",
+        f"Credits used: {report.credits_used}. Median generation time: {median}.",
+    ]
+    if report.top_users:
+        top = ", ".join(f"{who(user)} ({count})" for user, count in report.top_users)
+        lines.append(f"Top users: {top}.")
+    return done("\n".join(lines))
+
+
+def jobs_list(entries: Sequence[tuple[JobSummary, str]], failed_only: bool) -> Reply:
+    if not entries:
+        return done("No failed jobs." if failed_only else "No jobs yet.")
+    lines = ["Recent failed jobs:" if failed_only else "Recent jobs:"]
+    for job, user in entries:
+        line = f"• {job.short_id} · {who(user)} · {job.operation} · {job.state}"
+        if job.error:
+            line += f" · {job.error}"
+        lines.append(line)
+    lines.append("Refund one with /admin refund <job>.")
+    return done("\n".join(lines))
+
+
+def refund_result(job_id: str, user: str, credits: int, state: str) -> Reply:
+    if credits:
+        return done(
+            f"Returned {_plural(credits, 'credit')} to {who(user)} for job {short_id(job_id)}."
+        )
+    if state == "succeeded":
+        return done(f"Job {short_id(job_id)} was already refunded.")
+    if state in ("failed", "cancelled"):
+        return done(f"Job {short_id(job_id)} {state}: its credits were already returned.")
+    return done(f"Job {short_id(job_id)} is still running: refund it once it has finished.")
+
+
+def no_such_community_job(ref: str) -> str:
+    return f"No job here matches “{ref}”: /admin jobs lists them."
+
+
+def audit_page(entries: Sequence[AuditRecord], page: int) -> Reply:
+    if not entries:
+        return done("Nothing in the audit log yet." if page == 1 else f"No page {page}.")
+    lines = [f"Audit log, newest first (page {page}):"]
+    for entry in entries:
+        target = f" → {entry.target}" if entry.target else ""
+        details = ""
+        if entry.details:
+            details = " (" + ", ".join(f"{k}: {v}" for k, v in entry.details.items()) + ")"
+        lines.append(f"• {_when(entry.at)} · {entry.actor} · {entry.action}{target}{details}")
+    buttons = (Button("Older", "admin audit", {"page": str(page + 1)}),)
+    return Reply("\n".join(lines), private=True, buttons=buttons)

@@ -1,0 +1,106 @@
+"""Scoped settings: global, per community, per user, per user in a community.
+
+A NULL scope column means "any", so one table holds every level and a single query fetches
+all that apply to a request; the caller decides which level wins. NULLs never compare equal,
+so no unique constraint can keep one row per scope and key: `set` keeps it, by looking and
+writing inside one write transaction (serialised on SQLite by BEGIN IMMEDIATE). Should two
+rows ever exist for one scope and key, `set` updates both and `unset` removes both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, insert, or_, select, update
+
+from storage.audit import write_audit
+from storage.database import Database
+from storage.models import ScopedSetting, utcnow
+from storage.records import AuditNote, SettingRecord
+
+_SETTINGS = ScopedSetting.__table__
+
+
+class SettingsRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def for_context(
+        self, *, user_id: int | None, community_id: int | None
+    ) -> list[SettingRecord]:
+        """Every setting that applies to this user in this community, at any level."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(
+                    _SETTINGS.c.community_id,
+                    _SETTINGS.c.user_id,
+                    _SETTINGS.c.key,
+                    _SETTINGS.c.value,
+                )
+                .where(
+                    _applies(_SETTINGS.c.community_id, community_id),
+                    _applies(_SETTINGS.c.user_id, user_id),
+                )
+                .order_by(_SETTINGS.c.id)
+            )
+            return [SettingRecord(*row) for row in rows]
+
+    async def set(
+        self,
+        *,
+        community_id: int | None,
+        user_id: int | None,
+        key: str,
+        value: Any,
+        audit: AuditNote,
+    ) -> None:
+        """Set `key` at exactly this scope, replacing its value there, and log it."""
+        now = utcnow()
+        async with self._db.write() as conn:
+            updated = await conn.execute(
+                update(_SETTINGS)
+                .where(*_exactly(community_id, user_id, key))
+                .values(value=value, updated_at=now, updated_by=audit.actor)
+            )
+            if updated.rowcount == 0:
+                await conn.execute(
+                    insert(_SETTINGS).values(
+                        community_id=community_id,
+                        user_id=user_id,
+                        key=key,
+                        value=value,
+                        updated_at=now,
+                        updated_by=audit.actor,
+                    )
+                )
+            await write_audit(conn, audit)
+
+    async def unset(
+        self, *, community_id: int | None, user_id: int | None, key: str, audit: AuditNote
+    ) -> bool:
+        """Remove `key` at exactly this scope; False (and nothing logged) if it was not set."""
+        async with self._db.write() as conn:
+            removed = await conn.execute(
+                delete(_SETTINGS).where(*_exactly(community_id, user_id, key))
+            )
+            if removed.rowcount == 0:
+                return False
+            await write_audit(conn, audit)
+            return True
+
+
+def _applies(column: Any, value: int | None) -> Any:
+    """The row is for any (NULL) or for this one."""
+    return column.is_(None) if value is None else or_(column.is_(None), column == value)
+
+
+def _exactly(community_id: int | None, user_id: int | None, key: str) -> tuple[Any, ...]:
+    return (
+        _is(_SETTINGS.c.community_id, community_id),
+        _is(_SETTINGS.c.user_id, user_id),
+        _SETTINGS.c.key == key,
+    )
+
+
+def _is(column: Any, value: int | None) -> Any:
+    return column.is_(None) if value is None else column == value

@@ -1,0 +1,278 @@
+"""A user's history on a real SQLite file: paging, short ids, deleting a job, forgetting a
+user (every row that names them, and nothing of anyone else's)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from storage.accounts import AccountRepository
+from storage.audit import AuditRepository
+from storage.bans import BanRepository, ban_subject
+from storage.database import Database
+from storage.history import HistoryRepository
+from storage.jobs import JobRepository, NewJob
+from storage.migrate import upgrade
+from storage.records import AuditNote, JobState, OutputRecord, UserRecord
+from storage.settings import SettingsRepository
+from tests.conftest import register_database
+
+TODAY = date(2026, 11, 21)
+QUOTA = 10
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "test.db"
+
+
+@pytest.fixture
+async def db(path: Path) -> AsyncIterator[Database]:
+    url = f"sqlite+aiosqlite:///{path}"
+    await upgrade(url)
+    register_database(url)
+    database = Database(url)
+    yield database
+    await database.dispose()
+
+
+class World:
+    """Users and jobs in given end states, through the real repositories."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.accounts = AccountRepository(db)
+        self.jobs = JobRepository(db)
+        self.history = HistoryRepository(db)
+
+    async def job(
+        self,
+        job_id: str,
+        user: UserRecord,
+        *,
+        outputs: tuple[str, ...] = ("out.jpg",),
+        end: JobState | None = JobState.SUCCEEDED,
+        community_id: int | None = None,
+        keep_inputs: bool = False,
+        selfie: str | None = None,
+    ) -> str:
+        credits = max(1, len(outputs))
+        new = NewJob(
+            id=job_id,
+            user_id=user.id,
+            community_id=community_id,
+            operation="headshot",
+            params={"operation": "headshot", "prompt": f"{user.platform_user_id} at work"},
+            credits=credits,
+            selfie_key=selfie or f"inputs/{job_id}.jpg",
+            pose_key=None,
+            seed=1,
+            style="corporate",
+            user_prompt=f"{user.platform_user_id} in a suit",
+        )
+        await self.jobs.create(new, daily_quota=QUOTA, today=TODAY)
+        keep = datetime(2030, 1, 1, tzinfo=UTC) if keep_inputs else None
+        if end == JobState.SUCCEEDED:
+            await self.jobs.transition(job_id, [JobState.QUEUED], JobState.REHOSTING)
+            records = [
+                OutputRecord(job_id, n, key, f"tok-{job_id}-{n}", "image/jpeg", 1, 1, 1)
+                for n, key in enumerate(outputs)
+            ]
+            assert await self.jobs.succeed(
+                job_id, records, generation_time=2.0, keep_inputs_until=keep
+            )
+        elif end is not None:
+            assert await self.jobs.fail(job_id, "boom", state=end, keep_inputs_until=keep)
+        return job_id
+
+
+def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _hex(prefix: str, n: int = 0) -> str:
+    return (prefix + f"{n:x}").ljust(32, "0")
+
+
+async def test_page_is_newest_first_with_total(db: Database) -> None:
+    world = World(db)
+    me = await world.accounts.user("test", "me")
+    other = await world.accounts.user("test", "other")
+    ids = [await world.job(_hex("a", n), me, outputs=(f"o{n}.jpg",)) for n in range(5)]
+    await world.job(_hex("b"), other)
+    first, total = await world.history.page(me.id, offset=0, limit=2)
+    assert total == 5
+    assert [j.id for j in first] == [ids[4], ids[3]]
+    rest, total = await world.history.page(me.id, offset=2, limit=10)
+    assert [j.id for j in rest] == [ids[2], ids[1], ids[0]]
+    assert await world.history.delete(ids[4]) is not None
+    page, total = await world.history.page(me.id, offset=0, limit=10)
+    assert total == 4 and ids[4] not in [j.id for j in page]
+    assert await world.history.page(other.id, offset=0, limit=10) != ([], 0)
+
+
+async def test_find_by_id_or_unambiguous_prefix_of_ones_own_jobs(db: Database) -> None:
+    world = World(db)
+    me = await world.accounts.user("test", "me")
+    other = await world.accounts.user("test", "other")
+    one = await world.job("abcdef01" + "0" * 24, me)
+    await world.job("abcdef02" + "0" * 24, me)
+    theirs = await world.job("fedcba98" + "0" * 24, other)
+
+    found = await world.history.find(me.id, one)
+    assert found is not None and found.id == one
+    found = await world.history.find(me.id, "abcdef01")
+    assert found is not None and found.id == one
+    assert await world.history.find(me.id, "abcdef") is None  # ambiguous
+    assert await world.history.find(me.id, "abcde") is None  # too short
+    assert await world.history.find(me.id, "fedcba98") is None  # someone else's
+    assert await world.history.find(me.id, theirs) is None
+    assert await world.history.find(me.id, "abcdef0_") is None  # not a pattern
+    assert await world.history.find(me.id, "abcdef0%") is None
+    await world.history.delete(one)
+    assert await world.history.find(me.id, "abcdef01") is None  # deleted
+    found = await world.history.find(me.id, "abcdef")  # no longer ambiguous
+    assert found is not None and found.id.startswith("abcdef02")
+
+
+async def test_active_lists_unfinished_jobs_oldest_first(db: Database) -> None:
+    world = World(db)
+    me = await world.accounts.user("test", "me")
+    await world.job("done", me)
+    first = await world.job("first", me, end=None)
+    second = await world.job("second", me, end=None)
+    await world.jobs.transition(second, [JobState.QUEUED], JobState.PROCESSING)
+    assert [j.id for j in await world.history.active(me.id)] == [first, second]
+
+
+async def test_delete_keeps_ledger_and_returns_unshared_keys(db: Database, path: Path) -> None:
+    world = World(db)
+    me = await world.accounts.user("test", "me")
+    other = await world.accounts.user("test", "other")
+    job = await world.job("mine", me, outputs=("shared.jpg", "only.jpg"), keep_inputs=True)
+    await world.job("theirs", other, outputs=("shared.jpg",))
+    running = await world.job("running", me, end=None)
+    before = await world.accounts.allowance(me.id, daily_quota=QUOTA, today=TODAY)
+    ledger_before = _rows(path, "SELECT * FROM credit_ledger WHERE job_id = 'mine'")
+
+    assert await world.history.delete(running) is None  # unfinished: untouched
+    assert await world.history.delete("nope") is None
+    keys = await world.history.delete(job)
+    assert keys == ("only.jpg", "inputs/mine.jpg")
+    assert await world.history.delete(job) is None  # already deleted
+
+    deleted = await world.jobs.get(job)
+    assert deleted is not None and deleted.deleted_at is not None
+    assert deleted.state == JobState.SUCCEEDED
+    assert (deleted.params, deleted.user_prompt, deleted.style, deleted.error) == (
+        {},
+        None,
+        None,
+        None,
+    )
+    assert deleted.selfie_key is None and deleted.inputs_expire_at is None
+    assert await world.jobs.outputs(job) == []
+    assert len(await world.jobs.outputs("theirs")) == 1
+    # Deleting never gives credits back: the ledger still counts the job.
+    assert _rows(path, "SELECT * FROM credit_ledger WHERE job_id = 'mine'") == ledger_before
+    after = await world.accounts.allowance(me.id, daily_quota=QUOTA, today=TODAY)
+    assert after == before
+
+
+async def test_delete_keeps_a_selfie_a_reroll_still_uses(db: Database) -> None:
+    world = World(db)
+    me = await world.accounts.user("test", "me")
+    first = await world.job("first", me, outputs=("a.jpg",), keep_inputs=True)
+    await world.job("reroll", me, outputs=("b.jpg",), end=None, selfie="inputs/first.jpg")
+    assert await world.history.delete(first) == ("a.jpg",)
+
+
+async def test_forget_removes_every_row_that_names_the_user(db: Database, path: Path) -> None:
+    world = World(db)
+    settings, bans, audit = SettingsRepository(db), BanRepository(db), AuditRepository(db)
+    gone = await world.accounts.user("discord", "forgetme-7731")
+    kept = await world.accounts.user("discord", "keepme-1234")
+    name, kept_name = "discord:forgetme-7731", "discord:keepme-1234"
+    guild = await world.accounts.community("discord", "guild-1")
+
+    await world.job("g-ok", gone, outputs=("shared.jpg", "gone-only.jpg"), keep_inputs=True)
+    await world.job("g-failed", gone, end=JobState.FAILED, community_id=guild)
+    await world.job("k-ok", kept, outputs=("shared.jpg", "kept-only.jpg"))
+    await world.accounts.grant(gone.id, 3, actor="operator", note=f"for {name}")
+    await world.accounts.grant(kept.id, 2, actor=name, note="from a moderator")
+    await world.jobs.refund("g-ok", audit=AuditNote(actor="operator", action="refund", target=name))
+    # They were a moderator too: their words stay, their name goes.
+    note = AuditNote(actor=name, action="set", community_id=guild)
+    await settings.set(community_id=guild, user_id=None, key="style", value="casual", audit=note)
+    for community_id in (None, guild):
+        await settings.set(
+            community_id=community_id, user_id=gone.id, key="style", value=name, audit=note
+        )
+    await settings.set(community_id=None, user_id=kept.id, key="style", value="x", audit=note)
+    ban_note = AuditNote(actor=name, action="ban", target=kept_name, details={"by": name})
+    await bans.ban(
+        ban_subject("discord", "keepme-1234"), community_id=guild, reason="spam", audit=ban_note
+    )
+    await bans.ban(
+        ban_subject("discord", "forgetme-7731"),
+        community_id=None,
+        reason=None,
+        audit=AuditNote(actor="operator", action="ban", target=name),
+    )
+    await audit.record(AuditNote(actor="operator", action="note", details={"about": name}))
+    kept_before = {
+        table: _rows(path, f"SELECT * FROM {table} WHERE {column} = {kept.id}")
+        for table, column in (("jobs", "user_id"), ("credit_ledger", "user_id"))
+    }
+
+    report = await world.history.forget(
+        gone.id, platform="discord", platform_user_id="forgetme-7731"
+    )
+
+    assert (report.jobs, report.outputs, report.settings) == (2, 2, 2)
+    # g-ok: reserve, commit, refund; g-failed: reserve, release; the grant.
+    assert report.ledger_entries == 6
+    assert report.store_keys == ("gone-only.jpg", "inputs/g-ok.jpg")
+    assert await world.accounts.find_user("discord", "forgetme-7731") is None
+    # Every table, every column: no user id of theirs, no trace of their platform id.
+    with sqlite3.connect(path) as conn:
+        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            columns = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+            for row in conn.execute(f"SELECT * FROM {table}"):
+                values = dict(zip(columns, row, strict=True))
+                if "user_id" in values:
+                    assert values["user_id"] != gone.id, (table, values)
+                if table == "users":
+                    assert values["id"] != gone.id
+                for column, value in values.items():
+                    assert "forgetme-7731" not in json.dumps(value, default=str), (table, column)
+    # Everyone else's rows are intact, and so is the ban of the forgotten user.
+    for table, column in (("jobs", "user_id"), ("credit_ledger", "user_id")):
+        assert (
+            _rows(path, f"SELECT * FROM {table} WHERE {column} = {kept.id}") == kept_before[table]
+        )
+    assert len(await world.jobs.outputs("k-ok")) == 2
+    assert await bans.find(ban_subject("discord", "forgetme-7731"), community_id=None) is not None
+    kept_ban = await bans.find(ban_subject("discord", "keepme-1234"), community_id=guild)
+    assert kept_ban is not None and kept_ban.banned_by == "forgotten user"
+    assert await settings.for_context(user_id=kept.id, community_id=guild) != []
+    log = await audit.recent(None, limit=100) + await audit.recent(guild, limit=100)
+    assert {e.actor for e in log} == {"operator", "forgotten user"}
+    assert {e.target for e in log} == {None, "forgotten user", kept_name}
+    assert all(e.details is None for e in log if "forgotten user" in (e.actor, e.target))
+    assert next(e for e in log if e.action == "note").details is None
+
+
+async def test_forget_refuses_a_mismatched_name(db: Database) -> None:
+    world = World(db)
+    me = await world.accounts.user("discord", "me")
+    with pytest.raises(ValueError, match="is not"):
+        await world.history.forget(me.id, platform="discord", platform_user_id="someone-else")
+    assert await world.accounts.find_user("discord", "me") == me

@@ -1,0 +1,221 @@
+"""Jobs for the command layer, on a real SQLite file: the active-job limit, selfies kept for
+re-rolls, and a moderator's refund (with the ledger checker that guards it)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from storage.accounts import AccountRepository
+from storage.audit import AuditRepository
+from storage.database import Database
+from storage.jobs import JobRepository, NewJob, TooManyActive
+from storage.ledger import violations
+from storage.migrate import upgrade
+from storage.records import AuditNote, JobState, OutputRecord
+from tests.conftest import register_database
+
+TODAY = date(2026, 11, 21)
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+QUOTA = 10
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    await upgrade(url)
+    register_database(url)
+    database = Database(url)
+    yield database
+    await database.dispose()
+
+
+def _new(job_id: str, user_id: int, credits: int = 1, selfie: str | None = None) -> NewJob:
+    return NewJob(
+        id=job_id,
+        user_id=user_id,
+        community_id=None,
+        operation="headshot",
+        params={"operation": "headshot", "samples": credits},
+        credits=credits,
+        selfie_key=selfie or f"inputs/{job_id}.jpg",
+        pose_key=None,
+        seed=1,
+    )
+
+
+async def _succeed(
+    jobs: JobRepository, job_id: str, images: int, keep: datetime | None = None
+) -> None:
+    assert await jobs.transition(job_id, [JobState.QUEUED], JobState.REHOSTING)
+    outputs = [
+        OutputRecord(job_id, n, f"{job_id}-{n}.jpg", f"tok-{job_id}-{n}", "image/jpeg", 1, 1, 1)
+        for n in range(images)
+    ]
+    assert await jobs.succeed(job_id, outputs, generation_time=3.0, keep_inputs_until=keep)
+
+
+def _count(path: Path, sql: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute(sql).fetchone()[0])
+
+
+async def test_new_job_keeps_style_and_prompt(db: Database) -> None:
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    new = replace(_new("j", user.id), style="corporate", user_prompt="navy")
+    created = await jobs.create(new, daily_quota=QUOTA, today=TODAY)
+    assert (created.style, created.user_prompt) == ("corporate", "navy")
+    assert created.deleted_at is None and created.inputs_expire_at is None
+    again = await jobs.get("j")
+    assert again == created
+
+
+async def test_too_many_active_counts_unfinished_and_writes_nothing(
+    db: Database, tmp_path: Path
+) -> None:
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    other = await accounts.user("test", "u2")
+    await jobs.create(_new("a", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
+    await jobs.create(_new("b", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
+    with pytest.raises(TooManyActive) as refused:
+        await jobs.create(_new("c", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
+    assert refused.value.active == 2
+    assert await jobs.get("c") is None
+    assert _count(tmp_path / "test.db", "SELECT count(*) FROM credit_ledger WHERE job_id='c'") == 0
+    # Another user's jobs do not count against this one, nor do finished jobs.
+    await jobs.create(_new("d", other.id), daily_quota=QUOTA, today=TODAY, max_active=1)
+    await jobs.fail("a", "boom")
+    await _succeed(jobs, "b", 1)
+    await jobs.create(_new("c", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
+    await jobs.create(_new("e", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
+    with pytest.raises(TooManyActive):
+        await jobs.create(_new("f", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
+    # No limit given: none applies (the old behaviour).
+    await jobs.create(_new("g", user.id), daily_quota=QUOTA, today=TODAY)
+
+
+async def test_finished_jobs_let_inputs_go_unless_kept(db: Database) -> None:
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    for job_id in ("gone", "kept-ok", "kept-failed", "later", "running"):
+        await jobs.create(_new(job_id, user.id), daily_quota=QUOTA, today=TODAY)
+    await _succeed(jobs, "gone", 1)
+    await _succeed(jobs, "kept-ok", 1, keep=NOW)
+    assert await jobs.fail("kept-failed", "boom", keep_inputs_until=NOW - timedelta(minutes=1))
+    await _succeed(jobs, "later", 1, keep=NOW + timedelta(hours=1))
+
+    gone = await jobs.get("gone")
+    assert gone is not None and gone.selfie_key is None and gone.inputs_expire_at is None
+    kept = await jobs.get("kept-ok")
+    assert kept is not None and kept.selfie_key == "inputs/kept-ok.jpg"
+    assert kept.inputs_expire_at == NOW and kept.webhook_token_hash is None
+    assert await jobs.referenced_input_keys() == {
+        "inputs/kept-ok.jpg",
+        "inputs/kept-failed.jpg",
+        "inputs/later.jpg",
+        "inputs/running.jpg",
+    }
+
+    expired = await jobs.expired_inputs(NOW)
+    assert expired == [
+        ("kept-failed", ("inputs/kept-failed.jpg",)),
+        ("kept-ok", ("inputs/kept-ok.jpg",)),
+    ]
+    for job_id, _ in expired:
+        await jobs.clear_inputs(job_id)
+    assert await jobs.expired_inputs(NOW) == []
+    cleared = await jobs.get("kept-ok")
+    assert cleared is not None and cleared.selfie_key is None and cleared.inputs_expire_at is None
+    assert await jobs.expired_inputs(NOW + timedelta(hours=2)) == [("later", ("inputs/later.jpg",))]
+    # An unfinished job's inputs are never cleared.
+    await jobs.clear_inputs("running")
+    running = await jobs.get("running")
+    assert running is not None and running.selfie_key == "inputs/running.jpg"
+
+
+async def test_expired_inputs_leave_out_a_selfie_a_reroll_still_needs(db: Database) -> None:
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    await jobs.create(_new("first", user.id), daily_quota=QUOTA, today=TODAY)
+    await _succeed(jobs, "first", 1, keep=NOW)
+    reroll = _new("reroll", user.id, selfie="inputs/first.jpg")
+    await jobs.create(reroll, daily_quota=QUOTA, today=TODAY)
+    assert await jobs.expired_inputs(NOW) == [("first", ())]
+    # Both due at once: the key is listed, since no job outside the batch needs it.
+    await _succeed(jobs, "reroll", 1, keep=NOW)
+    assert await jobs.expired_inputs(NOW) == [
+        ("first", ("inputs/first.jpg",)),
+        ("reroll", ("inputs/first.jpg",)),
+    ]
+
+
+async def test_refund_once_for_a_success_only(db: Database, tmp_path: Path) -> None:
+    accounts, jobs, audit = AccountRepository(db), JobRepository(db), AuditRepository(db)
+    user = await accounts.user("test", "u1")
+    note = AuditNote(actor="test:mod", action="refund", target="test:u1", details={"job": "ok"})
+    await accounts.grant(user.id, 1, actor="op", note=None)
+    await jobs.create(_new("ok", user.id, credits=3), daily_quota=2, today=TODAY)
+    await _succeed(jobs, "ok", 2)  # 2 of 3 delivered: 2 committed (daily), 1 grant released
+    await jobs.create(_new("failed", user.id), daily_quota=2, today=TODAY)
+    await jobs.fail("failed", "boom")
+    await jobs.create(_new("open", user.id), daily_quota=2, today=TODAY)
+
+    before = await accounts.allowance(user.id, daily_quota=2, today=TODAY)
+    assert await jobs.refund("failed", audit=note) == 0
+    assert await jobs.refund("open", audit=note) == 0
+    assert await jobs.refund("missing", audit=note) == 0
+    assert await jobs.refund("ok", audit=note) == 2
+    assert await jobs.refund("ok", audit=note) == 0
+
+    after = await accounts.allowance(user.id, daily_quota=2, today=TODAY)
+    # Refunded as granted credits; today's use still counts (the job's entries stay).
+    assert (after.daily_left, after.granted) == (before.daily_left, before.granted + 2)
+    path = tmp_path / "test.db"
+    assert _count(path, "SELECT count(*) FROM credit_ledger WHERE kind='refund'") == 1
+    assert [e.action for e in await audit.recent(None)] == ["refund", "grant"]
+    async with db.read() as conn:
+        assert await violations(conn) == []
+
+
+async def test_unmetered_success_has_nothing_to_refund(db: Database) -> None:
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "op")
+    await jobs.create(_new("free", user.id), daily_quota=None, today=TODAY)
+    await _succeed(jobs, "free", 1)
+    assert await jobs.refund("free", audit=AuditNote(actor="op", action="refund")) == 0
+
+
+async def test_the_checker_catches_a_forged_refund(db: Database) -> None:
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    await jobs.create(_new("failed", user.id), daily_quota=QUOTA, today=TODAY)
+    await jobs.fail("failed", "boom")
+    await jobs.create(_new("ok", user.id), daily_quota=QUOTA, today=TODAY)
+    await _succeed(jobs, "ok", 1)
+
+    class Undo(Exception):
+        pass
+
+    forged = (
+        "INSERT INTO credit_ledger (user_id, job_id, kind, pool, amount, created_at) "
+        f"VALUES ({user.id}, '{{job}}', 'refund', 'grant', {{amount}}, '2026-11-21')"
+    )
+    found: list[list[str]] = []
+    for job_id, amount in (("failed", 1), ("ok", 2)):
+        with pytest.raises(Undo):  # rolled back, so the check after the test passes
+            async with db.write() as conn:
+                await conn.exec_driver_sql(forged.format(job=job_id, amount=amount))
+                found.append(await violations(conn))
+                raise Undo
+    on_failure, too_much = found
+    assert len(on_failure) == 2
+    assert "names job failed (failed), not a success" in on_failure[0]
+    assert "of job failed: 1 refunded, 0 committed" in on_failure[1]
+    assert len(too_much) == 1 and "of job ok: 2 refunded, 1 committed" in too_much[0]
