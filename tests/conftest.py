@@ -21,6 +21,7 @@ from bot.fetch import SafeFetcher
 from bot.rehost import RetryPolicy
 from storage.database import Database
 from storage.ledger import violations
+from storage.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_SELFIE = ROOT / "examples" / "astronaut.jpg"
@@ -69,6 +70,21 @@ async def ledger_invariant() -> AsyncIterator[None]:
         finally:
             await db.dispose()
         assert problems == [], f"ledger invariant broken in {url}: {problems}"
+
+
+def db_file(tmp_path: Path) -> Path:
+    return tmp_path / "test.db"
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A migrated SQLite file whose ledger is checked after the test."""
+    url = f"sqlite+aiosqlite:///{db_file(tmp_path)}"
+    await upgrade(url)
+    register_database(url)
+    database = Database(url)
+    yield database
+    await database.dispose()
 
 
 @pytest.fixture

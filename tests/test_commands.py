@@ -23,11 +23,12 @@ MOD = {"community": "guild-1", "moderator": True}
 MEMBER = {"community": "guild-1"}
 
 
-async def count_rows(app: HeadshotApp, table: str) -> int:
+async def count_rows(app: HeadshotApp, table: str, where: str = "1 = 1") -> int:
     from sqlalchemy import text
 
     async with app.db.read() as conn:
-        return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+        query = text(f"SELECT count(*) FROM {table} WHERE {where}")
+        return int((await conn.execute(query)).scalar_one())
 
 
 async def input_files(app: HeadshotApp) -> list[str]:
@@ -291,7 +292,9 @@ async def test_forget_asks_first_then_deletes_everything_and_nothing_else(
     await chat.send("/headshot", attachments={"selfie": selfie}, user="bob", **MEMBER)
     await chat.send("/admin quota set alice 3", user="mod", **MOD)
     await chat.send("/admin grant alice 2", user="mod", **MOD)
-    bob_keys = {k for k in await app.store.keys()}
+    alice_keys, bob_keys = await _store_keys_of(app, "alice"), await _store_keys_of(app, "bob")
+    alice = await app.accounts.find_user("test", "alice")
+    assert alice is not None and alice_keys and bob_keys and not alice_keys & bob_keys
 
     ask = await chat.send("/forget")
     assert ask.reply.text.startswith("This deletes everything we hold about you: 1 job,")
@@ -310,8 +313,10 @@ async def test_forget_asks_first_then_deletes_everything_and_nothing_else(
     assert "alice-prompt" not in dump
     assert "test:bob" in dump or "bob" in dump
     left = set(await app.store.keys())
-    alice_job_keys = bob_keys - left
-    assert alice_job_keys, "alice's images and kept selfie were deleted"
+    assert not alice_keys & left, "alice's images and kept selfie are gone from the store"
+    assert bob_keys <= left
+    for table in ("jobs", "credit_ledger", "scoped_settings"):
+        assert await count_rows(app, table, f"user_id = {alice.id}") == 0
     bob = await app.accounts.find_user("test", "bob")
     assert bob is not None
     bob_history = await chat.send("/history", user="bob")
@@ -319,6 +324,17 @@ async def test_forget_asks_first_then_deletes_everything_and_nothing_else(
     async with httpx.AsyncClient() as client:
         for image in bob_history.reply.images:
             assert (await client.get(image.url)).status_code == 200
+
+
+async def _store_keys_of(app: HeadshotApp, user: str) -> set[str]:
+    """The image-store keys of a user's jobs: outputs and kept selfies."""
+    record = await app.accounts.find_user("test", user)
+    assert record is not None
+    jobs, _ = await app.commands.services.history.page(record.id, offset=0, limit=100)
+    keys = {job.selfie_key for job in jobs if job.selfie_key}
+    for job in jobs:
+        keys |= {out.content_key for out in await app.jobs.outputs(job.id)}
+    return keys
 
 
 async def _dump_database(app: HeadshotApp) -> str:

@@ -16,19 +16,8 @@ from storage.jobs import JobRepository, NewJob
 from storage.ledger import QuotaExceeded, violations
 from storage.migrate import downgrade, upgrade
 from storage.records import JobState, OutputRecord
-from tests.conftest import register_database
 
 TODAY = date(2026, 11, 21)
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> Database:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
-    await upgrade(url)
-    database = Database(url)
-    register_database(url)
-    yield database  # type: ignore[misc]
-    await database.dispose()
 
 
 def _job(job_id: str, user_id: int, credits: int = 1) -> NewJob:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -17,10 +16,9 @@ from storage.bans import BanRepository, ban_subject
 from storage.database import Database
 from storage.history import HistoryRepository
 from storage.jobs import JobRepository, NewJob
-from storage.migrate import upgrade
 from storage.records import AuditNote, JobState, OutputRecord, UserRecord
 from storage.settings import SettingsRepository
-from tests.conftest import register_database
+from tests.conftest import db_file
 
 TODAY = date(2026, 11, 21)
 QUOTA = 10
@@ -28,17 +26,7 @@ QUOTA = 10
 
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
-    return tmp_path / "test.db"
-
-
-@pytest.fixture
-async def db(path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite+aiosqlite:///{path}"
-    await upgrade(url)
-    register_database(url)
-    database = Database(url)
-    yield database
-    await database.dispose()
+    return db_file(tmp_path)
 
 
 class World:

@@ -4,7 +4,6 @@ re-rolls, and a moderator's refund (with the ledger checker that guards it)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -16,23 +15,11 @@ from storage.audit import AuditRepository
 from storage.database import Database
 from storage.jobs import JobRepository, NewJob, TooManyActive
 from storage.ledger import violations
-from storage.migrate import upgrade
 from storage.records import AuditNote, JobState, OutputRecord
-from tests.conftest import register_database
 
 TODAY = date(2026, 11, 21)
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 QUOTA = 10
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
-    await upgrade(url)
-    register_database(url)
-    database = Database(url)
-    yield database
-    await database.dispose()
 
 
 def _new(job_id: str, user_id: int, credits: int = 1, selfie: str | None = None) -> NewJob:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -15,11 +14,10 @@ from storage.bans import BanRepository, ban_subject
 from storage.database import Database
 from storage.history import HistoryRepository
 from storage.jobs import JobRepository, NewJob
-from storage.migrate import upgrade
 from storage.records import AuditNote, JobState, OutputRecord, SettingRecord, UserRecord
 from storage.settings import SettingsRepository
 from storage.stats import StatsRepository
-from tests.conftest import register_database
+from tests.conftest import db_file
 
 TODAY = date(2026, 11, 21)
 QUOTA = 10
@@ -27,17 +25,7 @@ QUOTA = 10
 
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
-    return tmp_path / "test.db"
-
-
-@pytest.fixture
-async def db(path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite+aiosqlite:///{path}"
-    await upgrade(url)
-    register_database(url)
-    database = Database(url)
-    yield database
-    await database.dispose()
+    return db_file(tmp_path)
 
 
 def _note(action: str = "set", community_id: int | None = None) -> AuditNote:
