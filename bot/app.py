@@ -27,6 +27,7 @@ from storage.history import HistoryRepository
 from storage.imagestore import ImageStore, open_image_store
 from storage.jobs import JobRepository
 from storage.migrate import upgrade
+from storage.pseudonyms import Pseudonyms, load_or_create_key
 from storage.settings import SettingsRepository
 from storage.stats import StatsRepository
 
@@ -81,7 +82,10 @@ class HeadshotApp:
             s3_prefix=settings.s3_prefix,
         )
         self.backend = self._overrides.backend or self._modelslab()
-        self.accounts = AccountRepository(self.db)
+        # Bans and a forgotten user's spent allowance are kept under a keyed hash of the
+        # platform id; the key never leaves this machine's data directory.
+        self.pseudonyms = Pseudonyms(load_or_create_key(settings.data_dir / "pseudonym.key"))
+        self.accounts = AccountRepository(self.db, self.pseudonyms)
         self.jobs = JobRepository(self.db)
 
         sock = _bind(settings.web_host, _pick(self._overrides.web_port, settings.web_port))
@@ -131,6 +135,7 @@ class HeadshotApp:
                 generation=self.generation,
                 fetcher=self.fetcher,
                 confirmations=Confirmations(),
+                pseudonyms=self.pseudonyms,
                 image_base_url=public or self.base_url,
             )
         )

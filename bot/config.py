@@ -29,8 +29,7 @@ class Settings(BaseSettings):
 
     daily_quota: int = Field(5, ge=0, le=10_000)
     max_active_per_user: int = Field(2, ge=1, le=100)
-    # Comma-separated platform user ids, each optionally prefixed by its platform
-    # ("discord:1234, telegram:5678" or "1234"): the operators, moderators everywhere.
+    # The operators, moderators everywhere: comma-separated "platform:id" ("discord:1234, …").
     owner_ids: str = ""
     # How long a finished job keeps its selfie so that it can be re-rolled (0: delete at once).
     selfie_retention_seconds: float = Field(3600.0, ge=0, le=7 * 24 * 3600)
@@ -68,22 +67,21 @@ class Settings(BaseSettings):
 
     @field_validator("owner_ids")
     @classmethod
-    def _owner_ids_are_ids(cls, value: str) -> str:
+    def _owner_ids_name_their_platform(cls, value: str) -> str:
         for entry in _split_ids(value):
-            platform, _, user = entry.rpartition(":")
-            if not user or not all(
-                part.replace("_", "").isalnum() for part in (platform, user) if part
-            ):
-                raise ValueError(f"{entry!r} is not a user id (use 1234 or discord:1234)")
+            platform, _, user = entry.partition(":")
+            if not (_is_id(platform) and _is_id(user)):
+                # A bare id would make that number an owner on every platform.
+                raise ValueError(f"{entry!r} must be platform:id, e.g. discord:1234")
         return value
 
     @property
     def owners(self) -> frozenset[str]:
-        """Owner entries as given: "platform:id" or a bare "id" (an owner on every platform)."""
+        """Owner entries, each "platform:id"."""
         return frozenset(_split_ids(self.owner_ids))
 
     def is_owner(self, platform: str, user_id: str) -> bool:
-        return user_id in self.owners or f"{platform}:{user_id}" in self.owners
+        return f"{platform}:{user_id}" in self.owners
 
     @property
     def api_key(self) -> str | None:
@@ -97,6 +95,10 @@ class Settings(BaseSettings):
 
 def _split_ids(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _is_id(text: str) -> bool:
+    return bool(text) and text.replace("_", "").replace("-", "").isalnum()
 
 
 def load_settings(**overrides: Any) -> Settings:

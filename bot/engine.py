@@ -33,7 +33,7 @@ from backends.errors import (
 from backends.params import GenerationParams
 from bot.dispatcher import Dispatcher
 from bot.event_bus import EventBus
-from bot.events import Completed, Failed, Progress, Queued, Started
+from bot.events import Completed, Failed, JobEvent, Progress, Queued, Started
 from bot.rehost import Rehoster, RehostFailed, RetryPolicy
 from bot.tokens import new_token, token_hash
 from bot.views import image_refs, job_summary
@@ -44,6 +44,7 @@ from storage.records import JobRecord, JobState
 log = logging.getLogger(__name__)
 
 DEFAULT_GENERATION_SECONDS = 20.0
+ANNOUNCE_SECONDS = 0.25
 
 
 class JobFailure(Exception):
@@ -93,7 +94,9 @@ class JobEngine:
         self._rehoster = Rehoster(
             backend, store, max_bytes=max_output_bytes, retry=self._timings.retry
         )
-        self.dispatcher = Dispatcher(capacity, on_change=self._announce_positions)
+        self.dispatcher = Dispatcher(capacity, on_change=self._positions_changed)
+        self._announcement: asyncio.TimerHandle | None = None
+        self._stopping = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._nudges: dict[str, asyncio.Event] = {}
         self._announced: dict[str, int] = {}
@@ -121,6 +124,9 @@ class JobEngine:
 
     async def stop(self) -> None:
         """Stop driving jobs; they stay in the database and resume at the next start."""
+        self._stopping = True
+        if self._announcement is not None:
+            self._announcement.cancel()
         tasks = list(self._tasks.values())
         if self._sweeper is not None:
             tasks.append(self._sweeper)
@@ -311,7 +317,8 @@ class JobEngine:
         if refunded:
             if keep_until is None:
                 await drop_inputs(self._store, job.selfie_key, job.pose_key)
-            self._events.publish(Failed(job.id, reason, refunded=True))
+            retry = keep_until is not None
+            self._events.publish(Failed(job.id, reason, refunded=True, can_retry=retry))
             log.info("job %s failed: %s", job.id, reason)
 
     # ---- helpers ------------------------------------------------------------------------
@@ -414,7 +421,24 @@ class JobEngine:
         rounds = (position - 1) // self.dispatcher.capacity + 2
         return Queued(job_id, position, self.typical_generation_seconds() * rounds)
 
+    def current_event(self, job: JobRecord) -> JobEvent | None:
+        """Where an unfinished job stands now, for someone who starts following it late."""
+        if job.state == JobState.PROCESSING:
+            eta = (job.eta_at - datetime.now(UTC)).total_seconds() if job.eta_at else None
+            return Started(job.id, max(0.0, eta) if eta is not None else None)
+        if job.state == JobState.REHOSTING:
+            return Progress(job.id, "rehosting")
+        return self.queue_event(job.id)
+
+    def _positions_changed(self) -> None:
+        # A long queue changes at every dispatch: tell people at most every ANNOUNCE_SECONDS,
+        # so that the cost stays one pass over the watchers per interval, not per change.
+        if self._announcement is None and not self._stopping:
+            loop = asyncio.get_running_loop()
+            self._announcement = loop.call_later(ANNOUNCE_SECONDS, self._announce_positions)
+
     def _announce_positions(self) -> None:
+        self._announcement = None
         # Only watched jobs are told; everyone else learns their place when they ask (/quota).
         for job_id in self._events.watched_jobs:
             event = self.queue_event(job_id)

@@ -49,9 +49,6 @@ class EventBus:
     def __init__(self) -> None:
         self._watchers: dict[str, list[Subscription]] = defaultdict(list)
 
-    def watching(self, job_id: str) -> bool:
-        return bool(self._watchers.get(job_id))
-
     @property
     def watched_jobs(self) -> list[str]:
         return list(self._watchers)

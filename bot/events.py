@@ -96,15 +96,18 @@ class Failed:
     job_id: str
     reason: str
     refunded: bool
+    # The selfie is still kept, so the same job can be tried again with one press.
+    can_retry: bool = False
 
     @property
     def text(self) -> str:
         refund = " Your credits were returned." if self.refunded else ""
-        return f"Sorry, that didn't work: {self.reason}.{refund} Press Try again to retry."
+        again = " Press Try again to retry." if self.can_retry else ""
+        return f"Sorry, that didn't work: {self.reason}.{refund}{again}"
 
     @property
     def buttons(self) -> tuple[Button, ...]:
-        return (Button("Try again", "reroll", {"job": self.job_id}),)
+        return (Button("Try again", "reroll", {"job": self.job_id}),) if self.can_retry else ()
 
 
 JobEvent = Queued | Started | Progress | Completed | Failed

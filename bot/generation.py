@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backends.params import MAX_SEED, GenerationParams, ParameterError
+from bot import replies
 from bot.engine import INPUT_PREFIX, JobEngine, drop_inputs
 from bot.images import ImageRejected, sanitise_selfie
 from bot.tokens import new_job_id
@@ -22,7 +23,7 @@ from storage.accounts import AccountRepository
 from storage.imagestore import ImageStore
 from storage.jobs import JobRepository, NewJob, TooManyActive
 from storage.ledger import QuotaExceeded
-from storage.records import Allowance, JobRecord
+from storage.records import JobRecord
 
 
 class RequestRefused(Exception):
@@ -47,6 +48,8 @@ class GenerationRequest:
     # For the user's history: the style preset and the user's own words, before composition.
     style: str | None = None
     user_prompt: str | None = None
+    # The images come from our own store (a re-roll): sanitised once already, not re-encoded.
+    images_sanitised: bool = False
 
 
 class GenerationService:
@@ -70,8 +73,10 @@ class GenerationService:
     async def request(self, req: GenerationRequest) -> JobRecord:
         """Queue the job and return it; RequestRefused (nothing changed) if it cannot be done."""
         params = self._params(req)
-        selfie = await self._sanitise(req.selfie, "selfie")
-        pose = await self._sanitise(req.pose_image, "pose image") if req.pose_image else None
+        selfie, pose = req.selfie, req.pose_image
+        if not req.images_sanitised:
+            selfie = await self._sanitise(selfie, "selfie")
+            pose = await self._sanitise(pose, "pose image") if pose else None
         user = await self._accounts.user(req.platform, req.platform_user_id)
         community_id = (
             await self._accounts.community(req.platform, req.platform_community_id)
@@ -114,9 +119,10 @@ class GenerationService:
         except BaseException as exc:
             await drop_inputs(self._store, selfie_key, pose_key)
             if isinstance(exc, QuotaExceeded):
-                raise RequestRefused(quota_message(exc.requested, exc.allowance)) from None
+                message = replies.quota_exceeded(exc.requested, exc.allowance, until_reset())
+                raise RequestRefused(message) from None
             if isinstance(exc, TooManyActive):
-                raise RequestRefused(too_many_message(exc.active)) from None
+                raise RequestRefused(replies.too_many_in_progress(exc.active)) from None
             raise
         self._engine.start(job)
         return job
@@ -137,24 +143,6 @@ class GenerationService:
         except ImageRejected as exc:
             raise RequestRefused(str(exc) if what == "selfie" else f"Pose image: {exc}") from None
         return image.data
-
-
-def quota_message(requested: int, allowance: Allowance) -> str:
-    resets = f"your daily allowance resets at 00:00 UTC (in {until_reset()})"
-    if allowance.total == 0:
-        return f"You have no credits left: {resets}."
-    return (
-        f"You asked for {requested} images but have {allowance.total} credit(s) left: "
-        f"ask for fewer, or wait; {resets}."
-    )
-
-
-def too_many_message(active: int) -> str:
-    jobs = "job" if active == 1 else "jobs"
-    return (
-        f"You already have {active} {jobs} in progress: wait for one to finish, then try again "
-        "(/quota shows them)."
-    )
 
 
 def until_reset(now: datetime | None = None) -> str:

@@ -1,4 +1,5 @@
-"""Every reply the command layer gives, with its wording written here and only here.
+"""Every reply the command layer gives, with its wording written here: job events are worded
+in `bot/events.py`, and refusals of a mistyped option in `bot/commands/parse.py`, beside the checks.
 
 A reply is plain data: the text, whether only the person who asked should see it, images to
 show, buttons to offer and, when a job was queued, its id (follow it with
@@ -14,7 +15,7 @@ from datetime import datetime
 from bot.safety import SafetyLevel
 from bot.styles import Style
 from bot.ui import Button, ButtonStyle, ImageRef, JobSummary, job_buttons, short_id
-from storage.records import AuditRecord, JobStats
+from storage.records import Allowance, AuditRecord, JobState, JobStats
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class Reply:
     images: tuple[ImageRef, ...] = ()
     buttons: tuple[Button, ...] = ()
     job_id: str | None = None
+
+
+def internal_error(reference: str) -> str:
+    return f"Something went wrong on our side (ref {reference}): nothing was charged; try again."
 
 
 def refused(message: str) -> Reply:
@@ -68,7 +73,24 @@ def banned(reason: str | None) -> str:
 
 
 def operation_disabled(operation: str) -> str:
-    return f"/{operation} is turned off here: try /headshot, or ask a moderator."
+    return f"/{operation} is turned off here: ask a moderator, or see /help for the others."
+
+
+def quota_exceeded(requested: int, allowance: Allowance, resets_in: str) -> str:
+    resets = f"your daily allowance resets at 00:00 UTC (in {resets_in})"
+    if allowance.total == 0:
+        return f"You have no credits left: {resets}."
+    return (
+        f"You asked for {requested} images but have {allowance.total} credit(s) left: "
+        f"ask for fewer, or wait; {resets}."
+    )
+
+
+def too_many_in_progress(active: int) -> str:
+    return (
+        f"You already have {_plural(active, 'job')} in progress: wait for one to finish, then "
+        "try again (/quota shows them)."
+    )
 
 
 def no_selfie() -> str:
@@ -104,10 +126,16 @@ def _job_line(job: JobSummary, images: int) -> str:
     parts = [job.short_id, _when(job.created_at), job.operation]
     if job.style:
         parts.append(job.style)
-    parts.append(job.state)
+    parts += [job.state, f"seed {job.seed}"]
     if images:
         parts.append(_plural(images, "image"))
+    if job.prompt:
+        parts.append(_shorten(job.prompt, 40))
     return " · ".join(parts)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return f"“{text}”" if len(text) <= limit else f"“{text[: limit - 1]}…”"
 
 
 def history_page(
@@ -115,7 +143,7 @@ def history_page(
 ) -> Reply:
     if not entries:
         text = "No images yet: send /headshot with a selfie to make your first one."
-        if page > 1:
+        if page > 1 and pages > 0:
             text = f"There is no page {page}: your history has {_plural(pages, 'page')}."
         return Reply(text, private=True)
     lines = [f"Your jobs, newest first (page {page} of {pages}):"]
@@ -137,12 +165,11 @@ def job_details(job: JobSummary, images: Sequence[ImageRef]) -> Reply:
         lines.append(f"Prompt: {job.prompt}")
     if job.error:
         lines.append(f"Why it failed: {job.error}")
-    finished = job.state in ("succeeded", "failed", "cancelled")
     return Reply(
         "\n".join(lines),
         private=True,
         images=tuple(images),
-        buttons=job_buttons(job.id) if finished else (),
+        buttons=job_buttons(job.id) if JobState(job.state).finished else (),
     )
 
 
@@ -216,9 +243,13 @@ def forgotten(jobs: int, images: int, ledger: int, settings: int) -> Reply:
     )
 
 
-def help_text(commands: Sequence[tuple[str, str]]) -> Reply:
+def help_text(commands: Sequence[tuple[str, str]], admin: Sequence[str]) -> Reply:
+    """Every command the person may use; moderators also get the admin commands, by name only
+    (so that the whole text fits one chat message)."""
     lines = ["Send /headshot with a selfie attached to get a professional headshot."]
-    lines += [f"{usage}: {summary}" for usage, summary in commands]
+    lines += [f"• /{name}: {summary}" for name, summary in commands]
+    if admin:
+        lines.append("Moderators: /admin " + ", ".join(admin) + ".")
     return Reply("\n".join(lines), private=True)
 
 
@@ -242,7 +273,16 @@ def done(text: str) -> Reply:
 
 
 def quota_set(user: str, per_day: int, community: bool) -> Reply:
-    return done(f"Daily allowance for {who(user)} {_scope(community)}: {per_day} images per day.")
+    allowance = _plural(per_day, "image")
+    return done(f"Daily allowance for {who(user)} {_scope(community)}: {allowance} per day.")
+
+
+def not_yourself(action: str) -> str:
+    return f"You can't {action} yourself: ask another moderator or an owner."
+
+
+def not_a_word() -> str:
+    return "Give a word made of letters or digits."
 
 
 def granted(user: str, credits: int) -> Reply:
@@ -255,9 +295,12 @@ def ban_result(user: str, changed: bool, community: bool) -> Reply:
     return done(f"{who(user).capitalize()} is now banned {_scope(community)}.")
 
 
-def unban_result(user: str, changed: bool, community: bool) -> Reply:
+def unban_result(user: str, changed: bool, community: bool, banned_globally: bool) -> Reply:
+    still = " A ban by the bot's operator still applies everywhere." if banned_globally else ""
     if not changed:
-        return done(f"{who(user).capitalize()} wasn't banned {_scope(community)}.")
+        return done(f"{who(user).capitalize()} wasn't banned {_scope(community)}.{still}")
+    if banned_globally:
+        return done(f"Lifted the ban {_scope(community)}.{still}")
     return done(f"{who(user).capitalize()} may use the bot {_scope(community)} again.")
 
 

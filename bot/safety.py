@@ -31,22 +31,50 @@ def strictest(*levels: SafetyLevel) -> SafetyLevel:
     return max(levels, key=lambda level: level.rank)
 
 
+# Letters from other scripts that look like Latin ones, as people use them to slip a word past.
+_LOOKALIKES = str.maketrans(
+    "аеорсухіјѕԁɡӏαβεικνορτυχ0134@$",
+    "aeopcyxijsdglabeiknoptuxoieaas",
+)
+
+
 def normalise_phrase(text: str) -> str:
-    """Lower-case, accents folded, runs of non-letters turned into one space."""
+    """A word list entry in one spelling: case, accents and invisible characters folded,
+    punctuation and runs of spaces turned into one space."""
     folded = unicodedata.normalize("NFKD", text)
-    folded = "".join(ch for ch in folded if not unicodedata.combining(ch)).casefold()
-    return " ".join(re.findall(r"[^\W_]+", folded))
+    folded = "".join(
+        ch for ch in folded if not unicodedata.combining(ch) and unicodedata.category(ch) != "Cf"
+    )
+    return " ".join(re.findall(r"[^\W_]+", folded.casefold()))
+
+
+def _match_form(text: str) -> str:
+    """`normalise_phrase`, then lookalike letters and digits read as the letters they imitate,
+    and spelled-out letters ("g o r e") joined into one word."""
+    words: list[str] = []
+    letters: list[str] = []
+    for word in normalise_phrase(text).translate(_LOOKALIKES).split():
+        if len(word) == 1:
+            letters.append(word)
+            continue
+        if letters:
+            words.append("".join(letters))
+            letters = []
+        words.append(word)
+    if letters:
+        words.append("".join(letters))
+    return " ".join(words)
 
 
 def banned_phrase_in(prompt: str, banned: Iterable[str]) -> str | None:
     """The first banned word or phrase that `prompt` contains as whole words, else None.
 
-    Matching is on whole words after folding case, accents and punctuation: "Gore" and "GORE!"
-    match "gore", "gorilla" does not.
+    Both sides are compared in `_match_form`: "Gore", "GORE!", "g.o.r.e", "g0re", "gоre" with
+    a Cyrillic о and "g\u200bore" with a zero-width space all match "gore"; "gorilla" does not.
     """
-    words = f" {normalise_phrase(prompt)} "
+    words = f" {_match_form(prompt)} "
     for phrase in banned:
-        needle = normalise_phrase(phrase)
+        needle = _match_form(phrase)
         if needle and f" {needle} " in words:
             return phrase
     return None

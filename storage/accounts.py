@@ -1,51 +1,57 @@
-"""Users, communities and credit balances."""
+"""Users, communities and credit balances.
+
+A user row created for a platform id whose person was forgotten earlier takes back what they
+had used of those days' allowances (`storage.history`'s forgotten usage), in the transaction
+that creates it: forgetting and returning cannot reset the daily allowance.
+"""
 
 from __future__ import annotations
 
 from datetime import date
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import ledger
 from storage.audit import write_audit
 from storage.database import Database
-from storage.models import Community, User, utcnow
+from storage.models import Community, ForgottenUsage, User, utcnow
+from storage.pseudonyms import Pseudonyms
 from storage.records import Allowance, AuditNote, UserRecord
 
 
 class AccountRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, pseudonyms: Pseudonyms | None = None) -> None:
+        """Without `pseudonyms`, a returning user's forgotten usage is not carried over."""
         self._db = db
+        self._pseudonyms = pseudonyms
 
     async def user(self, platform: str, platform_user_id: str) -> UserRecord:
         """The user with this platform id, created on first sight."""
         row = await self.find_user(platform, platform_user_id)
-        if row is None:
-            async with self._db.write() as conn:
-                # Another request may have created the user since we looked: then this is a no-op.
-                await conn.execute(
-                    _insert_ignoring_duplicates(conn, _USERS).values(
-                        platform=platform, platform_user_id=platform_user_id, created_at=utcnow()
-                    )
-                )
-            row = await self.find_user(platform, platform_user_id)
+        if row is not None:
+            return row
+        async with self._db.write() as conn:
+            # Another request may have created the user since we looked: then this is a no-op,
+            # and the carryover is theirs to have moved.
+            inserted = await conn.execute(
+                _insert_ignoring_duplicates(conn, _USERS)
+                .values(platform=platform, platform_user_id=platform_user_id, created_at=utcnow())
+                .returning(_USERS.c.id)
+            )
+            new_id = inserted.scalar_one_or_none()
+            if new_id is not None and self._pseudonyms is not None:
+                subject = self._pseudonyms.subject(platform, platform_user_id)
+                await _carry_over(conn, int(new_id), subject)
+            row = await _find_user(conn, platform, platform_user_id)
         assert row is not None
         return row
 
     async def find_user(self, platform: str, platform_user_id: str) -> UserRecord | None:
         """The user with this platform id, or None: looking someone up never creates them."""
         async with self._db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(_USERS.c.id, _USERS.c.platform, _USERS.c.platform_user_id).where(
-                        _USERS.c.platform == platform,
-                        _USERS.c.platform_user_id == platform_user_id,
-                    )
-                )
-            ).one_or_none()
-            return UserRecord(*row) if row else None
+            return await _find_user(conn, platform, platform_user_id)
 
     async def community(self, platform: str, platform_community_id: str) -> int:
         """The community's id, created on first sight."""
@@ -118,6 +124,38 @@ class AccountRepository:
 
 _USERS = User.__table__
 _COMMUNITIES = Community.__table__
+_FORGOTTEN = ForgottenUsage.__table__
+
+
+async def _find_user(
+    conn: AsyncConnection, platform: str, platform_user_id: str
+) -> UserRecord | None:
+    row = (
+        await conn.execute(
+            select(_USERS.c.id, _USERS.c.platform, _USERS.c.platform_user_id).where(
+                _USERS.c.platform == platform,
+                _USERS.c.platform_user_id == platform_user_id,
+            )
+        )
+    ).one_or_none()
+    return UserRecord(*row) if row else None
+
+
+async def _carry_over(conn: AsyncConnection, user_id: int, subject: str) -> None:
+    """Move the forgotten usage of `subject` into the new user's ledger."""
+    rows = (
+        await conn.execute(
+            select(_FORGOTTEN.c.id, _FORGOTTEN.c.day, _FORGOTTEN.c.credits)
+            .where(_FORGOTTEN.c.subject == subject)
+            .order_by(_FORGOTTEN.c.id)
+        )
+    ).all()
+    if not rows:
+        return
+    await ledger.carry_over(
+        conn, user_id=user_id, usage=[(row.day, row.credits) for row in rows if row.credits > 0]
+    )
+    await conn.execute(delete(_FORGOTTEN).where(_FORGOTTEN.c.id.in_([row.id for row in rows])))
 
 
 def _community_is(platform: str, platform_community_id: str) -> tuple[Any, ...]:

@@ -1,13 +1,14 @@
-"""Bans, everywhere or in one community, keyed by a hash of the platform id.
+"""Bans, everywhere or in one community, keyed by the person's pseudonym.
 
 Not keyed by the user row: `forget` deletes that row (and must not lift a ban by doing so),
-and a ban must be possible before the user ever spoke to the bot. The hash keeps the table
-from holding platform ids in clear while still matching the same person on their return.
+and a ban must be possible before the user ever spoke to the bot. The subject is
+`storage.pseudonyms.Pseudonyms.subject(platform, platform_user_id)`, a keyed hash: the table
+holds no platform id in clear, nor one that could be recovered by hashing every possible id,
+and it still matches the same person on their return.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from sqlalchemy import delete, insert, or_, select
@@ -19,10 +20,6 @@ from storage.models import Ban, utcnow
 from storage.records import AuditNote, BanRecord
 
 _BANS = Ban.__table__
-
-
-def ban_subject(platform: str, platform_user_id: str) -> str:
-    return hashlib.sha256(f"{platform}:{platform_user_id}".encode()).hexdigest()
 
 
 class BanRepository:

@@ -8,22 +8,28 @@ so a deleted job must still count, or deleting would hand credits back. What the
 Outputs are content-addressed in the image store, so two jobs can share one stored image,
 and a re-roll may share its original's selfie: the keys handed back to be deleted are only
 those no remaining row points at.
+
+Forgetting a user keeps one number: what they had used of today's allowance, under their
+pseudonym (`storage.pseudonyms`), so that coming back the same day does not reset it.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import date
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage import ledger
 from storage.database import Database
 from storage.jobs import MIN_REF_LENGTH, id_matches, input_keys_in_use, job_record, one_match
 from storage.models import (
     AuditEntry,
     Ban,
+    ForgottenUsage,
     Job,
     LedgerEntry,
     Output,
@@ -35,8 +41,18 @@ from storage.records import FINISHED_STATES, ForgetReport, JobRecord
 
 FORGOTTEN = "forgotten user"
 
+
+class UserBusy(Exception):
+    """The user still has unfinished jobs, so `forget` changed nothing."""
+
+    def __init__(self, active: int) -> None:
+        super().__init__(f"the user has {active} unfinished job(s)")
+        self.active = active
+
+
 _JOBS = Job.__table__
 _OUTPUTS = Output.__table__
+_FORGOTTEN_USAGE = ForgottenUsage.__table__
 _FINISHED = [s.value for s in FINISHED_STATES]
 
 
@@ -126,24 +142,60 @@ class HistoryRepository:
             )
             return await _unreferenced(conn, outputs, inputs)
 
-    async def forget(self, user_id: int, *, platform: str, platform_user_id: str) -> ForgetReport:
+    async def forget(
+        self,
+        user_id: int,
+        *,
+        platform: str,
+        platform_user_id: str,
+        subject: str,
+        today: date,
+    ) -> ForgetReport:
         """Delete everything of this user, in one transaction, and unname them in the log.
+
+        Raises UserBusy, changing nothing, while a job of theirs is unfinished (its credits are
+        not settled yet, and it would go on writing rows about them).
+
+        What they have used of `today`'s allowance is kept as forgotten usage under `subject`
+        (the caller's pseudonym for them), for `AccountRepository.user` to carry over should
+        they return today; such rows of earlier days, anyone's, are dropped here.
 
         Their outputs, ledger entries, settings at every scope, jobs and user row go. Audit
         rows they did or that were done to them stay, as done by or to "forgotten user" and
         without details; so do rows they wrote elsewhere (a ban, a community setting), with
-        the same name in place of theirs. Bans of them stay: keyed by a hash, they name nobody
-        and must outlast this. The caller makes sure no job of theirs is still running.
+        the same name in place of theirs. Bans of them stay: keyed by a pseudonym, they name
+        nobody and must outlast this.
         """
         name = f"{platform}:{platform_user_id}"
         async with self._db.write() as conn:
+            # The row lock serialises this with a reservation on PostgreSQL (SQLite's
+            # BEGIN IMMEDIATE already does), so no job can start between the checks and here.
             owner = (
                 await conn.execute(
-                    select(User.platform, User.platform_user_id).where(User.id == user_id)
+                    select(User.platform, User.platform_user_id)
+                    .where(User.id == user_id)
+                    .with_for_update()
                 )
             ).one_or_none()
             if owner is not None and tuple(owner) != (platform, platform_user_id):
                 raise ValueError(f"user {user_id} is not {platform} user {platform_user_id}")
+            active = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(_JOBS)
+                    .where(_JOBS.c.user_id == user_id, _JOBS.c.state.not_in(_FINISHED))
+                )
+            ).scalar_one()
+            if active:
+                raise UserBusy(int(active))
+            await conn.execute(delete(_FORGOTTEN_USAGE).where(_FORGOTTEN_USAGE.c.day < today))
+            used = await ledger.daily_used(conn, user_id, today)
+            if used > 0:
+                await conn.execute(
+                    insert(_FORGOTTEN_USAGE).values(
+                        subject=subject, day=today, credits=used, created_at=utcnow()
+                    )
+                )
             jobs = (
                 await conn.execute(
                     select(_JOBS.c.id, _JOBS.c.selfie_key, _JOBS.c.pose_key).where(

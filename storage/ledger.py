@@ -9,6 +9,10 @@ second settlement impossible even if the caller's state guard were bypassed.
 A moderator may refund a succeeded job: its committed credits come back as granted credits
 (they carry over, whichever pool they were spent from), at most once per job by the same
 constraint. The job's own entries stay, so today's use is still counted.
+
+A user who asks to be forgotten loses their ledger, but not what they used of today's
+allowance: that is kept under their pseudonym and comes back as a carryover entry (pool DAILY,
+that day, no job) if they return, so forgetting cannot reset the allowance.
 """
 
 from __future__ import annotations
@@ -46,9 +50,7 @@ async def allowance(
         .group_by(LedgerEntry.kind, LedgerEntry.pool)
     )
     sums: dict[tuple[str, str], int] = {(k, p): int(s or 0) for k, p, s in rows}
-    daily_used = sums.get((LedgerKind.RESERVE, Pool.DAILY), 0) - sums.get(
-        (LedgerKind.RELEASE, Pool.DAILY), 0
-    )
+    daily_used = _daily_used(sums)
     granted = (
         sums.get((LedgerKind.GRANT, Pool.GRANT), 0)
         + sums.get((LedgerKind.REFUND, Pool.GRANT), 0)
@@ -56,6 +58,40 @@ async def allowance(
         + sums.get((LedgerKind.RELEASE, Pool.GRANT), 0)
     )
     return Allowance(daily_left=max(0, daily_quota - daily_used), granted=max(0, granted))
+
+
+async def daily_used(conn: AsyncConnection, user_id: int, today: date) -> int:
+    """What the user has used of `today`'s allowance, counted exactly as `allowance` counts it:
+    reserved less released, plus any carryover of that day."""
+    rows = await conn.execute(
+        select(LedgerEntry.kind, LedgerEntry.pool, func.sum(LedgerEntry.amount))
+        .where(
+            LedgerEntry.user_id == user_id,
+            LedgerEntry.pool == Pool.DAILY,
+            LedgerEntry.day == today,
+        )
+        .group_by(LedgerEntry.kind, LedgerEntry.pool)
+    )
+    return _daily_used({(k, p): int(s or 0) for k, p, s in rows})
+
+
+def _daily_used(sums: dict[tuple[str, str], int]) -> int:
+    return (
+        sums.get((LedgerKind.RESERVE, Pool.DAILY), 0)
+        - sums.get((LedgerKind.RELEASE, Pool.DAILY), 0)
+        + sums.get((LedgerKind.CARRYOVER, Pool.DAILY), 0)
+    )
+
+
+async def carry_over(conn: AsyncConnection, *, user_id: int, usage: list[tuple[date, int]]) -> None:
+    """Count (day, credits) pairs of use against those days' allowances of this user."""
+    entries = [
+        _entry(user_id, None, LedgerKind.CARRYOVER, Pool.DAILY, credits, day)
+        for day, credits in usage
+    ]
+    if any(entry["amount"] < 1 for entry in entries):
+        raise ValueError("a carryover is at least one credit")
+    await _append(conn, entries)
 
 
 async def reserve(
@@ -175,9 +211,9 @@ async def violations(conn: AsyncConnection) -> list[str]:
 
     Per job and pool, commits + releases never exceed the reservation; a finished job has settled
     all of it, an unfinished one none of it. A refund names a succeeded job, is granted back
-    and is no more than what the job committed from the allowance and grants. Every entry that
-    names a job is that job's user's. Per user, the grant balance
-    (grants + refunds − commits − open reservations) is never negative.
+    and is no more than what the job committed from the allowance and grants. A carryover names
+    no job but a day, in pool daily. Every entry that names a job is that job's user's. Per
+    user, the grant balance (grants + refunds − commits − open reservations) is never negative.
     """
     problems: list[str] = []
     jobs = {
@@ -196,6 +232,14 @@ async def violations(conn: AsyncConnection) -> list[str]:
             if entry.job_id is not None:
                 problems.append(f"grant {entry.id} names job {entry.job_id}")
             grant_balance[entry.user_id] += entry.amount
+            continue
+        if entry.kind == LedgerKind.CARRYOVER:
+            if entry.job_id is not None:
+                problems.append(f"carryover {entry.id} names job {entry.job_id}")
+            if entry.pool != Pool.DAILY:
+                problems.append(f"carryover {entry.id} is in pool {entry.pool}, not {Pool.DAILY}")
+            if entry.day is None:
+                problems.append(f"carryover {entry.id} names no day")
             continue
         if entry.job_id is None:
             problems.append(f"{entry.kind} entry {entry.id} names no job")

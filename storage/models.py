@@ -181,8 +181,8 @@ class ScopedSetting(Base):
 
 
 class Ban(Base):
-    """A ban, keyed by `storage.bans.ban_subject` (a hash of the platform id), not by the user
-    row: a user's `forget` deletes that row, and must not lift the ban."""
+    """A ban, keyed by `storage.pseudonyms.Pseudonyms.subject` (a keyed hash of the platform
+    id), not by the user row: a user's `forget` deletes that row, and must not lift the ban."""
 
     __tablename__ = "bans"
 
@@ -194,3 +194,17 @@ class Ban(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     banned_by: Mapped[str] = mapped_column(String(128))
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ForgottenUsage(Base):
+    """What a user had used of one day's allowance when they were forgotten, keyed by their
+    pseudonym: if they come back that day, it moves into their new ledger (`CARRYOVER`), so
+    forgetting cannot reset the allowance. Rows of past days are useless and get dropped."""
+
+    __tablename__ = "forgotten_usage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject: Mapped[str] = mapped_column(String(64), index=True)
+    day: Mapped[date] = mapped_column(Date)
+    credits: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

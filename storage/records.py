@@ -40,6 +40,9 @@ class LedgerKind(StrEnum):
     RELEASE = "release"
     # A moderator gives back what a succeeded job cost: pool GRANT, names the job, once per job.
     REFUND = "refund"
+    # Today's use a user had when they asked to be forgotten, put back when they return: pool
+    # DAILY, the day it was used, names no job. It counts against that day's allowance only.
+    CARRYOVER = "carryover"
 
 
 @dataclass(frozen=True)

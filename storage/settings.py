@@ -9,9 +9,11 @@ rows ever exist for one scope and key, `set` updates both and `unset` removes bo
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.audit import write_audit
 from storage.database import Database
@@ -75,6 +77,63 @@ class SettingsRepository:
                 )
             await write_audit(conn, audit)
 
+    async def update_list(
+        self,
+        *,
+        community_id: int | None,
+        user_id: int | None,
+        key: str,
+        add: str | None = None,
+        remove: str | None = None,
+        audit: AuditNote,
+    ) -> bool:
+        """Add `add` to (appended, if absent) and remove `remove` from (if present) the list
+        `key` holds at exactly this scope (no row: an empty list), and log it, all in one write
+        transaction, so concurrent edits never lose one another. True if the list changed;
+        False, writing nothing, if it did not. ValueError if the value there is not a list.
+        """
+        if add is None and remove is None:
+            raise ValueError("update_list needs a value to add or to remove")
+        async with self._db.write() as conn:
+            await _lock_scope(conn, community_id, user_id, key)
+            rows = (
+                await conn.execute(
+                    select(_SETTINGS.c.value)
+                    .where(*_exactly(community_id, user_id, key))
+                    .order_by(_SETTINGS.c.id)
+                )
+            ).all()
+            current = rows[0].value if rows else []
+            if not isinstance(current, list):
+                raise ValueError(f"setting {key!r} at this scope is not a list")
+            value = list(current)
+            if add is not None and add not in value:
+                value.append(add)
+            if remove is not None:
+                value = [item for item in value if item != remove]
+            if value == current:
+                return False
+            now = utcnow()
+            if rows:
+                await conn.execute(
+                    update(_SETTINGS)
+                    .where(*_exactly(community_id, user_id, key))
+                    .values(value=value, updated_at=now, updated_by=audit.actor)
+                )
+            else:
+                await conn.execute(
+                    insert(_SETTINGS).values(
+                        community_id=community_id,
+                        user_id=user_id,
+                        key=key,
+                        value=value,
+                        updated_at=now,
+                        updated_by=audit.actor,
+                    )
+                )
+            await write_audit(conn, audit)
+            return True
+
     async def unset(
         self, *, community_id: int | None, user_id: int | None, key: str, audit: AuditNote
     ) -> bool:
@@ -104,3 +163,15 @@ def _exactly(community_id: int | None, user_id: int | None, key: str) -> tuple[A
 
 def _is(column: Any, value: int | None) -> Any:
     return column.is_(None) if value is None else column == value
+
+
+async def _lock_scope(
+    conn: AsyncConnection, community_id: int | None, user_id: int | None, key: str
+) -> None:
+    """Serialise read-modify-writes of one scope and key. SQLite's BEGIN IMMEDIATE already
+    does; PostgreSQL's READ COMMITTED would let two transactions read the same list (or both
+    find no row), so there they take a transaction-scoped advisory lock on the scope."""
+    if conn.dialect.name != "postgresql":
+        return
+    digest = hashlib.sha256(f"scoped_settings:{community_id}:{user_id}:{key}".encode()).digest()
+    await conn.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], signed=True))))

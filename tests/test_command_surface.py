@@ -12,7 +12,14 @@ from backends.params import LIMITS, Operation
 from bot.commands.confirmations import Confirmations
 from bot.commands.layer import HANDLERS
 from bot.commands.parse import EVERYONE, CommandError, check_options, parse_line
-from bot.commands.spec import COMMANDS, GENERATION_COMMANDS, Access, OptionType, find_command
+from bot.commands.spec import (
+    COMMANDS,
+    GENERATION_COMMANDS,
+    PROMPT_BUDGET,
+    Access,
+    OptionType,
+    find_command,
+)
 from bot.policy import Key, resolve
 from bot.safety import SafetyLevel, banned_phrase_in
 from bot.ui import Button, job_buttons
@@ -55,6 +62,16 @@ def test_a_line_fills_an_optional_style_only_with_a_style_then_the_prompt() -> N
     assert plain.options == {"prompt": "hoodie and laptop"}
 
 
+def test_a_flag_is_set_by_its_own_name() -> None:
+    assert parse_line("/admin jobs failed").options == {"failed": True}
+    assert parse_line("/admin jobs failed=no").options == {"failed": False}
+
+
+def test_usage_shows_what_goes_by_position_and_what_by_name() -> None:
+    usage = COMMANDS["headshot"].usage
+    assert usage.startswith("/headshot [style] [prompt…] [selfie_url=…] [samples=…]")
+
+
 def test_a_line_reads_admin_subcommands_and_everyone() -> None:
     parsed = parse_line("/admin quota set everyone 10")
     assert parsed.spec.name == "admin quota set"
@@ -80,7 +97,7 @@ def test_buttons_read_back_as_the_command_they_stand_for() -> None:
         ({"s_scale": 2.5}, "s_scale must be from 0 to 2 (got 2.5)."),
         ({"num_inference_steps": 22}, "num_inference_steps must be one of 21, 31, 41 (got 22)."),
         ({"selfie": "not bytes"}, "selfie must be an attached image."),
-        ({"prompt": "x" * 1001}, "prompt is too long: at most 1000 characters."),
+        ({"prompt": "x" * 1000}, f"prompt is too long: at most {PROMPT_BUDGET} characters."),
     ],
 )
 def test_option_checks_name_the_option_and_what_is_allowed(
@@ -165,6 +182,11 @@ def test_words_disabled_operations_and_safety_add_up_across_scopes() -> None:
         ("Gôre", "gore"),
         ("blood   bath", "blood bath"),
         ("bloodbath", None),
+        ("g\u200bore", "gore"),  # a zero-width space
+        ("g\u00adore", "gore"),  # a soft hyphen
+        ("g\u043ere", "gore"),  # a Cyrillic о
+        ("g.o.r.e", "gore"),
+        ("G 0 R E", "gore"),
     ],
 )
 def test_banned_phrases_match_whole_words_after_folding(prompt: str, expected: str | None) -> None:
@@ -196,3 +218,13 @@ def test_replies_date_stamps_are_utc() -> None:
         "f" * 32, "headshot", "succeeded", "studio", None, 1, datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
     )
     assert "2026-01-02 03:04 UTC" in job_details(summary, ()).text
+
+
+def test_a_prompt_within_the_budget_fits_every_style() -> None:
+    from backends.params import GenerationParams
+    from bot.styles import STYLES, compose
+
+    for style in STYLES.values():
+        for operation in Operation:
+            options = compose(style, "y" * PROMPT_BUDGET, operation)
+            GenerationParams.create(operation, **options)

@@ -52,6 +52,7 @@ async def test_migrations_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
         "audit_log",
         "scoped_settings",
         "bans",
+        "forgotten_usage",
     }
     await upgrade(url)
     assert _tables(path) == expected

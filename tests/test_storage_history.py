@@ -3,25 +3,30 @@ user (every row that names them, and nothing of anyone else's)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
-from storage.bans import BanRepository, ban_subject
+from storage.bans import BanRepository
 from storage.database import Database
-from storage.history import HistoryRepository
+from storage.history import HistoryRepository, UserBusy
 from storage.jobs import JobRepository, NewJob
-from storage.records import AuditNote, JobState, OutputRecord, UserRecord
+from storage.ledger import violations
+from storage.pseudonyms import Pseudonyms
+from storage.records import AuditNote, ForgetReport, JobState, OutputRecord, UserRecord
 from storage.settings import SettingsRepository
 from tests.conftest import db_file
 
 TODAY = date(2026, 11, 21)
+YESTERDAY = TODAY - timedelta(days=1)
 QUOTA = 10
+PSEUDONYMS = Pseudonyms(b"a server secret of 32 bytes ....")
 
 
 @pytest.fixture
@@ -34,7 +39,7 @@ class World:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.accounts = AccountRepository(db)
+        self.accounts = AccountRepository(db, PSEUDONYMS)
         self.jobs = JobRepository(db)
         self.history = HistoryRepository(db)
 
@@ -48,6 +53,7 @@ class World:
         community_id: int | None = None,
         keep_inputs: bool = False,
         selfie: str | None = None,
+        today: date = TODAY,
     ) -> str:
         credits = max(1, len(outputs))
         new = NewJob(
@@ -63,7 +69,7 @@ class World:
             style="corporate",
             user_prompt=f"{user.platform_user_id} in a suit",
         )
-        await self.jobs.create(new, daily_quota=QUOTA, today=TODAY)
+        await self.jobs.create(new, daily_quota=QUOTA, today=today)
         keep = datetime(2030, 1, 1, tzinfo=UTC) if keep_inputs else None
         if end == JobState.SUCCEEDED:
             await self.jobs.transition(job_id, [JobState.QUEUED], JobState.REHOSTING)
@@ -77,6 +83,18 @@ class World:
         elif end is not None:
             assert await self.jobs.fail(job_id, "boom", state=end, keep_inputs_until=keep)
         return job_id
+
+    async def forget(self, user: UserRecord, today: date = TODAY) -> ForgetReport:
+        return await self.history.forget(
+            user.id,
+            platform=user.platform,
+            platform_user_id=user.platform_user_id,
+            subject=PSEUDONYMS.subject(user.platform, user.platform_user_id),
+            today=today,
+        )
+
+    async def daily_left(self, user: UserRecord, today: date = TODAY) -> int:
+        return (await self.accounts.allowance(user.id, daily_quota=QUOTA, today=today)).daily_left
 
 
 def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
@@ -205,10 +223,13 @@ async def test_forget_removes_every_row_that_names_the_user(db: Database, path: 
     await settings.set(community_id=None, user_id=kept.id, key="style", value="x", audit=note)
     ban_note = AuditNote(actor=name, action="ban", target=kept_name, details={"by": name})
     await bans.ban(
-        ban_subject("discord", "keepme-1234"), community_id=guild, reason="spam", audit=ban_note
+        PSEUDONYMS.subject("discord", "keepme-1234"),
+        community_id=guild,
+        reason="spam",
+        audit=ban_note,
     )
     await bans.ban(
-        ban_subject("discord", "forgetme-7731"),
+        PSEUDONYMS.subject("discord", "forgetme-7731"),
         community_id=None,
         reason=None,
         audit=AuditNote(actor="operator", action="ban", target=name),
@@ -219,9 +240,7 @@ async def test_forget_removes_every_row_that_names_the_user(db: Database, path: 
         for table, column in (("jobs", "user_id"), ("credit_ledger", "user_id"))
     }
 
-    report = await world.history.forget(
-        gone.id, platform="discord", platform_user_id="forgetme-7731"
-    )
+    report = await world.forget(gone)
 
     assert (report.jobs, report.outputs, report.settings) == (2, 2, 2)
     # g-ok: reserve, commit, refund; g-failed: reserve, release; the grant.
@@ -247,8 +266,11 @@ async def test_forget_removes_every_row_that_names_the_user(db: Database, path: 
             _rows(path, f"SELECT * FROM {table} WHERE {column} = {kept.id}") == kept_before[table]
         )
     assert len(await world.jobs.outputs("k-ok")) == 2
-    assert await bans.find(ban_subject("discord", "forgetme-7731"), community_id=None) is not None
-    kept_ban = await bans.find(ban_subject("discord", "keepme-1234"), community_id=guild)
+    assert (
+        await bans.find(PSEUDONYMS.subject("discord", "forgetme-7731"), community_id=None)
+        is not None
+    )
+    kept_ban = await bans.find(PSEUDONYMS.subject("discord", "keepme-1234"), community_id=guild)
     assert kept_ban is not None and kept_ban.banned_by == "forgotten user"
     assert await settings.for_context(user_id=kept.id, community_id=guild) != []
     log = await audit.recent(None, limit=100) + await audit.recent(guild, limit=100)
@@ -262,5 +284,162 @@ async def test_forget_refuses_a_mismatched_name(db: Database) -> None:
     world = World(db)
     me = await world.accounts.user("discord", "me")
     with pytest.raises(ValueError, match="is not"):
-        await world.history.forget(me.id, platform="discord", platform_user_id="someone-else")
+        await world.history.forget(
+            me.id,
+            platform="discord",
+            platform_user_id="someone-else",
+            subject=PSEUDONYMS.subject("discord", "someone-else"),
+            today=TODAY,
+        )
     assert await world.accounts.find_user("discord", "me") == me
+
+
+def _counts(path: Path) -> dict[str, int]:
+    with sqlite3.connect(path) as conn:
+        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+
+
+async def test_forget_and_return_keeps_todays_use(db: Database, path: Path) -> None:
+    world = World(db)
+    me = await world.accounts.user("telegram", "5550001234")
+    other = await world.accounts.user("telegram", "5550001235")
+    await world.job("ok", me, outputs=("a.jpg", "b.jpg"))  # 2 committed
+    await world.job("failed", me, end=JobState.FAILED)  # reserved 1, released 1
+    await world.job("old", me, today=YESTERDAY)  # another day's use: not carried
+    await world.accounts.grant(me.id, 5, actor="operator", note=None)
+    await world.job("theirs", other)
+    before = await world.daily_left(me)
+    assert before == QUOTA - 2
+    other_before = await world.daily_left(other)
+
+    await world.forget(me)
+    assert _rows(path, "SELECT subject, day, credits FROM forgotten_usage") == [
+        (PSEUDONYMS.subject("telegram", "5550001234"), TODAY.isoformat(), 2)
+    ]
+    # The kept row names nobody in clear.
+    with sqlite3.connect(path) as conn:
+        for row in conn.execute("SELECT * FROM forgotten_usage"):
+            assert all("5550001234" not in str(value) for value in row)
+
+    # Returning the same day (several requests at once): the use is back, once; grants are not.
+    again = await asyncio.gather(*(world.accounts.user("telegram", "5550001234") for _ in range(5)))
+    assert len({u.id for u in again}) == 1
+    back = again[0]
+    assert back.id != me.id
+    assert await world.daily_left(back) == before
+    assert (await world.accounts.allowance(back.id, daily_quota=QUOTA, today=TODAY)).granted == 0
+    assert await world.daily_left(back, today=TODAY + timedelta(days=1)) == QUOTA
+    assert _rows(path, "SELECT count(*) FROM forgotten_usage") == [(0,)]
+    # Nobody else is touched: the neighbour, the same digits on another platform, a newcomer.
+    assert await world.daily_left(other) == other_before
+    for platform, platform_user_id in (("discord", "5550001234"), ("telegram", "5550009999")):
+        newcomer = await world.accounts.user(platform, platform_user_id)
+        assert await world.daily_left(newcomer) == QUOTA
+
+    # Forgetting again carries the carried-over use along with the new.
+    await world.job("more", back)
+    await world.forget(back)
+    again = await asyncio.gather(*(world.accounts.user("telegram", "5550001234") for _ in range(3)))
+    assert await world.daily_left(again[0]) == QUOTA - 3
+    async with db.read() as conn:
+        assert await violations(conn) == []
+
+
+async def test_forget_refuses_while_a_job_is_unfinished(db: Database, path: Path) -> None:
+    world = World(db)
+    me = await world.accounts.user("telegram", "5550001234")
+    await world.job("done", me)
+    running = await world.job("running", me, end=None)
+    # A stale row of another forgotten user, which a forget that goes ahead drops.
+    async with db.write() as conn:
+        await conn.exec_driver_sql(
+            "INSERT INTO forgotten_usage (subject, day, credits, created_at) "
+            f"VALUES ('{'0' * 64}', '{YESTERDAY.isoformat()}', 1, '2026-11-20 10:00:00')"
+        )
+    counts = _counts(path)
+    ledger_before = _rows(path, "SELECT * FROM credit_ledger ORDER BY id")
+
+    with pytest.raises(UserBusy) as refused:
+        await world.forget(me)
+    assert refused.value.active == 1
+    assert _counts(path) == counts
+    assert counts["jobs"] == 2 and counts["forgotten_usage"] == 1
+    assert _rows(path, "SELECT * FROM credit_ledger ORDER BY id") == ledger_before
+    assert await world.accounts.find_user("telegram", "5550001234") == me
+
+    assert await world.jobs.fail(running, "boom")
+    report = await world.forget(me)
+    assert report.jobs == 2
+    assert _rows(path, "SELECT day, credits FROM forgotten_usage") == [(TODAY.isoformat(), 1)]
+
+
+async def test_forget_drops_earlier_days_and_never_writes_them(db: Database, path: Path) -> None:
+    world = World(db)
+    early = await world.accounts.user("telegram", "111")
+    await world.job("early", early, today=YESTERDAY)
+    await world.forget(early, today=YESTERDAY)
+    assert _rows(path, "SELECT day, credits FROM forgotten_usage") == [(YESTERDAY.isoformat(), 1)]
+
+    # Someone else forgotten today: yesterday's row goes; their own use was all yesterday's.
+    late = await world.accounts.user("telegram", "222")
+    await world.job("late", late, today=YESTERDAY)
+    await world.forget(late, today=TODAY)
+    assert _rows(path, "SELECT count(*) FROM forgotten_usage") == [(0,)]
+
+    # Today's use only, never an earlier day's.
+    busy = await world.accounts.user("telegram", "333")
+    await world.job("busy-old", busy, today=YESTERDAY)
+    await world.job("busy-new", busy, outputs=("x.jpg", "y.jpg"))
+    await world.forget(busy)
+    assert _rows(path, "SELECT day, credits FROM forgotten_usage") == [(TODAY.isoformat(), 2)]
+
+    returned = await world.accounts.user("telegram", "111")
+    assert await world.daily_left(returned, today=YESTERDAY) == QUOTA
+    assert await world.daily_left(returned) == QUOTA
+    async with db.read() as conn:
+        assert await violations(conn) == []
+
+
+async def test_accounts_without_pseudonyms_carry_nothing_over(db: Database, path: Path) -> None:
+    world = World(db)
+    me = await world.accounts.user("telegram", "5550001234")
+    await world.job("ok", me)
+    await world.forget(me)
+    back = await AccountRepository(db).user("telegram", "5550001234")
+    assert await world.daily_left(back) == QUOTA
+    assert _rows(path, "SELECT count(*) FROM forgotten_usage") == [(1,)]  # left for later
+
+
+async def test_violations_check_carryover_entries(db: Database) -> None:
+    world = World(db)
+    me = await world.accounts.user("telegram", "5550001234")
+    await world.job("ok", me)
+
+    class Undo(Exception):
+        pass
+
+    forged = [
+        ("NULL", "daily", 1, f"'{TODAY.isoformat()}'"),
+        ("'ok'", "daily", 1, f"'{TODAY.isoformat()}'"),
+        ("NULL", "grant", 1, f"'{TODAY.isoformat()}'"),
+        ("NULL", "daily", 0, f"'{TODAY.isoformat()}'"),
+        ("NULL", "daily", 1, "NULL"),
+    ]
+    found: list[list[str]] = []
+    for job_id, pool, amount, day in forged:
+        with pytest.raises(Undo):
+            async with db.write() as conn:
+                await conn.exec_driver_sql(
+                    "INSERT INTO credit_ledger (user_id, job_id, kind, pool, amount, day, "
+                    f"created_at) VALUES ({me.id}, {job_id}, 'carryover', '{pool}', {amount}, "
+                    f"{day}, '2026-11-21 10:00:00')"
+                )
+                found.append(await violations(conn))
+                raise Undo
+    assert found[0] == []
+    assert [len(problems) for problems in found[1:]] == [1, 1, 1, 1]
+    assert "names job ok" in found[1][0]
+    assert "pool grant" in found[2][0]
+    assert "amount 0" in found[3][0]
+    assert "no day" in found[4][0]

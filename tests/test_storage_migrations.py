@@ -15,7 +15,7 @@ from storage.models import Base
 from tests.conftest import register_database
 
 BEFORE = {"users", "communities", "jobs", "outputs", "credit_ledger", "audit_log"}
-AFTER = BEFORE | {"scoped_settings", "bans"}
+AFTER = BEFORE | {"scoped_settings", "bans", "forgotten_usage"}
 NEW_JOB_COLUMNS = {"style", "user_prompt", "deleted_at", "inputs_expire_at"}
 
 
@@ -54,6 +54,7 @@ async def test_0002_up_down_up(tmp_path: Path) -> None:
     assert "ix_jobs_inputs_expire_at" in _indexes(path, "jobs")
     assert "ix_scoped_settings_scope" in _indexes(path, "scoped_settings")
     assert "ix_bans_subject" in _indexes(path, "bans")
+    assert "ix_forgotten_usage_subject" in _indexes(path, "forgotten_usage")
 
     await downgrade(url, "0001")
     assert _version(path) == "0001"

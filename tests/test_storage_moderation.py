@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -10,10 +11,11 @@ import pytest
 
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
-from storage.bans import BanRepository, ban_subject
+from storage.bans import BanRepository
 from storage.database import Database
 from storage.history import HistoryRepository
 from storage.jobs import JobRepository, NewJob
+from storage.pseudonyms import Pseudonyms
 from storage.records import AuditNote, JobState, OutputRecord, SettingRecord, UserRecord
 from storage.settings import SettingsRepository
 from storage.stats import StatsRepository
@@ -21,6 +23,7 @@ from tests.conftest import db_file
 
 TODAY = date(2026, 11, 21)
 QUOTA = 10
+PSEUDONYMS = Pseudonyms(bytes(range(32)))
 
 
 @pytest.fixture
@@ -108,20 +111,75 @@ async def test_unset_removes_exactly_one_scope(db: Database) -> None:
     assert len(await audit.recent(None, limit=100)) == logged + 1  # only the real unset
 
 
+async def test_update_list_adds_and_removes_atomically(db: Database, path: Path) -> None:
+    accounts, settings, audit = AccountRepository(db), SettingsRepository(db), AuditRepository(db)
+    here = await accounts.community("test", "here")
+    words = [f"word{n:02d}" for n in range(20)]
+
+    async def add(word: str) -> bool:
+        return await settings.update_list(
+            community_id=here,
+            user_id=None,
+            key="blocked",
+            add=word,
+            audit=AuditNote(actor="test:mod", action="block", community_id=here, target=word),
+        )
+
+    assert all(await asyncio.gather(*(add(word) for word in words)))
+    (found,) = await settings.for_context(user_id=None, community_id=here)
+    assert (found.community_id, found.user_id, found.key) == (here, None, "blocked")
+    assert sorted(found.value) == words
+    assert len(await audit.recent(here, limit=100)) == 20
+    assert _rows(path, "SELECT count(*) FROM scoped_settings") == [(1,)]
+
+    # Adding a word already there, or removing one that is not, changes and logs nothing.
+    assert not await add("word07")
+    assert not await settings.update_list(
+        community_id=here, user_id=None, key="blocked", remove="absent", audit=_note("unblock")
+    )
+    assert len(await audit.recent(here, limit=100)) == 20
+
+    assert await settings.update_list(
+        community_id=here, user_id=None, key="blocked", remove="word07", audit=_note("unblock")
+    )
+    assert await add("word07")  # appended at the end
+    (found,) = await settings.for_context(user_id=None, community_id=here)
+    assert found.value[-1] == "word07" and sorted(found.value) == words
+    assert len(await audit.recent(None, limit=100)) == 1  # _note logs globally
+
+    # Only the exact scope: the global list is a separate, so far missing, one.
+    assert await settings.update_list(
+        community_id=None, user_id=None, key="blocked", add="x", audit=_note("block")
+    )
+    assert [s.value for s in await settings.for_context(user_id=None, community_id=None)] == [["x"]]
+    assert await settings.update_list(
+        community_id=None, user_id=None, key="blocked", remove="x", audit=_note("unblock")
+    )
+    assert [s.value for s in await settings.for_context(user_id=None, community_id=None)] == [[]]
+
+
+async def test_update_list_refuses_a_value_that_is_not_a_list(db: Database) -> None:
+    settings, audit = SettingsRepository(db), AuditRepository(db)
+    await settings.set(community_id=None, user_id=None, key="style", value="x", audit=_note())
+    with pytest.raises(ValueError, match="not a list"):
+        await settings.update_list(
+            community_id=None, user_id=None, key="style", add="y", audit=_note()
+        )
+    with pytest.raises(ValueError):
+        await settings.update_list(community_id=None, user_id=None, key="k", audit=_note())
+    assert len(await audit.recent(None, limit=100)) == 1
+    (found,) = await settings.for_context(user_id=None, community_id=None)
+    assert found.value == "x"
+
+
 # --- bans -----------------------------------------------------------------------------------
-
-
-async def test_ban_subject_is_a_hash_of_the_platform_id() -> None:
-    subject = ban_subject("discord", "1234")
-    assert len(subject) == 64 and "1234" not in subject
-    assert subject == ban_subject("discord", "1234") != ban_subject("telegram", "1234")
 
 
 async def test_bans_by_scope_and_global_preferred(db: Database) -> None:
     accounts, bans, audit = AccountRepository(db), BanRepository(db), AuditRepository(db)
     here = await accounts.community("test", "here")
     there = await accounts.community("test", "there")
-    who = ban_subject("test", "troll")
+    who = PSEUDONYMS.subject("test", "troll")
     assert await bans.find(who, community_id=here) is None
 
     assert await bans.ban(who, community_id=here, reason="spam", audit=_note("ban", here))
@@ -150,11 +208,13 @@ async def test_bans_by_scope_and_global_preferred(db: Database) -> None:
 async def test_bans_survive_forget(db: Database) -> None:
     accounts, bans = AccountRepository(db), BanRepository(db)
     troll = await accounts.user("test", "troll")
-    who = ban_subject("test", "troll")
+    who = PSEUDONYMS.subject("test", "troll")
     await bans.ban(who, community_id=None, reason=None, audit=_note("ban"))
-    await HistoryRepository(db).forget(troll.id, platform="test", platform_user_id="troll")
+    await HistoryRepository(db).forget(
+        troll.id, platform="test", platform_user_id="troll", subject=who, today=TODAY
+    )
     assert await accounts.find_user("test", "troll") is None
-    assert await bans.find(ban_subject("test", "troll"), community_id=None) is not None
+    assert await bans.find(PSEUDONYMS.subject("test", "troll"), community_id=None) is not None
 
 
 # --- audit and accounts ---------------------------------------------------------------------

@@ -14,7 +14,6 @@ from bot.policy import Key
 from bot.replies import Reply
 from bot.safety import SafetyLevel, normalise_phrase
 from bot.views import job_summary
-from storage.bans import ban_subject
 
 AUDIT_PAGE_SIZE = 10
 DEFAULT_STATS_DAYS = 7
@@ -37,6 +36,8 @@ async def quota_set(ctx: Context, options: dict[str, Any]) -> Reply:
 
 async def grant(ctx: Context, options: dict[str, Any]) -> Reply:
     target, credits = options["user"], options["credits"]
+    if target == ctx.actor.user_id and not ctx.is_owner:
+        raise CommandError(replies.not_yourself("grant credits to"))
     user = await ctx.services.accounts.user(ctx.actor.platform, target)
     await ctx.services.accounts.grant(
         user.id, credits, actor=ctx.actor.key, note=None, community_id=ctx.community_id
@@ -47,9 +48,9 @@ async def grant(ctx: Context, options: dict[str, Any]) -> Reply:
 async def ban(ctx: Context, options: dict[str, Any]) -> Reply:
     target = options["user"]
     if target == ctx.actor.user_id:
-        raise CommandError("You can't ban yourself.")
+        raise CommandError(replies.not_yourself("ban"))
     changed = await ctx.services.bans.ban(
-        ban_subject(ctx.actor.platform, target),
+        ctx.subject(target),
         community_id=ctx.community_id,
         reason=options.get("reason"),
         audit=ctx.audit("ban", ctx.person(target), reason=options.get("reason")),
@@ -59,12 +60,13 @@ async def ban(ctx: Context, options: dict[str, Any]) -> Reply:
 
 async def unban(ctx: Context, options: dict[str, Any]) -> Reply:
     target = options["user"]
-    changed = await ctx.services.bans.unban(
-        ban_subject(ctx.actor.platform, target),
-        community_id=ctx.community_id,
-        audit=ctx.audit("unban", ctx.person(target)),
+    bans = ctx.services.bans
+    subject = ctx.subject(target)
+    changed = await bans.unban(
+        subject, community_id=ctx.community_id, audit=ctx.audit("unban", ctx.person(target))
     )
-    return replies.unban_result(target, changed, ctx.in_community)
+    remaining = await bans.find(subject, community_id=ctx.community_id)
+    return replies.unban_result(target, changed, ctx.in_community, remaining is not None)
 
 
 async def stats(ctx: Context, options: dict[str, Any]) -> Reply:
@@ -89,13 +91,13 @@ async def _switch(ctx: Context, operation: str, *, enabled: bool) -> Reply:
         and operation in await _global_list(ctx, Key.DISABLED_OPERATIONS)
     ):
         raise CommandError(replies.disabled_globally(operation))
-    disabled = await _own_list(ctx, Key.DISABLED_OPERATIONS)
-    changed = (operation in disabled) == enabled
-    if changed:
-        disabled = [op for op in disabled if op != operation] if enabled else [*disabled, operation]
-        await _set_own(
-            ctx, Key.DISABLED_OPERATIONS, disabled, "enable" if enabled else "disable", operation
-        )
+    changed = await _update_own_list(
+        ctx,
+        Key.DISABLED_OPERATIONS,
+        "enable" if enabled else "disable",
+        remove=operation if enabled else None,
+        add=None if enabled else operation,
+    )
     return replies.operation_switched(operation, enabled, changed, ctx.in_community)
 
 
@@ -127,13 +129,14 @@ async def banned_words_remove(ctx: Context, options: dict[str, Any]) -> Reply:
 async def _banned_words_change(ctx: Context, word: str, *, add: bool) -> Reply:
     phrase = normalise_phrase(word)
     if not phrase:
-        raise CommandError("Give a word made of letters or digits.")
-    words = await _own_list(ctx, Key.BANNED_WORDS)
-    changed = (phrase in words) != add
-    if changed:
-        words = [*words, phrase] if add else [w for w in words if w != phrase]
-        action = "banned-words add" if add else "banned-words remove"
-        await _set_own(ctx, Key.BANNED_WORDS, words, action, phrase)
+        raise CommandError(replies.not_a_word())
+    changed = await _update_own_list(
+        ctx,
+        Key.BANNED_WORDS,
+        "banned-words add" if add else "banned-words remove",
+        add=phrase if add else None,
+        remove=None if add else phrase,
+    )
     return replies.banned_words_changed(phrase, add, changed, ctx.in_community)
 
 
@@ -156,6 +159,8 @@ async def refund(ctx: Context, options: dict[str, Any]) -> Reply:
     if listing is None:
         raise CommandError(replies.no_such_community_job(ref))
     job = listing.job
+    if listing.platform_user_id == ctx.actor.user_id and not ctx.is_owner:
+        raise CommandError(replies.not_yourself("refund"))
     credits = await ctx.services.jobs.refund(
         job.id, audit=ctx.audit("refund", ctx.person(listing.platform_user_id), job=job.id)
     )
@@ -201,6 +206,20 @@ async def _set_own(ctx: Context, key: Key, value: Any, action: str, target: str)
         key=key,
         value=value,
         audit=ctx.audit(action, target),
+    )
+
+
+async def _update_own_list(
+    ctx: Context, key: Key, action: str, *, add: str | None = None, remove: str | None = None
+) -> bool:
+    """Add to or remove from a list setting of this scope, atomically; whether it changed."""
+    return await ctx.services.scoped.update_list(
+        community_id=ctx.community_id,
+        user_id=None,
+        key=key,
+        add=add,
+        remove=remove,
+        audit=ctx.audit(action, add or remove),
     )
 
 

@@ -15,10 +15,11 @@ from bot.generation import GenerationService
 from bot.policy import Policy, resolve
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
-from storage.bans import BanRepository, ban_subject
+from storage.bans import BanRepository
 from storage.history import HistoryRepository
 from storage.imagestore import ImageStore
 from storage.jobs import JobRepository
+from storage.pseudonyms import Pseudonyms
 from storage.records import AuditNote, BanRecord, UserRecord
 from storage.settings import SettingsRepository
 from storage.stats import StatsRepository
@@ -65,6 +66,7 @@ class Services:
     generation: GenerationService
     fetcher: SafeFetcher
     confirmations: Confirmations
+    pseudonyms: Pseudonyms
     image_base_url: str
 
 
@@ -82,10 +84,6 @@ class Context:
     def in_community(self) -> bool:
         return self.community_id is not None
 
-    async def user(self) -> UserRecord:
-        """The actor's user record, created on first sight."""
-        return await self.services.accounts.user(self.actor.platform, self.actor.user_id)
-
     async def known_user(self) -> UserRecord | None:
         return await self.services.accounts.find_user(self.actor.platform, self.actor.user_id)
 
@@ -102,8 +100,12 @@ class Context:
 
     async def ban(self) -> BanRecord | None:
         """The ban that keeps the actor from generating here (global or this community's)."""
-        subject = ban_subject(self.actor.platform, self.actor.user_id)
+        subject = self.subject(self.actor.user_id)
         return await self.services.bans.find(subject, community_id=self.community_id)
+
+    def subject(self, platform_user_id: str) -> str:
+        """The keyed pseudonym of a person on the actor's platform (what bans are stored by)."""
+        return self.services.pseudonyms.subject(self.actor.platform, platform_user_id)
 
     def audit(self, action: str, target: str | None = None, **details: Any) -> AuditNote:
         return AuditNote(

@@ -56,7 +56,9 @@ async def reroll(ctx: Context, options: dict[str, Any]) -> Reply:
         raise CommandError(replies.selfie_gone(retention)) from None
     params = {k: v for k, v in job.params.items() if k != "operation"}
     params["seed"] = None  # a new one is drawn
-    job_id = await _queue(ctx, policy, operation, params, selfie, pose, job.style, job.user_prompt)
+    job_id = await _queue(
+        ctx, policy, operation, params, selfie, pose, job.style, job.user_prompt, stored=True
+    )
     return replies.queued(job_id, str(operation), job.style, reroll_of=job.id)
 
 
@@ -96,6 +98,8 @@ async def _queue(
     pose: bytes | None,
     style: str | None,
     details: str | None,
+    *,
+    stored: bool = False,
 ) -> str:
     checker_type = policy.safety_level.checker_type
     if checker_type and "safety_checker_type" in LIMITS[operation].rules:
@@ -114,6 +118,7 @@ async def _queue(
             max_active=ctx.services.settings.max_active_per_user,
             style=style,
             user_prompt=details,
+            images_sanitised=stored,
         )
     )
     return job.id

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -16,7 +17,7 @@ from bot import replies
 from bot.commands import admin, mine
 from bot.commands.context import Actor, CommandRequest, Context, Services
 from bot.commands.generate import generate, reroll
-from bot.commands.parse import CommandError, check_options, parse_line
+from bot.commands.parse import CommandError, check_options, read_line, unknown_command
 from bot.commands.spec import COMMANDS, GENERATION_COMMANDS, Access, CommandSpec, find_command
 from bot.events import Completed, Failed, JobEvent
 from bot.generation import RequestRefused
@@ -69,26 +70,29 @@ class CommandLayer:
         nothing: all checks run before anything is written."""
         spec = find_command(request.command)
         if spec is None:
-            return replies.refused(
-                f"Unknown command /{request.command}: type /help to see the commands."
-            )
+            return replies.refused(unknown_command(request.command))
         try:
+            # Who may run it first: a member learns nothing about an admin command's options.
+            _check_access(spec, request.actor, self._is_owner(request.actor))
             options = check_options(spec, request.options)
             ctx = await self._context(request.actor)
-            _check_access(spec, ctx)
             return await HANDLERS[spec.name](ctx, options)
         except (CommandError, RequestRefused) as refusal:
             return replies.refused(str(refusal))
+        except Exception:
+            reference = secrets.token_hex(4)
+            log.exception("command /%s failed (ref %s)", spec.name, reference)
+            return replies.refused(replies.internal_error(reference))
 
     async def run_line(
         self, actor: Actor, text: str, attachments: Mapping[str, bytes] | None = None
     ) -> Reply:
         """Run a command typed as text ("/admin quota set everyone 10")."""
         try:
-            parsed = parse_line(text, attachments=attachments)
+            read = read_line(text, attachments=attachments)
         except CommandError as refusal:
             return replies.refused(str(refusal))
-        return await self.handle(CommandRequest(actor, parsed.spec.name, parsed.options))
+        return await self.handle(CommandRequest(actor, read.spec.name, read.options))
 
     async def follow(self, job_id: str) -> AsyncIterator[JobEvent]:
         """A job's events until it ends: where it stands now, then every change.
@@ -102,12 +106,14 @@ class CommandLayer:
             job = await services.jobs.get(job_id)
             if job is None:
                 return
+            if job.deleted_at is not None:
+                return
             if job.state.finished:
                 yield await self._final_event(job_id)
                 return
-            queued = services.engine.queue_event(job_id)
-            if queued is not None:
-                yield queued
+            now = services.engine.current_event(job)
+            if now is not None:
+                yield now
             async for event in subscription:
                 yield event
         finally:
@@ -120,7 +126,11 @@ class CommandLayer:
             outputs = await self.services.jobs.outputs(job_id)
             images = image_refs(outputs, self.services.image_base_url)
             return Completed(job_id, images, job_summary(job), job.credits_reserved - len(images))
-        return Failed(job_id, job.error or "it was cancelled", refunded=True)
+        retry = job.selfie_key is not None
+        return Failed(job_id, job.error or "it was cancelled", refunded=True, can_retry=retry)
+
+    def _is_owner(self, actor: Actor) -> bool:
+        return self.services.settings.is_owner(actor.platform, actor.user_id)
 
     async def _context(self, actor: Actor) -> Context:
         services = self.services
@@ -132,15 +142,15 @@ class CommandLayer:
         return Context(
             services=services,
             actor=actor,
-            is_owner=services.settings.is_owner(actor.platform, actor.user_id),
+            is_owner=self._is_owner(actor),
             community_id=community_id,
         )
 
 
-def _check_access(spec: CommandSpec, ctx: Context) -> None:
-    if spec.access == Access.EVERYONE or ctx.is_owner:
+def _check_access(spec: CommandSpec, actor: Actor, is_owner: bool) -> None:
+    if spec.access == Access.EVERYONE or is_owner:
         return
-    if not ctx.in_community:
+    if actor.community_id is None:
         raise CommandError(replies.owners_only_in_dm())
-    if not ctx.actor.is_moderator:
+    if not actor.is_moderator:
         raise CommandError(replies.not_moderator())

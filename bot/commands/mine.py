@@ -14,6 +14,7 @@ from bot.generation import until_reset
 from bot.replies import Reply
 from bot.styles import STYLES
 from bot.views import image_refs, job_summary
+from storage.history import UserBusy
 from storage.records import JobRecord
 
 HISTORY_PAGE_SIZE = 5
@@ -56,24 +57,22 @@ async def delete(ctx: Context, options: dict[str, Any]) -> Reply:
 
 
 async def quota(ctx: Context, options: dict[str, Any]) -> Reply:
-    user = await ctx.known_user()
-    policy = await ctx.policy(user.id if user else None)
-    daily_left, granted, active = policy.daily_quota, 0, []
-    if user is not None:
-        today = datetime.now(UTC).date()
-        allowance = await ctx.services.accounts.allowance(
-            user.id, daily_quota=policy.daily_quota, today=today
-        )
-        daily_left, granted = allowance.daily_left, allowance.granted
-        dispatcher = ctx.services.engine.dispatcher
-        active = [
-            (job.id, str(job.state), dispatcher.position(job.id))
-            for job in await ctx.services.history.active(user.id)
-        ]
+    # The record is made here if need be: someone who used /forget today still has today's use.
+    user = await ctx.services.accounts.user(ctx.actor.platform, ctx.actor.user_id)
+    policy = await ctx.policy(user.id)
+    today = datetime.now(UTC).date()
+    allowance = await ctx.services.accounts.allowance(
+        user.id, daily_quota=policy.daily_quota, today=today
+    )
+    dispatcher = ctx.services.engine.dispatcher
+    active = [
+        (job.id, str(job.state), dispatcher.position(job.id))
+        for job in await ctx.services.history.active(user.id)
+    ]
     return replies.quota(
         daily_quota=policy.daily_quota,
-        daily_left=daily_left,
-        granted=granted,
+        daily_left=allowance.daily_left,
+        granted=allowance.granted,
         resets_in=until_reset(),
         active=active,
     )
@@ -93,12 +92,16 @@ async def forget(ctx: Context, options: dict[str, Any]) -> Reply:
         raise CommandError(replies.forget_expired())
     if user is None:
         return replies.forget_nothing()
-    active = await services.history.active(user.id)
-    if active:
-        raise CommandError(replies.forget_busy(len(active)))
-    report = await services.history.forget(
-        user.id, platform=ctx.actor.platform, platform_user_id=ctx.actor.user_id
-    )
+    try:
+        report = await services.history.forget(
+            user.id,
+            platform=ctx.actor.platform,
+            platform_user_id=ctx.actor.user_id,
+            subject=ctx.subject(ctx.actor.user_id),
+            today=datetime.now(UTC).date(),
+        )
+    except UserBusy as busy:
+        raise CommandError(replies.forget_busy(busy.active)) from None
     for key in report.store_keys:
         await services.store.delete(key)
     return replies.forgotten(report.jobs, report.outputs, report.ledger_entries, report.settings)
@@ -106,12 +109,11 @@ async def forget(ctx: Context, options: dict[str, Any]) -> Reply:
 
 async def help_(ctx: Context, options: dict[str, Any]) -> Reply:
     moderator = ctx.is_owner or (ctx.in_community and ctx.actor.is_moderator)
-    listed = [
-        (spec.usage, spec.summary)
-        for spec in COMMANDS.values()
-        if spec.access == Access.EVERYONE or moderator
+    listed = [(s.name, s.summary) for s in COMMANDS.values() if s.access == Access.EVERYONE]
+    admin = [
+        s.name.removeprefix("admin ") for s in COMMANDS.values() if s.access != Access.EVERYONE
     ]
-    return replies.help_text(listed)
+    return replies.help_text(listed, admin if moderator else [])
 
 
 async def own_job(ctx: Context, ref: str) -> JobRecord:

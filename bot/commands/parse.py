@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,14 @@ class ParsedCommand:
 
 
 def parse_line(text: str, *, attachments: Mapping[str, bytes] | None = None) -> ParsedCommand:
-    """Read "/name [positional…] [option=value…]"; attachments fill the image options."""
+    """Read a typed line and check its options."""
+    read = read_line(text, attachments=attachments)
+    return ParsedCommand(read.spec, check_options(read.spec, read.options))
+
+
+def read_line(text: str, *, attachments: Mapping[str, bytes] | None = None) -> ParsedCommand:
+    """Read "/name [positional…] [option=value…]" into the command and its options as typed
+    (unchecked); attachments fill the image options."""
     words = text.strip().removeprefix("/").split()
     if not words:
         raise CommandError("Type a command, for example /headshot with your selfie attached.")
@@ -44,7 +52,7 @@ def parse_line(text: str, *, attachments: Mapping[str, bytes] | None = None) -> 
             words = words[length:]
             break
     if spec is None:
-        raise CommandError(f"Unknown command /{words[0]}: type /help to see the commands.")
+        raise CommandError(unknown_command(" ".join(words[:3])))
     raw: dict[str, Any] = dict(attachments or {})
     positional: list[str] = []
     for word in words:
@@ -54,7 +62,7 @@ def parse_line(text: str, *, attachments: Mapping[str, bytes] | None = None) -> 
         else:
             positional.append(word)
     _assign_positional(spec, positional, raw)
-    return ParsedCommand(spec, check_options(spec, raw))
+    return ParsedCommand(spec, raw)
 
 
 def _assign_positional(spec: CommandSpec, words: list[str], raw: dict[str, Any]) -> None:
@@ -67,13 +75,16 @@ def _assign_positional(spec: CommandSpec, words: list[str], raw: dict[str, Any])
         if option.rest:
             raw[option.name] = " ".join(words[index:])
             index = len(words)
+        elif option.type == OptionType.BOOLEAN and words[index].lower() == option.name:
+            raw[option.name] = True  # "/admin jobs failed": the flag's own name turns it on
+            index += 1
         elif option.choices and not option.required and _choice(option, words[index]) is None:
             continue  # an optional choice is only taken when the word is one of its values
         else:
             raw[option.name] = words[index]
             index += 1
     if index < len(words):
-        raise CommandError(f"I didn't understand “{words[index]}”. Usage: {spec.usage}")
+        raise CommandError(f"I didn't understand {quote(words[index])}. Usage: {spec.usage}")
 
 
 def check_options(spec: CommandSpec, raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,7 +94,7 @@ def check_options(spec: CommandSpec, raw: Mapping[str, Any]) -> dict[str, Any]:
         option = spec.option(name)
         if option is None:
             known = ", ".join(o.name for o in spec.options) or "none"
-            raise CommandError(f"/{spec.name} has no option “{name}” (its options: {known}).")
+            raise CommandError(f"/{spec.name} has no option {quote(name)} (its options: {known}).")
         if value is None or (isinstance(value, str) and not value.strip()):
             continue
         checked[name] = _check(option, value)
@@ -134,7 +145,7 @@ def _text(option: OptionSpec, value: Any) -> str:
         choice = _choice(option, text)
         if choice is None:
             allowed = ", ".join(map(str, option.choices))
-            raise CommandError(f"{option.name} must be one of {allowed} (got “{text}”).")
+            raise CommandError(f"{option.name} must be one of {allowed} (got {quote(text)}).")
         return str(choice)
     return text
 
@@ -163,21 +174,35 @@ def _integer(option: OptionSpec, value: Any) -> int:
         raise CommandError(f"{option.name} must be a whole number.")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and re.fullmatch(r"[+-]?\d{1,12}", value.strip()):
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d{1,40}", value.strip()):
         return int(value)
-    raise CommandError(f"{option.name} must be a whole number (got “{value}”).")
+    raise CommandError(f"{option.name} must be a whole number (got {quote(str(value))}).")
 
 
 def _number(option: OptionSpec, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise CommandError(f"{option.name} must be a number.")
     try:
-        number = float(value)
+        number = float(value) if len(str(value)) <= 40 else math.nan
     except ValueError:
-        raise CommandError(f"{option.name} must be a number (got “{value}”).") from None
+        number = math.nan
     if not math.isfinite(number):
-        raise CommandError(f"{option.name} must be a number (got “{value}”).")
+        raise CommandError(f"{option.name} must be a number (got {quote(str(value))}).")
     return number
+
+
+def quote(text: str, limit: int = 40) -> str:
+    """User input repeated back: printable characters only, cut short, in quotes."""
+    printable = "".join(ch for ch in text if ch.isprintable() and unicodedata.category(ch) != "Cf")
+    if len(printable) > limit:
+        printable = printable[: limit - 1] + "…"
+    return f"“{printable}”"
+
+
+def unknown_command(typed: str) -> str:
+    if typed.split(" ")[0].lower() == "admin":
+        return "Which admin command? Type /help to see them (for example /admin stats)."
+    return f"Unknown command /{quote(typed, 30)[1:-1]}: type /help to see the commands."
 
 
 def _fmt(value: float | None) -> str:

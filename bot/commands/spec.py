@@ -65,11 +65,18 @@ class CommandSpec:
 
     @property
     def usage(self) -> str:
+        """How to type it: options by position up to the one that takes the rest of the line,
+        the others as name=value."""
         parts = [f"/{self.name}"]
+        by_position = True
         for option in self.options:
             if option.type == OptionType.IMAGE:
                 continue
-            label = option.name + ("…" if option.rest else "")
+            if by_position:
+                label = option.name + ("…" if option.rest else "")
+                by_position = not option.rest
+            else:
+                label = f"{option.name}=…"
             parts.append(f"<{label}>" if option.required else f"[{label}]")
         return " ".join(parts)
 
@@ -102,6 +109,8 @@ _KNOB_DESCRIPTIONS = {
     "canny_strength": "How closely to follow the selfie's outlines",
 }
 _USER_KNOBS = tuple(_KNOB_DESCRIPTIONS)
+# The user's words go into a style's template; the whole prompt must fit the provider's limit.
+PROMPT_BUDGET = MAX_PROMPT_CHARS - max(len(style.prompt) for style in STYLES.values())
 
 
 def _generation_spec(name: str, operation: Operation) -> CommandSpec:
@@ -113,7 +122,7 @@ def _generation_spec(name: str, operation: Operation) -> CommandSpec:
             "prompt",
             OptionType.TEXT,
             "Anything to add: clothes, background, mood",
-            max_length=MAX_PROMPT_CHARS,
+            max_length=PROMPT_BUDGET,
             rest=True,
         ),
         OptionSpec("selfie_url", OptionType.TEXT, "A link to your selfie, instead of attaching it"),

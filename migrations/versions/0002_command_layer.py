@@ -1,4 +1,4 @@
-"""command layer: job history and re-roll fields, scoped settings, bans
+"""command layer: job history and re-roll fields, scoped settings, bans, forgotten usage
 
 Revision ID: 0002
 Revises: 0001
@@ -61,8 +61,24 @@ def upgrade() -> None:
     with op.batch_alter_table("bans", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_bans_subject"), ["subject"], unique=False)
 
+    op.create_table(
+        "forgotten_usage",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("subject", sa.String(length=64), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("credits", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("forgotten_usage", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_forgotten_usage_subject"), ["subject"], unique=False)
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("forgotten_usage", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_forgotten_usage_subject"))
+
+    op.drop_table("forgotten_usage")
     with op.batch_alter_table("bans", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_bans_subject"))
 
