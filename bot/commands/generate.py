@@ -35,10 +35,10 @@ async def generate(ctx: Context, options: dict[str, Any], *, command: str) -> Re
     pose = options.pop("pose_image", None)
     # The user's own knobs win over the style's defaults.
     generation_options = {**compose(style, details, operation), **options}
-    job = await _queue(
+    job_id = await _queue(
         ctx, policy, operation, generation_options, selfie, pose, style.name, details
     )
-    return replies.queued(job, str(operation), style.name)
+    return replies.queued(job_id, str(operation), style.name)
 
 
 async def reroll(ctx: Context, options: dict[str, Any]) -> Reply:

@@ -23,7 +23,7 @@ from bot.events import Completed, Failed, JobEvent
 from bot.generation import RequestRefused
 from bot.replies import Reply
 from bot.views import image_refs, job_summary
-from storage.records import JobState
+from storage.records import JobRecord, JobState
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +104,10 @@ class CommandLayer:
         subscription = services.events.watch(job_id)  # before reading, so nothing is missed
         try:
             job = await services.jobs.get(job_id)
-            if job is None:
-                return
-            if job.deleted_at is not None:
+            if job is None or job.deleted_at is not None:
                 return
             if job.state.finished:
-                yield await self._final_event(job_id)
+                yield await self._final_event(job)
                 return
             now = services.engine.current_event(job)
             if now is not None:
@@ -119,15 +117,13 @@ class CommandLayer:
         finally:
             subscription.close()
 
-    async def _final_event(self, job_id: str) -> JobEvent:
-        job = await self.services.jobs.get(job_id)
-        assert job is not None and job.state.finished
+    async def _final_event(self, job: JobRecord) -> JobEvent:
         if job.state == JobState.SUCCEEDED:
-            outputs = await self.services.jobs.outputs(job_id)
+            outputs = await self.services.jobs.outputs(job.id)
             images = image_refs(outputs, self.services.image_base_url)
-            return Completed(job_id, images, job_summary(job), job.credits_reserved - len(images))
+            return Completed(job.id, images, job_summary(job), job.credits_reserved - len(images))
         retry = job.selfie_key is not None
-        return Failed(job_id, job.error or "it was cancelled", refunded=True, can_retry=retry)
+        return Failed(job.id, job.error or "it was cancelled", refunded=True, can_retry=retry)
 
     def _is_owner(self, actor: Actor) -> bool:
         return self.services.settings.is_owner(actor.platform, actor.user_id)
