@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import defaultdict, deque
 
 from bot.events import FINAL_EVENTS, JobEvent
 
@@ -15,14 +15,21 @@ class Subscription:
     iteration that ends or is abandoned through `close()` unregisters it.
     """
 
+    # Thousands wait at once behind a long queue: a deque and one future made only while
+    # someone is waiting cost a fraction of an asyncio.Queue each.
+    __slots__ = ("_bus", "_closed", "_pending", "_waiter", "job_id")
+
     def __init__(self, bus: EventBus, job_id: str) -> None:
         self._bus = bus
         self.job_id = job_id
-        self._queue: asyncio.Queue[JobEvent] = asyncio.Queue()
+        self._pending: deque[JobEvent] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._closed = False
 
     def put(self, event: JobEvent) -> None:
-        self._queue.put_nowait(event)
+        self._pending.append(event)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def __aiter__(self) -> Subscription:
         return self
@@ -31,10 +38,16 @@ class Subscription:
         if self._closed:
             raise StopAsyncIteration
         try:
-            event = await self._queue.get()
+            while not self._pending:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
         except BaseException:
             self.close()
             raise
+        event = self._pending.popleft()
         if isinstance(event, FINAL_EVENTS):
             self.close()
         return event

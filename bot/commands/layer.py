@@ -110,6 +110,7 @@ class CommandLayer:
                 yield await self._final_event(job)
                 return
             now = services.engine.current_event(job)
+            del job  # a follower may wait for hours behind a long queue: hold no record
             if now is not None:
                 yield now
             async for event in subscription:
