@@ -47,15 +47,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +70,7 @@ from bot.logs import setup_logging
 # an installed package: add the root so that bench/throughput.py's helpers can be shared.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.throughput import _free_port, _selfie, _wait_until_listening
+from bench.throughput import _selfie, _wait_until_listening, simulator_process
 
 PLATFORM = "bench"
 PROMPT = "corporate headshot"
@@ -82,25 +79,6 @@ MiB = 1024 * 1024
 
 
 # ---- set-up ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def simulator_process(cap: int, processing_seconds: float) -> Iterator[int]:
-    """The simulator in its own process (as the real provider is elsewhere); yields its port."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "bot", "simulate", "--port", str(port)),
-            *("--processing-seconds", str(processing_seconds), "--max-queued", str(cap)),
-        ],
-        env={**os.environ, "LOG_LEVEL": "WARNING"},
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield port
-    finally:
-        process.terminate()
-        process.wait()
 
 
 def bench_settings(workdir: Path, sim_port: int, cap: int, per_user: int) -> Settings:

@@ -64,13 +64,13 @@ async def _wait_until_listening(port: int) -> None:
 
 
 @contextlib.contextmanager
-def simulator_process(cap: int) -> Iterator[int]:
+def simulator_process(cap: int, processing_seconds: float = 0.001) -> Iterator[int]:
     """The simulator in its own process, as the real provider is elsewhere; yields its port."""
     port = _free_port()
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "bot", "simulate", "--port", str(port)),
-            *("--processing-seconds", "0.001", "--max-queued", str(cap)),
+            *("--processing-seconds", str(processing_seconds), "--max-queued", str(cap)),
         ],
         env={**os.environ, "LOG_LEVEL": "WARNING"},
         stderr=subprocess.DEVNULL,

@@ -57,24 +57,8 @@ class SettingsRepository:
         audit: AuditNote,
     ) -> None:
         """Set `key` at exactly this scope, replacing its value there, and log it."""
-        now = utcnow()
         async with self._db.write() as conn:
-            updated = await conn.execute(
-                update(_SETTINGS)
-                .where(*_exactly(community_id, user_id, key))
-                .values(value=value, updated_at=now, updated_by=audit.actor)
-            )
-            if updated.rowcount == 0:
-                await conn.execute(
-                    insert(_SETTINGS).values(
-                        community_id=community_id,
-                        user_id=user_id,
-                        key=key,
-                        value=value,
-                        updated_at=now,
-                        updated_by=audit.actor,
-                    )
-                )
+            await _upsert(conn, community_id, user_id, key, value, audit.actor)
             await write_audit(conn, audit)
 
     async def update_list(
@@ -113,24 +97,7 @@ class SettingsRepository:
                 value = [item for item in value if item != remove]
             if value == current:
                 return False
-            now = utcnow()
-            if rows:
-                await conn.execute(
-                    update(_SETTINGS)
-                    .where(*_exactly(community_id, user_id, key))
-                    .values(value=value, updated_at=now, updated_by=audit.actor)
-                )
-            else:
-                await conn.execute(
-                    insert(_SETTINGS).values(
-                        community_id=community_id,
-                        user_id=user_id,
-                        key=key,
-                        value=value,
-                        updated_at=now,
-                        updated_by=audit.actor,
-                    )
-                )
+            await _upsert(conn, community_id, user_id, key, value, audit.actor)
             await write_audit(conn, audit)
             return True
 
@@ -146,6 +113,34 @@ class SettingsRepository:
                 return False
             await write_audit(conn, audit)
             return True
+
+
+async def _upsert(
+    conn: AsyncConnection,
+    community_id: int | None,
+    user_id: int | None,
+    key: str,
+    value: Any,
+    actor: str,
+) -> None:
+    """Write `key` at exactly this scope: update the row there, or insert one."""
+    now = utcnow()
+    updated = await conn.execute(
+        update(_SETTINGS)
+        .where(*_exactly(community_id, user_id, key))
+        .values(value=value, updated_at=now, updated_by=actor)
+    )
+    if updated.rowcount == 0:
+        await conn.execute(
+            insert(_SETTINGS).values(
+                community_id=community_id,
+                user_id=user_id,
+                key=key,
+                value=value,
+                updated_at=now,
+                updated_by=actor,
+            )
+        )
 
 
 def _applies(column: Any, value: int | None) -> Any:
