@@ -61,7 +61,7 @@ import psutil
 
 from bot.app import HeadshotApp, Overrides
 from bot.commands.context import Actor, CommandRequest
-from bot.config import Settings, load_settings
+from bot.config import Settings
 from bot.engine import EngineTimings
 from bot.events import Completed, JobEvent, Progress, Queued
 from bot.logs import setup_logging
@@ -71,6 +71,7 @@ from bot.logs import setup_logging
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.throughput import _selfie, _wait_until_listening, simulator_process
+from bench.throughput import bench_settings as throughput_settings
 
 PLATFORM = "bench"
 PROMPT = "corporate headshot"
@@ -82,15 +83,8 @@ MiB = 1024 * 1024
 
 
 def bench_settings(workdir: Path, sim_port: int, cap: int, per_user: int) -> Settings:
-    settings = load_settings(
-        data_dir=workdir,
-        database_url=f"sqlite+aiosqlite:///{workdir / 'bench.db'}",
-        modelslab_base_url=f"http://127.0.0.1:{sim_port}",
-        modelslab_api_key="bench-key",
-        modelslab_max_queued=cap,
-        selfie_retention_seconds=0,
-        web_port=0,
-        log_level="WARNING",
+    settings = throughput_settings(
+        workdir, sim_port, cap, selfie_retention_seconds=0, log_level="WARNING"
     )
     # Past the validated limits on purpose (daily_quota ≤ 10,000, max_active_per_user ≤ 100): a
     # heavy user here has hundreds of jobs in the queue at once, and none may be refused.

@@ -24,11 +24,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from bot.app import HeadshotApp, Overrides
-from bot.config import load_settings
+from bot.config import Settings, load_settings
 from bot.engine import EngineTimings
 from bot.events import Completed
 from bot.generation import GenerationRequest
@@ -82,17 +83,22 @@ def simulator_process(cap: int, processing_seconds: float = 0.001) -> Iterator[i
         process.wait()
 
 
-async def run(jobs: int, users: int, cap: int, sim_port: int, workdir: Path) -> dict[str, float]:
-    await _wait_until_listening(sim_port)
-    settings = load_settings(
+def bench_settings(workdir: Path, sim_port: int, cap: int, **overrides: Any) -> Settings:
+    """The service in `workdir`, against the simulator on `sim_port`, both with cap `cap`."""
+    return load_settings(
         data_dir=workdir,
         database_url=f"sqlite+aiosqlite:///{workdir / 'bench.db'}",
         modelslab_base_url=f"http://127.0.0.1:{sim_port}",
         modelslab_api_key="bench-key",
         modelslab_max_queued=cap,
-        daily_quota=10_000,
         web_port=0,
+        **overrides,
     )
+
+
+async def run(jobs: int, users: int, cap: int, sim_port: int, workdir: Path) -> dict[str, float]:
+    await _wait_until_listening(sim_port)
+    settings = bench_settings(workdir, sim_port, cap, daily_quota=10_000)
     timings = EngineTimings(min_poll_seconds=5.0, max_poll_seconds=5.0)
     async with HeadshotApp(settings, Overrides(timings=timings, local_webhooks=True)) as app:
         return await _drive(app, jobs, users)

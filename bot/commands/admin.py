@@ -91,12 +91,12 @@ async def _switch(ctx: Context, operation: str, *, enabled: bool) -> Reply:
         and operation in await _global_list(ctx, Key.DISABLED_OPERATIONS)
     ):
         raise CommandError(replies.disabled_globally(operation))
-    changed = await _update_own_list(
+    changed = await _put_in_own_list(
         ctx,
         Key.DISABLED_OPERATIONS,
-        "enable" if enabled else "disable",
-        remove=operation if enabled else None,
-        add=None if enabled else operation,
+        operation,
+        present=not enabled,
+        action="enable" if enabled else "disable",
     )
     return replies.operation_switched(operation, enabled, changed, ctx.in_community)
 
@@ -130,12 +130,12 @@ async def _banned_words_change(ctx: Context, word: str, *, add: bool) -> Reply:
     phrase = normalise_phrase(word)
     if not phrase:
         raise CommandError(replies.not_a_word())
-    changed = await _update_own_list(
+    changed = await _put_in_own_list(
         ctx,
         Key.BANNED_WORDS,
-        "banned-words add" if add else "banned-words remove",
-        add=phrase if add else None,
-        remove=None if add else phrase,
+        phrase,
+        present=add,
+        action="banned-words add" if add else "banned-words remove",
     )
     return replies.banned_words_changed(phrase, add, changed, ctx.in_community)
 
@@ -209,17 +209,18 @@ async def _set_own(ctx: Context, key: Key, value: Any, action: str, target: str)
     )
 
 
-async def _update_own_list(
-    ctx: Context, key: Key, action: str, *, add: str | None = None, remove: str | None = None
+async def _put_in_own_list(
+    ctx: Context, key: Key, item: str, *, present: bool, action: str
 ) -> bool:
-    """Add to or remove from a list setting of this scope, atomically; whether it changed."""
+    """Make `item` present in (or absent from) a list setting of this scope, atomically;
+    whether that changed anything."""
     return await ctx.services.scoped.update_list(
         community_id=ctx.community_id,
         user_id=None,
         key=key,
-        add=add,
-        remove=remove,
-        audit=ctx.audit(action, add or remove),
+        add=item if present else None,
+        remove=None if present else item,
+        audit=ctx.audit(action, item),
     )
 
 
