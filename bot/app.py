@@ -23,6 +23,7 @@ from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
 from storage.bans import BanRepository
 from storage.database import Database
+from storage.deliveries import DeliveryRepository
 from storage.history import HistoryRepository
 from storage.imagestore import ImageStore, open_image_store
 from storage.jobs import JobRepository
@@ -129,6 +130,7 @@ class HeadshotApp:
                 bans=BanRepository(self.db),
                 audit=AuditRepository(self.db),
                 stats=StatsRepository(self.db),
+                deliveries=DeliveryRepository(self.db),
                 store=self.store,
                 engine=self.engine,
                 events=self.events,

@@ -126,8 +126,31 @@ async def _run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     async with _service(settings, demo=args.demo, web_port=None) as app:
         print(f"headshot-bot: serving on {app.base_url}", file=sys.stderr)
-        await stop.wait()
+        async with _chat_adapters(app):
+            await stop.wait()
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _chat_adapters(app: HeadshotApp) -> AsyncIterator[None]:
+    """Every chat platform whose token is set, connected for as long as the service runs."""
+    adapters: list[Any] = []
+    if app.settings.discord_token is not None:
+        from adapters.discord import DiscordAdapter
+
+        adapters.append(DiscordAdapter(app.commands, app.settings))
+    started = []
+    try:
+        for adapter in adapters:
+            await adapter.start()
+            started.append(adapter)
+            print(f"headshot-bot: {type(adapter).__name__} started", file=sys.stderr)
+        if not adapters:
+            print("headshot-bot: no chat platform token set (DISCORD_TOKEN)", file=sys.stderr)
+        yield
+    finally:
+        for adapter in reversed(started):
+            await adapter.stop()
 
 
 async def _migrate(args: argparse.Namespace) -> int:

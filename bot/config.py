@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator
+from pydantic import Field, HttpUrl, SecretStr, ValidationError, WebsocketUrl, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_prefix: str = ""
+
+    # Discord: `headshot-bot run` starts the Discord adapter when the token is set. The two
+    # addresses point it at a Discord-compatible server (the tests' fake Discord).
+    discord_token: SecretStr | None = None
+    discord_api_base: HttpUrl = HttpUrl("https://discord.com/api/v10")
+    discord_gateway_url: WebsocketUrl = WebsocketUrl("wss://gateway.discord.gg/")
+    # Gateway shards; unset, Discord's recommendation (GET /gateway/bot) decides.
+    discord_shards: int | None = Field(None, ge=1, le=1024)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -89,7 +97,12 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value in these settings: the log filter redacts them."""
-        values = [self.modelslab_api_key, self.s3_access_key_id, self.s3_secret_access_key]
+        values = [
+            self.modelslab_api_key,
+            self.s3_access_key_id,
+            self.s3_secret_access_key,
+            self.discord_token,
+        ]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
 

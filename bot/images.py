@@ -24,6 +24,7 @@ __all__ = [
     "ImageInfo",
     "ImageRejected",
     "SanitisedImage",
+    "check_upload",
     "heic_supported",
     "inspect_output",
     "sanitise_selfie",
@@ -130,6 +131,24 @@ def _accepted_formats_phrase() -> str:
     return "JPEG, PNG, WebP or HEIC" if heic_supported() else "JPEG, PNG or WebP"
 
 
+# What chat platforms call the formats a selfie may arrive in.
+_SELFIE_CONTENT_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp"}
+_HEIF_CONTENT_TYPES = {"image/heic", "image/heif", "image/heic-sequence", "image/heif-sequence"}
+
+
+def check_upload(content_type: str | None, size: int, *, max_bytes: int) -> None:
+    """Refuse an upload from what the platform says about it, before downloading it.
+
+    The platform's word is only a first filter (the bytes are checked again by
+    `sanitise_selfie`); an upload it says nothing about is let through to that check.
+    """
+    if content_type:
+        accepted = _SELFIE_CONTENT_TYPES | (_HEIF_CONTENT_TYPES if heic_supported() else set())
+        if content_type.split(";")[0].strip().lower() not in accepted:
+            raise ImageRejected(_selfie_wording().not_image, reason="not_image")
+    _check_size(size, max_bytes)
+
+
 def sanitise_selfie(
     data: bytes,
     *,
@@ -202,8 +221,12 @@ def inspect_output(data: bytes, *, max_pixels: int = 40_000_000) -> ImageInfo:
 def _check_byte_size(data: bytes, max_bytes: int) -> None:
     if not data:
         raise ImageRejected(_selfie_wording().not_image, reason="not_image")
-    if len(data) > max_bytes:
-        size_mb = math.ceil(len(data) / _MB * 10) / 10
+    _check_size(len(data), max_bytes)
+
+
+def _check_size(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        size_mb = math.ceil(size / _MB * 10) / 10
         raise ImageRejected(
             f"That image is too large ({size_mb:.1f} MB): send one under {max_bytes / _MB:g} MB",
             reason="too_large",

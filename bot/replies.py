@@ -25,6 +25,8 @@ class Reply:
     images: tuple[ImageRef, ...] = ()
     buttons: tuple[Button, ...] = ()
     job_id: str | None = None
+    # The command was refused and changed nothing (always private).
+    refused: bool = False
 
 
 def internal_error(reference: str) -> str:
@@ -33,7 +35,7 @@ def internal_error(reference: str) -> str:
 
 def refused(message: str) -> Reply:
     """A refusal: nothing was done. Only the person who asked sees it."""
-    return Reply(message, private=True)
+    return Reply(message, private=True, refused=True)
 
 
 def who(user: str) -> str:
@@ -95,6 +97,10 @@ def too_many_in_progress(active: int) -> str:
 
 def no_selfie() -> str:
     return "Attach a selfie (a clear, front-facing photo), or give a link to one with selfie_url."
+
+
+def upload_unreadable() -> str:
+    return "Your attachment couldn't be downloaded: attach it again and retry."
 
 
 def two_selfies() -> str:

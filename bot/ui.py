@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 
 SHORT_ID_CHARS = 8
+_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,11 @@ class ImageRef:
     content_type: str
     width: int
     height: int
+
+    @property
+    def extension(self) -> str:
+        """The file name extension for platforms that are sent the image as a file."""
+        return _EXTENSIONS.get(self.content_type, "bin")
 
 
 class ButtonStyle(StrEnum):

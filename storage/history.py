@@ -29,6 +29,7 @@ from storage.jobs import MIN_REF_LENGTH, id_matches, input_keys_in_use, job_reco
 from storage.models import (
     AuditEntry,
     Ban,
+    Delivery,
     ForgottenUsage,
     Job,
     LedgerEntry,
@@ -122,6 +123,8 @@ class HistoryRepository:
             if row is None:
                 return None
             outputs = await _delete_outputs(conn, [job_id])
+            # Nothing is left to show; the note also names where the user asked for it.
+            await _delete(conn, Delivery, Delivery.job_id == job_id)
             inputs = [key for key in (row.selfie_key, row.pose_key) if key]
             now = utcnow()
             await conn.execute(
@@ -211,6 +214,7 @@ class HistoryRepository:
                 or_(LedgerEntry.user_id == user_id, LedgerEntry.job_id.in_(job_ids)),
             )
             settings = await _delete(conn, ScopedSetting, ScopedSetting.user_id == user_id)
+            await _delete(conn, Delivery, Delivery.job_id.in_(job_ids))
             deleted_jobs = await _delete(conn, Job, Job.user_id == user_id)
             await _delete(conn, User, User.id == user_id)
             await _unname(conn, name)

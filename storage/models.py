@@ -208,3 +208,16 @@ class ForgottenUsage(Base):
     day: Mapped[date] = mapped_column(Date)
     credits: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Delivery(Base):
+    """Where a chat adapter is to show a job's result, kept until it has been shown, so that a
+    restart loses no result. `target` is the adapter's own address for it (a channel, a message,
+    a user), never a token."""
+
+    __tablename__ = "deliveries"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32), index=True)
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

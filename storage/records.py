@@ -174,3 +174,11 @@ class JobStats:
     credits_used: int  # committed minus refunded
     top_users: tuple[tuple[str, int], ...]  # (platform_user_id, jobs), most first, at most 5
     median_generation_seconds: float | None
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    """A job whose result a chat adapter has yet to show, and where (the adapter's address)."""
+
+    job_id: str
+    target: dict[str, Any]

@@ -53,6 +53,7 @@ async def test_migrations_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
         "scoped_settings",
         "bans",
         "forgotten_usage",
+        "deliveries",
     }
     await upgrade(url)
     assert _tables(path) == expected

@@ -15,6 +15,7 @@ from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
 from storage.bans import BanRepository
 from storage.database import Database
+from storage.deliveries import DeliveryRepository
 from storage.history import HistoryRepository, UserBusy
 from storage.jobs import JobRepository, NewJob
 from storage.ledger import violations
@@ -235,6 +236,9 @@ async def test_forget_removes_every_row_that_names_the_user(db: Database, path: 
         audit=AuditNote(actor="operator", action="ban", target=name),
     )
     await audit.record(AuditNote(actor="operator", action="note", details={"about": name}))
+    deliveries = DeliveryRepository(db)
+    await deliveries.remember("g-ok", "discord", {"channel_id": 5, "user_id": "forgetme-7731"})
+    await deliveries.remember("k-ok", "discord", {"channel_id": 5, "user_id": "keepme-1234"})
     kept_before = {
         table: _rows(path, f"SELECT * FROM {table} WHERE {column} = {kept.id}")
         for table, column in (("jobs", "user_id"), ("credit_ledger", "user_id"))
@@ -266,6 +270,7 @@ async def test_forget_removes_every_row_that_names_the_user(db: Database, path: 
             _rows(path, f"SELECT * FROM {table} WHERE {column} = {kept.id}") == kept_before[table]
         )
     assert len(await world.jobs.outputs("k-ok")) == 2
+    assert [d.job_id for d in await deliveries.pending("discord")] == ["k-ok"]
     assert (
         await bans.find(PSEUDONYMS.subject("discord", "forgetme-7731"), community_id=None)
         is not None

@@ -16,6 +16,7 @@ from tests.conftest import register_database
 
 BEFORE = {"users", "communities", "jobs", "outputs", "credit_ledger", "audit_log"}
 AFTER = BEFORE | {"scoped_settings", "bans", "forgotten_usage"}
+HEAD = AFTER | {"deliveries"}
 NEW_JOB_COLUMNS = {"style", "user_prompt", "deleted_at", "inputs_expire_at"}
 
 
@@ -47,7 +48,7 @@ async def test_0002_up_down_up(tmp_path: Path) -> None:
     assert _tables(path) == BEFORE
     assert not NEW_JOB_COLUMNS & _columns(path, "jobs")
 
-    await upgrade(url)
+    await upgrade(url, "0002")
     assert _version(path) == "0002"
     assert _tables(path) == AFTER
     assert _columns(path, "jobs") >= NEW_JOB_COLUMNS
@@ -62,7 +63,7 @@ async def test_0002_up_down_up(tmp_path: Path) -> None:
     assert not NEW_JOB_COLUMNS & _columns(path, "jobs")
     assert {"ix_jobs_state", "ix_jobs_user_created"} <= _indexes(path, "jobs")
 
-    await upgrade(url)
+    await upgrade(url, "0002")
     assert _tables(path) == AFTER
     assert _columns(path, "jobs") >= NEW_JOB_COLUMNS
 
@@ -71,11 +72,24 @@ async def test_base_to_head_and_back(tmp_path: Path) -> None:
     path = tmp_path / "m.db"
     url = f"sqlite+aiosqlite:///{path}"
     await upgrade(url)
-    assert _tables(path) == AFTER
+    assert _tables(path) == HEAD
     await downgrade(url, "base")
     assert _tables(path) == set()
     await upgrade(url)
+    assert _tables(path) == HEAD
+
+
+async def test_0003_adds_and_removes_only_the_deliveries(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await upgrade(url)
+    assert _version(path) == "0003"
+    assert "ix_deliveries_platform" in _indexes(path, "deliveries")
+    await downgrade(url, "0002")
+    assert _version(path) == "0002"
     assert _tables(path) == AFTER
+    await upgrade(url)
+    assert _tables(path) == HEAD
 
 
 async def test_downgrade_keeps_the_ledger_and_outputs(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from bot.policy import Policy, resolve
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
 from storage.bans import BanRepository
+from storage.deliveries import DeliveryRepository
 from storage.history import HistoryRepository
 from storage.imagestore import ImageStore
 from storage.jobs import JobRepository
@@ -60,6 +61,7 @@ class Services:
     bans: BanRepository
     audit: AuditRepository
     stats: StatsRepository
+    deliveries: DeliveryRepository
     store: ImageStore
     engine: JobEngine
     events: EventBus

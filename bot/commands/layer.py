@@ -21,9 +21,11 @@ from bot.commands.parse import CommandError, check_options, read_line, unknown_c
 from bot.commands.spec import COMMANDS, GENERATION_COMMANDS, Access, CommandSpec, find_command
 from bot.events import Completed, Failed, JobEvent
 from bot.generation import RequestRefused
+from bot.images import ImageRejected, check_upload
 from bot.replies import Reply
+from bot.ui import ImageRef
 from bot.views import image_refs, job_summary
-from storage.records import JobRecord, JobState
+from storage.records import JobRecord, JobState, PendingDelivery
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,13 @@ class CommandLayer:
             return replies.refused(str(refusal))
         return await self.handle(CommandRequest(actor, read.spec.name, read.options))
 
+    def command_of_line(self, text: str) -> CommandSpec | None:
+        """The command a typed line (or a button's text) would run; None if it names none."""
+        try:
+            return read_line(text).spec
+        except CommandError:
+            return None
+
     async def follow(self, job_id: str) -> AsyncIterator[JobEvent]:
         """A job's events until it ends: where it stands now, then every change.
 
@@ -125,6 +134,37 @@ class CommandLayer:
             return Completed(job.id, images, job_summary(job), job.credits_reserved - len(images))
         retry = job.selfie_key is not None
         return Failed(job.id, job.error or "it was cancelled", refunded=True, can_retry=retry)
+
+    # ---- what adapters need besides commands ----------------------------------------------
+
+    def check_upload(
+        self, content_type: str | None, size: int, platform_limit: int | None
+    ) -> Reply | None:
+        """A refusal for an attached image, judged from what the platform says about it before
+        anything is downloaded or reserved; None when it may go on to the full check."""
+        limit = self.services.settings.max_upload_bytes
+        if platform_limit is not None:
+            limit = min(limit, platform_limit)
+        try:
+            check_upload(content_type, size, max_bytes=limit)
+        except ImageRejected as exc:
+            return replies.refused(str(exc))
+        return None
+
+    async def image(self, image: ImageRef) -> bytes:
+        """An image's bytes, for platforms that are sent files rather than links."""
+        return await self.services.store.get(image.content_key)
+
+    async def deliver_later(self, job_id: str, platform: str, target: Mapping[str, Any]) -> None:
+        """Note where a job's result is to be shown, so that a restart does not lose it."""
+        await self.services.deliveries.remember(job_id, platform, target)
+
+    async def undelivered(self, platform: str) -> list[PendingDelivery]:
+        """The results this platform still owes, with the targets it noted."""
+        return await self.services.deliveries.pending(platform)
+
+    async def delivered(self, job_id: str) -> None:
+        await self.services.deliveries.done(job_id)
 
     def _is_owner(self, actor: Actor) -> bool:
         return self.services.settings.is_owner(actor.platform, actor.user_id)

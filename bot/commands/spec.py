@@ -55,6 +55,12 @@ class CommandSpec:
     access: Access = Access.EVERYONE
     # A selfie is needed: as the `selfie` attachment or the `selfie_url` link.
     takes_selfie: bool = False
+    # Its answers are for the asker's eyes only. Commands that queue a job answer in public,
+    # so that the result appears where the command was run.
+    private: bool = True
+    # Pressed as a button, its answer takes the place of the message the button is on (the
+    # next page of a list, a deleted job's result, a confirmed prompt) instead of a new one.
+    replaces_message: bool = False
 
     @property
     def path(self) -> tuple[str, ...]:
@@ -172,7 +178,9 @@ def _generation_spec(name: str, operation: Operation) -> CommandSpec:
             )
         )
         options.append(OptionSpec("pose_image", OptionType.IMAGE, "A photo whose pose to copy"))
-    return CommandSpec(name, _SUMMARIES[operation], tuple(options), takes_selfie=True)
+    return CommandSpec(
+        name, _SUMMARIES[operation], tuple(options), takes_selfie=True, private=False
+    )
 
 
 # ---- everything else ---------------------------------------------------------------------
@@ -191,15 +199,16 @@ _PAGE = OptionSpec("page", OptionType.INTEGER, "Page number", min_value=1, max_v
 
 _OTHER_COMMANDS = (
     CommandSpec("styles", "List the style presets"),
-    CommandSpec("history", "Your past images, newest first", (_PAGE,)),
+    CommandSpec("history", "Your past images, newest first", (_PAGE,), replaces_message=True),
     CommandSpec("show", "One of your jobs in full", (_JOB,)),
-    CommandSpec("reroll", "Run one of your jobs again with a new seed", (_JOB,)),
-    CommandSpec("delete", "Delete one of your jobs and its images", (_JOB,)),
+    CommandSpec("reroll", "Run one of your jobs again with a new seed", (_JOB,), private=False),
+    CommandSpec("delete", "Delete one of your jobs and its images", (_JOB,), replaces_message=True),
     CommandSpec("quota", "What you have left today, and what is in progress"),
     CommandSpec(
         "forget",
         "Delete everything we hold about you",
         (OptionSpec("confirm", OptionType.TEXT, "The confirmation code", max_length=32),),
+        replaces_message=True,
     ),
     CommandSpec("help", "What this bot can do"),
     CommandSpec(
@@ -280,7 +289,13 @@ _OTHER_COMMANDS = (
     CommandSpec(
         "admin refund", "Give back the credits of a finished job", (_JOB,), Access.MODERATOR
     ),
-    CommandSpec("admin audit", "Who changed what, newest first", (_PAGE,), Access.MODERATOR),
+    CommandSpec(
+        "admin audit",
+        "Who changed what, newest first",
+        (_PAGE,),
+        Access.MODERATOR,
+        replaces_message=True,
+    ),
 )
 
 COMMANDS: dict[str, CommandSpec] = {

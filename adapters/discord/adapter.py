@@ -1,0 +1,215 @@
+"""The Discord adapter: slash commands and button presses in, the command layer's replies and
+job events out. It translates; the command layer decides.
+
+Every interaction is acknowledged first (Discord allows 3 seconds), with only the checks that
+need no I/O before it: an attachment's type and size, refused on the spot, reserving nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import discord
+import yarl
+from discord import app_commands
+
+from adapters.discord.buttons import CommandButton
+from adapters.discord.delivery import EDIT_INTERVAL, PLATFORM, JobDelivery, Target
+from adapters.discord.registration import register
+from adapters.discord.rendering import reply_message
+from bot import replies
+from bot.commands import Actor, CommandLayer, CommandRequest, CommandSpec
+from bot.config import ConfigError, Settings
+from bot.replies import Reply
+
+log = logging.getLogger(__name__)
+
+
+class HeadshotClient(discord.AutoShardedClient):
+    """discord.py's client with our commands and buttons. Sharded from the start: one shard
+    unless `DISCORD_SHARDS` says otherwise or Discord recommends more."""
+
+    def __init__(self, adapter: DiscordAdapter, shard_count: int | None) -> None:
+        # Interactions need no gateway intents: everything arrives in the interaction itself.
+        super().__init__(intents=discord.Intents.none(), shard_count=shard_count)
+        self.adapter = adapter
+        self.tree = app_commands.CommandTree(self)
+        register(self.tree, adapter.layer.commands.values(), adapter.run_command)
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(CommandButton)
+        commands = await self.tree.sync()
+        log.info("registered %d slash commands", len(commands))
+
+    async def run_button(self, interaction: discord.Interaction, line: str) -> None:
+        await self.adapter.run_button(interaction, line)
+
+
+class DiscordAdapter:
+    def __init__(
+        self, layer: CommandLayer, settings: Settings, *, edit_interval: float = EDIT_INTERVAL
+    ) -> None:
+        if settings.discord_token is None:
+            raise ConfigError("invalid setting DISCORD_TOKEN: it is not set")
+        self.layer = layer
+        self._settings = settings
+        self._edit_interval = edit_interval
+        self._client: HeadshotClient | None = None
+        self._gateway: asyncio.Task[None] | None = None
+        self._deliveries: set[asyncio.Task[None]] = set()
+
+    @property
+    def client(self) -> HeadshotClient:
+        if self._client is None:
+            raise RuntimeError("the Discord adapter is not started")
+        return self._client
+
+    async def start(self) -> None:
+        """Log in, register the commands, resume owed deliveries, connect to the gateway."""
+        settings = self._settings
+        assert settings.discord_token is not None
+        _point_at(str(settings.discord_api_base), str(settings.discord_gateway_url))
+        self._client = client = HeadshotClient(self, settings.discord_shards)
+        try:
+            await client.login(settings.discord_token.get_secret_value())
+        except discord.LoginFailure:
+            await client.close()
+            raise ConfigError("invalid setting DISCORD_TOKEN: Discord refused it") from None
+        for pending in await self.layer.undelivered(PLATFORM):
+            try:
+                target = Target.from_json(pending.target)
+            except ValueError:
+                log.exception("job %s: unreadable delivery target; dropped", pending.job_id)
+                await self.layer.delivered(pending.job_id)
+                continue
+            self._follow(pending.job_id, target, None)
+        self._gateway = asyncio.create_task(client.connect(), name="discord-gateway")
+        self._gateway.add_done_callback(_log_gateway_end)
+
+    async def wait_ready(self) -> None:
+        """Until every shard is connected and ready for interactions."""
+        await self.client.wait_until_ready()
+
+    async def stop(self) -> None:
+        """Stop following jobs (what is owed stays noted for the next start) and disconnect."""
+        for task in list(self._deliveries):
+            task.cancel()
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
+        if self._gateway is not None:
+            await asyncio.gather(self._gateway, return_exceptions=True)
+
+    # ---- interactions -----------------------------------------------------------------------
+
+    async def run_command(
+        self, spec: CommandSpec, interaction: discord.Interaction, given: dict[str, Any]
+    ) -> None:
+        for value in given.values():
+            if isinstance(value, discord.Attachment):
+                refusal = self.layer.check_upload(
+                    value.content_type, value.size, interaction.filesize_limit
+                )
+                if refusal is not None:
+                    await interaction.response.send_message(refusal.text, ephemeral=True)
+                    return
+        await interaction.response.defer(thinking=True, ephemeral=spec.private)
+        options: dict[str, Any] = {}
+        for name, value in given.items():
+            if value is None:
+                continue
+            try:
+                options[name] = await _option_value(value)
+            except (discord.HTTPException, OSError):
+                log.warning("could not download attachment %s", name, exc_info=True)
+                reply = replies.refused(replies.upload_unreadable())
+                await self._answer(interaction, reply, private=spec.private, in_place=False)
+                return
+        reply = await self.layer.handle(CommandRequest(_actor(interaction), spec.name, options))
+        await self._answer(interaction, reply, private=spec.private, in_place=False)
+
+    async def run_button(self, interaction: discord.Interaction, line: str) -> None:
+        spec = self.layer.command_of_line(line)
+        in_place = spec is not None and spec.replaces_message
+        private = spec is None or spec.private
+        if in_place:
+            await interaction.response.defer()
+        else:
+            await interaction.response.defer(thinking=True, ephemeral=private)
+        reply = await self.layer.run_line(_actor(interaction), line)
+        await self._answer(interaction, reply, private=private, in_place=in_place)
+
+    async def _answer(
+        self, interaction: discord.Interaction, reply: Reply, *, private: bool, in_place: bool
+    ) -> None:
+        """Put the reply where the deferral left a place for it, unless that place is visible
+        to others and the reply is for the asker only: then it goes to the asker alone."""
+        message = await reply_message(reply, self.layer.image)
+        here = not reply.refused if in_place else (private or not reply.private)
+        if not here:
+            if not in_place:
+                await interaction.delete_original_response()
+            await interaction.followup.send(**message.kwargs(editing=False), ephemeral=True)
+            return
+        sent = await interaction.edit_original_response(**message.kwargs(editing=True))
+        if reply.job_id is not None:
+            target = Target.of(interaction, sent.id)
+            await self.layer.deliver_later(reply.job_id, PLATFORM, target.to_json())
+            self._follow(reply.job_id, target, interaction)
+
+    def _follow(self, job_id: str, target: Target, interaction: discord.Interaction | None) -> None:
+        delivery = JobDelivery(
+            self.client,
+            self.layer,
+            job_id,
+            target,
+            interaction,
+            edit_interval=self._edit_interval,
+        )
+        task = asyncio.create_task(delivery.run(), name=f"discord-delivery-{job_id}")
+        self._deliveries.add(task)
+        task.add_done_callback(self._delivery_done)
+
+    def _delivery_done(self, task: asyncio.Task[None]) -> None:
+        self._deliveries.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery failed", exc_info=task.exception())
+
+
+def _actor(interaction: discord.Interaction) -> Actor:
+    guild_id = interaction.guild_id
+    permissions = interaction.permissions
+    return Actor(
+        platform=PLATFORM,
+        user_id=str(interaction.user.id),
+        community_id=str(guild_id) if guild_id is not None else None,
+        # What the server says now, whatever it let the member see: checked on every run.
+        is_moderator=guild_id is not None
+        and (permissions.manage_guild or permissions.administrator),
+    )
+
+
+async def _option_value(value: Any) -> Any:
+    """An option as the command layer takes it: bytes for a file, an id for a person."""
+    if isinstance(value, discord.Attachment):
+        return await value.read()
+    if isinstance(value, discord.Role):
+        # @everyone is the server's default role; any other role is not a person.
+        return "everyone" if value.is_default() else value.mention
+    if isinstance(value, discord.abc.User):
+        return str(value.id)
+    return value
+
+
+def _point_at(api_base: str, gateway_url: str) -> None:
+    # discord.py reads both addresses from class attributes, not from the client: set them
+    # before the client makes its first request (one Discord per process).
+    discord.http.Route.BASE = api_base.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+def _log_gateway_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the Discord gateway connection ended", exc_info=task.exception())

@@ -1,0 +1,46 @@
+"""Results still owed to a chat: where each job's result is to be shown, until it has been.
+
+A chat adapter notes where a job's result goes when the job is queued and clears the note once
+it has shown the result; after a restart it reads back what it still owes. The target is the
+adapter's own address (JSON), opaque here. Deleting or forgetting a job deletes its note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+
+from storage.database import Database
+from storage.models import Delivery, utcnow
+from storage.records import PendingDelivery
+
+_DELIVERIES = Delivery.__table__
+
+
+class DeliveryRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def remember(self, job_id: str, platform: str, target: Mapping[str, Any]) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                insert(_DELIVERIES).values(
+                    job_id=job_id, platform=platform, target=dict(target), created_at=utcnow()
+                )
+            )
+
+    async def pending(self, platform: str) -> list[PendingDelivery]:
+        """What this platform still owes, oldest first."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(_DELIVERIES.c.job_id, _DELIVERIES.c.target)
+                .where(_DELIVERIES.c.platform == platform)
+                .order_by(_DELIVERIES.c.created_at, _DELIVERIES.c.job_id)
+            )
+            return [PendingDelivery(row.job_id, row.target) for row in rows]
+
+    async def done(self, job_id: str) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(delete(_DELIVERIES).where(_DELIVERIES.c.job_id == job_id))
