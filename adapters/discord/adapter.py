@@ -33,7 +33,12 @@ class HeadshotClient(discord.AutoShardedClient):
 
     def __init__(self, adapter: DiscordAdapter, shard_count: int | None) -> None:
         # Interactions need no gateway intents: everything arrives in the interaction itself.
-        super().__init__(intents=discord.Intents.none(), shard_count=shard_count)
+        super().__init__(
+            intents=discord.Intents.none(),
+            shard_count=shard_count,
+            # No guild events will come (no intents): be ready as soon as the gateway is.
+            guild_ready_timeout=0,
+        )
         self.adapter = adapter
         self.tree = app_commands.CommandTree(self)
         register(self.tree, adapter.layer.commands.values(), adapter.run_command)

@@ -108,10 +108,10 @@ async def _files(
     images: Sequence[ImageRef], read: ImageReader, name: str
 ) -> tuple[tuple[str, bytes], ...]:
     stem = short_id(name)
-    return tuple(
-        (f"{stem}-{index}.{image.extension}", await read(image))
-        for index, image in enumerate(images[:MAX_EMBEDS], start=1)
-    )
+    files = []
+    for index, image in enumerate(images[:MAX_EMBEDS], start=1):
+        files.append((f"{stem}-{index}.{image.extension}", await read(image)))
+    return tuple(files)
 
 
 def _link(images: Sequence[ImageRef]) -> str | None:
