@@ -546,6 +546,10 @@ class FakeDiscord:
         """Make a guild text channel exist (for bots that post to configured channels)."""
         return self._guild_channel(guild_id, channel_id)
 
+    def delete_channel(self, channel_id: int) -> None:
+        """A moderator deleted the channel: posting to it is now 404 Unknown Channel."""
+        self._channels.pop(channel_id, None)
+
     # -- what users do -------------------------------------------------------------------------
 
     def upload(

@@ -487,6 +487,24 @@ async def test_a_job_outliving_the_interaction_token_is_posted_in_the_channel(
     assert int(delivered.message_reference["message_id"]) == interaction.original.id
 
 
+async def test_a_result_whose_channel_is_gone_is_sent_as_a_dm(world: World) -> None:
+    await world.start()
+    fake = world.fake
+    world.simulator.config.processing_seconds = 1.0
+    fake.token_lifetime = 0.3
+    interaction = await world.headshot()
+    await interaction.wait_acked()
+    fake.delete_channel(interaction.channel_id)
+
+    await fake.wait_for(lambda: fake.dm_channel_of(ALICE) is not None, timeout=30)
+    dm = fake.dm_channel_of(ALICE)
+    assert dm is not None
+    await fake.wait_for(lambda: bool(posted(fake, dm)))
+    sent = posted(fake, dm)[0]
+    assert is_result(sent) and len(sent.files) == 1
+    await world.no_deliveries_owed()
+
+
 async def test_a_restart_mid_job_still_delivers_and_old_buttons_still_work(
     world: World,
 ) -> None:
@@ -520,7 +538,10 @@ async def test_sharded_gateway_routes_each_server_to_its_shard(world: World) -> 
     await world.start(discord_shards=2)
     fake = world.fake
     assert sorted(session.shard_id for session in fake.sessions) == [0, 1]
+    shards = set()
     for guild_id in (GUILD, GUILD + (1 << 22)):  # one guild on each shard
         interaction = await world.headshot(guild_id=guild_id)
         result = await result_of(fake, interaction)
         assert len(result.files) == 1
+        shards.add(interaction.shard_id)
+    assert shards == {0, 1}
