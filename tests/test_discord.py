@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -545,3 +548,63 @@ async def test_sharded_gateway_routes_each_server_to_its_shard(world: World) -> 
         assert len(result.files) == 1
         shards.add(interaction.shard_id)
     assert shards == {0, 1}
+
+
+# ---- the launcher ------------------------------------------------------------------------------
+
+
+async def run_service(fake: FakeDiscord, tmp_path: Path, token: str) -> asyncio.subprocess.Process:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSLAB_", "DISCORD_"))}
+    env = {
+        **clean,
+        "DATA_DIR": str(tmp_path / "data"),
+        "WEB_PORT": "0",
+        "DISCORD_TOKEN": token,
+        "DISCORD_API_BASE": fake.api_base,
+        "DISCORD_GATEWAY_URL": fake.gateway_url,
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        "--demo",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_run_starts_the_discord_adapter_when_a_token_is_set(
+    fake: FakeDiscord, tmp_path: Path
+) -> None:
+    process = await run_service(fake, tmp_path, fake.token)
+    try:
+        await fake.wait_ready(timeout=30)
+        await fake.wait_for(lambda: bool(fake.commands), timeout=30)
+        interaction = await fake.run_command("styles", user_id=ALICE, guild_id=GUILD)
+        await fake.wait_for(
+            lambda: interaction.original is not None and not interaction.original.loading,
+            timeout=30,
+        )
+        assert interaction.original is not None
+        assert interaction.original.content.startswith("Styles")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr.decode()
+    assert fake.token not in stderr.decode()
+    register_database(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'headshot.db'}")
+
+
+async def test_run_with_a_refused_token_stops_with_one_line(
+    fake: FakeDiscord, tmp_path: Path
+) -> None:
+    process = await run_service(fake, tmp_path, "not-the-token")
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2
+    assert stderr.decode().strip().splitlines()[-1] == (
+        "headshot-bot: invalid setting DISCORD_TOKEN: Discord refused it"
+    )
+    assert "not-the-token" not in stderr.decode()
