@@ -158,11 +158,20 @@ class DiscordAdapter:
                 await interaction.delete_original_response()
             await interaction.followup.send(**message.kwargs(editing=False), ephemeral=True)
             return
-        sent = await interaction.edit_original_response(**message.kwargs(editing=True))
+        try:
+            sent: discord.Message | None = await interaction.edit_original_response(
+                **message.kwargs(editing=True)
+            )
+        except discord.HTTPException:
+            if reply.job_id is None:
+                raise
+            # The job is queued all the same: its result will be posted in the channel.
+            log.warning("job %s: could not show that it was queued", reply.job_id, exc_info=True)
+            sent = None
         if reply.job_id is not None:
-            target = Target.of(interaction, sent.id)
+            target = Target.of(interaction, sent.id if sent else None)
             await self.layer.deliver_later(reply.job_id, PLATFORM, target.to_json())
-            self._follow(reply.job_id, target, interaction)
+            self._follow(reply.job_id, target, interaction if sent else None)
 
     def _follow(self, job_id: str, target: Target, interaction: discord.Interaction | None) -> None:
         delivery = JobDelivery(
