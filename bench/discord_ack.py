@@ -155,6 +155,9 @@ async def fire_commands(fake: FakeDiscord, n: int, timeout: float) -> JSONDict: 
         "answered_in": time.monotonic() - first_sent,
         "interactions": [
             {
+                "id": str(i.id),
+                "sent_at": i.sent_at,  # time.monotonic(): comparable across processes here
+                "acked_at": i.acked_at,
                 "ack": None if i.acked_at is None else i.acked_at - i.sent_at,
                 "answer": answer_of(i),
             }

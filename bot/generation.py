@@ -50,6 +50,9 @@ class GenerationRequest:
     user_prompt: str | None = None
     # The images come from our own store (a re-roll): sanitised once already, not re-encoded.
     images_sanitised: bool = False
+    # Where the platform's adapter will show the result (its own address, no secrets): noted
+    # with the job in one transaction, so that no queued job is ever without one.
+    deliver_to: Mapping[str, Any] | None = None
 
 
 class GenerationService:
@@ -106,6 +109,7 @@ class GenerationService:
             seed=params.seed,
             style=req.style,
             user_prompt=req.user_prompt,
+            delivery=(req.platform, req.deliver_to) if req.deliver_to is not None else None,
         )
         quota = self._daily_quota if req.daily_quota is None else req.daily_quota
         today = datetime.now(UTC).date()

@@ -25,6 +25,7 @@ __all__ = [
     "ImageRejected",
     "SanitisedImage",
     "check_upload",
+    "fit_within",
     "heic_supported",
     "inspect_output",
     "sanitise_selfie",
@@ -334,6 +335,27 @@ def _srgb_profile() -> ImageCms.ImageCmsProfile:
     from PIL import ImageCms
 
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def fit_within(data: bytes, content_type: str, max_bytes: int) -> tuple[bytes, str] | None:
+    """One of our own images made to fit a platform's upload limit: as it is if it fits, else
+    re-encoded as JPEG, smaller step by step. Returns the bytes and their content type, or
+    None if even a small version does not fit."""
+    if len(data) <= max_bytes:
+        return data, content_type
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()
+        image = _to_srgb_rgb(opened).copy()
+    while min(image.size) >= 64:
+        for quality in (90, 80, 70):
+            out = io.BytesIO()
+            image.save(out, "JPEG", quality=quality)
+            if out.tell() <= max_bytes:
+                return out.getvalue(), "image/jpeg"
+        image = image.resize(
+            (image.width * 3 // 4, image.height * 3 // 4), Image.Resampling.LANCZOS
+        )
+    return None
 
 
 def _encode_jpeg(image: Image.Image) -> bytes:

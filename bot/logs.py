@@ -38,3 +38,6 @@ def setup_logging(level: str, secrets: Iterable[str]) -> None:
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "aiohttp.access", "aiosqlite", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # discord.py logs whole gateway payloads and webhook URLs at DEBUG: both carry interaction
+    # tokens, which are secrets for 15 minutes.
+    logging.getLogger("discord").setLevel(max(logging.INFO, root.level))

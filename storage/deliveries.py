@@ -1,8 +1,9 @@
 """Results still owed to a chat: where each job's result is to be shown, until it has been.
 
-A chat adapter notes where a job's result goes when the job is queued and clears the note once
-it has shown the result; after a restart it reads back what it still owes. The target is the
-adapter's own address (JSON), opaque here. Deleting or forgetting a job deletes its note.
+Where a job's result goes is noted with the job, in the transaction that creates it
+(`JobRepository.create`), and cleared once the adapter has shown the result; after a restart
+the adapter reads back what it still owes. The target is the adapter's own address (JSON),
+opaque here. Deleting or forgetting a job deletes its note.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.database import Database
 from storage.models import Delivery, utcnow
@@ -22,14 +24,6 @@ _DELIVERIES = Delivery.__table__
 class DeliveryRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
-
-    async def remember(self, job_id: str, platform: str, target: Mapping[str, Any]) -> None:
-        async with self._db.write() as conn:
-            await conn.execute(
-                insert(_DELIVERIES).values(
-                    job_id=job_id, platform=platform, target=dict(target), created_at=utcnow()
-                )
-            )
 
     async def pending(self, platform: str) -> list[PendingDelivery]:
         """What this platform still owes, oldest first."""
@@ -44,3 +38,14 @@ class DeliveryRepository:
     async def done(self, job_id: str) -> None:
         async with self._db.write() as conn:
             await conn.execute(delete(_DELIVERIES).where(_DELIVERIES.c.job_id == job_id))
+
+
+async def insert_delivery(
+    conn: AsyncConnection, job_id: str, platform: str, target: Mapping[str, Any]
+) -> None:
+    """Note a delivery inside the caller's transaction (the job's own, when it is created)."""
+    await conn.execute(
+        insert(_DELIVERIES).values(
+            job_id=job_id, platform=platform, target=dict(target), created_at=utcnow()
+        )
+    )

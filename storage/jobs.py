@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime
 from typing import Any
@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from storage import ledger
 from storage.audit import write_audit
 from storage.database import Database
+from storage.deliveries import insert_delivery
 from storage.models import Job, Output, User, utcnow
 from storage.records import FINISHED_STATES, AuditNote, JobRecord, JobState, OutputRecord
 
@@ -30,6 +31,8 @@ class NewJob:
     seed: int | None
     style: str | None = None
     user_prompt: str | None = None
+    # Where a chat adapter will show the result: (platform, its own address for it).
+    delivery: tuple[str, Mapping[str, Any]] | None = None
 
 
 class TooManyActive(Exception):
@@ -83,6 +86,8 @@ class JobRepository:
                 if active >= max_active:
                     raise TooManyActive(active)
             row = (await conn.execute(insert(_JOBS).values(values).returning(_JOBS))).one()
+            if job.delivery is not None:
+                await insert_delivery(conn, job.id, *job.delivery)
             await ledger.reserve(
                 conn,
                 user_id=job.user_id,

@@ -219,6 +219,11 @@ async def test_reroll_and_delete_from_the_result_buttons(world: World) -> None:
 
     # Someone else's Delete changes nothing and tells only them.
     stranger = await fake.press(first, "Delete", user_id=BOB, guild_id=GUILD)
+    await fake.wait_for(lambda: stranger.original is not None and not stranger.original.loading)
+    assert stranger.ephemeral and stranger.original is not None
+    assert stranger.original.content.startswith("No job of yours matches")
+    # Nor can a stranger re-roll it.
+    stranger = await fake.press(first, "Re-roll", user_id=BOB, guild_id=GUILD)
     await fake.wait_for(lambda: bool(stranger.followups))
     assert stranger.followups[0].ephemeral
     assert stranger.followups[0].content.startswith("No job of yours matches")

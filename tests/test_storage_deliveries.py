@@ -1,5 +1,6 @@
-"""Deliveries still owed to a chat, on a real SQLite file: noted, read back by platform in
-order, cleared; gone with the job when the user deletes it."""
+"""Deliveries still owed to a chat, on a real SQLite file: noted with the job in the
+transaction that creates it, read back by platform in order, cleared; gone with the job when
+the user deletes it."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import pytest
 
 from storage.database import Database
 from storage.deliveries import DeliveryRepository
-from storage.records import JobState, PendingDelivery
+from storage.ledger import QuotaExceeded
+from storage.records import PendingDelivery
 from tests.conftest import db_file
-from tests.test_storage_history import World
+from tests.test_storage_history import QUOTA, World
 
 
 @pytest.fixture
@@ -22,29 +24,42 @@ def path(tmp_path: Path) -> Path:
 async def test_pending_deliveries_by_platform_in_order_until_done(db: Database) -> None:
     world = World(db)
     user = await world.accounts.user("discord", "u1")
-    for job_id in ("j1", "j2", "j3"):
-        await world.job(job_id, user, end=None)
+    await world.job("j2", user, end=None, delivery=("discord", {"channel_id": 2, "user_id": 7}))
+    await world.job("j1", user, end=None, delivery=("discord", {"channel_id": 1, "user_id": 7}))
+    await world.job("j3", user, end=None, delivery=("telegram", {"chat_id": 3}))
+    await world.job("j4", user, end=None)  # nobody to deliver to (the command line)
     deliveries = DeliveryRepository(db)
-    await deliveries.remember("j2", "discord", {"channel_id": 2, "user_id": 7})
-    await deliveries.remember("j1", "discord", {"channel_id": 1, "user_id": 7, "message_id": 9})
-    await deliveries.remember("j3", "telegram", {"chat_id": 3})
 
     assert await deliveries.pending("discord") == [
         PendingDelivery("j2", {"channel_id": 2, "user_id": 7}),
-        PendingDelivery("j1", {"channel_id": 1, "user_id": 7, "message_id": 9}),
+        PendingDelivery("j1", {"channel_id": 1, "user_id": 7}),
     ]
     await deliveries.done("j2")
-    await deliveries.done("j2")  # twice is harmless: a result is shown once, noted as done once
+    await deliveries.done("j2")  # twice is harmless
     assert [d.job_id for d in await deliveries.pending("discord")] == ["j1"]
     assert [d.job_id for d in await deliveries.pending("telegram")] == ["j3"]
+
+
+async def test_a_refused_job_notes_no_delivery(db: Database) -> None:
+    world = World(db)
+    user = await world.accounts.user("discord", "u1")
+    with pytest.raises(QuotaExceeded):
+        await world.job(
+            "big",
+            user,
+            outputs=tuple(f"o{n}.jpg" for n in range(QUOTA + 1)),
+            end=None,
+            delivery=("discord", {"channel_id": 1, "user_id": 7}),
+        )
+    assert await DeliveryRepository(db).pending("discord") == []
 
 
 async def test_deleting_a_job_clears_its_delivery(db: Database) -> None:
     world = World(db)
     user = await world.accounts.user("discord", "u1")
-    await world.job("done", user, end=JobState.SUCCEEDED)
+    await world.job("done", user, delivery=("discord", {"channel_id": 1, "user_id": 7}))
     deliveries = DeliveryRepository(db)
-    await deliveries.remember("done", "discord", {"channel_id": 1, "user_id": 7})
+    assert len(await deliveries.pending("discord")) == 1
 
     assert await world.history.delete("done") is not None
     assert await deliveries.pending("discord") == []

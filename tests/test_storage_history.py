@@ -8,6 +8,7 @@ import json
 import sqlite3
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,6 +56,7 @@ class World:
         keep_inputs: bool = False,
         selfie: str | None = None,
         today: date = TODAY,
+        delivery: tuple[str, dict[str, Any]] | None = None,
     ) -> str:
         credits = max(1, len(outputs))
         new = NewJob(
@@ -69,6 +71,7 @@ class World:
             seed=1,
             style="corporate",
             user_prompt=f"{user.platform_user_id} in a suit",
+            delivery=delivery,
         )
         await self.jobs.create(new, daily_quota=QUOTA, today=today)
         keep = datetime(2030, 1, 1, tzinfo=UTC) if keep_inputs else None
@@ -208,9 +211,20 @@ async def test_forget_removes_every_row_that_names_the_user(db: Database, path: 
     name, kept_name = "discord:forgetme-7731", "discord:keepme-1234"
     guild = await world.accounts.community("discord", "guild-1")
 
-    await world.job("g-ok", gone, outputs=("shared.jpg", "gone-only.jpg"), keep_inputs=True)
+    await world.job(
+        "g-ok",
+        gone,
+        outputs=("shared.jpg", "gone-only.jpg"),
+        keep_inputs=True,
+        delivery=("discord", {"channel_id": 5, "user_id": "forgetme-7731"}),
+    )
     await world.job("g-failed", gone, end=JobState.FAILED, community_id=guild)
-    await world.job("k-ok", kept, outputs=("shared.jpg", "kept-only.jpg"))
+    await world.job(
+        "k-ok",
+        kept,
+        outputs=("shared.jpg", "kept-only.jpg"),
+        delivery=("discord", {"channel_id": 5, "user_id": "keepme-1234"}),
+    )
     await world.accounts.grant(gone.id, 3, actor="operator", note=f"for {name}")
     await world.accounts.grant(kept.id, 2, actor=name, note="from a moderator")
     await world.jobs.refund("g-ok", audit=AuditNote(actor="operator", action="refund", target=name))
@@ -237,8 +251,6 @@ async def test_forget_removes_every_row_that_names_the_user(db: Database, path: 
     )
     await audit.record(AuditNote(actor="operator", action="note", details={"about": name}))
     deliveries = DeliveryRepository(db)
-    await deliveries.remember("g-ok", "discord", {"channel_id": 5, "user_id": "forgetme-7731"})
-    await deliveries.remember("k-ok", "discord", {"channel_id": 5, "user_id": "keepme-1234"})
     kept_before = {
         table: _rows(path, f"SELECT * FROM {table} WHERE {column} = {kept.id}")
         for table, column in (("jobs", "user_id"), ("credit_ledger", "user_id"))

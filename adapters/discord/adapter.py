@@ -8,9 +8,13 @@ need no I/O before it: an attachment's type and size, refused on the spot, reser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
@@ -44,6 +48,10 @@ class HeadshotClient(discord.AutoShardedClient):
         register(self.tree, adapter.layer.commands.values(), adapter.run_command)
 
     async def setup_hook(self) -> None:
+        if self.shard_count is None:
+            # Discord's recommended count; discord.py would also take the gateway address from
+            # this answer, but DISCORD_GATEWAY_URL is where we connect.
+            self.shard_count, _, _ = await self.http.get_bot_gateway()
         self.add_dynamic_items(CommandButton)
         commands = await self.tree.sync()
         log.info("registered %d slash commands", len(commands))
@@ -82,6 +90,9 @@ class DiscordAdapter:
         except discord.LoginFailure:
             await client.close()
             raise ConfigError("invalid setting DISCORD_TOKEN: Discord refused it") from None
+        except BaseException:
+            await client.close()
+            raise
         for pending in await self.layer.undelivered(PLATFORM):
             try:
                 target = Target.from_json(pending.target)
@@ -120,58 +131,86 @@ class DiscordAdapter:
                 if refusal is not None:
                     await interaction.response.send_message(refusal.text, ephemeral=True)
                     return
-        await interaction.response.defer(thinking=True, ephemeral=spec.private)
-        options: dict[str, Any] = {}
-        for name, value in given.items():
-            if value is None:
-                continue
-            try:
-                options[name] = await _option_value(value)
-            except (discord.HTTPException, OSError):
-                log.warning("could not download attachment %s", name, exc_info=True)
-                reply = replies.refused(replies.upload_unreadable())
-                await self._answer(interaction, reply, private=spec.private, in_place=False)
-                return
-        reply = await self.layer.handle(CommandRequest(_actor(interaction), spec.name, options))
-        await self._answer(interaction, reply, private=spec.private, in_place=False)
+        deferred = await interaction.response.defer(thinking=True, ephemeral=spec.private)
+        async with self._answering(interaction):
+            options: dict[str, Any] = {}
+            for name, value in given.items():
+                if value is None:
+                    continue
+                try:
+                    options[name] = await _option_value(value)
+                except (discord.HTTPException, aiohttp.ClientError, OSError):
+                    log.warning("could not download attachment %s", name, exc_info=True)
+                    reply = replies.refused(replies.upload_unreadable())
+                    await self._answer(interaction, reply, private=spec.private)
+                    return
+            target = Target.of(interaction, deferred.message_id if deferred else None)
+            request = CommandRequest(_actor(interaction), spec.name, options, target.to_json())
+            reply = await self.layer.handle(request)
+            await self._answer(interaction, reply, private=spec.private, target=target)
 
     async def run_button(self, interaction: discord.Interaction, line: str) -> None:
         spec = self.layer.command_of_line(line)
-        in_place = spec is not None and spec.replaces_message
+        # A reply takes the pressed message's place only on the presser's own message: a
+        # stranger's press is answered to them alone.
+        in_place = spec is not None and spec.replaces_message and _pressers_own(interaction)
         private = spec is None or spec.private
         if in_place:
-            await interaction.response.defer()
+            deferred = await interaction.response.defer()
         else:
-            await interaction.response.defer(thinking=True, ephemeral=private)
-        reply = await self.layer.run_line(_actor(interaction), line)
-        await self._answer(interaction, reply, private=private, in_place=in_place)
+            deferred = await interaction.response.defer(thinking=True, ephemeral=private)
+        async with self._answering(interaction):
+            message_id = None if in_place or deferred is None else deferred.message_id
+            target = Target.of(interaction, message_id)
+            reply = await self.layer.run_line(
+                _actor(interaction), line, deliver_to=target.to_json()
+            )
+            await self._answer(
+                interaction, reply, private=private, in_place=in_place, target=target
+            )
+
+    @contextlib.asynccontextmanager
+    async def _answering(self, interaction: discord.Interaction) -> AsyncIterator[None]:
+        """After the acknowledgement: whatever goes wrong, the person is told, not left with
+        "…is thinking" until Discord gives up."""
+        try:
+            yield
+        except Exception:
+            reference = secrets.token_hex(4)
+            log.exception("interaction %s failed (ref %s)", interaction.id, reference)
+            with contextlib.suppress(Exception):
+                await interaction.followup.send(replies.internal_error(reference), ephemeral=True)
 
     async def _answer(
-        self, interaction: discord.Interaction, reply: Reply, *, private: bool, in_place: bool
+        self,
+        interaction: discord.Interaction,
+        reply: Reply,
+        *,
+        private: bool,
+        in_place: bool = False,
+        target: Target | None = None,
     ) -> None:
         """Put the reply where the deferral left a place for it, unless that place is visible
         to others and the reply is for the asker only: then it goes to the asker alone."""
-        message = await reply_message(reply, self.layer.image)
+        message = await reply_message(reply, self.layer.image, interaction.filesize_limit)
         here = not reply.refused if in_place else (private or not reply.private)
         if not here:
             if not in_place:
                 await interaction.delete_original_response()
             await interaction.followup.send(**message.kwargs(editing=False), ephemeral=True)
             return
+        if reply.job_id is None:
+            await interaction.edit_original_response(**message.kwargs(editing=True))
+            return
+        assert target is not None, "a command that queues a job is given a target"
         try:
-            sent: discord.Message | None = await interaction.edit_original_response(
-                **message.kwargs(editing=True)
-            )
+            await interaction.edit_original_response(**message.kwargs(editing=True))
         except discord.HTTPException:
-            if reply.job_id is None:
-                raise
             # The job is queued all the same: its result will be posted in the channel.
             log.warning("job %s: could not show that it was queued", reply.job_id, exc_info=True)
-            sent = None
-        if reply.job_id is not None:
-            target = Target.of(interaction, sent.id if sent else None)
-            await self.layer.deliver_later(reply.job_id, PLATFORM, target.to_json())
-            self._follow(reply.job_id, target, interaction if sent else None)
+            self._follow(reply.job_id, target, None)
+            return
+        self._follow(reply.job_id, target, interaction)
 
     def _follow(self, job_id: str, target: Target, interaction: discord.Interaction | None) -> None:
         delivery = JobDelivery(
@@ -189,7 +228,21 @@ class DiscordAdapter:
     def _delivery_done(self, task: asyncio.Task[None]) -> None:
         self._deliveries.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("delivery failed", exc_info=task.exception())
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+
+def _pressers_own(interaction: discord.Interaction) -> bool:
+    """Whether the pressed message is only the presser's: ephemeral, made by their own command,
+    or a result posted for them (it mentions them)."""
+    message = interaction.message
+    if message is None:
+        return False
+    if message.flags.ephemeral:
+        return True
+    metadata = message.interaction_metadata
+    if metadata is not None:
+        return metadata.user.id == interaction.user.id
+    return [user.id for user in message.mentions] == [interaction.user.id]
 
 
 def _actor(interaction: discord.Interaction) -> Actor:

@@ -2,9 +2,10 @@
 
 While the interaction's token is valid (15 minutes), progress edits the command's own message
 and the result takes its place. After that, or after a restart (the token is never stored),
-the result is posted in the channel as a reply that mentions the user, or sent to them
-directly if the channel will not take it. Where to deliver is noted in the database when the
-job is queued and cleared once the result is out, so that a restart loses nothing.
+the result is posted in the channel as a reply that mentions the user, or sent to them directly
+if the channel will not take it. Where to deliver is noted with the job when it is queued and
+cleared once the result is out; a failure Discord may get over (a 5xx, a 429, the network) is
+retried with a growing delay, so a result is shown at least once.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import discord
 
-from adapters.discord.rendering import event_message
+from adapters.discord.rendering import DEFAULT_UPLOAD_LIMIT, Outgoing, event_message
 from bot.commands import CommandLayer
 from bot.events import FINAL_EVENTS, JobEvent
 
@@ -31,6 +33,8 @@ PLATFORM = "discord"
 TOKEN_LIFETIME = timedelta(minutes=15) - timedelta(seconds=30)
 # Progress edits are coalesced: at most one per interval, always the latest state.
 EDIT_INTERVAL = 2.0
+RETRY_FIRST_SECONDS = 5.0
+RETRY_MAX_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -41,41 +45,49 @@ class Target:
     user_id: int
     message_id: int | None = None
     guild_id: int | None = None
+    upload_limit: int = DEFAULT_UPLOAD_LIMIT
 
     @classmethod
     def of(cls, interaction: discord.Interaction, message_id: int | None) -> Target:
         if interaction.channel_id is None:
             raise ValueError("an interaction without a channel")
-        return cls(interaction.channel_id, interaction.user.id, message_id, interaction.guild_id)
+        return cls(
+            interaction.channel_id,
+            interaction.user.id,
+            message_id,
+            interaction.guild_id,
+            interaction.filesize_limit,
+        )
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Target:
-        def number(key: str, *, optional: bool = False) -> int | None:
-            value = data.get(key)
-            if value is None and optional:
-                return None
+        def number(key: str, default: int | None = None) -> int | None:
+            value = data.get(key, default)
+            if value is default:
+                return value
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"delivery target without a valid {key}: {dict(data)!r}")
             return value
 
         channel, user = number("channel_id"), number("user_id")
-        assert channel is not None and user is not None
-        return cls(
-            channel, user, number("message_id", optional=True), number("guild_id", optional=True)
-        )
+        if channel is None or user is None:
+            raise ValueError(f"delivery target without a channel or user: {dict(data)!r}")
+        limit = number("upload_limit", DEFAULT_UPLOAD_LIMIT) or DEFAULT_UPLOAD_LIMIT
+        return cls(channel, user, number("message_id"), number("guild_id"), limit)
 
     def to_json(self) -> dict[str, int | None]:
         return asdict(self)
 
 
 class Throttle:
-    """Shows the latest of a stream of items, at most one every `interval` seconds."""
+    """Shows the latest of a stream of items, at most one every `interval` seconds (the first
+    too: the message already says something)."""
 
     def __init__(self, show: Callable[[JobEvent], Awaitable[None]], interval: float) -> None:
         self._show = show
         self._interval = interval
         self._latest: JobEvent | None = None
-        self._shown_at = float("-inf")
+        self._shown_at = time.monotonic()
         self._task: asyncio.Task[None] | None = None
 
     def offer(self, item: JobEvent) -> None:
@@ -135,9 +147,12 @@ class JobDelivery:
                     throttle.offer(event)
         finally:
             await throttle.close()
-        settled = True if final is None else await self._deliver(final)
-        if settled:
-            await self._layer.delivered(self._job_id)
+        delay = RETRY_FIRST_SECONDS
+        while final is not None and not await self._deliver(final):
+            log.warning("job %s: result not shown yet; trying again in %.0f s", self._job_id, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+        await self._layer.delivered(self._job_id)
 
     def _can_edit(self) -> bool:
         interaction = self._interaction
@@ -149,55 +164,67 @@ class JobDelivery:
         if not self._can_edit():
             return
         assert self._interaction is not None
-        message = await event_message(event, self._layer.image)
+        message = await event_message(event, self._layer.image, self._target.upload_limit)
         try:
             await self._interaction.edit_original_response(**message.kwargs(editing=True))
-        except discord.HTTPException as exc:
-            log.info("job %s: progress edit failed (%s); no more edits", self._job_id, exc.status)
+        except Exception as exc:  # progress is a courtesy: the result is what must get through
+            log.info("job %s: progress edit failed (%r); no more edits", self._job_id, exc)
             self._interaction = None
 
     async def _deliver(self, final: JobEvent) -> bool:
-        """Show the result; False when it could not be shown for now (try again at start-up)."""
-        message = await event_message(final, self._layer.image)
+        """Show the result; False when it failed in a way worth trying again."""
+        message = await event_message(final, self._layer.image, self._target.upload_limit)
         if self._can_edit():
             assert self._interaction is not None
             try:
                 await self._interaction.edit_original_response(**message.kwargs(editing=True))
                 return True
-            except discord.HTTPException as exc:
-                log.info("job %s: result edit failed (%s); posting it", self._job_id, exc.status)
+            except Exception as exc:
+                log.info("job %s: result edit failed (%r); posting it", self._job_id, exc)
+                self._interaction = None
         message = message.with_mention(self._target.user_id)
-        target = self._target
-        try:
-            channel = self._client.get_partial_messageable(target.channel_id)
-            reference = None
-            if target.message_id is not None:
-                reference = discord.MessageReference(
-                    message_id=target.message_id,
-                    channel_id=target.channel_id,
-                    fail_if_not_exists=False,
-                )
-            await channel.send(**message.kwargs(editing=False), reference=reference)  # type: ignore[arg-type]
-            return True
-        except (discord.Forbidden, discord.NotFound):
-            log.info(
-                "job %s: channel %s refused the result; sending a DM",
-                self._job_id,
-                target.channel_id,
-            )
-        except discord.HTTPException as exc:
-            log.warning(
-                "job %s: posting the result failed (%s); will retry", self._job_id, exc.status
-            )
-            return False
-        try:
-            dm = await self._client.create_dm(discord.Object(target.user_id))
-            await dm.send(**message.kwargs(editing=False))
-        except (discord.Forbidden, discord.NotFound):
-            log.warning("job %s: the user takes no DMs; the result stays in /history", self._job_id)
-        except discord.HTTPException as exc:
-            log.warning(
-                "job %s: sending the result failed (%s); will retry", self._job_id, exc.status
-            )
-            return False
+        for destination in (self._channel, self._dm):
+            try:
+                await self._send(destination, message)
+                return True
+            except (discord.Forbidden, discord.NotFound) as exc:
+                log.info("job %s: %s refused the result (%s)", self._job_id, destination, exc)
+            except discord.HTTPException as exc:
+                if exc.status == 429 or exc.status >= 500:
+                    return False
+                log.warning("job %s: result refused (%s)", self._job_id, exc)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning("job %s: network error posting the result (%r)", self._job_id, exc)
+                return False
+        log.warning("job %s: nowhere to show the result; it stays in /history", self._job_id)
         return True
+
+    async def _send(
+        self,
+        destination: Callable[[], Awaitable[discord.abc.Messageable]],
+        message: Outgoing,
+    ) -> None:
+        """Send, and if Discord refuses the files (too large, say), the message without them."""
+        channel = await destination()
+        reference = self._reference() if destination == self._channel else None
+        try:
+            await channel.send(**message.kwargs(editing=False), reference=reference)  # type: ignore[arg-type]
+        except discord.HTTPException as exc:
+            if not message.pictures or exc.status not in (400, 413):
+                raise
+            log.warning("job %s: files refused (%s); sending the text", self._job_id, exc)
+            await channel.send(**message.without_files().kwargs(editing=False), reference=reference)  # type: ignore[arg-type]
+
+    async def _channel(self) -> discord.abc.Messageable:
+        return self._client.get_partial_messageable(self._target.channel_id)
+
+    async def _dm(self) -> discord.abc.Messageable:
+        return await self._client.create_dm(discord.Object(self._target.user_id))
+
+    def _reference(self) -> discord.MessageReference | None:
+        target = self._target
+        if target.message_id is None:
+            return None
+        return discord.MessageReference(
+            message_id=target.message_id, channel_id=target.channel_id, fail_if_not_exists=False
+        )

@@ -49,6 +49,9 @@ class CommandRequest:
     actor: Actor
     command: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Where the adapter will show the result of a job this command queues (its own address
+    # for it, never a token); kept with the job until `CommandLayer.delivered`.
+    deliver_to: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class Context:
     is_owner: bool
     # Our id for the actor's community (None in a DM).
     community_id: int | None
+    deliver_to: Mapping[str, Any] | None = None
 
     @property
     def in_community(self) -> bool:

@@ -119,6 +119,7 @@ async def _queue(
             style=style,
             user_prompt=details,
             images_sanitised=stored,
+            deliver_to=ctx.deliver_to,
         )
     )
     return job.id

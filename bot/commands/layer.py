@@ -78,6 +78,7 @@ class CommandLayer:
             _check_access(spec, request.actor, self._is_owner(request.actor))
             options = check_options(spec, request.options)
             ctx = await self._context(request.actor)
+            ctx.deliver_to = request.deliver_to
             return await HANDLERS[spec.name](ctx, options)
         except (CommandError, RequestRefused) as refusal:
             return replies.refused(str(refusal))
@@ -87,14 +88,19 @@ class CommandLayer:
             return replies.refused(replies.internal_error(reference))
 
     async def run_line(
-        self, actor: Actor, text: str, attachments: Mapping[str, bytes] | None = None
+        self,
+        actor: Actor,
+        text: str,
+        attachments: Mapping[str, bytes] | None = None,
+        *,
+        deliver_to: Mapping[str, Any] | None = None,
     ) -> Reply:
         """Run a command typed as text ("/admin quota set everyone 10")."""
         try:
             read = read_line(text, attachments=attachments)
         except CommandError as refusal:
             return replies.refused(str(refusal))
-        return await self.handle(CommandRequest(actor, read.spec.name, read.options))
+        return await self.handle(CommandRequest(actor, read.spec.name, read.options, deliver_to))
 
     def command_of_line(self, text: str) -> CommandSpec | None:
         """The command a typed line (or a button's text) would run; None if it names none."""
@@ -154,10 +160,6 @@ class CommandLayer:
     async def image(self, image: ImageRef) -> bytes:
         """An image's bytes, for platforms that are sent files rather than links."""
         return await self.services.store.get(image.content_key)
-
-    async def deliver_later(self, job_id: str, platform: str, target: Mapping[str, Any]) -> None:
-        """Note where a job's result is to be shown, so that a restart does not lose it."""
-        await self.services.deliveries.remember(job_id, platform, target)
 
     async def undelivered(self, platform: str) -> list[PendingDelivery]:
         """The results this platform still owes, with the targets it noted."""
