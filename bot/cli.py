@@ -134,17 +134,16 @@ async def _run(args: argparse.Namespace) -> int:
 @contextlib.asynccontextmanager
 async def _chat_adapters(app: HeadshotApp) -> AsyncIterator[None]:
     """Every chat platform whose token is set, connected for as long as the service runs."""
-    adapters: list[Any] = []
-    if app.settings.discord_token is not None:
-        from adapters.discord import DiscordAdapter
+    # The launcher is where the layers are put together: the one place bot/ meets adapters/.
+    from adapters import configured
 
-        adapters.append(DiscordAdapter(app.commands, app.settings))
+    adapters = configured(app.commands, app.settings)
     started = []
     try:
         for adapter in adapters:
             await adapter.start()
             started.append(adapter)
-            print(f"headshot-bot: {type(adapter).__name__} started", file=sys.stderr)
+            print(f"headshot-bot: connected to {adapter.name}", file=sys.stderr)
         if not adapters:
             print("headshot-bot: no chat platform token set (DISCORD_TOKEN)", file=sys.stderr)
         yield

@@ -61,6 +61,8 @@ class HeadshotClient(discord.AutoShardedClient):
 
 
 class DiscordAdapter:
+    name = "Discord"
+
     def __init__(
         self, layer: CommandLayer, settings: Settings, *, edit_interval: float = EDIT_INTERVAL
     ) -> None:

@@ -35,7 +35,7 @@ class CommandButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]], template=PREFIX + r"(?P<line>.+)"
 ):
     def __init__(
-        self, line: str, *, label: str = "…", style: ButtonStyle = ButtonStyle.SECONDARY
+        self, line: str, *, label: str, style: ButtonStyle = ButtonStyle.SECONDARY
     ) -> None:
         custom_id = PREFIX + line
         if len(custom_id) > MAX_CUSTOM_ID:
@@ -52,7 +52,8 @@ class CommandButton(
         item: discord.ui.Button[Any],
         match: Any,
     ) -> CommandButton:
-        return cls(match["line"], label=item.label or "…")
+        # Rebuilt from the pressed message: the label is whatever it showed.
+        return cls(match["line"], label=item.label or "")
 
     async def callback(self, interaction: discord.Interaction) -> None:
         client: ButtonPresses = interaction.client  # type: ignore[assignment]

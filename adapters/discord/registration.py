@@ -15,12 +15,12 @@ from typing import Any, Union
 import discord
 from discord import app_commands
 
-from bot.commands import Access, CommandSpec, OptionSpec, OptionType
+from bot.commands import GROUP_SUMMARIES, Access, CommandSpec, OptionSpec, OptionType
 
 Runner = Callable[[CommandSpec, discord.Interaction, dict[str, Any]], Awaitable[None]]
 
 ADMIN_GROUP = "admin"
-ADMIN_DESCRIPTION = "Moderate this bot in this server"
+MAX_DESCRIPTION = 100
 # Everyone's commands work in servers and in direct messages with the bot; moderation only in
 # servers, shown by default to members who may manage the server (servers can change that,
 # so the command layer checks again on every run).
@@ -52,7 +52,7 @@ def register(tree: app_commands.CommandTree, specs: Iterable[CommandSpec], run: 
         parent = _group(tree, groups, tuple(parents), spec)
         command = app_commands.Command(
             name=leaf,
-            description=spec.summary,
+            description=spec.summary[:MAX_DESCRIPTION],
             callback=_callback(spec, run),
             parent=parent,
             allowed_contexts=None if parent else EVERYWHERE,
@@ -80,7 +80,7 @@ def _group(
     if parent is None:
         group = app_commands.Group(
             name=path[-1],
-            description=ADMIN_DESCRIPTION,
+            description=_group_summary(spec, len(path)),
             guild_only=True,
             allowed_contexts=SERVERS_ONLY,
             allowed_installs=INSTALLS,
@@ -88,9 +88,16 @@ def _group(
         )
         tree.add_command(group)
     else:
-        group = app_commands.Group(name=path[-1], description=f"/{spec.name}"[:100], parent=parent)
+        group = app_commands.Group(
+            name=path[-1], description=_group_summary(spec, len(path)), parent=parent
+        )
     groups[path] = group
     return group
+
+
+def _group_summary(spec: CommandSpec, depth: int) -> str:
+    name = " ".join(spec.path[:depth])
+    return GROUP_SUMMARIES.get(name, f"/{name.replace('_', '-')} …")[:MAX_DESCRIPTION]
 
 
 def _callback(spec: CommandSpec, run: Runner) -> Callable[..., Awaitable[None]]:
@@ -112,7 +119,7 @@ def _callback(spec: CommandSpec, run: Runner) -> Callable[..., Awaitable[None]]:
         for option in spec.options
     ]
     callback.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    descriptions = {option.name: option.description[:100] for option in spec.options}
+    descriptions = {option.name: option.description[:MAX_DESCRIPTION] for option in spec.options}
     callback.__discord_app_commands_param_description__ = descriptions  # type: ignore[attr-defined]
     choices = {
         option.name: [app_commands.Choice(name=str(value), value=value) for value in option.choices]

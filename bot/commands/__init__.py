@@ -2,10 +2,18 @@
 
 from bot.commands.context import Actor, CommandRequest
 from bot.commands.layer import CommandLayer
-from bot.commands.spec import COMMANDS, Access, CommandSpec, OptionSpec, OptionType
+from bot.commands.spec import (
+    COMMANDS,
+    GROUP_SUMMARIES,
+    Access,
+    CommandSpec,
+    OptionSpec,
+    OptionType,
+)
 
 __all__ = [
     "COMMANDS",
+    "GROUP_SUMMARIES",
     "Access",
     "Actor",
     "CommandLayer",

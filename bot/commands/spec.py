@@ -298,6 +298,13 @@ _OTHER_COMMANDS = (
     ),
 )
 
+# What each group of commands is for, for platforms that show groups ("/admin quota …").
+GROUP_SUMMARIES: dict[str, str] = {
+    "admin": "Moderate this bot here",
+    "admin quota": "Daily allowances",
+    "admin banned-words": "Words refused in prompts",
+}
+
 COMMANDS: dict[str, CommandSpec] = {
     spec.name: spec
     for spec in (
