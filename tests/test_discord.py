@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ from adapters.discord import DiscordAdapter
 from backends.modelslab.simulator import Simulator
 from bot.app import HeadshotApp, Overrides
 from bot.config import load_settings
+from bot.logs import setup_logging
 from tests.conftest import FAST, TEST_KEY, make_image, register_database
 from tests.fake_discord import FakeDiscord, Interaction, Message
 
@@ -239,6 +241,54 @@ async def test_reroll_and_delete_from_the_result_buttons(world: World) -> None:
     )
 
 
+async def test_two_samples_arrive_as_one_gallery(world: World) -> None:
+    await world.start()
+    result = await result_of(world.fake, await world.headshot(samples=2))
+    assert result.embeds[0]["description"].startswith("Done: 2 images")
+    assert len(result.files) == 2 and len(result.embeds) == 2
+    assert result.embeds[0]["url"] == result.embeds[1]["url"]  # one gallery
+    images = {embed["image"]["url"] for embed in result.embeds}
+    assert images == {f"attachment://{file.filename}" for file in result.files}
+
+
+async def test_a_result_over_the_upload_limit_is_shrunk_to_fit(world: World) -> None:
+    await world.start()
+    selfie = world.fake.upload(make_image((512, 640)), "me.png", "image/png")
+    limit = 12_000
+    interaction = await world.fake.run_command(
+        "headshot",
+        {"selfie": selfie},
+        user_id=ALICE,
+        guild_id=GUILD,
+        attachment_size_limit=limit,
+    )
+    result = await result_of(world.fake, interaction)
+    (image,) = result.files
+    assert len(image.data) <= limit and image.filename.endswith(".jpg")
+    assert decode(image.data)[0] == "JPEG"
+
+
+async def test_a_failed_job_offers_to_try_again(world: World) -> None:
+    await world.start()
+    fake = world.fake
+    world.simulator.config.failure_rate = 1.0
+    interaction = await world.headshot()
+    await fake.wait_for(
+        lambda: (
+            interaction.original is not None
+            and interaction.original.content.startswith("Sorry, that didn't work:")
+        ),
+        timeout=30,
+    )
+    failed = interaction.original
+    assert failed is not None and "Your credits were returned." in failed.content
+    assert [b["label"] for b in failed.buttons()] == ["Try again"]
+
+    world.simulator.config.failure_rate = 0.0
+    retry = await fake.press(failed, "Try again", user_id=ALICE, guild_id=GUILD)
+    assert (await result_of(fake, retry)).files
+
+
 async def test_headshot_in_a_dm(world: World) -> None:
     await world.start()
     interaction = await world.headshot(guild_id=None)
@@ -434,6 +484,13 @@ async def test_history_pages_turn_in_place(world: World) -> None:
     assert len(page.files) == 1
     assert [b["label"] for b in page.buttons()] == ["Previous"]
 
+    await fake.press(page, "Previous", user_id=ALICE, guild_id=GUILD)
+    await fake.wait_for(lambda: page.content.startswith("Your jobs, newest first (page 1 of 2)"))
+    assert len(page.files) == 5
+    # Galleries hold four images: the fifth starts another.
+    galleries = [embed["url"] for embed in page.embeds]
+    assert len(set(galleries[:4])) == 1 and galleries[4] != galleries[0]
+
 
 async def test_forget_asks_for_confirmation_with_a_button(world: World) -> None:
     await world.start()
@@ -540,6 +597,49 @@ async def test_a_restart_mid_job_still_delivers_and_old_buttons_still_work(
     again = await fake.press(earlier, "Re-roll", user_id=ALICE, guild_id=GUILD)
     rerolled = await result_of(fake, again)
     assert rerolled.embeds[0]["description"].startswith("Done: 1 image · casual · seed ")
+
+
+async def test_no_interaction_token_reaches_the_database_or_the_log(
+    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, discord_log = logging.getLogger(), logging.getLogger("discord")
+    saved = (root.handlers[:], root.level, discord_log.level)
+    setup_logging("DEBUG", [world.fake.token])  # what `headshot-bot run` sets up
+    root.addHandler(caplog.handler)
+    try:
+        await _token_free_run(world, tmp_path, caplog)
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        discord_log.setLevel(saved[2])
+
+
+async def _token_free_run(world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    await world.start()
+    world.simulator.config.processing_seconds = 0.3
+    interaction = await world.headshot()
+    await result_of(world.fake, interaction)
+    database = (tmp_path / "data" / "headshot.db").read_bytes()
+    for suffix in ("-wal", "-shm"):
+        extra = tmp_path / "data" / f"headshot.db{suffix}"
+        database += extra.read_bytes() if extra.exists() else b""
+    assert interaction.token.encode() not in database
+    assert interaction.token not in caplog.text
+    assert world.fake.token not in caplog.text
+
+
+async def test_discords_recommended_shard_count_is_used_when_none_is_set(
+    tmp_path: Path, simulator: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
+    gateway = discord.gateway.DiscordWebSocket
+    monkeypatch.setattr(gateway, "DEFAULT_GATEWAY", gateway.DEFAULT_GATEWAY)
+    async with FakeDiscord(recommended_shards=2) as fake:
+        world = World(tmp_path, fake, simulator)
+        try:
+            await world.start()
+            assert sorted(session.shard_id for session in fake.sessions) == [0, 1]
+        finally:
+            await world.stop()
 
 
 async def test_sharded_gateway_routes_each_server_to_its_shard(world: World) -> None:
