@@ -92,7 +92,8 @@ async def serve(kind: str, cap: int) -> None:
             await simulator.start()
             stack.push_async_callback(simulator.stop)
             SimulatorControl(simulator).add_routes(app)
-        runner = web.AppRunner(app, access_log=None)
+        # A request still in flight (a /fire waiting for answers) is cut after 1 s at exit.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -292,32 +293,42 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
 # ---- one run ---------------------------------------------------------------------------------
 
 
+QUEUED, NO_ANSWER = "queued", "no answer"
+
+
 @dataclass
 class Run:
     acks_ms: list[float]
-    answers: Counter[str]  # "queued", or the refusal's first words
+    answers: Counter[str]  # QUEUED, NO_ANSWER, or a refusal's first words
     answered_in_s: float
     finals_ms: list[float]
-    completed: int
+    completed: int  # jobs the simulator completed: the final messages expected
 
     @property
-    def queued(self) -> int:
-        return self.answers["queued"]
+    def refusals(self) -> Counter[str]:
+        return Counter({k: v for k, v in self.answers.items() if k not in (QUEUED, NO_ANSWER)})
 
     def figures(self) -> dict[str, float]:
         return {
-            "ack p50 ms": _percentile(self.acks_ms, 50),
-            "ack p99 ms": _percentile(self.acks_ms, 99),
-            "ack max ms": max(self.acks_ms),
+            **_spread("ack", self.acks_ms),
             "acknowledged": len(self.acks_ms),
-            "queued": self.queued,
-            "refused": sum(self.answers.values()) - self.queued,
+            "queued": self.answers[QUEUED],
+            "refused": self.refusals.total(),
+            "unanswered": self.answers[NO_ANSWER],
             "answered in s": self.answered_in_s,
-            "final p50 ms": _percentile(self.finals_ms, 50) if self.finals_ms else float("nan"),
-            "final p99 ms": _percentile(self.finals_ms, 99) if self.finals_ms else float("nan"),
-            "final max ms": max(self.finals_ms, default=float("nan")),
-            "finals": len(self.finals_ms),
+            **_spread("final", self.finals_ms),
+            "finals shown": len(self.finals_ms),
         }
+
+
+def _spread(name: str, values: list[float]) -> dict[str, float]:
+    if not values:
+        return {f"{name} {q} ms": float("nan") for q in ("p50", "p99", "max")}
+    return {
+        f"{name} p50 ms": _percentile(values, 50),
+        f"{name} p99 ms": _percentile(values, 99),
+        f"{name} max ms": max(values),
+    }
 
 
 async def one_run(args: argparse.Namespace) -> Run:
@@ -349,7 +360,7 @@ async def measure(args: argparse.Namespace, fake: Helper, sim: Helper) -> Run:
     fired = await fake.post("/fire", {"n": args.n, "timeout": ANSWER_TIMEOUT})
     acks = [i["ack"] * 1000 for i in fired["interactions"] if i["ack"] is not None]
     answers = Counter(_kind_of(i["answer"]) for i in fired["interactions"])
-    queued = answers["queued"]
+    queued = answers[QUEUED]
 
     at_provider = min(args.cap, queued)
     await _poll(lambda: _processing_is(sim, at_provider), 60, "the provider to fill up")
@@ -363,9 +374,9 @@ async def measure(args: argparse.Namespace, fake: Helper, sim: Helper) -> Run:
 
 def _kind_of(answer: str | None) -> str:
     if answer is None:
-        return "no answer"
+        return NO_ANSWER
     if answer.startswith("Got it"):
-        return "queued"
+        return QUEUED
     return answer[:60]
 
 
@@ -428,17 +439,16 @@ def settings_line(args: argparse.Namespace) -> str:
     )
 
 
-def print_run(index: int, run: Run, n: int, sample: int) -> None:
+def print_run(index: int, run: Run, n: int) -> None:
     f = run.figures()
-    refusals = {k: v for k, v in run.answers.items() if k != "queued"}
     print(
         f"run {index}: ack p50 {f['ack p50 ms']:.0f} / p99 {f['ack p99 ms']:.0f} / max "
         f"{f['ack max ms']:.0f} ms, {len(run.acks_ms)}/{n} acknowledged; answers: "
-        f"{run.queued} queued, {f['refused']:.0f} not"
-        + (f" {refusals}" if refusals else "")
-        + f", all in {run.answered_in_s:.1f} s; completion -> final message p50 "
+        f"{f['queued']:.0f} queued, {f['refused']:.0f} refused, {f['unanswered']:.0f} none"
+        + (f" (refusals: {dict(run.refusals)})" if run.refusals else "")
+        + f", all in by {run.answered_in_s:.1f} s; completion -> final message p50 "
         f"{f['final p50 ms']:.0f} / p99 {f['final p99 ms']:.0f} / max {f['final max ms']:.0f} "
-        f"ms, {len(run.finals_ms)}/{sample} shown",
+        f"ms, {len(run.finals_ms)}/{run.completed} shown",
         flush=True,
     )
 
@@ -470,12 +480,16 @@ def parse_args() -> argparse.Namespace:
 
 
 async def bench(args: argparse.Namespace) -> None:
+    # SIGTERM cancels the run, so that the bot stops and the temporary directory goes.
+    this = asyncio.current_task()
+    assert this is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, this.cancel)
     print(machine_line())
     print(settings_line(args), flush=True)
     runs = []
     for index in range(1, args.runs + 1):
         run = await one_run(args)
-        print_run(index, run, args.n, min(args.complete, run.queued))
+        print_run(index, run, args.n)
         runs.append(run)
     print_medians(runs)
 
@@ -490,7 +504,10 @@ def main() -> None:
     for chatty in ("discord.client", "discord.state"):
         logging.getLogger(chatty).setLevel(logging.ERROR)
     started = time.perf_counter()
-    asyncio.run(bench(args))
+    try:
+        asyncio.run(bench(args))
+    except asyncio.CancelledError:
+        raise SystemExit(143) from None
     print(f"wall time: {time.perf_counter() - started:.0f} s")
 
 
