@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import platform
@@ -351,6 +352,7 @@ async def one_run(args: argparse.Namespace) -> Run:
                 await adapter.start()
                 try:
                     await asyncio.wait_for(adapter.wait_ready(), 30)
+                    gc.freeze()  # as `headshot-bot run` does once everything has started
                     return await measure(args, fake, sim)
                 finally:
                     await adapter.stop()

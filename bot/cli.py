@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -127,6 +128,9 @@ async def _run(args: argparse.Namespace) -> int:
     async with _service(settings, demo=args.demo, web_port=None) as app:
         print(f"headshot-bot: serving on {app.base_url}", file=sys.stderr)
         async with _chat_adapters(app):
+            # What start-up made lives as long as the process: keep it out of the collector's
+            # full passes, each of which would otherwise stall a burst of interactions.
+            gc.freeze()
             await stop.wait()
     return 0
 

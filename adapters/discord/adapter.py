@@ -30,6 +30,10 @@ from bot.replies import Reply
 
 log = logging.getLogger(__name__)
 
+# Work that follows an acknowledgement waits while others are being sent, up to this long: in a
+# burst, every interaction is acknowledged before any command runs.
+ACKS_FIRST_SECONDS = 1.0
+
 
 class HeadshotClient(discord.AutoShardedClient):
     """discord.py's client with our commands and buttons. Sharded from the start: one shard
@@ -74,6 +78,9 @@ class DiscordAdapter:
         self._client: HeadshotClient | None = None
         self._gateway: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._acks_in_flight = 0
+        self._no_acks_in_flight = asyncio.Event()
+        self._no_acks_in_flight.set()
 
     @property
     def client(self) -> HeadshotClient:
@@ -131,9 +138,12 @@ class DiscordAdapter:
                     value.content_type, value.size, interaction.filesize_limit
                 )
                 if refusal is not None:
-                    await interaction.response.send_message(refusal.text, ephemeral=True)
+                    async with self._acknowledging():
+                        await interaction.response.send_message(refusal.text, ephemeral=True)
                     return
-        deferred = await interaction.response.defer(thinking=True, ephemeral=spec.private)
+        async with self._acknowledging():
+            deferred = await interaction.response.defer(thinking=True, ephemeral=spec.private)
+        await self._after_acknowledgements()
         async with self._answering(interaction):
             options: dict[str, Any] = {}
             for name, value in given.items():
@@ -157,10 +167,12 @@ class DiscordAdapter:
         # stranger's press is answered to them alone.
         in_place = spec is not None and spec.replaces_message and _pressers_own(interaction)
         private = spec is None or spec.private
-        if in_place:
-            deferred = await interaction.response.defer()
-        else:
-            deferred = await interaction.response.defer(thinking=True, ephemeral=private)
+        async with self._acknowledging():
+            if in_place:
+                deferred = await interaction.response.defer()
+            else:
+                deferred = await interaction.response.defer(thinking=True, ephemeral=private)
+        await self._after_acknowledgements()
         async with self._answering(interaction):
             message_id = None if in_place or deferred is None else deferred.message_id
             target = Target.of(interaction, message_id)
@@ -170,6 +182,23 @@ class DiscordAdapter:
             await self._answer(
                 interaction, reply, private=private, in_place=in_place, target=target
             )
+
+    @contextlib.asynccontextmanager
+    async def _acknowledging(self) -> AsyncIterator[None]:
+        self._acks_in_flight += 1
+        self._no_acks_in_flight.clear()
+        try:
+            yield
+        finally:
+            self._acks_in_flight -= 1
+            if self._acks_in_flight == 0:
+                self._no_acks_in_flight.set()
+
+    async def _after_acknowledgements(self) -> None:
+        """Let the acknowledgements in flight go first: each has 3 s, the commands have not."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ACKS_FIRST_SECONDS):
+                await self._no_acks_in_flight.wait()
 
     @contextlib.asynccontextmanager
     async def _answering(self, interaction: discord.Interaction) -> AsyncIterator[None]:
