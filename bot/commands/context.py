@@ -84,6 +84,7 @@ class Context:
     is_owner: bool
     # Our id for the actor's community (None in a DM).
     community_id: int | None
+    # Where the adapter will show a queued job's result (see `CommandRequest.deliver_to`).
     deliver_to: Mapping[str, Any] | None = None
 
     @property

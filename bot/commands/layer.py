@@ -77,8 +77,7 @@ class CommandLayer:
             # Who may run it first: a member learns nothing about an admin command's options.
             _check_access(spec, request.actor, self._is_owner(request.actor))
             options = check_options(spec, request.options)
-            ctx = await self._context(request.actor)
-            ctx.deliver_to = request.deliver_to
+            ctx = await self._context(request)
             return await HANDLERS[spec.name](ctx, options)
         except (CommandError, RequestRefused) as refusal:
             return replies.refused(str(refusal))
@@ -171,8 +170,8 @@ class CommandLayer:
     def _is_owner(self, actor: Actor) -> bool:
         return self.services.settings.is_owner(actor.platform, actor.user_id)
 
-    async def _context(self, actor: Actor) -> Context:
-        services = self.services
+    async def _context(self, request: CommandRequest) -> Context:
+        services, actor = self.services, request.actor
         community_id = None
         if actor.community_id is not None:
             community_id = await services.accounts.find_community(
@@ -183,6 +182,7 @@ class CommandLayer:
             actor=actor,
             is_owner=self._is_owner(actor),
             community_id=community_id,
+            deliver_to=request.deliver_to,
         )
 
 
