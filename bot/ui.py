@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from storage.imagestore import extension_for_content_type
+
 SHORT_ID_CHARS = 8
-_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class ImageRef:
     @property
     def extension(self) -> str:
         """The file name extension for platforms that are sent the image as a file."""
-        return _EXTENSIONS.get(self.content_type, "bin")
+        return extension_for_content_type(self.content_type)
 
 
 class ButtonStyle(StrEnum):

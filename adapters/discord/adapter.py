@@ -96,11 +96,10 @@ class DiscordAdapter:
         self._client = client = HeadshotClient(self, settings.discord_shards)
         try:
             await client.login(settings.discord_token.get_secret_value())
-        except discord.LoginFailure:
+        except BaseException as exc:
             await client.close()
-            raise ConfigError("invalid setting DISCORD_TOKEN: Discord refused it") from None
-        except BaseException:
-            await client.close()
+            if isinstance(exc, discord.LoginFailure):
+                raise ConfigError("invalid setting DISCORD_TOKEN: Discord refused it") from None
             raise
         for pending in await self.layer.undelivered(PLATFORM):
             try:

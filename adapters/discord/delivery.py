@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -61,19 +61,17 @@ class Target:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Target:
-        def number(key: str, default: int | None = None) -> int | None:
-            value = data.get(key, default)
-            if value is default:
-                return value
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"delivery target without a valid {key}: {dict(data)!r}")
-            return value
-
-        channel, user = number("channel_id"), number("user_id")
-        if channel is None or user is None:
-            raise ValueError(f"delivery target without a channel or user: {dict(data)!r}")
-        limit = number("upload_limit", DEFAULT_UPLOAD_LIMIT) or DEFAULT_UPLOAD_LIMIT
-        return cls(channel, user, number("message_id"), number("guild_id"), limit)
+        """Read back what `to_json` wrote; ValueError if it is not that."""
+        given = {key: value for key, value in data.items() if value is not None}
+        valid = {field.name for field in fields(cls)}
+        if not given.keys() <= valid or not all(
+            isinstance(value, int) and not isinstance(value, bool) for value in given.values()
+        ):
+            raise ValueError(f"not a delivery target: {dict(data)!r}")
+        try:
+            return cls(**given)
+        except TypeError:  # no channel or no user
+            raise ValueError(f"not a delivery target: {dict(data)!r}") from None
 
     def to_json(self) -> dict[str, int | None]:
         return asdict(self)
@@ -183,9 +181,10 @@ class JobDelivery:
                 log.info("job %s: result edit failed (%r); posting it", self._job_id, exc)
                 self._interaction = None
         message = message.with_mention(self._target.user_id)
-        for destination in (self._channel, self._dm):
+        # The channel, as a reply to the command's message; failing that, the user's DMs.
+        for destination, reference in ((self._channel, self._reference()), (self._dm, None)):
             try:
-                await self._send(destination, message)
+                await self._send(destination, reference, message)
                 return True
             except (discord.Forbidden, discord.NotFound) as exc:
                 log.info("job %s: %s refused the result (%s)", self._job_id, destination, exc)
@@ -202,11 +201,11 @@ class JobDelivery:
     async def _send(
         self,
         destination: Callable[[], Awaitable[discord.abc.Messageable]],
+        reference: discord.MessageReference | None,
         message: Outgoing,
     ) -> None:
         """Send, and if Discord refuses the files (too large, say), the message without them."""
         channel = await destination()
-        reference = self._reference() if destination == self._channel else None
         try:
             await channel.send(**message.kwargs(editing=False), reference=reference)  # type: ignore[arg-type]
         except discord.HTTPException as exc:
