@@ -18,7 +18,7 @@ from bot.engine import EngineTimings, JobEngine
 from bot.event_bus import EventBus
 from bot.fetch import SafeFetcher
 from bot.generation import GenerationService
-from bot.web import create_web_app
+from bot.web import ChatWebhooks, create_web_app
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
 from storage.bans import BanRepository
@@ -61,6 +61,8 @@ class HeadshotApp:
         self.accounts: AccountRepository
         self.jobs: JobRepository
         self.events = EventBus()
+        # Chat platforms' webhook handlers, mounted by their adapters once the server runs.
+        self.chat_webhooks = ChatWebhooks()
         self.engine: JobEngine
         self.generation: GenerationService
         self.fetcher: SafeFetcher
@@ -141,7 +143,9 @@ class HeadshotApp:
                 image_base_url=public or self.base_url,
             )
         )
-        self._runner = web.AppRunner(create_web_app(self.engine, self.jobs, self.store))
+        self._runner = web.AppRunner(
+            create_web_app(self.engine, self.jobs, self.store, self.chat_webhooks)
+        )
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
         await self.engine.resume()

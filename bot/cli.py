@@ -141,7 +141,7 @@ async def _chat_adapters(app: HeadshotApp) -> AsyncIterator[None]:
     # The launcher is where the layers are put together: the one place bot/ meets adapters/.
     from adapters import configured
 
-    adapters = configured(app.commands, app.settings)
+    adapters = configured(app.commands, app.settings, app.chat_webhooks)
     started = []
     try:
         for adapter in adapters:
@@ -149,7 +149,10 @@ async def _chat_adapters(app: HeadshotApp) -> AsyncIterator[None]:
             started.append(adapter)
             print(f"headshot-bot: connected to {adapter.name}", file=sys.stderr)
         if not adapters:
-            print("headshot-bot: no chat platform token set (DISCORD_TOKEN)", file=sys.stderr)
+            print(
+                "headshot-bot: no chat platform token set (DISCORD_TOKEN, TELEGRAM_BOT_TOKEN)",
+                file=sys.stderr,
+            )
         yield
     finally:
         for adapter in reversed(started):

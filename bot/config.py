@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     # Gateway shards; unset, Discord's recommendation (GET /gateway/bot) decides.
     discord_shards: int | None = Field(None, ge=1, le=1024)
 
+    # Telegram: `headshot-bot run` starts the Telegram adapter when the token is set. It polls
+    # for updates unless PUBLIC_BASE_URL is set: then Telegram posts them to our web server.
+    telegram_bot_token: SecretStr | None = None
+    telegram_api_base: HttpUrl = HttpUrl("https://api.telegram.org")
+    # Results as photos (Telegram recompresses them) or as documents (the file as made).
+    telegram_send_as: Literal["photo", "document"] = "photo"
+    # How long the bot waits for the photo after a bare /headshot, or for a style to be picked.
+    telegram_wait_seconds: float = Field(300.0, ge=1, le=3600)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("database_url")
@@ -102,6 +111,7 @@ class Settings(BaseSettings):
             self.s3_access_key_id,
             self.s3_secret_access_key,
             self.discord_token,
+            self.telegram_bot_token,
         ]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 

@@ -41,3 +41,6 @@ def setup_logging(level: str, secrets: Iterable[str]) -> None:
     # discord.py logs whole gateway payloads and webhook URLs at DEBUG: both carry interaction
     # tokens, which are secrets for 15 minutes.
     logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
+    # python-telegram-bot logs every request's parameters at DEBUG (a webhook's secret among
+    # them), and httpx every URL, which carries the bot token (held above as well).
+    logging.getLogger("telegram").setLevel(max(logging.INFO, root.level))

@@ -117,6 +117,73 @@ def selfie_gone(retention_seconds: float) -> str:
     )
 
 
+# ---- asking for what is missing (platforms whose commands arrive as messages) ----------------
+
+
+def working() -> str:
+    """Shown at once while a request is checked; the job's progress replaces it."""
+    return "Got it: one moment…"
+
+
+def send_selfie(command: str, wait_seconds: float) -> str:
+    minutes = max(1, round(wait_seconds / 60))
+    return (
+        f"Send me your selfie for /{command}: a clear, front-facing photo, as a photo or as a "
+        f"file. I'll wait {minutes} min; /cancel to stop."
+    )
+
+
+def selfie_wait_over(command: str) -> str:
+    return f"No photo came, so I stopped waiting: send /{command} again when you're ready."
+
+
+def cancelled() -> str:
+    return "Cancelled: nothing was charged."
+
+
+def nothing_to_cancel() -> str:
+    return "There's nothing to cancel."
+
+
+def not_a_selfie(kind: str) -> str:
+    return f"A {kind} can't be used as a selfie: send a photo (or an image as a file)."
+
+
+def not_your_photo() -> str:
+    return "Reply to a photo you sent yourself: other people's photos can't be used."
+
+
+def pick_style(command: str) -> str:
+    return f"Which style for your /{command}? (Default: this community's usual one.)"
+
+
+def default_style_label() -> str:
+    return "Default"
+
+
+def choice_expired() -> str:
+    return "That choice has expired: send your selfie with /headshot again."
+
+
+def not_yours() -> str:
+    return "Those buttons belong to the person who asked: send your own /headshot."
+
+
+def unknown_button() -> str:
+    return "That button isn't valid: type /help to see the commands."
+
+
+def private_chat_needed() -> str:
+    return (
+        "That answer is only for you, and I can't message you yet: open a private chat with me, "
+        "press Start, then ask again."
+    )
+
+
+def sent_privately() -> str:
+    return "Sent to you in a private chat."
+
+
 # ---- the user's own things ----------------------------------------------------------------
 
 

@@ -1,9 +1,11 @@
-"""Our aiohttp server: ModelsLab webhooks, the re-hosted images, and a health check."""
+"""Our aiohttp server: ModelsLab webhooks, chat platforms' webhooks, the re-hosted images, and a
+health check."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -19,13 +21,43 @@ ENGINE_KEY = web.AppKey("engine", JobEngine)
 JOBS_KEY = web.AppKey("jobs", JobRepository)
 STORE_KEY = web.AppKey("store", ImageStore)
 
+ChatWebhook = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-def create_web_app(engine: JobEngine, jobs: JobRepository, store: ImageStore) -> web.Application:
+
+class ChatWebhooks:
+    """Where chat platforms that push updates over HTTP (Telegram's webhook mode) are received:
+    `POST /webhooks/<platform>`. Adapters start after the server, when aiohttp's router no longer
+    takes routes, so they mount their handler here instead."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, ChatWebhook] = {}
+
+    def mount(self, platform: str, handler: ChatWebhook) -> str:
+        """Receive `platform`'s updates with `handler`; returns the path they are posted to."""
+        if platform == "modelslab" or not platform.isidentifier():
+            raise ValueError(f"not a platform name for a webhook: {platform!r}")
+        self._handlers[platform] = handler
+        return f"/webhooks/{platform}"
+
+    def unmount(self, platform: str) -> None:
+        self._handlers.pop(platform, None)
+
+    async def receive(self, request: web.Request) -> web.StreamResponse:
+        handler = self._handlers.get(request.match_info["platform"])
+        if handler is None:
+            raise web.HTTPNotFound()
+        return await handler(request)
+
+
+def create_web_app(
+    engine: JobEngine, jobs: JobRepository, store: ImageStore, chats: ChatWebhooks
+) -> web.Application:
     app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
     app[ENGINE_KEY] = engine
     app[JOBS_KEY] = jobs
     app[STORE_KEY] = store
     app.router.add_post("/webhooks/modelslab/{token}", modelslab_webhook)
+    app.router.add_post("/webhooks/{platform}", chats.receive)
     app.router.add_get("/images/{token}", image)
     app.router.add_get("/healthz", health)
     return app

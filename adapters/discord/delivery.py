@@ -11,11 +11,9 @@ retried with a growing delay, so a result is shown at least once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +21,8 @@ import aiohttp
 import discord
 
 from adapters.discord.rendering import DEFAULT_UPLOAD_LIMIT, Outgoing, event_message
+from adapters.targets import read_target
+from adapters.throttle import Throttle
 from bot.commands import CommandLayer
 from bot.events import FINAL_EVENTS, JobEvent
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 PLATFORM = "discord"
 # Discord accepts edits through an interaction's token for 15 minutes; stop a little before.
 TOKEN_LIFETIME = timedelta(minutes=15) - timedelta(seconds=30)
-# Progress edits are coalesced: at most one per interval, always the latest state.
+# Progress edits are coalesced (`Throttle`): at most one per interval, always the latest state.
 EDIT_INTERVAL = 2.0
 RETRY_FIRST_SECONDS = 5.0
 RETRY_MAX_SECONDS = 300.0
@@ -62,55 +62,10 @@ class Target:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Target:
         """Read back what `to_json` wrote; ValueError if it is not that."""
-        given = {key: value for key, value in data.items() if value is not None}
-        valid = {field.name for field in fields(cls)}
-        if not given.keys() <= valid or not all(
-            isinstance(value, int) and not isinstance(value, bool) for value in given.values()
-        ):
-            raise ValueError(f"not a delivery target: {dict(data)!r}")
-        try:
-            return cls(**given)
-        except TypeError:  # no channel or no user
-            raise ValueError(f"not a delivery target: {dict(data)!r}") from None
+        return read_target(cls, data)
 
     def to_json(self) -> dict[str, int | None]:
         return asdict(self)
-
-
-class Throttle:
-    """Shows the latest of a stream of items, at most one every `interval` seconds (the first
-    too: the message already says something)."""
-
-    def __init__(self, show: Callable[[JobEvent], Awaitable[None]], interval: float) -> None:
-        self._show = show
-        self._interval = interval
-        self._latest: JobEvent | None = None
-        self._shown_at = time.monotonic()
-        self._task: asyncio.Task[None] | None = None
-
-    def offer(self, item: JobEvent) -> None:
-        self._latest = item
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain())
-
-    async def _drain(self) -> None:
-        while self._latest is not None:
-            wait = self._shown_at + self._interval - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            item, self._latest = self._latest, None
-            if item is None:
-                return
-            self._shown_at = time.monotonic()
-            await self._show(item)
-
-    async def close(self) -> None:
-        """Drop what is not shown yet and stop (an edit in flight is abandoned)."""
-        self._latest = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 class JobDelivery:

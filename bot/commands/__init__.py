@@ -2,6 +2,7 @@
 
 from bot.commands.context import Actor, CommandRequest
 from bot.commands.layer import CommandLayer
+from bot.commands.parse import ParsedCommand
 from bot.commands.spec import (
     COMMANDS,
     GROUP_SUMMARIES,
@@ -21,4 +22,5 @@ __all__ = [
     "CommandSpec",
     "OptionSpec",
     "OptionType",
+    "ParsedCommand",
 ]

@@ -17,12 +17,19 @@ from bot import replies
 from bot.commands import admin, mine
 from bot.commands.context import Actor, CommandRequest, Context, Services
 from bot.commands.generate import generate, reroll
-from bot.commands.parse import CommandError, check_options, read_line, unknown_command
+from bot.commands.parse import (
+    CommandError,
+    ParsedCommand,
+    check_options,
+    read_line,
+    unknown_command,
+)
 from bot.commands.spec import COMMANDS, GENERATION_COMMANDS, Access, CommandSpec, find_command
 from bot.events import Completed, Failed, JobEvent
 from bot.generation import RequestRefused
 from bot.images import ImageRejected, check_upload
 from bot.replies import Reply
+from bot.styles import STYLES
 from bot.ui import ImageRef
 from bot.views import image_refs, job_summary
 from storage.records import JobRecord, JobState, PendingDelivery
@@ -103,10 +110,20 @@ class CommandLayer:
 
     def command_of_line(self, text: str) -> CommandSpec | None:
         """The command a typed line (or a button's text) would run; None if it names none."""
+        read = self.read_line(text)
+        return None if read is None else read.spec
+
+    def read_line(self, text: str) -> ParsedCommand | None:
+        """A typed line's command and its options as typed (unchecked: `handle` checks them);
+        None if the line cannot be read, which running it explains."""
         try:
-            return read_line(text).spec
+            return read_line(text)
         except CommandError:
             return None
+
+    def style_choices(self) -> list[tuple[str, str]]:
+        """The style presets as (name, title), for platforms that offer them as buttons."""
+        return [(style.name, style.title) for style in STYLES.values()]
 
     async def follow(self, job_id: str) -> AsyncIterator[JobEvent]:
         """A job's events until it ends: where it stands now, then every change.

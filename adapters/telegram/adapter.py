@@ -1,0 +1,612 @@
+"""The Telegram adapter: messages and button presses in, the command layer's replies and job
+events out, through python-telegram-bot. It translates; the command layer decides.
+
+A selfie comes the ways people send one: a photo (or an image sent as a file) with
+`/headshot [style] [prompt]` as its caption, `/headshot` as a reply to their photo, or
+`/headshot` alone, after which the bot asks for the photo. Without a style, the styles are
+offered as buttons. Updates arrive by long polling, or, when PUBLIC_BASE_URL is set, as
+Telegram's webhook posts to our own web server, each checked against a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from telegram import CallbackQuery, ForceReply, Message, Update
+from telegram.constants import ChatMemberStatus, ChatType
+from telegram.error import BadRequest, Forbidden, InvalidToken, TelegramError
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    BaseRateLimiter,
+    CallbackQueryHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from adapters.telegram.delivery import EDIT_INTERVAL, PLATFORM, JobDelivery, Target
+from adapters.telegram.incoming import (
+    Sender,
+    attached_file,
+    command_line,
+    reply_subject,
+    sender_of,
+)
+from adapters.telegram.outgoing import (
+    MAX_ALERT,
+    MAX_TEXT,
+    command_of_press,
+    cut,
+    is_media,
+    keyboard,
+    pick_keyboard,
+    pick_of_press,
+    send,
+    uploads,
+)
+from adapters.telegram.registration import register
+from adapters.telegram.waiting import FileRef, Request, Wait, Waits
+from bot import replies
+from bot.commands import Access, Actor, CommandLayer, CommandSpec
+from bot.config import ConfigError, Settings
+from bot.replies import Reply
+from bot.web import ChatWebhooks
+
+log = logging.getLogger(__name__)
+
+# Bots may download files of up to 20 MB from Telegram.
+DOWNLOAD_LIMIT = 20 * 1024 * 1024
+ALLOWED_UPDATES = ["message", "callback_query"]
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
+# Updates handled at once (python-telegram-bot handles them one by one unless told otherwise).
+CONCURRENT_UPDATES = 256
+POLL_TIMEOUT = 30
+_ADMIN_STATUSES = (ChatMemberStatus.OWNER, ChatMemberStatus.ADMINISTRATOR)
+
+
+class TelegramAdapter:
+    name = "Telegram"
+
+    def __init__(
+        self,
+        layer: CommandLayer,
+        settings: Settings,
+        webhooks: ChatWebhooks,
+        *,
+        edit_interval: float = EDIT_INTERVAL,
+        rate_limiter: BaseRateLimiter[Any] | None = None,
+    ) -> None:
+        if settings.telegram_bot_token is None:
+            raise ConfigError("invalid setting TELEGRAM_BOT_TOKEN: it is not set")
+        self.layer = layer
+        self._settings = settings
+        self._token = settings.telegram_bot_token.get_secret_value()
+        self._webhooks = webhooks
+        self._edit_interval = edit_interval
+        # Telegram's flood limits (30 messages a second, 20 a minute per group), waited for
+        # rather than hit; a flood-control answer is waited out and the request made again.
+        self._rate_limiter = rate_limiter or AIORateLimiter(max_retries=3)
+        self._waits = Waits(settings.telegram_wait_seconds, self._wait_ended)
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
+        self._webhook_path: str | None = None
+
+    @property
+    def application(self) -> Application[Any, Any, Any, Any, Any, Any]:
+        if self._application is None:
+            raise RuntimeError("the Telegram adapter is not started")
+        return self._application
+
+    @property
+    def webhook_secret(self) -> str:
+        """The secret Telegram sends with each webhook post: derived from the token, so it is
+        the same after a restart and secret as long as the token is."""
+        return hmac.new(self._token.encode(), b"headshot-bot webhook", hashlib.sha256).hexdigest()
+
+    async def start(self) -> None:
+        """Log in, set the command menus, resume owed deliveries, start receiving updates."""
+        settings = self._settings
+        api = str(settings.telegram_api_base).rstrip("/")
+        webhook = settings.public_base_url is not None
+        builder = (
+            Application.builder()
+            .token(self._token)
+            .base_url(f"{api}/bot")
+            .base_file_url(f"{api}/file/bot")
+            .rate_limiter(self._rate_limiter)
+            .concurrent_updates(CONCURRENT_UPDATES)
+        )
+        if webhook:
+            builder = builder.updater(None)
+        application = builder.build()
+        application.add_handler(
+            MessageHandler(
+                filters.UpdateType.MESSAGE & (filters.ChatType.PRIVATE | filters.ChatType.GROUPS),
+                self._on_message,
+            )
+        )
+        application.add_handler(CallbackQueryHandler(self._on_press))
+        application.add_error_handler(_log_error)
+        try:
+            await application.initialize()
+        except InvalidToken:
+            raise ConfigError("invalid setting TELEGRAM_BOT_TOKEN: Telegram refused it") from None
+        self._application = application
+        try:
+            owners = [
+                int(owner.partition(":")[2])
+                for owner in settings.owners
+                if owner.startswith(f"{PLATFORM}:") and owner.partition(":")[2].isdigit()
+            ]
+            await register(application.bot, self.layer.commands.values(), owners)
+            for pending in await self.layer.undelivered(PLATFORM):
+                try:
+                    target = Target.from_json(pending.target)
+                except ValueError:
+                    log.exception("job %s: unreadable delivery target; dropped", pending.job_id)
+                    await self.layer.delivered(pending.job_id)
+                    continue
+                self._follow(pending.job_id, target)
+            await application.start()
+            if webhook:
+                self._webhook_path = self._webhooks.mount(PLATFORM, self._receive)
+                assert settings.public_base_url is not None
+                url = str(settings.public_base_url).rstrip("/") + self._webhook_path
+                await application.bot.set_webhook(
+                    url, secret_token=self.webhook_secret, allowed_updates=ALLOWED_UPDATES
+                )
+            else:
+                assert application.updater is not None
+                await application.updater.start_polling(
+                    timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES
+                )
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop receiving, stop following jobs (what is owed stays noted), disconnect."""
+        if self._webhook_path is not None:
+            self._webhooks.unmount(PLATFORM)
+            self._webhook_path = None
+        application = self._application
+        if application is None:
+            return
+        if application.updater is not None and application.updater.running:
+            await application.updater.stop()
+        if application.running:
+            await application.stop()
+        await self._waits.close()
+        for task in list(self._deliveries):
+            task.cancel()
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
+        await application.shutdown()
+        self._application = None
+
+    # ---- webhook mode ---------------------------------------------------------------------
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        """One update posted by Telegram. Without the right secret: 403, nothing read."""
+        given = request.headers.get(SECRET_HEADER, "")
+        if not hmac.compare_digest(given.encode(), self.webhook_secret.encode()):
+            raise web.HTTPForbidden()
+        try:
+            data = await request.json()
+            update = Update.de_json(data, self.application.bot) if isinstance(data, dict) else None
+        except (ValueError, TypeError, KeyError):
+            update = None
+        if update is None:
+            raise web.HTTPBadRequest(text="not a Telegram update")
+        await self.application.update_queue.put(update)
+        return web.Response()
+
+    # ---- messages -------------------------------------------------------------------------
+
+    async def _on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.message
+        if message is None:
+            return
+        sender = sender_of(message)
+        if sender is None:
+            return
+        async with self._answering(message.chat_id, message.message_id):
+            await self._message(message, sender)
+
+    async def _message(self, message: Message, sender: Sender) -> None:
+        chat_id = message.chat_id
+        line = command_line(message, self.application.bot.username)
+        if line is None:
+            if self._waits.photo_awaited(chat_id, sender.id) is not None:
+                await self._photo_arrived(message, sender)
+            elif message.chat.type == ChatType.PRIVATE:
+                # In a private chat, a photo on its own is a request for a headshot, and
+                # anything else a question about what the bot does.
+                file = attached_file(message)
+                line = "/headshot" if file is not None and file.is_image_message else "/help"
+                await self._command(message, sender, line)
+            return
+        word = line.split(maxsplit=1)[0]
+        if word == "/cancel":
+            ended = self._waits.cancel(chat_id, sender.id)
+            text = replies.cancelled() if ended else replies.nothing_to_cancel()
+            await send(self.application.bot, chat_id, text, reply_to=message.message_id)
+            return
+        # Telegram's own first command: what the bot does.
+        line = "/help" if word == "/start" else line
+        self._waits.take_photo_wait(chat_id, sender.id)  # a new command replaces the wait
+        await self._command(message, sender, line)
+
+    async def _command(self, message: Message, sender: Sender, line: str) -> None:
+        read = self.layer.read_line(line)
+        spec = read.spec if read is not None else None
+        subject = reply_subject(message, sender)
+        if subject is not None and spec is not None and spec.option("user") and "user=" not in line:
+            # A moderator points at someone by replying to their message: the other words
+            # are then the command's other options.
+            line = f"{line} user={subject}"
+        request = Request(line, message.chat_id, sender.id, message.message_id)
+        if spec is not None and spec.takes_selfie:
+            await self._selfie_command(message, sender, request)
+        elif spec is not None and not spec.private:
+            await self._queue(request)
+        else:
+            actor = await self._actor(message.chat_id, sender, spec)
+            reply = await self.layer.run_line(actor, line)
+            await self._answer(message.chat_id, sender, reply, reply_to=message.message_id)
+
+    async def _selfie_command(self, message: Message, sender: Sender, request: Request) -> None:
+        selfie = attached_file(message)
+        replied = message.reply_to_message
+        if selfie is None and replied is not None and attached_file(replied) is not None:
+            if sender_of(replied) != sender:
+                await self._refuse(request, replies.not_your_photo())
+                return
+            selfie = attached_file(replied)
+        read = self.layer.read_line(request.line)
+        if selfie is None and read is not None and "selfie_url" not in read.options:
+            text = replies.send_selfie(read.spec.name, self._settings.telegram_wait_seconds)
+            # In a group the bot sees only commands and replies to it (privacy mode): have the
+            # person's app answer the question as a reply.
+            force = ForceReply(selective=True) if request.chat_id < 0 else None
+            prompt = await send(
+                self.application.bot, request.chat_id, text, markup=force, reply_to=request.reply_to
+            )
+            self._waits.await_photo(request, prompt.message_id)
+            return
+        await self._with_selfie(dataclasses.replace(request, selfie=selfie))
+
+    async def _photo_arrived(self, message: Message, sender: Sender) -> None:
+        """A message from someone the bot is waiting on for a photo."""
+        chat_id = message.chat_id
+        waiting = self._waits.photo_awaited(chat_id, sender.id)
+        assert waiting is not None
+        file = attached_file(message)
+        if file is None:
+            if message.chat.type == ChatType.PRIVATE:
+                spec = self.layer.command_of_line(waiting.line)
+                name = spec.name if spec is not None else "headshot"
+                text = replies.send_selfie(name, self._settings.telegram_wait_seconds)
+                await send(self.application.bot, chat_id, text, reply_to=message.message_id)
+            return
+        if not file.is_image_message:  # still waiting for a photo
+            text = replies.not_a_selfie(file.kind)
+            await send(self.application.bot, chat_id, text, reply_to=message.message_id)
+            return
+        self._waits.take_photo_wait(chat_id, sender.id)
+        await self._with_selfie(
+            dataclasses.replace(waiting, selfie=file, reply_to=message.message_id)
+        )
+
+    async def _with_selfie(self, request: Request) -> None:
+        """Check the selfie as Telegram describes it, ask for a style if none was given, and
+        queue the job."""
+        selfie = request.selfie
+        if selfie is not None:
+            if not selfie.is_image_message:
+                await self._refuse(request, replies.not_a_selfie(selfie.kind))
+                return
+            refusal = self.layer.check_upload(selfie.content_type, selfie.size or 0, DOWNLOAD_LIMIT)
+            if refusal is not None:
+                await self._refuse(request, refusal.text)
+                return
+        read = self.layer.read_line(request.line)
+        if (
+            read is not None
+            and read.spec.option("style") is not None
+            and "style" not in read.options
+        ):
+            token = self._waits.new_token()
+            markup = pick_keyboard(token, self.layer.style_choices(), replies.default_style_label())
+            prompt = await send(
+                self.application.bot,
+                request.chat_id,
+                replies.pick_style(read.spec.name),
+                markup=markup,
+                reply_to=request.reply_to,
+            )
+            self._waits.await_style(token, request, prompt.message_id)
+            return
+        await self._queue(request)
+
+    async def _queue(self, request: Request, status_id: int | None = None) -> None:
+        """Run a command that may queue a job. A status message shows at once; it is edited
+        into the command's answer and then into the job's progress."""
+        bot = self.application.bot
+        chat_id = request.chat_id
+        if status_id is None:
+            status = await send(bot, chat_id, replies.working(), reply_to=request.reply_to)
+            status_id = status.message_id
+        else:
+            await self._edit(chat_id, status_id, replies.working())
+        attachments: dict[str, bytes] = {}
+        if request.selfie is not None:
+            download = await self._download(request.selfie)
+            if isinstance(download, Reply):
+                await self._edit(chat_id, status_id, download.text)
+                return
+            attachments["selfie"] = download
+        target = Target(chat_id, request.sender_id, request.reply_to, status_id)
+        actor = _actor(chat_id, request.sender_id, is_moderator=False)
+        reply = await self.layer.run_line(
+            actor, request.line, attachments, deliver_to=target.to_json()
+        )
+        await self._edit(chat_id, status_id, reply.text, reply)
+        if reply.job_id is not None:
+            self._follow(reply.job_id, target)
+
+    async def _download(self, selfie: FileRef) -> bytes | Reply:
+        try:
+            file = await self.application.bot.get_file(selfie.file_id)
+            refusal = self.layer.check_upload(
+                selfie.content_type, file.file_size or 0, DOWNLOAD_LIMIT
+            )
+            if refusal is not None:
+                return refusal
+            data = bytes(await file.download_as_bytearray())
+        except TelegramError as exc:
+            log.warning("could not download a selfie (%s)", exc)
+            return replies.refused(replies.upload_unreadable())
+        return self.layer.check_upload(selfie.content_type, len(data), DOWNLOAD_LIMIT) or data
+
+    # ---- button presses -------------------------------------------------------------------
+
+    async def _on_press(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        if query is None:
+            return
+        try:
+            await self._press(query)
+        except Exception:
+            reference = secrets.token_hex(4)
+            log.exception("button press %s failed (ref %s)", query.id, reference)
+            with contextlib.suppress(TelegramError):
+                await query.answer(replies.internal_error(reference)[:MAX_ALERT], show_alert=True)
+
+    async def _press(self, query: CallbackQuery) -> None:
+        message = query.message if isinstance(query.message, Message) else None
+        presser = Sender(query.from_user.id)
+        pick = pick_of_press(query.data)
+        if pick is not None:
+            await self._style_picked(query, message, *pick)
+            return
+        line = command_of_press(query.data)
+        spec = self.layer.command_of_line(line) if line is not None else None
+        if line is None or spec is None:  # not a button of ours: forged or from an old version
+            await query.answer(replies.unknown_button(), show_alert=True)
+            return
+        chat_id = message.chat_id if message is not None else presser.id
+        own = message is not None and _pressers_own(message, presser)
+        if not spec.private and own:
+            assert message is not None
+            # As if the person had typed it, in reply to their own message.
+            replied = message.reply_to_message
+            reply_to = replied.message_id if replied is not None else None
+            await query.answer()
+            await self._queue(Request(line, chat_id, presser.id, reply_to))
+            return
+        actor = await self._actor(chat_id, presser, spec)
+        reply = await self.layer.run_line(actor, line)
+        if reply.refused:
+            await query.answer(cut(reply.text, MAX_ALERT), show_alert=True)
+            return
+        if spec.replaces_message and own:
+            assert message is not None
+            await self._replace(query, message, reply)
+            return
+        await query.answer()
+        await self._answer(chat_id, presser, reply, reply_to=None)
+        if reply.job_id is not None:  # queued from a button on someone else's message
+            self._follow(reply.job_id, Target(chat_id, presser.id))
+
+    async def _style_picked(
+        self, query: CallbackQuery, message: Message | None, token: str, style: str
+    ) -> None:
+        wait = self._waits.style_wait(token)
+        if wait is None or message is None:
+            await query.answer(replies.choice_expired(), show_alert=True)
+            if message is not None:
+                await self._edit(message.chat_id, message.message_id, replies.choice_expired())
+            return
+        request = wait.request
+        if not await self._acts_for(request, query.from_user.id):
+            await query.answer(replies.not_yours(), show_alert=True)
+            return
+        self._waits.take_style_wait(token)
+        await query.answer()
+        line = f"{request.line} style={style}" if style else request.line
+        await self._queue(dataclasses.replace(request, line=line), status_id=wait.prompt_id)
+
+    async def _replace(self, query: CallbackQuery, message: Message, reply: Reply) -> None:
+        """Show a reply in place of the pressed message (the next page, a deleted result)."""
+        bot = self.application.bot
+        markup = keyboard(reply.buttons)
+        if not reply.images and not is_media(message):
+            await query.answer()
+            await self._edit(message.chat_id, message.message_id, reply.text, reply)
+            return
+        # A photo cannot become text: the old message goes and the reply comes anew.
+        try:
+            await bot.delete_message(message.chat_id, message.message_id)
+        except BadRequest as exc:  # too old to delete: at least its buttons go
+            log.info("could not delete message %s (%s)", message.message_id, exc)
+            with contextlib.suppress(BadRequest):
+                await bot.edit_message_caption(
+                    chat_id=message.chat_id,
+                    message_id=message.message_id,
+                    caption=reply.text[:1024],
+                )
+        if not reply.images and markup is None and len(reply.text) <= MAX_ALERT:
+            await query.answer(reply.text)
+            return
+        await query.answer()
+        await self._show(message.chat_id, reply, reply_to=None)
+
+    # ---- answering ------------------------------------------------------------------------
+
+    async def _answer(
+        self, chat_id: int, sender: Sender, reply: Reply, *, reply_to: int | None
+    ) -> None:
+        """Show a reply. One meant for the asker alone goes to their private chat when asked
+        in a group (a refusal stays in the group: it tells only what they asked for)."""
+        bot = self.application.bot
+        if not (reply.private and not reply.refused and chat_id < 0 and sender.is_person):
+            await self._show(chat_id, reply, reply_to=reply_to)
+            return
+        try:
+            await self._show(sender.id, reply, reply_to=None)
+        except Forbidden:
+            await send(bot, chat_id, replies.private_chat_needed(), reply_to=reply_to)
+            return
+        await send(bot, chat_id, replies.sent_privately(), reply_to=reply_to)
+
+    async def _show(self, chat_id: int, reply: Reply, *, reply_to: int | None) -> None:
+        files = await uploads(
+            reply.images, self.layer.image, name=reply.job_id or "image", as_photo=self._as_photo
+        )
+        await send(
+            self.application.bot,
+            chat_id,
+            reply.text,
+            files=files,
+            markup=keyboard(reply.buttons),
+            reply_to=reply_to,
+        )
+
+    async def _refuse(self, request: Request, text: str) -> None:
+        await send(self.application.bot, request.chat_id, text, reply_to=request.reply_to)
+
+    async def _edit(
+        self, chat_id: int, message_id: int, text: str, reply: Reply | None = None
+    ) -> None:
+        """Edit a text message (its buttons replaced by the reply's, or removed)."""
+        markup = keyboard(reply.buttons) if reply is not None else None
+        try:
+            await self.application.bot.edit_message_text(
+                cut(text, MAX_TEXT), chat_id=chat_id, message_id=message_id, reply_markup=markup
+            )
+        except BadRequest as exc:
+            if "not modified" not in exc.message:
+                raise
+
+    @contextlib.asynccontextmanager
+    async def _answering(self, chat_id: int, reply_to: int) -> AsyncIterator[None]:
+        """Whatever goes wrong, the person is told rather than left waiting."""
+        try:
+            yield
+        except Exception:
+            reference = secrets.token_hex(4)
+            log.exception("message in chat %s failed (ref %s)", chat_id, reference)
+            with contextlib.suppress(Exception):
+                text = replies.internal_error(reference)
+                await send(self.application.bot, chat_id, text, reply_to=reply_to)
+
+    # ---- who is who -----------------------------------------------------------------------
+
+    async def _actor(self, chat_id: int, sender: Sender, spec: CommandSpec | None) -> Actor:
+        """The sender as the command layer sees them. Whether they moderate the group is asked
+        of Telegram only when the command cares, and every time (it can change any minute)."""
+        moderator = sender.anonymous_admin
+        cares = spec is not None and (spec.access == Access.MODERATOR or spec.name == "help")
+        if not moderator and cares and chat_id < 0 and sender.is_person:
+            moderator = await self._is_admin(chat_id, sender.id)
+        return _actor(chat_id, sender.id, is_moderator=moderator)
+
+    async def _is_admin(self, chat_id: int, user_id: int) -> bool:
+        member = await self.application.bot.get_chat_member(chat_id, user_id)
+        return member.status in _ADMIN_STATUSES
+
+    async def _acts_for(self, request: Request, user_id: int) -> bool:
+        """Whether a presser may act on a waiting request: its sender, or for one sent by the
+        group's anonymous admins, any admin (their presses carry their own account)."""
+        if request.sender_id == user_id:
+            return True
+        return request.sender_id == request.chat_id and await self._is_admin(
+            request.chat_id, user_id
+        )
+
+    @property
+    def _as_photo(self) -> bool:
+        return self._settings.telegram_send_as == "photo"
+
+    # ---- jobs -----------------------------------------------------------------------------
+
+    def _follow(self, job_id: str, target: Target) -> None:
+        delivery = JobDelivery(
+            self.application.bot,
+            self.layer,
+            job_id,
+            target,
+            send_as_photo=self._as_photo,
+            edit_interval=self._edit_interval,
+        )
+        task = asyncio.create_task(delivery.run(), name=f"telegram-delivery-{job_id}")
+        self._deliveries.add(task)
+        task.add_done_callback(self._delivery_done)
+
+    def _delivery_done(self, task: asyncio.Task[None]) -> None:
+        self._deliveries.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+    async def _wait_ended(self, wait: Wait) -> None:
+        """Tell the person the bot stopped waiting, in the message that asked."""
+        spec = self.layer.command_of_line(wait.request.line)
+        name = spec.name if spec is not None else "headshot"
+        text = replies.selfie_wait_over(name) if wait.for_photo else replies.choice_expired()
+        with contextlib.suppress(TelegramError):
+            await self._edit(wait.request.chat_id, wait.prompt_id, text)
+
+
+def _actor(chat_id: int, sender_id: int, *, is_moderator: bool) -> Actor:
+    # Telegram's private chats have the person's (positive) id; groups have negative ids.
+    return Actor(
+        platform=PLATFORM,
+        user_id=str(sender_id),
+        community_id=str(chat_id) if chat_id < 0 else None,
+        is_moderator=is_moderator,
+    )
+
+
+def _pressers_own(message: Message, presser: Sender) -> bool:
+    """Whether a pressed message is only the presser's: in their private chat, or an answer to
+    their own message (answers are sent as replies to the message they answer)."""
+    if message.chat.type == ChatType.PRIVATE:
+        return True
+    replied = message.reply_to_message
+    return (
+        replied is not None and replied.from_user is not None and replied.from_user.id == presser.id
+    )
+
+
+async def _log_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    log.error("Telegram update handling failed", exc_info=context.error)

@@ -1,0 +1,191 @@
+"""A job's progress and result, shown in the chat its command came from.
+
+The status message the command was answered with is edited with the job's progress (queue
+position, ETA), and the "sending a photo" chat action shows while it runs; the result is sent
+as a reply to the person's message, and the status message is then removed. Where to deliver is
+noted with the job when it is queued and cleared once the result is out, so a restart resumes
+every delivery still owed. A failure Telegram may get over (flood control, the network) is
+retried with a growing delay: a result is shown at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from telegram import Bot
+from telegram.constants import ChatAction
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
+
+from adapters.targets import read_target
+from adapters.telegram.outgoing import MAX_TEXT, cut, keyboard, send, uploads
+from adapters.throttle import Throttle
+from bot.commands import CommandLayer
+from bot.events import FINAL_EVENTS, Completed, JobEvent, Started
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "telegram"
+EDIT_INTERVAL = 2.0
+# A chat action shows for five seconds, or until the bot's next message.
+CHAT_ACTION_EVERY = 4.5
+RETRY_FIRST_SECONDS = 5.0
+RETRY_MAX_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a job's result goes: the chat, the person, their message, our status message."""
+
+    chat_id: int
+    user_id: int
+    reply_to: int | None = None
+    status_id: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Target:
+        """Read back what `to_json` wrote; ValueError if it is not that."""
+        return read_target(cls, data)
+
+    def to_json(self) -> dict[str, int | None]:
+        return asdict(self)
+
+
+class JobDelivery:
+    def __init__(
+        self,
+        bot: Bot,
+        layer: CommandLayer,
+        job_id: str,
+        target: Target,
+        *,
+        send_as_photo: bool,
+        edit_interval: float = EDIT_INTERVAL,
+    ) -> None:
+        self._bot = bot
+        self._layer = layer
+        self._job_id = job_id
+        self._target = target
+        self._as_photo = send_as_photo
+        self._edit_interval = edit_interval
+        self._status_id = target.status_id
+
+    async def run(self) -> None:
+        throttle = Throttle(self._show_progress, self._edit_interval)
+        action: asyncio.Task[None] | None = None
+        final: JobEvent | None = None
+        try:
+            async for event in self._layer.follow(self._job_id):
+                if isinstance(event, FINAL_EVENTS):
+                    final = event
+                    break
+                if isinstance(event, Started) and action is None:
+                    action = asyncio.create_task(self._show_action())
+                throttle.offer(event)
+        finally:
+            await throttle.close()
+            if action is not None:
+                action.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await action
+        delay = RETRY_FIRST_SECONDS
+        while final is not None and not await self._deliver(final):
+            log.warning("job %s: result not shown yet; trying again in %.0f s", self._job_id, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+        await self._layer.delivered(self._job_id)
+
+    async def _show_action(self) -> None:
+        while True:
+            with contextlib.suppress(TelegramError):
+                await self._bot.send_chat_action(self._target.chat_id, ChatAction.UPLOAD_PHOTO)
+            await asyncio.sleep(CHAT_ACTION_EVERY)
+
+    async def _show_progress(self, event: JobEvent) -> None:
+        if self._status_id is None:
+            return
+        try:
+            await self._bot.edit_message_text(
+                cut(event.text, MAX_TEXT), chat_id=self._target.chat_id, message_id=self._status_id
+            )
+        except BadRequest as exc:
+            if "not modified" not in exc.message:
+                # Deleted by someone, or too old: the result will still come as its own message.
+                log.info("job %s: progress edit refused (%s); no more edits", self._job_id, exc)
+                self._status_id = None
+        except TelegramError as exc:  # progress is a courtesy: the result is what must get through
+            log.info("job %s: progress edit failed (%r)", self._job_id, exc)
+
+    async def _deliver(self, final: JobEvent) -> bool:
+        """Show the result; False when it failed in a way worth trying again."""
+        target = self._target
+        markup = keyboard(final.buttons)
+        try:
+            if isinstance(final, Completed):
+                files = await uploads(
+                    final.images, self._layer.image, name=self._job_id, as_photo=self._as_photo
+                )
+                await self._send_result(final.text, files, markup)
+                await self._remove_status()
+            elif not await self._edit_status(final.text, markup):
+                await send(
+                    self._bot, target.chat_id, final.text, markup=markup, reply_to=target.reply_to
+                )
+            return True
+        except (RetryAfter, Forbidden) as exc:
+            if isinstance(exc, Forbidden):  # blocked, or removed from the group: nowhere to show it
+                log.warning("job %s: %s; the result stays in /history", self._job_id, exc)
+                return True
+            return False
+        except BadRequest as exc:
+            log.warning("job %s: result refused (%s); it stays in /history", self._job_id, exc)
+            return True
+        except NetworkError as exc:  # includes timeouts
+            log.warning("job %s: network error showing the result (%r)", self._job_id, exc)
+            return False
+
+    async def _send_result(self, text: str, files: list[Any], markup: Any) -> None:
+        target = self._target
+        try:
+            await send(
+                self._bot,
+                target.chat_id,
+                text,
+                files=files,
+                markup=markup,
+                reply_to=target.reply_to,
+            )
+        except BadRequest as exc:
+            if not files:
+                raise
+            # Telegram would not take the images (say, a photo it cannot process): the text
+            # still names the job, and /show has the images.
+            log.warning("job %s: images refused (%s); sending the text", self._job_id, exc)
+            await send(self._bot, target.chat_id, text, markup=markup, reply_to=target.reply_to)
+
+    async def _edit_status(self, text: str, markup: Any) -> bool:
+        if self._status_id is None:
+            return False
+        try:
+            await self._bot.edit_message_text(
+                cut(text, MAX_TEXT),
+                chat_id=self._target.chat_id,
+                message_id=self._status_id,
+                reply_markup=markup,
+            )
+        except BadRequest as exc:
+            log.info("job %s: could not edit the status message (%s)", self._job_id, exc)
+            return False
+        return True
+
+    async def _remove_status(self) -> None:
+        if self._status_id is None:
+            return
+        try:
+            await self._bot.delete_message(self._target.chat_id, self._status_id)
+        except TelegramError as exc:
+            log.info("job %s: status message not removed (%s)", self._job_id, exc)

@@ -1,0 +1,63 @@
+"""The command menu Telegram shows, built from the command layer's definitions: everyone's
+commands everywhere, and /admin also for group admins and in the owners' private chats.
+
+Telegram commands are single words; "/admin quota set …" is typed as /admin with the rest as
+its arguments, which the command layer reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from telegram import (
+    Bot,
+    BotCommand,
+    BotCommandScope,
+    BotCommandScopeAllChatAdministrators,
+    BotCommandScopeChat,
+    BotCommandScopeDefault,
+)
+
+from bot.commands import GROUP_SUMMARIES, Access, CommandSpec
+
+log = logging.getLogger(__name__)
+
+MAX_DESCRIPTION = 256
+CANCEL = BotCommand("cancel", "Stop what the bot is waiting for")
+
+
+def menus(
+    specs: Iterable[CommandSpec], owner_chats: Iterable[int]
+) -> list[tuple[BotCommandScope, list[BotCommand]]]:
+    """Each scope with the commands it lists."""
+    everyone: list[BotCommand] = []
+    moderators: list[BotCommand] = []
+    for spec in specs:
+        word = spec.path[0]
+        if len(spec.path) == 1:
+            listed = everyone if spec.access == Access.EVERYONE else moderators
+            listed.append(BotCommand(word, spec.summary[:MAX_DESCRIPTION]))
+        elif not any(command.command == word for command in moderators):
+            summary = GROUP_SUMMARIES.get(word, f"/{word} …")
+            moderators.append(BotCommand(word, summary[:MAX_DESCRIPTION]))
+    everyone.append(CANCEL)
+    scopes: list[tuple[BotCommandScope, list[BotCommand]]] = [
+        (BotCommandScopeDefault(), everyone),
+        (BotCommandScopeAllChatAdministrators(), everyone + moderators),
+    ]
+    scopes += [(BotCommandScopeChat(chat), everyone + moderators) for chat in owner_chats]
+    return scopes
+
+
+async def register(bot: Bot, specs: Iterable[CommandSpec], owner_chats: Iterable[int]) -> int:
+    """Set each scope's menu where it differs from what Telegram has; returns how many changed."""
+    changed = 0
+    for scope, commands in menus(specs, owner_chats):
+        current = await bot.get_my_commands(scope=scope)
+        if list(current) == commands:
+            continue
+        await bot.set_my_commands(commands, scope=scope)
+        changed += 1
+    log.info("Telegram command menus: %d changed", changed)
+    return changed
