@@ -405,6 +405,56 @@ async def test_reroll_and_delete_and_forged_presses(world: World) -> None:
     assert await world.rows("jobs", "deleted_at IS NULL") == 2
 
 
+async def test_a_failed_job_offers_to_try_again(world: World) -> None:
+    await world.start()
+    fake = world.fake
+    world.simulator.config.failure_rate = 1.0
+    sent = fake.send_photo(GROUP, ALICE, selfie_jpeg(), caption="/headshot studio")
+    failed = await bot_reply_to(fake, GROUP, sent["message_id"], "Sorry, that didn't work:")
+    assert "Your credits were returned." in failed["text"]
+    assert [label for label, _ in buttons(failed)] == ["Try again"]
+
+    world.simulator.config.failure_rate = 0.0
+    fake.press(GROUP, ALICE, failed["message_id"], buttons(failed)[0][1])
+    result = await result_in(fake, GROUP)
+    assert result["reply_to_message"]["message_id"] == sent["message_id"]
+
+
+async def test_history_in_a_private_chat_turns_its_pages(world: World) -> None:
+    await world.start(daily_quota=20, max_active_per_user=10)
+    fake = world.fake
+    for count in range(1, 7):
+        fake.send_photo(ALICE, ALICE, selfie_jpeg(), caption="/headshot studio")
+        await result_in(fake, ALICE, count)
+    asked = fake.send_text(ALICE, ALICE, "/history")
+    page = await fake.wait_for(
+        lambda: next(
+            (m for m in fake.bot_messages(ALICE) if m.get("text", "").startswith("Your jobs")),
+            None,
+        )
+    )
+    assert page["text"].startswith("Your jobs, newest first (page 1 of 2):")
+    assert page["reply_to_message"]["media_group_id"]  # the page's images, as an album before it
+    album = fake.calls_to("sendMediaGroup")[-1]
+    assert len(album.params["media"]) == 5
+    assert album.params["reply_parameters"]["message_id"] == asked["message_id"]
+
+    fake.press(ALICE, ALICE, page["message_id"], dict(buttons(page))["Next"])
+    turned = await fake.wait_for(
+        lambda: next(
+            (
+                m
+                for m in fake.bot_messages(ALICE)
+                if caption_or_text(m).startswith("Your jobs, newest first (page 2")
+            ),
+            None,
+        )
+    )
+    assert [label for label, _ in buttons(turned)] == ["Previous"]
+    assert turned.get("photo")  # one image: the page is its caption
+    assert fake.message(ALICE, page["message_id"]) is None  # the old page went
+
+
 # ---- refusals ------------------------------------------------------------------------------------
 
 
