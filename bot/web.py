@@ -17,6 +17,9 @@ from storage.jobs import JobRepository
 log = logging.getLogger(__name__)
 
 MAX_WEBHOOK_BYTES = 64 * 1024
+# A chat platform's update can be larger than a provider's webhook (Telegram: a long message
+# replying to another, with entities); the provider's route checks its own cap.
+MAX_REQUEST_BYTES = 1024 * 1024
 ENGINE_KEY = web.AppKey("engine", JobEngine)
 JOBS_KEY = web.AppKey("jobs", JobRepository)
 STORE_KEY = web.AppKey("store", ImageStore)
@@ -52,7 +55,7 @@ class ChatWebhooks:
 def create_web_app(
     engine: JobEngine, jobs: JobRepository, store: ImageStore, chats: ChatWebhooks
 ) -> web.Application:
-    app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[ENGINE_KEY] = engine
     app[JOBS_KEY] = jobs
     app[STORE_KEY] = store
@@ -74,8 +77,11 @@ async def modelslab_webhook(request: web.Request) -> web.Response:
     job_id = engine.job_for_webhook(token_hash(request.match_info["token"]))
     if job_id is None:
         raise web.HTTPNotFound()
+    raw = await request.read()
+    if len(raw) > MAX_WEBHOOK_BYTES:
+        raise web.HTTPRequestEntityTooLarge(MAX_WEBHOOK_BYTES, len(raw))
     try:
-        body = json.loads(await request.read())
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise web.HTTPBadRequest(text="body must be JSON") from None
     if not isinstance(body, dict):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.database import Database
@@ -34,6 +34,13 @@ class DeliveryRepository:
                 .order_by(_DELIVERIES.c.created_at, _DELIVERIES.c.job_id)
             )
             return [PendingDelivery(row.job_id, row.target) for row in rows]
+
+    async def retarget(self, job_id: str, target: Mapping[str, Any]) -> None:
+        """Change where a result still owed goes (no-op once it has been shown)."""
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(_DELIVERIES).where(_DELIVERIES.c.job_id == job_id).values(target=dict(target))
+            )
 
     async def done(self, job_id: str) -> None:
         async with self._db.write() as conn:

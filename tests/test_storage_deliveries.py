@@ -40,6 +40,20 @@ async def test_pending_deliveries_by_platform_in_order_until_done(db: Database) 
     assert [d.job_id for d in await deliveries.pending("telegram")] == ["j3"]
 
 
+async def test_a_delivery_can_be_retargeted_until_done(db: Database) -> None:
+    world = World(db)
+    user = await world.accounts.user("telegram", "u1")
+    await world.job("j1", user, end=None, delivery=("telegram", {"chat_id": 3}))
+    deliveries = DeliveryRepository(db)
+    await deliveries.retarget("j1", {"chat_id": 3, "status_id": 9})
+    assert await deliveries.pending("telegram") == [
+        PendingDelivery("j1", {"chat_id": 3, "status_id": 9})
+    ]
+    await deliveries.done("j1")
+    await deliveries.retarget("j1", {"chat_id": 4})  # shown already: nothing to change
+    assert await deliveries.pending("telegram") == []
+
+
 async def test_a_refused_job_notes_no_delivery(db: Database) -> None:
     world = World(db)
     user = await world.accounts.user("discord", "u1")

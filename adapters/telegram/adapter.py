@@ -197,14 +197,14 @@ class TelegramAdapter:
 
     async def _receive(self, request: web.Request) -> web.Response:
         """One update posted by Telegram. Without the right secret: 403, nothing read."""
-        given = request.headers.get(SECRET_HEADER, "")
-        if not hmac.compare_digest(given.encode(), self.webhook_secret.encode()):
+        given = request.headers.get(SECRET_HEADER, "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, self.webhook_secret.encode()):
             raise web.HTTPForbidden()
         try:
             data = await request.json()
             update = Update.de_json(data, self.application.bot) if isinstance(data, dict) else None
-        except (ValueError, TypeError, KeyError):
-            update = None
+        except Exception:  # whatever the body, it is not an update: python-telegram-bot's
+            update = None  # parser raises what it meets (TypeError, KeyError, AttributeError…)
         if update is None:
             raise web.HTTPBadRequest(text="not a Telegram update")
         await self.application.update_queue.put(update)
@@ -298,27 +298,30 @@ class TelegramAdapter:
                 text = replies.send_selfie(name, self._settings.telegram_wait_seconds)
                 await send(self.application.bot, chat_id, text, reply_to=message.message_id)
             return
-        if not file.is_image_message:  # still waiting for a photo
-            text = replies.not_a_selfie(file.kind)
-            await send(self.application.bot, chat_id, text, reply_to=message.message_id)
+        refusal = self._selfie_refusal(file)
+        if refusal is not None:  # said so; still waiting for a photo
+            await send(self.application.bot, chat_id, refusal, reply_to=message.message_id)
             return
         self._waits.take_photo_wait(chat_id, sender.id)
         await self._with_selfie(
             dataclasses.replace(waiting, selfie=file, reply_to=message.message_id)
         )
 
+    def _selfie_refusal(self, selfie: FileRef) -> str | None:
+        """Why a file cannot be a selfie, judged from what Telegram says of it; None if it may
+        be one (the full check comes after the download)."""
+        if not selfie.is_image_message:
+            return replies.not_a_selfie(selfie.kind)
+        refusal = self.layer.check_upload(selfie.content_type, selfie.size or 0, DOWNLOAD_LIMIT)
+        return None if refusal is None else refusal.text
+
     async def _with_selfie(self, request: Request) -> None:
         """Check the selfie as Telegram describes it, ask for a style if none was given, and
         queue the job."""
-        selfie = request.selfie
-        if selfie is not None:
-            if not selfie.is_image_message:
-                await self._refuse(request, replies.not_a_selfie(selfie.kind))
-                return
-            refusal = self.layer.check_upload(selfie.content_type, selfie.size or 0, DOWNLOAD_LIMIT)
-            if refusal is not None:
-                await self._refuse(request, refusal.text)
-                return
+        refusal = None if request.selfie is None else self._selfie_refusal(request.selfie)
+        if refusal is not None:
+            await self._refuse(request, refusal)
+            return
         read = self.layer.read_line(request.line)
         if (
             read is not None
@@ -360,9 +363,19 @@ class TelegramAdapter:
         reply = await self.layer.run_line(
             actor, request.line, attachments, deliver_to=target.to_json()
         )
-        await self._edit(chat_id, status_id, reply.text, reply)
         if reply.job_id is not None:
-            self._follow(reply.job_id, target)
+            self._follow(reply.job_id, target)  # first: from here on the job must be shown
+        await self._edit_status(chat_id, status_id, reply)
+
+    async def _edit_status(self, chat_id: int, status_id: int, reply: Reply) -> None:
+        """Show a reply in the status message; failing that, as a message of its own (a queued
+        job's progress and result are shown by its delivery whatever happens here)."""
+        try:
+            await self._edit(chat_id, status_id, reply.text, reply)
+        except TelegramError as exc:
+            log.info("status message %s not edited (%s)", status_id, exc)
+            if reply.job_id is None:
+                await self._show(chat_id, reply, reply_to=None)
 
     async def _download(self, selfie: FileRef) -> bytes | Reply:
         try:
@@ -389,12 +402,18 @@ class TelegramAdapter:
         except Exception:
             reference = secrets.token_hex(4)
             log.exception("button press %s failed (ref %s)", query.id, reference)
-            with contextlib.suppress(TelegramError):
-                await query.answer(replies.internal_error(reference)[:MAX_ALERT], show_alert=True)
+            text = replies.internal_error(reference)
+            try:
+                await query.answer(cut(text, MAX_ALERT), show_alert=True)
+            except TelegramError:  # answered already: say it in the chat
+                with contextlib.suppress(TelegramError):
+                    chat = query.message.chat.id if query.message else query.from_user.id
+                    await send(self.application.bot, chat, text)
 
     async def _press(self, query: CallbackQuery) -> None:
-        message = query.message if isinstance(query.message, Message) else None
-        presser = Sender(query.from_user.id)
+        pressed = query.message
+        message = pressed if isinstance(pressed, Message) else None
+        chat_id = pressed.chat.id if pressed is not None else query.from_user.id
         pick = pick_of_press(query.data)
         if pick is not None:
             await self._style_picked(query, message, *pick)
@@ -404,44 +423,76 @@ class TelegramAdapter:
         if line is None or spec is None:  # not a button of ours: forged or from an old version
             await query.answer(replies.unknown_button(), show_alert=True)
             return
-        chat_id = message.chat_id if message is not None else presser.id
-        own = message is not None and _pressers_own(message, presser)
-        if not spec.private and own:
-            assert message is not None
-            # As if the person had typed it, in reply to their own message.
-            replied = message.reply_to_message
-            reply_to = replied.message_id if replied is not None else None
-            await query.answer()
-            await self._queue(Request(line, chat_id, presser.id, reply_to))
-            return
+        presser, reply_to = await self._presser(query, message)
+        target = Target(chat_id, presser.id, reply_to)
         actor = await self._actor(chat_id, presser, spec)
-        reply = await self.layer.run_line(actor, line)
+        reply = await self.layer.run_line(actor, line, deliver_to=target.to_json())
         if reply.refused:
             await query.answer(cut(reply.text, MAX_ALERT), show_alert=True)
             return
-        if spec.replaces_message and own:
-            assert message is not None
+        if reply.job_id is not None:
+            await query.answer()
+            await self._queued_by_press(reply, target)
+            return
+        # A page, a confirmation or a deletion takes the pressed message's place when that
+        # message is about it: it carries the button, and the command layer accepted the press.
+        if spec.replaces_message and message is not None and _carries(message, query.data):
             await self._replace(query, message, reply)
             return
         await query.answer()
         await self._answer(chat_id, presser, reply, reply_to=None)
-        if reply.job_id is not None:  # queued from a button on someone else's message
-            self._follow(reply.job_id, Target(chat_id, presser.id))
+
+    async def _presser(
+        self, query: CallbackQuery, message: Message | None
+    ) -> tuple[Sender, int | None]:
+        """Who pressed, as the command layer knows people, and their message that the pressed
+        one answers (a new job's answers reply to it too). On an answer to a group's anonymous
+        admins, an admin acts as the group: their presses carry their own account."""
+        presser = Sender(query.from_user.id)
+        replied = message.reply_to_message if message is not None else None
+        if message is None or replied is None:
+            return presser, None
+        if replied.sender_chat is not None and replied.sender_chat.id == message.chat_id:
+            if await self._is_admin(message.chat_id, presser.id):
+                return Sender(message.chat_id, anonymous_admin=True), replied.message_id
+            return presser, None
+        asker = replied.from_user
+        mine = asker is not None and asker.id == presser.id
+        return presser, replied.message_id if mine else None
+
+    async def _queued_by_press(self, reply: Reply, target: Target) -> None:
+        """A job queued by a button: its answer becomes the job's status message."""
+        assert reply.job_id is not None
+        try:
+            status = await send(
+                self.application.bot,
+                target.chat_id,
+                reply.text,
+                markup=keyboard(reply.buttons),
+                reply_to=target.reply_to,
+            )
+        except TelegramError:
+            self._follow(reply.job_id, target)  # the result will still be sent
+            raise
+        target = dataclasses.replace(target, status_id=status.message_id)
+        self._follow(reply.job_id, target)
+        await self.layer.deliver_instead(reply.job_id, target.to_json())
 
     async def _style_picked(
         self, query: CallbackQuery, message: Message | None, token: str, style: str
     ) -> None:
         wait = self._waits.style_wait(token)
         if wait is None or message is None:
+            # Expired, forgotten in a restart, or a second tap: the keyboard is not live.
             await query.answer(replies.choice_expired(), show_alert=True)
-            if message is not None:
-                await self._edit(message.chat_id, message.message_id, replies.choice_expired())
             return
         request = wait.request
         if not await self._acts_for(request, query.from_user.id):
             await query.answer(replies.not_yours(), show_alert=True)
             return
-        self._waits.take_style_wait(token)
+        if self._waits.take_style_wait(token) is None:  # picked meanwhile by another admin
+            await query.answer()
+            return
         await query.answer()
         line = f"{request.line} style={style}" if style else request.line
         await self._queue(dataclasses.replace(request, line=line), status_id=wait.prompt_id)
@@ -597,15 +648,12 @@ def _actor(chat_id: int, sender_id: int, *, is_moderator: bool) -> Actor:
     )
 
 
-def _pressers_own(message: Message, presser: Sender) -> bool:
-    """Whether a pressed message is only the presser's: in their private chat, or an answer to
-    their own message (answers are sent as replies to the message they answer)."""
-    if message.chat.type == ChatType.PRIVATE:
-        return True
-    replied = message.reply_to_message
-    return (
-        replied is not None and replied.from_user is not None and replied.from_user.id == presser.id
-    )
+def _carries(message: Message, data: str | None) -> bool:
+    """Whether the message shows a button with this callback data."""
+    markup = message.reply_markup
+    if markup is None or data is None:
+        return False
+    return any(button.callback_data == data for row in markup.inline_keyboard for button in row)
 
 
 async def _log_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -19,7 +20,14 @@ from typing import Any
 
 from telegram import Bot
 from telegram.constants import ChatAction
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
 
 from adapters.targets import read_target
 from adapters.telegram.outgoing import MAX_TEXT, cut, keyboard, send, uploads
@@ -31,6 +39,9 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
 EDIT_INTERVAL = 2.0
+# A group allows a bot 20 messages a minute, edits and chat actions included (the rate
+# limiter paces them): progress there is edited less often, and the chat action sent once.
+GROUP_EDIT_SLOWER = 3
 # A chat action shows for five seconds, or until the bot's next message.
 CHAT_ACTION_EVERY = 4.5
 RETRY_FIRST_SECONDS = 5.0
@@ -75,7 +86,9 @@ class JobDelivery:
         self._status_id = target.status_id
 
     async def run(self) -> None:
-        throttle = Throttle(self._show_progress, self._edit_interval)
+        in_group = self._target.chat_id < 0
+        interval = self._edit_interval * (GROUP_EDIT_SLOWER if in_group else 1)
+        throttle = Throttle(self._show_progress, interval)
         action: asyncio.Task[None] | None = None
         final: JobEvent | None = None
         try:
@@ -103,6 +116,8 @@ class JobDelivery:
         while True:
             with contextlib.suppress(TelegramError):
                 await self._bot.send_chat_action(self._target.chat_id, ChatAction.UPLOAD_PHOTO)
+            if self._target.chat_id < 0:
+                return
             await asyncio.sleep(CHAT_ACTION_EVERY)
 
     async def _show_progress(self, event: JobEvent) -> None:
@@ -141,11 +156,19 @@ class JobDelivery:
                 log.warning("job %s: %s; the result stays in /history", self._job_id, exc)
                 return True
             return False
+        except ChatMigrated as exc:  # the group became a supergroup, with a new id
+            log.info("job %s: chat %s moved to %s", self._job_id, target.chat_id, exc.new_chat_id)
+            self._target = dataclasses.replace(target, chat_id=exc.new_chat_id, reply_to=None)
+            self._status_id = None
+            return False
         except BadRequest as exc:
             log.warning("job %s: result refused (%s); it stays in /history", self._job_id, exc)
             return True
         except NetworkError as exc:  # includes timeouts
             log.warning("job %s: network error showing the result (%r)", self._job_id, exc)
+            return False
+        except Exception:  # the image store, say: the result is kept; try again later
+            log.exception("job %s: showing the result failed", self._job_id)
             return False
 
     async def _send_result(self, text: str, files: list[Any], markup: Any) -> None:

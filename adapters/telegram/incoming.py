@@ -74,8 +74,10 @@ def command_line(message: Message, bot_username: str) -> str | None:
     entities = message.entities if message.text is not None else message.caption_entities
     if not text or not entities:
         return None
-    first = min(entities, key=lambda entity: entity.offset)
-    if first.type != MessageEntity.BOT_COMMAND or first.offset != 0:
+    first = next(
+        (e for e in entities if e.type == MessageEntity.BOT_COMMAND and e.offset == 0), None
+    )
+    if first is None:
         return None
     word = _slice(text, first.offset, first.length)
     name, _, addressee = word.removeprefix("/").partition("@")
@@ -107,14 +109,20 @@ def _with_mentions_as_ids(text: str, entities: tuple[MessageEntity, ...], *, sta
             continue
         if entity.offset < cursor:
             continue
-        pieces.append(units[cursor * 2 : entity.offset * 2].decode("utf-16-le"))
+        pieces.append(_decode(units[cursor * 2 : entity.offset * 2]))
         pieces.append(str(entity.user.id))
         cursor = entity.offset + entity.length
-    pieces.append(units[cursor * 2 :].decode("utf-16-le"))
+    pieces.append(_decode(units[cursor * 2 :]))
     return "".join(pieces).strip()
 
 
 def _slice(text: str, offset: int, length: int) -> str:
     """Telegram's entity offsets count UTF-16 code units."""
     units = text.encode("utf-16-le")
-    return units[offset * 2 : (offset + length) * 2].decode("utf-16-le")
+    return _decode(units[offset * 2 : (offset + length) * 2])
+
+
+def _decode(units: bytes) -> str:
+    # An entity's edge may split a character in two (Telegram's offsets are not checked here):
+    # such a half becomes U+FFFD rather than an error.
+    return units.decode("utf-16-le", errors="replace")

@@ -45,8 +45,17 @@ PICK_PREFIX = "st:"
 ImageReader = Callable[[ImageRef], Awaitable[bytes]]
 
 
+def telegram_length(text: str) -> int:
+    """Telegram counts a text's length in UTF-16 code units (an emoji may be two)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
 def cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """The text within `limit` as Telegram counts, ending in "…" when shortened."""
+    if telegram_length(text) <= limit:
+        return text
+    units = text.encode("utf-16-le")[: (limit - 1) * 2]
+    return units.decode("utf-16-le", errors="ignore") + "…"
 
 
 # ---- buttons --------------------------------------------------------------------------------
@@ -154,7 +163,7 @@ async def send(
     One image is sent with the text as its caption; several as an album followed by the text
     (an album cannot carry buttons)."""
     replying = _replying(reply_to)
-    if len(files) == 1 and len(text) <= MAX_CAPTION:
+    if len(files) == 1 and telegram_length(text) <= MAX_CAPTION:
         upload = files[0]
         content = InputFile(upload.data, filename=upload.filename)
         if upload.as_photo:

@@ -18,6 +18,7 @@ from telegram import (
     BotCommandScopeChat,
     BotCommandScopeDefault,
 )
+from telegram.error import TelegramError
 
 from bot.commands import GROUP_SUMMARIES, Access, CommandSpec
 
@@ -51,13 +52,18 @@ def menus(
 
 
 async def register(bot: Bot, specs: Iterable[CommandSpec], owner_chats: Iterable[int]) -> int:
-    """Set each scope's menu where it differs from what Telegram has; returns how many changed."""
+    """Set each scope's menu where it differs from what Telegram has; returns how many changed.
+    A menu Telegram refuses (an owner who never opened a chat with the bot) is skipped."""
     changed = 0
     for scope, commands in menus(specs, owner_chats):
-        current = await bot.get_my_commands(scope=scope)
-        if list(current) == commands:
+        try:
+            current = await bot.get_my_commands(scope=scope)
+            if list(current) == commands:
+                continue
+            await bot.set_my_commands(commands, scope=scope)
+        except TelegramError as exc:
+            log.warning("Telegram command menu for %s not set: %s", scope.type, exc)
             continue
-        await bot.set_my_commands(commands, scope=scope)
         changed += 1
     log.info("Telegram command menus: %d changed", changed)
     return changed

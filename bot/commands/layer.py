@@ -181,6 +181,11 @@ class CommandLayer:
         """The results this platform still owes, with the targets it noted."""
         return await self.services.deliveries.pending(platform)
 
+    async def deliver_instead(self, job_id: str, deliver_to: Mapping[str, Any]) -> None:
+        """Where a queued job's result is to be shown, now that the adapter knows better (the
+        message it answered with was sent after the job was queued)."""
+        await self.services.deliveries.retarget(job_id, deliver_to)
+
     async def delivered(self, job_id: str) -> None:
         await self.services.deliveries.done(job_id)
 
