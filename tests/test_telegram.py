@@ -580,6 +580,50 @@ async def test_group_admin_commands(world: World) -> None:
     assert answer["text"] == "Only this community's moderators can use /admin commands."
 
 
+async def test_an_anonymous_admins_job_is_theirs_to_reroll_and_delete(world: World) -> None:
+    await world.start()
+    fake = world.fake
+    sent = fake.send_photo(
+        GROUP, MOD, selfie_jpeg(), caption="/headshot executive", anonymous_admin=True
+    )
+    result = await result_in(fake, GROUP)
+    assert result["reply_to_message"]["message_id"] == sent["message_id"]
+    choices = dict(buttons(result))
+    # A member cannot act for the group's admins; an admin's press (their own account) can.
+    answer = await fake.wait_for_answer(
+        fake.press(GROUP, ALICE, result["message_id"], choices["Re-roll"])
+    )
+    assert answer["text"].startswith("No job of yours matches")
+    fake.press(GROUP, MOD, result["message_id"], choices["Re-roll"])
+    again = await result_in(fake, GROUP, 2)
+    assert caption_or_text(again).startswith("Done: 1 image · executive · seed ")
+    answer = await fake.wait_for_answer(
+        fake.press(GROUP, MOD, result["message_id"], choices["Delete"])
+    )
+    assert answer["text"].startswith("Deleted job ")
+    assert (GROUP, result["message_id"]) in fake.deleted
+
+
+async def test_a_status_message_that_cannot_be_edited_loses_nothing(world: World) -> None:
+    await world.start()
+    fake = world.fake
+    fake.flood["editMessageText"] = 20  # more than the rate limiter's retries
+    fake.send_photo(ALICE, ALICE, selfie_jpeg(), caption="/headshot studio")
+    result = await result_in(fake, ALICE)
+    assert caption_or_text(result).startswith("Done: 1 image · studio")
+    await world.no_deliveries_owed()
+    assert not any("Something went wrong" in caption_or_text(m) for m in fake.bot_messages(ALICE))
+
+
+async def test_an_owner_who_never_opened_a_chat_does_not_stop_the_bot(world: World) -> None:
+    await world.start(owner_ids="telegram:777777")
+    fake = world.fake
+    refused = [c for c in fake.calls if c.params.get("scope", {}).get("chat_id") == 777777]
+    assert refused and all(c.status == 400 for c in refused)
+    asked = fake.send_text(ALICE, ALICE, "/styles")
+    assert (await bot_reply_to(fake, ALICE, asked["message_id"]))["text"].startswith("Styles")
+
+
 async def test_admin_in_a_dm_is_for_owners_only(world: World) -> None:
     await world.start()
     fake = world.fake
