@@ -38,9 +38,8 @@ class DeliveryRepository:
     async def retarget(self, job_id: str, target: Mapping[str, Any]) -> None:
         """Change where a result still owed goes (no-op once it has been shown)."""
         async with self._db.write() as conn:
-            await conn.execute(
-                update(_DELIVERIES).where(_DELIVERIES.c.job_id == job_id).values(target=dict(target))
-            )
+            owed = update(_DELIVERIES).where(_DELIVERIES.c.job_id == job_id)
+            await conn.execute(owed.values(target=dict(target)))
 
     async def done(self, job_id: str) -> None:
         async with self._db.write() as conn:
