@@ -624,6 +624,16 @@ async def test_an_owner_who_never_opened_a_chat_does_not_stop_the_bot(world: Wor
     assert (await bot_reply_to(fake, ALICE, asked["message_id"]))["text"].startswith("Styles")
 
 
+async def test_unknown_commands_in_a_group_are_left_to_other_bots(world: World) -> None:
+    await world.start()
+    fake = world.fake
+    fake.send_text(GROUP, ALICE, "/weather paris")
+    mine = fake.send_text(GROUP, ALICE, "/weather@headshot_test_bot paris")
+    answer = await bot_reply_to(fake, GROUP, mine["message_id"])
+    assert answer["text"].startswith("Unknown command /weather")
+    assert len(fake.bot_messages(GROUP)) == 1
+
+
 async def test_admin_in_a_dm_is_for_owners_only(world: World) -> None:
     await world.start()
     fake = world.fake

@@ -236,6 +236,8 @@ class TelegramAdapter:
                 await self._command(message, sender, line)
             return
         word = line.split(maxsplit=1)[0]
+        if message.chat.type != ChatType.PRIVATE and not self._ours(word, message):
+            return  # another bot's command, in a group with several
         if word == "/cancel":
             ended = self._waits.cancel(chat_id, sender.id)
             text = replies.cancelled() if ended else replies.nothing_to_cancel()
@@ -245,6 +247,14 @@ class TelegramAdapter:
         line = "/help" if word == "/start" else line
         self._waits.take_photo_wait(chat_id, sender.id)  # a new command replaces the wait
         await self._command(message, sender, line)
+
+    def _ours(self, word: str, message: Message) -> bool:
+        """Whether a command is this bot's: one of its words, or addressed to it by name."""
+        words = {spec.path[0] for spec in self.layer.commands.values()} | {"cancel", "start"}
+        if word.removeprefix("/") in words:
+            return True
+        first = (message.text or message.caption or "").split(maxsplit=1)[0]
+        return first.lower().endswith(f"@{self.application.bot.username.lower()}")
 
     async def _command(self, message: Message, sender: Sender, line: str) -> None:
         read = self.layer.read_line(line)
