@@ -22,6 +22,7 @@ from sqlalchemy import text
 from telegram.ext import AIORateLimiter
 
 from adapters.telegram import TelegramAdapter
+from adapters.telegram.delivery import EditBudget
 from adapters.telegram.outgoing import PHOTO_LIMIT, uploads
 from backends.modelslab.simulator import Simulator
 from bot.app import HeadshotApp, Overrides
@@ -794,3 +795,8 @@ async def test_run_starts_the_telegram_adapter_when_a_token_is_set(
     assert "connected to Telegram" in stderr.decode()
     assert fake.token not in stderr.decode()
     register_database(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'headshot.db'}")
+
+
+def test_progress_edits_share_a_budget_per_second() -> None:
+    budget = EditBudget(per_second=5)
+    assert [budget.take() for _ in range(6)] == [True] * 5 + [False]

@@ -34,7 +34,14 @@ from telegram.ext import (
     filters,
 )
 
-from adapters.telegram.delivery import EDIT_INTERVAL, PLATFORM, JobDelivery, Target
+from adapters.telegram.delivery import (
+    EDIT_INTERVAL,
+    PLATFORM,
+    PROGRESS_EDITS_PER_SECOND,
+    EditBudget,
+    JobDelivery,
+    Target,
+)
 from adapters.telegram.incoming import (
     Sender,
     attached_file,
@@ -97,6 +104,7 @@ class TelegramAdapter:
         # rather than hit; a flood-control answer is waited out and the request made again.
         self._rate_limiter = rate_limiter or AIORateLimiter(max_retries=3)
         self._waits = Waits(settings.telegram_wait_seconds, self._wait_ended)
+        self._edit_budget = EditBudget(PROGRESS_EDITS_PER_SECOND)
         self._deliveries: set[asyncio.Task[None]] = set()
         self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._webhook_path: str | None = None
@@ -628,6 +636,7 @@ class TelegramAdapter:
             job_id,
             target,
             send_as_photo=self._as_photo,
+            budget=self._edit_budget,
             edit_interval=self._edit_interval,
         )
         task = asyncio.create_task(delivery.run(), name=f"telegram-delivery-{job_id}")

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
 EDIT_INTERVAL = 2.0
+# Progress edits across all jobs, a second: half of what Telegram takes from a bot.
+PROGRESS_EDITS_PER_SECOND = 15.0
 # A group allows a bot 20 messages a minute, edits and chat actions included (the rate
 # limiter paces them): progress there is edited less often, and the chat action sent once.
 GROUP_EDIT_SLOWER = 3
@@ -46,6 +49,27 @@ GROUP_EDIT_SLOWER = 3
 CHAT_ACTION_EVERY = 4.5
 RETRY_FIRST_SECONDS = 5.0
 RETRY_MAX_SECONDS = 300.0
+
+
+class EditBudget:
+    """How many progress edits may go out a second, across all jobs. Telegram takes about 30
+    messages a second from a bot, and a burst of hundreds of waiting jobs would spend all of it
+    on queue positions: an edit over budget is skipped (a later one shows the latest state),
+    leaving the rest for answers and results."""
+
+    def __init__(self, per_second: float) -> None:
+        self._rate = per_second
+        self._tokens = per_second
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._rate, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 @dataclass(frozen=True)
@@ -75,6 +99,7 @@ class JobDelivery:
         target: Target,
         *,
         send_as_photo: bool,
+        budget: EditBudget,
         edit_interval: float = EDIT_INTERVAL,
     ) -> None:
         self._bot = bot
@@ -84,6 +109,7 @@ class JobDelivery:
         self._as_photo = send_as_photo
         self._edit_interval = edit_interval
         self._status_id = target.status_id
+        self._budget = budget
 
     async def run(self) -> None:
         in_group = self._target.chat_id < 0
@@ -121,7 +147,7 @@ class JobDelivery:
             await asyncio.sleep(CHAT_ACTION_EVERY)
 
     async def _show_progress(self, event: JobEvent) -> None:
-        if self._status_id is None:
+        if self._status_id is None or not self._budget.take():
             return
         try:
             await self._bot.edit_message_text(
