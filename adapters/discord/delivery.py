@@ -10,7 +10,6 @@ retried with a growing delay, so a result is shown at least once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -20,9 +19,9 @@ from typing import Any
 import aiohttp
 import discord
 
+from adapters.delivery import Throttle, show_until_done
 from adapters.discord.rendering import DEFAULT_UPLOAD_LIMIT, Outgoing, event_message
 from adapters.targets import read_target
-from adapters.throttle import Throttle
 from bot.commands import CommandLayer
 from bot.events import FINAL_EVENTS, JobEvent
 
@@ -33,8 +32,6 @@ PLATFORM = "discord"
 TOKEN_LIFETIME = timedelta(minutes=15) - timedelta(seconds=30)
 # Progress edits are coalesced (`Throttle`): at most one per interval, always the latest state.
 EDIT_INTERVAL = 2.0
-RETRY_FIRST_SECONDS = 5.0
-RETRY_MAX_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -100,12 +97,7 @@ class JobDelivery:
                     throttle.offer(event)
         finally:
             await throttle.close()
-        delay = RETRY_FIRST_SECONDS
-        while final is not None and not await self._deliver(final):
-            log.warning("job %s: result not shown yet; trying again in %.0f s", self._job_id, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_SECONDS)
-        await self._layer.delivered(self._job_id)
+        await show_until_done(self._layer, self._job_id, final, self._deliver)
 
     def _can_edit(self) -> bool:
         interaction = self._interaction

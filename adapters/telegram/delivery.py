@@ -30,9 +30,9 @@ from telegram.error import (
     TelegramError,
 )
 
+from adapters.delivery import Throttle, show_until_done
 from adapters.targets import read_target
 from adapters.telegram.outgoing import MAX_TEXT, cut, keyboard, send, uploads
-from adapters.throttle import Throttle
 from bot.commands import CommandLayer
 from bot.events import FINAL_EVENTS, Completed, JobEvent, Started
 
@@ -47,8 +47,6 @@ PROGRESS_EDITS_PER_SECOND = 15.0
 GROUP_EDIT_SLOWER = 3
 # A chat action shows for five seconds, or until the bot's next message.
 CHAT_ACTION_EVERY = 4.5
-RETRY_FIRST_SECONDS = 5.0
-RETRY_MAX_SECONDS = 300.0
 
 
 class EditBudget:
@@ -131,12 +129,7 @@ class JobDelivery:
                 action.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await action
-        delay = RETRY_FIRST_SECONDS
-        while final is not None and not await self._deliver(final):
-            log.warning("job %s: result not shown yet; trying again in %.0f s", self._job_id, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_SECONDS)
-        await self._layer.delivered(self._job_id)
+        await show_until_done(self._layer, self._job_id, final, self._deliver)
 
     async def _show_action(self) -> None:
         while True:

@@ -1,13 +1,21 @@
-"""Coalescing progress updates, for any platform that edits a message to show a job's progress."""
+"""What every platform's delivery of a job does alike: coalesce progress edits, and retry the
+result until it is shown."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from bot.commands import CommandLayer
 from bot.events import JobEvent
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST_SECONDS = 5.0
+RETRY_MAX_SECONDS = 300.0
 
 
 class Throttle:
@@ -44,3 +52,19 @@ class Throttle:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+async def show_until_done(
+    layer: CommandLayer,
+    job_id: str,
+    final: JobEvent | None,
+    show: Callable[[JobEvent], Awaitable[bool]],
+) -> None:
+    """Show a job's final event, retrying with a growing delay while `show` says a failure may
+    pass (False); then the result is no longer owed."""
+    delay = RETRY_FIRST_SECONDS
+    while final is not None and not await show(final):
+        log.warning("job %s: result not shown yet; trying again in %.0f s", job_id, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX_SECONDS)
+    await layer.delivered(job_id)
