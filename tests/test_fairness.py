@@ -25,6 +25,11 @@ async def test_two_single_jobs_finish_before_the_heavy_users_second(
         assert exchange.reply.job_id, exchange.reply.text
         sent.append((user, exchange))
     owner_of = {exchange.reply.job_id: user for user, exchange in sent}
+    # Every follower has seen where its job stands before anything moves (on a loaded machine
+    # a follower may otherwise start only after the first completion).
+    async with asyncio.timeout(10):
+        while not all(exchange.events for _, exchange in sent):
+            await asyncio.sleep(0.01)
 
     # Complete whatever the provider holds, one at a time, until every job has gone through.
     provider_order: list[str] = []
