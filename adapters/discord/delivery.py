@@ -11,17 +11,16 @@ retried with a growing delay, so a result is shown at least once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import aiohttp
 import discord
 
 from adapters.delivery import Throttle, show_until_done
 from adapters.discord.rendering import DEFAULT_UPLOAD_LIMIT, Outgoing, event_message
-from adapters.targets import read_target
+from adapters.targets import IntTarget
 from bot.commands import CommandLayer
 from bot.events import FINAL_EVENTS, JobEvent
 
@@ -35,7 +34,7 @@ EDIT_INTERVAL = 2.0
 
 
 @dataclass(frozen=True)
-class Target:
+class Target(IntTarget):
     """Where a result goes when the interaction can no longer be used (no token in here)."""
 
     channel_id: int
@@ -55,14 +54,6 @@ class Target:
             interaction.guild_id,
             interaction.filesize_limit,
         )
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Target:
-        """Read back what `to_json` wrote; ValueError if it is not that."""
-        return read_target(cls, data)
-
-    def to_json(self) -> dict[str, int | None]:
-        return asdict(self)
 
 
 class JobDelivery:

@@ -15,8 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from telegram import Bot
@@ -31,7 +30,7 @@ from telegram.error import (
 )
 
 from adapters.delivery import Throttle, show_until_done
-from adapters.targets import read_target
+from adapters.targets import IntTarget
 from adapters.telegram.outgoing import MAX_TEXT, cut, keyboard, send, uploads
 from bot.commands import CommandLayer
 from bot.events import FINAL_EVENTS, Completed, JobEvent, Started
@@ -71,21 +70,13 @@ class EditBudget:
 
 
 @dataclass(frozen=True)
-class Target:
+class Target(IntTarget):
     """Where a job's result goes: the chat, the person, their message, our status message."""
 
     chat_id: int
     user_id: int
     reply_to: int | None = None
     status_id: int | None = None
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Target:
-        """Read back what `to_json` wrote; ValueError if it is not that."""
-        return read_target(cls, data)
-
-    def to_json(self) -> dict[str, int | None]:
-        return asdict(self)
 
 
 class JobDelivery:
