@@ -105,6 +105,8 @@ class TelegramAdapter:
         self._rate_limiter = rate_limiter or AIORateLimiter(max_retries=3)
         self._waits = Waits(settings.telegram_wait_seconds, self._wait_ended)
         self._edit_budget = EditBudget(PROGRESS_EDITS_PER_SECOND)
+        # The first words of this bot's commands, and Telegram's own two.
+        self._words = {spec.path[0] for spec in layer.commands.values()} | {"cancel", "start"}
         self._deliveries: set[asyncio.Task[None]] = set()
         self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._webhook_path: str | None = None
@@ -258,8 +260,7 @@ class TelegramAdapter:
 
     def _ours(self, word: str, message: Message) -> bool:
         """Whether a command is this bot's: one of its words, or addressed to it by name."""
-        words = {spec.path[0] for spec in self.layer.commands.values()} | {"cancel", "start"}
-        if word.removeprefix("/") in words:
+        if word.removeprefix("/") in self._words:
             return True
         first = (message.text or message.caption or "").split(maxsplit=1)[0]
         return first.lower().endswith(f"@{self.application.bot.username.lower()}")
