@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -45,6 +46,19 @@ class Backend(Protocol):
     """A generator. Raises `backends.errors.BackendError` subclasses, never anything else."""
 
     name: str
+
+    async def start(self) -> None:
+        """Get ready to take jobs (a local GPU loads its models); called once at start-up."""
+        ...
+
+    def listen(self, callback: Callable[[str], object]) -> None:
+        """Have `callback(track_id)` called when a job may have finished (a remote generator
+        says so through webhooks instead, and ignores this)."""
+        ...
+
+    def owns_output(self, url: str) -> bool:
+        """Whether an output link is one of this generator's."""
+        ...
 
     async def submit(self, request: SubmitRequest) -> ProviderResult: ...
 

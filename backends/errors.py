@@ -55,3 +55,10 @@ class OutputUnavailable(BackendError):
 
 class OutputTooLarge(BackendError):
     """An output is larger than the byte cap we download."""
+
+
+class OperationNotServed(BackendError):
+    """This generator does not serve the operation (a local GPU set up for only some of them).
+
+    Unlike InvalidRequest, it says nothing about the request itself: another generator may
+    serve it (see `backends.fallback`)."""

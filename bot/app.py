@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from backends.base import Backend
-from backends.modelslab import ModelsLabClient
+from backends.local.backend import WorkerStartFailed
+from bot.backends import capacity_of, choose_backend
 from bot.commands import CommandLayer
 from bot.commands.confirmations import Confirmations
 from bot.commands.context import Services
@@ -71,6 +72,14 @@ class HeadshotApp:
 
     async def start(self) -> None:
         settings = self.settings
+        # The generator first: a local GPU loads its models (minutes), and a failure to start
+        # should leave nothing else open.
+        self.backend = self._overrides.backend or choose_backend(settings)
+        try:
+            await self.backend.start()
+        except WorkerStartFailed as exc:
+            await self.backend.aclose()
+            raise ConfigError(f"the local GPU backend did not start: {exc}") from None
         url = settings.effective_database_url
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         await upgrade(url)
@@ -84,7 +93,6 @@ class HeadshotApp:
             s3_secret_access_key=_secret(settings.s3_secret_access_key),
             s3_prefix=settings.s3_prefix,
         )
-        self.backend = self._overrides.backend or self._modelslab()
         # Bans and a forgotten user's spent allowance are kept under a keyed hash of the
         # platform id; the key never leaves this machine's data directory.
         self.pseudonyms = Pseudonyms(load_or_create_key(settings.data_dir / "pseudonym.key"))
@@ -100,7 +108,7 @@ class HeadshotApp:
             backend=self.backend,
             store=self.store,
             events=self.events,
-            capacity=settings.modelslab_max_queued,
+            capacity=capacity_of(self.backend, settings),
             image_base_url=public or self.base_url,
             webhook_base_url=self.base_url if self._overrides.local_webhooks else public,
             max_output_bytes=settings.max_output_bytes,
@@ -146,6 +154,7 @@ class HeadshotApp:
         self._runner = web.AppRunner(
             create_web_app(self.engine, self.jobs, self.store, self.chat_webhooks)
         )
+        self.backend.listen(self.engine.nudge)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
         await self.engine.resume()
@@ -166,14 +175,6 @@ class HeadshotApp:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    def _modelslab(self) -> Backend:
-        key = self.settings.api_key
-        if not key:
-            raise ConfigError("invalid setting MODELSLAB_API_KEY: it is not set (or use --demo)")
-        return ModelsLabClient(
-            key, str(self.settings.modelslab_base_url), timeout=self.settings.modelslab_timeout
-        )
 
 
 def _secret(value: object) -> str | None:

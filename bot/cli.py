@@ -1,4 +1,4 @@
-"""`headshot-bot`: generate, run, migrate, simulate."""
+"""`headshot-bot`: generate, run, migrate, models, simulate."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ from typing import Any
 
 from pydantic import HttpUrl, SecretStr
 
+from backends.local.components import ModelPaths
+from backends.local.download import DownloadUnavailable
+from backends.local.download import download as download_models
+from backends.local.download import status as model_status
 from backends.params import Operation
 from bot.app import HeadshotApp, Overrides
 from bot.config import ConfigError, Settings, load_settings
@@ -72,6 +76,19 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate.set_defaults(handler=_migrate)
 
+    models = commands.add_parser("models", help="the local GPU backend's model folders")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    ops = [str(op) for op in Operation]
+    for name, handler, text in (
+        ("download", _models_download, "fetch them from the Hugging Face hub"),
+        ("list", _models_list, "show which are present, where, and their licences"),
+    ):
+        sub = models_commands.add_parser(name, help=text)
+        sub.add_argument(
+            "--op", action="append", choices=ops, help="only this operation's (repeatable)"
+        )
+        sub.set_defaults(handler=handler)
+
     sim = commands.add_parser("simulate", help="serve the ModelsLab simulator")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8765)
@@ -117,6 +134,31 @@ async def _generate(args: argparse.Namespace) -> int:
                     print(path)
                 return 0
     return 1
+
+
+def _model_paths_and_operations(
+    args: argparse.Namespace,
+) -> tuple[ModelPaths, list[Operation]]:
+    settings = _settings(quiet=True)
+    paths = ModelPaths(settings.local_models_dir, settings.local_model_overrides)
+    return paths, [Operation(op) for op in (args.op or list(Operation))]
+
+
+async def _models_download(args: argparse.Namespace) -> int:
+    paths, operations = _model_paths_and_operations(args)
+    try:
+        await asyncio.to_thread(download_models, paths, operations)
+    except DownloadUnavailable as exc:
+        raise CliError(str(exc)) from None
+    print("done: set BACKEND=local (or auto) to use them", file=sys.stderr)
+    return 0
+
+
+async def _models_list(args: argparse.Namespace) -> int:
+    paths, operations = _model_paths_and_operations(args)
+    for line in model_status(paths, operations):
+        print(line)
+    return 0
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -209,7 +251,12 @@ async def _service(
     simulator = Simulator(SimulatorConfig(processing_seconds=DEMO_PROCESSING_SECONDS))
     sim_url = await simulator.start()
     demo_settings = settings.model_copy(
-        update={"modelslab_base_url": HttpUrl(sim_url), "modelslab_api_key": SecretStr(DEMO_KEY)}
+        update={
+            "modelslab_base_url": HttpUrl(sim_url),
+            "modelslab_api_key": SecretStr(DEMO_KEY),
+            "backend": "modelslab",
+            "fallback_backend": "none",
+        }
     )
     # The simulator runs beside us, so its webhooks can reach our server on loopback.
     app = HeadshotApp(demo_settings, Overrides(web_port=web_port, local_webhooks=True))

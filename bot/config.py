@@ -63,6 +63,36 @@ class Settings(BaseSettings):
     # How long the bot waits for the photo after a bare /headshot, or for a style to be picked.
     telegram_wait_seconds: float = Field(300.0, ge=1, le=3600)
 
+    # Which generator makes the images: ModelsLab's API, the bundled local GPU pipelines, or
+    # "auto" (local when its models are present and a GPU is visible, else ModelsLab when a key
+    # is set). FALLBACK_BACKEND takes the jobs the first one fails.
+    backend: Literal["auto", "modelslab", "local"] = "auto"
+    fallback_backend: Literal["none", "modelslab", "local"] = "none"
+
+    # The local GPU backend (`pip install 'headshot-bot[local]'`): one sub-folder per model
+    # under LOCAL_MODELS_DIR (`headshot-bot models download`), each movable by LOCAL_MODEL_<NAME>.
+    local_models_dir: Path = Path("./models")
+    local_operations: str = "headshot,facegen,avatar,flux_headshot"
+    local_device: str = "cuda"
+    local_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    local_compile: bool = True
+    local_fuse_qkv: bool = True
+    local_channels_last: bool = True
+    # Jobs the GPU worker holds at once: one running, the others staged behind it.
+    local_capacity: int = Field(2, ge=1, le=16)
+    local_start_timeout: float = Field(1800.0, gt=0)
+    # "insightface", or "package.module:Class" for another face analyser.
+    local_face_analyser: str = "insightface"
+    local_model_sd15: Path | None = None
+    local_model_ip_adapter_faceid: Path | None = None
+    local_model_clip_image_encoder: Path | None = None
+    local_model_insightface: Path | None = None
+    local_model_sdxl: Path | None = None
+    local_model_instantid: Path | None = None
+    local_model_controlnet_pose: Path | None = None
+    local_model_controlnet_canny: Path | None = None
+    local_model_flux_kontext: Path | None = None
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("database_url")
@@ -91,6 +121,35 @@ class Settings(BaseSettings):
                 # A bare id would make that number an owner on every platform.
                 raise ValueError(f"{entry!r} must be platform:id, e.g. discord:1234")
         return value
+
+    @field_validator("local_operations")
+    @classmethod
+    def _local_operations_are_known(cls, value: str) -> str:
+        known = ("headshot", "facegen", "avatar", "flux_headshot")
+        names = _split_ids(value)
+        if not names:
+            raise ValueError("name at least one of " + ", ".join(known))
+        for name in names:
+            if name not in known:
+                raise ValueError(f"{name!r} is not one of " + ", ".join(known))
+        return value
+
+    @field_validator("local_device")
+    @classmethod
+    def _local_device_is_torch_device(cls, value: str) -> str:
+        if value != "cpu" and value != "cuda" and not value.startswith("cuda:"):
+            raise ValueError("use cuda, cuda:N or cpu")
+        return value
+
+    @property
+    def local_model_overrides(self) -> dict[str, Path]:
+        """Component name -> folder, for the components whose LOCAL_MODEL_<NAME> is set."""
+        prefix = "local_model_"
+        return {
+            name.removeprefix(prefix): value
+            for name, value in self
+            if name.startswith(prefix) and value is not None
+        }
 
     @property
     def owners(self) -> frozenset[str]:

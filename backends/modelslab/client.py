@@ -121,6 +121,15 @@ class ModelsLabClient:
     ) -> None:
         await self.aclose()
 
+    async def start(self) -> None:
+        """Nothing to prepare: the first request opens the connection."""
+
+    def listen(self, callback: Callable[[str], object]) -> None:
+        """ModelsLab announces finished jobs through webhooks, not through the client."""
+
+    def owns_output(self, url: str) -> bool:
+        return url.startswith(("https://", "http://"))
+
     async def aclose(self) -> None:
         if self._owns_http:
             await self._http.aclose()

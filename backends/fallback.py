@@ -1,0 +1,117 @@
+"""Two generators as one: jobs go to the first, and to the second when the first fails.
+
+`FALLBACK_BACKEND` builds this. A job moves to the second generator only when the first has
+produced nothing: its submit failed (unreachable, out of credits, this operation not served, its
+worker down) or it reported the generation failed. So one job is one generation, and the user's
+single reserved credit pays for it: nothing is paid twice. A request the generator refused for
+its content (no face in the selfie, a banned prompt) is not retried elsewhere: it would be
+refused there too.
+
+Provider ids are tagged with the generator's name ("local:…", "modelslab:…") so that fetches
+after a restart still reach the right one; an untagged id is the first generator's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from backends.base import Backend, ProviderResult, ResultStatus, SubmitRequest
+from backends.errors import BackendError, InvalidRequest, OutputUnavailable, UnknownProviderJob
+from backends.params import Operation
+
+log = logging.getLogger(__name__)
+
+
+class FallbackBackend:
+    def __init__(self, primary: Backend, secondary: Backend) -> None:
+        self.primary = primary
+        self.secondary = secondary
+        self.name = f"{primary.name}+{secondary.name}"
+        self._by_name = {primary.name: primary, secondary.name: secondary}
+        # Requests still running on the primary, kept (in memory) to hand over if it fails.
+        self._pending: dict[str, SubmitRequest] = {}
+        # A handed-over job's first provider id -> its id on the secondary.
+        self._moved: dict[str, str] = {}
+
+    async def start(self) -> None:
+        """Start both; one that cannot start leaves its jobs to the other. Fails only when
+        neither starts."""
+        failures = []
+        for backend in (self.primary, self.secondary):
+            try:
+                await backend.start()
+            except Exception as exc:
+                log.warning("%s did not start (%s): the other takes its jobs", backend.name, exc)
+                failures.append(exc)
+        if len(failures) == 2:
+            raise failures[0]
+
+    def listen(self, callback: Callable[[str], object]) -> None:
+        self.primary.listen(callback)
+        self.secondary.listen(callback)
+
+    def owns_output(self, url: str) -> bool:
+        return self.primary.owns_output(url) or self.secondary.owns_output(url)
+
+    async def submit(self, request: SubmitRequest) -> ProviderResult:
+        try:
+            result = await self.primary.submit(request)
+        except InvalidRequest:
+            raise
+        except BackendError as exc:
+            log.warning("%s failed (%s): trying %s", self.primary.name, exc, self.secondary.name)
+            return await self._hand_over(request)
+        if result.status == ResultStatus.FAILED:
+            log.warning("%s could not make the image: trying %s", *self._names())
+            return await self._hand_over(request)
+        tagged = self._tag(self.primary, result)
+        if result.status == ResultStatus.PROCESSING and tagged.provider_id:
+            self._pending[tagged.provider_id] = request
+        return tagged
+
+    async def fetch(self, operation: Operation, provider_id: str) -> ProviderResult:
+        provider_id = self._moved.get(provider_id, provider_id)
+        backend, raw_id = self._route(provider_id)
+        result = self._tag(backend, await backend.fetch(operation, raw_id))
+        if backend is self.primary and result.status != ResultStatus.PROCESSING:
+            request = self._pending.pop(provider_id, None)
+            if result.status == ResultStatus.FAILED and request is not None:
+                log.warning("%s could not make the image: trying %s", *self._names())
+                moved = await self._hand_over(request)
+                if moved.provider_id:
+                    self._moved[provider_id] = moved.provider_id
+                return moved
+        return result
+
+    async def download_output(self, url: str, *, max_bytes: int) -> bytes:
+        for backend in (self.primary, self.secondary):
+            if backend.owns_output(url):
+                return await backend.download_output(url, max_bytes=max_bytes)
+        raise OutputUnavailable("no generator knows that image link")
+
+    async def aclose(self) -> None:
+        try:
+            await self.primary.aclose()
+        finally:
+            await self.secondary.aclose()
+
+    async def _hand_over(self, request: SubmitRequest) -> ProviderResult:
+        return self._tag(self.secondary, await self.secondary.submit(request))
+
+    def _tag(self, backend: Backend, result: ProviderResult) -> ProviderResult:
+        if not result.provider_id or result.provider_id.startswith(f"{backend.name}:"):
+            return result
+        return replace(result, provider_id=f"{backend.name}:{result.provider_id}")
+
+    def _route(self, provider_id: str) -> tuple[Backend, str]:
+        name, separator, raw_id = provider_id.partition(":")
+        if separator and name in self._by_name:
+            return self._by_name[name], raw_id
+        if separator and name not in self._by_name:
+            raise UnknownProviderJob(f"no generator named {name!r} here")
+        return self.primary, provider_id
+
+    def _names(self) -> tuple[str, str]:
+        return self.primary.name, self.secondary.name

@@ -1,0 +1,196 @@
+"""The model folders the local backend loads, where they come from, and their licences.
+
+Every component lives in its own folder under `LOCAL_MODELS_DIR` (one sub-folder each, named
+below), or wherever `LOCAL_MODEL_<NAME>` points. Nothing is ever fetched at run time: a missing
+folder stops the worker with one line naming the folder and the command that downloads it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends.errors import BackendError
+from backends.params import Operation
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    repo_id: str
+    licence: str
+    operations: tuple[Operation, ...]
+    # Which files of the hub repository to fetch (huggingface_hub allow_patterns).
+    allow_patterns: tuple[str, ...] = ("*",)
+    non_commercial: bool = False
+
+    @property
+    def setting(self) -> str:
+        """The environment variable that points this component elsewhere."""
+        return f"LOCAL_MODEL_{self.name.upper()}"
+
+
+_FACE_ID = (Operation.HEADSHOT, Operation.FACEGEN)
+_AVATAR = (Operation.AVATAR,)
+_FLUX = (Operation.FLUX_HEADSHOT,)
+
+COMPONENTS: dict[str, Component] = {
+    c.name: c
+    for c in (
+        Component(
+            "sd15",
+            "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            "CreativeML OpenRAIL-M",
+            _FACE_ID,
+            allow_patterns=(
+                "model_index.json",
+                "scheduler/*",
+                "text_encoder/config.json",
+                "text_encoder/model.fp16.safetensors",
+                "tokenizer/*",
+                "unet/config.json",
+                "unet/diffusion_pytorch_model.fp16.safetensors",
+                "vae/config.json",
+                "vae/diffusion_pytorch_model.fp16.safetensors",
+            ),
+        ),
+        Component(
+            "ip_adapter_faceid",
+            "h94/IP-Adapter-FaceID",
+            "non-commercial research use only (IP-Adapter-FaceID model card)",
+            _FACE_ID,
+            allow_patterns=("ip-adapter-faceid-plusv2_sd15.bin",),
+            non_commercial=True,
+        ),
+        Component(
+            "clip_image_encoder",
+            "h94/IP-Adapter",
+            "Apache-2.0",
+            _FACE_ID,
+            allow_patterns=("models/image_encoder/*",),
+        ),
+        Component(
+            "insightface",
+            "DIAMONIK7777/antelopev2",
+            "non-commercial research use only (insightface model licence)",
+            (*_FACE_ID, *_AVATAR),
+            allow_patterns=("*.onnx",),
+            non_commercial=True,
+        ),
+        Component(
+            "sdxl",
+            "stabilityai/stable-diffusion-xl-base-1.0",
+            "CreativeML Open RAIL++-M",
+            _AVATAR,
+            allow_patterns=(
+                "model_index.json",
+                "scheduler/*",
+                "text_encoder/config.json",
+                "text_encoder/model.fp16.safetensors",
+                "text_encoder_2/config.json",
+                "text_encoder_2/model.fp16.safetensors",
+                "tokenizer/*",
+                "tokenizer_2/*",
+                "unet/config.json",
+                "unet/diffusion_pytorch_model.fp16.safetensors",
+                "vae/config.json",
+                "vae/diffusion_pytorch_model.fp16.safetensors",
+            ),
+        ),
+        Component(
+            "instantid",
+            "InstantX/InstantID",
+            "Apache-2.0 (it needs the insightface models, which are non-commercial)",
+            _AVATAR,
+            allow_patterns=("ip-adapter.bin", "ControlNetModel/*"),
+        ),
+        Component(
+            "controlnet_pose",
+            "thibaud/controlnet-openpose-sdxl-1.0",
+            "other (see the model card)",
+            _AVATAR,
+            allow_patterns=("config.json", "OpenPoseXL2.safetensors"),
+        ),
+        Component(
+            "controlnet_canny",
+            "diffusers/controlnet-canny-sdxl-1.0",
+            "CreativeML Open RAIL++-M",
+            _AVATAR,
+            allow_patterns=("config.json", "diffusion_pytorch_model.fp16.safetensors"),
+        ),
+        Component(
+            "flux_kontext",
+            "black-forest-labs/FLUX.1-Kontext-dev",
+            "FLUX.1 [dev] Non-Commercial License (gated: accept it on the model page first)",
+            _FLUX,
+            allow_patterns=(
+                "model_index.json",
+                "scheduler/*",
+                "text_encoder/*",
+                "text_encoder_2/*",
+                "tokenizer/*",
+                "tokenizer_2/*",
+                "transformer/*",
+                "vae/*",
+            ),
+            non_commercial=True,
+        ),
+    )
+}
+
+
+def components_for(operations: Iterable[Operation]) -> list[Component]:
+    wanted = set(operations)
+    return [c for c in COMPONENTS.values() if wanted.intersection(c.operations)]
+
+
+class MissingComponent(BackendError):
+    """A model folder is absent or empty. The message names it and the download command."""
+
+    def __init__(self, component: Component, folder: Path) -> None:
+        op = component.operations[0]
+        super().__init__(
+            f"missing model folder {folder} ({component.name}, for {op}): "
+            f"run `headshot-bot models download --op {op}` or set {component.setting}"
+        )
+        self.component = component
+        self.folder = folder
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """Where each component's folder is: `root/<name>` unless overridden."""
+
+    root: Path
+    overrides: Mapping[str, Path] = None  # type: ignore[assignment]
+
+    @classmethod
+    def from_environment(cls, root: Path, environ: Mapping[str, str] | None = None) -> ModelPaths:
+        env = os.environ if environ is None else environ
+        overrides = {
+            name: Path(env[c.setting]) for name, c in COMPONENTS.items() if env.get(c.setting)
+        }
+        return cls(root, overrides)
+
+    def folder(self, name: str) -> Path:
+        overridden = (self.overrides or {}).get(name)
+        return overridden if overridden is not None else self.root / name
+
+    def present(self, name: str) -> bool:
+        folder = self.folder(name)
+        return folder.is_dir() and any(folder.iterdir())
+
+    def require(self, name: str) -> Path:
+        """The component's folder; MissingComponent when it is absent or empty."""
+        if not self.present(name):
+            raise MissingComponent(COMPONENTS[name], self.folder(name))
+        return self.folder(name)
+
+    def missing(self, operations: Iterable[Operation]) -> list[MissingComponent]:
+        return [
+            MissingComponent(c, self.folder(c.name))
+            for c in components_for(operations)
+            if not self.present(c.name)
+        ]

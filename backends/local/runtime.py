@@ -1,0 +1,59 @@
+"""How the worker runs the pipelines: device, precision and the speed options.
+
+Every option here is on by default where it does not change results (bf16/fp16 on a GPU, SDPA
+attention, fused QKV projections, channels-last memory, torch.compile with a warm-up); each can
+be turned off (`LOCAL_COMPILE=0` and friends) to compare or to debug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: str = "cuda"
+    # "auto": bfloat16 on a GPU that has it, else float16 on a GPU, float32 on the CPU.
+    dtype: str = "auto"
+    compile: bool = True
+    fuse_qkv: bool = True
+    channels_last: bool = True
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def torch_dtype(self) -> torch.dtype:
+        import torch
+
+        if self.dtype != "auto":
+            return getattr(torch, self.dtype)
+        if not self.on_gpu:
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def generators(self, seed: int, count: int) -> list[torch.Generator]:
+        """One generator per sample, seeded seed, seed+1, …: sample i of a batch is the same
+        image as a single generation with seed+i, so any image can be made again."""
+        import torch
+
+        device = self.device if self.on_gpu else "cpu"
+        return [torch.Generator(device).manual_seed(seed + i) for i in range(count)]
+
+
+def speed_up(module: Any, runtime: Runtime, *, fuse: bool = True) -> Any:
+    """Channels-last memory, fused QKV and torch.compile on one denoiser (UNet, ControlNet or
+    transformer), as the runtime asks; returns the module to call (compiled or not)."""
+    import torch
+
+    if runtime.channels_last and runtime.on_gpu:
+        module.to(memory_format=torch.channels_last)
+    if fuse and runtime.fuse_qkv and hasattr(module, "fuse_qkv_projections"):
+        module.fuse_qkv_projections()
+    if runtime.compile and runtime.on_gpu:
+        return torch.compile(module, fullgraph=False, dynamic=False)
+    return module

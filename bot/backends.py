@@ -1,0 +1,105 @@
+"""Which generator the service uses, from BACKEND and FALLBACK_BACKEND."""
+
+from __future__ import annotations
+
+import logging
+
+from backends.base import Backend
+from backends.fallback import FallbackBackend
+from backends.local.backend import LocalBackend
+from backends.local.components import ModelPaths
+from backends.local.probe import gpu_visible, local_extra_installed
+from backends.local.runtime import Runtime
+from backends.local.worker import WorkerConfig
+from backends.modelslab import ModelsLabClient
+from backends.params import Operation
+from bot.config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+
+def choose_backend(settings: Settings) -> Backend:
+    """The configured generator (not started yet), wrapped with its fallback when one is set."""
+    name = settings.backend
+    if name == "auto":
+        name = _auto(settings)
+    primary = _build(name, settings)
+    fallback = settings.fallback_backend
+    if fallback == "none":
+        return primary
+    if fallback == name:
+        raise ConfigError(f"invalid setting FALLBACK_BACKEND: it is the same as BACKEND ({name})")
+    return FallbackBackend(primary, _build(fallback, settings))
+
+
+def capacity_of(backend: Backend, settings: Settings) -> int:
+    """How many jobs the generator takes at once: the dispatcher's cap."""
+    first = backend.primary if isinstance(backend, FallbackBackend) else backend
+    if isinstance(first, LocalBackend):
+        return first.capacity
+    return settings.modelslab_max_queued
+
+
+def _auto(settings: Settings) -> str:
+    models = _model_paths(settings)
+    missing = models.missing(_local_operations(settings))
+    if not missing and local_extra_installed() and _device_ready(settings):
+        log.info("BACKEND=auto: the local models are present and a GPU is visible: local")
+        return "local"
+    if settings.api_key:
+        reason = missing[0].message if missing else "no GPU is visible to torch"
+        log.info("BACKEND=auto: ModelsLab (local not possible: %s)", reason)
+        return "modelslab"
+    raise ConfigError(
+        "invalid setting BACKEND: auto found neither a GPU with the local models in "
+        f"{settings.local_models_dir} (`headshot-bot models download`) nor MODELSLAB_API_KEY: "
+        "set one (or use --demo)"
+    )
+
+
+def _device_ready(settings: Settings) -> bool:
+    # auto never picks a CPU: LOCAL_DEVICE=cpu is for BACKEND=local, on purpose.
+    return settings.local_device != "cpu" and gpu_visible()
+
+
+def _build(name: str, settings: Settings) -> Backend:
+    if name == "modelslab":
+        key = settings.api_key
+        if not key:
+            raise ConfigError("invalid setting MODELSLAB_API_KEY: it is not set (or use --demo)")
+        return ModelsLabClient(
+            key, str(settings.modelslab_base_url), timeout=settings.modelslab_timeout
+        )
+    if not local_extra_installed():
+        raise ConfigError(
+            "invalid setting BACKEND: the local backend needs torch and diffusers: "
+            "pip install 'headshot-bot[local]'"
+        )
+    missing = _model_paths(settings).missing(_local_operations(settings))
+    if missing:
+        raise ConfigError(f"invalid setting LOCAL_MODELS_DIR: {missing[0].message}")
+    config = WorkerConfig(
+        models_root=settings.local_models_dir,
+        overrides=settings.local_model_overrides,
+        operations=_local_operations(settings),
+        runtime=Runtime(
+            device=settings.local_device,
+            dtype=settings.local_dtype,
+            compile=settings.local_compile,
+            fuse_qkv=settings.local_fuse_qkv,
+            channels_last=settings.local_channels_last,
+        ),
+        face_analyser=settings.local_face_analyser,
+    )
+    return LocalBackend(
+        config, capacity=settings.local_capacity, start_timeout=settings.local_start_timeout
+    )
+
+
+def _model_paths(settings: Settings) -> ModelPaths:
+    return ModelPaths(settings.local_models_dir, settings.local_model_overrides)
+
+
+def _local_operations(settings: Settings) -> tuple[Operation, ...]:
+    names = [part.strip() for part in settings.local_operations.split(",") if part.strip()]
+    return tuple(Operation(name) for name in dict.fromkeys(names))

@@ -1,0 +1,196 @@
+"""Choosing the generator (BACKEND, FALLBACK_BACKEND), the model folders and `models` commands.
+
+None of this needs torch: the core chooses and reports without importing it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backends.fallback import FallbackBackend
+from backends.local.backend import LocalBackend
+from backends.local.components import COMPONENTS, MissingComponent, ModelPaths
+from backends.local.download import download, status
+from backends.modelslab import ModelsLabClient
+from backends.params import Operation
+from bot.backends import capacity_of, choose_backend
+from bot.config import ConfigError, load_settings
+from tests.conftest import TEST_KEY
+from tests.test_cli import headshot_bot
+
+
+def fill(root: Path, *names: str) -> None:
+    for name in names:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "weights.bin").write_bytes(b"x")
+
+
+FACE_ID = ("sd15", "ip_adapter_faceid", "clip_image_encoder", "insightface")
+
+
+def test_every_component_has_a_setting_to_move_it() -> None:
+    settings = load_settings(
+        **{c.setting.lower(): f"/elsewhere/{c.name}" for c in COMPONENTS.values()}
+    )
+    assert settings.local_model_overrides == {
+        name: Path(f"/elsewhere/{name}") for name in COMPONENTS
+    }
+
+
+def test_a_missing_component_names_its_folder_and_the_download_command(tmp_path: Path) -> None:
+    paths = ModelPaths(tmp_path, {"sd15": tmp_path / "mine"})
+    with pytest.raises(MissingComponent) as caught:
+        paths.require("sd15")
+    assert caught.value.message == (
+        f"missing model folder {tmp_path / 'mine'} (sd15, for headshot): "
+        "run `headshot-bot models download --op headshot` or set LOCAL_MODEL_SD15"
+    )
+    (tmp_path / "flux_kontext").mkdir()  # an empty folder is as good as none
+    (missing,) = paths.missing([Operation.FLUX_HEADSHOT])
+    assert (
+        "--op flux_headshot" in missing.message
+        and str(tmp_path / "flux_kontext") in missing.message
+    )
+
+
+def test_auto_with_nothing_to_run_refuses_in_one_line(tmp_path: Path) -> None:
+    settings = load_settings(local_models_dir=tmp_path, backend="auto")
+    with pytest.raises(ConfigError) as caught:
+        choose_backend(settings)
+    assert str(caught.value).startswith("invalid setting BACKEND: auto found neither a GPU")
+    assert "MODELSLAB_API_KEY" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_auto_takes_modelslab_when_the_models_are_missing(tmp_path: Path) -> None:
+    settings = load_settings(local_models_dir=tmp_path, modelslab_api_key=TEST_KEY)
+    backend = choose_backend(settings)
+    assert isinstance(backend, ModelsLabClient)
+    assert capacity_of(backend, settings) == settings.modelslab_max_queued
+
+
+def test_auto_takes_modelslab_when_no_gpu_is_visible(tmp_path: Path) -> None:
+    # Every folder is there, but this machine has no GPU (the CI machine has none either).
+    fill(tmp_path, *COMPONENTS)
+    settings = load_settings(local_models_dir=tmp_path, modelslab_api_key=TEST_KEY)
+    assert isinstance(choose_backend(settings), ModelsLabClient)
+
+
+def test_local_with_a_missing_folder_refuses_to_start(tmp_path: Path) -> None:
+    fill(tmp_path, "sd15", "ip_adapter_faceid", "insightface")
+    pytest.importorskip("diffusers")
+    settings = load_settings(
+        local_models_dir=tmp_path, backend="local", local_operations="headshot"
+    )
+    with pytest.raises(ConfigError) as caught:
+        choose_backend(settings)
+    assert str(caught.value) == (
+        f"invalid setting LOCAL_MODELS_DIR: missing model folder {tmp_path / 'clip_image_encoder'}"
+        " (clip_image_encoder, for headshot): run `headshot-bot models download --op headshot`"
+        " or set LOCAL_MODEL_CLIP_IMAGE_ENCODER"
+    )
+
+
+def test_local_with_its_folders_is_a_local_backend_whose_capacity_is_the_dispatchers(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("diffusers")
+    fill(tmp_path, *FACE_ID)
+    settings = load_settings(
+        local_models_dir=tmp_path,
+        backend="local",
+        local_operations="headshot,facegen",
+        local_capacity=3,
+        fallback_backend="modelslab",
+        modelslab_api_key=TEST_KEY,
+    )
+    backend = choose_backend(settings)
+    assert isinstance(backend, FallbackBackend)
+    assert isinstance(backend.primary, LocalBackend)
+    assert isinstance(backend.secondary, ModelsLabClient)
+    assert capacity_of(backend, settings) == 3
+    assert backend.primary.config.operations == (Operation.HEADSHOT, Operation.FACEGEN)
+
+
+def test_a_fallback_must_differ_from_the_backend(tmp_path: Path) -> None:
+    settings = load_settings(
+        backend="modelslab", fallback_backend="modelslab", modelslab_api_key=TEST_KEY
+    )
+    with pytest.raises(ConfigError, match="FALLBACK_BACKEND: it is the same as BACKEND"):
+        choose_backend(settings)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "LOCAL_OPERATIONS",
+            "headshot,selfie",
+            "'selfie' is not one of headshot, facegen, avatar, flux_headshot",
+        ),
+        ("LOCAL_DEVICE", "tpu", "use cuda, cuda:N or cpu"),
+        ("BACKEND", "gpu", "Input should be 'auto', 'modelslab' or 'local'"),
+    ],
+)
+def test_bad_local_settings_name_the_variable(
+    tmp_path: Path, name: str, value: str, message: str
+) -> None:
+    result = headshot_bot("migrate", cwd=tmp_path, env={name: value})
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"headshot-bot: invalid setting {name}: {message}"
+
+
+def test_download_fetches_each_folder_and_prints_its_licence(tmp_path: Path) -> None:
+    fetched: list[tuple[str, tuple[str, ...], Path]] = []
+    said: list[str] = []
+    paths = ModelPaths(tmp_path, {"insightface": tmp_path / "faces"})
+
+    written = download(
+        paths,
+        [Operation.HEADSHOT],
+        say=said.append,
+        fetch=lambda repo, patterns, folder: fetched.append((repo, patterns, folder)),
+    )
+
+    assert [f[0] for f in fetched] == [
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "h94/IP-Adapter-FaceID",
+        "h94/IP-Adapter",
+        "DIAMONIK7777/antelopev2",
+    ]
+    assert written == [
+        tmp_path / "sd15",
+        tmp_path / "ip_adapter_faceid",
+        tmp_path / "clip_image_encoder",
+        tmp_path / "faces",
+    ]
+    assert fetched[1][1] == ("ip-adapter-faceid-plusv2_sd15.bin",)
+    licences = [line for line in said if not line.startswith("  ->")]
+    assert len(licences) == 4
+    assert [("NON-COMMERCIAL" in line) for line in licences] == [False, True, False, True]
+    assert "CreativeML OpenRAIL-M" in licences[0]
+
+
+def test_flux_download_warns_that_flux_dev_is_non_commercial(tmp_path: Path) -> None:
+    said: list[str] = []
+    download(
+        ModelPaths(tmp_path), [Operation.FLUX_HEADSHOT], say=said.append, fetch=lambda *a: None
+    )
+    assert said[0].startswith("flux_kontext: black-forest-labs/FLUX.1-Kontext-dev")
+    assert "Non-Commercial" in said[0] and said[0].endswith("NON-COMMERCIAL")
+
+
+def test_models_list_shows_what_is_present_and_missing(tmp_path: Path) -> None:
+    fill(tmp_path / "models", "sd15")
+    result = headshot_bot(
+        "models", "list", "--op", "facegen", cwd=tmp_path, env={"LOCAL_MODELS_DIR": "models"}
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4
+    assert lines[0].startswith("present  models/sd15  sd15: stable-diffusion-v1-5")
+    assert lines[1].startswith("MISSING  models/ip_adapter_faceid  ip_adapter_faceid: h94/")
+    assert status(ModelPaths(tmp_path / "models"), [Operation.FACEGEN]) == [
+        line.replace("models/", f"{tmp_path}/models/") for line in lines
+    ]
