@@ -42,7 +42,9 @@ def capacity_of(backend: Backend, settings: Settings) -> int:
 
 def _auto(settings: Settings) -> str:
     models = _model_paths(settings)
-    missing = models.missing(_local_operations(settings))
+    missing = models.missing(
+        _local_operations(settings), face_analyser=settings.local_face_analyser
+    )
     if not missing and local_extra_installed() and _device_ready(settings):
         log.info("BACKEND=auto: the local models are present and a GPU is visible: local")
         return "local"
@@ -75,7 +77,9 @@ def _build(name: str, settings: Settings) -> Backend:
             "invalid setting BACKEND: the local backend needs torch and diffusers: "
             "pip install 'headshot-bot[local]'"
         )
-    missing = _model_paths(settings).missing(_local_operations(settings))
+    missing = _model_paths(settings).missing(
+        _local_operations(settings), face_analyser=settings.local_face_analyser
+    )
     if missing:
         raise ConfigError(f"invalid setting LOCAL_MODELS_DIR: {missing[0].message}")
     config = WorkerConfig(

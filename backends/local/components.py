@@ -188,9 +188,14 @@ class ModelPaths:
             raise MissingComponent(COMPONENTS[name], self.folder(name))
         return self.folder(name)
 
-    def missing(self, operations: Iterable[Operation]) -> list[MissingComponent]:
+    def missing(
+        self, operations: Iterable[Operation], *, face_analyser: str = "insightface"
+    ) -> list[MissingComponent]:
+        """What the operations need and is not there. Another face analyser than insightface
+        ("module:Class") brings its own models, so the insightface folder is not needed."""
         return [
             MissingComponent(c, self.folder(c.name))
             for c in components_for(operations)
             if not self.present(c.name)
+            and not (c.name == "insightface" and face_analyser != "insightface")
         ]

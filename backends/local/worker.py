@@ -51,7 +51,7 @@ def load_pipelines(config: WorkerConfig) -> dict[Operation, OperationPipeline]:
     """Every configured operation's pipeline, loaded once; operations that share a pipeline
     (headshot and facegen) share one instance. Missing folders are all checked first."""
     models = config.models
-    missing = models.missing(config.operations)
+    missing = models.missing(config.operations, face_analyser=config.face_analyser)
     if missing:
         raise missing[0]
     faces = _face_analyser(config)

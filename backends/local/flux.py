@@ -1,0 +1,245 @@
+"""flux_headshot on the local GPU: FLUX.1 Kontext [dev] with the selfie as its reference image.
+
+Why Kontext among the FLUX identity methods: it is in diffusers core (`FluxKontextPipeline`), it
+is one model, and it keeps the person of the reference image by itself, with no extra identity
+encoder (PuLID-FLUX needs its own ID encoder, EVA-CLIP and face-parsing models and lives outside
+diffusers core). The weights are under the FLUX.1 [dev] Non-Commercial License.
+
+How the ModelsLab parameters reach the pipeline:
+
+- `prompt` is wrapped in an editing instruction (`INSTRUCTION`): Kontext is trained on
+  instructions ("turn this photo into …, keep …"), while our styles send descriptions.
+- `width` × `height` (default 1024 × 1024) is the exact output size. Kontext by itself scales
+  the requested size to a 1024² area and to multiples of 16, so we ask for the size rounded up to
+  the next multiple (with `max_area` set to it) and centre-crop the few extra pixels.
+- `guidance_scale` is FLUX [dev]'s distilled guidance (the transformer's guidance embedding).
+- `negative_prompt` is not used. FLUX [dev] is guidance-distilled: honouring a negative prompt
+  takes "true" classifier-free guidance (`true_cfg_scale` > 1), which runs the transformer twice
+  per step (twice the cost) and which the distilled model was not trained for. Our styles'
+  negative prompts are SD-era keyword lists that FLUX does not need.
+- `samples` is one batch (`num_images_per_prompt`), one generator per image (seed, seed + 1, …);
+  ModelsLab allows one image for this operation.
+
+Kontext needs no face embedding; the selfie still goes through the face analyser so that a
+photo with no face is refused (NoFaceFound) as in the other operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from backends.local.components import COMPONENTS, MissingComponent, ModelPaths
+from backends.local.faces import FaceAnalyser
+from backends.local.pipeline import LocalJob
+from backends.local.runtime import Runtime, speed_up
+from backends.params import LIMITS, GenerationParams, Operation
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import FluxKontextPipeline
+
+COMPONENT = "flux_kontext"
+_SUBFOLDERS = (
+    "scheduler",
+    "text_encoder",
+    "text_encoder_2",
+    "tokenizer",
+    "tokenizer_2",
+    "transformer",
+    "vae",
+)
+INSTRUCTION = (
+    "Turn this photo into: {prompt}. Keep the exact same person, with the same face, "
+    "facial features and identity."
+)
+MAX_SEQUENCE_LENGTH = 512
+_DEFAULTS = LIMITS[Operation.FLUX_HEADSHOT].defaults
+
+
+def load(models: ModelPaths, runtime: Runtime, faces: FaceAnalyser) -> KontextHeadshot:
+    """Read FLUX.1 Kontext [dev] from its local folder and build the resident pipeline."""
+    folder = models.require(COMPONENT)
+    for name in _SUBFOLDERS:
+        # A partial download: name the missing part rather than fail deep inside from_pretrained.
+        part = folder / name
+        if not part.is_dir() or not any(part.iterdir()):
+            raise MissingComponent(COMPONENTS[COMPONENT], part)
+
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+    dtype = runtime.torch_dtype()
+    local: dict[str, Any] = {"local_files_only": True}
+    return KontextHeadshot.from_modules(
+        transformer=FluxTransformer2DModel.from_pretrained(
+            folder / "transformer", torch_dtype=dtype, **local
+        ),
+        vae=AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype, **local),
+        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype, **local),
+        text_encoder_2=T5EncoderModel.from_pretrained(
+            folder / "text_encoder_2", dtype=dtype, **local
+        ),
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer", **local),
+        tokenizer_2=T5TokenizerFast.from_pretrained(folder / "tokenizer_2", **local),
+        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler", **local),
+        runtime=runtime,
+        faces=faces,
+    )
+
+
+class KontextHeadshot:
+    """The resident flux_headshot pipeline: FluxKontextPipeline with the speed options on its
+    transformer (fused QKV, torch.compile on a GPU), in the runtime's precision."""
+
+    operations = (Operation.FLUX_HEADSHOT,)
+
+    def __init__(
+        self,
+        pipe: FluxKontextPipeline,
+        transformer: torch.nn.Module,
+        runtime: Runtime,
+        faces: FaceAnalyser,
+    ) -> None:
+        self.pipe = pipe
+        # The transformer as loaded (not compiled), for plain_pipeline.
+        self.transformer = transformer
+        self.runtime = runtime
+        self.faces = faces
+
+    @classmethod
+    def from_modules(
+        cls,
+        *,
+        transformer: torch.nn.Module,
+        vae: torch.nn.Module,
+        text_encoder: torch.nn.Module,
+        text_encoder_2: torch.nn.Module,
+        tokenizer: Any,
+        tokenizer_2: Any,
+        scheduler: Any,
+        runtime: Runtime,
+        faces: FaceAnalyser,
+    ) -> KontextHeadshot:
+        """Build from modules already in memory (moved to the runtime's device and precision)."""
+        from diffusers import FluxKontextPipeline
+
+        dtype = runtime.torch_dtype()
+        for module in (transformer, vae, text_encoder, text_encoder_2):
+            module.to(runtime.device)
+            if next(module.parameters()).dtype != dtype:
+                module.to(dtype=dtype)
+            module.eval().requires_grad_(False)
+        pipe = FluxKontextPipeline(
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            # Kontext loads no IP-Adapter here, so fusing every QKV projection drops nothing.
+            transformer=speed_up(transformer, runtime),
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, transformer, runtime, faces)
+
+    def arguments(self, job: LocalJob) -> dict[str, Any]:
+        params = job.params
+        width = params.width or _DEFAULTS["width"]
+        height = params.height or _DEFAULTS["height"]
+        multiple = self.pipe.vae_scale_factor * 2
+        asked_width, asked_height = _round_up(width, multiple), _round_up(height, multiple)
+        return {
+            "prompt": INSTRUCTION.format(prompt=params.prompt.strip().rstrip(".")),
+            "width": asked_width,
+            "height": asked_height,
+            "max_area": asked_width * asked_height,
+            "num_inference_steps": params.num_inference_steps or _DEFAULTS["num_inference_steps"],
+            "guidance_scale": (
+                params.guidance_scale
+                if params.guidance_scale is not None
+                else _DEFAULTS["guidance_scale"]
+            ),
+            "num_images_per_prompt": params.samples,
+            "max_sequence_length": MAX_SEQUENCE_LENGTH,
+            "seeds": [job.seed + i for i in range(params.samples)],
+            "output_size": (width, height),
+        }
+
+    def generate(self, job: LocalJob) -> list[Image.Image]:
+        return self._generate(self.pipe, job)
+
+    def warm_up(self) -> None:
+        # The default size on a GPU, so that torch.compile compiles the shapes most jobs use.
+        side = None if self.runtime.on_gpu else 64
+        params = GenerationParams.create(
+            Operation.FLUX_HEADSHOT,
+            prompt="a professional headshot",
+            seed=0,
+            width=side,
+            height=side,
+            num_inference_steps=1,
+        )
+        # A plain grey reference: no face check here (there is no face to find).
+        self._run(self.pipe, LocalJob(params, Image.new("RGB", (512, 512), (128, 128, 128))))
+
+    def _generate(self, pipe: FluxKontextPipeline, job: LocalJob) -> list[Image.Image]:
+        # Kontext takes no face embedding; analysing the selfie only refuses one without a face.
+        self.faces.analyse(job.face)
+        return self._run(pipe, job)
+
+    def _run(self, pipe: FluxKontextPipeline, job: LocalJob) -> list[Image.Image]:
+        arguments = self.arguments(job)
+        seeds = arguments.pop("seeds")
+        width, height = arguments.pop("output_size")
+        images = pipe(
+            image=job.face.convert("RGB"),
+            generator=self.runtime.generators(seeds[0], len(seeds)),
+            **arguments,
+        ).images
+        return [_centre_crop(image, width, height) for image in images]
+
+
+def plain_pipeline(pipeline: KontextHeadshot) -> Callable[[LocalJob], list[Image.Image]]:
+    """The same runs on a plain FluxKontextPipeline built from the same modules, without our
+    speed options (no torch.compile, QKV projections unfused while it runs): the benchmark's
+    baseline."""
+    from diffusers import FluxKontextPipeline
+
+    modules = {name: getattr(pipeline.pipe, name) for name in _SUBFOLDERS}
+    plain = FluxKontextPipeline(**{**modules, "transformer": pipeline.transformer})
+    plain.set_progress_bar_config(disable=True)
+
+    def run(job: LocalJob) -> list[Image.Image]:
+        with _unfused(pipeline.transformer):
+            return pipeline._generate(plain, job)
+
+    return run
+
+
+@contextmanager
+def _unfused(module: torch.nn.Module) -> Iterator[None]:
+    # Fusing keeps the separate q/k/v weights: the attention layers use them again while the
+    # flag is off, and the fused ones once it is back.
+    fused = [m for m in module.modules() if getattr(m, "fused_projections", False)]
+    for attention in fused:
+        attention.fused_projections = False
+    try:
+        yield
+    finally:
+        for attention in fused:
+            attention.fused_projections = True
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _centre_crop(image: Image.Image, width: int, height: int) -> Image.Image:
+    if image.size == (width, height):
+        return image
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))

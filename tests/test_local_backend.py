@@ -1,0 +1,180 @@
+"""The local backend inside the whole service: the GPU worker process on the CPU with tiny
+random-weight models, the dispatcher in front of it, and FALLBACK_BACKEND both ways.
+
+The job goes the same way as a ModelsLab one: queued, submitted to the worker, woken when the
+worker finishes (as a webhook would), re-hosted, credits committed; a failure is refunded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from PIL import Image
+
+from backends.fallback import FallbackBackend
+from backends.local.backend import LocalBackend
+from backends.modelslab.simulator import Simulator
+from bot.app import HeadshotApp
+from bot.events import Completed, Failed, JobEvent
+from bot.generation import GenerationRequest
+from tests.conftest import EXAMPLE_SELFIE, AppFactory, make_image
+from tests.test_commands import count_rows
+from tests.tiny_models import sd15
+
+STAND_IN = "tests.tiny_models.faces:StandInFaces"
+SMALL = {"width": 64, "height": 96}
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    sd15.build(root)
+    return root
+
+
+def local_settings(models_dir: Path, **more: Any) -> dict[str, Any]:
+    return {
+        "backend": "local",
+        "local_models_dir": models_dir,
+        "local_device": "cpu",
+        "local_compile": False,
+        "local_operations": "headshot,facegen",
+        "local_face_analyser": STAND_IN,
+        **more,
+    }
+
+
+async def generate(
+    app: HeadshotApp, operation: str = "headshot", selfie: bytes | None = None, **options: Any
+) -> JobEvent:
+    job = await app.generation.request(
+        GenerationRequest(
+            platform="test",
+            platform_user_id="alice",
+            operation=operation,
+            options={"prompt": "a studio headshot", **options},
+            selfie=selfie if selfie is not None else EXAMPLE_SELFIE.read_bytes(),
+        )
+    )
+    async for event in app.events.watch(job.id):
+        if isinstance(event, Completed | Failed):
+            return event
+    raise AssertionError("the event stream ended without an outcome")
+
+
+async def stored_sizes(app: HeadshotApp, event: Completed) -> list[tuple[int, int]]:
+    sizes = []
+    for image in event.images:
+        path = app.settings.data_dir / "images" / image.content_key
+        data = path.read_bytes() if path.exists() else await app.store.get(image.content_key)
+        sizes.append(Image.open(__import__("io").BytesIO(data)).size)
+    return sizes
+
+
+async def test_a_headshot_is_made_on_the_local_worker_and_rehosted(
+    make_app: AppFactory, models_dir: Path
+) -> None:
+    app = await make_app(**local_settings(models_dir, local_capacity=3))
+    assert isinstance(app.backend, LocalBackend)
+    assert app.engine.dispatcher.capacity == 3
+
+    event = await generate(app, samples=2, seed=11, **SMALL)
+
+    assert isinstance(event, Completed), event
+    assert len(event.images) == 2
+    assert await stored_sizes(app, event) == [(64, 96), (64, 96)]
+    assert await count_rows(app, "credit_ledger", "kind = 'commit'") == 1
+
+    # The same seed makes the same pixels: the re-hosted file is the very same content.
+    again = await generate(app, samples=1, seed=11, **SMALL)
+    assert isinstance(again, Completed)
+    assert again.images[0].content_key == event.images[0].content_key
+    other = await generate(app, samples=1, seed=12, **SMALL)
+    assert isinstance(other, Completed)
+    assert other.images[0].content_key != event.images[0].content_key
+
+
+async def test_a_selfie_without_a_face_fails_with_the_reason_and_is_refunded(
+    make_app: AppFactory, models_dir: Path
+) -> None:
+    app = await make_app(**local_settings(models_dir))
+    event = await generate(app, selfie=make_image((128, 160), "black"), seed=1, **SMALL)
+    assert isinstance(event, Failed)
+    assert "no face found in the selfie" in event.reason
+    assert event.refunded
+    assert await count_rows(app, "credit_ledger", "kind = 'commit'") == 0
+
+
+async def test_a_killed_worker_fails_its_job_and_the_next_job_restarts_it(
+    make_app: AppFactory, models_dir: Path
+) -> None:
+    app = await make_app(**local_settings(models_dir))
+    backend = app.backend
+    assert isinstance(backend, LocalBackend)
+    process = backend._process
+    assert process is not None and process.pid is not None
+
+    waiting = asyncio.create_task(generate(app, seed=3, width=512, height=768))
+    await asyncio.sleep(0.5)  # the job is in the worker: a 512×768 run takes a while
+    os.kill(process.pid, signal.SIGKILL)
+    event = await waiting
+    assert isinstance(event, Failed)
+    assert event.refunded
+
+    event = await generate(app, seed=3, **SMALL)
+    assert isinstance(event, Completed), event
+    assert backend._process is not None and backend._process.pid != process.pid
+
+
+async def test_an_operation_the_gpu_does_not_serve_falls_back_to_modelslab_once(
+    make_app: AppFactory, models_dir: Path, simulator: Simulator
+) -> None:
+    app = await make_app(**local_settings(models_dir, fallback_backend="modelslab"))
+    assert isinstance(app.backend, FallbackBackend)
+
+    event = await generate(app, "flux_headshot", seed=5)
+
+    assert isinstance(event, Completed), event
+    submits = [path for path, _ in simulator.requests if "make_gen" in path]
+    assert len(submits) == 1
+    assert await count_rows(app, "credit_ledger", "kind = 'reserve'") == 1
+    assert await count_rows(app, "credit_ledger", "kind = 'commit'") == 1
+
+
+async def test_a_refused_modelslab_account_falls_back_to_the_local_gpu(
+    make_app: AppFactory, models_dir: Path, simulator: Simulator
+) -> None:
+    app = await make_app(
+        **local_settings(models_dir, backend="modelslab", fallback_backend="local"),
+        modelslab_api_key="not-the-key",
+    )
+    event = await generate(app, seed=9, **SMALL)
+
+    assert isinstance(event, Completed), event
+    assert [status for _, status in simulator.requests] == [401]
+    assert await stored_sizes(app, event) == [(64, 96)]
+    assert await count_rows(app, "credit_ledger", "kind = 'reserve'") == 1
+    assert await count_rows(app, "credit_ledger", "kind = 'commit'") == 1
+
+
+def test_the_core_never_imports_torch() -> None:
+    script = (
+        "import sys, bot.app, bot.backends, bot.cli, backends.local.backend, "
+        "backends.local.worker, adapters.discord, adapters.telegram; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,150 @@
+"""A tiny random-weight FLUX.1 Kontext [dev] folder (`flux_kontext`), built in code.
+
+Same layout and file names as the hub repository (model_index.json, scheduler/, text_encoder/,
+text_encoder_2/, tokenizer/, tokenizer_2/, transformer/, vae/), the same architecture families
+(FluxTransformer2DModel with guidance embedding, CLIPTextModel, T5EncoderModel, a four-level
+AutoencoderKL so that images are 8× the latents as in the real VAE), with the sizes of diffusers'
+own Flux fast tests. The transformer and the T5 encoder are saved sharded, as the real ones are.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+# Byte-level BPE writes each byte as one printable character; CLIP's vocabulary has each of them
+# alone and with the end-of-word mark, so any prompt tokenizes without merges.
+_CLIP_SPECIAL = ("<|startoftext|>", "<|endoftext|>")
+
+
+def _byte_characters() -> list[str]:
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    characters, extra = [], 0
+    for byte in range(256):
+        if byte in printable:
+            characters.append(chr(byte))
+        else:
+            characters.append(chr(256 + extra))
+            extra += 1
+    return characters
+
+
+def _clip_tokenizer(folder: Path) -> CLIPTokenizer:
+    from transformers import CLIPTokenizer
+
+    characters = _byte_characters()
+    tokens = [*characters, *(c + "</w>" for c in characters), *_CLIP_SPECIAL]
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+
+
+def _t5_tokenizer() -> T5TokenizerFast:
+    from transformers import T5TokenizerFast
+
+    words = "a an the of and in on with photo portrait headshot person man woman professional"
+    words += " studio light lighting background suit smile face turn this into keep same"
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + w, -5.0) for w in words.split()]
+    pieces += [(c, -10.0) for c in string.ascii_letters + string.digits + string.punctuation]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def build(root: Path) -> None:
+    """Write `root/flux_kontext` (deterministic: fixed seeds)."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxKontextPipeline,
+        FluxTransformer2DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    folder = root / "flux_kontext"
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            projection_dim=32,
+            vocab_size=1000,
+            hidden_act="quick_gelu",
+        )
+    )
+    torch.manual_seed(0)
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=256,
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            is_encoder_decoder=False,
+            use_cache=False,
+        )
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(4, 4, 4, 4),
+        layers_per_block=1,
+        latent_channels=1,
+        norm_num_groups=1,
+        # The Kontext reference image is encoded at about 1024², where the mid-block's attention
+        # over every latent pixel would dominate the tests' run time.
+        mid_block_add_attention=False,
+        sample_size=32,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    pipeline = FluxKontextPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=_clip_tokenizer(folder / "tokenizer"),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=_t5_tokenizer(),
+        transformer=transformer,
+    )
+    pipeline.save_pretrained(folder)
+    # Like the hub folder: the CLIP tokenizer is vocab.json + merges.txt only, and the transformer
+    # and the T5 encoder come in shards with an index file.
+    (folder / "tokenizer" / "tokenizer.json").unlink()
+    (folder / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    transformer.save_pretrained(folder / "transformer", max_shard_size="120KB")
+    (folder / "text_encoder_2" / "model.safetensors").unlink()
+    text_encoder_2.save_pretrained(folder / "text_encoder_2", max_shard_size="45KB")
