@@ -8,6 +8,7 @@ worker finishes (as a webhook would), re-hosted, credits committed; a failure is
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import subprocess
@@ -76,9 +77,8 @@ async def generate(
 async def stored_sizes(app: HeadshotApp, event: Completed) -> list[tuple[int, int]]:
     sizes = []
     for image in event.images:
-        path = app.settings.data_dir / "images" / image.content_key
-        data = path.read_bytes() if path.exists() else await app.store.get(image.content_key)
-        sizes.append(Image.open(__import__("io").BytesIO(data)).size)
+        data = await app.store.get(image.content_key)
+        sizes.append(Image.open(io.BytesIO(data)).size)
     return sizes
 
 
@@ -178,3 +178,22 @@ def test_the_core_never_imports_torch() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
     )
     assert done.stdout.strip() == "[]"
+
+
+async def test_a_generation_modelslab_reports_failed_is_made_again_locally(
+    make_app: AppFactory, models_dir: Path, simulator: Simulator
+) -> None:
+    # ModelsLab takes the job, works on it, then reports it failed: the fallback makes it
+    # locally, and the job's one reserved credit pays for the one image delivered.
+    simulator.config.failure_rate = 1.0
+    simulator.config.processing_seconds = 0.3
+    app = await make_app(
+        **local_settings(models_dir, backend="modelslab", fallback_backend="local")
+    )
+    event = await generate(app, seed=4, **SMALL)
+
+    assert isinstance(event, Completed), event
+    assert any("fetch" in path for path, _ in simulator.requests)
+    assert await stored_sizes(app, event) == [(64, 96)]
+    assert await count_rows(app, "credit_ledger", "kind = 'reserve'") == 1
+    assert await count_rows(app, "credit_ledger", "kind = 'commit'") == 1

@@ -1,0 +1,496 @@
+"""The avatar operation: InstantID on SDXL, with optional pose and canny ControlNets.
+
+InstantID steers SDXL with two things taken from the selfie's face. Its identity adapter (an
+IP-Adapter whose resampler turns the 512-d face embedding into 16 identity tokens) adds those
+tokens to the UNet's cross-attention beside the text. Its IdentityNet, a ControlNet, reads the
+five face keypoints drawn as an image, and attends to the identity tokens instead of the text.
+After it come the ControlNets the request selects (`controlnet_selection`): pose (an OpenPose
+head skeleton; the bundled backend has no body-pose model, see `faces.head_pose_map`) and canny
+(edges); these two attend to the text, as in InstantID's own demo. diffusers' ControlNet
+pipelines feed every ControlNet the text, so the denoising loop is our own, built from
+diffusers' blocks.
+
+Keypoints, pose skeleton and edges come from the pose image when the request has one, else
+from the selfie, scaled to cover width × height and centre-cropped to it.
+
+Every component (`sdxl`, `instantid`, `controlnet_pose`, `controlnet_canny`) is required and
+loaded at start, whatever requests select: each request may choose any combination, and loading
+a ControlNet per request would cost far more than keeping it resident.
+
+ModelsLab's `s_scale` and `safety_checker` have no InstantID counterpart and are not used;
+a `depth` ControlNet is refused (there is none bundled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from backends.errors import InvalidRequest
+from backends.local.components import ModelPaths
+from backends.local.faces import FaceAnalyser, NoFaceFound, head_pose_map, keypoint_map
+from backends.local.pipeline import LocalJob
+from backends.local.runtime import Runtime, speed_up
+from backends.params import LIMITS, Operation
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import ControlNetModel, StableDiffusionXLPipeline
+
+IDENTITYNET = "identitynet"
+NO_DEPTH = "the local GPU backend has no depth ControlNet: use pose or canny"
+NO_FACE_IN_POSE = "no face found in the pose image: send a pose photo with one visible face"
+POSE_WEIGHTS = "OpenPoseXL2.safetensors"
+# InstantID's demo draws canny edges with these thresholds.
+CANNY_THRESHOLDS = (100, 200)
+_DEFAULTS = LIMITS[Operation.AVATAR].defaults
+_STRENGTHS = {"pose": "pose_strength", "canny": "canny_strength"}
+
+
+def load(models: ModelPaths, runtime: Runtime, faces: FaceAnalyser) -> AvatarPipeline:
+    """Read every avatar component from its folder and build the pipeline."""
+    folders = {
+        name: models.require(name)
+        for name in ("sdxl", "instantid", "controlnet_pose", "controlnet_canny")
+    }
+    import torch
+    from diffusers import ControlNetModel, StableDiffusionXLPipeline
+
+    dtype = runtime.torch_dtype()
+    local = {"dtype": dtype, "local_files_only": True}
+    base = StableDiffusionXLPipeline.from_pretrained(
+        folders["sdxl"], variant="fp16", add_watermarker=False, **local
+    )
+    adapter = torch.load(
+        folders["instantid"] / "ip-adapter.bin", map_location="cpu", weights_only=True
+    )
+    return AvatarPipeline.from_modules(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer=base.tokenizer,
+        tokenizer_2=base.tokenizer_2,
+        unet=base.unet,
+        scheduler=base.scheduler,
+        identitynet=ControlNetModel.from_pretrained(
+            folders["instantid"] / "ControlNetModel", **local
+        ),
+        identity_adapter=adapter,
+        pose=_single_file_controlnet(folders["controlnet_pose"] / POSE_WEIGHTS, dtype),
+        canny=ControlNetModel.from_pretrained(folders["controlnet_canny"], variant="fp16", **local),
+        runtime=runtime,
+        faces=faces,
+    )
+
+
+def _single_file_controlnet(path: Path, dtype: torch.dtype) -> ControlNetModel:
+    """A ControlNet from one weight file beside its config.json (thibaud's pose ControlNet).
+    diffusers' converter leaves a file in diffusers' names as it is and renames an original
+    (ControlNet repository) one."""
+    from accelerate import init_empty_weights
+    from diffusers import ControlNetModel
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+    from safetensors.torch import load_file
+
+    config = ControlNetModel.load_config(path.parent)
+    with init_empty_weights():
+        net = ControlNetModel.from_config(config)
+    state = convert_controlnet_checkpoint(load_file(path), dict(net.config))
+    net.load_state_dict(state, strict=True, assign=True)
+    return net.to(dtype)
+
+
+class AvatarPipeline:
+    """InstantID on SDXL: IdentityNet and the identity adapter, plus the selected pose / canny
+    ControlNets, in one denoising loop over diffusers' SDXL blocks."""
+
+    operations = (Operation.AVATAR,)
+
+    def __init__(
+        self,
+        base: StableDiffusionXLPipeline,
+        controlnets: Mapping[str, ControlNetModel],
+        runtime: Runtime,
+        faces: FaceAnalyser,
+    ) -> None:
+        self._base = base
+        self._controlnets = dict(controlnets)
+        self._runtime = runtime
+        self._faces = faces
+        self._identity_strength = _identity_strength(base.unet, runtime)
+        self._fused: list[tuple[Any, Any]] = []
+        self._denoisers: dict[str, Callable[..., Any]] = {}
+        for name, module in {"unet": base.unet, **self._controlnets}.items():
+            if runtime.fuse_qkv:
+                self._fused += _fuse_qkv(module)
+            # speed_up's own fusion would replace every attention processor, the IP-Adapter's
+            # included (and it does nothing on a ControlNet's attentions): _fuse_qkv does it.
+            self._denoisers[name] = speed_up(module, runtime, fuse=False)
+
+    @classmethod
+    def from_modules(
+        cls,
+        *,
+        vae: Any,
+        text_encoder: Any,
+        text_encoder_2: Any,
+        tokenizer: Any,
+        tokenizer_2: Any,
+        unet: Any,
+        scheduler: Any,
+        identitynet: ControlNetModel,
+        identity_adapter: Mapping[str, Mapping[str, torch.Tensor]],
+        pose: ControlNetModel,
+        canny: ControlNetModel,
+        runtime: Runtime,
+        faces: FaceAnalyser,
+    ) -> AvatarPipeline:
+        """The pipeline over already-built modules. `identity_adapter` is InstantID's
+        `ip-adapter.bin` as loaded ({"image_proj", "ip_adapter"}, original names)."""
+        import torch
+        from diffusers import StableDiffusionXLPipeline
+
+        dtype = runtime.torch_dtype()
+        base = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            add_watermarker=False,
+        )
+        base.to(runtime.device, dtype)
+        if dtype == torch.float16 and vae.config.force_upcast:
+            vae.to(torch.float32)  # SDXL's VAE overflows in float16
+        # diffusers converts InstantID's resampler (the IP-Adapter Plus layout) itself.
+        base.load_ip_adapter(
+            dict(identity_adapter), subfolder="", weight_name="", image_encoder_folder=None
+        )
+        controlnets = {IDENTITYNET: identitynet, "pose": pose, "canny": canny}
+        for net in controlnets.values():
+            net.to(runtime.device, dtype)
+        return cls(base, controlnets, runtime, faces)
+
+    def arguments(self, job: LocalJob) -> dict[str, Any]:
+        params = job.params
+        selection = tuple(dict.fromkeys(_option(params, "controlnet_selection")))
+        if "depth" in selection:
+            raise InvalidRequest(NO_DEPTH)
+        width, height = _option(params, "width"), _option(params, "height")
+        face = self._faces.analyse(job.face)
+        reference, keypoints = job.face, face.keypoints
+        if job.pose is not None:
+            try:
+                keypoints = self._faces.analyse(job.pose).keypoints
+            except NoFaceFound:
+                raise InvalidRequest(NO_FACE_IN_POSE) from None
+            reference = job.pose
+        fitted, keypoints = _cover(reference, keypoints, (width, height))
+        maps = {
+            "pose": lambda: head_pose_map((width, height), keypoints),
+            "canny": lambda: _canny(fitted),
+        }
+        return {
+            "prompt": params.prompt,
+            "negative_prompt": params.negative_prompt,
+            "width": width,
+            "height": height,
+            "num_inference_steps": _option(params, "num_inference_steps"),
+            "guidance_scale": float(_option(params, "guidance_scale")),
+            "num_images_per_prompt": params.samples,
+            "seeds": [job.seed + i for i in range(params.samples)],
+            "controlnets": [IDENTITYNET, *selection],
+            "controlnet_conditioning_scale": [
+                float(_option(params, "identitynet_strength_ratio")),
+                *(float(_option(params, _STRENGTHS[name])) for name in selection),
+            ],
+            "control_images": [
+                keypoint_map((width, height), keypoints),
+                *(maps[name]() for name in selection),
+            ],
+            "ip_adapter_scale": float(_option(params, "adapter_strength_ratio")),
+            "face_embedding": np.asarray(face.embedding, dtype=np.float32),
+        }
+
+    def generate(self, job: LocalJob) -> list[Image.Image]:
+        return self._run(**self.arguments(job))
+
+    def warm_up(self) -> None:
+        """Run every denoiser once before the first job, so that torch.compile compiles then:
+        at the default size with one and two samples (compiled graphs are shape-specific).
+        Nothing compiles on the CPU: there one tiny run is enough."""
+        gpu = self._runtime.on_gpu
+        size = (_DEFAULTS["width"], _DEFAULTS["height"]) if gpu else (64, 64)
+        for samples in (1, 2) if gpu else (1,):
+            self._run(
+                prompt="a portrait photo",
+                negative_prompt=None,
+                width=size[0],
+                height=size[1],
+                num_inference_steps=2,
+                guidance_scale=float(_DEFAULTS["guidance_scale"]),
+                num_images_per_prompt=samples,
+                seeds=list(range(samples)),
+                controlnets=[IDENTITYNET, "pose", "canny"],
+                controlnet_conditioning_scale=[0.8, 0.4, 0.3],
+                control_images=[Image.new("RGB", size)] * 3,
+                ip_adapter_scale=1.0,
+                face_embedding=np.zeros(512, dtype=np.float32),
+            )
+
+    def _run(
+        self,
+        *,
+        prompt: str,
+        negative_prompt: str | None,
+        width: int,
+        height: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        num_images_per_prompt: int,
+        seeds: Sequence[int],
+        controlnets: Sequence[str],
+        controlnet_conditioning_scale: Sequence[float],
+        control_images: Sequence[Image.Image],
+        ip_adapter_scale: float,
+        face_embedding: np.ndarray,
+    ) -> list[Image.Image]:
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        base, runtime = self._base, self._runtime
+        device, dtype = torch.device(runtime.device), runtime.torch_dtype()
+        batch = num_images_per_prompt
+        guided = guidance_scale > 1.0
+        generators = runtime.generators(seeds[0], batch)
+        with torch.inference_mode():
+            text, negative_text, pooled, negative_pooled = base.encode_prompt(
+                prompt,
+                device=device,
+                num_images_per_prompt=batch,
+                do_classifier_free_guidance=guided,
+                negative_prompt=negative_prompt,
+            )
+            # InstantID's unconditional identity is the zero embedding.
+            face = torch.as_tensor(face_embedding, device=device, dtype=dtype).view(1, 1, 1, -1)
+            identity = torch.cat([torch.zeros_like(face), face]) if guided else face
+            identity = identity.repeat_interleave(batch, dim=0)
+            if guided:
+                text = torch.cat([negative_text, text])
+                pooled = torch.cat([negative_pooled, pooled])
+            # IdentityNet attends to the identity tokens alone; the UNet gets them through the
+            # adapter (from `image_embeds`), beside the text.
+            identity_tokens = base.unet.encoder_hid_proj([identity])[0].squeeze(1)
+            contexts = [identity_tokens if name == IDENTITYNET else text for name in controlnets]
+            rows = text.shape[0]
+            time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=device)
+            conditioning = {"text_embeds": pooled, "time_ids": time_ids.to(dtype).repeat(rows, 1)}
+            images = [self._control_tensor(image, rows) for image in control_images]
+            # Tensors, not floats: torch.compile would recompile for every new float value.
+            scales = [
+                torch.tensor(s, device=device, dtype=dtype) for s in controlnet_conditioning_scale
+            ]
+            self._identity_strength.fill_(ip_adapter_scale)
+
+            scheduler = base.scheduler
+            scheduler.set_timesteps(num_inference_steps, device=device)
+            shape = (
+                batch,
+                base.unet.config.in_channels,
+                height // base.vae_scale_factor,
+                width // base.vae_scale_factor,
+            )
+            latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
+            latents = latents * scheduler.init_noise_sigma
+            step_options = base.prepare_extra_step_kwargs(generators, 0.0)
+            for t in scheduler.timesteps:
+                model_input = torch.cat([latents] * 2) if guided else latents
+                model_input = scheduler.scale_model_input(model_input, t)
+                down: list[torch.Tensor] | None = None
+                mid: torch.Tensor | None = None
+                for name, context, image, scale in zip(
+                    controlnets, contexts, images, scales, strict=True
+                ):
+                    net_down, net_mid = self._denoisers[name](
+                        model_input,
+                        t,
+                        encoder_hidden_states=context,
+                        controlnet_cond=image,
+                        conditioning_scale=scale,
+                        added_cond_kwargs=conditioning,
+                        return_dict=False,
+                    )
+                    down = (
+                        net_down
+                        if down is None
+                        else [a + b for a, b in zip(down, net_down, strict=True)]
+                    )
+                    mid = net_mid if mid is None else mid + net_mid
+                noise = self._denoisers["unet"](
+                    model_input,
+                    t,
+                    encoder_hidden_states=text,
+                    added_cond_kwargs={**conditioning, "image_embeds": [identity]},
+                    down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid,
+                    return_dict=False,
+                )[0]
+                if guided:
+                    unconditional, conditional = noise.chunk(2)
+                    noise = unconditional + guidance_scale * (conditional - unconditional)
+                latents = scheduler.step(noise, t, latents, **step_options, return_dict=False)[0]
+            vae = base.vae
+            decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+            return base.image_processor.postprocess(decoded, output_type="pil")  # type: ignore[no-any-return]
+
+    def _control_tensor(self, image: Image.Image, rows: int) -> torch.Tensor:
+        import torch
+
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
+        return tensor.to(self._runtime.device, self._runtime.torch_dtype()).repeat(rows, 1, 1, 1)
+
+    @contextmanager
+    def _speed_options_off(self) -> Iterator[None]:
+        """The modules as plain diffusers has them (unfused attention, default memory format,
+        the adapter's strength in its processors' `scale`), for the plain pipeline's run; the
+        very same processors come back after, so that no compiled graph is invalidated."""
+        import torch
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        channels_last = self._runtime.channels_last and self._runtime.on_gpu
+        modules = [self._base.unet, *self._controlnets.values()]
+        for attention, _ in self._fused:
+            attention.set_processor(AttnProcessor2_0())
+        if channels_last:
+            for module in modules:
+                module.to(memory_format=torch.contiguous_format)
+        self._identity_strength.fill_(1.0)  # the plain run sets the processors' own scale
+        try:
+            yield
+        finally:
+            self._base.set_ip_adapter_scale(1.0)
+            for attention, processor in self._fused:
+                attention.set_processor(processor)
+            if channels_last:
+                for module in modules:
+                    module.to(memory_format=torch.channels_last)
+
+
+def plain_pipeline(pipeline: AvatarPipeline) -> Callable[[LocalJob], list[Image.Image]]:
+    """A plain diffusers StableDiffusionXLControlNetPipeline over the same modules and the same
+    arguments, without our speed options (no compile, no fused QKV, default memory format),
+    as a timing baseline. It feeds IdentityNet the text rather than the identity tokens (plain
+    diffusers cannot do otherwise), so its images differ; its work is the same."""
+    import torch
+    from diffusers import StableDiffusionXLControlNetPipeline
+
+    base, runtime = pipeline._base, pipeline._runtime
+
+    def run(job: LocalJob) -> list[Image.Image]:
+        arguments = pipeline.arguments(job)
+        plain = StableDiffusionXLControlNetPipeline(
+            **base.components,
+            controlnet=[pipeline._controlnets[name] for name in arguments["controlnets"]],
+            add_watermarker=False,
+        )
+        plain.set_progress_bar_config(disable=True)
+        face = torch.as_tensor(arguments["face_embedding"], device=runtime.device)
+        face = face.to(runtime.torch_dtype()).view(1, 1, 1, -1)
+        guided = arguments["guidance_scale"] > 1.0
+        identity = torch.cat([torch.zeros_like(face), face]) if guided else face
+        with pipeline._speed_options_off():
+            plain.set_ip_adapter_scale(arguments["ip_adapter_scale"])
+            output = plain(
+                prompt=arguments["prompt"],
+                negative_prompt=arguments["negative_prompt"],
+                image=arguments["control_images"],
+                controlnet_conditioning_scale=arguments["controlnet_conditioning_scale"],
+                ip_adapter_image_embeds=[identity],
+                width=arguments["width"],
+                height=arguments["height"],
+                num_inference_steps=arguments["num_inference_steps"],
+                guidance_scale=arguments["guidance_scale"],
+                num_images_per_prompt=arguments["num_images_per_prompt"],
+                generator=runtime.generators(job.seed, job.params.samples),
+            )
+        return output.images  # type: ignore[no-any-return]
+
+    return run
+
+
+def _identity_strength(unet: Any, runtime: Runtime) -> torch.Tensor:
+    """The identity adapter's strength, as a tensor the adapter's value projections are
+    multiplied by (the attention's output scales with its values, so this is the processors'
+    `scale`). diffusers keeps that scale as a float on each processor, and torch.compile
+    would recompile the UNet for every new value; a tensor's value it does not guard."""
+    import torch
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+
+    strength = torch.ones((), device=runtime.device, dtype=runtime.torch_dtype())
+    for processor in unet.attn_processors.values():
+        if isinstance(processor, IPAdapterAttnProcessor2_0):
+            for values in processor.to_v_ip:
+                values.register_forward_hook(lambda _module, _input, output: output * strength)
+    return strength
+
+
+def _fuse_qkv(module: Any) -> list[tuple[Any, Any]]:
+    """Fused QKV projections on the attentions that run diffusers' plain SDPA processor.
+
+    Left alone: the UNet's cross-attentions, whose IP-Adapter processors read the separate
+    key/value projections (diffusers' `fuse_qkv_projections` would replace those processors,
+    dropping the identity), and the adapter's resampler under `encoder_hid_proj`, which calls a
+    self-attention module with a separate context (so it needs its separate projections too).
+    Returns each fused attention with its new processor."""
+    from diffusers.models.attention_processor import (
+        Attention,
+        AttnProcessor2_0,
+        FusedAttnProcessor2_0,
+    )
+
+    fused = []
+    for name, attention in module.named_modules():
+        if (
+            isinstance(attention, Attention)
+            and type(attention.processor) is AttnProcessor2_0
+            and not name.startswith("encoder_hid_proj")
+        ):
+            attention.fuse_projections()
+            processor = FusedAttnProcessor2_0()
+            attention.set_processor(processor)
+            fused.append((attention, processor))
+    return fused
+
+
+def _option(params: Any, name: str) -> Any:
+    value = getattr(params, name)
+    return _DEFAULTS[name] if value is None else value
+
+
+def _cover(
+    image: Image.Image, keypoints: np.ndarray, size: tuple[int, int]
+) -> tuple[Image.Image, np.ndarray]:
+    """`image` scaled to cover `size` and centre-cropped to it, and `keypoints` moved with it."""
+    width, height = size
+    scale = max(width / image.width, height / image.height)
+    scaled = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    resized = image.convert("RGB").resize(scaled, Image.Resampling.LANCZOS)
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    fitted = resized.crop((left, top, left + width, top + height))
+    factors = np.array([resized.width / image.width, resized.height / image.height])
+    return fitted, np.asarray(keypoints, dtype=np.float64) * factors - np.array([left, top])
+
+
+def _canny(image: Image.Image) -> Image.Image:
+    import cv2
+
+    edges = cv2.Canny(np.asarray(image.convert("RGB")), *CANNY_THRESHOLDS)
+    return Image.fromarray(edges).convert("RGB")
