@@ -151,6 +151,14 @@ async def test_an_operation_the_gpu_does_not_serve_falls_back_to_modelslab_once(
     assert await count_rows(app, "credit_ledger", "kind = 'reserve'") == 1
     assert await count_rows(app, "credit_ledger", "kind = 'commit'") == 1
 
+    # A request refused for its content is not sent again elsewhere: it would be refused there.
+    event = await generate(app, selfie=make_image((128, 160), "black"), seed=1, **SMALL)
+    assert isinstance(event, Failed) and "no face found" in event.reason
+    assert (
+        len([path for path, _ in simulator.requests if "make_gen" in path or "head_shot" in path])
+        == 1
+    )
+
 
 async def test_a_refused_modelslab_account_falls_back_to_the_local_gpu(
     make_app: AppFactory, models_dir: Path, simulator: Simulator

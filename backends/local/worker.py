@@ -129,7 +129,7 @@ def main(conn: Connection, config: WorkerConfig) -> None:
             conn.send(("error", job_id, _reason(exc)))
         else:
             conn.send(("done", job_id, outputs, time.monotonic() - started))
-        del face, pose  # the selfie is kept only while its job runs
+        del message, face, pose  # the selfie is kept only while its job runs
 
 
 def _read(conn: Connection, inbox: queue.Queue[tuple[Any, ...] | None]) -> None:
