@@ -373,9 +373,17 @@ class AvatarPipeline:
             for module in modules:
                 module.to(memory_format=torch.contiguous_format)
         self._identity_strength.fill_(1.0)  # the plain run sets the processors' own scale
+        # We keep SDXL's VAE in float32 under float16; plain diffusers expects it in float16
+        # and upcasts it around each decode itself (given float32, it fails on float16 latents).
+        vae = self._base.vae
+        upcast = vae.dtype == torch.float32 and self._runtime.torch_dtype() == torch.float16
+        if upcast:
+            vae.to(torch.float16)
         try:
             yield
         finally:
+            if upcast:
+                vae.to(torch.float32)
             self._base.set_ip_adapter_scale(1.0)
             for attention, processor in self._fused:
                 attention.set_processor(processor)

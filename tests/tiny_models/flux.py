@@ -9,52 +9,9 @@ own Flux fast tests. The transformer and the T5 encoder are saved sharded, as th
 
 from __future__ import annotations
 
-import json
-import string
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from transformers import CLIPTokenizer, T5TokenizerFast
-
-# Byte-level BPE writes each byte as one printable character; CLIP's vocabulary has each of them
-# alone and with the end-of-word mark, so any prompt tokenizes without merges.
-_CLIP_SPECIAL = ("<|startoftext|>", "<|endoftext|>")
-
-
-def _byte_characters() -> list[str]:
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += range(ord("®"), ord("ÿ") + 1)
-    characters, extra = [], 0
-    for byte in range(256):
-        if byte in printable:
-            characters.append(chr(byte))
-        else:
-            characters.append(chr(256 + extra))
-            extra += 1
-    return characters
-
-
-def _clip_tokenizer(folder: Path) -> CLIPTokenizer:
-    from transformers import CLIPTokenizer
-
-    characters = _byte_characters()
-    tokens = [*characters, *(c + "</w>" for c in characters), *_CLIP_SPECIAL]
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
-
-
-def _t5_tokenizer() -> T5TokenizerFast:
-    from transformers import T5TokenizerFast
-
-    words = "a an the of and in on with photo portrait headshot person man woman professional"
-    words += " studio light lighting background suit smile face turn this into keep same"
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [("▁" + w, -5.0) for w in words.split()]
-    pieces += [(c, -10.0) for c in string.ascii_letters + string.digits + string.punctuation]
-    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
+from tests.tiny_models.tokenizers import clip_tokenizer, publish_clip_tokenizer, t5_tokenizer
 
 
 def build(root: Path) -> None:
@@ -135,15 +92,15 @@ def build(root: Path) -> None:
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=_clip_tokenizer(folder / "tokenizer"),
+        tokenizer=clip_tokenizer(),
         text_encoder_2=text_encoder_2,
-        tokenizer_2=_t5_tokenizer(),
+        tokenizer_2=t5_tokenizer(),
         transformer=transformer,
     )
     pipeline.save_pretrained(folder)
     # Like the hub folder: the CLIP tokenizer is vocab.json + merges.txt only, and the transformer
     # and the T5 encoder come in shards with an index file.
-    (folder / "tokenizer" / "tokenizer.json").unlink()
+    publish_clip_tokenizer(folder / "tokenizer")
     (folder / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
     transformer.save_pretrained(folder / "transformer", max_shard_size="120KB")
     (folder / "text_encoder_2" / "model.safetensors").unlink()

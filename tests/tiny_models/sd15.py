@@ -21,6 +21,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tests.tiny_models.resampler import original_names
+from tests.tiny_models.tokenizers import clip_tokenizer, publish_clip_tokenizer
+
 FACEID_FILE = "ip-adapter-faceid-plusv2_sd15.bin"
 ID_EMBEDDING_DIM = 512
 CROSS_ATTENTION_DIM = 64
@@ -40,7 +43,6 @@ _SCHEDULER = {
     "skip_prk_steps": True,
     "steps_offset": 1,
 }
-_CLIP_SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 
 
 def build(root: Path) -> None:
@@ -54,7 +56,7 @@ def build(root: Path) -> None:
     pipeline = StableDiffusionPipeline(
         vae=tiny_vae(),
         text_encoder=tiny_text_encoder(),
-        tokenizer=_clip_tokenizer(root / "sd15" / "tokenizer"),
+        tokenizer=clip_tokenizer(),
         unet=unet,
         scheduler=PNDMScheduler.from_config(_SCHEDULER),
         safety_checker=None,
@@ -62,6 +64,7 @@ def build(root: Path) -> None:
         requires_safety_checker=False,
     )
     pipeline.to(torch.float16).save_pretrained(root / "sd15", variant="fp16")
+    publish_clip_tokenizer(root / "sd15" / "tokenizer")
     (root / "sd15" / "scheduler" / "scheduler_config.json").write_text(json.dumps(_SCHEDULER))
     # The hub's model_index.json names the safety checker and feature extractor, which the
     # allow-list does not download: the loader must not rely on them.
@@ -225,65 +228,15 @@ def _hidden_size(unet: Any, processor: str) -> int:
     return int(channels[index] if block.group(1) == "down" else channels[::-1][index])
 
 
-# diffusers' IPAdapterFaceIDPlusImageProjection names -> the original ProjPlusModel names.
-_ORIGINAL_NAMES = (
+# The FaceID-Plus projection's own parts -> the original ProjPlusModel names.
+_PROJECTION_NAMES = (
     (r"proj\.net\.0\.proj\.", "proj.0."),
     (r"proj\.net\.2\.", "proj.2."),
     (r"norm\.", "norm."),
     (r"(proj_in|proj_out|norm_out)\.", r"perceiver_resampler.\1."),
-    (r"layers\.(\d+)\.ln0\.", r"perceiver_resampler.layers.\1.0.norm1."),
-    (r"layers\.(\d+)\.ln1\.", r"perceiver_resampler.layers.\1.0.norm2."),
-    (r"layers\.(\d+)\.attn\.to_q\.", r"perceiver_resampler.layers.\1.0.to_q."),
-    (r"layers\.(\d+)\.attn\.to_out\.0\.", r"perceiver_resampler.layers.\1.0.to_out."),
-    (r"layers\.(\d+)\.ff\.0\.", r"perceiver_resampler.layers.\1.1.0."),
-    (r"layers\.(\d+)\.ff\.1\.net\.0\.proj\.", r"perceiver_resampler.layers.\1.1.1."),
-    (r"layers\.(\d+)\.ff\.1\.net\.2\.", r"perceiver_resampler.layers.\1.1.3."),
 )
 
 
 def original_image_proj(state: dict[str, Any]) -> dict[str, Any]:
     """diffusers' FaceID-Plus projection state dict under the original IP-Adapter names."""
-    import torch
-
-    original = {}
-    for name, tensor in state.items():
-        attention = re.fullmatch(r"layers\.(\d+)\.attn\.to_([kv])\.weight", name)
-        if attention:
-            # The original keeps key and value in one `to_kv` matrix, key rows first.
-            if attention.group(2) == "k":
-                fused = torch.cat([tensor, state[name.replace("to_k.", "to_v.")]])
-                original[f"perceiver_resampler.layers.{attention.group(1)}.0.to_kv.weight"] = fused
-            continue
-        for pattern, replacement in _ORIGINAL_NAMES:
-            if re.match(pattern, name):
-                original[re.sub(pattern, replacement, name, count=1)] = tensor
-                break
-        else:
-            raise KeyError(f"no original name for {name}")
-    return original
-
-
-def _byte_characters() -> list[str]:
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += range(ord("®"), ord("ÿ") + 1)
-    characters, extra = [], 0
-    for byte in range(256):
-        if byte in printable:
-            characters.append(chr(byte))
-        else:
-            characters.append(chr(256 + extra))
-            extra += 1
-    return characters
-
-
-def _clip_tokenizer(folder: Path) -> Any:
-    from transformers import CLIPTokenizer
-
-    # Byte-level BPE writes each byte as one printable character; with each of them in the
-    # vocabulary, alone and with the end-of-word mark, any prompt tokenizes without merges.
-    characters = _byte_characters()
-    tokens = [*characters, *(c + "</w>" for c in characters), *_CLIP_SPECIAL]
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+    return original_names(state, prefix="perceiver_resampler.", more=_PROJECTION_NAMES)

@@ -18,15 +18,16 @@ call it on a full-size UNet for a full-size random adapter.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
+
+from tests.tiny_models.resampler import original_names
+from tests.tiny_models.tokenizers import CLIP_VOCAB_SIZE, clip_tokenizer, publish_clip_tokenizer
 
 FACE_EMBEDDING_DIM = 512
 IDENTITY_TOKENS = 16
 CROSS_ATTENTION_DIM = 64
 _TEXT_WIDTH = 32
-_CLIP_SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 
 # SDXL base's published scheduler config.
 _SCHEDULER = {
@@ -61,8 +62,8 @@ def build(root: Path) -> None:
         vae=tiny_vae(),
         text_encoder=tiny_text_encoder(seed=0, projection=False),
         text_encoder_2=tiny_text_encoder(seed=1, projection=True),
-        tokenizer=_clip_tokenizer(pad="<|endoftext|>"),
-        tokenizer_2=_clip_tokenizer(pad="!"),
+        tokenizer=clip_tokenizer(pad="<|endoftext|>"),
+        tokenizer_2=clip_tokenizer(pad="!"),
         unet=unet,
         scheduler=EulerDiscreteScheduler.from_config(_SCHEDULER),
         add_watermarker=False,
@@ -70,7 +71,7 @@ def build(root: Path) -> None:
     pipeline.to(torch.float16).save_pretrained(root / "sdxl", variant="fp16")
     (root / "sdxl" / "scheduler" / "scheduler_config.json").write_text(json.dumps(_SCHEDULER))
     for name in ("tokenizer", "tokenizer_2"):
-        _as_published(root / "sdxl" / name)
+        publish_clip_tokenizer(root / "sdxl" / name)
 
     instantid = root / "instantid"
     instantid.mkdir(parents=True)
@@ -165,15 +166,15 @@ def tiny_text_encoder(seed: int, *, projection: bool) -> Any:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
-        bos_token_id=len(_byte_characters()) * 2,
-        eos_token_id=len(_byte_characters()) * 2 + 1,
+        bos_token_id=CLIP_VOCAB_SIZE - 2,
+        eos_token_id=CLIP_VOCAB_SIZE - 1,
         pad_token_id=1,
         hidden_size=_TEXT_WIDTH,
         intermediate_size=37,
         num_attention_heads=4,
         num_hidden_layers=2,
         projection_dim=_TEXT_WIDTH,
-        vocab_size=len(_byte_characters()) * 2 + len(_CLIP_SPECIAL),
+        vocab_size=CLIP_VOCAB_SIZE,
         hidden_act="gelu",
     )
     torch.manual_seed(seed)
@@ -216,72 +217,6 @@ def instantid_adapter(unet: Any, seed: int = 0, *, hidden_dims: int = 32, heads:
     }
 
 
-# diffusers' IPAdapterPlusImageProjection names -> InstantID's original Resampler names.
-_ORIGINAL_NAMES = (
-    (r"(latents|proj_in\.|proj_out\.|norm_out\.)", r"\1"),
-    (r"layers\.(\d+)\.ln0\.", r"layers.\1.0.norm1."),
-    (r"layers\.(\d+)\.ln1\.", r"layers.\1.0.norm2."),
-    (r"layers\.(\d+)\.attn\.to_q\.", r"layers.\1.0.to_q."),
-    (r"layers\.(\d+)\.attn\.to_out\.0\.", r"layers.\1.0.to_out."),
-    (r"layers\.(\d+)\.ff\.0\.", r"layers.\1.1.0."),
-    (r"layers\.(\d+)\.ff\.1\.net\.0\.proj\.", r"layers.\1.1.1."),
-    (r"layers\.(\d+)\.ff\.1\.net\.2\.", r"layers.\1.1.3."),
-)
-
-
 def original_resampler(state: dict[str, Any]) -> dict[str, Any]:
     """diffusers' IP-Adapter Plus resampler state dict under InstantID's original names."""
-    import torch
-
-    original = {}
-    for name, tensor in state.items():
-        attention = re.fullmatch(r"layers\.(\d+)\.attn\.to_([kv])\.weight", name)
-        if attention:
-            # The original keeps key and value in one `to_kv` matrix, key rows first.
-            if attention.group(2) == "k":
-                fused = torch.cat([tensor, state[name.replace("to_k.", "to_v.")]])
-                original[f"layers.{attention.group(1)}.0.to_kv.weight"] = fused
-            continue
-        for pattern, replacement in _ORIGINAL_NAMES:
-            if re.match(pattern, name):
-                original[re.sub(pattern, replacement, name, count=1)] = tensor
-                break
-        else:
-            raise KeyError(f"no original name for {name}")
-    return original
-
-
-def _byte_characters() -> list[str]:
-    """The 256 printable characters byte-level BPE writes bytes as (GPT-2's table)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += range(ord("®"), ord("ÿ") + 1)
-    characters, extra = [], 0
-    for byte in range(256):
-        if byte in printable:
-            characters.append(chr(byte))
-        else:
-            characters.append(chr(256 + extra))
-            extra += 1
-    return characters
-
-
-def _vocabulary() -> dict[str, int]:
-    # Every byte character, alone and with the end-of-word mark, is in the vocabulary, so any
-    # prompt tokenizes without merges.
-    characters = _byte_characters()
-    tokens = [*characters, *(c + "</w>" for c in characters), *_CLIP_SPECIAL]
-    return {token: index for index, token in enumerate(tokens)}
-
-
-def _clip_tokenizer(*, pad: str) -> Any:
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer(vocab=_vocabulary(), merges=[], pad_token=pad, model_max_length=77)
-
-
-def _as_published(folder: Path) -> None:
-    """The hub's SDXL tokenizer folders hold the slow tokenizer's files (vocab.json and
-    merges.txt), not tokenizer.json: write those, so that loading converts them as it will."""
-    (folder / "tokenizer.json").unlink()
-    (folder / "vocab.json").write_text(json.dumps(_vocabulary()))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return original_names(state, more=[(r"(latents|proj_in\.|proj_out\.|norm_out\.)", r"\1")])
