@@ -74,15 +74,23 @@ class FallbackBackend:
     async def fetch(self, operation: Operation, provider_id: str) -> ProviderResult:
         provider_id = self._moved.get(provider_id, provider_id)
         backend, raw_id = self._route(provider_id)
-        result = self._tag(backend, await backend.fetch(operation, raw_id))
-        if backend is self.primary and result.status != ResultStatus.PROCESSING:
-            request = self._pending.pop(provider_id, None)
-            if result.status == ResultStatus.FAILED and request is not None:
-                log.warning("%s could not make the image: trying %s", *self._names())
-                moved = await self._hand_over(request)
-                if moved.provider_id:
-                    self._moved[provider_id] = moved.provider_id
-                return moved
+        try:
+            result = self._tag(backend, await backend.fetch(operation, raw_id))
+        except BackendError as exc:
+            if not exc.retryable:  # the job ends here: its selfie is not kept any longer
+                self._pending.pop(provider_id, None)
+            raise
+        if backend is not self.primary or result.status == ResultStatus.PROCESSING:
+            return result
+        request = self._pending.get(provider_id)
+        if result.status == ResultStatus.FAILED and request is not None:
+            log.warning("%s could not make the image: trying %s", *self._names())
+            # Kept until the hand-over is made: a busy secondary is tried again at the next fetch.
+            moved = await self._hand_over(request)
+            if moved.provider_id:
+                self._moved[provider_id] = moved.provider_id
+            result = moved
+        self._pending.pop(provider_id, None)
         return result
 
     async def download_output(self, url: str, *, max_bytes: int) -> bytes:

@@ -8,9 +8,9 @@ from backends.base import Backend
 from backends.fallback import FallbackBackend
 from backends.local.backend import LocalBackend
 from backends.local.components import ModelPaths
+from backends.local.config import WorkerConfig
 from backends.local.probe import gpu_visible, local_extra_installed
 from backends.local.runtime import Runtime
-from backends.local.worker import WorkerConfig
 from backends.modelslab import ModelsLabClient
 from backends.params import Operation
 from bot.config import ConfigError, Settings
@@ -28,6 +28,9 @@ def choose_backend(settings: Settings) -> Backend:
     if fallback == "none":
         return primary
     if fallback == name:
+        if settings.backend == "auto":
+            log.info("BACKEND=auto chose %s, which is also FALLBACK_BACKEND: no fallback", name)
+            return primary
         raise ConfigError(f"invalid setting FALLBACK_BACKEND: it is the same as BACKEND ({name})")
     return FallbackBackend(primary, _build(fallback, settings))
 

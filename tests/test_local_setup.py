@@ -194,3 +194,35 @@ def test_models_list_shows_what_is_present_and_missing(tmp_path: Path) -> None:
     assert status(ModelPaths(tmp_path / "models"), [Operation.FACEGEN]) == [
         line.replace("models/", f"{tmp_path}/models/") for line in lines
     ]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"operation": "flux_headshot"}, "this bot's GPU does not serve flux_headshot"),
+        ({"width": 500}, "width and height are multiples of 8"),
+    ],
+)
+async def test_what_the_gpu_cannot_make_is_refused_before_the_worker_starts(
+    tmp_path: Path, options: dict[str, object], message: str
+) -> None:
+    # OperationNotServed, not InvalidRequest: FALLBACK_BACKEND hands these to the other
+    # generator, and nothing reaches (or starts) the GPU worker.
+    pytest.importorskip("diffusers")
+    from backends.base import SubmitRequest
+    from backends.errors import InvalidRequest, OperationNotServed
+    from backends.params import GenerationParams
+
+    fill(tmp_path, *FACE_ID)
+    settings = load_settings(
+        local_models_dir=tmp_path, backend="local", local_operations="headshot"
+    )
+    backend = choose_backend(settings)
+    assert isinstance(backend, LocalBackend)
+    operation = str(options.pop("operation", "headshot"))
+    params = GenerationParams.create(operation, prompt="a headshot", seed=1, **options)
+    with pytest.raises(OperationNotServed) as caught:
+        await backend.submit(SubmitRequest(params=params, face_image=b"not sent"))
+    assert message in caught.value.message
+    assert not isinstance(caught.value, InvalidRequest)
+    assert backend._process is None

@@ -35,9 +35,9 @@ from backends.errors import (
     ProviderUnavailable,
     UnknownProviderJob,
 )
-from backends.local import worker
-from backends.local.worker import WorkerConfig
-from backends.params import MAX_SEED, Operation
+from backends.local import process as worker_process
+from backends.local.config import WorkerConfig
+from backends.params import MAX_SEED, GenerationParams, Operation
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +116,14 @@ class LocalBackend:
             self._start_failure = None
 
     async def _spawn(self) -> None:
+        # Jobs of a worker that died are failed here too, in case its reader thread has not yet
+        # told the loop (they would otherwise wait for the job timeout).
+        self._fail_unfinished()
         self._loop = asyncio.get_running_loop()
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe(duplex=True)
         process = context.Process(
-            target=worker.main, args=(theirs, self.config), name="gpu-worker", daemon=True
+            target=worker_process.main, args=(theirs, self.config), name="gpu-worker", daemon=True
         )
         process.start()
         theirs.close()
@@ -175,10 +178,13 @@ class LocalBackend:
                 WorkerStartFailed("the GPU worker stopped while loading its models (see its log)")
             )
         self._process = None
+        self._fail_unfinished()
+        log.warning("the GPU worker stopped (exit code %s)", process.exitcode)
+
+    def _fail_unfinished(self) -> None:
         for job_id, job in list(self._jobs.items()):
             if job.result is None:
                 self._finish(job_id, ResultStatus.FAILED, reason="the GPU worker stopped")
-        log.warning("the GPU worker stopped (exit code %s)", process.exitcode)
 
     async def _kill(self) -> None:
         process, self._process = self._process, None
@@ -206,13 +212,12 @@ class LocalBackend:
 
     async def submit(self, request: SubmitRequest) -> ProviderResult:
         params = request.params
+        _check_served(params, self.config.operations)
         if self._process is None or not self._process.is_alive():
             try:
                 await self.start()
             except WorkerStartFailed as exc:
                 raise ProviderUnavailable(str(exc)) from None
-        if params.operation not in self.operations:
-            raise OperationNotServed(f"this bot's GPU does not serve {params.operation}")
         self._forget_old_results()
         seed = params.seed
         if seed is None:
@@ -226,6 +231,7 @@ class LocalBackend:
         )
 
     async def fetch(self, operation: Operation, provider_id: str) -> ProviderResult:
+        self._forget_old_results()
         job = self._jobs.get(provider_id)
         if job is None:
             raise UnknownProviderJob(f"the GPU worker does not know job {provider_id}")
@@ -309,3 +315,16 @@ class LocalBackend:
         for job_id, job in list(self._jobs.items()):
             if job.finished is not None and job.finished < cutoff:
                 del self._jobs[job_id]
+
+
+def _check_served(params: GenerationParams, operations: tuple[Operation, ...]) -> None:
+    """What this GPU cannot make, refused before anything is sent (a fallback can take it)."""
+    if params.operation not in operations:
+        raise OperationNotServed(f"this bot's GPU does not serve {params.operation}")
+    if params.controlnet_selection and "depth" in params.controlnet_selection:
+        raise OperationNotServed("this bot's GPU has no depth ControlNet: use pose or canny")
+    sides = (params.width, params.height)
+    if params.operation != Operation.FLUX_HEADSHOT and any(s and s % 8 for s in sides):
+        raise OperationNotServed(
+            "this bot's GPU makes images whose width and height are multiples of 8"
+        )

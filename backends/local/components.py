@@ -7,9 +7,8 @@ folder stops the worker with one line naming the folder and the command that dow
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backends.errors import BackendError
@@ -149,8 +148,10 @@ def components_for(operations: Iterable[Operation]) -> list[Component]:
 class MissingComponent(BackendError):
     """A model folder is absent or empty. The message names it and the download command."""
 
-    def __init__(self, component: Component, folder: Path) -> None:
-        op = component.operations[0]
+    def __init__(
+        self, component: Component, folder: Path, operation: Operation | None = None
+    ) -> None:
+        op = operation or component.operations[0]
         super().__init__(
             f"missing model folder {folder} ({component.name}, for {op}): "
             f"run `headshot-bot models download --op {op}` or set {component.setting}"
@@ -164,18 +165,10 @@ class ModelPaths:
     """Where each component's folder is: `root/<name>` unless overridden."""
 
     root: Path
-    overrides: Mapping[str, Path] = None  # type: ignore[assignment]
-
-    @classmethod
-    def from_environment(cls, root: Path, environ: Mapping[str, str] | None = None) -> ModelPaths:
-        env = os.environ if environ is None else environ
-        overrides = {
-            name: Path(env[c.setting]) for name, c in COMPONENTS.items() if env.get(c.setting)
-        }
-        return cls(root, overrides)
+    overrides: Mapping[str, Path] = field(default_factory=dict)
 
     def folder(self, name: str) -> Path:
-        overridden = (self.overrides or {}).get(name)
+        overridden = self.overrides.get(name)
         return overridden if overridden is not None else self.root / name
 
     def present(self, name: str) -> bool:
@@ -193,9 +186,10 @@ class ModelPaths:
     ) -> list[MissingComponent]:
         """What the operations need and is not there. Another face analyser than insightface
         ("module:Class") brings its own models, so the insightface folder is not needed."""
+        wanted = list(operations)
         return [
-            MissingComponent(c, self.folder(c.name))
-            for c in components_for(operations)
+            MissingComponent(c, self.folder(c.name), next(o for o in wanted if o in c.operations))
+            for c in components_for(wanted)
             if not self.present(c.name)
             and not (c.name == "insightface" and face_analyser != "insightface")
         ]

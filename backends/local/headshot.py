@@ -177,12 +177,15 @@ class FaceIDPipeline:
         # A tensor, not a float: torch.compile would specialise on a float's value and compile
         # the UNet again for every new s_scale.
         projection.shortcut_scale = torch.tensor(shortcut_scale, device=self.runtime.device)
-        result = self.pipe(
-            **call,
-            generator=self.runtime.generators(seeds[0], len(seeds)),
-            ip_adapter_image_embeds=[id_embeds.to(self.runtime.device, dtype)],
-            output_type="pil",
-        )
+        try:
+            result = self.pipe(
+                **call,
+                generator=self.runtime.generators(seeds[0], len(seeds)),
+                ip_adapter_image_embeds=[id_embeds.to(self.runtime.device, dtype)],
+                output_type="pil",
+            )
+        finally:
+            projection.clip_embeds = None  # the face's features stay no longer than its job
         return list(result.images)
 
     def _clip_embeds(self, crop: Image.Image, guided: bool, samples: int) -> torch.Tensor:

@@ -16,35 +16,17 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from backends.errors import InvalidRequest
-from backends.local.components import MissingComponent, ModelPaths
+from backends.local.components import MissingComponent
+from backends.local.config import WorkerConfig
 from backends.local.faces import FaceAnalyser, InsightFaceAnalyser
 from backends.local.pipeline import LocalJob, OperationPipeline, loader_for
-from backends.local.runtime import Runtime
 from backends.params import GenerationParams, Operation
 
 log = logging.getLogger("headshot_bot.gpu_worker")
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """Everything the worker process needs; plain data, so that it crosses a process spawn."""
-
-    models_root: Path
-    operations: tuple[Operation, ...]
-    runtime: Runtime
-    overrides: dict[str, Path] = field(default_factory=dict)
-    # "insightface", or "package.module:Factory" for another analyser (the tests' stand-in).
-    face_analyser: str = "insightface"
-
-    @property
-    def models(self) -> ModelPaths:
-        return ModelPaths(self.models_root, self.overrides)
 
 
 def load_pipelines(config: WorkerConfig) -> dict[Operation, OperationPipeline]:
@@ -97,9 +79,12 @@ def run_job(
     return encoded
 
 
-def main(conn: Connection, config: WorkerConfig) -> None:
-    """The worker process's entry point."""
+def serve(conn: Connection, config: WorkerConfig) -> None:
+    """The worker process's life: load, warm up, then run jobs until told to stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s gpu-worker %(message)s")
+    # diffusers and transformers warn with pieces of users' prompts (truncation notices).
+    for library in ("diffusers", "transformers"):
+        logging.getLogger(library).setLevel(logging.ERROR)
     try:
         pipelines = load_pipelines(config)
         started = time.monotonic()
@@ -134,13 +119,17 @@ def main(conn: Connection, config: WorkerConfig) -> None:
 
 def _read(conn: Connection, inbox: queue.Queue[tuple[Any, ...] | None]) -> None:
     try:
-        while True:
-            message = conn.recv()
+        while (message := conn.recv())[0] != "stop":
             inbox.put(message)
-            if message[0] == "stop":
-                return
     except (EOFError, OSError):
-        inbox.put(None)
+        pass
+    # Stopping: the jobs not started yet are dropped (the bot fails and refunds them).
+    while True:
+        try:
+            inbox.get_nowait()
+        except queue.Empty:
+            break
+    inbox.put(None)
 
 
 def _reason(exc: Exception) -> str:
