@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+import numpy as np  # noqa: E402
+
 pytest.importorskip("diffusers")
 pytest.importorskip("cv2")
 

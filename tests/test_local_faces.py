@@ -9,18 +9,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from backends.local.faces import (
+np = pytest.importorskip("numpy")  # the [local] extra brings numpy; the core has none
+
+from PIL import Image  # noqa: E402
+
+from backends.local.faces import (  # noqa: E402
     NoFaceFound,
     aligned_crop,
     head_pose_map,
     keypoint_map,
     similarity_transform,
 )
-from tests.conftest import EXAMPLE_SELFIE
+from tests.conftest import EXAMPLE_SELFIE  # noqa: E402
 
 KEYPOINTS = np.array([[200, 300], [300, 300], [250, 360], [215, 420], [285, 420]], float)
 
