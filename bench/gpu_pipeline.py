@@ -77,6 +77,7 @@ from backends.local import avatar, flux, headshot
 from backends.local.pipeline import LocalJob, OperationPipeline
 from backends.local.runtime import Runtime
 from backends.params import GenerationParams, Operation
+from tests.tiny_models import sd15, sdxl
 from tests.tiny_models.faces import StandInFaces
 from tests.tiny_models.sd15 import faceid_state_dict
 from tests.tiny_models.sdxl import instantid_adapter
@@ -170,17 +171,6 @@ SD15_VAE: Config = {
     "sample_size": 512,
     "up_block_types": ("UpDecoderBlock2D",) * 4,
 }
-# The SD1.5 folder's scheduler config, as published (headshot builds DPM-Solver++ from it).
-SD15_SCHEDULER: Config = {
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-}
 # What SDXL base's UNet and the SDXL ControlNets share.
 _SDXL_DENOISER: Config = {
     "act_fn": "silu",
@@ -224,22 +214,6 @@ SDXL_VAE: Config = {
     "sample_size": 1024,
     "scaling_factor": 0.13025,
     "force_upcast": True,
-}
-SDXL_SCHEDULER: Config = {
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "trained_betas": None,
-    "use_karras_sigmas": False,
 }
 # black-forest-labs/FLUX.1-Kontext-dev.
 FLUX_TRANSFORMER: Config = {
@@ -516,7 +490,7 @@ def build_headshot(arch: Architectures, runtime: Runtime) -> headshot.FaceIDPipe
         text_encoder=text_encoder,
         tokenizer=clip_tokenizer(pad="<|endoftext|>"),
         unet=unet,
-        scheduler=DPMSolverMultistepScheduler.from_config(dict(SD15_SCHEDULER)),
+        scheduler=DPMSolverMultistepScheduler.from_config(dict(sd15.PUBLISHED_SCHEDULER)),
         image_encoder=image_encoder,
         ip_adapter=adapter,
         runtime=runtime,
@@ -548,7 +522,7 @@ def build_avatar(arch: Architectures, runtime: Runtime) -> avatar.AvatarPipeline
         tokenizer=clip_tokenizer(pad="<|endoftext|>"),
         tokenizer_2=clip_tokenizer(pad="!"),
         unet=unet,
-        scheduler=EulerDiscreteScheduler.from_config(dict(SDXL_SCHEDULER)),
+        scheduler=EulerDiscreteScheduler.from_config(dict(sdxl.PUBLISHED_SCHEDULER)),
         identitynet=controlnets[0],
         identity_adapter=identity_adapter,
         pose=controlnets[1],

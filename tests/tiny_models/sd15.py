@@ -23,6 +23,7 @@ from typing import Any
 
 from tests.tiny_models.resampler import original_names
 from tests.tiny_models.tokenizers import clip_tokenizer, publish_clip_tokenizer
+from tests.tiny_models.vae import four_level_vae
 
 FACEID_FILE = "ip-adapter-faceid-plusv2_sd15.bin"
 ID_EMBEDDING_DIM = 512
@@ -31,7 +32,7 @@ LORA_RANK = 4
 
 # The hub's SD1.5 scheduler config, as published (a PNDM scheduler, with a key PNDM no longer
 # takes); the pipeline builds its own scheduler from it.
-_SCHEDULER = {
+PUBLISHED_SCHEDULER = {
     "_class_name": "PNDMScheduler",
     "_diffusers_version": "0.6.0",
     "beta_end": 0.012,
@@ -58,14 +59,16 @@ def build(root: Path) -> None:
         text_encoder=tiny_text_encoder(),
         tokenizer=clip_tokenizer(),
         unet=unet,
-        scheduler=PNDMScheduler.from_config(_SCHEDULER),
+        scheduler=PNDMScheduler.from_config(PUBLISHED_SCHEDULER),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipeline.to(torch.float16).save_pretrained(root / "sd15", variant="fp16")
     publish_clip_tokenizer(root / "sd15" / "tokenizer")
-    (root / "sd15" / "scheduler" / "scheduler_config.json").write_text(json.dumps(_SCHEDULER))
+    (root / "sd15" / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps(PUBLISHED_SCHEDULER)
+    )
     # The hub's model_index.json names the safety checker and feature extractor, which the
     # allow-list does not download: the loader must not rely on them.
     index_file = root / "sd15" / "model_index.json"
@@ -102,22 +105,7 @@ def tiny_unet() -> Any:
 
 
 def tiny_vae() -> Any:
-    import torch
-    from diffusers import AutoencoderKL
-
-    # Four levels, so that images are 8× the latents as with the real VAE.
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    )
+    return four_level_vae(sample_size=32)
 
 
 def tiny_text_encoder() -> Any:

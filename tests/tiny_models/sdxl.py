@@ -23,6 +23,7 @@ from typing import Any
 
 from tests.tiny_models.resampler import original_names
 from tests.tiny_models.tokenizers import CLIP_VOCAB_SIZE, clip_tokenizer, publish_clip_tokenizer
+from tests.tiny_models.vae import four_level_vae
 
 FACE_EMBEDDING_DIM = 512
 IDENTITY_TOKENS = 16
@@ -30,7 +31,7 @@ CROSS_ATTENTION_DIM = 64
 _TEXT_WIDTH = 32
 
 # SDXL base's published scheduler config.
-_SCHEDULER = {
+PUBLISHED_SCHEDULER = {
     "_class_name": "EulerDiscreteScheduler",
     "_diffusers_version": "0.19.0.dev0",
     "beta_end": 0.012,
@@ -65,11 +66,13 @@ def build(root: Path) -> None:
         tokenizer=clip_tokenizer(pad="<|endoftext|>"),
         tokenizer_2=clip_tokenizer(pad="!"),
         unet=unet,
-        scheduler=EulerDiscreteScheduler.from_config(_SCHEDULER),
+        scheduler=EulerDiscreteScheduler.from_config(PUBLISHED_SCHEDULER),
         add_watermarker=False,
     )
     pipeline.to(torch.float16).save_pretrained(root / "sdxl", variant="fp16")
-    (root / "sdxl" / "scheduler" / "scheduler_config.json").write_text(json.dumps(_SCHEDULER))
+    (root / "sdxl" / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps(PUBLISHED_SCHEDULER)
+    )
     for name in ("tokenizer", "tokenizer_2"):
         publish_clip_tokenizer(root / "sdxl" / name)
 
@@ -141,23 +144,7 @@ def _denoiser_config() -> dict[str, Any]:
 
 
 def tiny_vae() -> Any:
-    import torch
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    return four_level_vae(sample_size=64, scaling_factor=0.13025, force_upcast=True)
 
 
 def tiny_text_encoder(seed: int, *, projection: bool) -> Any:
