@@ -300,12 +300,12 @@ class JobEngine:
         except RehostFailed as exc:
             raise JobFailure(str(exc)) from None
         keep_until = self._keep_inputs_until()
+        if keep_until is None:
+            await self._drop_inputs_before_finishing(job)
         if not await self._jobs.succeed(
             job.id, outputs, generation_time=job.generation_time, keep_inputs_until=keep_until
         ):
             return
-        if keep_until is None:
-            await drop_inputs(self._store, job.selfie_key, job.pose_key)
         images = image_refs(outputs, self._image_base_url)
         refunded = requested - len(outputs)
         self._events.publish(Completed(job.id, images, job_summary(job), refunded=refunded))
@@ -313,10 +313,10 @@ class JobEngine:
     async def _fail(self, job: JobRecord, reason: str) -> None:
         self._slot_done(job)
         keep_until = self._keep_inputs_until()
+        if keep_until is None:
+            await self._drop_inputs_before_finishing(job)
         refunded = await self._jobs.fail(job.id, reason, keep_inputs_until=keep_until)
         if refunded:
-            if keep_until is None:
-                await drop_inputs(self._store, job.selfie_key, job.pose_key)
             retry = keep_until is not None
             self._events.publish(Failed(job.id, reason, refunded=True, can_retry=retry))
             log.info("job %s failed: %s", job.id, reason)
@@ -357,6 +357,12 @@ class JobEngine:
             return await self._store.get(key)
         except ImageNotFound:
             raise JobFailure("the selfie for this job is missing") from None
+
+    async def _drop_inputs_before_finishing(self, job: JobRecord) -> None:
+        """Delete a job's inputs ahead of the commit that ends it, so that no stop or crash in
+        between leaves a selfie behind. A job that ends without its selfie needs none: it is
+        only re-rolled when inputs are kept."""
+        await drop_inputs(self._store, job.selfie_key, job.pose_key)
 
     async def _sweep_orphan_inputs(self) -> None:
         """Delete stored selfies whose job has ended (a crash between commit and delete)."""

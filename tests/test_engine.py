@@ -333,3 +333,32 @@ async def test_a_restarted_service_finishes_what_the_last_one_started(
     done = await second.jobs.get(job.id)
     assert done is not None and done.state == JobState.SUCCEEDED
     assert len(simulator.jobs) == 1  # resumed by fetching, not submitted again
+
+
+@pytest.mark.parametrize("ending", ["succeeded", "failed"])
+async def test_the_selfie_is_gone_before_the_job_is_recorded_as_ended(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes, ending: str
+) -> None:
+    # Deleting after the final commit would leave the selfie behind whenever the service stops
+    # in between; the job is still unfinished in the database when its selfie goes.
+    if ending == "failed":
+        simulator.config.failure_rate = 1.0
+    app = await make_app(selfie_retention_seconds=0)
+    states_at_delete: list[JobState | None] = []
+    delete = app.store.delete
+
+    async def delete_and_note_state(key: str) -> None:
+        if key.startswith("inputs/"):
+            job = await app.jobs.get(key.removeprefix("inputs/").removesuffix(".jpg"))
+            states_at_delete.append(job.state if job else None)
+        await delete(key)
+
+    app.store.delete = delete_and_note_state  # type: ignore[method-assign]
+    job_id, _ = await run_job(app, selfie)
+    done = await app.jobs.get(job_id)
+    assert done is not None and done.state == JobState(ending)
+    assert states_at_delete and all(
+        state is not None and state not in (JobState.SUCCEEDED, JobState.FAILED)
+        for state in states_at_delete
+    )
+    assert not [k for k in await app.store.keys() if k.startswith("inputs/")]
