@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -55,7 +56,7 @@ class HeadshotApp:
     def __init__(self, settings: Settings, overrides: Overrides | None = None) -> None:
         self.settings = settings
         self._overrides = overrides or Overrides()
-        self._runner: web.AppRunner | None = None
+        self._opened = AsyncExitStack()
         self.db: Database
         self.store: ImageStore
         self.backend: Backend
@@ -71,19 +72,31 @@ class HeadshotApp:
         self.base_url = ""
 
     async def start(self) -> None:
-        settings = self.settings
-        # The generator first: a local GPU loads its models (minutes), and a failure to start
-        # should leave nothing else open.
-        self.backend = self._overrides.backend or choose_backend(settings)
+        """Open everything in order; whatever fails closes what was already open."""
         try:
-            await self.backend.start()
-        except WorkerStartFailed as exc:
-            await self.backend.aclose()
-            raise ConfigError(f"the local GPU backend did not start: {exc}") from None
+            await self._open()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _open(self) -> None:
+        settings = self.settings
+        opened = self._opened
+        self.backend = self._overrides.backend or choose_backend(settings)
+        # The quick checks before the generator starts: a local GPU loads its models for
+        # minutes, and a taken port or an unreadable database should not wait for that.
         url = settings.effective_database_url
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         await upgrade(url)
+        sock = _bind(settings.web_host, _pick(self._overrides.web_port, settings.web_port))
+        opened.callback(sock.close)
+        opened.push_async_callback(self.backend.aclose)
+        try:
+            await self.backend.start()
+        except WorkerStartFailed as exc:
+            raise ConfigError(f"the local GPU backend did not start: {exc}") from None
         self.db = Database(url)
+        opened.push_async_callback(self.db.dispose)
         self.store = open_image_store(
             data_dir=settings.data_dir / "images",
             s3_bucket=settings.s3_bucket,
@@ -93,13 +106,13 @@ class HeadshotApp:
             s3_secret_access_key=_secret(settings.s3_secret_access_key),
             s3_prefix=settings.s3_prefix,
         )
+        opened.push_async_callback(self.store.aclose)
         # Bans and a forgotten user's spent allowance are kept under a keyed hash of the
         # platform id; the key never leaves this machine's data directory.
         self.pseudonyms = Pseudonyms(load_or_create_key(settings.data_dir / "pseudonym.key"))
         self.accounts = AccountRepository(self.db, self.pseudonyms)
         self.jobs = JobRepository(self.db)
 
-        sock = _bind(settings.web_host, _pick(self._overrides.web_port, settings.web_port))
         host, port = sock.getsockname()[:2]
         self.base_url = f"http://{host}:{port}"
         public = str(settings.public_base_url).rstrip("/") if settings.public_base_url else None
@@ -130,6 +143,7 @@ class HeadshotApp:
         self.fetcher = self._overrides.fetcher or SafeFetcher(
             max_bytes=settings.max_selfie_url_bytes
         )
+        opened.push_async_callback(self.fetcher.aclose)
         self.commands = CommandLayer(
             Services(
                 settings=settings,
@@ -151,23 +165,21 @@ class HeadshotApp:
                 image_base_url=public or self.base_url,
             )
         )
-        self._runner = web.AppRunner(
+        runner = web.AppRunner(
             create_web_app(self.engine, self.jobs, self.store, self.chat_webhooks)
         )
         self.backend.listen(self.engine.nudge)
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
+        await runner.setup()
+        opened.push_async_callback(runner.cleanup)
+        await web.SockSite(runner, sock).start()
+        # Stopped first: no job is driven while what it uses closes.
+        opened.push_async_callback(self.engine.stop)
         await self.engine.resume()
         log.info("listening on %s", self.base_url)
 
     async def stop(self) -> None:
-        await self.engine.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        await self.backend.aclose()
-        await self.fetcher.aclose()
-        await self.store.aclose()
-        await self.db.dispose()
+        """Close what `start` opened, last opened first. Safe to call again."""
+        await self._opened.aclose()
 
     async def __aenter__(self) -> HeadshotApp:
         await self.start()

@@ -5,6 +5,7 @@ None of this needs torch: the core chooses and reports without importing it.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,48 @@ async def test_what_the_gpu_cannot_make_is_refused_before_the_worker_starts(
     assert message in caught.value.message
     assert not isinstance(caught.value, InvalidRequest)
     assert backend._process is None
+
+
+def _app_settings(tmp_path: Path, port: int) -> dict[str, object]:
+    fill(tmp_path / "models", *FACE_ID)
+    return {
+        "local_models_dir": tmp_path / "models",
+        "backend": "local",
+        "local_operations": "headshot",
+        "data_dir": tmp_path / "data",
+        "database_url": f"sqlite+aiosqlite:///{tmp_path / 'data' / 'headshot.db'}",
+        "web_host": "127.0.0.1",
+        "web_port": port,
+    }
+
+
+async def test_a_taken_port_is_reported_before_the_gpu_loads_its_models(tmp_path: Path) -> None:
+    pytest.importorskip("diffusers")
+    from bot.app import HeadshotApp
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        app = HeadshotApp(load_settings(**_app_settings(tmp_path, taken.getsockname()[1])))
+        with pytest.raises(ConfigError, match="invalid setting WEB_PORT: cannot listen"):
+            await app.start()
+    assert isinstance(app.backend, LocalBackend)
+    assert app.backend._process is None, "the worker was started for nothing"
+
+
+async def test_a_worker_that_cannot_load_stops_start_up_and_frees_the_port(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("diffusers")
+    from bot.app import HeadshotApp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # The folders exist but hold no model: the worker fails while loading.
+    app = HeadshotApp(load_settings(**_app_settings(tmp_path, port)))
+    with pytest.raises(ConfigError, match="the local GPU backend did not start"):
+        await app.start()
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))  # free again: start-up closed what it had opened
