@@ -182,6 +182,34 @@ def test_flux_download_warns_that_flux_dev_is_non_commercial(tmp_path: Path) -> 
     assert "Non-Commercial" in said[0] and said[0].endswith("NON-COMMERCIAL")
 
 
+def test_an_interrupted_download_is_not_taken_for_a_model_and_resumes(tmp_path: Path) -> None:
+    paths = ModelPaths(tmp_path)
+
+    def cut_off(repo: str, patterns: tuple[str, ...], folder: Path) -> None:
+        (folder / "model_index.json").write_text("{}")
+        raise KeyboardInterrupt  # the operator pressed Ctrl-C half-way
+
+    with pytest.raises(KeyboardInterrupt):
+        download(paths, [Operation.HEADSHOT], say=lambda _line: None, fetch=cut_off)
+    assert not paths.present("sd15") and paths.unfinished("sd15")
+    with pytest.raises(MissingComponent) as caught:
+        paths.require("sd15")
+    assert str(caught.value) == (
+        f"unfinished download in model folder {tmp_path / 'sd15'} (sd15, for headshot): "
+        "run `headshot-bot models download --op headshot` or set LOCAL_MODEL_SD15"
+    )
+    assert str(paths.missing([Operation.HEADSHOT])[0]) == str(caught.value)
+    assert status(paths, [Operation.HEADSHOT])[0].startswith(f"PARTIAL  {tmp_path / 'sd15'}  ")
+
+    def completes(repo: str, patterns: tuple[str, ...], folder: Path) -> None:
+        (folder / "weights.bin").write_bytes(b"x")
+
+    download(paths, [Operation.HEADSHOT], say=lambda _line: None, fetch=completes)
+    assert paths.present("sd15") and not paths.unfinished("sd15")
+    assert paths.missing([Operation.HEADSHOT]) == []
+    assert paths.require("sd15") == tmp_path / "sd15"
+
+
 def test_models_list_shows_what_is_present_and_missing(tmp_path: Path) -> None:
     fill(tmp_path / "models", "sd15")
     result = headshot_bot(

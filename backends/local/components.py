@@ -145,15 +145,27 @@ def components_for(operations: Iterable[Operation]) -> list[Component]:
     return [c for c in COMPONENTS.values() if wanted.intersection(c.operations)]
 
 
+# `models download` writes this into a folder before fetching it and removes it once the
+# folder is complete, so that an interrupted download is not taken for a model.
+DOWNLOAD_MARKER = ".download-unfinished"
+
+
 class MissingComponent(BackendError):
-    """A model folder is absent or empty. The message names it and the download command."""
+    """A model folder is absent, empty or half-downloaded. The message names it and the
+    download command."""
 
     def __init__(
-        self, component: Component, folder: Path, operation: Operation | None = None
+        self,
+        component: Component,
+        folder: Path,
+        operation: Operation | None = None,
+        *,
+        unfinished: bool = False,
     ) -> None:
         op = operation or component.operations[0]
+        what = "unfinished download in model folder" if unfinished else "missing model folder"
         super().__init__(
-            f"missing model folder {folder} ({component.name}, for {op}): "
+            f"{what} {folder} ({component.name}, for {op}): "
             f"run `headshot-bot models download --op {op}` or set {component.setting}"
         )
         self.component = component
@@ -173,12 +185,16 @@ class ModelPaths:
 
     def present(self, name: str) -> bool:
         folder = self.folder(name)
-        return folder.is_dir() and any(folder.iterdir())
+        return folder.is_dir() and any(folder.iterdir()) and not self.unfinished(name)
+
+    def unfinished(self, name: str) -> bool:
+        """A download into this folder started and did not complete."""
+        return (self.folder(name) / DOWNLOAD_MARKER).exists()
 
     def require(self, name: str) -> Path:
-        """The component's folder; MissingComponent when it is absent or empty."""
+        """The component's folder; MissingComponent when it is absent, empty or unfinished."""
         if not self.present(name):
-            raise MissingComponent(COMPONENTS[name], self.folder(name))
+            raise self._missing(COMPONENTS[name])
         return self.folder(name)
 
     def missing(
@@ -188,8 +204,18 @@ class ModelPaths:
         ("module:Class") brings its own models, so the insightface folder is not needed."""
         wanted = list(operations)
         return [
-            MissingComponent(c, self.folder(c.name), next(o for o in wanted if o in c.operations))
+            self._missing(c, next(o for o in wanted if o in c.operations))
             for c in components_for(wanted)
             if not self.present(c.name)
             and not (c.name == "insightface" and face_analyser != "insightface")
         ]
+
+    def _missing(
+        self, component: Component, operation: Operation | None = None
+    ) -> MissingComponent:
+        return MissingComponent(
+            component,
+            self.folder(component.name),
+            operation,
+            unfinished=self.unfinished(component.name),
+        )

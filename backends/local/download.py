@@ -6,7 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from backends.local.components import Component, ModelPaths, components_for
+from backends.local.components import (
+    DOWNLOAD_MARKER,
+    Component,
+    ModelPaths,
+    components_for,
+)
 from backends.params import Operation
 
 # (repo_id, allow_patterns, folder) -> None; huggingface_hub's snapshot_download by default.
@@ -29,33 +34,52 @@ def download(
     say: Callable[[str], None] = print,
     fetch: Fetch | None = None,
 ) -> list[Path]:
-    """Fetch every component the operations need into its folder; the folders written."""
-    fetch = fetch or _snapshot
+    """Fetch every component the operations need into its folder; the folders written.
+
+    A folder is marked unfinished until its fetch returns: one interrupted (network, Ctrl-C)
+    reads as PARTIAL, stops start-up with one line, and the same command resumes it."""
+    fetch = fetch or _hub_fetch()
     written = []
     for component in components_for(operations):
         folder = models.folder(component.name)
         say(licence_line(component))
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / DOWNLOAD_MARKER
+        marker.touch()
         fetch(component.repo_id, component.allow_patterns, folder)
+        marker.unlink()
         say(f"  -> {folder}")
         written.append(folder)
     return written
 
 
 def status(models: ModelPaths, operations: Iterable[Operation]) -> list[str]:
-    """One line per component: present or missing, where, and its licence."""
+    """One line per component: present, PARTIAL (a download stopped) or MISSING, where, and
+    its licence."""
     lines = []
     for component in components_for(operations):
-        state = "present" if models.present(component.name) else "MISSING"
+        name = component.name
+        state = (
+            "present"
+            if models.present(name)
+            else "PARTIAL"
+            if models.unfinished(name)
+            else "MISSING"
+        )
         lines.append(f"{state:8} {models.folder(component.name)}  {licence_line(component)}")
     return lines
 
 
-def _snapshot(repo_id: str, allow_patterns: tuple[str, ...], folder: Path) -> None:
+def _hub_fetch() -> Fetch:
+    """huggingface_hub's snapshot_download, checked for before any folder is touched."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise DownloadUnavailable(
             "downloading needs huggingface_hub: pip install 'headshot-bot[local]'"
         ) from None
-    folder.mkdir(parents=True, exist_ok=True)
-    snapshot_download(repo_id=repo_id, allow_patterns=list(allow_patterns), local_dir=folder)
+
+    def fetch(repo_id: str, allow_patterns: tuple[str, ...], folder: Path) -> None:
+        snapshot_download(repo_id=repo_id, allow_patterns=list(allow_patterns), local_dir=folder)
+
+    return fetch
