@@ -8,6 +8,7 @@ worker finishes (as a webhook would), re-hosted, credits committed; a failure is
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import signal
@@ -29,7 +30,8 @@ from backends.modelslab.simulator import Simulator
 from bot.app import HeadshotApp
 from bot.events import Completed, Failed, JobEvent
 from bot.generation import GenerationRequest
-from tests.conftest import EXAMPLE_SELFIE, AppFactory, make_image
+from storage.records import JobState
+from tests.conftest import EXAMPLE_SELFIE, FAST, AppFactory, make_image
 from tests.test_commands import count_rows
 from tests.tiny_models import sd15
 
@@ -44,8 +46,15 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def local_settings(models_dir: Path, **more: Any) -> dict[str, Any]:
+# The worker generates on this machine's CPU, slowly when it is busy: a job's time limit here
+# is far above any run's, so that only what is tested can fail a job.
+LOCAL_TIMINGS = dataclasses.replace(FAST, job_timeout_seconds=600)
+
+
+def local_app(models_dir: Path, **more: Any) -> dict[str, Any]:
+    """make_app's arguments for a service on the local backend (tiny models, the CPU)."""
     return {
+        "timings": LOCAL_TIMINGS,
         "backend": "local",
         "local_models_dir": models_dir,
         "local_device": "cpu",
@@ -56,9 +65,9 @@ def local_settings(models_dir: Path, **more: Any) -> dict[str, Any]:
     }
 
 
-async def generate(
+async def request(
     app: HeadshotApp, operation: str = "headshot", selfie: bytes | None = None, **options: Any
-) -> JobEvent:
+) -> str:
     job = await app.generation.request(
         GenerationRequest(
             platform="test",
@@ -68,10 +77,20 @@ async def generate(
             selfie=selfie if selfie is not None else EXAMPLE_SELFIE.read_bytes(),
         )
     )
-    async for event in app.events.watch(job.id):
+    return job.id
+
+
+async def outcome(app: HeadshotApp, job_id: str) -> JobEvent:
+    async for event in app.events.watch(job_id):
         if isinstance(event, Completed | Failed):
             return event
     raise AssertionError("the event stream ended without an outcome")
+
+
+async def generate(
+    app: HeadshotApp, operation: str = "headshot", selfie: bytes | None = None, **options: Any
+) -> JobEvent:
+    return await outcome(app, await request(app, operation, selfie, **options))
 
 
 async def stored_sizes(app: HeadshotApp, event: Completed) -> list[tuple[int, int]]:
@@ -85,7 +104,7 @@ async def stored_sizes(app: HeadshotApp, event: Completed) -> list[tuple[int, in
 async def test_a_headshot_is_made_on_the_local_worker_and_rehosted(
     make_app: AppFactory, models_dir: Path
 ) -> None:
-    app = await make_app(**local_settings(models_dir, local_capacity=3))
+    app = await make_app(**local_app(models_dir, local_capacity=3))
     assert isinstance(app.backend, LocalBackend)
     assert app.engine.dispatcher.capacity == 3
 
@@ -108,7 +127,7 @@ async def test_a_headshot_is_made_on_the_local_worker_and_rehosted(
 async def test_a_selfie_without_a_face_fails_with_the_reason_and_is_refunded(
     make_app: AppFactory, models_dir: Path
 ) -> None:
-    app = await make_app(**local_settings(models_dir))
+    app = await make_app(**local_app(models_dir))
     event = await generate(app, selfie=make_image((128, 160), "black"), seed=1, **SMALL)
     assert isinstance(event, Failed)
     assert "no face found in the selfie" in event.reason
@@ -119,17 +138,24 @@ async def test_a_selfie_without_a_face_fails_with_the_reason_and_is_refunded(
 async def test_a_killed_worker_fails_its_job_and_the_next_job_restarts_it(
     make_app: AppFactory, models_dir: Path
 ) -> None:
-    app = await make_app(**local_settings(models_dir))
+    app = await make_app(**local_app(models_dir))
     backend = app.backend
     assert isinstance(backend, LocalBackend)
     process = backend._process
     assert process is not None and process.pid is not None
 
-    waiting = asyncio.create_task(generate(app, seed=3, width=512, height=768))
-    await asyncio.sleep(0.5)  # the job is in the worker: a 512×768 run takes a while
+    job_id = await request(app, seed=3, width=512, height=768)  # long enough to be caught
+    for _ in range(600):
+        job = await app.jobs.get(job_id)
+        if job is not None and job.state == JobState.PROCESSING:
+            break  # handed to the worker
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the job never reached the worker")
     os.kill(process.pid, signal.SIGKILL)
-    event = await waiting
+    event = await outcome(app, job_id)
     assert isinstance(event, Failed)
+    assert event.reason == "the generator could not make this image"
     assert event.refunded
 
     event = await generate(app, seed=3, **SMALL)
@@ -140,7 +166,7 @@ async def test_a_killed_worker_fails_its_job_and_the_next_job_restarts_it(
 async def test_an_operation_the_gpu_does_not_serve_falls_back_to_modelslab_once(
     make_app: AppFactory, models_dir: Path, simulator: Simulator
 ) -> None:
-    app = await make_app(**local_settings(models_dir, fallback_backend="modelslab"))
+    app = await make_app(**local_app(models_dir, fallback_backend="modelslab"))
     assert isinstance(app.backend, FallbackBackend)
 
     event = await generate(app, "flux_headshot", seed=5)
@@ -164,7 +190,7 @@ async def test_a_refused_modelslab_account_falls_back_to_the_local_gpu(
     make_app: AppFactory, models_dir: Path, simulator: Simulator
 ) -> None:
     app = await make_app(
-        **local_settings(models_dir, backend="modelslab", fallback_backend="local"),
+        **local_app(models_dir, backend="modelslab", fallback_backend="local"),
         modelslab_api_key="not-the-key",
     )
     event = await generate(app, seed=9, **SMALL)
