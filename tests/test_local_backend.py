@@ -102,10 +102,12 @@ async def stored_sizes(app: HeadshotApp, event: Completed) -> list[tuple[int, in
 
 
 async def test_a_headshot_is_made_on_the_local_worker_and_rehosted(
-    make_app: AppFactory, models_dir: Path
+    make_app: AppFactory, models_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = await make_app(**local_app(models_dir, local_capacity=3))
     assert isinstance(app.backend, LocalBackend)
+    # The operator is told at start that images made here are not checked for nudity.
+    assert "the local GPU backend has no NSFW image checker" in caplog.text
     assert app.engine.dispatcher.capacity == 3
 
     event = await generate(app, samples=2, seed=11, **SMALL)

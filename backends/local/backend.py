@@ -92,6 +92,7 @@ class LocalBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start_failure: tuple[float, str] | None = None
         self.operations: frozenset[Operation] = frozenset()
+        self._warned_unchecked = False
 
     def listen(self, callback: Callable[[str], object]) -> None:
         """Call `callback(track_id)` whenever a job finishes, so it is fetched without delay."""
@@ -142,6 +143,12 @@ class LocalBackend:
             raise
         self.operations = frozenset(Operation(op) for op in operations)
         log.info("GPU worker ready: %s", ", ".join(sorted(self.operations)))
+        if not self._warned_unchecked:
+            self._warned_unchecked = True
+            log.warning(
+                "the local GPU backend has no NSFW image checker: the safety level does not "
+                "apply to its images (the prompt word filter does)"
+            )
 
     def _read(self, conn: Connection, process: multiprocessing.process.BaseProcess) -> None:
         """The reader thread: every message from the worker, handed to the event loop."""
