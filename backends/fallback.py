@@ -8,7 +8,9 @@ its content (no face in the selfie, a banned prompt) is not retried elsewhere: i
 refused there too.
 
 Provider ids are tagged with the generator's name ("local:…", "modelslab:…") so that fetches
-after a restart still reach the right one; an untagged id is the first generator's.
+after a restart still reach the right one; an untagged id is the first generator's. A job
+handed over while it was processing is answered with its new id, which the engine records and
+fetches from then on.
 """
 
 from __future__ import annotations
@@ -32,8 +34,6 @@ class FallbackBackend:
         self._by_name = {primary.name: primary, secondary.name: secondary}
         # Requests still running on the primary, kept (in memory) to hand over if it fails.
         self._pending: dict[str, SubmitRequest] = {}
-        # A handed-over job's first provider id -> its id on the secondary.
-        self._moved: dict[str, str] = {}
 
     async def start(self) -> None:
         """Start both; one that cannot start leaves its jobs to the other. Fails only when
@@ -72,7 +72,6 @@ class FallbackBackend:
         return tagged
 
     async def fetch(self, operation: Operation, provider_id: str) -> ProviderResult:
-        provider_id = self._moved.get(provider_id, provider_id)
         backend, raw_id = self._route(provider_id)
         try:
             result = self._tag(backend, await backend.fetch(operation, raw_id))
@@ -86,10 +85,7 @@ class FallbackBackend:
         if result.status == ResultStatus.FAILED and request is not None:
             log.warning("%s could not make the image: trying %s", *self._names())
             # Kept until the hand-over is made: a busy secondary is tried again at the next fetch.
-            moved = await self._hand_over(request)
-            if moved.provider_id:
-                self._moved[provider_id] = moved.provider_id
-            result = moved
+            result = await self._hand_over(request)
         self._pending.pop(provider_id, None)
         return result
 

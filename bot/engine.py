@@ -248,8 +248,27 @@ class JobEngine:
             result = await self._call_with_retries(job, fetch)
             if result.status != ResultStatus.PROCESSING:
                 return await self._record_result(job, result)
+            if result.provider_id and result.provider_id != provider_id:
+                job = await self._record_move(job, result)
+                provider_id = result.provider_id
             polls += 1
             delay = self._next_poll_delay(result.eta_seconds, polls)
+
+    async def _record_move(self, job: JobRecord, result: ProviderResult) -> JobRecord:
+        """The job goes by a new provider id (a fallback moved it to the other generator):
+        recorded, so that after a restart it is fetched from where it now runs."""
+        eta_at = datetime.now(UTC) + timedelta(seconds=result.eta_seconds or 0)
+        moved = await self._jobs.transition(
+            job.id,
+            [JobState.PROCESSING],
+            JobState.PROCESSING,
+            provider_id=result.provider_id,
+            eta_at=eta_at,
+        )
+        if moved is None:
+            raise JobMovedOn
+        log.info("job %s: now %s", job.id, result.provider_id)
+        return moved
 
     async def _record_result(self, job: JobRecord, result: ProviderResult) -> JobRecord:
         now = datetime.now(UTC)

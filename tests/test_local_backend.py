@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from backends.modelslab.simulator import Simulator
 from bot.app import HeadshotApp
 from bot.events import Completed, Failed, JobEvent
 from bot.generation import GenerationRequest
-from storage.records import JobState
+from storage.records import JobRecord, JobState
 from tests.conftest import EXAMPLE_SELFIE, FAST, AppFactory, make_image
 from tests.test_commands import count_rows
 from tests.tiny_models import sd15
@@ -93,6 +94,17 @@ async def generate(
     return await outcome(app, await request(app, operation, selfie, **options))
 
 
+async def state_reached(
+    app: HeadshotApp, job_id: str, reached: Callable[[JobRecord], bool]
+) -> JobRecord:
+    for _ in range(1200):
+        job = await app.jobs.get(job_id)
+        if job is not None and reached(job):
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} never got there: {job}")
+
+
 async def stored_sizes(app: HeadshotApp, event: Completed) -> list[tuple[int, int]]:
     sizes = []
     for image in event.images:
@@ -147,13 +159,7 @@ async def test_a_killed_worker_fails_its_job_and_the_next_job_restarts_it(
     assert process is not None and process.pid is not None
 
     job_id = await request(app, seed=3, width=512, height=768)  # long enough to be caught
-    for _ in range(600):
-        job = await app.jobs.get(job_id)
-        if job is not None and job.state == JobState.PROCESSING:
-            break  # handed to the worker
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the job never reached the worker")
+    await state_reached(app, job_id, lambda job: job.state == JobState.PROCESSING)
     os.kill(process.pid, signal.SIGKILL)
     event = await outcome(app, job_id)
     assert isinstance(event, Failed)
@@ -202,6 +208,60 @@ async def test_a_refused_modelslab_account_falls_back_to_the_local_gpu(
     assert await stored_sizes(app, event) == [(64, 96)]
     assert await count_rows(app, "credit_ledger", "kind = 'reserve'") == 1
     assert await count_rows(app, "credit_ledger", "kind = 'commit'") == 1
+
+
+async def test_a_generation_modelslab_reports_failed_is_made_again_locally(
+    make_app: AppFactory, models_dir: Path, simulator: Simulator
+) -> None:
+    # ModelsLab takes the job, works on it, then reports it failed: the fallback makes it
+    # locally, and the job's one reserved credit pays for the one image delivered.
+    simulator.config.failure_rate = 1.0
+    simulator.config.processing_seconds = 0.3
+    app = await make_app(**local_app(models_dir, backend="modelslab", fallback_backend="local"))
+    job_id = await request(app, seed=4, **SMALL)
+    event = await outcome(app, job_id)
+
+    assert isinstance(event, Completed), event
+    assert any("fetch" in path for path, _ in simulator.requests)
+    assert await stored_sizes(app, event) == [(64, 96)]
+    assert await count_rows(app, "credit_ledger", "kind = 'reserve'") == 1
+    assert await count_rows(app, "credit_ledger", "kind = 'commit'") == 1
+    job = await app.jobs.get(job_id)
+    assert job is not None and job.provider_id is not None
+    assert job.provider_id.startswith("local:"), "the job records where it was made"
+
+
+async def test_a_job_handed_over_mid_generation_survives_a_restart(
+    make_app: AppFactory, models_dir: Path, simulator: Simulator
+) -> None:
+    # The worker dies while the job is on it: the fallback moves it to ModelsLab. The service is
+    # then restarted before ModelsLab has finished; the new one fetches it from ModelsLab
+    # instead of asking the new worker, which never heard of it.
+    simulator.config.processing_seconds = 2.0
+    settings = local_app(models_dir, fallback_backend="modelslab")
+    app = await make_app(**settings)
+    assert isinstance(app.backend, FallbackBackend)
+    worker = app.backend.primary
+    assert isinstance(worker, LocalBackend) and worker._process is not None
+    pid = worker._process.pid
+    assert pid is not None
+
+    job_id = await request(app, seed=6, width=512, height=768)
+    await state_reached(app, job_id, lambda job: job.state == JobState.PROCESSING)
+    os.kill(pid, signal.SIGKILL)
+    moved = await state_reached(
+        app, job_id, lambda job: (job.provider_id or "").startswith("modelslab:")
+    )
+    assert moved.state == JobState.PROCESSING
+    await app.stop()
+
+    again = await make_app(**settings)
+    await again.engine.wait_idle()
+    done = await again.jobs.get(job_id)
+    assert done is not None and done.state == JobState.SUCCEEDED, done
+    assert len(simulator.jobs) == 1, "fetched from ModelsLab, not submitted again"
+    assert await count_rows(again, "credit_ledger", "kind = 'reserve'") == 1
+    assert await count_rows(again, "credit_ledger", "kind = 'commit'") == 1
 
 
 def test_the_core_runs_without_the_local_extras_heavy_packages() -> None:
