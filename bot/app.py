@@ -76,13 +76,18 @@ class HeadshotApp:
         try:
             await self._open()
         except BaseException:
-            await self.stop()
+            try:
+                await self.stop()
+            except Exception:
+                # The reason start-up failed is what the operator needs to see, not this.
+                log.exception("closing after a failed start-up failed too")
             raise
 
     async def _open(self) -> None:
         settings = self.settings
         opened = self._opened
         self.backend = self._overrides.backend or choose_backend(settings)
+        opened.push_async_callback(self.backend.aclose)
         # The quick checks before the generator starts: a local GPU loads its models for
         # minutes, and a taken port or an unreadable database should not wait for that.
         url = settings.effective_database_url
@@ -90,7 +95,6 @@ class HeadshotApp:
         await upgrade(url)
         sock = _bind(settings.web_host, _pick(self._overrides.web_port, settings.web_port))
         opened.callback(sock.close)
-        opened.push_async_callback(self.backend.aclose)
         try:
             await self.backend.start()
         except WorkerStartFailed as exc:

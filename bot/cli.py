@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import HttpUrl, SecretStr
 
 from backends.local.components import ModelPaths
-from backends.local.download import DownloadUnavailable
+from backends.local.download import DownloadIncomplete, DownloadUnavailable
 from backends.local.download import download as download_models
 from backends.local.download import status as model_status
 from backends.params import Operation
@@ -148,7 +148,7 @@ async def _models_download(args: argparse.Namespace) -> int:
     paths, operations = _model_paths_and_operations(args)
     try:
         await asyncio.to_thread(download_models, paths, operations)
-    except DownloadUnavailable as exc:
+    except (DownloadUnavailable, DownloadIncomplete) as exc:
         raise CliError(str(exc)) from None
     print("done: set BACKEND=local (or auto) to use them", file=sys.stderr)
     return 0

@@ -16,9 +16,10 @@ import random
 import statistics
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from backends.base import Backend, ProviderResult, ResultStatus, SubmitRequest
 from backends.errors import (
@@ -39,7 +40,7 @@ from bot.tokens import new_token, token_hash
 from bot.views import image_refs, job_summary
 from storage.imagestore import ImageNotFound, ImageStore
 from storage.jobs import JobRepository
-from storage.records import JobRecord, JobState
+from storage.records import JobRecord, JobState, OutputRecord
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class JobEngine:
         self._announcement: asyncio.TimerHandle | None = None
         self._stopping = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._endings: set[asyncio.Task[None]] = set()
         self._nudges: dict[str, asyncio.Event] = {}
         self._announced: dict[str, int] = {}
         self._durations: deque[float] = deque(maxlen=50)
@@ -134,10 +136,11 @@ class JobEngine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._endings, return_exceptions=True)
 
     def start(self, job: JobRecord) -> None:
-        if job.id in self._tasks:
-            return
+        if job.id in self._tasks or self._stopping:
+            return  # a job that arrives while stopping waits in the database for the next start
         self._nudges[job.id] = asyncio.Event()
         self._remember_webhook(job.id, job.webhook_token_hash)
         task = asyncio.create_task(self._drive(job), name=f"job-{job.id}")
@@ -268,6 +271,7 @@ class JobEngine:
         if moved is None:
             raise JobMovedOn
         log.info("job %s: now %s", job.id, result.provider_id)
+        self._events.publish(Started(job.id, result.eta_seconds))
         return moved
 
     async def _record_result(self, job: JobRecord, result: ProviderResult) -> JobRecord:
@@ -318,27 +322,42 @@ class JobEngine:
             outputs = await self._rehoster.rehost(job.id, urls, deadline=deadline)
         except RehostFailed as exc:
             raise JobFailure(str(exc)) from None
+        await self._ending(self._succeed(job, outputs))
+
+    async def _succeed(self, job: JobRecord, outputs: list[OutputRecord]) -> None:
         keep_until = self._keep_inputs_until()
-        if keep_until is None:
-            await self._drop_inputs_before_finishing(job)
         if not await self._jobs.succeed(
             job.id, outputs, generation_time=job.generation_time, keep_inputs_until=keep_until
         ):
             return
+        if keep_until is None:
+            await self._drop_inputs(job)
         images = image_refs(outputs, self._image_base_url)
-        refunded = requested - len(outputs)
+        refunded = job.credits_reserved - len(outputs)
         self._events.publish(Completed(job.id, images, job_summary(job), refunded=refunded))
 
     async def _fail(self, job: JobRecord, reason: str) -> None:
         self._slot_done(job)
+        await self._ending(self._record_failure(job, reason))
+
+    async def _record_failure(self, job: JobRecord, reason: str) -> None:
         keep_until = self._keep_inputs_until()
-        if keep_until is None:
-            await self._drop_inputs_before_finishing(job)
         refunded = await self._jobs.fail(job.id, reason, keep_inputs_until=keep_until)
         if refunded:
+            if keep_until is None:
+                await self._drop_inputs(job)
             retry = keep_until is not None
             self._events.publish(Failed(job.id, reason, refunded=True, can_retry=retry))
             log.info("job %s failed: %s", job.id, reason)
+
+    async def _ending(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run the step that ends a job (commit, delete the selfie, tell the user) through, even
+        when the job's task is cancelled: a stop landing between the commit and the delete
+        would leave the selfie behind. `stop` waits for these steps."""
+        task = asyncio.create_task(step)
+        self._endings.add(task)
+        task.add_done_callback(self._endings.discard)
+        await asyncio.shield(task)
 
     # ---- helpers ------------------------------------------------------------------------
 
@@ -377,11 +396,13 @@ class JobEngine:
         except ImageNotFound:
             raise JobFailure("the selfie for this job is missing") from None
 
-    async def _drop_inputs_before_finishing(self, job: JobRecord) -> None:
-        """Delete a job's inputs ahead of the commit that ends it, so that no stop or crash in
-        between leaves a selfie behind. A job that ends without its selfie needs none: it is
-        only re-rolled when inputs are kept."""
-        await drop_inputs(self._store, job.selfie_key, job.pose_key)
+    async def _drop_inputs(self, job: JobRecord) -> None:
+        """Delete an ended job's selfie and pose image. The job has ended already, so a store
+        that fails here changes nothing for the user: the start-up sweep deletes it later."""
+        try:
+            await drop_inputs(self._store, job.selfie_key, job.pose_key)
+        except Exception:
+            log.exception("job %s: deleting its selfie failed; the next start will", job.id)
 
     async def _sweep_orphan_inputs(self) -> None:
         """Delete stored selfies whose job has ended (a crash between commit and delete)."""

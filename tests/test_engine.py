@@ -336,29 +336,54 @@ async def test_a_restarted_service_finishes_what_the_last_one_started(
 
 
 @pytest.mark.parametrize("ending", ["succeeded", "failed"])
-async def test_the_selfie_is_gone_before_the_job_is_recorded_as_ended(
-    make_app: AppFactory, simulator: Simulator, selfie: bytes, ending: str
+async def test_a_stop_while_a_job_is_ending_lets_it_finish_ending(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes, tmp_path: Path, ending: str
 ) -> None:
-    # Deleting after the final commit would leave the selfie behind whenever the service stops
-    # in between; the job is still unfinished in the database when its selfie goes.
+    # The stop lands between the commit that ends the job and deleting its selfie: it waits
+    # for the delete instead of leaving the selfie behind until the next start.
     if ending == "failed":
         simulator.config.failure_rate = 1.0
     app = await make_app(selfie_retention_seconds=0)
-    states_at_delete: list[JobState | None] = []
+    deleting = asyncio.Event()
     delete = app.store.delete
 
-    async def delete_and_note_state(key: str) -> None:
+    async def slow_delete(key: str) -> None:
         if key.startswith("inputs/"):
-            job = await app.jobs.get(key.removeprefix("inputs/").removesuffix(".jpg"))
-            states_at_delete.append(job.state if job else None)
+            deleting.set()
+            await asyncio.sleep(0.2)
         await delete(key)
 
-    app.store.delete = delete_and_note_state  # type: ignore[method-assign]
-    job_id, _ = await run_job(app, selfie)
-    done = await app.jobs.get(job_id)
-    assert done is not None and done.state == JobState(ending)
-    assert states_at_delete and all(
-        state is not None and state not in (JobState.SUCCEEDED, JobState.FAILED)
-        for state in states_at_delete
+    app.store.delete = slow_delete  # type: ignore[method-assign]
+    job = await app.generation.request(
+        GenerationRequest("test", "alice", "headshot", OPTIONS["headshot"], selfie)
     )
-    assert not [k for k in await app.store.keys() if k.startswith("inputs/")]
+    await asyncio.wait_for(deleting.wait(), 10)
+    await app.stop()
+
+    assert not list((tmp_path / "data" / "images" / "inputs").iterdir())
+    again = await make_app(selfie_retention_seconds=0)
+    done = await again.jobs.get(job.id)
+    assert done is not None and done.state == JobState(ending)
+
+
+async def test_a_selfie_that_cannot_be_deleted_does_not_hold_up_the_result(
+    make_app: AppFactory, selfie: bytes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = await make_app(selfie_retention_seconds=0)
+    delete = app.store.delete
+
+    async def failing_delete(key: str) -> None:
+        if key.startswith("inputs/"):
+            raise OSError("the store is read-only just now")
+        await delete(key)
+
+    app.store.delete = failing_delete  # type: ignore[method-assign]
+    _, events = await run_job(app, selfie)
+    assert isinstance(events[-1], Completed)
+    assert "deleting its selfie failed" in caplog.text
+    inputs = tmp_path / "data" / "images" / "inputs"
+    assert len(list(inputs.iterdir())) == 1
+    await app.stop()
+
+    await make_app(selfie_retention_seconds=0)  # the next start sweeps it away
+    assert not list(inputs.iterdir())

@@ -13,7 +13,7 @@ import pytest
 from backends.fallback import FallbackBackend
 from backends.local.backend import LocalBackend
 from backends.local.components import COMPONENTS, MissingComponent, ModelPaths
-from backends.local.download import download, status
+from backends.local.download import DownloadIncomplete, download, status
 from backends.modelslab import ModelsLabClient
 from backends.params import Operation
 from bot.backends import capacity_of, choose_backend
@@ -29,6 +29,14 @@ def fill(root: Path, *names: str) -> None:
 
 
 FACE_ID = ("sd15", "ip_adapter_faceid", "clip_image_encoder", "insightface")
+
+
+def hub_files(repo: str, patterns: tuple[str, ...], folder: Path) -> None:
+    """What snapshot_download leaves behind: a file for each pattern asked for."""
+    for pattern in patterns:
+        path = folder / pattern.replace("*", "weights")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
 
 
 def test_every_component_has_a_setting_to_move_it() -> None:
@@ -147,12 +155,11 @@ def test_download_fetches_each_folder_and_prints_its_licence(tmp_path: Path) -> 
     said: list[str] = []
     paths = ModelPaths(tmp_path, {"insightface": tmp_path / "faces"})
 
-    written = download(
-        paths,
-        [Operation.HEADSHOT],
-        say=said.append,
-        fetch=lambda repo, patterns, folder: fetched.append((repo, patterns, folder)),
-    )
+    def fetch(repo: str, patterns: tuple[str, ...], folder: Path) -> None:
+        fetched.append((repo, patterns, folder))
+        hub_files(repo, patterns, folder)
+
+    written = download(paths, [Operation.HEADSHOT], say=said.append, fetch=fetch)
 
     assert [f[0] for f in fetched] == [
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -175,9 +182,7 @@ def test_download_fetches_each_folder_and_prints_its_licence(tmp_path: Path) -> 
 
 def test_flux_download_warns_that_flux_dev_is_non_commercial(tmp_path: Path) -> None:
     said: list[str] = []
-    download(
-        ModelPaths(tmp_path), [Operation.FLUX_HEADSHOT], say=said.append, fetch=lambda *a: None
-    )
+    download(ModelPaths(tmp_path), [Operation.FLUX_HEADSHOT], say=said.append, fetch=hub_files)
     assert said[0].startswith("flux_kontext: black-forest-labs/FLUX.1-Kontext-dev")
     assert "Non-Commercial" in said[0] and said[0].endswith("NON-COMMERCIAL")
 
@@ -201,10 +206,12 @@ def test_an_interrupted_download_is_not_taken_for_a_model_and_resumes(tmp_path: 
     assert str(paths.missing([Operation.HEADSHOT])[0]) == str(caught.value)
     assert status(paths, [Operation.HEADSHOT])[0].startswith(f"PARTIAL  {tmp_path / 'sd15'}  ")
 
-    def completes(repo: str, patterns: tuple[str, ...], folder: Path) -> None:
-        (folder / "weights.bin").write_bytes(b"x")
+    # Offline, the hub hands back the folder as it is, without an error: still unfinished.
+    with pytest.raises(DownloadIncomplete, match=r"sd15: nothing in .* matches scheduler/\*"):
+        download(paths, [Operation.HEADSHOT], say=lambda _line: None, fetch=lambda *a: None)
+    assert paths.unfinished("sd15") and not paths.present("sd15")
 
-    download(paths, [Operation.HEADSHOT], say=lambda _line: None, fetch=completes)
+    download(paths, [Operation.HEADSHOT], say=lambda _line: None, fetch=hub_files)
     assert paths.present("sd15") and not paths.unfinished("sd15")
     assert paths.missing([Operation.HEADSHOT]) == []
     assert paths.require("sd15") == tmp_path / "sd15"

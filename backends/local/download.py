@@ -3,6 +3,7 @@ hub, for operators whose machine has network. The bot itself never downloads at 
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -20,6 +21,10 @@ Fetch = Callable[[str, tuple[str, ...], Path], None]
 
 class DownloadUnavailable(Exception):
     """huggingface_hub is not installed. The message says how to install it."""
+
+
+class DownloadIncomplete(Exception):
+    """A fetch returned without every file it was for (the hub unreachable, say)."""
 
 
 def licence_line(component: Component) -> str:
@@ -47,6 +52,14 @@ def download(
         marker = folder / DOWNLOAD_MARKER
         marker.touch()
         fetch(component.repo_id, component.allow_patterns, folder)
+        # Offline, huggingface_hub hands back what the folder already holds without an error:
+        # the folder is complete only when every file asked for is there.
+        absent = _patterns_without_files(folder, component.allow_patterns)
+        if absent:
+            raise DownloadIncomplete(
+                f"{component.name}: nothing in {folder} matches {', '.join(absent)} after the "
+                "download (is the Hugging Face hub reachable?); run the same command again"
+            )
         marker.unlink()
         say(f"  -> {folder}")
         written.append(folder)
@@ -68,6 +81,15 @@ def status(models: ModelPaths, operations: Iterable[Operation]) -> list[str]:
         )
         lines.append(f"{state:8} {models.folder(component.name)}  {licence_line(component)}")
     return lines
+
+
+def _patterns_without_files(folder: Path, patterns: tuple[str, ...]) -> list[str]:
+    files = [
+        path.relative_to(folder).as_posix()
+        for path in folder.rglob("*")
+        if path.is_file() and path.name != DOWNLOAD_MARKER and ".cache" not in path.parts
+    ]
+    return [p for p in patterns if not any(fnmatch.fnmatchcase(f, p) for f in files)]
 
 
 def _hub_fetch() -> Fetch:

@@ -171,9 +171,9 @@ class ModelsLabClient:
             and wire.classify_error(reply) is not wire.ErrorKind.INVALID
         ):
             raise self._refusal(reply, op, provider_id=provider_id)
-        result = self._parse(reply)
-        if result.provider_id is None:
-            result = dataclasses.replace(result, provider_id=provider_id)
+        # The answer is about the job asked for, whatever id its body carries: a different id
+        # would read as the job having moved (see Backend.fetch).
+        result = dataclasses.replace(self._parse(reply), provider_id=provider_id)
         log.debug("ModelsLab %s job %s: %s", op, provider_id, result.status)
         return result
 
