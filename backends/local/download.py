@@ -7,12 +7,7 @@ import fnmatch
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from backends.local.components import (
-    DOWNLOAD_MARKER,
-    Component,
-    ModelPaths,
-    components_for,
-)
+from backends.local.components import DOWNLOAD_MARKER, Component, ModelPaths, components_for
 from backends.params import Operation
 
 # (repo_id, allow_patterns, folder) -> None; huggingface_hub's snapshot_download by default.
@@ -69,18 +64,16 @@ def download(
 def status(models: ModelPaths, operations: Iterable[Operation]) -> list[str]:
     """One line per component: present, PARTIAL (a download stopped) or MISSING, where, and
     its licence."""
-    lines = []
-    for component in components_for(operations):
-        name = component.name
-        state = (
-            "present"
-            if models.present(name)
-            else "PARTIAL"
-            if models.unfinished(name)
-            else "MISSING"
-        )
-        lines.append(f"{state:8} {models.folder(component.name)}  {licence_line(component)}")
-    return lines
+    return [
+        f"{_state(models, c.name):8} {models.folder(c.name)}  {licence_line(c)}"
+        for c in components_for(operations)
+    ]
+
+
+def _state(models: ModelPaths, name: str) -> str:
+    if models.present(name):
+        return "present"
+    return "PARTIAL" if models.unfinished(name) else "MISSING"
 
 
 def _patterns_without_files(folder: Path, patterns: tuple[str, ...]) -> list[str]:
