@@ -5,7 +5,6 @@ pixels, the refusals, the missing-folder error, and fused QKV changing nothing."
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,8 @@ from backends.params import GenerationParams, Operation  # noqa: E402
 from tests.tiny_models import sdxl  # noqa: E402
 from tests.tiny_models.faces import StandInFaces  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 AVATAR_COMPONENTS = ("sdxl", "instantid", "controlnet_pose", "controlnet_canny")
 
 
@@ -40,15 +41,6 @@ def _noise(width: int, height: int, seed: int) -> Image.Image:
 SELFIE = _noise(64, 64, seed=1)
 # A different aspect ratio from the selfie's, so that its face lands elsewhere once fitted.
 POSE = _noise(96, 48, seed=2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny models gain nothing from threads, and lose a lot when other processes share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

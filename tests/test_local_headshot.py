@@ -3,7 +3,7 @@ through the real loading code over tiny random-weight folders (tests/tiny_models
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +27,10 @@ from backends.params import GenerationParams, Operation
 from tests.tiny_models import sd15
 from tests.tiny_models.faces import StandInFaces
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 WIDTH, HEIGHT = 64, 96
 BASE: dict[str, Any] = {"prompt": "a professional headshot", "seed": 7}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Models this small gain nothing from threads, and on a busy two-core machine OpenMP's
-    # spinning threads make each run ten times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
