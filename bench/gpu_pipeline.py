@@ -336,19 +336,7 @@ _TINY_VAE: Config = {
     "norm_num_groups": 8,
     "sample_size": 32,
 }
-_TINY_SDXL_DENOISER: Config = {
-    "block_out_channels": (32, 64),
-    "layers_per_block": 1,
-    "in_channels": 4,
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-    "attention_head_dim": (2, 4),
-    "use_linear_projection": True,
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 8,
-    "transformer_layers_per_block": (1, 2),
-    "projection_class_embeddings_input_dim": 6 * 8 + 32,
-    "cross_attention_dim": 64,
-}
+_TINY_SDXL_DENOISER: Config = sdxl.denoiser_config()
 TINY = Architectures(
     sd15_unet={
         "block_out_channels": (32, 64),

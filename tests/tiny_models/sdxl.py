@@ -96,7 +96,7 @@ def tiny_unet() -> Any:
 
     torch.manual_seed(0)
     return UNet2DConditionModel(
-        **_denoiser_config(),
+        **denoiser_config(),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         out_channels=4,
         sample_size=32,
@@ -111,7 +111,7 @@ def tiny_controlnet(seed: int) -> Any:
 
     torch.manual_seed(seed)
     net = ControlNetModel(
-        **_denoiser_config(),
+        **denoiser_config(),
         # Three stride-2 layers: a control image 8× the latents, as with the real ones.
         conditioning_embedding_out_channels=(8, 8, 16, 16),
     )
@@ -126,7 +126,8 @@ def tiny_controlnet(seed: int) -> Any:
     return net
 
 
-def _denoiser_config() -> dict[str, Any]:
+def denoiser_config() -> dict[str, Any]:
+    """What the tiny SDXL UNet and its ControlNets share (the GPU benchmark's --tiny uses it)."""
     return {
         "block_out_channels": (32, 64),
         "layers_per_block": 1,
