@@ -99,6 +99,14 @@ def test_same_seed_same_pixels(pipeline: avatar.AvatarPipeline, baseline: list) 
     assert not _same(_pixels(pipeline, _job(seed=8)), baseline)
 
 
+def test_sample_i_of_a_batch_is_the_image_of_seed_plus_i(
+    pipeline: avatar.AvatarPipeline, baseline: list
+) -> None:
+    batch = _pixels(pipeline, _job(samples=2))
+    assert _same(batch[:1], baseline)
+    assert _same(batch[1:], _pixels(pipeline, _job(seed=8)))
+
+
 # knob, value, the argument it must change (key, index in a list or None).
 KNOBS = [
     ("prompt", "an oil painting of a knight", "prompt", None),

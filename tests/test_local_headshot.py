@@ -113,9 +113,12 @@ def test_same_seed_same_pixels_other_seed_other_pixels(
 
 
 def test_sample_i_of_a_batch_is_the_image_of_seed_plus_i(generate: Callable[..., Any]) -> None:
-    batch = generate(samples=2)
-    assert np.abs(batch[0] - generate()[0]).max() <= 1
-    assert np.abs(batch[1] - generate(seed=8)[0]).max() <= 1
+    # To the bit: each image is a pass of its own, so the number of samples cannot change the
+    # kernels' order of additions (one batch did, by a level in a pixel here and there).
+    for seed in (7, 11):
+        batch = generate(seed=seed, samples=2)
+        assert np.array_equal(batch[0], generate(seed=seed)[0])
+        assert np.array_equal(batch[1], generate(seed=seed + 1)[0])
 
 
 # knob, changed value, the arguments() entries it must change.

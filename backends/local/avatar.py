@@ -35,7 +35,7 @@ from backends.errors import InvalidRequest
 from backends.local.components import ModelPaths
 from backends.local.faces import FaceAnalyser, NoFaceFound, head_pose_map, keypoint_map
 from backends.local.pipeline import LocalJob
-from backends.local.runtime import Runtime, speed_up
+from backends.local.runtime import Runtime, one_pass_per_image, speed_up
 from backends.params import LIMITS, Operation
 
 if TYPE_CHECKING:
@@ -223,65 +223,69 @@ class AvatarPipeline:
         return self._run(**self.arguments(job))
 
     def warm_up(self) -> None:
-        """Run every denoiser once before the first job, so that torch.compile compiles then:
-        at the default size with one and two samples (compiled graphs are shape-specific).
+        """Run every denoiser once before the first job, so that torch.compile compiles then,
+        at the default size (compiled graphs are shape-specific; every pass makes one image).
         Nothing compiles on the CPU: there one tiny run is enough."""
         gpu = self._runtime.on_gpu
         size = (_DEFAULTS["width"], _DEFAULTS["height"]) if gpu else (64, 64)
-        for samples in (1, 2) if gpu else (1,):
-            self._run(
-                prompt="a portrait photo",
-                negative_prompt=None,
-                width=size[0],
-                height=size[1],
-                num_inference_steps=2,
-                guidance_scale=float(_DEFAULTS["guidance_scale"]),
-                num_images_per_prompt=samples,
-                seeds=list(range(samples)),
-                controlnets=[IDENTITYNET, "pose", "canny"],
-                controlnet_conditioning_scale=[0.8, 0.4, 0.3],
-                control_images=[Image.new("RGB", size)] * 3,
-                ip_adapter_scale=1.0,
-                face_embedding=np.zeros(512, dtype=np.float32),
-            )
+        self._run(
+            prompt="a portrait photo",
+            negative_prompt=None,
+            width=size[0],
+            height=size[1],
+            num_inference_steps=2,
+            guidance_scale=float(_DEFAULTS["guidance_scale"]),
+            num_images_per_prompt=1,
+            seeds=[0],
+            controlnets=[IDENTITYNET, "pose", "canny"],
+            controlnet_conditioning_scale=[0.8, 0.4, 0.3],
+            control_images=[Image.new("RGB", size)] * 3,
+            ip_adapter_scale=1.0,
+            face_embedding=np.zeros(512, dtype=np.float32),
+        )
 
     def _run(
+        self, *, num_images_per_prompt: int, seeds: Sequence[int], **arguments: Any
+    ) -> list[Image.Image]:
+        """`arguments`' images, one denoising pass each (see `one_pass_per_image`)."""
+        assert len(seeds) == num_images_per_prompt, "one seed per image"
+        return one_pass_per_image(seeds, lambda seed: self._image(seed=seed, **arguments))
+
+    def _image(
         self,
         *,
+        seed: int,
         prompt: str,
         negative_prompt: str | None,
         width: int,
         height: int,
         num_inference_steps: int,
         guidance_scale: float,
-        num_images_per_prompt: int,
-        seeds: Sequence[int],
         controlnets: Sequence[str],
         controlnet_conditioning_scale: Sequence[float],
         control_images: Sequence[Image.Image],
         ip_adapter_scale: float,
         face_embedding: np.ndarray,
     ) -> list[Image.Image]:
+        """The one image of `seed`: a batch of one (two rows with guidance)."""
         import torch
         from diffusers.utils.torch_utils import randn_tensor
 
         base, runtime = self._base, self._runtime
         device, dtype = torch.device(runtime.device), runtime.torch_dtype()
-        batch = num_images_per_prompt
         guided = guidance_scale > 1.0
-        generators = runtime.generators(seeds[0], batch)
+        generator = runtime.generator(seed)
         with torch.inference_mode():
             text, negative_text, pooled, negative_pooled = base.encode_prompt(
                 prompt,
                 device=device,
-                num_images_per_prompt=batch,
+                num_images_per_prompt=1,
                 do_classifier_free_guidance=guided,
                 negative_prompt=negative_prompt,
             )
             # InstantID's unconditional identity is the zero embedding.
             face = torch.as_tensor(face_embedding, device=device, dtype=dtype).view(1, 1, 1, -1)
             identity = torch.cat([torch.zeros_like(face), face]) if guided else face
-            identity = identity.repeat_interleave(batch, dim=0)
             if guided:
                 text = torch.cat([negative_text, text])
                 pooled = torch.cat([negative_pooled, pooled])
@@ -302,14 +306,14 @@ class AvatarPipeline:
             scheduler = base.scheduler
             scheduler.set_timesteps(num_inference_steps, device=device)
             shape = (
-                batch,
+                1,
                 base.unet.config.in_channels,
                 height // base.vae_scale_factor,
                 width // base.vae_scale_factor,
             )
-            latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
             latents = latents * scheduler.init_noise_sigma
-            step_options = base.prepare_extra_step_kwargs(generators, 0.0)
+            step_options = base.prepare_extra_step_kwargs(generator, 0.0)
             for t in scheduler.timesteps:
                 model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = scheduler.scale_model_input(model_input, t)

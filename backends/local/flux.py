@@ -17,8 +17,9 @@ How the ModelsLab parameters reach the pipeline:
   takes "true" classifier-free guidance (`true_cfg_scale` > 1), which runs the transformer twice
   per step (twice the cost) and which the distilled model was not trained for. Our styles'
   negative prompts are SD-era keyword lists that FLUX does not need.
-- `samples` is one batch (`num_images_per_prompt`), one generator per image (seed, seed + 1, …);
-  ModelsLab allows one image for this operation.
+- `samples` (`num_images_per_prompt`) images are made one pass each, image i with seed + i, so
+  that it is the very image of seed + i made alone (see `one_pass_per_image`); ModelsLab allows
+  one image for this operation.
 
 Kontext needs no face embedding; the selfie still goes through the face analyser so that a
 photo with no face is refused (NoFaceFound) as in the other operations.
@@ -35,7 +36,7 @@ from PIL import Image
 from backends.local.components import COMPONENTS, MissingComponent, ModelPaths
 from backends.local.faces import FaceAnalyser
 from backends.local.pipeline import LocalJob
-from backends.local.runtime import Runtime, speed_up
+from backends.local.runtime import Runtime, one_pass_per_image, speed_up
 from backends.params import LIMITS, GenerationParams, Operation
 
 if TYPE_CHECKING:
@@ -195,11 +196,18 @@ class KontextHeadshot:
         arguments = self.arguments(job)
         seeds = arguments.pop("seeds")
         width, height = arguments.pop("output_size")
-        images = pipe(
-            image=job.face.convert("RGB"),
-            generator=self.runtime.generators(seeds[0], len(seeds)),
-            **arguments,
-        ).images
+        reference = job.face.convert("RGB")
+
+        def image(seed: int) -> list[Image.Image]:
+            return list(
+                pipe(
+                    image=reference,
+                    generator=self.runtime.generator(seed),
+                    **{**arguments, "num_images_per_prompt": 1},
+                ).images
+            )
+
+        images = one_pass_per_image(seeds, image)
         return [_centre_crop(image, width, height) for image in images]
 
 

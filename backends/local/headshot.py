@@ -25,7 +25,7 @@ from PIL import Image
 from backends.local.components import ModelPaths
 from backends.local.faces import FaceAnalyser, aligned_crop
 from backends.local.pipeline import LocalJob
-from backends.local.runtime import Runtime, speed_up
+from backends.local.runtime import Runtime, one_pass_per_image, speed_up
 from backends.params import LIMITS, GenerationParams, Operation
 
 if TYPE_CHECKING:
@@ -76,7 +76,8 @@ class FaceIDPipeline:
     """IP-Adapter-FaceID-PlusV2 on SD1.5, serving headshot and facegen (one resident instance).
 
     Build it with `from_modules` (or `load`); `arguments(job)` is everything a run depends on,
-    `generate(job)` runs it as one batch of `samples` images."""
+    `generate(job)` makes its `samples` images, one denoising pass each (image i with seed + i:
+    see `one_pass_per_image`)."""
 
     operations = (Operation.HEADSHOT, Operation.FACEGEN)
 
@@ -135,23 +136,17 @@ class FaceIDPipeline:
         return self._run(self.arguments(job), face.embedding, crop)
 
     def warm_up(self) -> None:
-        """Run the pipeline once per batch size a job can have (so that torch.compile compiles
-        now, not on the first job), one step, on a neutral identity; on the CPU, once and small."""
+        """Run the pipeline once, one step, on a neutral identity, so that torch.compile
+        compiles now, not on the first job (every pass makes one image, so one shape per size);
+        on the CPU, small."""
         width, height = DEFAULT_SIZE if self.runtime.on_gpu else (64, 64)
-        most = LIMITS[Operation.HEADSHOT].max_samples if self.runtime.on_gpu else 1
         identity = np.full(512, 512**-0.5, dtype=np.float32)
         crop = Image.new("RGB", (CROP_SIZE, CROP_SIZE), (128, 128, 128))
-        for samples in range(1, most + 1):
-            params = GenerationParams.create(
-                Operation.HEADSHOT,
-                prompt="a portrait photo",
-                seed=0,
-                samples=samples,
-                width=width,
-                height=height,
-            )
-            arguments = self.arguments(LocalJob(params, face=crop))
-            self._run({**arguments, "num_inference_steps": 1}, identity, crop)
+        params = GenerationParams.create(
+            Operation.HEADSHOT, prompt="a portrait photo", seed=0, width=width, height=height
+        )
+        arguments = self.arguments(LocalJob(params, face=crop))
+        self._run({**arguments, "num_inference_steps": 1}, identity, crop)
 
     def _run(
         self, arguments: Mapping[str, Any], identity: np.ndarray, crop: Image.Image
@@ -163,34 +158,39 @@ class FaceIDPipeline:
         shortcut_scale = call.pop("shortcut_scale")
         del call["ip_adapter_scale"]  # set once, in from_modules
         guided = call["guidance_scale"] > 1
-        samples = call["num_images_per_prompt"]
+        call["num_images_per_prompt"] = 1  # one pass per image
         dtype = self.runtime.torch_dtype()
         with torch.no_grad():
-            clip_embeds = self._clip_embeds(crop, guided, samples)
+            clip_embeds = self._clip_embeds(crop, guided)
         id_embeds = torch.from_numpy(np.asarray(identity, dtype=np.float32)).reshape(1, 1, -1)
         if guided:
-            # The pipeline splits [negative, positive] and repeats each for the samples.
+            # The pipeline splits [negative, positive].
             id_embeds = torch.cat([torch.zeros_like(id_embeds), id_embeds])
+        id_embeds = id_embeds.to(self.runtime.device, dtype)
         projection = self.unet.encoder_hid_proj.image_projection_layers[0]
         projection.clip_embeds = clip_embeds
         projection.shortcut = True
         # A tensor, not a float: torch.compile would specialise on a float's value and compile
         # the UNet again for every new s_scale.
         projection.shortcut_scale = torch.tensor(shortcut_scale, device=self.runtime.device)
-        try:
+
+        def image(seed: int) -> list[Image.Image]:
             result = self.pipe(
                 **call,
-                generator=self.runtime.generators(seeds[0], len(seeds)),
-                ip_adapter_image_embeds=[id_embeds.to(self.runtime.device, dtype)],
+                generator=self.runtime.generator(seed),
+                ip_adapter_image_embeds=[id_embeds],
                 output_type="pil",
             )
+            return list(result.images)
+
+        try:
+            return one_pass_per_image(seeds, image)
         finally:
             projection.clip_embeds = None  # the face's features stay no longer than its job
-        return list(result.images)
 
-    def _clip_embeds(self, crop: Image.Image, guided: bool, samples: int) -> torch.Tensor:
+    def _clip_embeds(self, crop: Image.Image, guided: bool) -> torch.Tensor:
         """The crop's penultimate CLIP hidden states, shaped (batch, 1 image, tokens, width) for
-        the whole batch: with guidance, those of a blank (all-zero) image first, as diffusers
+        one image's pass: with guidance, those of a blank (all-zero) image first, as diffusers
         does for the unconditional half."""
         import torch
 
@@ -200,7 +200,7 @@ class FaceIDPipeline:
         if guided:
             pixels = torch.cat([torch.zeros_like(pixels), pixels])
         hidden = encoder(pixels, output_hidden_states=True).hidden_states[-2]
-        return hidden.repeat_interleave(samples, dim=0)[:, None]
+        return hidden[:, None]
 
 
 def plain_pipeline(pipeline: FaceIDPipeline) -> Callable[[LocalJob], list[Image.Image]]:

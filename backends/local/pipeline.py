@@ -31,7 +31,8 @@ class LocalJob:
 class OperationPipeline(Protocol):
     """One resident pipeline. `arguments` is everything a run depends on (the diffusers call's
     keyword arguments plus module-level settings such as adapter scales), so that tests can see
-    each ModelsLab knob reach its pipeline argument; `generate` runs it as one batch."""
+    each ModelsLab knob reach its pipeline argument; `generate` makes the job's images, one
+    denoising pass each, image i with seed + i (`runtime.one_pass_per_image`)."""
 
     operations: tuple[Operation, ...]
 

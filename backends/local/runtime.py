@@ -7,11 +7,14 @@ be turned off (`LOCAL_COMPILE=0` and friends) to compare or to debug.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import torch
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -36,17 +39,36 @@ class Runtime:
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
-    def generators(self, seed: int, count: int) -> list[torch.Generator]:
-        """One generator per sample, seeded seed, seed+1, …: sample i of a batch is the same
-        image as a single generation with seed+i, so any image can be made again."""
+    def generator(self, seed: int) -> torch.Generator:
+        """The generator of one image. Our pipelines make each of a job's images in a pass of
+        its own, with `generator(seed + i)` for image i (see `one_pass_per_image`)."""
         import torch
 
-        device = self.device if self.on_gpu else "cpu"
-        return [torch.Generator(device).manual_seed(seed + i) for i in range(count)]
+        return torch.Generator(self.device if self.on_gpu else "cpu").manual_seed(seed)
+
+    def generators(self, seed: int, count: int) -> list[torch.Generator]:
+        """One generator per sample of one batch, seeded seed, seed+1, … (the plain diffusers
+        baselines, which batch; their image i matches ours only up to rounding)."""
+        return [self.generator(seed + i) for i in range(count)]
+
+
+def one_pass_per_image(seeds: Sequence[int], make: Callable[[int], list[_T]]) -> list[_T]:
+    """A job's images, each made by a denoising pass of its own: `make(seed)` makes the one
+    image of that seed.
+
+    Not one batch: a matrix product picks its kernel, and with it the order in which it adds,
+    by the shapes it is given, the number of rows included (MKL on the CPU does; so may cuBLAS
+    and torch.compile's kernels on a GPU). Image 0 of a two-image batch and the one image of
+    the same seed then differ in their last bits, and after the denoising steps by a level in a
+    pixel here and there. Made alone, image i is the image of seed + i to the bit, whatever
+    `samples` was. The price is the speed a batch would gain where one pass does not fill the
+    GPU.
+    """
+    return [image for seed in seeds for image in make(seed)]
 
 
 # Each new image size compiles the denoiser again; torch's default of 8 compiled versions would
-# fall back to slow eager runs once a few sizes and batch sizes have been seen.
+# fall back to slow eager runs once a few sizes have been seen.
 COMPILED_VERSIONS = 64
 
 
