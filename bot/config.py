@@ -102,10 +102,15 @@ class Settings(BaseSettings):
             return None
         if value.startswith(("sqlite://", "sqlite+pysqlite://")):
             raise ValueError("use sqlite+aiosqlite:///path/to/file.db")
-        if value.startswith(("postgresql://", "postgres://", "postgresql+psycopg2://")):
-            raise ValueError("use postgresql+asyncpg://user:password@host/db")
-        if not value.startswith(("sqlite+aiosqlite:///", "postgresql+asyncpg://")):
-            raise ValueError("must start with sqlite+aiosqlite:/// or postgresql+asyncpg://")
+        if value.startswith("postgresql+psycopg2://"):
+            raise ValueError("use postgresql+psycopg://user:password@host/db")
+        # PostgreSQL goes through one driver, psycopg 3. A URL naming asyncpg, or none, keeps
+        # working: it is read as psycopg's.
+        for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value.removeprefix(prefix)
+        if not value.startswith(("sqlite+aiosqlite:///", "postgresql+psycopg://")):
+            raise ValueError("must start with sqlite+aiosqlite:/// or postgresql+psycopg://")
         return value
 
     @property

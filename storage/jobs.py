@@ -14,7 +14,7 @@ from storage import ledger
 from storage.audit import write_audit
 from storage.database import Database
 from storage.deliveries import insert_delivery
-from storage.models import Job, Output, User, utcnow
+from storage.models import Job, Output, utcnow
 from storage.records import FINISHED_STATES, AuditNote, JobRecord, JobState, OutputRecord
 
 
@@ -81,6 +81,8 @@ class JobRepository:
             "updated_at": now,
         }
         async with self._db.write() as conn:
+            if max_active is not None or daily_quota is not None:
+                await ledger.lock_user(conn, job.user_id)
             if max_active is not None:
                 active = await _active_count(conn, job.user_id)
                 if active >= max_active:
@@ -298,9 +300,7 @@ def _inputs_after_finish(keep_until: datetime | None) -> dict[str, Any]:
 
 
 async def _active_count(conn: AsyncConnection, user_id: int) -> int:
-    # Lock the user row first where the database does not already serialise writers (SQLite's
-    # BEGIN IMMEDIATE does; PostgreSQL's READ COMMITTED needs the lock), as ledger.reserve does.
-    await conn.execute(select(User.id).where(User.id == user_id).with_for_update())
+    """The user's unfinished jobs; the caller holds the user's lock (`ledger.lock_user`)."""
     count = await conn.execute(
         select(func.count())
         .select_from(_JOBS)

@@ -109,9 +109,7 @@ async def reserve(
     if daily_quota is None:
         split = {Pool.UNMETERED: credits}
     else:
-        # Serialise reservations per user where the database does not already (SQLite's
-        # BEGIN IMMEDIATE does; PostgreSQL's READ COMMITTED needs the row lock).
-        await conn.execute(select(User.id).where(User.id == user_id).with_for_update())
+        await lock_user(conn, user_id)
         left = await allowance(conn, user_id, daily_quota, today)
         if credits > left.total:
             raise QuotaExceeded(credits, left)
@@ -125,6 +123,15 @@ async def reserve(
             if n
         ],
     )
+
+
+async def lock_user(conn: AsyncConnection, user_id: int) -> None:
+    """Serialise a user's reservations where the database does not already (SQLite's BEGIN
+    IMMEDIATE does; PostgreSQL's READ COMMITTED needs the row lock). Take it before inserting
+    anything that points at the user: a foreign key's check holds a share lock on the row, and
+    two transactions that each hold one and then ask for the update lock deadlock. FOR NO KEY
+    UPDATE, since nothing changes the row's key: the share locks of other inserts pass."""
+    await conn.execute(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
 
 
 async def settle(conn: AsyncConnection, *, job_id: str, delivered: int) -> None:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Date,
     DateTime,
     Float,
@@ -90,7 +91,8 @@ class Job(Base):
     webhook_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     provider_id: Mapped[str | None] = mapped_column(String(64))
     provider_outputs: Mapped[list[str] | None] = mapped_column(JSON)
-    seed: Mapped[int | None] = mapped_column(Integer)
+    # Seeds go up to 2**32 - 1: a BIGINT on PostgreSQL (SQLite's INTEGER holds 64 bits already).
+    seed: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
     eta_at: Mapped[datetime | None] = mapped_column()
     error: Mapped[str | None] = mapped_column(Text)
     generation_time: Mapped[float | None] = mapped_column(Float)

@@ -1,9 +1,17 @@
-"""Shared fixtures: a real simulator over HTTP, the wired service on a SQLite file, and the
-ledger invariant, checked after every test that touched a database."""
+"""Shared fixtures: a real simulator over HTTP, the wired service on a real database, and the
+ledger invariant, checked after every test that touched a database.
+
+Every test that takes `database_url` (directly, or through `db` or `make_app`) runs twice: on a
+SQLite file and on a real PostgreSQL server. That server is `TEST_POSTGRES_URL`'s, or else a
+throw-away cluster this session starts from Debian's package (`tests/postgres.py`); a test that
+cannot reach it fails.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -22,6 +30,9 @@ from bot.rehost import RetryPolicy
 from storage.database import Database
 from storage.ledger import violations
 from storage.migrate import upgrade
+from tests.databases import KINDS, PostgresDatabases, sqlite_url
+from tests.postgres import ENV as POSTGRES_ENV
+from tests.postgres import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_SELFIE = ROOT / "examples" / "astronaut.jpg"
@@ -34,6 +45,8 @@ FAST = EngineTimings(
 )
 
 _databases: list[str] = []
+# Databases to drop once the test is over, after the ledger check has read them.
+_throwaway: list[tuple[PostgresDatabases, str]] = []
 
 # Machines here are shared and noisy: property tests check behaviour, never timing.
 settings.register_profile(
@@ -74,27 +87,76 @@ def register_database(url: str) -> None:
 async def ledger_invariant() -> AsyncIterator[None]:
     _databases.clear()
     yield
-    for url in _databases:
-        db = Database(url)
-        try:
-            async with db.read() as connection:
-                problems = await violations(connection)
-        finally:
-            await db.dispose()
-        assert problems == [], f"ledger invariant broken in {url}: {problems}"
+    try:
+        for url in _databases:
+            db = Database(url)
+            try:
+                async with db.read() as connection:
+                    problems = await violations(connection)
+            finally:
+                await db.dispose()
+            assert problems == [], f"ledger invariant broken in {url}: {problems}"
+    finally:
+        while _throwaway:
+            server, url = _throwaway.pop()
+            server.drop(url)
 
 
-def db_file(tmp_path: Path) -> Path:
-    return tmp_path / "test.db"
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresDatabases]:
+    """The session's PostgreSQL server, as a maker of databases."""
+    url = os.environ.get(POSTGRES_ENV)
+    with contextlib.ExitStack() as stack:
+        if not url:
+            url = stack.enter_context(running_server())
+        databases = PostgresDatabases(url)
+        databases.make_template()
+        yield databases
+
+
+@pytest.fixture(params=KINDS)
+def database_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    """A migrated SQLite file whose ledger is checked after the test."""
-    url = f"sqlite+aiosqlite:///{db_file(tmp_path)}"
-    await upgrade(url)
+def empty_database_url(
+    database_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A database with nothing in it yet (not migrated), of this test's kind."""
+    if database_kind == "sqlite":
+        (tmp_path / "data").mkdir(exist_ok=True)
+        yield sqlite_url(tmp_path / "data" / "headshot.db")
+        return
+    postgres: PostgresDatabases = request.getfixturevalue("postgres")
+    url = postgres.empty()
+    _throwaway.append((postgres, url))
+    yield url
+
+
+@pytest.fixture
+async def database_url(
+    database_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[str]:
+    """A migrated database of this test's kind, whose ledger is checked after the test."""
+    if database_kind == "sqlite":
+        (tmp_path / "data").mkdir(exist_ok=True)
+        url = sqlite_url(tmp_path / "data" / "headshot.db")
+        await upgrade(url)
+        register_database(url)
+        yield url
+        return
+    postgres: PostgresDatabases = request.getfixturevalue("postgres")
+    url = postgres.migrated()
+    _throwaway.append((postgres, url))
     register_database(url)
-    database = Database(url)
+    yield url
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """The migrated database of this test's kind, opened."""
+    database = Database(database_url)
     yield database
     await database.dispose()
 
@@ -111,7 +173,9 @@ AppFactory = Callable[..., Awaitable[HeadshotApp]]
 
 
 @pytest.fixture
-async def make_app(tmp_path: Path, simulator: Simulator) -> AsyncIterator[AppFactory]:
+async def make_app(
+    tmp_path: Path, simulator: Simulator, database_url: str
+) -> AsyncIterator[AppFactory]:
     """Start the whole service against the simulator; every app started is stopped after."""
     async with AsyncExitStack() as stack:
 
@@ -125,7 +189,7 @@ async def make_app(tmp_path: Path, simulator: Simulator) -> AsyncIterator[AppFac
             data_dir = tmp_path / "data"
             values: dict[str, Any] = {
                 "data_dir": data_dir,
-                "database_url": f"sqlite+aiosqlite:///{data_dir / 'headshot.db'}",
+                "database_url": database_url,
                 "modelslab_base_url": simulator.base_url,
                 "modelslab_api_key": TEST_KEY,
                 "web_port": 0,
@@ -136,7 +200,6 @@ async def make_app(tmp_path: Path, simulator: Simulator) -> AsyncIterator[AppFac
             overrides = Overrides(timings=timings, local_webhooks=local_webhooks, fetcher=fetcher)
             app = HeadshotApp(load_settings(**values), overrides)
             await stack.enter_async_context(app)
-            register_database(values["database_url"])
             return app
 
         yield factory

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import EXAMPLE_SELFIE, make_image, register_database
+from bot.config import ConfigError, load_settings
+from tests.conftest import EXAMPLE_SELFIE, make_image
 
 
 def headshot_bot(
@@ -28,9 +29,17 @@ def headshot_bot(
     )
 
 
-def test_generate_demo_writes_the_rehosted_image(tmp_path: Path) -> None:
+def test_generate_demo_writes_the_rehosted_image(tmp_path: Path, database_url: str) -> None:
     result = headshot_bot(
-        "generate", str(EXAMPLE_SELFIE), "--demo", "--seed", "7", "--out", "shots", cwd=tmp_path
+        "generate",
+        str(EXAMPLE_SELFIE),
+        "--demo",
+        "--seed",
+        "7",
+        "--out",
+        "shots",
+        cwd=tmp_path,
+        env={"DATABASE_URL": database_url},
     )
     assert result.returncode == 0, result.stderr
     (line,) = result.stdout.splitlines()
@@ -41,7 +50,6 @@ def test_generate_demo_writes_the_rehosted_image(tmp_path: Path) -> None:
         assert image.format == "JPEG" and image.width > 0
     assert "Generating your image" in result.stderr
     assert "Done: 1 image · seed 7 · job " in result.stderr
-    register_database(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'headshot.db'}")
 
 
 @pytest.mark.parametrize(
@@ -81,3 +89,22 @@ def test_migrate_creates_the_database(tmp_path: Path) -> None:
     result = headshot_bot("migrate", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data" / "headshot.db").is_file()
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "postgresql+psycopg://u:p@db/headshot",
+        "postgresql+asyncpg://u:p@db/headshot",
+        "postgresql://u:p@db/headshot",
+        "postgres://u:p@db/headshot",
+    ],
+)
+def test_every_postgresql_url_goes_through_psycopg(given: str) -> None:
+    settings = load_settings(database_url=given)
+    assert settings.effective_database_url == "postgresql+psycopg://u:p@db/headshot"
+
+
+def test_psycopg2_urls_are_refused_with_what_to_write() -> None:
+    with pytest.raises(ConfigError, match="DATABASE_URL: use postgresql\\+psycopg://"):
+        load_settings(database_url="postgresql+psycopg2://u:p@db/headshot")

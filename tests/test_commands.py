@@ -18,6 +18,7 @@ from bot.events import Completed, Queued, Started
 from bot.fetch import SafeFetcher, is_public_address
 from tests.chat import TestChat
 from tests.conftest import FAST, AppFactory, make_image
+from tests.databases import all_rows
 
 MOD = {"community": "guild-1", "moderator": True}
 MEMBER = {"community": "guild-1"}
@@ -338,18 +339,8 @@ async def _store_keys_of(app: HeadshotApp, user: str) -> set[str]:
 
 async def _dump_database(app: HeadshotApp) -> str:
     """Every value of every row of every table, as text."""
-    from sqlalchemy import text
-
-    async with app.db.read() as conn:
-        tables = [
-            row[0]
-            for row in await conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))
-        ]
-        chunks = []
-        for table in tables:
-            for row in await conn.execute(text(f'SELECT * FROM "{table}"')):
-                chunks.append(" ".join(map(str, row)))
-    return "\n".join(chunks)
+    rows = await asyncio.to_thread(all_rows, app.db.url)
+    return "\n".join(" ".join(map(str, row.values())) for table in rows.values() for row in table)
 
 
 async def test_forget_waits_for_jobs_in_progress(

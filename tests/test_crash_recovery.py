@@ -6,25 +6,21 @@ import asyncio
 import os
 import signal
 import socket
-import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from backends.modelslab.simulator import Simulator
 from tests.conftest import EXAMPLE_SELFIE, TEST_KEY, register_database
+from tests.databases import query
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _query(db: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql).fetchall()
 
 
 async def _wait_for(predicate, within: float = 20.0) -> None:  # type: ignore[no-untyped-def]
@@ -34,27 +30,25 @@ async def _wait_for(predicate, within: float = 20.0) -> None:  # type: ignore[no
         await asyncio.sleep(0.05)
 
 
-def _state(db: Path) -> str | None:
-    if not db.exists():
-        return None
+def _state(db: str) -> str | None:
     try:
-        rows = _query(db, "SELECT state FROM jobs")
-    except sqlite3.OperationalError:
+        rows = query(db, "SELECT state FROM jobs")
+    except (OperationalError, ProgrammingError):
         return None  # not migrated yet
     return str(rows[0][0]) if rows else None
 
 
 @pytest.mark.parametrize("kill_when", ["submitted", "processing"])
 async def test_killed_mid_job_then_restarted_finishes_the_job(
-    tmp_path: Path, simulator: Simulator, kill_when: str
+    tmp_path: Path, simulator: Simulator, kill_when: str, empty_database_url: str
 ) -> None:
     data_dir = tmp_path / "data"
-    db = data_dir / "headshot.db"
+    db = empty_database_url
     port = _free_port()
     env = {
         **os.environ,
         "DATA_DIR": str(data_dir),
-        "DATABASE_URL": f"sqlite+aiosqlite:///{db}",
+        "DATABASE_URL": db,
         "MODELSLAB_BASE_URL": simulator.base_url,
         "MODELSLAB_API_KEY": TEST_KEY,
         "WEB_PORT": str(port),
@@ -62,7 +56,7 @@ async def test_killed_mid_job_then_restarted_finishes_the_job(
         "LOG_LEVEL": "INFO",
         "SELFIE_RETENTION_SECONDS": "0",  # no re-roll window: the selfie goes with the job
     }
-    register_database(env["DATABASE_URL"])
+    register_database(db)
     simulator.config.processing_seconds = 2.0
     if kill_when == "submitted":
         simulator.config.delay_seconds = 2.0  # the submit call is in flight when we kill
@@ -83,7 +77,7 @@ async def test_killed_mid_job_then_restarted_finishes_the_job(
     generate.send_signal(signal.SIGKILL)
     assert await generate.wait() == -signal.SIGKILL
     assert _state(db) == kill_when
-    assert _query(db, "SELECT kind, amount FROM credit_ledger") == [("reserve", 1)]
+    assert query(db, "SELECT kind, amount FROM credit_ledger") == [("reserve", 1)]
 
     simulator.config.delay_seconds = 0.0
     service = await asyncio.create_subprocess_exec(
@@ -102,9 +96,9 @@ async def test_killed_mid_job_then_restarted_finishes_the_job(
         _, stderr = await service.communicate()
     assert service.returncode == 0, stderr.decode()
     assert _state(db) == "succeeded"
-    ledger = sorted(_query(db, "SELECT kind, pool, amount FROM credit_ledger"))
+    ledger = sorted(query(db, "SELECT kind, pool, amount FROM credit_ledger"))
     assert ledger == [("commit", "unmetered", 1), ("reserve", "unmetered", 1)]
-    (content_key,) = _query(db, "SELECT content_key FROM outputs")[0]
+    (content_key,) = query(db, "SELECT content_key FROM outputs")[0]
     assert (data_dir / "images" / str(content_key)).is_file()
     assert not list((data_dir / "images").glob("inputs/*")), "the selfie outlived its job"
     if kill_when == "processing":

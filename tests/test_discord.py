@@ -24,7 +24,8 @@ from backends.modelslab.simulator import Simulator
 from bot.app import HeadshotApp, Overrides
 from bot.config import load_settings
 from bot.logs import setup_logging
-from tests.conftest import FAST, TEST_KEY, make_image, register_database
+from tests.conftest import FAST, TEST_KEY, make_image
+from tests.databases import stored_bytes
 from tests.fake_discord import FakeDiscord, Interaction, Message
 
 GUILD = 1_180_000_000_000_000_001
@@ -37,8 +38,11 @@ EDIT_INTERVAL = 0.05
 class World:
     """Fake Discord, simulator, the service and its Discord adapter; restartable."""
 
-    def __init__(self, tmp_path: Path, fake: FakeDiscord, simulator: Simulator) -> None:
+    def __init__(
+        self, tmp_path: Path, fake: FakeDiscord, simulator: Simulator, database_url: str
+    ) -> None:
         self.tmp_path = tmp_path
+        self.database_url = database_url
         self.fake = fake
         self.simulator = simulator
         self.app: HeadshotApp | None = None
@@ -50,7 +54,7 @@ class World:
         data_dir = self.tmp_path / "data"
         values: dict[str, Any] = {
             "data_dir": data_dir,
-            "database_url": f"sqlite+aiosqlite:///{data_dir / 'headshot.db'}",
+            "database_url": self.database_url,
             "modelslab_base_url": self.simulator.base_url,
             "modelslab_api_key": TEST_KEY,
             "web_port": 0,
@@ -61,7 +65,6 @@ class World:
             "discord_gateway_url": self.fake.gateway_url,
             **self.settings,
         }
-        register_database(values["database_url"])
         self.app = HeadshotApp(
             load_settings(**values), Overrides(timings=FAST, local_webhooks=True)
         )
@@ -118,8 +121,10 @@ async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
 
 
 @pytest.fixture
-async def world(tmp_path: Path, fake: FakeDiscord, simulator: Simulator) -> AsyncIterator[World]:
-    w = World(tmp_path, fake, simulator)
+async def world(
+    tmp_path: Path, fake: FakeDiscord, simulator: Simulator, database_url: str
+) -> AsyncIterator[World]:
+    w = World(tmp_path, fake, simulator, database_url)
     yield w
     await w.stop()
 
@@ -618,23 +623,20 @@ async def _token_free_run(world: World, tmp_path: Path, caplog: pytest.LogCaptur
     world.simulator.config.processing_seconds = 0.3
     interaction = await world.headshot()
     await result_of(world.fake, interaction)
-    database = (tmp_path / "data" / "headshot.db").read_bytes()
-    for suffix in ("-wal", "-shm"):
-        extra = tmp_path / "data" / f"headshot.db{suffix}"
-        database += extra.read_bytes() if extra.exists() else b""
+    database = stored_bytes(world.database_url)
     assert interaction.token.encode() not in database
     assert interaction.token not in caplog.text
     assert world.fake.token not in caplog.text
 
 
 async def test_discords_recommended_shard_count_is_used_when_none_is_set(
-    tmp_path: Path, simulator: Simulator, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, simulator: Simulator, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
     monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
     gateway = discord.gateway.DiscordWebSocket
     monkeypatch.setattr(gateway, "DEFAULT_GATEWAY", gateway.DEFAULT_GATEWAY)
     async with FakeDiscord(recommended_shards=2) as fake:
-        world = World(tmp_path, fake, simulator)
+        world = World(tmp_path, fake, simulator, database_url)
         try:
             await world.start()
             assert sorted(session.shard_id for session in fake.sessions) == [0, 1]
@@ -658,11 +660,14 @@ async def test_sharded_gateway_routes_each_server_to_its_shard(world: World) -> 
 # ---- the launcher ------------------------------------------------------------------------------
 
 
-async def run_service(fake: FakeDiscord, tmp_path: Path, token: str) -> asyncio.subprocess.Process:
+async def run_service(
+    fake: FakeDiscord, tmp_path: Path, token: str, database_url: str
+) -> asyncio.subprocess.Process:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSLAB_", "DISCORD_"))}
     env = {
         **clean,
         "DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": database_url,
         "WEB_PORT": "0",
         "DISCORD_TOKEN": token,
         "DISCORD_API_BASE": fake.api_base,
@@ -682,9 +687,9 @@ async def run_service(fake: FakeDiscord, tmp_path: Path, token: str) -> asyncio.
 
 
 async def test_run_starts_the_discord_adapter_when_a_token_is_set(
-    fake: FakeDiscord, tmp_path: Path
+    fake: FakeDiscord, tmp_path: Path, database_url: str
 ) -> None:
-    process = await run_service(fake, tmp_path, fake.token)
+    process = await run_service(fake, tmp_path, fake.token, database_url)
     try:
         await fake.wait_ready(timeout=30)
         await fake.wait_for(lambda: bool(fake.commands), timeout=30)
@@ -700,13 +705,12 @@ async def test_run_starts_the_discord_adapter_when_a_token_is_set(
         _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, stderr.decode()
     assert fake.token not in stderr.decode()
-    register_database(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'headshot.db'}")
 
 
 async def test_run_with_a_refused_token_stops_with_one_line(
-    fake: FakeDiscord, tmp_path: Path
+    fake: FakeDiscord, tmp_path: Path, database_url: str
 ) -> None:
-    process = await run_service(fake, tmp_path, "not-the-token")
+    process = await run_service(fake, tmp_path, "not-the-token", database_url)
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 2
     assert stderr.decode().strip().splitlines()[-1] == (

@@ -21,6 +21,7 @@ from bot.generation import GenerationRequest, RequestRefused
 from bot.rehost import RetryPolicy
 from storage.records import JobRecord, JobState
 from tests.conftest import TEST_KEY, AppFactory, make_image
+from tests.databases import stored_bytes
 
 OPTIONS: dict[str, dict[str, Any]] = {
     "headshot": {"prompt": "corporate headshot", "width": 384, "height": 512},
@@ -303,6 +304,7 @@ async def test_the_api_key_never_reaches_logs_or_the_database(
     selfie: bytes,
     caplog: pytest.LogCaptureFixture,
     tmp_path: Path,
+    database_url: str,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     simulator.config.processing_seconds = 0.1
@@ -319,6 +321,7 @@ async def test_the_api_key_never_reaches_logs_or_the_database(
     for path in (tmp_path / "data").rglob("*"):
         if path.is_file():
             assert TEST_KEY.encode() not in path.read_bytes(), path
+    assert TEST_KEY.encode() not in stored_bytes(database_url)
 
 
 async def test_a_restarted_service_finishes_what_the_last_one_started(

@@ -1,11 +1,11 @@
-"""Storage on a real SQLite file: migrations, reservations under concurrency, settlement."""
+"""Storage on a real SQLite file and a real PostgreSQL: migrations, reservations under
+concurrency, settlement."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+import dataclasses
 from datetime import date
-from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import IntegrityError
@@ -16,6 +16,7 @@ from storage.jobs import JobRepository, NewJob
 from storage.ledger import QuotaExceeded, violations
 from storage.migrate import downgrade, upgrade
 from storage.records import JobState, OutputRecord
+from tests.databases import query, tables
 
 TODAY = date(2026, 11, 21)
 
@@ -34,15 +35,8 @@ def _job(job_id: str, user_id: int, credits: int = 1) -> NewJob:
     )
 
 
-def _tables(path: Path) -> set[str]:
-    with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
-    return {name for (name,) in rows} - {"alembic_version"}
-
-
-async def test_migrations_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
-    path = tmp_path / "m.db"
-    url = f"sqlite+aiosqlite:///{path}"
+async def test_migrations_upgrade_downgrade_upgrade(empty_database_url: str) -> None:
+    url = empty_database_url
     expected = {
         "users",
         "communities",
@@ -56,18 +50,31 @@ async def test_migrations_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
         "deliveries",
     }
     await upgrade(url)
-    assert _tables(path) == expected
+    assert tables(url) == expected
     await downgrade(url, "base")
-    assert _tables(path) == set()
+    assert tables(url) == set()
     await upgrade(url)
-    assert _tables(path) == expected
+    assert tables(url) == expected
 
 
-async def test_database_uses_wal_and_refuses_memory(db: Database, tmp_path: Path) -> None:
-    with sqlite3.connect(tmp_path / "test.db") as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+async def test_sqlite_uses_wal_and_refuses_memory(database_url: str, db: Database) -> None:
+    if db.is_sqlite:
+        async with db.read():
+            pass  # the first connection sets the journal mode
+        assert query(database_url, "PRAGMA journal_mode") == [("wal",)]
     with pytest.raises(ValueError, match="in-memory"):
         Database("sqlite+aiosqlite:///:memory:")
+
+
+async def test_seeds_up_to_two_to_the_32_are_stored(db: Database) -> None:
+    """Seeds are 32-bit unsigned: PostgreSQL's INTEGER refused every one above 2**31 - 1."""
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    for job_id, seed in (("low", 0), ("mid", 2**31), ("top", 2**32 - 1)):
+        job = dataclasses.replace(_job(job_id, user.id), seed=seed)
+        await jobs.create(job, daily_quota=5, today=TODAY)
+        stored = await jobs.get(job_id)
+        assert stored is not None and stored.seed == seed
 
 
 @pytest.mark.parametrize(("requests", "balance"), [(20, 5), (12, 0), (8, 8)])

@@ -1,10 +1,8 @@
-"""Deliveries still owed to a chat, on a real SQLite file: noted with the job in the
-transaction that creates it, read back by platform in order, cleared; gone with the job when
-the user deletes it."""
+"""Deliveries still owed to a chat, on a real SQLite file and a real PostgreSQL: noted with the
+job in the transaction that creates it, read back by platform in order, cleared; gone with the
+job when the user deletes it."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
@@ -12,13 +10,7 @@ from storage.database import Database
 from storage.deliveries import DeliveryRepository
 from storage.ledger import QuotaExceeded
 from storage.records import PendingDelivery
-from tests.conftest import db_file
 from tests.test_storage_history import QUOTA, World
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return db_file(tmp_path)
 
 
 async def test_pending_deliveries_by_platform_in_order_until_done(db: Database) -> None:

@@ -1,13 +1,11 @@
-"""A user's history on a real SQLite file: paging, short ids, deleting a job, forgetting a
-user (every row that names them, and nothing of anyone else's)."""
+"""A user's history on a real SQLite file and a real PostgreSQL: paging, short ids, deleting a
+job, forgetting a user (every row that names them, and nothing of anyone else's)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,17 +21,12 @@ from storage.ledger import violations
 from storage.pseudonyms import Pseudonyms
 from storage.records import AuditNote, ForgetReport, JobState, OutputRecord, UserRecord
 from storage.settings import SettingsRepository
-from tests.conftest import db_file
+from tests.databases import all_rows, query
 
 TODAY = date(2026, 11, 21)
 YESTERDAY = TODAY - timedelta(days=1)
 QUOTA = 10
 PSEUDONYMS = Pseudonyms(b"a server secret of 32 bytes ....")
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return db_file(tmp_path)
 
 
 class World:
@@ -101,11 +94,6 @@ class World:
         return (await self.accounts.allowance(user.id, daily_quota=QUOTA, today=today)).daily_left
 
 
-def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql).fetchall()
-
-
 def _hex(prefix: str, n: int = 0) -> str:
     return (prefix + f"{n:x}").ljust(32, "0")
 
@@ -161,7 +149,9 @@ async def test_active_lists_unfinished_jobs_oldest_first(db: Database) -> None:
     assert [j.id for j in await world.history.active(me.id)] == [first, second]
 
 
-async def test_delete_keeps_ledger_and_returns_unshared_keys(db: Database, path: Path) -> None:
+async def test_delete_keeps_ledger_and_returns_unshared_keys(
+    db: Database, database_url: str
+) -> None:
     world = World(db)
     me = await world.accounts.user("test", "me")
     other = await world.accounts.user("test", "other")
@@ -169,7 +159,7 @@ async def test_delete_keeps_ledger_and_returns_unshared_keys(db: Database, path:
     await world.job("theirs", other, outputs=("shared.jpg",))
     running = await world.job("running", me, end=None)
     before = await world.accounts.allowance(me.id, daily_quota=QUOTA, today=TODAY)
-    ledger_before = _rows(path, "SELECT * FROM credit_ledger WHERE job_id = 'mine'")
+    ledger_before = query(database_url, "SELECT * FROM credit_ledger WHERE job_id = 'mine'")
 
     assert await world.history.delete(running) is None  # unfinished: untouched
     assert await world.history.delete("nope") is None
@@ -190,7 +180,7 @@ async def test_delete_keeps_ledger_and_returns_unshared_keys(db: Database, path:
     assert await world.jobs.outputs(job) == []
     assert len(await world.jobs.outputs("theirs")) == 1
     # Deleting never gives credits back: the ledger still counts the job.
-    assert _rows(path, "SELECT * FROM credit_ledger WHERE job_id = 'mine'") == ledger_before
+    assert query(database_url, "SELECT * FROM credit_ledger WHERE job_id = 'mine'") == ledger_before
     after = await world.accounts.allowance(me.id, daily_quota=QUOTA, today=TODAY)
     assert after == before
 
@@ -203,7 +193,9 @@ async def test_delete_keeps_a_selfie_a_reroll_still_uses(db: Database) -> None:
     assert await world.history.delete(first) == ("a.jpg",)
 
 
-async def test_forget_removes_every_row_that_names_the_user(db: Database, path: Path) -> None:
+async def test_forget_removes_every_row_that_names_the_user(
+    db: Database, database_url: str
+) -> None:
     world = World(db)
     settings, bans, audit = SettingsRepository(db), BanRepository(db), AuditRepository(db)
     gone = await world.accounts.user("discord", "forgetme-7731")
@@ -252,7 +244,7 @@ async def test_forget_removes_every_row_that_names_the_user(db: Database, path: 
     await audit.record(AuditNote(actor="operator", action="note", details={"about": name}))
     deliveries = DeliveryRepository(db)
     kept_before = {
-        table: _rows(path, f"SELECT * FROM {table} WHERE {column} = {kept.id}")
+        table: query(database_url, f"SELECT * FROM {table} WHERE {column} = {kept.id}")
         for table, column in (("jobs", "user_id"), ("credit_ledger", "user_id"))
     }
 
@@ -264,22 +256,19 @@ async def test_forget_removes_every_row_that_names_the_user(db: Database, path: 
     assert report.store_keys == ("gone-only.jpg", "inputs/g-ok.jpg")
     assert await world.accounts.find_user("discord", "forgetme-7731") is None
     # Every table, every column: no user id of theirs, no trace of their platform id.
-    with sqlite3.connect(path) as conn:
-        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            columns = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
-            for row in conn.execute(f"SELECT * FROM {table}"):
-                values = dict(zip(columns, row, strict=True))
-                if "user_id" in values:
-                    assert values["user_id"] != gone.id, (table, values)
-                if table == "users":
-                    assert values["id"] != gone.id
-                for column, value in values.items():
-                    assert "forgetme-7731" not in json.dumps(value, default=str), (table, column)
+    for table, rows in all_rows(database_url).items():
+        for values in rows:
+            if "user_id" in values:
+                assert values["user_id"] != gone.id, (table, values)
+            if table == "users":
+                assert values["id"] != gone.id
+            for column, value in values.items():
+                assert "forgetme-7731" not in json.dumps(value, default=str), (table, column)
     # Everyone else's rows are intact, and so is the ban of the forgotten user.
     for table, column in (("jobs", "user_id"), ("credit_ledger", "user_id")):
         assert (
-            _rows(path, f"SELECT * FROM {table} WHERE {column} = {kept.id}") == kept_before[table]
+            query(database_url, f"SELECT * FROM {table} WHERE {column} = {kept.id}")
+            == kept_before[table]
         )
     assert len(await world.jobs.outputs("k-ok")) == 2
     assert [d.job_id for d in await deliveries.pending("discord")] == ["k-ok"]
@@ -311,13 +300,11 @@ async def test_forget_refuses_a_mismatched_name(db: Database) -> None:
     assert await world.accounts.find_user("discord", "me") == me
 
 
-def _counts(path: Path) -> dict[str, int]:
-    with sqlite3.connect(path) as conn:
-        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+def _counts(database_url: str) -> dict[str, int]:
+    return {table: len(rows) for table, rows in all_rows(database_url).items()}
 
 
-async def test_forget_and_return_keeps_todays_use(db: Database, path: Path) -> None:
+async def test_forget_and_return_keeps_todays_use(db: Database, database_url: str) -> None:
     world = World(db)
     me = await world.accounts.user("telegram", "5550001234")
     other = await world.accounts.user("telegram", "5550001235")
@@ -331,13 +318,12 @@ async def test_forget_and_return_keeps_todays_use(db: Database, path: Path) -> N
     other_before = await world.daily_left(other)
 
     await world.forget(me)
-    assert _rows(path, "SELECT subject, day, credits FROM forgotten_usage") == [
+    assert query(database_url, "SELECT subject, day, credits FROM forgotten_usage") == [
         (PSEUDONYMS.subject("telegram", "5550001234"), TODAY.isoformat(), 2)
     ]
     # The kept row names nobody in clear.
-    with sqlite3.connect(path) as conn:
-        for row in conn.execute("SELECT * FROM forgotten_usage"):
-            assert all("5550001234" not in str(value) for value in row)
+    for row in query(database_url, "SELECT * FROM forgotten_usage"):
+        assert all("5550001234" not in str(value) for value in row)
 
     # Returning the same day (several requests at once): the use is back, once; grants are not.
     again = await asyncio.gather(*(world.accounts.user("telegram", "5550001234") for _ in range(5)))
@@ -347,7 +333,7 @@ async def test_forget_and_return_keeps_todays_use(db: Database, path: Path) -> N
     assert await world.daily_left(back) == before
     assert (await world.accounts.allowance(back.id, daily_quota=QUOTA, today=TODAY)).granted == 0
     assert await world.daily_left(back, today=TODAY + timedelta(days=1)) == QUOTA
-    assert _rows(path, "SELECT count(*) FROM forgotten_usage") == [(0,)]
+    assert query(database_url, "SELECT count(*) FROM forgotten_usage") == [(0,)]
     # Nobody else is touched: the neighbour, the same digits on another platform, a newcomer.
     assert await world.daily_left(other) == other_before
     for platform, platform_user_id in (("discord", "5550001234"), ("telegram", "5550009999")):
@@ -363,7 +349,7 @@ async def test_forget_and_return_keeps_todays_use(db: Database, path: Path) -> N
         assert await violations(conn) == []
 
 
-async def test_forget_refuses_while_a_job_is_unfinished(db: Database, path: Path) -> None:
+async def test_forget_refuses_while_a_job_is_unfinished(db: Database, database_url: str) -> None:
     world = World(db)
     me = await world.accounts.user("telegram", "5550001234")
     await world.job("done", me)
@@ -374,42 +360,50 @@ async def test_forget_refuses_while_a_job_is_unfinished(db: Database, path: Path
             "INSERT INTO forgotten_usage (subject, day, credits, created_at) "
             f"VALUES ('{'0' * 64}', '{YESTERDAY.isoformat()}', 1, '2026-11-20 10:00:00')"
         )
-    counts = _counts(path)
-    ledger_before = _rows(path, "SELECT * FROM credit_ledger ORDER BY id")
+    counts = _counts(database_url)
+    ledger_before = query(database_url, "SELECT * FROM credit_ledger ORDER BY id")
 
     with pytest.raises(UserBusy) as refused:
         await world.forget(me)
     assert refused.value.active == 1
-    assert _counts(path) == counts
+    assert _counts(database_url) == counts
     assert counts["jobs"] == 2 and counts["forgotten_usage"] == 1
-    assert _rows(path, "SELECT * FROM credit_ledger ORDER BY id") == ledger_before
+    assert query(database_url, "SELECT * FROM credit_ledger ORDER BY id") == ledger_before
     assert await world.accounts.find_user("telegram", "5550001234") == me
 
     assert await world.jobs.fail(running, "boom")
     report = await world.forget(me)
     assert report.jobs == 2
-    assert _rows(path, "SELECT day, credits FROM forgotten_usage") == [(TODAY.isoformat(), 1)]
+    assert query(database_url, "SELECT day, credits FROM forgotten_usage") == [
+        (TODAY.isoformat(), 1)
+    ]
 
 
-async def test_forget_drops_earlier_days_and_never_writes_them(db: Database, path: Path) -> None:
+async def test_forget_drops_earlier_days_and_never_writes_them(
+    db: Database, database_url: str
+) -> None:
     world = World(db)
     early = await world.accounts.user("telegram", "111")
     await world.job("early", early, today=YESTERDAY)
     await world.forget(early, today=YESTERDAY)
-    assert _rows(path, "SELECT day, credits FROM forgotten_usage") == [(YESTERDAY.isoformat(), 1)]
+    assert query(database_url, "SELECT day, credits FROM forgotten_usage") == [
+        (YESTERDAY.isoformat(), 1)
+    ]
 
     # Someone else forgotten today: yesterday's row goes; their own use was all yesterday's.
     late = await world.accounts.user("telegram", "222")
     await world.job("late", late, today=YESTERDAY)
     await world.forget(late, today=TODAY)
-    assert _rows(path, "SELECT count(*) FROM forgotten_usage") == [(0,)]
+    assert query(database_url, "SELECT count(*) FROM forgotten_usage") == [(0,)]
 
     # Today's use only, never an earlier day's.
     busy = await world.accounts.user("telegram", "333")
     await world.job("busy-old", busy, today=YESTERDAY)
     await world.job("busy-new", busy, outputs=("x.jpg", "y.jpg"))
     await world.forget(busy)
-    assert _rows(path, "SELECT day, credits FROM forgotten_usage") == [(TODAY.isoformat(), 2)]
+    assert query(database_url, "SELECT day, credits FROM forgotten_usage") == [
+        (TODAY.isoformat(), 2)
+    ]
 
     returned = await world.accounts.user("telegram", "111")
     assert await world.daily_left(returned, today=YESTERDAY) == QUOTA
@@ -418,14 +412,16 @@ async def test_forget_drops_earlier_days_and_never_writes_them(db: Database, pat
         assert await violations(conn) == []
 
 
-async def test_accounts_without_pseudonyms_carry_nothing_over(db: Database, path: Path) -> None:
+async def test_accounts_without_pseudonyms_carry_nothing_over(
+    db: Database, database_url: str
+) -> None:
     world = World(db)
     me = await world.accounts.user("telegram", "5550001234")
     await world.job("ok", me)
     await world.forget(me)
     back = await AccountRepository(db).user("telegram", "5550001234")
     assert await world.daily_left(back) == QUOTA
-    assert _rows(path, "SELECT count(*) FROM forgotten_usage") == [(1,)]  # left for later
+    assert query(database_url, "SELECT count(*) FROM forgotten_usage") == [(1,)]  # left for later
 
 
 async def test_violations_check_carryover_entries(db: Database) -> None:

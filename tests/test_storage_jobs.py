@@ -1,12 +1,10 @@
-"""Jobs for the command layer, on a real SQLite file: the active-job limit, selfies kept for
-re-rolls, and a moderator's refund (with the ledger checker that guards it)."""
+"""Jobs for the command layer, on a real SQLite file and a real PostgreSQL: the active-job limit,
+selfies kept for re-rolls, and a moderator's refund (with the ledger checker that guards it)."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -16,6 +14,7 @@ from storage.database import Database
 from storage.jobs import JobRepository, NewJob, TooManyActive
 from storage.ledger import violations
 from storage.records import AuditNote, JobState, OutputRecord
+from tests.databases import query
 
 TODAY = date(2026, 11, 21)
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -47,9 +46,8 @@ async def _succeed(
     assert await jobs.succeed(job_id, outputs, generation_time=3.0, keep_inputs_until=keep)
 
 
-def _count(path: Path, sql: str) -> int:
-    with sqlite3.connect(path) as conn:
-        return int(conn.execute(sql).fetchone()[0])
+def _count(database_url: str, sql: str) -> int:
+    return int(query(database_url, sql)[0][0])
 
 
 async def test_new_job_keeps_style_and_prompt(db: Database) -> None:
@@ -64,7 +62,7 @@ async def test_new_job_keeps_style_and_prompt(db: Database) -> None:
 
 
 async def test_too_many_active_counts_unfinished_and_writes_nothing(
-    db: Database, tmp_path: Path
+    db: Database, database_url: str
 ) -> None:
     accounts, jobs = AccountRepository(db), JobRepository(db)
     user = await accounts.user("test", "u1")
@@ -75,7 +73,7 @@ async def test_too_many_active_counts_unfinished_and_writes_nothing(
         await jobs.create(_new("c", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
     assert refused.value.active == 2
     assert await jobs.get("c") is None
-    assert _count(tmp_path / "test.db", "SELECT count(*) FROM credit_ledger WHERE job_id='c'") == 0
+    assert _count(database_url, "SELECT count(*) FROM credit_ledger WHERE job_id='c'") == 0
     # Another user's jobs do not count against this one, nor do finished jobs.
     await jobs.create(_new("d", other.id), daily_quota=QUOTA, today=TODAY, max_active=1)
     await jobs.fail("a", "boom")
@@ -143,7 +141,7 @@ async def test_expired_inputs_leave_out_a_selfie_a_reroll_still_needs(db: Databa
     ]
 
 
-async def test_refund_once_for_a_success_only(db: Database, tmp_path: Path) -> None:
+async def test_refund_once_for_a_success_only(db: Database, database_url: str) -> None:
     accounts, jobs, audit = AccountRepository(db), JobRepository(db), AuditRepository(db)
     user = await accounts.user("test", "u1")
     note = AuditNote(actor="test:mod", action="refund", target="test:u1", details={"job": "ok"})
@@ -164,8 +162,7 @@ async def test_refund_once_for_a_success_only(db: Database, tmp_path: Path) -> N
     after = await accounts.allowance(user.id, daily_quota=2, today=TODAY)
     # Refunded as granted credits; today's use still counts (the job's entries stay).
     assert (after.daily_left, after.granted) == (before.daily_left, before.granted + 2)
-    path = tmp_path / "test.db"
-    assert _count(path, "SELECT count(*) FROM credit_ledger WHERE kind='refund'") == 1
+    assert _count(database_url, "SELECT count(*) FROM credit_ledger WHERE kind='refund'") == 1
     assert [e.action for e in await audit.recent(None)] == ["refund", "grant"]
     async with db.read() as conn:
         assert await violations(conn) == []

@@ -1,13 +1,13 @@
-"""Settings, bans, the audit log, statistics and account look-ups, on a real SQLite file."""
+"""Settings, bans, the audit log, statistics and account look-ups, on a real SQLite file and a
+real PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
@@ -15,29 +15,20 @@ from storage.bans import BanRepository
 from storage.database import Database
 from storage.history import HistoryRepository
 from storage.jobs import JobRepository, NewJob
+from storage.models import Job
 from storage.pseudonyms import Pseudonyms
 from storage.records import AuditNote, JobState, OutputRecord, SettingRecord, UserRecord
 from storage.settings import SettingsRepository
 from storage.stats import StatsRepository
-from tests.conftest import db_file
+from tests.databases import query
 
 TODAY = date(2026, 11, 21)
 QUOTA = 10
 PSEUDONYMS = Pseudonyms(bytes(range(32)))
 
 
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return db_file(tmp_path)
-
-
 def _note(action: str = "set", community_id: int | None = None) -> AuditNote:
     return AuditNote(actor="test:mod", action=action, community_id=community_id)
-
-
-def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql).fetchall()
 
 
 # --- settings -------------------------------------------------------------------------------
@@ -70,7 +61,7 @@ async def test_settings_apply_by_scope(db: Database) -> None:
     assert scopes_of(await settings.for_context(user_id=None, community_id=None)) == {(None, None)}
 
 
-async def test_setting_a_scope_twice_leaves_one_row(db: Database, path: Path) -> None:
+async def test_setting_a_scope_twice_leaves_one_row(db: Database, database_url: str) -> None:
     accounts, settings, audit = AccountRepository(db), SettingsRepository(db), AuditRepository(db)
     me = await accounts.user("test", "me")
     here = await accounts.community("test", "here")
@@ -83,14 +74,16 @@ async def test_setting_a_scope_twice_leaves_one_row(db: Database, path: Path) ->
                 value=value,
                 audit=AuditNote(actor="test:mod", action="set", details={"v": value}),
             )
-    assert _rows(path, "SELECT count(*) FROM scoped_settings") == [(4,)]
+    assert query(database_url, "SELECT count(*) FROM scoped_settings") == [(4,)]
     found = await settings.for_context(user_id=me.id, community_id=here)
     assert sorted(s.value for s in found) == [[1, 2]] * 4
     assert len(await audit.recent(None, limit=100)) == 16
-    assert {row[0] for row in _rows(path, "SELECT updated_by FROM scoped_settings")} == {"test:mod"}
+    assert {row[0] for row in query(database_url, "SELECT updated_by FROM scoped_settings")} == {
+        "test:mod"
+    }
     # A different key is a different row.
     await settings.set(community_id=None, user_id=None, key="other", value=1, audit=_note())
-    assert _rows(path, "SELECT count(*) FROM scoped_settings") == [(5,)]
+    assert query(database_url, "SELECT count(*) FROM scoped_settings") == [(5,)]
 
 
 async def test_unset_removes_exactly_one_scope(db: Database) -> None:
@@ -111,7 +104,7 @@ async def test_unset_removes_exactly_one_scope(db: Database) -> None:
     assert len(await audit.recent(None, limit=100)) == logged + 1  # only the real unset
 
 
-async def test_update_list_adds_and_removes_atomically(db: Database, path: Path) -> None:
+async def test_update_list_adds_and_removes_atomically(db: Database, database_url: str) -> None:
     accounts, settings, audit = AccountRepository(db), SettingsRepository(db), AuditRepository(db)
     here = await accounts.community("test", "here")
     words = [f"word{n:02d}" for n in range(20)]
@@ -130,7 +123,7 @@ async def test_update_list_adds_and_removes_atomically(db: Database, path: Path)
     assert (found.community_id, found.user_id, found.key) == (here, None, "blocked")
     assert sorted(found.value) == words
     assert len(await audit.recent(here, limit=100)) == 20
-    assert _rows(path, "SELECT count(*) FROM scoped_settings") == [(1,)]
+    assert query(database_url, "SELECT count(*) FROM scoped_settings") == [(1,)]
 
     # Adding a word already there, or removing one that is not, changes and logs nothing.
     assert not await add("word07")
@@ -256,12 +249,12 @@ async def test_grant_names_the_user_by_platform_id(db: Database) -> None:
         await accounts.grant(me.id + 100, 1, actor="operator", note=None)
 
 
-async def test_find_user_and_community_never_create(db: Database, path: Path) -> None:
+async def test_find_user_and_community_never_create(db: Database, database_url: str) -> None:
     accounts = AccountRepository(db)
     assert await accounts.find_user("test", "ghost") is None
     assert await accounts.find_community("test", "nowhere") is None
-    assert _rows(path, "SELECT count(*) FROM users") == [(0,)]
-    assert _rows(path, "SELECT count(*) FROM communities") == [(0,)]
+    assert query(database_url, "SELECT count(*) FROM users") == [(0,)]
+    assert query(database_url, "SELECT count(*) FROM communities") == [(0,)]
     me = await accounts.user("test", "me")
     here = await accounts.community("test", "here")
     assert await accounts.find_user("test", "me") == me
@@ -289,7 +282,7 @@ class Dataset:
         images: int = 1,
         end: JobState | None = JobState.SUCCEEDED,
         seconds: float | None = None,
-        created: str | None = None,
+        created: datetime | None = None,
     ) -> None:
         new = NewJob(
             id=job_id,
@@ -314,11 +307,9 @@ class Dataset:
             await self.jobs.succeed(job_id, outputs, generation_time=seconds)
         elif end is not None:
             await self.jobs.fail(job_id, "boom", state=end)
-        if created is not None:  # the storage format of a UTC datetime on SQLite
+        if created is not None:
             async with self.db.write() as conn:
-                await conn.exec_driver_sql(
-                    "UPDATE jobs SET created_at = ? WHERE id = ?", (created, job_id)
-                )
+                await conn.execute(update(Job).where(Job.id == job_id).values(created_at=created))
 
 
 SINCE = datetime(2026, 11, 1, tzinfo=UTC)
@@ -331,7 +322,7 @@ async def _dataset(db: Database) -> tuple[int, int]:
     u3 = await data.accounts.user("test", "u3")
     c1 = await data.accounts.community("test", "c1")
     c2 = await data.accounts.community("test", "c2")
-    await data.job("c1-old", u1, c1, seconds=99.0, created="2026-10-01 00:00:00.000000")
+    await data.job("c1-old", u1, c1, seconds=99.0, created=datetime(2026, 10, 1, tzinfo=UTC))
     await data.job("c1-a", u1, c1, images=2, seconds=10.0)
     await data.job("c1-b", u1, c1, seconds=20.0)
     await data.job("c1-fail", u2, c1, images=2, end=JobState.FAILED)

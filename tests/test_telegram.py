@@ -29,7 +29,8 @@ from bot.app import HeadshotApp, Overrides
 from bot.config import ConfigError, load_settings
 from bot.logs import setup_logging
 from bot.ui import ImageRef
-from tests.conftest import FAST, TEST_KEY, make_image, register_database
+from tests.conftest import FAST, TEST_KEY, make_image
+from tests.databases import stored_bytes
 from tests.fake_telegram import FakeTelegram
 
 GROUP = -1001234567890
@@ -50,8 +51,11 @@ def free_port() -> int:
 class World:
     """Fake Telegram, simulator, the service and its Telegram adapter; restartable."""
 
-    def __init__(self, tmp_path: Path, fake: FakeTelegram, simulator: Simulator) -> None:
+    def __init__(
+        self, tmp_path: Path, fake: FakeTelegram, simulator: Simulator, database_url: str
+    ) -> None:
         self.tmp_path = tmp_path
+        self.database_url = database_url
         self.fake = fake
         self.simulator = simulator
         self.app: HeadshotApp | None = None
@@ -63,7 +67,7 @@ class World:
         data_dir = self.tmp_path / "data"
         values: dict[str, Any] = {
             "data_dir": data_dir,
-            "database_url": f"sqlite+aiosqlite:///{data_dir / 'headshot.db'}",
+            "database_url": self.database_url,
             "modelslab_base_url": self.simulator.base_url,
             "modelslab_api_key": TEST_KEY,
             "web_port": 0,
@@ -73,7 +77,6 @@ class World:
             "telegram_api_base": self.fake.api_base,
             **self.settings,
         }
-        register_database(values["database_url"])
         self.app = HeadshotApp(
             load_settings(**values), Overrides(timings=FAST, local_webhooks=True)
         )
@@ -124,8 +127,10 @@ async def fake() -> AsyncIterator[FakeTelegram]:
 
 
 @pytest.fixture
-async def world(tmp_path: Path, fake: FakeTelegram, simulator: Simulator) -> AsyncIterator[World]:
-    w = World(tmp_path, fake, simulator)
+async def world(
+    tmp_path: Path, fake: FakeTelegram, simulator: Simulator, database_url: str
+) -> AsyncIterator[World]:
+    w = World(tmp_path, fake, simulator, database_url)
     yield w
     await w.stop()
 
@@ -747,9 +752,7 @@ async def test_the_token_reaches_no_log_and_no_database(
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
         telegram_log.setLevel(saved[2])
-    database = b"".join(
-        path.read_bytes() for path in (tmp_path / "data").glob("headshot.db*") if path.is_file()
-    )
+    database = stored_bytes(world.database_url)
     token = world.fake.token
     assert token.encode() not in database
     assert token not in caplog.text and token.split(":")[1] not in caplog.text
@@ -762,12 +765,13 @@ async def test_a_refused_token_is_one_clear_error(world: World) -> None:
 
 
 async def test_run_starts_the_telegram_adapter_when_a_token_is_set(
-    fake: FakeTelegram, tmp_path: Path
+    fake: FakeTelegram, tmp_path: Path, database_url: str
 ) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSLAB_", "TELEGRAM_"))}
     env = {
         **clean,
         "DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": database_url,
         "WEB_PORT": "0",
         "TELEGRAM_BOT_TOKEN": fake.token,
         "TELEGRAM_API_BASE": fake.api_base,
@@ -794,7 +798,6 @@ async def test_run_starts_the_telegram_adapter_when_a_token_is_set(
     assert process.returncode == 0, stderr.decode()
     assert "connected to Telegram" in stderr.decode()
     assert fake.token not in stderr.decode()
-    register_database(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'headshot.db'}")
 
 
 def test_progress_edits_share_a_budget_per_second() -> None:
