@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from bot.commands import CommandLayer
-from bot.events import JobEvent
+from bot.jobs.events import JobEvent
 
 log = logging.getLogger(__name__)
 

@@ -62,8 +62,8 @@ import psutil
 from bot.app import HeadshotApp, Overrides
 from bot.commands.context import Actor, CommandRequest
 from bot.config import Settings
-from bot.engine import EngineTimings
-from bot.events import Completed, JobEvent, Progress, Queued
+from bot.jobs.engine import EngineTimings
+from bot.jobs.events import Completed, JobEvent, Progress, Queued
 from bot.logs import setup_logging
 
 # `python bench/fairness.py` puts bench/ on sys.path, not the repository root, and `bench` is not

@@ -30,9 +30,9 @@ from PIL import Image
 
 from bot.app import HeadshotApp, Overrides
 from bot.config import Settings, load_settings
-from bot.engine import EngineTimings
-from bot.events import Completed
 from bot.generation import GenerationRequest
+from bot.jobs.engine import EngineTimings
+from bot.jobs.events import Completed
 
 
 def _free_port() -> int:

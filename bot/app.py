@@ -16,10 +16,10 @@ from bot.commands import CommandLayer
 from bot.commands.confirmations import Confirmations
 from bot.commands.context import Services
 from bot.config import ConfigError, Settings
-from bot.engine import EngineTimings, JobEngine
-from bot.event_bus import EventBus
 from bot.fetch import SafeFetcher
 from bot.generation import GenerationService
+from bot.jobs.engine import EngineTimings, JobEngine
+from bot.jobs.event_bus import EventBus
 from bot.web import ChatWebhooks, create_web_app
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository

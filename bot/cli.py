@@ -21,8 +21,8 @@ from backends.local.download import status as model_status
 from backends.params import Operation
 from bot.app import HeadshotApp, Overrides
 from bot.config import ConfigError, Settings, load_settings
-from bot.events import Completed, Failed
 from bot.generation import GenerationRequest, RequestRefused
+from bot.jobs.events import Completed, Failed
 from bot.logs import setup_logging
 from storage.imagestore import extension_for_content_type
 from storage.migrate import upgrade

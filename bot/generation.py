@@ -16,8 +16,8 @@ from typing import Any
 
 from backends.params import MAX_SEED, GenerationParams, ParameterError
 from bot import replies
-from bot.engine import INPUT_PREFIX, JobEngine, drop_inputs
 from bot.images import ImageRejected, sanitise_selfie
+from bot.jobs.engine import INPUT_PREFIX, JobEngine, drop_inputs
 from bot.tokens import new_job_id
 from storage.accounts import AccountRepository
 from storage.imagestore import ImageStore

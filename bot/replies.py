@@ -1,5 +1,6 @@
 """Every reply the command layer gives, with its wording written here: job events are worded
-in `bot/events.py`, and refusals of a mistyped option in `bot/commands/parse.py`, beside the checks.
+in `bot/jobs/events.py`, and refusals of a mistyped option in `bot/commands/parse.py`, beside
+the checks.
 
 A reply is plain data: the text, whether only the person who asked should see it, images to
 show, buttons to offer and, when a job was queued, its id (follow it with

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from bot.engine import JobEngine
+from bot.jobs.engine import JobEngine
 from bot.tokens import token_hash
 from storage.imagestore import ImageNotFound, ImageStore
 from storage.jobs import JobRepository

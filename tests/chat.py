@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from bot.app import HeadshotApp
 from bot.commands import Actor
-from bot.events import FINAL_EVENTS, JobEvent
+from bot.jobs.events import FINAL_EVENTS, JobEvent
 from bot.replies import Reply
 from bot.ui import Button
 

@@ -24,9 +24,9 @@ from PIL import Image
 from backends.modelslab.simulator import Simulator, SimulatorConfig
 from bot.app import HeadshotApp, Overrides
 from bot.config import load_settings
-from bot.engine import EngineTimings
 from bot.fetch import SafeFetcher
-from bot.rehost import RetryPolicy
+from bot.jobs.engine import EngineTimings
+from bot.jobs.rehost import RetryPolicy
 from storage.database import Database
 from storage.ledger import violations
 from storage.migrate import upgrade

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from backends.modelslab.simulator import Simulator
-from bot.events import Completed, Failed
+from bot.jobs.events import Completed, Failed
 from tests.chat import TestChat
 from tests.conftest import AppFactory
 from tests.test_commands import count_rows

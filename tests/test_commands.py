@@ -14,8 +14,8 @@ from aiohttp import web
 
 from backends.modelslab.simulator import Simulator
 from bot.app import HeadshotApp
-from bot.events import Completed, Queued, Started
 from bot.fetch import SafeFetcher, is_public_address
+from bot.jobs.events import Completed, Queued, Started
 from tests.chat import TestChat
 from tests.conftest import FAST, AppFactory, make_image
 from tests.databases import all_rows

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.dispatcher import Dispatcher
-from bot.fair_queue import FairQueue
+from bot.jobs.dispatcher import Dispatcher
+from bot.jobs.fair_queue import FairQueue
 
 
 async def settle() -> None:

@@ -15,10 +15,10 @@ import pytest
 
 from backends.modelslab.simulator import Simulator
 from bot.app import HeadshotApp
-from bot.engine import EngineTimings
-from bot.events import Completed, Failed, JobEvent, Queued, Started
 from bot.generation import GenerationRequest, RequestRefused
-from bot.rehost import RetryPolicy
+from bot.jobs.engine import EngineTimings
+from bot.jobs.events import Completed, Failed, JobEvent, Queued, Started
+from bot.jobs.rehost import RetryPolicy
 from storage.records import JobRecord, JobState
 from tests.conftest import TEST_KEY, AppFactory, make_image
 from tests.databases import stored_bytes

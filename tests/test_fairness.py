@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from backends.modelslab.simulator import Simulator
-from bot.events import Completed, Queued
+from bot.jobs.events import Completed, Queued
 from tests.chat import Exchange, TestChat
 from tests.conftest import AppFactory
 

@@ -29,8 +29,8 @@ from backends.fallback import FallbackBackend
 from backends.local.backend import LocalBackend
 from backends.modelslab.simulator import Simulator
 from bot.app import HeadshotApp
-from bot.events import Completed, Failed, JobEvent
 from bot.generation import GenerationRequest
+from bot.jobs.events import Completed, Failed, JobEvent
 from storage.records import JobRecord, JobState
 from tests.conftest import EXAMPLE_SELFIE, FAST, AppFactory, make_image
 from tests.test_commands import count_rows

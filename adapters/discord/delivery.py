@@ -22,7 +22,7 @@ from adapters.delivery import Throttle, show_until_done
 from adapters.discord.rendering import DEFAULT_UPLOAD_LIMIT, Outgoing, event_message
 from adapters.targets import IntTarget
 from bot.commands import CommandLayer
-from bot.events import FINAL_EVENTS, JobEvent
+from bot.jobs.events import FINAL_EVENTS, JobEvent
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 import discord
 
 from adapters.discord.buttons import view_of
-from bot.events import Completed, Failed, JobEvent
 from bot.images import fit_within
+from bot.jobs.events import Completed, Failed, JobEvent
 from bot.replies import Reply
 from bot.ui import Button, ImageRef, short_id
 

@@ -33,7 +33,7 @@ from adapters.delivery import Throttle, show_until_done
 from adapters.targets import IntTarget
 from adapters.telegram.outgoing import MAX_TEXT, cut, keyboard, send, uploads
 from bot.commands import CommandLayer
-from bot.events import FINAL_EVENTS, Completed, JobEvent, Started
+from bot.jobs.events import FINAL_EVENTS, Completed, JobEvent, Started
 
 log = logging.getLogger(__name__)
 

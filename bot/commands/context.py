@@ -8,10 +8,10 @@ from typing import Any
 
 from bot.commands.confirmations import Confirmations
 from bot.config import Settings
-from bot.engine import JobEngine
-from bot.event_bus import EventBus
 from bot.fetch import SafeFetcher
 from bot.generation import GenerationService
+from bot.jobs.engine import JobEngine
+from bot.jobs.event_bus import EventBus
 from bot.policy import Policy, resolve
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository

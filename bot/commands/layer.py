@@ -25,9 +25,9 @@ from bot.commands.parse import (
     unknown_command,
 )
 from bot.commands.spec import COMMANDS, GENERATION_COMMANDS, Access, CommandSpec, find_command
-from bot.events import Completed, Failed, JobEvent
 from bot.generation import RequestRefused
 from bot.images import ImageRejected, check_upload
+from bot.jobs.events import Completed, Failed, JobEvent
 from bot.replies import Reply
 from bot.styles import STYLES
 from bot.ui import ImageRef

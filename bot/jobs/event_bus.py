@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict, deque
 
-from bot.events import FINAL_EVENTS, JobEvent
+from bot.jobs.events import FINAL_EVENTS, JobEvent
 
 
 class Subscription:

@@ -32,10 +32,10 @@ from backends.errors import (
     UnknownProviderJob,
 )
 from backends.params import GenerationParams
-from bot.dispatcher import Dispatcher
-from bot.event_bus import EventBus
-from bot.events import Completed, Failed, JobEvent, Progress, Queued, Started
-from bot.rehost import Rehoster, RehostFailed, RetryPolicy
+from bot.jobs.dispatcher import Dispatcher
+from bot.jobs.event_bus import EventBus
+from bot.jobs.events import Completed, Failed, JobEvent, Progress, Queued, Started
+from bot.jobs.rehost import Rehoster, RehostFailed, RetryPolicy
 from bot.tokens import new_token, token_hash
 from bot.views import image_refs, job_summary
 from storage.imagestore import ImageNotFound, ImageStore

@@ -6,7 +6,7 @@ is submitted and gives it back when the provider has finished it; jobs beyond th
 instead of being refused by the provider.
 
 They do not wait in arrival order: one user who submits ten jobs would then hold up everyone who
-comes after them. The waiting line is a `FairQueue` (see `bot.fair_queue`): round-robin across
+comes after them. The waiting line is a `FairQueue` (see `bot.jobs.fair_queue`): round-robin across
 users, then across communities, first-come-first-served only within one user's own jobs.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Hashable
 
-from bot.fair_queue import FairQueue
+from bot.jobs.fair_queue import FairQueue
 
 
 class Dispatcher:
