@@ -69,12 +69,12 @@ def create_web_app(
 async def modelslab_webhook(request: web.Request) -> web.Response:
     """A hint that a job has ended. The body proves nothing: the engine confirms through fetch.
 
-    A token that belongs to no job we are driving (unknown, forged, or its job already finished)
-    is a 404 and changes nothing. A known one with a body that is not a JSON
-    object is a 400. Otherwise the job is woken to fetch its result (duplicates are harmless).
+    A token that belongs to no unfinished job (unknown, forged, or its job already finished) is
+    a 404 and changes nothing. A known one with a body that is not a JSON object is a 400.
+    Otherwise the job is woken to fetch its result (duplicates are harmless).
     """
     engine = request.app[ENGINE_KEY]
-    job_id = engine.job_for_webhook(token_hash(request.match_info["token"]))
+    job_id = await engine.job_for_webhook(token_hash(request.match_info["token"]))
     if job_id is None:
         raise web.HTTPNotFound()
     raw = await request.read()

@@ -105,6 +105,18 @@ class JobRepository:
             row = (await conn.execute(select(_JOBS).where(_JOBS.c.id == job_id))).one_or_none()
             return job_record(row) if row else None
 
+    async def id_for_webhook(self, webhook_token_hash: str) -> str | None:
+        """The unfinished job a provider's webhook token belongs to (a finished job's token is
+        cleared when it ends)."""
+        async with self._db.read() as conn:
+            found = await conn.execute(
+                select(_JOBS.c.id).where(
+                    _JOBS.c.webhook_token_hash == webhook_token_hash,
+                    _JOBS.c.state.in_(_UNFINISHED),
+                )
+            )
+            return found.scalar_one_or_none()
+
     async def unfinished(self) -> list[JobRecord]:
         """Every job not yet finished, oldest first: what start-up resumes."""
         async with self._db.read() as conn:

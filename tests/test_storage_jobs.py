@@ -203,3 +203,16 @@ async def test_the_checker_catches_a_forged_refund(db: Database) -> None:
     assert "names job failed (failed), not a success" in on_failure[0]
     assert "of job failed: 1 refunded, 0 committed" in on_failure[1]
     assert len(too_much) == 1 and "of job ok: 2 refunded, 1 committed" in too_much[0]
+
+
+async def test_a_webhook_token_names_its_job_until_the_job_ends(db: Database) -> None:
+    """Webhooks are matched in the database: any process that receives one finds the job."""
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    await jobs.create(_new("j", user.id), daily_quota=QUOTA, today=TODAY)
+    assert await jobs.id_for_webhook("a" * 64) is None
+    await jobs.transition("j", [JobState.QUEUED], JobState.SUBMITTED, webhook_token_hash="a" * 64)
+    assert await jobs.id_for_webhook("a" * 64) == "j"
+    assert await jobs.id_for_webhook("b" * 64) is None
+    await jobs.fail("j", "boom")
+    assert await jobs.id_for_webhook("a" * 64) is None

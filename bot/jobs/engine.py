@@ -104,8 +104,6 @@ class JobEngine:
         self._announced: dict[str, int] = {}
         self._durations: deque[float] = deque(maxlen=50)
         self._started_at: dict[str, float] = {}
-        self._job_of_webhook: dict[str, str] = {}
-        self._webhook_of_job: dict[str, str] = {}
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -142,7 +140,6 @@ class JobEngine:
         if job.id in self._tasks or self._stopping:
             return  # a job that arrives while stopping waits in the database for the next start
         self._nudges[job.id] = asyncio.Event()
-        self._remember_webhook(job.id, job.webhook_token_hash)
         task = asyncio.create_task(self._drive(job), name=f"job-{job.id}")
         self._tasks[job.id] = task
         task.add_done_callback(lambda _t, job_id=job.id: self._forget(job_id))
@@ -155,17 +152,11 @@ class JobEngine:
         event.set()
         return True
 
-    def job_for_webhook(self, webhook_token_hash: str) -> str | None:
-        """The job that a webhook token belongs to, among the jobs this engine is driving."""
-        return self._job_of_webhook.get(webhook_token_hash)
-
-    def _remember_webhook(self, job_id: str, webhook_token_hash: str | None) -> None:
-        old = self._webhook_of_job.pop(job_id, None)
-        if old:
-            self._job_of_webhook.pop(old, None)
-        if webhook_token_hash:
-            self._webhook_of_job[job_id] = webhook_token_hash
-            self._job_of_webhook[webhook_token_hash] = job_id
+    async def job_for_webhook(self, webhook_token_hash: str) -> str | None:
+        """The unfinished job a provider's webhook token belongs to. Looked up in the database,
+        not in this process's memory: matched whichever process receives it, even after a
+        restart."""
+        return await self._jobs.id_for_webhook(webhook_token_hash)
 
     async def wait_idle(self) -> None:
         while self._tasks:
@@ -179,7 +170,6 @@ class JobEngine:
         self._tasks.pop(job_id, None)
         self._nudges.pop(job_id, None)
         self._announced.pop(job_id, None)
-        self._remember_webhook(job_id, None)
         self.dispatcher.release(job_id)
 
     # ---- one job ------------------------------------------------------------------------
@@ -215,7 +205,6 @@ class JobEngine:
         if submitted is None:
             raise JobMovedOn
         job = submitted
-        self._remember_webhook(job.id, job.webhook_token_hash)
         request = SubmitRequest(
             params=params,
             face_image=await self._input(job.selfie_key),
