@@ -51,10 +51,17 @@ class Overrides:
 
 
 class HeadshotApp:
-    """The whole service in one process. `async with HeadshotApp(settings) as app: ...`"""
+    """The whole service in one process. `async with HeadshotApp(settings) as app: ...`
 
-    def __init__(self, settings: Settings, overrides: Overrides | None = None) -> None:
+    `service=False` is `headshot-bot generate`'s: it drives only the jobs it queues itself. It
+    never resumes or sweeps what the database holds, which may be a running service's.
+    """
+
+    def __init__(
+        self, settings: Settings, overrides: Overrides | None = None, *, service: bool = True
+    ) -> None:
         self.settings = settings
+        self.service = service
         self._overrides = overrides or Overrides()
         self._opened = AsyncExitStack()
         self.db: Database
@@ -178,7 +185,8 @@ class HeadshotApp:
         await web.SockSite(runner, sock).start()
         # Stopped first: no job is driven while what it uses closes.
         opened.push_async_callback(self.engine.stop)
-        await self.engine.resume()
+        if self.service:
+            await self.engine.resume()
         log.info("listening on %s", self.base_url)
 
     async def stop(self) -> None:

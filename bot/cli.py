@@ -108,7 +108,7 @@ async def _generate(args: argparse.Namespace) -> int:
     option_names += ("guidance_scale", "s_scale")
     options: dict[str, Any] = {"prompt": args.prompt, "samples": args.samples}
     options |= {name: getattr(args, name) for name in option_names if getattr(args, name)}
-    async with _service(settings, demo=args.demo, web_port=0) as app:
+    async with _service(settings, demo=args.demo, web_port=0, service=False) as app:
         job = await app.generation.request(
             GenerationRequest(
                 platform=LOCAL_USER[0],
@@ -239,11 +239,12 @@ def _read(path: Path, what: str) -> bytes:
 
 @contextlib.asynccontextmanager
 async def _service(
-    settings: Settings, *, demo: bool, web_port: int | None
+    settings: Settings, *, demo: bool, web_port: int | None, service: bool = True
 ) -> AsyncIterator[HeadshotApp]:
-    """The service, pointed at an in-process simulator in demo mode."""
+    """The service (or, with `service=False`, only what one job needs), pointed at an
+    in-process simulator in demo mode."""
     if not demo:
-        async with HeadshotApp(settings, Overrides(web_port=web_port)) as app:
+        async with HeadshotApp(settings, Overrides(web_port=web_port), service=service) as app:
             yield app
         return
     from backends.modelslab.simulator import Simulator, SimulatorConfig
@@ -259,7 +260,9 @@ async def _service(
         }
     )
     # The simulator runs beside us, so its webhooks can reach our server on loopback.
-    app = HeadshotApp(demo_settings, Overrides(web_port=web_port, local_webhooks=True))
+    app = HeadshotApp(
+        demo_settings, Overrides(web_port=web_port, local_webhooks=True), service=service
+    )
     try:
         await app.start()
     except BaseException:

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,8 +69,9 @@ class ImageStore(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
-    async def keys(self) -> list[str]:
-        """Every stored key, sorted."""
+    async def keys(self, *, prefix: str = "", written_before: datetime | None = None) -> list[str]:
+        """Every stored key that starts with `prefix`, sorted; with `written_before`, only
+        those last written before then (a sweep spares what is being written right now)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -100,6 +102,13 @@ def content_type_for_key(key: str) -> str:
     return _CONTENT_TYPES.get(extension, "application/octet-stream")
 
 
+def _modified(path: Path) -> datetime:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except FileNotFoundError:  # deleted as we looked: not one to sweep
+        return datetime.max.replace(tzinfo=UTC)
+
+
 def _content_key(data: bytes, content_type: str) -> str:
     return f"{hashlib.sha256(data).hexdigest()}.{extension_for_content_type(content_type)}"
 
@@ -128,8 +137,8 @@ class DiskImageStore:
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._path(validate_key(key)).is_file)
 
-    async def keys(self) -> list[str]:
-        return await asyncio.to_thread(self._keys)
+    async def keys(self, *, prefix: str = "", written_before: datetime | None = None) -> list[str]:
+        return await asyncio.to_thread(self._keys, prefix, written_before)
 
     async def aclose(self) -> None:
         return None
@@ -166,7 +175,7 @@ class DiskImageStore:
         if path.is_file():
             path.unlink(missing_ok=True)
 
-    def _keys(self) -> list[str]:
+    def _keys(self, prefix: str, written_before: datetime | None) -> list[str]:
         if not self.root.is_dir():
             return []
         found = []
@@ -174,8 +183,12 @@ class DiskImageStore:
             dirnames[:] = [name for name in dirnames if not name.startswith(".")]
             relative = Path(dirpath).relative_to(self.root)
             for name in filenames:
-                if not name.startswith("."):
-                    found.append((relative / name).as_posix())
+                key = (relative / name).as_posix()
+                if name.startswith(".") or not key.startswith(prefix):
+                    continue
+                if written_before is not None and _modified(Path(dirpath, name)) >= written_before:
+                    continue
+                found.append(key)
         return sorted(found)
 
 
@@ -257,12 +270,16 @@ class S3ImageStore:
             raise
         return True
 
-    async def keys(self) -> list[str]:
+    async def keys(self, *, prefix: str = "", written_before: datetime | None = None) -> list[str]:
         client = await self._get_client()
         paginator = client.get_paginator("list_objects_v2")
         found = []
-        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-            found.extend(item["Key"][len(self.prefix) :] for item in page.get("Contents", ()))
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            found.extend(
+                item["Key"][len(self.prefix) :]
+                for item in page.get("Contents", ())
+                if written_before is None or item["LastModified"] < written_before
+            )
         return sorted(found)
 
     async def aclose(self) -> None:

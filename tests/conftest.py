@@ -184,6 +184,7 @@ async def make_app(
             local_webhooks: bool = True,
             timings: EngineTimings = FAST,
             fetcher: SafeFetcher | None = None,
+            service: bool = True,
             **settings: Any,
         ) -> HeadshotApp:
             data_dir = tmp_path / "data"
@@ -198,7 +199,7 @@ async def make_app(
                 **settings,
             }
             overrides = Overrides(timings=timings, local_webhooks=local_webhooks, fetcher=fetcher)
-            app = HeadshotApp(load_settings(**values), overrides)
+            app = HeadshotApp(load_settings(**values), overrides, service=service)
             await stack.enter_async_context(app)
             return app
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from backends.modelslab.simulator import Simulator
 from bot.app import HeadshotApp
 from bot.generation import GenerationRequest, RequestRefused
-from bot.jobs.engine import EngineTimings
+from bot.jobs.engine import ORPHAN_GRACE, EngineTimings
 from bot.jobs.events import Completed, Failed, JobEvent, Queued, Started
 from bot.jobs.rehost import RetryPolicy
 from storage.records import JobRecord, JobState
@@ -339,6 +340,62 @@ async def test_a_restarted_service_finishes_what_the_last_one_started(
     done = await second.jobs.get(job.id)
     assert done is not None and done.state == JobState.SUCCEEDED
     assert len(simulator.jobs) == 1  # resumed by fetching, not submitted again
+
+
+async def test_generate_drives_only_its_own_job_and_sweeps_nothing(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes, tmp_path: Path
+) -> None:
+    """`headshot-bot generate` pointed at the service's database: the service's unfinished job
+    and its stored selfie are the service's, not the command line's."""
+    simulator.config.processing_seconds = 60
+    service = await make_app(timings=EngineTimings(min_poll_seconds=30, max_poll_seconds=30))
+    theirs = await start_processing_job(service, selfie)
+    await service.stop()
+    store = tmp_path / "data" / "images"
+    stale_orphan = store / "inputs" / "stale.jpg"
+    stale_orphan.write_bytes(b"an old selfie no job needs")
+    an_hour_ago = time.time() - 3600
+    os.utime(stale_orphan, (an_hour_ago, an_hour_ago))
+
+    simulator.config.processing_seconds = 0.0
+    command_line = await make_app(service=False)
+    mine, events = await run_job(command_line, selfie, user="operator")
+    assert isinstance(events[-1], Completed)
+    await asyncio.wait_for(command_line.engine.wait_idle(), 5)  # not driving theirs
+    untouched = await command_line.jobs.get(theirs.id)
+    assert untouched is not None and untouched == theirs
+    assert theirs.selfie_key is not None and (store / theirs.selfie_key).is_file()
+    assert stale_orphan.is_file()
+    assert len(simulator.jobs) == 2  # theirs submitted once; never fetched or sent again here
+    await command_line.stop()
+
+    # The service itself, at its next start, takes its job back and sweeps the orphan.
+    simulator.complete_now(next(iter(simulator.jobs)))
+    again = await make_app(timings=EngineTimings(min_poll_seconds=0.05, max_poll_seconds=0.1))
+    await again.engine.wait_idle()
+    done = await again.jobs.get(theirs.id)
+    assert done is not None and done.state == JobState.SUCCEEDED
+    assert not stale_orphan.exists()
+    assert mine != theirs.id
+
+
+async def test_the_sweep_spares_a_selfie_whose_job_is_being_inserted(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """A selfie is stored just before its job is inserted: a sweep at that moment must not
+    take it for an orphan. Only selfies written ORPHAN_GRACE ago or more are looked at."""
+    inputs = tmp_path / "data" / "images" / "inputs"
+    inputs.mkdir(parents=True)
+    (inputs / "being-inserted.jpg").write_bytes(b"a selfie whose job is not committed yet")
+    stale = inputs / "orphan.jpg"
+    stale.write_bytes(b"a selfie whose job is long gone")
+    old = time.time() - ORPHAN_GRACE.total_seconds() - 60
+    os.utime(stale, (old, old))
+    app = await make_app()
+    assert (inputs / "being-inserted.jpg").is_file()
+    assert not stale.exists()
+    await app.engine.sweep_inputs()
+    assert (inputs / "being-inserted.jpg").is_file()
 
 
 @pytest.mark.parametrize("ending", ["succeeded", "failed"])

@@ -7,6 +7,7 @@ import hashlib
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,25 @@ async def test_keys_lists_everything_stored(store: ImageStore) -> None:
     assert await store.keys() == sorted([content_key, "selfies/u1/a.png", "selfies/u2/b.png"])
     await store.delete("selfies/u1/a.png")
     assert await store.keys() == sorted([content_key, "selfies/u2/b.png"])
+
+
+async def test_keys_by_prefix_and_by_when_they_were_written(store: ImageStore) -> None:
+    """A sweep lists what was written before a moment: a key being written now is spared."""
+    await store.put(PNG, content_type="image/png", key="inputs/old.png")
+    await store.put(PNG, content_type="image/png", key="outputs/old.png")
+    # S3 keeps LastModified to the whole second: the moment between is one too, more than a
+    # second after the first writes and before the last.
+    await asyncio.sleep(1.1)
+    between = datetime.now(UTC).replace(microsecond=0)
+    await store.put(PNG, content_type="image/png", key="inputs/new.png")
+    assert await store.keys(prefix="inputs/") == ["inputs/new.png", "inputs/old.png"]
+    assert await store.keys(prefix="inputs/", written_before=between) == ["inputs/old.png"]
+    assert await store.keys(written_before=between) == ["inputs/old.png", "outputs/old.png"]
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    assert await store.keys(prefix="inputs/", written_before=later) == [
+        "inputs/new.png",
+        "inputs/old.png",
+    ]
 
 
 async def test_directory_prefix_is_not_an_image(store: ImageStore) -> None:

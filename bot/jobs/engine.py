@@ -45,6 +45,9 @@ from storage.records import JobRecord, JobState, OutputRecord
 log = logging.getLogger(__name__)
 
 DEFAULT_GENERATION_SECONDS = 20.0
+# A stored selfie no job points at is an orphan only once this old: its job may be being
+# inserted (the selfie is stored first).
+ORPHAN_GRACE = timedelta(minutes=10)
 ANNOUNCE_SECONDS = 0.25
 
 
@@ -63,7 +66,7 @@ class EngineTimings:
     job_timeout_seconds: float = 1800.0
     link_ttl_seconds: float = 24 * 3600.0
     busy_retry_rounds: int = 5
-    # How often kept selfies whose re-roll window has passed are deleted.
+    # How often stored selfies that no job needs any more are deleted.
     input_sweep_seconds: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -108,15 +111,16 @@ class JobEngine:
     # ---- life cycle -------------------------------------------------------------------
 
     async def resume(self) -> int:
-        """Pick up every unfinished job (start-up) and drop stored inputs no job needs."""
+        """The service's start: pick up every unfinished job and drop stored inputs no job
+        needs, then keep sweeping them. (`generate` drives its own job only: it never calls
+        this.)"""
         unfinished = await self._jobs.unfinished()
         for job in unfinished:
             if job.state == JobState.PROCESSING:
                 self.dispatcher.claim(job.id)
             self.start(job)
-        await self._sweep_orphan_inputs()
-        await self.sweep_expired_inputs()
-        if self._input_retention and self._sweeper is None:
+        await self.sweep_inputs()
+        if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_periodically(), name="input-sweeper")
         if unfinished:
             log.info("resumed %d unfinished job(s)", len(unfinished))
@@ -393,11 +397,24 @@ class JobEngine:
         except Exception:
             log.exception("job %s: deleting its selfie failed; the next start will", job.id)
 
+    async def sweep_inputs(self) -> None:
+        """Delete stored selfies no job needs: those whose re-roll window has passed, and
+        orphans (a crash between a job's end and the delete, or a refused request's)."""
+        await self.sweep_expired_inputs()
+        await self._sweep_orphan_inputs()
+
     async def _sweep_orphan_inputs(self) -> None:
-        """Delete stored selfies whose job has ended (a crash between commit and delete)."""
+        """Delete stored selfies that no job points at. A selfie is stored just before its job
+        is inserted: only those written ORPHAN_GRACE ago or more are looked at, so one whose
+        job is being inserted right now is never taken for an orphan. The keys are listed
+        before the jobs are read, so a job committed in between is seen."""
+        written_before = datetime.now(UTC) - ORPHAN_GRACE
+        old = await self._store.keys(prefix=INPUT_PREFIX, written_before=written_before)
+        if not old:
+            return
         needed = await self._jobs.referenced_input_keys()
-        for key in await self._store.keys():
-            if key.startswith(INPUT_PREFIX) and key not in needed:
+        for key in old:
+            if key not in needed:
                 await self._store.delete(key)
 
     def _keep_inputs_until(self) -> datetime | None:
@@ -416,7 +433,7 @@ class JobEngine:
         while True:
             await asyncio.sleep(self._timings.input_sweep_seconds)
             try:
-                await self.sweep_expired_inputs()
+                await self.sweep_inputs()
             except Exception:
                 log.exception("sweeping expired selfies failed; trying again later")
 
