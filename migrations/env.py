@@ -6,6 +6,7 @@ import asyncio
 import os
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from storage.database import Database
@@ -13,6 +14,8 @@ from storage.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+# The advisory lock that serialises migrations on PostgreSQL (any fixed 64-bit number).
+MIGRATION_LOCK = 0x6865_6164_7368_6F74  # "headshot"
 
 
 def _database_url() -> str:
@@ -29,6 +32,9 @@ def _run(connection: Connection) -> None:
     )
     if not sqlite:
         with context.begin_transaction():
+            # Replicas starting together migrate one at a time: the others wait here, then
+            # find the schema up to date. The lock goes with the transaction.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             context.run_migrations()
         return
     # A batch migration on SQLite copies a table, drops the old one and renames the copy. With
@@ -57,8 +63,11 @@ def _sqlite_pragma(connection: Connection, pragma: str) -> None:
 
 async def _run_async() -> None:
     db = Database(_database_url())
+    # On SQLite the migration's transaction takes the write lock from its first statement,
+    # reading the schema's version included: two processes migrating at once take turns.
+    engine = db.engine.execution_options(sqlite_begin="IMMEDIATE")
     try:
-        async with db.engine.connect() as connection:
+        async with engine.connect() as connection:
             await connection.run_sync(_run)
             await connection.commit()
     finally:

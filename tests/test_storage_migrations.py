@@ -3,6 +3,11 @@ matching what the migrations build."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from pathlib import Path
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -146,3 +151,22 @@ async def test_models_match_the_migrations(empty_database_url: str) -> None:
     finally:
         await db.dispose()
     assert diff == []
+
+
+async def test_replicas_starting_together_migrate_one_at_a_time(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    """Four processes migrating one database at once (replicas starting together): each waits
+    its turn (an advisory lock on PostgreSQL, the write lock on SQLite) and finds it done."""
+    env = {**os.environ, "DATABASE_URL": empty_database_url, "DATA_DIR": str(tmp_path / "data")}
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "migrate", env=env, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    for process in processes:
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, stderr.decode()
+    assert _version(empty_database_url) == HEAD_REVISION
+    assert tables(empty_database_url) == HEAD
