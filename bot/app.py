@@ -24,13 +24,21 @@ from bot.web import ChatWebhooks, create_web_app
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
 from storage.bans import BanRepository
+from storage.coordination import Coordination, ServiceAlreadyRunning, open_coordination
 from storage.database import Database
 from storage.deliveries import DeliveryRepository
 from storage.history import HistoryRepository
 from storage.imagestore import ImageStore, open_image_store
 from storage.jobs import JobRepository
 from storage.migrate import upgrade
-from storage.pseudonyms import Pseudonyms, load_or_create_key
+from storage.pseudonyms import (
+    KeyMismatch,
+    Pseudonyms,
+    key_from_text,
+    load_or_create_key,
+    read_key_file,
+    verify_key,
+)
 from storage.settings import SettingsRepository
 from storage.stats import StatsRepository
 
@@ -65,6 +73,7 @@ class HeadshotApp:
         self._overrides = overrides or Overrides()
         self._opened = AsyncExitStack()
         self.db: Database
+        self.coordination: Coordination
         self.store: ImageStore
         self.backend: Backend
         self.accounts: AccountRepository
@@ -99,6 +108,13 @@ class HeadshotApp:
         # minutes, and a taken port or an unreadable database should not wait for that.
         url = settings.effective_database_url
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.coordination = open_coordination(url)
+        opened.push_async_callback(self.coordination.aclose)
+        if self.service:
+            try:
+                await self.coordination.claim_service()
+            except ServiceAlreadyRunning as exc:
+                raise ConfigError(f"invalid setting DATABASE_URL: {exc}") from None
         await upgrade(url)
         sock = _bind(settings.web_host, _pick(self._overrides.web_port, settings.web_port))
         opened.callback(sock.close)
@@ -108,6 +124,18 @@ class HeadshotApp:
             raise ConfigError(f"the local GPU backend did not start: {exc}") from None
         self.db = Database(url)
         opened.push_async_callback(self.db.dispose)
+        # Bans and a forgotten user's spent allowance are kept under a keyed hash of the
+        # platform id. Every process on the database must have the same key: checked here.
+        self.pseudonyms = Pseudonyms(_pseudonym_key(settings))
+        try:
+            await verify_key(self.db, self.pseudonyms)
+        except KeyMismatch as exc:
+            raise ConfigError(
+                f"invalid setting PSEUDONYM_KEY: {exc}: give every process on this database "
+                "the same PSEUDONYM_KEY (or the first one's $DATA_DIR/pseudonym.key)"
+            ) from None
+        if self.service and not self.db.is_sqlite:
+            _check_store_is_shared(settings)
         self.store = open_image_store(
             data_dir=settings.data_dir / "images",
             s3_bucket=settings.s3_bucket,
@@ -118,9 +146,6 @@ class HeadshotApp:
             s3_prefix=settings.s3_prefix,
         )
         opened.push_async_callback(self.store.aclose)
-        # Bans and a forgotten user's spent allowance are kept under a keyed hash of the
-        # platform id; the key never leaves this machine's data directory.
-        self.pseudonyms = Pseudonyms(load_or_create_key(settings.data_dir / "pseudonym.key"))
         self.accounts = AccountRepository(self.db, self.pseudonyms)
         self.jobs = JobRepository(self.db)
 
@@ -132,6 +157,7 @@ class HeadshotApp:
             backend=self.backend,
             store=self.store,
             events=self.events,
+            coordination=self.coordination,
             capacity=capacity_of(self.backend, settings),
             image_base_url=public or self.base_url,
             webhook_base_url=self.base_url if self._overrides.local_webhooks else public,
@@ -174,6 +200,7 @@ class HeadshotApp:
                 confirmations=Confirmations(),
                 pseudonyms=self.pseudonyms,
                 image_base_url=public or self.base_url,
+                coordination=self.coordination,
             )
         )
         runner = web.AppRunner(
@@ -199,6 +226,36 @@ class HeadshotApp:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _check_store_is_shared(settings: Settings) -> None:
+    """On PostgreSQL any replica may serve an image or re-host an output: a folder on one
+    machine would not do, unless the operator says every replica sees it."""
+    if settings.s3_bucket or settings.image_store_shared:
+        return
+    raise ConfigError(
+        "invalid setting S3_BUCKET: with PostgreSQL every replica must see the same images: set "
+        "S3_BUCKET (an S3-compatible store), or IMAGE_STORE_SHARED=1 if $DATA_DIR/images is "
+        "one folder for every replica (a single replica, or a network folder)"
+    )
+
+
+def _pseudonym_key(settings: Settings) -> bytes:
+    """PSEUDONYM_KEY, else the file PSEUDONYM_KEY_FILE names, else $DATA_DIR/pseudonym.key
+    (made on first start)."""
+    if settings.pseudonym_key is not None:
+        return key_from_text(settings.pseudonym_key.get_secret_value())
+    if settings.pseudonym_key_file is not None:
+        try:
+            return read_key_file(settings.pseudonym_key_file)
+        except OSError as exc:
+            raise ConfigError(
+                f"invalid setting PSEUDONYM_KEY_FILE: cannot read {settings.pseudonym_key_file} "
+                f"({exc.strerror})"
+            ) from None
+        except ValueError as exc:
+            raise ConfigError(f"invalid setting PSEUDONYM_KEY_FILE: {exc}") from None
+    return load_or_create_key(settings.data_dir / "pseudonym.key")
 
 
 def _secret(value: object) -> str | None:

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, HttpUrl, SecretStr, ValidationError, WebsocketUrl, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage.pseudonyms import key_from_text
+
 
 class ConfigError(Exception):
     """A setting is missing or wrong. The message names the environment variable."""
@@ -45,6 +47,9 @@ class Settings(BaseSettings):
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_prefix: str = ""
+    # With PostgreSQL (several replicas), images must be where every replica sees them: S3, or
+    # a folder the operator declares shared by all (one replica, or a network folder).
+    image_store_shared: bool = False
 
     # Discord: `headshot-bot run` starts the Discord adapter when the token is set. The two
     # addresses point it at a Discord-compatible server (the tests' fake Discord).
@@ -93,6 +98,12 @@ class Settings(BaseSettings):
     local_model_controlnet_canny: Path | None = None
     local_model_flux_kontext: Path | None = None
 
+    # The key under which bans and forgotten users' spent allowance are kept (a keyed hash of
+    # the platform id): the same on every process using the database. Unset, the key in
+    # $DATA_DIR/pseudonym.key (made on first start).
+    pseudonym_key: SecretStr | None = None
+    pseudonym_key_file: Path | None = None
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("database_url")
@@ -116,6 +127,13 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'headshot.db'}"
+
+    @field_validator("pseudonym_key")
+    @classmethod
+    def _pseudonym_key_is_hex(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            key_from_text(value.get_secret_value())
+        return value
 
     @field_validator("owner_ids")
     @classmethod
@@ -176,6 +194,7 @@ class Settings(BaseSettings):
             self.s3_secret_access_key,
             self.discord_token,
             self.telegram_bot_token,
+            self.pseudonym_key,
         ]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import ledger
 from storage.audit import write_audit
 from storage.database import Database
+from storage.dml import insert_ignoring_duplicates
 from storage.models import Community, ForgottenUsage, User, utcnow
 from storage.pseudonyms import Pseudonyms
 from storage.records import Allowance, AuditNote, UserRecord
@@ -36,7 +37,7 @@ class AccountRepository:
             # Another request may have created the user since we looked: then this is a no-op,
             # and the carryover is theirs to have moved.
             inserted = await conn.execute(
-                _insert_ignoring_duplicates(conn, _USERS)
+                insert_ignoring_duplicates(conn, _USERS)
                 .values(platform=platform, platform_user_id=platform_user_id, created_at=utcnow())
                 .returning(_USERS.c.id)
             )
@@ -54,7 +55,8 @@ class AccountRepository:
             return await _find_user(conn, platform, platform_user_id)
 
     async def community(self, platform: str, platform_community_id: str) -> int:
-        """The community's id, created on first sight."""
+        """The community's id, created on first sight (by whichever of two requests at once
+        comes first: the other finds it)."""
         where = _community_is(platform, platform_community_id)
         async with self._db.write() as conn:
             found = (await conn.execute(select(_COMMUNITIES.c.id).where(*where))).scalar()
@@ -65,10 +67,8 @@ class AccountRepository:
                 "platform_community_id": platform_community_id,
                 "created_at": utcnow(),
             }
-            inserted = await conn.execute(
-                insert(_COMMUNITIES).values(values).returning(_COMMUNITIES.c.id)
-            )
-            return int(inserted.scalar_one())
+            await conn.execute(insert_ignoring_duplicates(conn, _COMMUNITIES).values(values))
+            return int((await conn.execute(select(_COMMUNITIES.c.id).where(*where))).scalar_one())
 
     async def find_community(self, platform: str, platform_community_id: str) -> int | None:
         """The community's id, or None: looking a community up never creates it."""
@@ -163,14 +163,3 @@ def _community_is(platform: str, platform_community_id: str) -> tuple[Any, ...]:
         _COMMUNITIES.c.platform == platform,
         _COMMUNITIES.c.platform_community_id == platform_community_id,
     )
-
-
-def _insert_ignoring_duplicates(conn: AsyncConnection, table: Any) -> Any:
-    """INSERT that skips a row violating a unique constraint, in the connection's dialect."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing()
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table).on_conflict_do_nothing()

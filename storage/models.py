@@ -223,3 +223,14 @@ class Delivery(Base):
     platform: Mapped[str] = mapped_column(String(32), index=True)
     target: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InstanceFact(Base):
+    """A fact every process on this database must agree on, written by the first to start: the
+    pseudonym key's check value (an HMAC of a fixed text under the key, never the key)."""
+
+    __tablename__ = "instance_facts"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

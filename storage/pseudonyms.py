@@ -20,6 +20,14 @@ import os
 import secrets
 from pathlib import Path
 
+from sqlalchemy import select
+
+from storage.database import Database
+from storage.dml import insert_ignoring_duplicates
+from storage.models import InstanceFact, utcnow
+
+_FACTS = InstanceFact.__table__
+
 KEY_BYTES = 32
 
 
@@ -36,8 +44,51 @@ class Pseudonyms:
         message = f"{platform}:{platform_user_id}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
+    def check_value(self) -> str:
+        """What the database keeps to tell whether a process has the key its pseudonyms were
+        made with: an HMAC of a fixed text, from which the key cannot be recovered."""
+        return hmac.new(self._key, CHECK_TEXT, hashlib.sha256).hexdigest()
+
     def __repr__(self) -> str:
         return "Pseudonyms(key=<hidden>)"
+
+
+class KeyMismatch(Exception):
+    """This process's pseudonym key is not the one the database's pseudonyms were made with."""
+
+
+CHECK_TEXT = b"headshot-bot pseudonym key check"
+CHECK_FACT = "pseudonym_key_check"
+
+
+async def verify_key(db: Database, pseudonyms: Pseudonyms) -> None:
+    """Have the database remember the key's check value (the first process to start writes it)
+    and raise KeyMismatch if this process's key is another: its bans would silently stop
+    matching, and forgotten users' spent allowance would not carry over."""
+    mine = pseudonyms.check_value()
+    async with db.write() as conn:
+        await conn.execute(
+            insert_ignoring_duplicates(conn, _FACTS).values(
+                name=CHECK_FACT, value=mine, created_at=utcnow()
+            )
+        )
+        stored = (
+            await conn.execute(select(_FACTS.c.value).where(_FACTS.c.name == CHECK_FACT))
+        ).scalar_one()
+    if not hmac.compare_digest(stored, mine):
+        raise KeyMismatch("it is not the key this database's bans were made with")
+
+
+def key_from_text(text: str) -> bytes:
+    """A key given as hexadecimal text (a setting or a secret file); ValueError, never quoting
+    the text, if it is not one."""
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        raise ValueError(f"must be at least {KEY_BYTES * 2} hexadecimal digits") from None
+    if len(key) < KEY_BYTES:
+        raise ValueError(f"must be at least {KEY_BYTES * 2} hexadecimal digits")
+    return key
 
 
 def load_or_create_key(path: Path) -> bytes:
@@ -84,6 +135,11 @@ def _read_key(path: Path) -> bytes:
     if len(key) < KEY_BYTES:
         raise ValueError(f"{path} holds a key shorter than {KEY_BYTES} bytes")
     return key
+
+
+def read_key_file(path: Path) -> bytes:
+    """The key in an existing file (PSEUDONYM_KEY_FILE: a mounted secret); never created."""
+    return _read_key(path)
 
 
 def _write_new(path: Path, data: bytes) -> None:

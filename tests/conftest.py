@@ -154,6 +154,14 @@ async def database_url(
 
 
 @pytest.fixture
+def postgres_url(postgres: PostgresDatabases) -> Iterator[str]:
+    """A migrated PostgreSQL database, for what only PostgreSQL has (advisory locks, LISTEN)."""
+    url = postgres.migrated()
+    _throwaway.append((postgres, url))
+    yield url
+
+
+@pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
     """The migrated database of this test's kind, opened."""
     database = Database(database_url)
@@ -193,6 +201,7 @@ async def make_app(
                 "database_url": database_url,
                 "modelslab_base_url": simulator.base_url,
                 "modelslab_api_key": TEST_KEY,
+                "image_store_shared": True,
                 "web_port": 0,
                 # Selfies go when their job ends unless a test wants re-rolls.
                 "selfie_retention_seconds": 0,

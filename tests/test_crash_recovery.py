@@ -49,6 +49,7 @@ async def test_killed_mid_job_then_restarted_finishes_the_job(
         **os.environ,
         "DATA_DIR": str(data_dir),
         "DATABASE_URL": db,
+        "IMAGE_STORE_SHARED": "1",
         "MODELSLAB_BASE_URL": simulator.base_url,
         "MODELSLAB_API_KEY": TEST_KEY,
         "WEB_PORT": str(port),

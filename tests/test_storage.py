@@ -48,6 +48,7 @@ async def test_migrations_upgrade_downgrade_upgrade(empty_database_url: str) -> 
         "bans",
         "forgotten_usage",
         "deliveries",
+        "instance_facts",
     }
     await upgrade(url)
     assert tables(url) == expected

@@ -19,8 +19,8 @@ from tests.databases import columns, execute, indexes, query, tables
 
 BEFORE = {"users", "communities", "jobs", "outputs", "credit_ledger", "audit_log"}
 AFTER = BEFORE | {"scoped_settings", "bans", "forgotten_usage"}
-HEAD = AFTER | {"deliveries"}
-HEAD_REVISION = "0004"
+HEAD = AFTER | {"deliveries", "instance_facts"}
+HEAD_REVISION = "0005"
 NEW_JOB_COLUMNS = {"style", "user_prompt", "deleted_at", "inputs_expire_at"}
 
 
@@ -72,8 +72,8 @@ async def test_0003_adds_and_removes_only_the_deliveries(empty_database_url: str
     await downgrade(url, "0002")
     assert _version(path) == "0002"
     assert tables(path) == AFTER
-    await upgrade(url)
-    assert tables(path) == HEAD
+    await upgrade(url, "0003")
+    assert tables(path) == AFTER | {"deliveries"}
 
 
 async def test_0004_keeps_seeds_and_takes_full_32_bit_ones(empty_database_url: str) -> None:

@@ -9,8 +9,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
-from storage.pseudonyms import Pseudonyms, load_or_create_key
+from storage.database import Database
+from storage.models import InstanceFact
+from storage.pseudonyms import KeyMismatch, Pseudonyms, load_or_create_key, verify_key
 
 KEY = bytes(range(32))
 
@@ -80,3 +83,15 @@ def test_racing_creators_agree_on_one_key(tmp_path: Path) -> None:
     assert len(keys) == 8 and len(set(keys)) == 1
     assert load_or_create_key(path) == keys[0]
     assert [p.name for p in tmp_path.iterdir()] == ["pseudonym.key"]
+
+
+async def test_the_database_remembers_the_first_keys_check_value(db: Database) -> None:
+    first = Pseudonyms(bytes(range(32)))
+    await verify_key(db, first)
+    await verify_key(db, Pseudonyms(bytes(range(32))))  # the same key: fine, again and again
+    with pytest.raises(KeyMismatch):
+        await verify_key(db, Pseudonyms(bytes(range(1, 33))))
+    async with db.read() as conn:
+        rows = (await conn.execute(select(InstanceFact.name, InstanceFact.value))).all()
+    assert [(name, value) for name, value in rows] == [("pseudonym_key_check", first.check_value())]
+    assert bytes(range(32)).hex() not in rows[0][1]

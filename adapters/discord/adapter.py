@@ -57,7 +57,9 @@ class HeadshotClient(discord.AutoShardedClient):
             # this answer, but DISCORD_GATEWAY_URL is where we connect.
             self.shard_count, _, _ = await self.http.get_bot_gateway()
         self.add_dynamic_items(CommandButton)
-        commands = await self.tree.sync()
+        # Replicas starting together register the commands in turn, not all at once.
+        async with self.adapter.layer.one_at_a_time("discord-command-sync"):
+            commands = await self.tree.sync()
         log.info("registered %d slash commands", len(commands))
 
     async def run_button(self, interaction: discord.Interaction, line: str) -> None:

@@ -158,7 +158,8 @@ class TelegramAdapter:
                 for owner in settings.owners
                 if owner.startswith(f"{PLATFORM}:") and owner.partition(":")[2].isdigit()
             ]
-            await register(application.bot, self.layer.commands.values(), owners)
+            async with self.layer.one_at_a_time("telegram-setup"):
+                await register(application.bot, self.layer.commands.values(), owners)
             for pending in await self.layer.undelivered(PLATFORM):
                 try:
                     target = Target.from_json(pending.target)
@@ -172,9 +173,10 @@ class TelegramAdapter:
                 self._webhook_path = self._webhooks.mount(PLATFORM, self._receive)
                 assert settings.public_base_url is not None
                 url = str(settings.public_base_url).rstrip("/") + self._webhook_path
-                await application.bot.set_webhook(
-                    url, secret_token=self.webhook_secret, allowed_updates=ALLOWED_UPDATES
-                )
+                async with self.layer.one_at_a_time("telegram-setup"):
+                    await application.bot.set_webhook(
+                        url, secret_token=self.webhook_secret, allowed_updates=ALLOWED_UPDATES
+                    )
             else:
                 assert application.updater is not None
                 await application.updater.start_polling(

@@ -16,6 +16,7 @@ from bot.policy import Policy, resolve
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
 from storage.bans import BanRepository
+from storage.coordination import Coordination
 from storage.deliveries import DeliveryRepository
 from storage.history import HistoryRepository
 from storage.imagestore import ImageStore
@@ -73,6 +74,7 @@ class Services:
     confirmations: Confirmations
     pseudonyms: Pseudonyms
     image_base_url: str
+    coordination: Coordination
 
 
 @dataclass

@@ -7,6 +7,7 @@ It never decides anything itself: options, permissions, bans, quotas and wording
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import secrets
@@ -32,6 +33,7 @@ from bot.replies import Reply
 from bot.styles import STYLES
 from bot.ui import ImageRef
 from bot.views import image_refs, job_summary
+from storage.coordination import taking_turns
 from storage.records import JobRecord, JobState, PendingDelivery
 
 log = logging.getLogger(__name__)
@@ -188,6 +190,11 @@ class CommandLayer:
 
     async def delivered(self, job_id: str) -> None:
         await self.services.deliveries.done(job_id)
+
+    def one_at_a_time(self, work: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Work that the processes sharing the database do in turn, never two at once (a chat
+        platform's command menus and webhook address, set at each start)."""
+        return taking_turns(self.services.coordination, work)
 
     def _is_owner(self, actor: Actor) -> bool:
         return self.services.settings.is_owner(actor.platform, actor.user_id)

@@ -38,6 +38,7 @@ from bot.jobs.events import Completed, Failed, JobEvent, Progress, Queued, Start
 from bot.jobs.rehost import Rehoster, RehostFailed, RetryPolicy
 from bot.tokens import new_token, token_hash
 from bot.views import image_refs, job_summary
+from storage.coordination import Coordination
 from storage.imagestore import ImageNotFound, ImageStore
 from storage.jobs import JobRepository
 from storage.records import JobRecord, JobState, OutputRecord
@@ -48,6 +49,7 @@ DEFAULT_GENERATION_SECONDS = 20.0
 # A stored selfie no job points at is an orphan only once this old: its job may be being
 # inserted (the selfie is stored first).
 ORPHAN_GRACE = timedelta(minutes=10)
+SWEEP_LOCK = "input-sweep"
 ANNOUNCE_SECONDS = 0.25
 
 
@@ -79,6 +81,7 @@ class JobEngine:
         backend: Backend,
         store: ImageStore,
         events: EventBus,
+        coordination: Coordination,
         capacity: int,
         image_base_url: str,
         webhook_base_url: str | None,
@@ -90,6 +93,7 @@ class JobEngine:
         self._backend = backend
         self._store = store
         self._events = events
+        self._coordination = coordination
         self._image_base_url = image_base_url.rstrip("/")
         self._webhook_base_url = webhook_base_url.rstrip("/") if webhook_base_url else None
         self._timings = timings or EngineTimings()
@@ -119,7 +123,8 @@ class JobEngine:
             if job.state == JobState.PROCESSING:
                 self.dispatcher.claim(job.id)
             self.start(job)
-        await self.sweep_inputs()
+        if await self._coordination.try_lock(SWEEP_LOCK):
+            await self.sweep_inputs()
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_periodically(), name="input-sweeper")
         if unfinished:
@@ -430,10 +435,12 @@ class JobEngine:
         return len(expired)
 
     async def _sweep_periodically(self) -> None:
+        """Sweep now and then. With several replicas, the one holding the sweep's lock does."""
         while True:
             await asyncio.sleep(self._timings.input_sweep_seconds)
             try:
-                await self.sweep_inputs()
+                if await self._coordination.try_lock(SWEEP_LOCK):
+                    await self.sweep_inputs()
             except Exception:
                 log.exception("sweeping expired selfies failed; trying again later")
 

@@ -1,0 +1,184 @@
+"""What processes sharing one database agree on: one service per SQLite file; on PostgreSQL,
+any number of replicas, with once-only work under advisory locks that die with their holder."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, load_settings
+from storage.coordination import (
+    FileCoordination,
+    PostgresCoordination,
+    ServiceAlreadyRunning,
+    open_coordination,
+    taking_turns,
+)
+from tests.conftest import AppFactory
+from tests.databases import stored_bytes
+
+
+async def test_one_service_per_sqlite_file_and_any_number_on_postgresql(
+    make_app: AppFactory, database_kind: str
+) -> None:
+    await make_app()
+    if database_kind == "sqlite":
+        with pytest.raises(ConfigError) as refused:
+            await make_app()
+        assert str(refused.value).startswith("invalid setting DATABASE_URL: another headshot-bot")
+        assert f"(pid {os.getpid()})" in str(refused.value)
+        assert "one service per SQLite file (use PostgreSQL for several replicas)" in str(
+            refused.value
+        )
+    else:
+        second = await make_app()
+        assert second.service
+    # The command line's generate is no service: it may run beside one, on either database.
+    assert not (await make_app(service=False)).service
+
+
+async def test_the_sqlite_lock_dies_with_its_process(tmp_path: Path) -> None:
+    """A service killed with SIGKILL leaves no lock behind: the next one starts."""
+    database = tmp_path / "headshot.db"
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import asyncio, sys; from storage.coordination import FileCoordination as F; "
+        f"c = F(__import__('pathlib').Path({str(database)!r})); "
+        "asyncio.run(c.claim_service()); print('held', flush=True); sys.stdin.read()",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert holder.stdout is not None
+    assert await asyncio.wait_for(holder.stdout.readline(), 30) == b"held\n"
+    mine = FileCoordination(database)
+    with pytest.raises(ServiceAlreadyRunning, match=f"pid {holder.pid}"):
+        await mine.claim_service()
+    holder.send_signal(signal.SIGKILL)
+    await holder.wait()
+    await mine.claim_service()
+    await mine.aclose()
+
+
+async def test_advisory_locks_go_to_one_replica_and_move_when_it_goes(
+    postgres_url: str,
+) -> None:
+    first, second = PostgresCoordination(postgres_url), PostgresCoordination(postgres_url)
+    try:
+        assert await first.try_lock("input-sweep")
+        assert await first.try_lock("input-sweep")  # held: still ours
+        assert not await second.try_lock("input-sweep")
+        assert await second.try_lock("telegram-setup")  # another name, another lock
+        await first.unlock("input-sweep")
+        assert await second.try_lock("input-sweep")
+        assert not await first.try_lock("input-sweep")
+        await second.aclose()  # a replica that stops (or dies) lets its locks go
+        assert await first.try_lock("input-sweep")
+        assert await first.try_lock("telegram-setup")
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+def test_the_database_chooses_the_coordination(tmp_path: Path) -> None:
+    assert isinstance(
+        open_coordination(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"), FileCoordination
+    )
+    assert isinstance(
+        open_coordination("postgresql+psycopg://u@127.0.0.1:1/db"), PostgresCoordination
+    )
+
+
+KEY_A, KEY_B = "a1" * 32, "b2" * 32
+
+
+async def test_every_process_on_a_database_has_the_same_pseudonym_key(
+    make_app: AppFactory, tmp_path: Path, database_url: str
+) -> None:
+    """A replica with another key would let bans silently stop matching: it refuses to start,
+    saying why. The database keeps only a check value, never the key."""
+    first = await make_app(pseudonym_key=KEY_A)
+    key_file = tmp_path / "secret"
+    key_file.write_text(KEY_A + "\n")
+    beside = await make_app(service=False, pseudonym_key_file=key_file)
+    assert beside.pseudonyms.subject("test", "1") == first.pseudonyms.subject("test", "1")
+    with pytest.raises(ConfigError) as refused:
+        await make_app(service=False, pseudonym_key=KEY_B)
+    message = str(refused.value)
+    assert message.startswith("invalid setting PSEUDONYM_KEY: it is not the key this database")
+    assert KEY_B not in message and KEY_A not in message
+    # The data folder's own key file is another key: refused the same way.
+    with pytest.raises(ConfigError, match="PSEUDONYM_KEY"):
+        await make_app(service=False)
+    stored = stored_bytes(database_url)
+    assert KEY_A.encode() not in stored and bytes.fromhex(KEY_A) not in stored
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"pseudonym_key": "not hex"}, "invalid setting PSEUDONYM_KEY: must be at least 64"),
+        ({"pseudonym_key": "ab" * 16}, "invalid setting PSEUDONYM_KEY: must be at least 64"),
+    ],
+)
+def test_a_bad_pseudonym_key_is_refused_without_quoting_it(
+    settings: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(**settings)
+    assert str(refused.value).startswith(message)
+    assert settings["pseudonym_key"] not in str(refused.value)
+
+
+async def test_a_missing_key_file_names_the_setting(make_app: AppFactory, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="invalid setting PSEUDONYM_KEY_FILE: cannot read"):
+        await make_app(pseudonym_key_file=tmp_path / "nowhere")
+
+
+async def test_on_postgresql_a_disk_store_must_be_declared_shared(
+    make_app: AppFactory, database_kind: str
+) -> None:
+    """Any replica may serve an image or re-host an output: a folder on one machine is refused
+    unless the operator says every replica sees it (or S3 holds the images)."""
+    if database_kind == "sqlite":
+        assert (await make_app(image_store_shared=False)).service
+        return
+    with pytest.raises(ConfigError) as refused:
+        await make_app(image_store_shared=False)
+    assert str(refused.value).startswith(
+        "invalid setting S3_BUCKET: with PostgreSQL every replica must see the same images"
+    )
+    assert "IMAGE_STORE_SHARED=1" in str(refused.value)
+    # The command line's generate keeps its images to itself: no replica needs them.
+    assert not (await make_app(image_store_shared=False, service=False)).service
+    assert (await make_app(image_store_shared=True)).service
+
+
+async def test_work_done_in_turns_never_overlaps(postgres_url: str) -> None:
+    """Replicas registering a chat platform's commands at start take turns: none skips its
+    turn, and no two overlap."""
+    replicas = [PostgresCoordination(postgres_url) for _ in range(3)]
+    inside: list[int] = []
+    overlaps = 0
+
+    async def setup(n: int) -> None:
+        nonlocal overlaps
+        async with taking_turns(replicas[n], "telegram-setup"):
+            overlaps += bool(inside)
+            inside.append(n)
+            await asyncio.sleep(0.3)
+            inside.remove(n)
+
+    try:
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(asyncio.gather(*(setup(n) for n in range(3))), 10)
+        assert overlaps == 0
+        assert asyncio.get_running_loop().time() - started >= 0.9  # one after another
+    finally:
+        for replica in replicas:
+            await replica.aclose()
