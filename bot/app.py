@@ -13,7 +13,6 @@ from backends.base import Backend
 from backends.local.backend import WorkerStartFailed
 from bot.backends import capacity_of, choose_backend
 from bot.commands import CommandLayer
-from bot.commands.confirmations import Confirmations
 from bot.commands.context import Services
 from bot.config import ConfigError, Settings
 from bot.fetch import SafeFetcher
@@ -24,6 +23,7 @@ from bot.web import ChatWebhooks, create_web_app
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
 from storage.bans import BanRepository
+from storage.confirmations import ConfirmationRepository
 from storage.coordination import Coordination, ServiceAlreadyRunning, open_coordination
 from storage.database import Database
 from storage.deliveries import DeliveryRepository
@@ -197,7 +197,7 @@ class HeadshotApp:
                 events=self.events,
                 generation=self.generation,
                 fetcher=self.fetcher,
-                confirmations=Confirmations(),
+                confirmations=ConfirmationRepository(self.db),
                 pseudonyms=self.pseudonyms,
                 image_base_url=public or self.base_url,
                 coordination=self.coordination,

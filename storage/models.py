@@ -234,3 +234,14 @@ class InstanceFact(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Confirmation(Base):
+    """A one-time confirmation code for a destructive command, until it is used or expires:
+    the code's hash and its owner's pseudonym, never either in clear."""
+
+    __tablename__ = "confirmations"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backends.params import LIMITS, Operation
-from bot.commands.confirmations import Confirmations
 from bot.commands.layer import HANDLERS
 from bot.commands.parse import EVERYONE, CommandError, check_options, parse_line
 from bot.commands.spec import (
@@ -191,23 +190,6 @@ def test_words_disabled_operations_and_safety_add_up_across_scopes() -> None:
 )
 def test_banned_phrases_match_whole_words_after_folding(prompt: str, expected: str | None) -> None:
     assert banned_phrase_in(prompt, ["gore", "blood bath"]) == expected
-
-
-def test_a_confirmation_works_once_for_its_owner_until_it_expires() -> None:
-    now = [0.0]
-    confirmations = Confirmations(ttl_seconds=60, clock=lambda: now[0])
-    code = confirmations.issue("test:alice")
-
-    assert not confirmations.redeem(code, "test:bob")
-    assert confirmations.redeem(code, "test:alice")
-    assert not confirmations.redeem(code, "test:alice")
-    late = confirmations.issue("test:alice")
-    now[0] = 61
-    assert not confirmations.redeem(late, "test:alice")
-    first, second = confirmations.issue("test:alice"), confirmations.issue("test:alice")
-    assert not confirmations.redeem(first, "test:alice") and confirmations.redeem(
-        second, "test:alice"
-    )
 
 
 def test_replies_date_stamps_are_utc() -> None:

@@ -49,6 +49,7 @@ async def test_migrations_upgrade_downgrade_upgrade(empty_database_url: str) -> 
         "forgotten_usage",
         "deliveries",
         "instance_facts",
+        "confirmations",
     }
     await upgrade(url)
     assert tables(url) == expected

@@ -7,12 +7,15 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
+from storage.confirmations import ConfirmationRepository
 from storage.database import Database
 from storage.jobs import JobRepository, NewJob, TooManyActive
 from storage.ledger import violations
+from storage.models import Confirmation
 from storage.records import AuditNote, JobState, OutputRecord
 from tests.databases import query
 
@@ -216,3 +219,25 @@ async def test_a_webhook_token_names_its_job_until_the_job_ends(db: Database) ->
     assert await jobs.id_for_webhook("b" * 64) is None
     await jobs.fail("j", "boom")
     assert await jobs.id_for_webhook("a" * 64) is None
+
+
+async def test_a_confirmation_works_once_for_its_owner_until_it_expires(db: Database) -> None:
+    """Codes live in the database: one replica shows a code, another may be asked to take it."""
+    now = [NOW]
+    shown_here = ConfirmationRepository(db, ttl_seconds=60, clock=lambda: now[0])
+    taken_there = ConfirmationRepository(db, ttl_seconds=60, clock=lambda: now[0])
+    code = await shown_here.issue("alice-subject")
+
+    assert not await taken_there.redeem(code, "bob-subject")
+    assert await taken_there.redeem(code, "alice-subject")
+    assert not await shown_here.redeem(code, "alice-subject")
+    late = await shown_here.issue("alice-subject")
+    now[0] = NOW + timedelta(seconds=61)
+    assert not await taken_there.redeem(late, "alice-subject")
+    first = await shown_here.issue("alice-subject")
+    second = await shown_here.issue("alice-subject")
+    assert not await taken_there.redeem(first, "alice-subject")
+    assert await taken_there.redeem(second, "alice-subject")
+    async with db.read() as conn:
+        rows = (await conn.execute(select(Confirmation.code_hash, Confirmation.owner))).all()
+    assert rows == []  # used and expired codes are gone; none was ever kept in clear

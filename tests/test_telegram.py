@@ -805,3 +805,30 @@ async def test_run_starts_the_telegram_adapter_when_a_token_is_set(
 def test_progress_edits_share_a_budget_per_second() -> None:
     budget = EditBudget(per_second=5)
     assert [budget.take() for _ in range(6)] == [True] * 5 + [False]
+
+
+async def test_only_one_replica_long_polls_telegram(
+    tmp_path: Path, fake: FakeTelegram, simulator: Simulator, postgres_url: str
+) -> None:
+    """Telegram hands each update to one poller: a second replica polling beside the first is
+    refused with one line; once the first is gone, the next one polls."""
+    shared = {"pseudonym_key": "c3" * 32}
+    first = World(tmp_path / "first", fake, simulator, postgres_url)
+    second = World(tmp_path / "second", fake, simulator, postgres_url)
+    try:
+        await first.start(**shared)
+        with pytest.raises(ConfigError) as refused:
+            await second.start(**shared)
+        assert str(refused.value) == (
+            "invalid setting PUBLIC_BASE_URL: another replica already long-polls Telegram on "
+            "this database; set PUBLIC_BASE_URL (webhook mode) to run several replicas"
+        )
+        await second.stop()
+        await first.stop()
+        await second.start(**shared)
+        asked = fake.send_text(ALICE, ALICE, "/styles")
+        answer = await bot_reply_to(fake, ALICE, asked["message_id"])
+        assert answer["text"].startswith("Styles")
+    finally:
+        await second.stop()
+        await first.stop()

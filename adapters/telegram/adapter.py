@@ -78,6 +78,8 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
 # Updates handled at once (python-telegram-bot handles them one by one unless told otherwise).
 CONCURRENT_UPDATES = 256
 POLL_TIMEOUT = 30
+# What only one replica may do at a time: long-poll Telegram for updates.
+POLLING = "telegram-polling"
 _ADMIN_STATUSES = (ChatMemberStatus.OWNER, ChatMemberStatus.ADMINISTRATOR)
 
 
@@ -110,6 +112,7 @@ class TelegramAdapter:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._webhook_path: str | None = None
+        self._polling = False
 
     @property
     def application(self) -> Application[Any, Any, Any, Any, Any, Any]:
@@ -178,6 +181,15 @@ class TelegramAdapter:
                         url, secret_token=self.webhook_secret, allowed_updates=ALLOWED_UPDATES
                     )
             else:
+                # Telegram hands each update to one poller: a second one would take updates
+                # from the first, and neither would see them all.
+                if not await self.layer.hold(POLLING):
+                    raise ConfigError(
+                        "invalid setting PUBLIC_BASE_URL: another replica already long-polls "
+                        "Telegram on this database; set PUBLIC_BASE_URL (webhook mode) to run "
+                        "several replicas"
+                    )
+                self._polling = True
                 assert application.updater is not None
                 await application.updater.start_polling(
                     timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES
@@ -196,6 +208,9 @@ class TelegramAdapter:
             return
         if application.updater is not None and application.updater.running:
             await application.updater.stop()
+        if self._polling:
+            await self.layer.let_go(POLLING)
+            self._polling = False
         if application.running:
             await application.stop()
         await self._waits.close()

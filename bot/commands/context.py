@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.commands.confirmations import Confirmations
 from bot.config import Settings
 from bot.fetch import SafeFetcher
 from bot.generation import GenerationService
@@ -16,6 +15,7 @@ from bot.policy import Policy, resolve
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
 from storage.bans import BanRepository
+from storage.confirmations import ConfirmationRepository
 from storage.coordination import Coordination
 from storage.deliveries import DeliveryRepository
 from storage.history import HistoryRepository
@@ -71,7 +71,7 @@ class Services:
     events: EventBus
     generation: GenerationService
     fetcher: SafeFetcher
-    confirmations: Confirmations
+    confirmations: ConfirmationRepository
     pseudonyms: Pseudonyms
     image_base_url: str
     coordination: Coordination

@@ -191,6 +191,14 @@ class CommandLayer:
     async def delivered(self, job_id: str) -> None:
         await self.services.deliveries.done(job_id)
 
+    async def hold(self, work: str) -> bool:
+        """Take work that only one of the processes sharing the database may do for as long as
+        it runs (long-polling a chat platform): False if another one holds it."""
+        return await self.services.coordination.try_lock(work)
+
+    async def let_go(self, work: str) -> None:
+        await self.services.coordination.unlock(work)
+
     def one_at_a_time(self, work: str) -> contextlib.AbstractAsyncContextManager[None]:
         """Work that the processes sharing the database do in turn, never two at once (a chat
         platform's command menus and webhook address, set at each start)."""

@@ -87,8 +87,9 @@ async def forget(ctx: Context, options: dict[str, Any]) -> Reply:
             return replies.forget_nothing()
         _, jobs = await services.history.page(user.id, offset=0, limit=1)
         minutes = round(services.confirmations.ttl_seconds / 60)
-        return replies.forget_ask(services.confirmations.issue(ctx.actor.key), jobs, minutes)
-    if not services.confirmations.redeem(code, ctx.actor.key):
+        code = await services.confirmations.issue(ctx.subject(ctx.actor.user_id))
+        return replies.forget_ask(code, jobs, minutes)
+    if not await services.confirmations.redeem(code, ctx.subject(ctx.actor.user_id)):
         raise CommandError(replies.forget_expired())
     if user is None:
         return replies.forget_nothing()

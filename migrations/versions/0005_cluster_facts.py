@@ -1,0 +1,44 @@
+"""the cluster: facts every process on the database must agree on (the pseudonym key's
+check), and /forget's confirmation codes, which any replica may be asked to redeem
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-03 09:00:00.000000
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0005"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "instance_facts",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name"),
+    )
+    op.create_table(
+        "confirmations",
+        sa.Column("code_hash", sa.String(length=64), nullable=False),
+        sa.Column("owner", sa.String(length=64), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("code_hash"),
+    )
+    with op.batch_alter_table("confirmations", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_confirmations_owner"), ["owner"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_confirmations_expires_at"), ["expires_at"], unique=False
+        )
+
+
+def downgrade() -> None:
+    op.drop_table("confirmations")
+    op.drop_table("instance_facts")
