@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import socket
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -158,6 +160,7 @@ class HeadshotApp:
             store=self.store,
             events=self.events,
             coordination=self.coordination,
+            owner=process_name(),
             capacity=capacity_of(self.backend, settings),
             image_base_url=public or self.base_url,
             webhook_base_url=self.base_url if self._overrides.local_webhooks else public,
@@ -166,6 +169,7 @@ class HeadshotApp:
             or EngineTimings(
                 job_timeout_seconds=settings.job_timeout_seconds,
                 link_ttl_seconds=settings.provider_link_ttl_seconds,
+                lease_seconds=settings.job_lease_seconds,
             ),
             input_retention_seconds=settings.selfie_retention_seconds,
         )
@@ -212,8 +216,7 @@ class HeadshotApp:
         await web.SockSite(runner, sock).start()
         # Stopped first: no job is driven while what it uses closes.
         opened.push_async_callback(self.engine.stop)
-        if self.service:
-            await self.engine.resume()
+        await self.engine.begin(take_over=self.service)
         log.info("listening on %s", self.base_url)
 
     async def stop(self) -> None:
@@ -226,6 +229,13 @@ class HeadshotApp:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def process_name() -> str:
+    """This process, as the owner of the jobs it drives: the host, the pid, and a random tag
+    (a pid is reused after a restart)."""
+    name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    return name[-64:]
 
 
 def _check_store_is_shared(settings: Settings) -> None:

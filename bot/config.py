@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_output_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     job_timeout_seconds: float = Field(1800.0, gt=0)
+    # How long a job stays with a process that stopped renewing its lease (it died) before
+    # another takes it over.
+    job_lease_seconds: float = Field(30.0, ge=1, le=600)
     provider_link_ttl_seconds: float = Field(24 * 3600.0, gt=0)
 
     s3_bucket: str | None = None

@@ -119,6 +119,7 @@ class GenerationService:
                 daily_quota=quota if req.metered else None,
                 today=today,
                 max_active=req.max_active,
+                lease=self._engine.lease,
             )
         except BaseException as exc:
             await drop_inputs(self._store, selfie_key, pose_key)

@@ -14,6 +14,7 @@ from storage import ledger
 from storage.audit import write_audit
 from storage.database import Database
 from storage.deliveries import insert_delivery
+from storage.leases import database_now, lease_until
 from storage.models import Job, Output, utcnow
 from storage.records import FINISHED_STATES, AuditNote, JobRecord, JobState, OutputRecord
 
@@ -35,6 +36,14 @@ class NewJob:
     delivery: tuple[str, Mapping[str, Any]] | None = None
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A process's claim on the jobs it drives: who, and for how long from each renewal."""
+
+    owner: str
+    seconds: float
+
+
 class TooManyActive(Exception):
     """The user already has `active` unfinished jobs, the most allowed at once."""
 
@@ -54,8 +63,10 @@ class JobRepository:
         daily_quota: int | None,
         today: date,
         max_active: int | None = None,
+        lease: Lease | None = None,
     ) -> JobRecord:
-        """Insert a queued job and reserve its credits in one transaction.
+        """Insert a queued job and reserve its credits in one transaction. With `lease`, the
+        job is the lease owner's to drive from the start.
 
         Raises `ledger.QuotaExceeded` when the user lacks the credits, and `TooManyActive` when
         `max_active` is set and the user already has that many unfinished jobs; either way
@@ -87,6 +98,9 @@ class JobRepository:
                 active = await _active_count(conn, job.user_id)
                 if active >= max_active:
                     raise TooManyActive(active)
+            if lease is not None:
+                values["lease_owner"] = lease.owner
+                values["lease_expires_at"] = lease_until(conn, lease.seconds)
             row = (await conn.execute(insert(_JOBS).values(values).returning(_JOBS))).one()
             if job.delivery is not None:
                 await insert_delivery(conn, job.id, *job.delivery)
@@ -117,22 +131,21 @@ class JobRepository:
             )
             return found.scalar_one_or_none()
 
-    async def unfinished(self) -> list[JobRecord]:
-        """Every job not yet finished, oldest first: what start-up resumes."""
-        async with self._db.read() as conn:
-            rows = await conn.execute(
-                select(_JOBS).where(_JOBS.c.state.in_(_UNFINISHED)).order_by(_JOBS.c.created_at)
-            )
-            return [job_record(r) for r in rows]
-
     async def transition(
-        self, job_id: str, expected: Iterable[JobState], to: JobState, **fields: Any
+        self,
+        job_id: str,
+        expected: Iterable[JobState],
+        to: JobState,
+        *,
+        owner: str | None = None,
+        **fields: Any,
     ) -> JobRecord | None:
-        """Move a job to `to` only if it is in one of `expected`: the job as it now is, or None."""
+        """Move a job to `to` only if it is in one of `expected` (and, given an `owner`, only
+        while that process holds its lease): the job as it now is, or None."""
         if to in FINISHED_STATES:
             raise ValueError("finish a job with succeed() or fail(): they settle its credits")
         async with self._db.write() as conn:
-            return await _guarded_update(conn, job_id, expected, to, fields)
+            return await _guarded_update(conn, job_id, expected, to, fields, owner=owner)
 
     async def succeed(
         self,
@@ -141,6 +154,7 @@ class JobRepository:
         *,
         generation_time: float | None,
         keep_inputs_until: datetime | None = None,
+        owner: str | None = None,
     ) -> bool:
         """rehosting -> succeeded: keep the outputs, commit a credit per image, release the rest.
 
@@ -154,7 +168,7 @@ class JobRepository:
                 **_inputs_after_finish(keep_inputs_until),
             }
             moved = await _guarded_update(
-                conn, job_id, [JobState.REHOSTING], JobState.SUCCEEDED, fields
+                conn, job_id, [JobState.REHOSTING], JobState.SUCCEEDED, fields, owner=owner
             )
             if moved is None:
                 return False
@@ -173,6 +187,7 @@ class JobRepository:
         *,
         state: JobState = JobState.FAILED,
         keep_inputs_until: datetime | None = None,
+        owner: str | None = None,
     ) -> bool:
         """Any unfinished state -> failed (or cancelled), releasing every reserved credit once.
 
@@ -187,7 +202,7 @@ class JobRepository:
                 "finished_at": utcnow(),
                 **_inputs_after_finish(keep_inputs_until),
             }
-            moved = await _guarded_update(conn, job_id, unfinished, state, fields)
+            moved = await _guarded_update(conn, job_id, unfinished, state, fields, owner=owner)
             if moved is not None:
                 await ledger.settle(conn, job_id=job_id, delivered=0)
             return moved is not None
@@ -255,6 +270,51 @@ class JobRepository:
                 update(_JOBS)
                 .where(_JOBS.c.id == job_id, _JOBS.c.state.in_(_FINISHED))
                 .values(selfie_key=None, pose_key=None, inputs_expire_at=None)
+            )
+
+    async def renew_leases(self, lease: Lease) -> set[str]:
+        """Extend every lease `lease.owner` holds on an unfinished job; the ids renewed (a job
+        it drives that is not among them was taken over by another process)."""
+        async with self._db.write() as conn:
+            rows = await conn.execute(
+                update(_JOBS)
+                .where(_JOBS.c.lease_owner == lease.owner, _JOBS.c.state.in_(_UNFINISHED))
+                .values(lease_expires_at=lease_until(conn, lease.seconds))
+                .returning(_JOBS.c.id)
+            )
+            return {row.id for row in rows}
+
+    async def take_over(self, lease: Lease, *, limit: int = 100) -> list[JobRecord]:
+        """Unfinished jobs nobody holds a live lease on (their process stopped or died), now
+        `lease.owner`'s, oldest first. Rows another process is taking at the same moment are
+        skipped, not waited for (FOR UPDATE SKIP LOCKED; SQLite serialises writers anyway)."""
+        async with self._db.write() as conn:
+            now = database_now(conn)
+            free = (
+                select(_JOBS.c.id)
+                .where(
+                    _JOBS.c.state.in_(_UNFINISHED),
+                    or_(_JOBS.c.lease_expires_at.is_(None), _JOBS.c.lease_expires_at < now),
+                )
+                .order_by(_JOBS.c.created_at, _JOBS.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            rows = await conn.execute(
+                update(_JOBS)
+                .where(_JOBS.c.id.in_(free.scalar_subquery()))
+                .values(lease_owner=lease.owner, lease_expires_at=lease_until(conn, lease.seconds))
+                .returning(_JOBS)
+            )
+            return sorted((job_record(row) for row in rows), key=lambda j: (j.created_at, j.id))
+
+    async def release_leases(self, owner: str) -> None:
+        """Let go of every lease `owner` holds (a clean stop): others may take the jobs at once."""
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(_JOBS)
+                .where(_JOBS.c.lease_owner == owner, _JOBS.c.state.in_(_UNFINISHED))
+                .values(lease_expires_at=database_now(conn))
             )
 
     async def refund(self, job_id: str, *, audit: AuditNote) -> int:
@@ -343,10 +403,18 @@ async def _guarded_update(
     expected: Iterable[JobState],
     to: JobState,
     values: dict[str, Any],
+    *,
+    owner: str | None = None,
 ) -> JobRecord | None:
+    guards = [_JOBS.c.id == job_id, _JOBS.c.state.in_([s.value for s in expected])]
+    if owner is not None:
+        # A process whose lease was taken over (it stalled past its expiry) moves nothing.
+        guards.append(_JOBS.c.lease_owner == owner)
+    if to in FINISHED_STATES:
+        values = {**values, "lease_expires_at": None}
     result = await conn.execute(
         update(_JOBS)
-        .where(_JOBS.c.id == job_id, _JOBS.c.state.in_([s.value for s in expected]))
+        .where(*guards)
         .values(state=to.value, updated_at=utcnow(), **values)
         .returning(_JOBS)
     )
@@ -382,4 +450,5 @@ def job_record(row: Any) -> JobRecord:
         user_prompt=row.user_prompt,
         deleted_at=row.deleted_at,
         inputs_expire_at=row.inputs_expire_at,
+        lease_owner=row.lease_owner,
     )

@@ -108,6 +108,10 @@ class Job(Base):
     user_prompt: Mapped[str | None] = mapped_column(Text)
     deleted_at: Mapped[datetime | None] = mapped_column()
     inputs_expire_at: Mapped[datetime | None] = mapped_column(index=True)
+    # The cluster (migration 0005): the process driving the job, until when (by the database's
+    # clock); renewed while it drives it, taken over by another once it has expired.
+    lease_owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
 
 
 class Output(Base):

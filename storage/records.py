@@ -80,6 +80,7 @@ class JobRecord:
     user_prompt: str | None = None
     deleted_at: datetime | None = None
     inputs_expire_at: datetime | None = None
+    lease_owner: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from backends.modelslab.simulator import Simulator
 from bot.config import ConfigError, load_settings
+from bot.jobs.engine import EngineTimings
 from storage.coordination import (
     FileCoordination,
     PostgresCoordination,
@@ -19,8 +21,10 @@ from storage.coordination import (
     open_coordination,
     taking_turns,
 )
+from storage.records import JobState
 from tests.conftest import AppFactory
 from tests.databases import stored_bytes
+from tests.test_engine import start_processing_job
 
 
 async def test_one_service_per_sqlite_file_and_any_number_on_postgresql(
@@ -182,3 +186,32 @@ async def test_work_done_in_turns_never_overlaps(postgres_url: str) -> None:
     finally:
         for replica in replicas:
             await replica.aclose()
+
+
+@pytest.mark.parametrize("database_kind", ["postgresql"])  # SQLite has one service
+async def test_a_replica_starting_takes_no_live_job_and_takes_over_a_stopped_ones(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes
+) -> None:
+    """Start-up no longer resumes every unfinished job: a job another replica is driving (its
+    lease renewed) stays with it. When that replica stops, a live one takes the job over."""
+    simulator.config.processing_seconds = 60
+    leases = EngineTimings(min_poll_seconds=0.05, max_poll_seconds=0.2, lease_seconds=1.5)
+    first = await make_app(timings=leases)
+    job = await start_processing_job(first, selfie)
+    second = await make_app(timings=leases)
+    await asyncio.sleep(2 * leases.lease_seconds)  # several renewals and take-over passes
+    assert second.engine.active_jobs == 0
+    assert first.engine.active_jobs == 1
+    held = await second.jobs.get(job.id)
+    assert held is not None and held.lease_owner == first.engine.lease.owner
+
+    await first.stop()
+    simulator.complete_now(next(iter(simulator.jobs)))
+    for _ in range(200):
+        done = await second.jobs.get(job.id)
+        if done is not None and done.state == JobState.SUCCEEDED:
+            break
+        await asyncio.sleep(0.05)
+    assert done is not None and done.state == JobState.SUCCEEDED
+    assert done.lease_owner == second.engine.lease.owner
+    assert len(simulator.jobs) == 1  # taken over by fetching, never submitted again

@@ -55,7 +55,9 @@ async def test_killed_mid_job_then_restarted_finishes_the_job(
         "WEB_PORT": str(port),
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "LOG_LEVEL": "INFO",
-        "SELFIE_RETENTION_SECONDS": "0",  # no re-roll window: the selfie goes with the job
+        "SELFIE_RETENTION_SECONDS": "0",
+        # The killed process's lease on its job runs out this soon; then the service takes it.
+        "JOB_LEASE_SECONDS": "2",  # no re-roll window: the selfie goes with the job
     }
     register_database(db)
     simulator.config.processing_seconds = 2.0

@@ -3,6 +3,7 @@ selfies kept for re-rolls, and a moderator's refund (with the ledger checker tha
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
@@ -13,7 +14,7 @@ from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
 from storage.confirmations import ConfirmationRepository
 from storage.database import Database
-from storage.jobs import JobRepository, NewJob, TooManyActive
+from storage.jobs import JobRepository, Lease, NewJob, TooManyActive
 from storage.ledger import violations
 from storage.models import Confirmation
 from storage.records import AuditNote, JobState, OutputRecord
@@ -241,3 +242,35 @@ async def test_a_confirmation_works_once_for_its_owner_until_it_expires(db: Data
     async with db.read() as conn:
         rows = (await conn.execute(select(Confirmation.code_hash, Confirmation.owner))).all()
     assert rows == []  # used and expired codes are gone; none was ever kept in clear
+
+
+async def test_a_job_is_driven_by_its_lease_holder_and_taken_over_once_the_lease_runs_out(
+    db: Database,
+) -> None:
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    first, second = Lease("replica-a", 0.3), Lease("replica-b", 30)
+    await jobs.create(_new("held", user.id), daily_quota=QUOTA, today=TODAY, lease=first)
+    await jobs.create(_new("free", user.id), daily_quota=QUOTA, today=TODAY)  # no lease
+
+    # A live lease is left alone; a job without one is anyone's.
+    assert [job.id for job in await jobs.take_over(second)] == ["free"]
+    assert await jobs.renew_leases(first) == {"held"}
+    assert await jobs.take_over(second) == []
+    await asyncio.sleep(0.5)  # the first process stops renewing: its lease runs out
+    (taken,) = await jobs.take_over(second)
+    assert (taken.id, taken.lease_owner) == ("held", "replica-b")
+    # The first process, back from its stall, can no longer move the job; the new owner can.
+    assert await jobs.renew_leases(first) == set()
+    assert (
+        await jobs.transition("held", [JobState.QUEUED], JobState.SUBMITTED, owner="replica-a")
+        is None
+    )
+    assert not await jobs.fail("held", "late", owner="replica-a")
+    moved = await jobs.transition("held", [JobState.QUEUED], JobState.SUBMITTED, owner="replica-b")
+    assert moved is not None and moved.state == JobState.SUBMITTED
+    # A clean stop lets its jobs go at once; a finished job is nobody's to take.
+    await jobs.release_leases("replica-b")
+    assert {job.id for job in await jobs.take_over(Lease("replica-c", 30))} == {"held", "free"}
+    assert await jobs.fail("free", "done", owner="replica-c")
+    assert await jobs.renew_leases(Lease("replica-c", 30)) == {"held"}

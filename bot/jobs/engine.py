@@ -40,7 +40,7 @@ from bot.tokens import new_token, token_hash
 from bot.views import image_refs, job_summary
 from storage.coordination import Coordination
 from storage.imagestore import ImageNotFound, ImageStore
-from storage.jobs import JobRepository
+from storage.jobs import JobRepository, Lease
 from storage.records import JobRecord, JobState, OutputRecord
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ class EngineTimings:
     busy_retry_rounds: int = 5
     # How often stored selfies that no job needs any more are deleted.
     input_sweep_seconds: float = 60.0
+    # A job's lease: renewed every third of this while its process drives it; once it has
+    # run out (the process died), another process takes the job over.
+    lease_seconds: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -82,6 +85,7 @@ class JobEngine:
         store: ImageStore,
         events: EventBus,
         coordination: Coordination,
+        owner: str,
         capacity: int,
         image_base_url: str,
         webhook_base_url: str | None,
@@ -94,9 +98,11 @@ class JobEngine:
         self._store = store
         self._events = events
         self._coordination = coordination
+        self._timings = timings or EngineTimings()
+        self.lease = Lease(owner, self._timings.lease_seconds)
+        self._keeper: asyncio.Task[None] | None = None
         self._image_base_url = image_base_url.rstrip("/")
         self._webhook_base_url = webhook_base_url.rstrip("/") if webhook_base_url else None
-        self._timings = timings or EngineTimings()
         self._input_retention = timedelta(seconds=input_retention_seconds)
         self._sweeper: asyncio.Task[None] | None = None
         self._rehoster = Rehoster(
@@ -114,36 +120,63 @@ class JobEngine:
 
     # ---- life cycle -------------------------------------------------------------------
 
-    async def resume(self) -> int:
-        """The service's start: pick up every unfinished job and drop stored inputs no job
-        needs, then keep sweeping them. (`generate` drives its own job only: it never calls
-        this.)"""
-        unfinished = await self._jobs.unfinished()
-        for job in unfinished:
+    async def begin(self, *, take_over: bool) -> int:
+        """Start keeping the leases of the jobs this process drives. With `take_over` (the
+        service), also drive every unfinished job that nobody holds a live lease on (its
+        process stopped or died), now and from then on, and sweep stored inputs no job needs.
+        `generate` drives its own job only. Returns how many jobs were taken over now."""
+        taken = await self._take_over() if take_over else 0
+        if take_over:
+            if await self._coordination.try_lock(SWEEP_LOCK):
+                await self.sweep_inputs()
+            self._sweeper = asyncio.create_task(self._sweep_periodically(), name="input-sweeper")
+        self._keeper = asyncio.create_task(self._keep_leases(take_over), name="lease-keeper")
+        return taken
+
+    async def _take_over(self) -> int:
+        jobs = await self._jobs.take_over(self.lease)
+        for job in jobs:
             if job.state == JobState.PROCESSING:
                 self.dispatcher.claim(job.id)
             self.start(job)
-        if await self._coordination.try_lock(SWEEP_LOCK):
-            await self.sweep_inputs()
-        if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep_periodically(), name="input-sweeper")
-        if unfinished:
-            log.info("resumed %d unfinished job(s)", len(unfinished))
-        return len(unfinished)
+        if jobs:
+            log.info("took over %d unfinished job(s)", len(jobs))
+        return len(jobs)
+
+    async def _keep_leases(self, take_over: bool) -> None:
+        while True:
+            await asyncio.sleep(self.lease.seconds / 3)
+            try:
+                renewed = await self._jobs.renew_leases(self.lease)
+                for job_id, task in list(self._tasks.items()):
+                    if job_id not in renewed and not task.done():
+                        # Another process has it (we stalled past the lease): stop driving it.
+                        log.warning("job %s: taken over by another process", job_id)
+                        task.cancel()
+                if take_over:
+                    await self._take_over()
+            except Exception:
+                log.exception("keeping job leases failed; trying again shortly")
 
     async def stop(self) -> None:
-        """Stop driving jobs; they stay in the database and resume at the next start."""
+        """Stop driving jobs; they stay in the database, for the next process to take over."""
         self._stopping = True
         if self._announcement is not None:
             self._announcement.cancel()
         tasks = list(self._tasks.values())
-        if self._sweeper is not None:
-            tasks.append(self._sweeper)
-            self._sweeper = None
+        for extra in (self._sweeper, self._keeper):
+            if extra is not None:
+                tasks.append(extra)
+        self._sweeper = self._keeper = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*self._endings, return_exceptions=True)
+        try:
+            # Let the next process (a restart, another replica) take them at once.
+            await self._jobs.release_leases(self.lease.owner)
+        except Exception:
+            log.exception("releasing job leases failed: they run out by themselves")
 
     def start(self, job: JobRecord) -> None:
         if job.id in self._tasks or self._stopping:
@@ -209,7 +242,11 @@ class JobEngine:
             "attempts": job.attempts + 1,
         }
         submitted = await self._jobs.transition(
-            job.id, [JobState.QUEUED, JobState.SUBMITTED], JobState.SUBMITTED, **fields
+            job.id,
+            [JobState.QUEUED, JobState.SUBMITTED],
+            JobState.SUBMITTED,
+            owner=self.lease.owner,
+            **fields,
         )
         if submitted is None:
             raise JobMovedOn
@@ -263,6 +300,7 @@ class JobEngine:
             job.id,
             [JobState.PROCESSING],
             JobState.PROCESSING,
+            owner=self.lease.owner,
             provider_id=result.provider_id,
             eta_at=eta_at,
         )
@@ -286,6 +324,7 @@ class JobEngine:
                 job.id,
                 [JobState.SUBMITTED],
                 JobState.PROCESSING,
+                owner=self.lease.owner,
                 provider_id=result.provider_id,
                 eta_at=eta_at,
             )
@@ -297,6 +336,7 @@ class JobEngine:
                 job.id,
                 [JobState.SUBMITTED, JobState.PROCESSING],
                 JobState.REHOSTING,
+                owner=self.lease.owner,
                 provider_id=result.provider_id or job.provider_id,
                 provider_outputs=list(result.outputs),
                 completed_at=now,
@@ -325,7 +365,11 @@ class JobEngine:
     async def _succeed(self, job: JobRecord, outputs: list[OutputRecord]) -> None:
         keep_until = self._keep_inputs_until()
         if not await self._jobs.succeed(
-            job.id, outputs, generation_time=job.generation_time, keep_inputs_until=keep_until
+            job.id,
+            outputs,
+            generation_time=job.generation_time,
+            keep_inputs_until=keep_until,
+            owner=self.lease.owner,
         ):
             return
         if keep_until is None:
@@ -340,7 +384,9 @@ class JobEngine:
 
     async def _record_failure(self, job: JobRecord, reason: str) -> None:
         keep_until = self._keep_inputs_until()
-        refunded = await self._jobs.fail(job.id, reason, keep_inputs_until=keep_until)
+        refunded = await self._jobs.fail(
+            job.id, reason, keep_inputs_until=keep_until, owner=self.lease.owner
+        )
         if refunded:
             if keep_until is None:
                 await self._drop_inputs(job)

@@ -1,5 +1,6 @@
-"""the cluster: facts every process on the database must agree on (the pseudonym key's
-check), and /forget's confirmation codes, which any replica may be asked to redeem
+"""the cluster: job leases (the one process driving a job, until when), facts every process
+on the database must agree on (the pseudonym key's check), and /forget's confirmation codes,
+which any replica may be asked to redeem
 
 Revision ID: 0005
 Revises: 0004
@@ -18,6 +19,13 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # Plain ADD COLUMNs (no table copy on SQLite). A job without a lease is anyone's to take.
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("lease_owner", sa.String(length=64), nullable=True))
+        batch_op.add_column(
+            sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True)
+        )
+        batch_op.create_index(batch_op.f("ix_jobs_lease_owner"), ["lease_owner"], unique=False)
     op.create_table(
         "instance_facts",
         sa.Column("name", sa.String(length=64), nullable=False),
@@ -42,3 +50,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("confirmations")
     op.drop_table("instance_facts")
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_jobs_lease_owner"))
+        batch_op.drop_column("lease_expires_at")
+        batch_op.drop_column("lease_owner")
