@@ -241,11 +241,10 @@ class JobEngine:
             "submitted_at": datetime.now(UTC),
             "attempts": job.attempts + 1,
         }
-        submitted = await self._jobs.transition(
+        submitted = await self._transition(
             job.id,
             [JobState.QUEUED, JobState.SUBMITTED],
             JobState.SUBMITTED,
-            owner=self.lease.owner,
             **fields,
         )
         if submitted is None:
@@ -292,15 +291,20 @@ class JobEngine:
             polls += 1
             delay = self._next_poll_delay(result.eta_seconds, polls)
 
+    async def _transition(
+        self, job_id: str, expected: list[JobState], to: JobState, **fields: Any
+    ) -> JobRecord | None:
+        """A guarded transition, made only while this process still holds the job's lease."""
+        return await self._jobs.transition(job_id, expected, to, owner=self.lease.owner, **fields)
+
     async def _record_move(self, job: JobRecord, result: ProviderResult) -> JobRecord:
         """The job goes by a new provider id (a fallback moved it to the other generator):
         recorded, so that after a restart it is fetched from where it now runs."""
         eta_at = datetime.now(UTC) + timedelta(seconds=result.eta_seconds or 0)
-        moved = await self._jobs.transition(
+        moved = await self._transition(
             job.id,
             [JobState.PROCESSING],
             JobState.PROCESSING,
-            owner=self.lease.owner,
             provider_id=result.provider_id,
             eta_at=eta_at,
         )
@@ -320,11 +324,10 @@ class JobEngine:
             if not result.provider_id:
                 raise JobFailure("the generator gave no job id to follow")
             eta_at = now + timedelta(seconds=result.eta_seconds or 0)
-            moved = await self._jobs.transition(
+            moved = await self._transition(
                 job.id,
                 [JobState.SUBMITTED],
                 JobState.PROCESSING,
-                owner=self.lease.owner,
                 provider_id=result.provider_id,
                 eta_at=eta_at,
             )
@@ -332,11 +335,10 @@ class JobEngine:
                 self._events.publish(Started(job.id, result.eta_seconds))
         else:
             self._slot_done(job)
-            moved = await self._jobs.transition(
+            moved = await self._transition(
                 job.id,
                 [JobState.SUBMITTED, JobState.PROCESSING],
                 JobState.REHOSTING,
-                owner=self.lease.owner,
                 provider_id=result.provider_id or job.provider_id,
                 provider_outputs=list(result.outputs),
                 completed_at=now,
