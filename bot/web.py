@@ -86,7 +86,7 @@ async def modelslab_webhook(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="body must be JSON") from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="body must be a JSON object")
-    engine.nudge(job_id)
+    engine.wake(job_id)
     log.debug("webhook for job %s (status %r)", job_id, body.get("status"))
     return web.json_response({"ok": True})
 

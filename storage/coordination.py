@@ -20,8 +20,9 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -29,12 +30,22 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+log = logging.getLogger(__name__)
+
+# How long to wait before making a lost LISTEN connection again.
+RELISTEN_SECONDS = 1.0
+# The listener's application_name, as pg_stat_activity shows it.
+LISTENER_NAME = "headshot-bot listener"
+
 
 class ServiceAlreadyRunning(Exception):
     """Another process runs as the service on this SQLite database. The message says which."""
 
 
 class Coordination(Protocol):
+    # Whether other processes may be listening on the channels (several replicas).
+    reaches_others: bool
+
     async def claim_service(self) -> None:
         """Start running as the service (`headshot-bot run`). Raises ServiceAlreadyRunning
         where only one may (SQLite)."""
@@ -46,6 +57,16 @@ class Coordination(Protocol):
         ...
 
     async def unlock(self, name: str) -> None: ...
+
+    def listen(self, channel: str, callback: Callable[[str], object]) -> None:
+        """Have `callback(payload)` called for every message published on `channel` by any
+        process on the database, this one included, from now on. Best effort: a message
+        published while a connection is being re-made can be lost (keep a fallback)."""
+        ...
+
+    async def publish(self, channel: str, payload: str) -> None:
+        """Send `payload` (text, under 8000 bytes) to every listener of `channel`."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -77,9 +98,12 @@ class FileCoordination:
     """SQLite's: an exclusive lock on `<database>.lock` for the service; every other lock is
     the service's already (the only process that does once-only work)."""
 
+    reaches_others = False
+
     def __init__(self, database: Path) -> None:
         self.path = database.with_name(database.name + ".lock")
         self._fd: int | None = None
+        self._listeners = _Listeners()
 
     async def claim_service(self) -> None:
         if self._fd is not None:
@@ -107,6 +131,12 @@ class FileCoordination:
     async def unlock(self, name: str) -> None:
         return None
 
+    def listen(self, channel: str, callback: Callable[[str], object]) -> None:
+        self._listeners.add(channel, callback)
+
+    async def publish(self, channel: str, payload: str) -> None:
+        self._listeners.deliver(channel, payload)
+
     async def aclose(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the lock
@@ -114,7 +144,10 @@ class FileCoordination:
 
 
 class PostgresCoordination:
-    """PostgreSQL's: session-level advisory locks on one connection kept for the purpose."""
+    """PostgreSQL's: session-level advisory locks on one connection kept for the purpose, and
+    LISTEN/NOTIFY on another."""
+
+    reaches_others = True
 
     def __init__(self, database_url: str) -> None:
         self._engine: AsyncEngine = create_async_engine(
@@ -123,6 +156,17 @@ class PostgresCoordination:
         self._connection: AsyncConnection | None = None
         self._held: set[str] = set()
         self._turn = asyncio.Lock()  # one statement at a time on the one connection
+        self._publisher: AsyncEngine = create_async_engine(
+            database_url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=4
+        )
+        self._conninfo = (
+            make_url(database_url)
+            .set(drivername="postgresql")
+            .render_as_string(hide_password=False)
+        )
+        self._listeners = _Listeners()
+        self._listening: asyncio.Task[None] | None = None
+        self._listener_connected = asyncio.Event()
 
     async def claim_service(self) -> None:
         return None  # any number of replicas
@@ -144,7 +188,59 @@ class PostgresCoordination:
             await self._connection.scalar(select(func.pg_advisory_unlock(lock_key(name))))
             self._held.discard(name)
 
+    def listen(self, channel: str, callback: Callable[[str], object]) -> None:
+        self._listeners.add(channel, callback)
+        if self._listening is None:
+            self._listening = asyncio.create_task(self._listen(), name="listen-notify")
+        else:
+            # A channel added later is listened to from the next connection on.
+            self._restart_listener()
+
+    async def publish(self, channel: str, payload: str) -> None:
+        async with self._publisher.connect() as connection:
+            await connection.execute(select(func.pg_notify(channel, payload)))
+
+    async def listening(self) -> None:
+        """Until the listener's connection is up (tests wait for it before publishing)."""
+        await self._listener_connected.wait()
+
+    def _restart_listener(self) -> None:
+        if self._listening is not None:
+            self._listening.cancel()
+        self._listening = asyncio.create_task(self._listen(), name="listen-notify")
+
+    async def _listen(self) -> None:
+        """LISTEN on a connection of its own, made again whenever it is lost."""
+        import psycopg  # the [postgres] extra's driver, as SQLAlchemy's engine uses it
+        from psycopg import sql
+
+        while True:
+            self._listener_connected.clear()
+            try:
+                connection = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, application_name=LISTENER_NAME
+                )
+                async with connection:
+                    for channel in self._listeners.channels():
+                        await connection.execute(
+                            sql.SQL("LISTEN {}").format(sql.Identifier(channel))
+                        )
+                    self._listener_connected.set()
+                    async for note in connection.notifies():
+                        self._listeners.deliver(note.channel, note.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("LISTEN connection lost (%s); making it again", exc)
+            await asyncio.sleep(RELISTEN_SECONDS)
+
     async def aclose(self) -> None:
+        if self._listening is not None:
+            self._listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listening
+            self._listening = None
+        await self._publisher.dispose()
         async with self._turn:
             self._held.clear()
             if self._connection is not None:
@@ -172,6 +268,26 @@ class PostgresCoordination:
             self._held.clear()
             self._connection = await self._engine.connect()
         return self._connection
+
+
+class _Listeners:
+    """Callbacks by channel; one that raises is logged, never stops the others."""
+
+    def __init__(self) -> None:
+        self._by_channel: dict[str, list[Callable[[str], object]]] = {}
+
+    def add(self, channel: str, callback: Callable[[str], object]) -> None:
+        self._by_channel.setdefault(channel, []).append(callback)
+
+    def channels(self) -> list[str]:
+        return list(self._by_channel)
+
+    def deliver(self, channel: str, payload: str) -> None:
+        for callback in self._by_channel.get(channel, ()):
+            try:
+                callback(payload)
+            except Exception:
+                log.exception("a listener of %s failed", channel)
 
 
 def lock_key(name: str) -> int:

@@ -14,7 +14,9 @@ import pytest
 from backends.modelslab.simulator import Simulator
 from bot.config import ConfigError, load_settings
 from bot.jobs.engine import EngineTimings
+from bot.jobs.events import Completed
 from storage.coordination import (
+    LISTENER_NAME,
     FileCoordination,
     PostgresCoordination,
     ServiceAlreadyRunning,
@@ -23,7 +25,7 @@ from storage.coordination import (
 )
 from storage.records import JobState
 from tests.conftest import AppFactory
-from tests.databases import stored_bytes
+from tests.databases import execute, stored_bytes
 from tests.test_engine import start_processing_job
 
 
@@ -215,3 +217,70 @@ async def test_a_replica_starting_takes_no_live_job_and_takes_over_a_stopped_one
     assert done is not None and done.state == JobState.SUCCEEDED
     assert done.lease_owner == second.engine.lease.owner
     assert len(simulator.jobs) == 1  # taken over by fetching, never submitted again
+
+
+@pytest.mark.parametrize("database_kind", ["postgresql"])  # one process per SQLite file
+async def test_a_follower_on_another_replica_sees_the_job_end_and_its_webhook_wakes_it(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes
+) -> None:
+    """The job runs on one replica; the person follows it through another, and the provider's
+    webhook reaches that other one too. Neither is lost: the webhook wakes the job where it is
+    driven (its own polls are 30 s apart), and the end reaches the follower over NOTIFY."""
+    simulator.config.processing_seconds = 60
+    slow = EngineTimings(min_poll_seconds=30, max_poll_seconds=30, event_check_seconds=60)
+    driving = await make_app(timings=slow)
+    other = await make_app(timings=slow)
+    assert isinstance(other.coordination, PostgresCoordination)
+    job = await start_processing_job(driving, selfie)
+    events = []
+
+    async def follow() -> None:
+        async for event in other.commands.follow(job.id):
+            events.append(event)
+
+    follower = asyncio.create_task(follow())
+    await other.coordination.listening()
+    (sim_job,) = simulator.jobs.values()
+    assert sim_job.webhook is not None
+    sim_job.webhook = sim_job.webhook.replace(driving.base_url, other.base_url)
+    started = asyncio.get_running_loop().time()
+    simulator.complete_now(sim_job.id)
+    await asyncio.wait_for(follower, 10)
+    assert asyncio.get_running_loop().time() - started < 10
+    kinds = [type(event).__name__ for event in events]
+    # Where it stood when followed, what the driving replica told (relayed), then its end.
+    assert kinds[0] == "Started" and kinds[-2:] == ["Progress", "Completed"], kinds
+    final = events[-1]
+    assert isinstance(final, Completed) and len(final.images) == 1
+    assert simulator.webhook_deliveries[-1]["url"].startswith(other.base_url)
+    assert other.engine.active_jobs == 0  # it only relayed
+
+
+@pytest.mark.parametrize("database_kind", ["postgresql"])
+async def test_a_follower_gets_the_end_even_when_the_message_is_lost(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes, database_url: str
+) -> None:
+    """LISTEN's connection can drop, taking messages with it: a follower of a job driven
+    elsewhere is checked on now and then, and still gets the job's end."""
+    simulator.config.processing_seconds = 60
+    timings = EngineTimings(min_poll_seconds=0.05, max_poll_seconds=0.2, event_check_seconds=0.5)
+    driving = await make_app(timings=timings)
+    other = await make_app(timings=timings)
+    job = await start_processing_job(driving, selfie)
+    events = []
+
+    async def follow() -> None:
+        async for event in other.commands.follow(job.id):
+            events.append(event)
+
+    follower = asyncio.create_task(follow())
+    await other.coordination.listening()
+    # Both replicas' listeners lose their connection just as the job ends.
+    execute(
+        database_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = :name",
+        name=LISTENER_NAME,
+    )
+    simulator.complete_now(next(iter(simulator.jobs)))
+    await asyncio.wait_for(follower, 10)
+    assert isinstance(events[-1], Completed)

@@ -28,13 +28,12 @@ from bot.commands.parse import (
 from bot.commands.spec import COMMANDS, GENERATION_COMMANDS, Access, CommandSpec, find_command
 from bot.generation import RequestRefused
 from bot.images import ImageRejected, check_upload
-from bot.jobs.events import Completed, Failed, JobEvent
+from bot.jobs.events import JobEvent
 from bot.replies import Reply
 from bot.styles import STYLES
 from bot.ui import ImageRef
-from bot.views import image_refs, job_summary
 from storage.coordination import taking_turns
-from storage.records import JobRecord, JobState, PendingDelivery
+from storage.records import PendingDelivery
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +139,7 @@ class CommandLayer:
             if job is None or job.deleted_at is not None:
                 return
             if job.state.finished:
-                yield await self._final_event(job)
+                yield await services.engine.relay.final_event(job)
                 return
             now = services.engine.current_event(job)
             del job  # a follower may wait for hours behind a long queue: hold no record
@@ -150,14 +149,6 @@ class CommandLayer:
                 yield event
         finally:
             subscription.close()
-
-    async def _final_event(self, job: JobRecord) -> JobEvent:
-        if job.state == JobState.SUCCEEDED:
-            outputs = await self.services.jobs.outputs(job.id)
-            images = image_refs(outputs, self.services.image_base_url)
-            return Completed(job.id, images, job_summary(job), job.credits_reserved - len(images))
-        retry = job.selfie_key is not None
-        return Failed(job.id, job.error or "it was cancelled", refunded=True, can_retry=retry)
 
     # ---- what adapters need besides commands ----------------------------------------------
 

@@ -36,6 +36,7 @@ from bot.jobs.dispatcher import Dispatcher
 from bot.jobs.event_bus import EventBus
 from bot.jobs.events import Completed, Failed, JobEvent, Progress, Queued, Started
 from bot.jobs.rehost import Rehoster, RehostFailed, RetryPolicy
+from bot.jobs.relay import EventRelay
 from bot.tokens import new_token, token_hash
 from bot.views import image_refs, job_summary
 from storage.coordination import Coordination
@@ -73,6 +74,8 @@ class EngineTimings:
     # A job's lease: renewed every third of this while its process drives it; once it has
     # run out (the process died), another process takes the job over.
     lease_seconds: float = 30.0
+    # How often a follower of a job driven by another process is checked on (a lost message).
+    event_check_seconds: float = 5.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -100,6 +103,15 @@ class JobEngine:
         self._coordination = coordination
         self._timings = timings or EngineTimings()
         self.lease = Lease(owner, self._timings.lease_seconds)
+        self.relay = EventRelay(
+            bus=events,
+            coordination=coordination,
+            jobs=jobs,
+            origin=owner,
+            image_base_url=image_base_url,
+            driven_here=lambda job_id: job_id in self._tasks,
+            check_seconds=self._timings.event_check_seconds,
+        )
         self._keeper: asyncio.Task[None] | None = None
         self._image_base_url = image_base_url.rstrip("/")
         self._webhook_base_url = webhook_base_url.rstrip("/") if webhook_base_url else None
@@ -125,6 +137,7 @@ class JobEngine:
         service), also drive every unfinished job that nobody holds a live lease on (its
         process stopped or died), now and from then on, and sweep stored inputs no job needs.
         `generate` drives its own job only. Returns how many jobs were taken over now."""
+        self.relay.start(on_wake=self.nudge)
         taken = await self._take_over() if take_over else 0
         if take_over:
             if await self._coordination.try_lock(SWEEP_LOCK):
@@ -172,6 +185,7 @@ class JobEngine:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*self._endings, return_exceptions=True)
+        await self.relay.stop()
         try:
             # Let the next process (a restart, another replica) take them at once.
             await self._jobs.release_leases(self.lease.owner)
@@ -185,6 +199,11 @@ class JobEngine:
         task = asyncio.create_task(self._drive(job), name=f"job-{job.id}")
         self._tasks[job.id] = task
         task.add_done_callback(lambda _t, job_id=job.id: self._forget(job_id))
+
+    def wake(self, job_id: str) -> None:
+        """A webhook said this job may have ended: check it now, here or where it is driven."""
+        if not self.nudge(job_id):
+            self.relay.wake_elsewhere(job_id)
 
     def nudge(self, job_id: str) -> bool:
         """A webhook said this job may have ended: check it now. False if we are not driving it."""
@@ -311,7 +330,7 @@ class JobEngine:
         if moved is None:
             raise JobMovedOn
         log.info("job %s: now %s", job.id, result.provider_id)
-        self._events.publish(Started(job.id, result.eta_seconds))
+        self.relay.publish(Started(job.id, result.eta_seconds))
         return moved
 
     async def _record_result(self, job: JobRecord, result: ProviderResult) -> JobRecord:
@@ -332,7 +351,7 @@ class JobEngine:
                 eta_at=eta_at,
             )
             if moved is not None:
-                self._events.publish(Started(job.id, result.eta_seconds))
+                self.relay.publish(Started(job.id, result.eta_seconds))
         else:
             self._slot_done(job)
             moved = await self._transition(
@@ -349,7 +368,7 @@ class JobEngine:
         return moved
 
     async def _rehost(self, job: JobRecord) -> None:
-        self._events.publish(Progress(job.id, "rehosting"))
+        self.relay.publish(Progress(job.id, "rehosting"))
         completed_at = job.completed_at or datetime.now(UTC)
         link_left = (
             completed_at + timedelta(seconds=self._timings.link_ttl_seconds) - datetime.now(UTC)
@@ -378,7 +397,7 @@ class JobEngine:
             await self._drop_inputs(job)
         images = image_refs(outputs, self._image_base_url)
         refunded = job.credits_reserved - len(outputs)
-        self._events.publish(Completed(job.id, images, job_summary(job), refunded=refunded))
+        self.relay.publish(Completed(job.id, images, job_summary(job), refunded=refunded))
 
     async def _fail(self, job: JobRecord, reason: str) -> None:
         self._slot_done(job)
@@ -393,7 +412,7 @@ class JobEngine:
             if keep_until is None:
                 await self._drop_inputs(job)
             retry = keep_until is not None
-            self._events.publish(Failed(job.id, reason, refunded=True, can_retry=retry))
+            self.relay.publish(Failed(job.id, reason, refunded=True, can_retry=retry))
             log.info("job %s failed: %s", job.id, reason)
 
     async def _ending(self, step: Coroutine[Any, Any, None]) -> None:
@@ -430,7 +449,7 @@ class JobEngine:
                     raise JobFailure(f"the generator failed ({exc})") from None
                 wait = self._timings.retry.delay(round_ + 2)
             log.info("job %s: provider busy, retrying in %.1f s", job.id, wait)
-            self._events.publish(Progress(job.id, "retrying"))
+            self.relay.publish(Progress(job.id, "retrying"))
             await asyncio.sleep(wait)
         raise JobFailure("the generator is unavailable right now; try again in a few minutes")
 
@@ -552,7 +571,7 @@ class JobEngine:
             if event is None or self._announced.get(job_id) == event.position:
                 continue
             self._announced[job_id] = event.position
-            self._events.publish(event)
+            self.relay.publish(event)
 
 
 INPUT_PREFIX = "inputs/"

@@ -66,6 +66,9 @@ class EventBus:
     def watched_jobs(self) -> list[str]:
         return list(self._watchers)
 
+    def watching(self, job_id: str) -> bool:
+        return job_id in self._watchers
+
     def publish(self, event: JobEvent) -> None:
         for subscription in self._watchers.get(event.job_id, ()):
             subscription.put(event)
