@@ -8,11 +8,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from bot.commands import CommandLayer
 from bot.jobs.events import JobEvent
 
 log = logging.getLogger(__name__)
+
+_Target = TypeVar("_Target")
 
 RETRY_FIRST_SECONDS = 5.0
 RETRY_MAX_SECONDS = 300.0
@@ -68,3 +71,36 @@ async def show_until_done(
         await asyncio.sleep(delay)
         delay = min(delay * 2, RETRY_MAX_SECONDS)
     await layer.delivered(job_id)
+
+
+async def take_over_deliveries(
+    layer: CommandLayer,
+    platform: str,
+    read_target: Callable[[dict[str, Any]], _Target],
+    follow: Callable[[str, _Target], None],
+) -> None:
+    """Show the results this platform owes that no process is showing (at start: the last
+    run's; later: a replica's that died): each is claimed for this process, then followed."""
+    for pending in await layer.undelivered(platform):
+        try:
+            target = read_target(pending.target)
+        except ValueError:
+            log.exception("job %s: unreadable delivery target; dropped", pending.job_id)
+            await layer.delivered(pending.job_id)
+            continue
+        follow(pending.job_id, target)
+
+
+async def keep_taking_over_deliveries(
+    layer: CommandLayer,
+    platform: str,
+    read_target: Callable[[dict[str, Any]], _Target],
+    follow: Callable[[str, _Target], None],
+) -> None:
+    """`take_over_deliveries` now and then, for as long as the adapter runs."""
+    while True:
+        await asyncio.sleep(layer.claim_interval)
+        try:
+            await take_over_deliveries(layer, platform, read_target, follow)
+        except Exception:
+            log.exception("taking over results still owed failed; trying again later")

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.database import Database
+from storage.leases import Lease, database_now, lease_until
 from storage.models import Delivery, utcnow
 from storage.records import PendingDelivery
 
@@ -35,6 +36,35 @@ class DeliveryRepository:
             )
             return [PendingDelivery(row.job_id, row.target) for row in rows]
 
+    async def claim(
+        self, platform: str, lease: Lease, *, limit: int = 500
+    ) -> list[PendingDelivery]:
+        """What this platform owes that no process is showing (nobody holds a live lease on
+        it: its process stopped or died), now `lease.owner`'s to show, oldest first. Rows
+        another process is claiming at the same moment are skipped (SKIP LOCKED)."""
+        async with self._db.write() as conn:
+            free = (
+                select(_DELIVERIES.c.job_id)
+                .where(
+                    _DELIVERIES.c.platform == platform,
+                    or_(
+                        _DELIVERIES.c.lease_expires_at.is_(None),
+                        _DELIVERIES.c.lease_expires_at < database_now(conn),
+                    ),
+                )
+                .order_by(_DELIVERIES.c.created_at, _DELIVERIES.c.job_id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            rows = await conn.execute(
+                update(_DELIVERIES)
+                .where(_DELIVERIES.c.job_id.in_(free.scalar_subquery()))
+                .values(lease_owner=lease.owner, lease_expires_at=lease_until(conn, lease.seconds))
+                .returning(_DELIVERIES.c.job_id, _DELIVERIES.c.target, _DELIVERIES.c.created_at)
+            )
+            claimed = sorted(rows, key=lambda row: (row.created_at, row.job_id))
+            return [PendingDelivery(row.job_id, row.target) for row in claimed]
+
     async def retarget(self, job_id: str, target: Mapping[str, Any]) -> None:
         """Change where a result still owed goes (no-op once it has been shown)."""
         async with self._db.write() as conn:
@@ -47,11 +77,37 @@ class DeliveryRepository:
 
 
 async def insert_delivery(
-    conn: AsyncConnection, job_id: str, platform: str, target: Mapping[str, Any]
+    conn: AsyncConnection,
+    job_id: str,
+    platform: str,
+    target: Mapping[str, Any],
+    lease: Lease | None = None,
 ) -> None:
-    """Note a delivery inside the caller's transaction (the job's own, when it is created)."""
+    """Note a delivery inside the caller's transaction (the job's own, when it is created),
+    shown by the lease's owner (the process that took the command)."""
+    values: dict[str, Any] = {
+        "job_id": job_id,
+        "platform": platform,
+        "target": dict(target),
+        "created_at": utcnow(),
+    }
+    if lease is not None:
+        values |= {"lease_owner": lease.owner, "lease_expires_at": lease_until(conn, lease.seconds)}
+    await conn.execute(insert(_DELIVERIES).values(values))
+
+
+async def renew_deliveries(conn: AsyncConnection, lease: Lease) -> None:
+    """Extend the leases of the deliveries `lease.owner` is showing (the caller's transaction)."""
     await conn.execute(
-        insert(_DELIVERIES).values(
-            job_id=job_id, platform=platform, target=dict(target), created_at=utcnow()
-        )
+        update(_DELIVERIES)
+        .where(_DELIVERIES.c.lease_owner == lease.owner)
+        .values(lease_expires_at=lease_until(conn, lease.seconds))
+    )
+
+
+async def release_deliveries(conn: AsyncConnection, owner: str) -> None:
+    await conn.execute(
+        update(_DELIVERIES)
+        .where(_DELIVERIES.c.lease_owner == owner)
+        .values(lease_expires_at=database_now(conn))
     )

@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from storage import ledger
 from storage.audit import write_audit
 from storage.database import Database
-from storage.deliveries import insert_delivery
-from storage.leases import database_now, lease_until
+from storage.deliveries import insert_delivery, release_deliveries, renew_deliveries
+from storage.leases import Lease, database_now, lease_until
 from storage.models import Job, Output, utcnow
 from storage.records import FINISHED_STATES, AuditNote, JobRecord, JobState, OutputRecord
 
@@ -34,14 +34,6 @@ class NewJob:
     user_prompt: str | None = None
     # Where a chat adapter will show the result: (platform, its own address for it).
     delivery: tuple[str, Mapping[str, Any]] | None = None
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A process's claim on the jobs it drives: who, and for how long from each renewal."""
-
-    owner: str
-    seconds: float
 
 
 class TooManyActive(Exception):
@@ -103,7 +95,7 @@ class JobRepository:
                 values["lease_expires_at"] = lease_until(conn, lease.seconds)
             row = (await conn.execute(insert(_JOBS).values(values).returning(_JOBS))).one()
             if job.delivery is not None:
-                await insert_delivery(conn, job.id, *job.delivery)
+                await insert_delivery(conn, job.id, *job.delivery, lease=lease)
             await ledger.reserve(
                 conn,
                 user_id=job.user_id,
@@ -273,9 +265,11 @@ class JobRepository:
             )
 
     async def renew_leases(self, lease: Lease) -> set[str]:
-        """Extend every lease `lease.owner` holds on an unfinished job; the ids renewed (a job
-        it drives that is not among them was taken over by another process)."""
+        """Extend every lease `lease.owner` holds on an unfinished job, and on a result it is
+        showing; the job ids renewed (a job it drives that is not among them was taken over by
+        another process)."""
         async with self._db.write() as conn:
+            await renew_deliveries(conn, lease)
             rows = await conn.execute(
                 update(_JOBS)
                 .where(_JOBS.c.lease_owner == lease.owner, _JOBS.c.state.in_(_UNFINISHED))
@@ -309,8 +303,10 @@ class JobRepository:
             return sorted((job_record(row) for row in rows), key=lambda j: (j.created_at, j.id))
 
     async def release_leases(self, owner: str) -> None:
-        """Let go of every lease `owner` holds (a clean stop): others may take the jobs at once."""
+        """Let go of every lease `owner` holds (a clean stop): others may take its jobs, and
+        the results it was showing, at once."""
         async with self._db.write() as conn:
+            await release_deliveries(conn, owner)
             await conn.execute(
                 update(_JOBS)
                 .where(_JOBS.c.lease_owner == owner, _JOBS.c.state.in_(_UNFINISHED))

@@ -6,6 +6,7 @@ on the server. SQLite is a file on the one machine that runs the bot, whose cloc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -13,6 +14,14 @@ from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import utcnow
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A process's claim on what it drives: who, and for how long from each renewal."""
+
+    owner: str
+    seconds: float
 
 
 def database_now(conn: AsyncConnection) -> Any:

@@ -227,6 +227,10 @@ class Delivery(Base):
     platform: Mapped[str] = mapped_column(String(32), index=True)
     target: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The process showing the result, until when (migration 0005): after a crash, one other
+    # process takes the delivery over, so a result is posted by one process only.
+    lease_owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
 
 
 class InstanceFact(Base):

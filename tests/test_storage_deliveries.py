@@ -4,10 +4,13 @@ job when the user deletes it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from storage.database import Database
 from storage.deliveries import DeliveryRepository
+from storage.leases import Lease
 from storage.ledger import QuotaExceeded
 from storage.records import PendingDelivery
 from tests.test_storage_history import QUOTA, World
@@ -69,3 +72,29 @@ async def test_deleting_a_job_clears_its_delivery(db: Database) -> None:
 
     assert await world.history.delete("done") is not None
     assert await deliveries.pending("discord") == []
+
+
+async def test_a_result_is_shown_by_one_process_and_taken_over_when_it_stops(
+    db: Database,
+) -> None:
+    """After a restart or a replica's death, one process claims what is owed: never two."""
+    world = World(db)
+    user = await world.accounts.user("telegram", "u1")
+    first = Lease("replica-a", 0.3)
+    target = {"chat_id": 3, "user_id": 7}
+    await world.job("live", user, end=None, delivery=("telegram", target), lease=first)
+    await world.job("orphan", user, end=None, delivery=("telegram", target))  # no lease: free
+    deliveries = DeliveryRepository(db)
+    second, third = Lease("replica-b", 30), Lease("replica-c", 30)
+
+    assert [d.job_id for d in await deliveries.claim("telegram", second)] == ["orphan"]
+    assert await deliveries.claim("telegram", third) == []  # b shows it; a's lease is live
+    assert await deliveries.claim("discord", third) == []
+    await asyncio.sleep(0.5)  # replica a stops renewing
+    assert [d.job_id for d in await deliveries.claim("telegram", third)] == ["live"]
+    await world.jobs.renew_leases(second)  # b renews: its delivery stays its own
+    assert await deliveries.claim("telegram", Lease("replica-d", 30)) == []
+    await world.jobs.release_leases("replica-b")  # a clean stop lets it go at once
+    assert [d.job_id for d in await deliveries.claim("telegram", Lease("replica-d", 30))] == [
+        "orphan"
+    ]

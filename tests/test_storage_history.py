@@ -17,6 +17,7 @@ from storage.database import Database
 from storage.deliveries import DeliveryRepository
 from storage.history import HistoryRepository, UserBusy
 from storage.jobs import JobRepository, NewJob
+from storage.leases import Lease
 from storage.ledger import violations
 from storage.pseudonyms import Pseudonyms
 from storage.records import AuditNote, ForgetReport, JobState, OutputRecord, UserRecord
@@ -50,6 +51,7 @@ class World:
         selfie: str | None = None,
         today: date = TODAY,
         delivery: tuple[str, dict[str, Any]] | None = None,
+        lease: Lease | None = None,
     ) -> str:
         credits = max(1, len(outputs))
         new = NewJob(
@@ -66,7 +68,7 @@ class World:
             user_prompt=f"{user.platform_user_id} in a suit",
             delivery=delivery,
         )
-        await self.jobs.create(new, daily_quota=QUOTA, today=today)
+        await self.jobs.create(new, daily_quota=QUOTA, today=today, lease=lease)
         keep = datetime(2030, 1, 1, tzinfo=UTC) if keep_inputs else None
         if end == JobState.SUCCEEDED:
             await self.jobs.transition(job_id, [JobState.QUEUED], JobState.REHOSTING)

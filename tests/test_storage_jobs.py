@@ -14,7 +14,8 @@ from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
 from storage.confirmations import ConfirmationRepository
 from storage.database import Database
-from storage.jobs import JobRepository, Lease, NewJob, TooManyActive
+from storage.jobs import JobRepository, NewJob, TooManyActive
+from storage.leases import Lease
 from storage.ledger import violations
 from storage.models import Confirmation
 from storage.records import AuditNote, JobState, OutputRecord

@@ -19,6 +19,7 @@ import discord
 import yarl
 from discord import app_commands
 
+from adapters.delivery import keep_taking_over_deliveries, take_over_deliveries
 from adapters.discord.buttons import CommandButton
 from adapters.discord.delivery import EDIT_INTERVAL, PLATFORM, JobDelivery, Target
 from adapters.discord.registration import register
@@ -79,7 +80,8 @@ class DiscordAdapter:
         self._edit_interval = edit_interval
         self._client: HeadshotClient | None = None
         self._gateway: asyncio.Task[None] | None = None
-        self._deliveries: set[asyncio.Task[None]] = set()
+        self._deliveries: dict[str, asyncio.Task[None]] = {}
+        self._taking_over: asyncio.Task[None] | None = None
         self._acks_in_flight = 0
         self._no_acks_in_flight = asyncio.Event()
         self._no_acks_in_flight.set()
@@ -103,14 +105,11 @@ class DiscordAdapter:
             if isinstance(exc, discord.LoginFailure):
                 raise ConfigError("invalid setting DISCORD_TOKEN: Discord refused it") from None
             raise
-        for pending in await self.layer.undelivered(PLATFORM):
-            try:
-                target = Target.from_json(pending.target)
-            except ValueError:
-                log.exception("job %s: unreadable delivery target; dropped", pending.job_id)
-                await self.layer.delivered(pending.job_id)
-                continue
-            self._follow(pending.job_id, target, None)
+        await take_over_deliveries(self.layer, PLATFORM, Target.from_json, self._follow_later)
+        self._taking_over = asyncio.create_task(
+            keep_taking_over_deliveries(self.layer, PLATFORM, Target.from_json, self._follow_later),
+            name="discord-take-over",
+        )
         self._gateway = asyncio.create_task(client.connect(), name="discord-gateway")
         self._gateway.add_done_callback(_log_gateway_end)
 
@@ -120,9 +119,11 @@ class DiscordAdapter:
 
     async def stop(self) -> None:
         """Stop following jobs (what is owed stays noted for the next start) and disconnect."""
-        for task in list(self._deliveries):
+        tasks = [*self._deliveries.values(), *([self._taking_over] if self._taking_over else [])]
+        self._taking_over = None
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._deliveries, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._client is not None:
             await self._client.close()
         if self._gateway is not None:
@@ -244,7 +245,13 @@ class DiscordAdapter:
             return
         self._follow(reply.job_id, target, interaction)
 
+    def _follow_later(self, job_id: str, target: Target) -> None:
+        """Follow a result owed from before (no interaction: it is posted in the channel)."""
+        self._follow(job_id, target, None)
+
     def _follow(self, job_id: str, target: Target, interaction: discord.Interaction | None) -> None:
+        if job_id in self._deliveries:
+            return  # followed here already (its lease ran out while this process stalled)
         delivery = JobDelivery(
             self.client,
             self.layer,
@@ -254,11 +261,12 @@ class DiscordAdapter:
             edit_interval=self._edit_interval,
         )
         task = asyncio.create_task(delivery.run(), name=f"discord-delivery-{job_id}")
-        self._deliveries.add(task)
-        task.add_done_callback(self._delivery_done)
+        self._deliveries[job_id] = task
+        task.add_done_callback(lambda done: self._delivery_done(job_id, done))
 
-    def _delivery_done(self, task: asyncio.Task[None]) -> None:
-        self._deliveries.discard(task)
+    def _delivery_done(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self._deliveries.get(job_id) is task:
+            del self._deliveries[job_id]
         if not task.cancelled() and task.exception() is not None:
             log.error("%s failed", task.get_name(), exc_info=task.exception())
 

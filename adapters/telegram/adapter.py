@@ -34,6 +34,7 @@ from telegram.ext import (
     filters,
 )
 
+from adapters.delivery import keep_taking_over_deliveries, take_over_deliveries
 from adapters.telegram.delivery import (
     EDIT_INTERVAL,
     PLATFORM,
@@ -109,7 +110,8 @@ class TelegramAdapter:
         self._edit_budget = EditBudget(PROGRESS_EDITS_PER_SECOND)
         # The first words of this bot's commands, and Telegram's own two.
         self._words = {spec.path[0] for spec in layer.commands.values()} | {"cancel", "start"}
-        self._deliveries: set[asyncio.Task[None]] = set()
+        self._deliveries: dict[str, asyncio.Task[None]] = {}
+        self._taking_over: asyncio.Task[None] | None = None
         self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._webhook_path: str | None = None
         self._polling = False
@@ -163,14 +165,11 @@ class TelegramAdapter:
             ]
             async with self.layer.one_at_a_time("telegram-setup"):
                 await register(application.bot, self.layer.commands.values(), owners)
-            for pending in await self.layer.undelivered(PLATFORM):
-                try:
-                    target = Target.from_json(pending.target)
-                except ValueError:
-                    log.exception("job %s: unreadable delivery target; dropped", pending.job_id)
-                    await self.layer.delivered(pending.job_id)
-                    continue
-                self._follow(pending.job_id, target)
+            await take_over_deliveries(self.layer, PLATFORM, Target.from_json, self._follow)
+            self._taking_over = asyncio.create_task(
+                keep_taking_over_deliveries(self.layer, PLATFORM, Target.from_json, self._follow),
+                name="telegram-take-over",
+            )
             await application.start()
             if webhook:
                 self._webhook_path = self._webhooks.mount(PLATFORM, self._receive)
@@ -214,9 +213,11 @@ class TelegramAdapter:
         if application.running:
             await application.stop()
         await self._waits.close()
-        for task in list(self._deliveries):
+        tasks = [*self._deliveries.values(), *([self._taking_over] if self._taking_over else [])]
+        self._taking_over = None
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._deliveries, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await application.shutdown()
         self._application = None
 
@@ -648,6 +649,8 @@ class TelegramAdapter:
     # ---- jobs -----------------------------------------------------------------------------
 
     def _follow(self, job_id: str, target: Target) -> None:
+        if job_id in self._deliveries:
+            return  # followed here already (its lease ran out while this process stalled)
         delivery = JobDelivery(
             self.application.bot,
             self.layer,
@@ -658,11 +661,12 @@ class TelegramAdapter:
             edit_interval=self._edit_interval,
         )
         task = asyncio.create_task(delivery.run(), name=f"telegram-delivery-{job_id}")
-        self._deliveries.add(task)
-        task.add_done_callback(self._delivery_done)
+        self._deliveries[job_id] = task
+        task.add_done_callback(lambda done: self._delivery_done(job_id, done))
 
-    def _delivery_done(self, task: asyncio.Task[None]) -> None:
-        self._deliveries.discard(task)
+    def _delivery_done(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self._deliveries.get(job_id) is task:
+            del self._deliveries[job_id]
         if not task.cancelled() and task.exception() is not None:
             log.error("%s failed", task.get_name(), exc_info=task.exception())
 

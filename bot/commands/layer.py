@@ -171,8 +171,14 @@ class CommandLayer:
         return await self.services.store.get(image.content_key)
 
     async def undelivered(self, platform: str) -> list[PendingDelivery]:
-        """The results this platform still owes, with the targets it noted."""
-        return await self.services.deliveries.pending(platform)
+        """The results this platform still owes that no process is showing (theirs stopped or
+        died), with the targets it noted: now this process's to show."""
+        return await self.services.deliveries.claim(platform, self.services.engine.lease)
+
+    @property
+    def claim_interval(self) -> float:
+        """How often an adapter looks for results no process is showing any more."""
+        return self.services.engine.lease.seconds / 3
 
     async def deliver_instead(self, job_id: str, deliver_to: Mapping[str, Any]) -> None:
         """Where a queued job's result is to be shown, now that the adapter knows better (the

@@ -41,7 +41,8 @@ from bot.tokens import new_token, token_hash
 from bot.views import image_refs, job_summary
 from storage.coordination import Coordination
 from storage.imagestore import ImageNotFound, ImageStore
-from storage.jobs import JobRepository, Lease
+from storage.jobs import JobRepository
+from storage.leases import Lease
 from storage.records import JobRecord, JobState, OutputRecord
 
 log = logging.getLogger(__name__)

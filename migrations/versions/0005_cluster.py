@@ -1,4 +1,5 @@
-"""the cluster: job leases (the one process driving a job, until when), facts every process
+"""the cluster: job and delivery leases (the one process driving a job or showing its
+result, until when), facts every process
 on the database must agree on (the pseudonym key's check), and /forget's confirmation codes,
 which any replica may be asked to redeem
 
@@ -26,6 +27,14 @@ def upgrade() -> None:
             sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True)
         )
         batch_op.create_index(batch_op.f("ix_jobs_lease_owner"), ["lease_owner"], unique=False)
+    with op.batch_alter_table("deliveries", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("lease_owner", sa.String(length=64), nullable=True))
+        batch_op.add_column(
+            sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True)
+        )
+        batch_op.create_index(
+            batch_op.f("ix_deliveries_lease_owner"), ["lease_owner"], unique=False
+        )
     op.create_table(
         "instance_facts",
         sa.Column("name", sa.String(length=64), nullable=False),
@@ -50,6 +59,10 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("confirmations")
     op.drop_table("instance_facts")
+    with op.batch_alter_table("deliveries", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_deliveries_lease_owner"))
+        batch_op.drop_column("lease_expires_at")
+        batch_op.drop_column("lease_owner")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_jobs_lease_owner"))
         batch_op.drop_column("lease_expires_at")
