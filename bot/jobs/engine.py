@@ -164,8 +164,9 @@ class JobEngine:
                 renewed = await self._jobs.renew_leases(self.lease)
                 for job_id, task in list(self._tasks.items()):
                     if job_id not in renewed and not task.done():
-                        # Another process has it (we stalled past the lease): stop driving it.
-                        log.warning("job %s: taken over by another process", job_id)
+                        # Ended just now (its ending goes on by itself), or another process
+                        # took it over while we stalled past the lease: stop driving it.
+                        log.info("job %s: no longer held here (ended, or taken over)", job_id)
                         task.cancel()
                 if take_over:
                     await self._take_over()
