@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, HttpUrl, SecretStr, ValidationError, WebsocketUrl, field_validator
+from pydantic import (
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    WebsocketUrl,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.pseudonyms import key_from_text
@@ -61,6 +69,9 @@ class Settings(BaseSettings):
     discord_gateway_url: WebsocketUrl = WebsocketUrl("wss://gateway.discord.gg/")
     # Gateway shards; unset, Discord's recommendation (GET /gateway/bot) decides.
     discord_shards: int | None = Field(None, ge=1, le=1024)
+    # The shards this replica runs ("0,1"), of DISCORD_SHARDS; unset, all of them. No shard runs
+    # on two replicas: each is held by an advisory lock while it runs.
+    discord_shard_ids: str = ""
 
     # Telegram: `headshot-bot run` starts the Telegram adapter when the token is set. It polls
     # for updates unless PUBLIC_BASE_URL is set: then Telegram posts them to our web server.
@@ -130,6 +141,26 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'headshot.db'}"
+
+    @field_validator("discord_shard_ids")
+    @classmethod
+    def _shard_ids_are_shards(cls, value: str, info: ValidationInfo) -> str:
+        ids = _split_ids(value)
+        if not ids:
+            return value
+        total = info.data.get("discord_shards")
+        if total is None:
+            raise ValueError("set DISCORD_SHARDS too: the shard ids are out of that total")
+        for entry in ids:
+            if not entry.isdigit() or int(entry) >= total:
+                raise ValueError(f"{entry!r} is not a shard number from 0 to {total - 1}")
+        return value
+
+    @property
+    def discord_shard_list(self) -> list[int] | None:
+        """The shards this replica runs, or None for all."""
+        ids = [int(entry) for entry in _split_ids(self.discord_shard_ids)]
+        return sorted(set(ids)) or None
 
     @field_validator("pseudonym_key")
     @classmethod

@@ -108,3 +108,19 @@ def test_every_postgresql_url_goes_through_psycopg(given: str) -> None:
 def test_psycopg2_urls_are_refused_with_what_to_write() -> None:
     with pytest.raises(ConfigError, match="DATABASE_URL: use postgresql\\+psycopg://"):
         load_settings(database_url="postgresql+psycopg2://u:p@db/headshot")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"discord_shard_ids": "0"}, "DISCORD_SHARD_IDS: set DISCORD_SHARDS too"),
+        ({"discord_shards": 2, "discord_shard_ids": "0,2"}, "'2' is not a shard number from 0"),
+        ({"discord_shards": 2, "discord_shard_ids": "one"}, "'one' is not a shard number"),
+    ],
+)
+def test_a_replicas_shards_are_shards_of_the_total(
+    settings: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(**settings)
+    assert load_settings(discord_shards=4, discord_shard_ids="3, 1").discord_shard_list == [1, 3]

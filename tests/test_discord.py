@@ -22,10 +22,10 @@ from sqlalchemy import text
 from adapters.discord import DiscordAdapter
 from backends.modelslab.simulator import Simulator
 from bot.app import HeadshotApp, Overrides
-from bot.config import load_settings
+from bot.config import ConfigError, load_settings
 from bot.logs import setup_logging
 from tests.conftest import FAST, TEST_KEY, make_image
-from tests.databases import stored_bytes
+from tests.databases import query, stored_bytes
 from tests.fake_discord import FakeDiscord, Interaction, Message
 
 GUILD = 1_180_000_000_000_000_001
@@ -719,3 +719,37 @@ async def test_run_with_a_refused_token_stops_with_one_line(
         "headshot-bot: invalid setting DISCORD_TOKEN: Discord refused it"
     )
     assert "not-the-token" not in stderr.decode()
+
+
+async def test_each_replica_runs_its_own_shards_and_a_guild_is_served_by_its_shards_one(
+    tmp_path: Path, fake: FakeDiscord, simulator: Simulator, postgres_url: str
+) -> None:
+    """Two replicas split two shards: a guild's interactions reach, and are handled by, only
+    the replica running its shard. A third asking for a shard that runs is refused."""
+    shared = {"pseudonym_key": "d4" * 32, "discord_shards": 2}
+    first = World(tmp_path / "first", fake, simulator, postgres_url)
+    second = World(tmp_path / "second", fake, simulator, postgres_url)
+    third = World(tmp_path / "third", fake, simulator, postgres_url)
+    try:
+        await first.start(discord_shard_ids="0", **shared)
+        await second.start(discord_shard_ids="1", **shared)
+        assert sorted(session.shard_id for session in fake.sessions) == [0, 1]
+        with pytest.raises(ConfigError) as refused:
+            await third.start(**shared)  # all shards: 0 runs elsewhere
+        assert str(refused.value).startswith(
+            "invalid setting DISCORD_SHARD_IDS: shard 0 already runs on another replica"
+        )
+        owners = {0: first, 1: second}
+        for guild_id in (GUILD, GUILD + (1 << 22)):  # one guild on each shard
+            shard = (guild_id >> 22) % 2
+            interaction = await first.headshot(guild_id=guild_id)
+            await result_of(fake, interaction)
+            assert interaction.shard_id == shard
+            ((handled_by,),) = query(
+                postgres_url, "SELECT lease_owner FROM jobs ORDER BY created_at DESC LIMIT 1"
+            )
+            owner = owners[shard].app
+            assert owner is not None and handled_by == owner.engine.lease.owner
+    finally:
+        for world in (third, second, first):
+            await world.stop()

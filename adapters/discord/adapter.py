@@ -40,11 +40,14 @@ class HeadshotClient(discord.AutoShardedClient):
     """discord.py's client with our commands and buttons. Sharded from the start: one shard
     unless `DISCORD_SHARDS` says otherwise or Discord recommends more."""
 
-    def __init__(self, adapter: DiscordAdapter, shard_count: int | None) -> None:
+    def __init__(
+        self, adapter: DiscordAdapter, shard_count: int | None, shard_ids: list[int] | None
+    ) -> None:
         # Interactions need no gateway intents: everything arrives in the interaction itself.
         super().__init__(
             intents=discord.Intents.none(),
             shard_count=shard_count,
+            shard_ids=shard_ids,
             # No guild events will come (no intents): be ready as soon as the gateway is.
             guild_ready_timeout=0,
         )
@@ -57,6 +60,7 @@ class HeadshotClient(discord.AutoShardedClient):
             # Discord's recommended count; discord.py would also take the gateway address from
             # this answer, but DISCORD_GATEWAY_URL is where we connect.
             self.shard_count, _, _ = await self.http.get_bot_gateway()
+        await self.adapter.hold_shards(self.shard_ids or list(range(self.shard_count)))
         self.add_dynamic_items(CommandButton)
         # Replicas starting together register the commands in turn, not all at once.
         async with self.adapter.layer.one_at_a_time("discord-command-sync"):
@@ -82,6 +86,7 @@ class DiscordAdapter:
         self._gateway: asyncio.Task[None] | None = None
         self._deliveries: dict[str, asyncio.Task[None]] = {}
         self._taking_over: asyncio.Task[None] | None = None
+        self._shards_held: list[str] = []
         self._acks_in_flight = 0
         self._no_acks_in_flight = asyncio.Event()
         self._no_acks_in_flight.set()
@@ -97,7 +102,9 @@ class DiscordAdapter:
         settings = self._settings
         assert settings.discord_token is not None
         _point_at(str(settings.discord_api_base), str(settings.discord_gateway_url))
-        self._client = client = HeadshotClient(self, settings.discord_shards)
+        self._client = client = HeadshotClient(
+            self, settings.discord_shards, settings.discord_shard_list
+        )
         try:
             await client.login(settings.discord_token.get_secret_value())
         except BaseException as exc:
@@ -112,6 +119,24 @@ class DiscordAdapter:
         )
         self._gateway = asyncio.create_task(client.connect(), name="discord-gateway")
         self._gateway.add_done_callback(_log_gateway_end)
+
+    async def hold_shards(self, shards: list[int]) -> None:
+        """Take the shards this replica is to run, each by its own lock: a shard that runs on
+        another replica refuses this one's start (Discord would have both sessions fight)."""
+        for shard in shards:
+            work = f"discord-shard-{shard}"
+            if not await self.layer.hold(work):
+                await self._let_shards_go()
+                raise ConfigError(
+                    f"invalid setting DISCORD_SHARD_IDS: shard {shard} already runs on another "
+                    "replica: give each replica its own shards (DISCORD_SHARD_IDS of "
+                    "DISCORD_SHARDS)"
+                )
+            self._shards_held.append(work)
+
+    async def _let_shards_go(self) -> None:
+        while self._shards_held:
+            await self.layer.let_go(self._shards_held.pop())
 
     async def wait_ready(self) -> None:
         """Until every shard is connected and ready for interactions."""
@@ -128,6 +153,7 @@ class DiscordAdapter:
             await self._client.close()
         if self._gateway is not None:
             await asyncio.gather(self._gateway, return_exceptions=True)
+        await self._let_shards_go()
 
     # ---- interactions -----------------------------------------------------------------------
 
