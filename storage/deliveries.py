@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage import leases
 from storage.database import Database
-from storage.leases import Lease, database_now, lease_until
+from storage.leases import Lease, lease_until
 from storage.models import Delivery, utcnow
 from storage.records import PendingDelivery
 
@@ -43,24 +44,15 @@ class DeliveryRepository:
         it: its process stopped or died), now `lease.owner`'s to show, oldest first. Rows
         another process is claiming at the same moment are skipped (SKIP LOCKED)."""
         async with self._db.write() as conn:
-            free = (
-                select(_DELIVERIES.c.job_id)
-                .where(
-                    _DELIVERIES.c.platform == platform,
-                    or_(
-                        _DELIVERIES.c.lease_expires_at.is_(None),
-                        _DELIVERIES.c.lease_expires_at < database_now(conn),
-                    ),
-                )
-                .order_by(_DELIVERIES.c.created_at, _DELIVERIES.c.job_id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-            rows = await conn.execute(
-                update(_DELIVERIES)
-                .where(_DELIVERIES.c.job_id.in_(free.scalar_subquery()))
-                .values(lease_owner=lease.owner, lease_expires_at=lease_until(conn, lease.seconds))
-                .returning(_DELIVERIES.c.job_id, _DELIVERIES.c.target, _DELIVERIES.c.created_at)
+            rows = await leases.claim_free(
+                conn,
+                _DELIVERIES,
+                lease,
+                key=_DELIVERIES.c.job_id,
+                where=[_DELIVERIES.c.platform == platform],
+                order_by=[_DELIVERIES.c.created_at, _DELIVERIES.c.job_id],
+                limit=limit,
+                returning=[_DELIVERIES.c.job_id, _DELIVERIES.c.target, _DELIVERIES.c.created_at],
             )
             claimed = sorted(rows, key=lambda row: (row.created_at, row.job_id))
             return [PendingDelivery(row.job_id, row.target) for row in claimed]
@@ -98,16 +90,8 @@ async def insert_delivery(
 
 async def renew_deliveries(conn: AsyncConnection, lease: Lease) -> None:
     """Extend the leases of the deliveries `lease.owner` is showing (the caller's transaction)."""
-    await conn.execute(
-        update(_DELIVERIES)
-        .where(_DELIVERIES.c.lease_owner == lease.owner)
-        .values(lease_expires_at=lease_until(conn, lease.seconds))
-    )
+    await leases.renew(conn, _DELIVERIES, lease)
 
 
 async def release_deliveries(conn: AsyncConnection, owner: str) -> None:
-    await conn.execute(
-        update(_DELIVERIES)
-        .where(_DELIVERIES.c.lease_owner == owner)
-        .values(lease_expires_at=database_now(conn))
-    )
+    await leases.release(conn, _DELIVERIES, owner)

@@ -10,11 +10,11 @@ from typing import Any
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage import ledger
+from storage import leases, ledger
 from storage.audit import write_audit
 from storage.database import Database
 from storage.deliveries import insert_delivery, release_deliveries, renew_deliveries
-from storage.leases import Lease, database_now, lease_until
+from storage.leases import Lease, lease_until
 from storage.models import Job, Output, utcnow
 from storage.records import FINISHED_STATES, AuditNote, JobRecord, JobState, OutputRecord
 
@@ -270,11 +270,8 @@ class JobRepository:
         another process)."""
         async with self._db.write() as conn:
             await renew_deliveries(conn, lease)
-            rows = await conn.execute(
-                update(_JOBS)
-                .where(_JOBS.c.lease_owner == lease.owner, _JOBS.c.state.in_(_UNFINISHED))
-                .values(lease_expires_at=lease_until(conn, lease.seconds))
-                .returning(_JOBS.c.id)
+            rows = await leases.renew(
+                conn, _JOBS, lease, _JOBS.c.state.in_(_UNFINISHED), returning=(_JOBS.c.id,)
             )
             return {row.id for row in rows}
 
@@ -283,22 +280,15 @@ class JobRepository:
         `lease.owner`'s, oldest first. Rows another process is taking at the same moment are
         skipped, not waited for (FOR UPDATE SKIP LOCKED; SQLite serialises writers anyway)."""
         async with self._db.write() as conn:
-            now = database_now(conn)
-            free = (
-                select(_JOBS.c.id)
-                .where(
-                    _JOBS.c.state.in_(_UNFINISHED),
-                    or_(_JOBS.c.lease_expires_at.is_(None), _JOBS.c.lease_expires_at < now),
-                )
-                .order_by(_JOBS.c.created_at, _JOBS.c.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-            rows = await conn.execute(
-                update(_JOBS)
-                .where(_JOBS.c.id.in_(free.scalar_subquery()))
-                .values(lease_owner=lease.owner, lease_expires_at=lease_until(conn, lease.seconds))
-                .returning(_JOBS)
+            rows = await leases.claim_free(
+                conn,
+                _JOBS,
+                lease,
+                key=_JOBS.c.id,
+                where=[_JOBS.c.state.in_(_UNFINISHED)],
+                order_by=[_JOBS.c.created_at, _JOBS.c.id],
+                limit=limit,
+                returning=[_JOBS],
             )
             return sorted((job_record(row) for row in rows), key=lambda j: (j.created_at, j.id))
 
@@ -307,11 +297,7 @@ class JobRepository:
         the results it was showing, at once."""
         async with self._db.write() as conn:
             await release_deliveries(conn, owner)
-            await conn.execute(
-                update(_JOBS)
-                .where(_JOBS.c.lease_owner == owner, _JOBS.c.state.in_(_UNFINISHED))
-                .values(lease_expires_at=database_now(conn))
-            )
+            await leases.release(conn, _JOBS, owner, _JOBS.c.state.in_(_UNFINISHED))
 
     async def refund(self, job_id: str, *, audit: AuditNote) -> int:
         """Give a succeeded job's committed credits back to its user, as granted credits.

@@ -1,4 +1,7 @@
-"""Job leases: which process drives a job, and until when.
+"""Leases: which process drives a job (or shows its result), and until when.
+
+A leased table has `lease_owner` and `lease_expires_at` columns; the three operations below
+serve every such table alike.
 
 Expiry is judged by the database's clock, never a replica's: on PostgreSQL that is `now()`
 on the server. SQLite is a file on the one machine that runs the bot, whose clock it is.
@@ -10,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import ColumnElement, CursorResult, Table, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import utcnow
@@ -31,3 +34,61 @@ def database_now(conn: AsyncConnection) -> Any:
 
 def lease_until(conn: AsyncConnection, seconds: float) -> Any:
     return database_now(conn) + timedelta(seconds=seconds)
+
+
+async def claim_free(
+    conn: AsyncConnection,
+    table: Table,
+    lease: Lease,
+    *,
+    key: Any,
+    where: list[ColumnElement[bool]],
+    order_by: list[Any],
+    limit: int,
+    returning: list[Any],
+) -> CursorResult[Any]:
+    """Rows matching `where` that nobody holds a live lease on (never leased, or its process
+    stopped renewing), up to `limit` of them first by `order_by`: now `lease.owner`'s. Rows
+    another process is claiming at the same moment are skipped, not waited for (FOR UPDATE
+    SKIP LOCKED; SQLite serialises writers anyway). The rows come back in no set order."""
+    expires = table.c.lease_expires_at
+    free = (
+        select(key)
+        .where(*where, or_(expires.is_(None), expires < database_now(conn)))
+        .order_by(*order_by)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return await conn.execute(
+        update(table)
+        .where(key.in_(free.scalar_subquery()))
+        .values(lease_owner=lease.owner, lease_expires_at=lease_until(conn, lease.seconds))
+        .returning(*returning)
+    )
+
+
+async def renew(
+    conn: AsyncConnection,
+    table: Table,
+    lease: Lease,
+    *where: ColumnElement[bool],
+    returning: tuple[Any, ...] = (),
+) -> CursorResult[Any]:
+    """Extend the leases `lease.owner` holds on the rows matching `where`."""
+    statement = (
+        update(table)
+        .where(table.c.lease_owner == lease.owner, *where)
+        .values(lease_expires_at=lease_until(conn, lease.seconds))
+    )
+    return await conn.execute(statement.returning(*returning) if returning else statement)
+
+
+async def release(
+    conn: AsyncConnection, table: Table, owner: str, *where: ColumnElement[bool]
+) -> None:
+    """Let go of the leases `owner` holds on the rows matching `where`: expired as of now."""
+    await conn.execute(
+        update(table)
+        .where(table.c.lease_owner == owner, *where)
+        .values(lease_expires_at=database_now(conn))
+    )

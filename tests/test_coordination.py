@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from backends.modelslab.simulator import Simulator
+from bot.app import HeadshotApp
 from bot.config import ConfigError, load_settings
 from bot.jobs.engine import EngineTimings
-from bot.jobs.events import Completed
+from bot.jobs.events import Completed, JobEvent
 from storage.coordination import (
     LISTENER_NAME,
     FileCoordination,
@@ -219,6 +220,12 @@ async def test_a_replica_starting_takes_no_live_job_and_takes_over_a_stopped_one
     assert len(simulator.jobs) == 1  # taken over by fetching, never submitted again
 
 
+async def _follow(app: HeadshotApp, job_id: str, events: list[JobEvent]) -> None:
+    """A person following a job through `app`, the events they see collected in `events`."""
+    async for event in app.commands.follow(job_id):
+        events.append(event)
+
+
 @pytest.mark.parametrize("database_kind", ["postgresql"])  # one process per SQLite file
 async def test_a_follower_on_another_replica_sees_the_job_end_and_its_webhook_wakes_it(
     make_app: AppFactory, simulator: Simulator, selfie: bytes
@@ -232,13 +239,8 @@ async def test_a_follower_on_another_replica_sees_the_job_end_and_its_webhook_wa
     other = await make_app(timings=slow)
     assert isinstance(other.coordination, PostgresCoordination)
     job = await start_processing_job(driving, selfie)
-    events = []
-
-    async def follow() -> None:
-        async for event in other.commands.follow(job.id):
-            events.append(event)
-
-    follower = asyncio.create_task(follow())
+    events: list[JobEvent] = []
+    follower = asyncio.create_task(_follow(other, job.id, events))
     await other.coordination.listening()
     (sim_job,) = simulator.jobs.values()
     assert sim_job.webhook is not None
@@ -267,13 +269,8 @@ async def test_a_follower_gets_the_end_even_when_the_message_is_lost(
     driving = await make_app(timings=timings)
     other = await make_app(timings=timings)
     job = await start_processing_job(driving, selfie)
-    events = []
-
-    async def follow() -> None:
-        async for event in other.commands.follow(job.id):
-            events.append(event)
-
-    follower = asyncio.create_task(follow())
+    events: list[JobEvent] = []
+    follower = asyncio.create_task(_follow(other, job.id, events))
     await other.coordination.listening()
     # Both replicas' listeners lose their connection just as the job ends.
     execute(
