@@ -112,6 +112,24 @@ class Job(Base):
     # clock); renewed while it drives it, taken over by another once it has expired.
     lease_owner: Mapped[str | None] = mapped_column(String(64), index=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column()
+    # The provider's queue (migration 0006): the job's place in the fair line, given by a
+    # dispatch pass, and when a pass gave it a provider slot.
+    queue_round: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), index=True
+    )
+    queue_slot: Mapped[int | None] = mapped_column(Integer)
+    queue_seq: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    dispatched_at: Mapped[datetime | None] = mapped_column()
+
+
+class DispatchState(Base):
+    """The fair line's own state: one row, locked by every dispatch pass."""
+
+    __tablename__ = "dispatch_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    current_round: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    next_seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
 
 
 class Output(Base):

@@ -19,8 +19,8 @@ from tests.databases import columns, execute, indexes, query, tables
 
 BEFORE = {"users", "communities", "jobs", "outputs", "credit_ledger", "audit_log"}
 AFTER = BEFORE | {"scoped_settings", "bans", "forgotten_usage"}
-HEAD = AFTER | {"deliveries", "instance_facts", "confirmations"}
-HEAD_REVISION = "0005"
+HEAD = AFTER | {"deliveries", "instance_facts", "confirmations", "dispatch_state"}
+HEAD_REVISION = "0006"
 NEW_JOB_COLUMNS = {"style", "user_prompt", "deleted_at", "inputs_expire_at"}
 
 
