@@ -364,9 +364,9 @@ async def _memory(app: HeadshotApp, counts: list[int], args: argparse.Namespace)
     )
     print(f"  queueing: {queued_in:.1f} s ({jobs / queued_in:.0f} jobs/s)")
     print(
-        f"  waiting in the dispatcher: {dispatcher.waiting_count} "
-        f"(at the provider: {dispatcher.in_flight}); position updates received by followers: "
-        f"{submitter.position_updates}"
+        f"  waiting in the dispatcher: {await dispatcher.waiting_count()} "
+        f"(at the provider: {await dispatcher.in_flight()}); position updates received by "
+        f"followers: {submitter.position_updates}"
     )
     current, peak = rss_mib(), peak_rss_mib()
     print(

@@ -29,6 +29,7 @@ from storage.confirmations import ConfirmationRepository
 from storage.coordination import Coordination, ServiceAlreadyRunning, open_coordination
 from storage.database import Database
 from storage.deliveries import DeliveryRepository
+from storage.dispatch import DispatchQueue
 from storage.history import HistoryRepository
 from storage.imagestore import ImageStore, open_image_store
 from storage.jobs import JobRepository
@@ -156,6 +157,7 @@ class HeadshotApp:
         public = str(settings.public_base_url).rstrip("/") if settings.public_base_url else None
         self.engine = JobEngine(
             jobs=self.jobs,
+            dispatch_queue=DispatchQueue(self.db),
             backend=self.backend,
             store=self.store,
             events=self.events,

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage import leases, ledger
+from storage import dispatch, leases, ledger
 from storage.audit import write_audit
 from storage.database import Database
 from storage.deliveries import insert_delivery, release_deliveries, renew_deliveries
@@ -194,8 +194,11 @@ class JobRepository:
                 "finished_at": utcnow(),
                 **_inputs_after_finish(keep_inputs_until),
             }
+            waiting = await dispatch.waiting_place(conn, job_id)
             moved = await _guarded_update(conn, job_id, unfinished, state, fields, owner=owner)
             if moved is not None:
+                if waiting is not None:
+                    await dispatch.give_up_place(conn, waiting)
                 await ledger.settle(conn, job_id=job_id, delivered=0)
             return moved is not None
 

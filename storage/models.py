@@ -118,6 +118,7 @@ class Job(Base):
         BigInteger().with_variant(Integer(), "sqlite"), index=True
     )
     queue_slot: Mapped[int | None] = mapped_column(Integer)
+    queue_community: Mapped[int | None] = mapped_column(Integer)  # what the slot was counted for
     queue_seq: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
     dispatched_at: Mapped[datetime | None] = mapped_column()
 

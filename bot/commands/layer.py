@@ -141,7 +141,7 @@ class CommandLayer:
             if job.state.finished:
                 yield await services.engine.relay.final_event(job)
                 return
-            now = services.engine.current_event(job)
+            now = await services.engine.current_event(job)
             del job  # a follower may wait for hours behind a long queue: hold no record
             if now is not None:
                 yield now

@@ -64,11 +64,9 @@ async def quota(ctx: Context, options: dict[str, Any]) -> Reply:
     allowance = await ctx.services.accounts.allowance(
         user.id, daily_quota=policy.daily_quota, today=today
     )
-    dispatcher = ctx.services.engine.dispatcher
-    active = [
-        (job.id, str(job.state), dispatcher.position(job.id))
-        for job in await ctx.services.history.active(user.id)
-    ]
+    jobs = await ctx.services.history.active(user.id)
+    positions = await ctx.services.engine.dispatcher.positions(job.id for job in jobs)
+    active = [(job.id, str(job.state), positions.get(job.id)) for job in jobs]
     return replies.quota(
         daily_quota=policy.daily_quota,
         daily_left=allowance.daily_left,

@@ -2,7 +2,9 @@
 
 - `engine`: drives each job from `queued` to `succeeded` or `failed` while it holds the job's
   lease, and takes over jobs whose process stopped or died;
-- `dispatcher` and `fair_queue`: the provider's slots, handed out round-robin across users;
+- `dispatcher`: the provider's slots, counted and handed out in a fair line kept in the
+  database (`storage.dispatch`), so the cap holds across every process;
 - `rehost`: copies outputs into our own store before the provider's links expire;
-- `events` and `event_bus`: what happens to a job, told to whoever follows it.
+- `events` and `event_bus`: what happens to a job, told to whoever follows it;
+- `relay`: the same events, and webhook wake-ups, carried between processes.
 """

@@ -1,100 +1,189 @@
-"""Holds jobs in our own queue so that the provider never sees more than it accepts at once, and
-hands the free slots out fairly.
+"""Holds jobs until the provider has room for them, counting its slots across every process.
 
-ModelsLab caps the requests an account may have queued (5, 10 or 15). A job takes a slot when it
-is submitted and gives it back when the provider has finished it; jobs beyond the cap wait here
-instead of being refused by the provider.
+ModelsLab caps the requests an account may have queued (5, 10 or 15). Jobs beyond the cap wait
+instead of being refused by the provider, and they wait in a fair line rather than in arrival
+order. Both the count and the line live in the database (`storage.dispatch`), so the cap holds
+for all the replicas of a cluster together and a user's place is the same whichever replica
+they ask.
 
-They do not wait in arrival order: one user who submits ten jobs would then hold up everyone who
-comes after them. The waiting line is a `FairQueue` (see `bot.jobs.fair_queue`): round-robin across
-users, then across communities, first-come-first-served only within one user's own jobs.
+A *dispatch pass* places new jobs in the line and gives the free slots to the first jobs in it,
+whichever process drives them. Each process runs passes while it has jobs waiting: when one of
+its jobs starts waiting, when any process says the line changed (a slot freed, a job placed or
+given a slot: a message over the coordination's channel, LISTEN/NOTIFY on PostgreSQL), and every
+`check_seconds` in case such a message was lost.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterable
 
-from bot.jobs.fair_queue import FairQueue
+from storage.coordination import Coordination
+from storage.dispatch import DispatchQueue
+
+log = logging.getLogger(__name__)
+
+DISPATCH = "job_dispatch"
+RETRY_SECONDS = 1.0
+# A NOTIFY payload holds under 8000 bytes: jobs granted beyond these are found by a pass or check.
+MAX_NOTED = 100
 
 
 class Dispatcher:
-    def __init__(self, capacity: int, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        queue: DispatchQueue,
+        coordination: Coordination,
+        capacity: int,
+        origin: str,
+        check_seconds: float,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
-        self._in_flight: set[str] = set()
-        self._queue = FairQueue()
-        self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._queue = queue
+        self._coordination = coordination
+        self._origin = origin
+        self._check_seconds = check_seconds
         self._on_change = on_change or (lambda: None)
+        self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._pass_turn = asyncio.Lock()
+        self._pass_wanted = False
+        self._pump: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
+        self._notes: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._coordination.listen(DISPATCH, self._heard)
+        self._checker = asyncio.create_task(self._check_periodically(), name="dispatch-check")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._pump, self._checker, *self._notes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pump = self._checker = None
 
     @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
+    def waiting_here(self) -> int:
+        """Jobs of this process waiting for a slot."""
+        return len(self._waiters)
 
-    @property
-    def waiting(self) -> list[str]:
-        """Waiting job ids, in the order they will be dispatched (if nothing else arrives)."""
-        return list(self._queue)
-
-    @property
-    def waiting_count(self) -> int:
-        return len(self._queue)
-
-    def position(self, job_id: str) -> int | None:
-        """1-based place in `waiting`, or None if the job is not waiting."""
-        return self._queue.position(job_id)
-
-    async def acquire(self, job_id: str, *, user: Hashable, community: Hashable = None) -> None:
-        """Wait for a provider slot for this job.
-
-        `user` and `community` are the keys that fairness goes by; community None means direct
-        messages, which take turns as one community of their own.
-        """
-        if job_id in self._in_flight:
-            return
+    async def acquire(self, job_id: str) -> None:
+        """Wait until the job has been given a provider slot (it is `submitted` now) or no
+        longer waits at all (then the caller's guarded transition finds that out)."""
         if job_id in self._waiters:
             raise ValueError(f"job {job_id!r} is already waiting")
-        if not self._queue and len(self._in_flight) < self.capacity:
-            # Straight through, but it still takes its turn, so the user's next job waits a round.
-            self._queue.push(job_id, user, community)
-            self._queue.pop()
-            self._in_flight.add(job_id)
-            return
         future = asyncio.get_running_loop().create_future()
-        self._queue.push(job_id, user, community)
         self._waiters[job_id] = future
-        self._on_change()
+        self._want_pass()
         try:
             await future
-        except asyncio.CancelledError:
+        finally:
             if self._waiters.get(job_id) is future:
                 del self._waiters[job_id]
-                self._queue.remove(job_id)
+
+    def changed(self) -> None:
+        """The line changed here (a slot freed, a job ended): pass it on, to every process."""
+        self._want_pass()
+        self._on_change()
+        self._note([])
+
+    async def position(self, job_id: str) -> int | None:
+        """1-based place in the line; None if the job does not wait. A job that waits here but
+        has no place yet is placed first."""
+        positions = await self._queue.positions([job_id])
+        if job_id not in positions and job_id in self._waiters:
+            await self._dispatch()
+            positions = await self._queue.positions([job_id])
+        return positions.get(job_id)
+
+    async def positions(self, job_ids: Iterable[str]) -> dict[str, int]:
+        return await self._queue.positions(job_ids)
+
+    async def waiting_count(self) -> int:
+        """Jobs waiting in the line, every process's."""
+        return await self._queue.waiting_count()
+
+    async def in_flight(self) -> int:
+        """Jobs holding a provider slot, every process's."""
+        return await self._queue.in_flight()
+
+    # ---- passes ---------------------------------------------------------------------------
+
+    def _want_pass(self) -> None:
+        self._pass_wanted = True
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self._pump_passes(), name="dispatch-pass")
+
+    async def _pump_passes(self) -> None:
+        # Requests that come in during a pass are served by one more pass, not one each.
+        while self._pass_wanted and self._waiters:
+            self._pass_wanted = False
+            try:
+                await self._dispatch()
+            except Exception:
+                log.exception("a dispatch pass failed; trying again shortly")
+                self._pass_wanted = True
+                await asyncio.sleep(RETRY_SECONDS)
+
+    async def _dispatch(self) -> None:
+        async with self._pass_turn:
+            result = await self._queue.dispatch(self.capacity)
+        self._granted(result.granted)
+        if result.changed:
+            self._on_change()
+            self._note(result.granted)
+
+    def _granted(self, job_ids: Iterable[str]) -> None:
+        for job_id in job_ids:
+            future = self._waiters.pop(job_id, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    async def _check_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._check_seconds)
+            try:
+                if self._waiters:
+                    self._granted(await self._queue.granted_among(list(self._waiters)))
+                    self._want_pass()
                 self._on_change()
-            else:
-                self.release(job_id)  # the slot was handed over as we were cancelled
-            raise
+            except Exception:
+                log.exception("checking on waiting jobs failed; trying again later")
 
-    def claim(self, job_id: str) -> None:
-        """Count a job already in the provider's queue (one resumed after a restart)."""
-        self._in_flight.add(job_id)
+    # ---- the channel ----------------------------------------------------------------------
 
-    def release(self, job_id: str) -> None:
-        """Give a job's slot back and hand the free slots to the next waiting jobs."""
-        if job_id not in self._in_flight:
+    def _note(self, granted: list[str]) -> None:
+        if not self._coordination.reaches_others:
             return
-        self._in_flight.discard(job_id)
-        changed = False
-        while self._queue and len(self._in_flight) < self.capacity:
-            next_id = self._queue.first()
-            future = self._waiters.pop(next_id)
-            changed = True
-            if future.done():  # cancelled, and its task has not yet run to take itself out
-                self._queue.remove(next_id)
-                continue
-            self._queue.pop()
-            self._in_flight.add(next_id)
-            future.set_result(None)
-        if changed:
+        message = json.dumps({"o": self._origin, "g": granted[:MAX_NOTED]}, separators=(",", ":"))
+        task = asyncio.create_task(self._publish(message))
+        self._notes.add(task)
+        task.add_done_callback(self._notes.discard)
+
+    async def _publish(self, message: str) -> None:
+        try:
+            await self._coordination.publish(DISPATCH, message)
+        except Exception as exc:
+            log.warning("telling other processes the line changed failed: %s", exc)
+
+    def _heard(self, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+            if message.get("o") == self._origin:
+                return
+            granted = [str(job_id) for job_id in message.get("g", [])]
+        except (ValueError, TypeError, AttributeError):
+            log.warning("an unreadable dispatch message came over the channel; ignored")
+            return
+        with contextlib.suppress(RuntimeError):  # heard while the loop shuts down
+            self._granted(granted)
+            if self._waiters:
+                self._want_pass()
             self._on_change()

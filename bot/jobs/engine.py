@@ -15,7 +15,6 @@ import logging
 import random
 import statistics
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,6 +39,7 @@ from bot.jobs.relay import EventRelay
 from bot.tokens import new_token, token_hash
 from bot.views import image_refs, job_summary
 from storage.coordination import Coordination
+from storage.dispatch import DispatchQueue
 from storage.imagestore import ImageNotFound, ImageStore
 from storage.jobs import JobRepository
 from storage.leases import Lease
@@ -85,6 +85,7 @@ class JobEngine:
         self,
         *,
         jobs: JobRepository,
+        dispatch_queue: DispatchQueue,
         backend: Backend,
         store: ImageStore,
         events: EventBus,
@@ -121,15 +122,22 @@ class JobEngine:
         self._rehoster = Rehoster(
             backend, store, max_bytes=max_output_bytes, retry=self._timings.retry
         )
-        self.dispatcher = Dispatcher(capacity, on_change=self._positions_changed)
-        self._announcement: asyncio.TimerHandle | None = None
+        self.dispatcher = Dispatcher(
+            queue=dispatch_queue,
+            coordination=coordination,
+            capacity=capacity,
+            origin=owner,
+            check_seconds=self._timings.event_check_seconds,
+            on_change=self._positions_changed,
+        )
+        self._dispatch_queue = dispatch_queue
+        self._announcement: asyncio.Task[None] | None = None
         self._stopping = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._endings: set[asyncio.Task[None]] = set()
         self._nudges: dict[str, asyncio.Event] = {}
         self._announced: dict[str, int] = {}
-        self._durations: deque[float] = deque(maxlen=50)
-        self._started_at: dict[str, float] = {}
+        self._typical: tuple[float, float] | None = None  # (seconds, when worked out)
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -139,6 +147,7 @@ class JobEngine:
         process stopped or died), now and from then on, and sweep stored inputs no job needs.
         `generate` drives its own job only. Returns how many jobs were taken over now."""
         self.relay.start(on_wake=self.nudge)
+        self.dispatcher.start()
         taken = await self._take_over() if take_over else 0
         if take_over:
             if await self._coordination.try_lock(SWEEP_LOCK):
@@ -150,8 +159,6 @@ class JobEngine:
     async def _take_over(self) -> int:
         jobs = await self._jobs.take_over(self.lease)
         for job in jobs:
-            if job.state == JobState.PROCESSING:
-                self.dispatcher.claim(job.id)
             self.start(job)
         if jobs:
             log.info("took over %d unfinished job(s)", len(jobs))
@@ -188,6 +195,7 @@ class JobEngine:
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*self._endings, return_exceptions=True)
         await self.relay.stop()
+        await self.dispatcher.stop()
         try:
             # Let the next process (a restart, another replica) take them at once.
             await self._jobs.release_leases(self.lease.owner)
@@ -233,14 +241,16 @@ class JobEngine:
         self._tasks.pop(job_id, None)
         self._nudges.pop(job_id, None)
         self._announced.pop(job_id, None)
-        self.dispatcher.release(job_id)
+        if not self._stopping:
+            self.dispatcher.changed()
 
     # ---- one job ------------------------------------------------------------------------
 
     async def _drive(self, job: JobRecord) -> None:
         try:
+            if job.state == JobState.QUEUED:
+                await self.dispatcher.acquire(job.id)
             if job.state in (JobState.QUEUED, JobState.SUBMITTED):
-                await self.dispatcher.acquire(job.id, user=job.user_id, community=job.community_id)
                 job = await self._submit(job)
             if job.state == JobState.PROCESSING:
                 job = await self._await_result(job)
@@ -278,9 +288,7 @@ class JobEngine:
             webhook_url=f"{self._webhook_base_url}/webhooks/modelslab/{token}" if token else None,
             track_id=job.id,
         )
-        started = time.monotonic()
         result = await self._call_with_retries(job, lambda: self._backend.submit(request))
-        self._started_at[job.id] = started
         return await self._record_result(job, result)
 
     async def _await_result(self, job: JobRecord) -> JobRecord:
@@ -355,7 +363,6 @@ class JobEngine:
             if moved is not None:
                 self.relay.publish(Started(job.id, result.eta_seconds))
         else:
-            self._slot_done(job)
             moved = await self._transition(
                 job.id,
                 [JobState.SUBMITTED, JobState.PROCESSING],
@@ -367,6 +374,8 @@ class JobEngine:
             )
         if moved is None:
             raise JobMovedOn
+        if moved.state == JobState.REHOSTING:
+            self.dispatcher.changed()  # its provider slot is free
         return moved
 
     async def _rehost(self, job: JobRecord) -> None:
@@ -402,7 +411,6 @@ class JobEngine:
         self.relay.publish(Completed(job.id, images, job_summary(job), refunded=refunded))
 
     async def _fail(self, job: JobRecord, reason: str) -> None:
-        self._slot_done(job)
         await self._ending(self._record_failure(job, reason))
 
     async def _record_failure(self, job: JobRecord, reason: str) -> None:
@@ -513,12 +521,6 @@ class JobEngine:
             except Exception:
                 log.exception("sweeping expired selfies failed; trying again later")
 
-    def _slot_done(self, job: JobRecord) -> None:
-        started = self._started_at.pop(job.id, None)
-        if started is not None:
-            self._durations.append(time.monotonic() - started)
-        self.dispatcher.release(job.id)
-
     def _deadline(self, job: JobRecord) -> float:
         since = job.submitted_at or job.created_at
         left = since + timedelta(seconds=self._timings.job_timeout_seconds) - datetime.now(UTC)
@@ -537,43 +539,67 @@ class JobEngine:
     def _clamp_poll(self, seconds: float) -> float:
         return min(self._timings.max_poll_seconds, max(self._timings.min_poll_seconds, seconds))
 
-    def typical_generation_seconds(self) -> float:
-        return statistics.median(self._durations) if self._durations else DEFAULT_GENERATION_SECONDS
+    async def typical_generation_seconds(self) -> float:
+        """The median time the provider took on the most recent jobs (any process's), worked
+        out at most every `event_check_seconds`."""
+        now = time.monotonic()
+        if self._typical is not None and now - self._typical[1] < self._timings.event_check_seconds:
+            return self._typical[0]
+        recent = await self._dispatch_queue.recent_generation_seconds()
+        seconds = statistics.median(recent) if recent else DEFAULT_GENERATION_SECONDS
+        self._typical = (seconds, now)
+        return seconds
 
-    def queue_event(self, job_id: str) -> Queued | None:
-        """Where a waiting job stands, with an ETA from recent generation times."""
-        position = self.dispatcher.position(job_id)
+    async def queue_events(self, job_ids: list[str]) -> dict[str, Queued]:
+        """Where waiting jobs stand, with an ETA from recent generation times."""
+        positions = await self.dispatcher.positions(job_ids)
+        if not positions:
+            return {}
+        typical = await self.typical_generation_seconds()
+        return {job_id: self._queued(job_id, p, typical) for job_id, p in positions.items()}
+
+    async def queue_event(self, job_id: str) -> Queued | None:
+        position = await self.dispatcher.position(job_id)
         if position is None:
             return None
+        return self._queued(job_id, position, await self.typical_generation_seconds())
+
+    def _queued(self, job_id: str, position: int, typical: float) -> Queued:
         # It starts once the jobs ahead have gone through the provider's slots, then runs.
         rounds = (position - 1) // self.dispatcher.capacity + 2
-        return Queued(job_id, position, self.typical_generation_seconds() * rounds)
+        return Queued(job_id, position, typical * rounds)
 
-    def current_event(self, job: JobRecord) -> JobEvent | None:
+    async def current_event(self, job: JobRecord) -> JobEvent | None:
         """Where an unfinished job stands now, for someone who starts following it late."""
         if job.state == JobState.PROCESSING:
             eta = (job.eta_at - datetime.now(UTC)).total_seconds() if job.eta_at else None
             return Started(job.id, max(0.0, eta) if eta is not None else None)
         if job.state == JobState.REHOSTING:
             return Progress(job.id, "rehosting")
-        return self.queue_event(job.id)
+        return await self.queue_event(job.id)
 
     def _positions_changed(self) -> None:
         # A long queue changes at every dispatch: tell people at most every ANNOUNCE_SECONDS,
         # so that the cost stays one pass over the watchers per interval, not per change.
-        if self._announcement is None and not self._stopping:
-            loop = asyncio.get_running_loop()
-            self._announcement = loop.call_later(ANNOUNCE_SECONDS, self._announce_positions)
+        if self._announcement is None and not self._stopping and self._events.watched_jobs:
+            self._announcement = asyncio.create_task(self._announce_positions())
 
-    def _announce_positions(self) -> None:
-        self._announcement = None
-        # Only watched jobs are told; everyone else learns their place when they ask (/quota).
-        for job_id in self._events.watched_jobs:
-            event = self.queue_event(job_id)
-            if event is None or self._announced.get(job_id) == event.position:
-                continue
-            self._announced[job_id] = event.position
-            self.relay.publish(event)
+    async def _announce_positions(self) -> None:
+        try:
+            await asyncio.sleep(ANNOUNCE_SECONDS)
+            self._announcement = None
+            # Only watched jobs are told; everyone else learns their place when they ask. Each
+            # process tells its own followers (the line is the same from every process).
+            watched = self._events.watched_jobs
+            self._announced = {j: p for j, p in self._announced.items() if j in watched}
+            events = await self.queue_events(watched)
+            for job_id, event in events.items():
+                if self._announced.get(job_id) != event.position:
+                    self._announced[job_id] = event.position
+                    self._events.publish(event)
+        except Exception:
+            self._announcement = None
+            log.exception("telling followers where their jobs stand failed")
 
 
 INPUT_PREFIX = "inputs/"

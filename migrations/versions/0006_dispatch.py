@@ -27,6 +27,8 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("queue_round", BIG, nullable=True))
         batch_op.add_column(sa.Column("queue_slot", sa.Integer(), nullable=True))
+        # The community the place's slot was counted for (it moves with the place).
+        batch_op.add_column(sa.Column("queue_community", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("queue_seq", BIG, nullable=True))
         batch_op.add_column(sa.Column("dispatched_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f("ix_jobs_queue_round"), ["queue_round"], unique=False)
@@ -46,5 +48,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_jobs_queue_round"))
         batch_op.drop_column("dispatched_at")
         batch_op.drop_column("queue_seq")
+        batch_op.drop_column("queue_community")
         batch_op.drop_column("queue_slot")
         batch_op.drop_column("queue_round")
