@@ -66,6 +66,9 @@ async def show_until_done(
     """Show a job's final event, retrying with a growing delay while `show` says a failure may
     pass (False); then the result is no longer owed."""
     delay = RETRY_FIRST_SECONDS
+    if final is not None and not await layer.may_show(job_id):
+        log.info("job %s: its result is shown by another process", job_id)
+        return
     while final is not None and not await show(final):
         log.warning("job %s: result not shown yet; trying again in %.0f s", job_id, delay)
         await asyncio.sleep(delay)

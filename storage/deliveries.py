@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import leases
+from storage.audit import write_audit
 from storage.database import Database
 from storage.leases import Lease, lease_until
 from storage.models import Delivery, utcnow
-from storage.records import PendingDelivery
+from storage.records import AuditNote, PendingDelivery
 
 _DELIVERIES = Delivery.__table__
 
@@ -63,9 +64,45 @@ class DeliveryRepository:
             owed = update(_DELIVERIES).where(_DELIVERIES.c.job_id == job_id)
             await conn.execute(owed.values(target=dict(target)))
 
-    async def done(self, job_id: str) -> None:
+    async def take_to_show(self, job_id: str, lease: Lease) -> bool:
+        """Make sure `lease.owner` is the one process to show this result, just before it does:
+        True while it holds the delivery's lease (or nobody holds a live one, then now it
+        does). False when another process holds it (it took the result over while this one
+        stalled) or the result has been shown already: then this one must not show it."""
+        expires = _DELIVERIES.c.lease_expires_at
         async with self._db.write() as conn:
-            await conn.execute(delete(_DELIVERIES).where(_DELIVERIES.c.job_id == job_id))
+            taken = await conn.execute(
+                update(_DELIVERIES)
+                .where(
+                    _DELIVERIES.c.job_id == job_id,
+                    or_(
+                        _DELIVERIES.c.lease_owner == lease.owner,
+                        expires.is_(None),
+                        expires < leases.database_now(conn),
+                    ),
+                )
+                .values(lease_owner=lease.owner, lease_expires_at=lease_until(conn, lease.seconds))
+                .returning(_DELIVERIES.c.job_id)
+            )
+            return taken.one_or_none() is not None
+
+    async def done(self, job_id: str, *, shown_by: str | None = None) -> bool:
+        """The result has been shown: no longer owed. False if it was no longer owed already:
+        another process showed it as well (it took the result over while this one stalled past
+        its lease, between taking it to show and recording it). Such a duplicate is written to
+        the audit log (`duplicate_delivery`), so that it is counted."""
+        async with self._db.write() as conn:
+            gone = await conn.execute(
+                delete(_DELIVERIES)
+                .where(_DELIVERIES.c.job_id == job_id)
+                .returning(_DELIVERIES.c.job_id)
+            )
+            if gone.one_or_none() is not None:
+                return True
+            if shown_by is not None:
+                note = AuditNote(shown_by, "duplicate_delivery", target=job_id)
+                await write_audit(conn, note)
+            return False
 
 
 async def insert_delivery(
@@ -90,7 +127,7 @@ async def insert_delivery(
 
 async def renew_deliveries(conn: AsyncConnection, lease: Lease) -> None:
     """Extend the leases of the deliveries `lease.owner` is showing (the caller's transaction)."""
-    await leases.renew(conn, _DELIVERIES, lease)
+    await leases.renew(conn, _DELIVERIES, lease, key=_DELIVERIES.c.job_id)
 
 
 async def release_deliveries(conn: AsyncConnection, owner: str) -> None:

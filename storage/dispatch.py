@@ -107,7 +107,7 @@ class DispatchQueue:
         in line whose process is alive. Those jobs are now `submitted`: their processes send
         them."""
         async with self._db.write() as conn:
-            state = await _lock(conn)
+            state = await lock_line(conn)
             placed = await _place_new(conn, state)
             in_flight = await conn.scalar(
                 select(func.count()).select_from(_JOBS).where(_JOBS.c.state.in_(IN_FLIGHT))
@@ -209,7 +209,7 @@ async def waiting_place(conn: AsyncConnection, job_id: str) -> HeldPlace | None:
     ).one_or_none()
     if row is None or row.state != _QUEUED or row.queue_seq is None:
         return None
-    await _lock(conn)
+    await lock_line(conn)
     return HeldPlace(job_id, row.user_id, _place_of(row))
 
 
@@ -256,8 +256,10 @@ class _State:
     next_seq: int
 
 
-async def _lock(conn: AsyncConnection) -> _State:
-    """Take the line's lock (held to the end of the transaction) and read its state."""
+async def lock_line(conn: AsyncConnection) -> _State:
+    """Take the line's lock (held to the end of the transaction) and read its state. Whoever
+    changes several jobs' rows in one transaction takes it first: the pass locks the rows of
+    the jobs it gives slots to, so one order of locks for all keeps deadlocks out."""
     row = (
         await conn.execute(
             select(_STATE.c.current_round, _STATE.c.next_seq)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime
 from typing import Any
@@ -267,16 +267,24 @@ class JobRepository:
                 .values(selfie_key=None, pose_key=None, inputs_expire_at=None)
             )
 
-    async def renew_leases(self, lease: Lease) -> set[str]:
-        """Extend every lease `lease.owner` holds on an unfinished job, and on a result it is
-        showing; the job ids renewed (a job it drives that is not among them was taken over by
-        another process)."""
+    async def renew_leases(self, lease: Lease, driving: Collection[str]) -> set[str]:
+        """Extend the leases `lease.owner` holds on the unfinished jobs it is `driving`, and on
+        the results it is showing; those of `driving` it still holds (a job not among them
+        ended, or was taken over by another process). A job it holds but no longer drives (its
+        task ended without ending the job) is left to run out, for another process to take."""
+        held_here = [
+            _JOBS.c.state.in_(_UNFINISHED),
+            _JOBS.c.id.in_(list(driving)),
+        ]
         async with self._db.write() as conn:
             await renew_deliveries(conn, lease)
-            rows = await leases.renew(
-                conn, _JOBS, lease, _JOBS.c.state.in_(_UNFINISHED), returning=(_JOBS.c.id,)
+            if not driving:
+                return set()
+            await leases.renew(conn, _JOBS, lease, *held_here, key=_JOBS.c.id)
+            held = await conn.execute(
+                select(_JOBS.c.id).where(_JOBS.c.lease_owner == lease.owner, *held_here)
             )
-            return {row.id for row in rows}
+            return {row.id for row in held}
 
     async def take_over(self, lease: Lease, *, limit: int = 100) -> list[JobRecord]:
         """Unfinished jobs nobody holds a live lease on (their process stopped or died), now
@@ -299,6 +307,7 @@ class JobRepository:
         """Let go of every lease `owner` holds (a clean stop): others may take its jobs, and
         the results it was showing, at once."""
         async with self._db.write() as conn:
+            await dispatch.lock_line(conn)
             await release_deliveries(conn, owner)
             await leases.release(conn, _JOBS, owner, _JOBS.c.state.in_(_UNFINISHED))
 

@@ -68,19 +68,22 @@ async def claim_free(
 
 
 async def renew(
-    conn: AsyncConnection,
-    table: Table,
-    lease: Lease,
-    *where: ColumnElement[bool],
-    returning: tuple[Any, ...] = (),
-) -> CursorResult[Any]:
-    """Extend the leases `lease.owner` holds on the rows matching `where`."""
-    statement = (
-        update(table)
+    conn: AsyncConnection, table: Table, lease: Lease, *where: ColumnElement[bool], key: Any
+) -> None:
+    """Extend the leases `lease.owner` holds on the rows matching `where`. A row another
+    transaction has locked right now (a dispatch pass giving it a slot) is skipped, not waited
+    for: it is renewed next time, well before it runs out, and renewing never waits on a lock
+    (so it can never be one side of a deadlock)."""
+    mine = (
+        select(key)
         .where(table.c.lease_owner == lease.owner, *where)
+        .with_for_update(skip_locked=True)
+    )
+    await conn.execute(
+        update(table)
+        .where(key.in_(mine.scalar_subquery()))
         .values(lease_expires_at=lease_until(conn, lease.seconds))
     )
-    return await conn.execute(statement.returning(*returning) if returning else statement)
 
 
 async def release(

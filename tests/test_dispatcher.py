@@ -259,13 +259,15 @@ async def test_two_processes_share_one_cap_and_one_line(db: Database, database_u
         dispatcher.changed()
 
     try:
-        tasks = []
-        # A heavy user on replica 0, then two light ones on replica 1.
-        for n, (job_id, user) in enumerate(
-            [("h1", "H"), ("h2", "H"), ("h3", "H"), ("h4", "H"), ("l1", "L"), ("m1", "M")]
-        ):
+        # A heavy user's four jobs driven by replica 0, then two light users' by replica 1,
+        # all queued before any is driven.
+        arrivals = [("h1", "H"), ("h2", "H"), ("h3", "H"), ("h4", "H"), ("l1", "L"), ("m1", "M")]
+        for job_id, user in arrivals:
             await _create(line, job_id, user)
-            tasks.append(asyncio.create_task(drive(job_id, dispatchers[0 if n < 4 else 1])))
+        tasks = [
+            asyncio.create_task(drive(job_id, dispatchers[0 if n < 4 else 1]))
+            for n, (job_id, _) in enumerate(arrivals)
+        ]
         async with asyncio.timeout(30):
             await asyncio.gather(*tasks)
     finally:

@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from storage.audit import AuditRepository
 from storage.database import Database
 from storage.deliveries import DeliveryRepository
 from storage.leases import Lease
@@ -92,9 +93,38 @@ async def test_a_result_is_shown_by_one_process_and_taken_over_when_it_stops(
     assert await deliveries.claim("discord", third) == []
     await asyncio.sleep(0.5)  # replica a stops renewing
     assert [d.job_id for d in await deliveries.claim("telegram", third)] == ["live"]
-    await world.jobs.renew_leases(second)  # b renews: its delivery stays its own
+    await world.jobs.renew_leases(second, [])  # b renews: its delivery stays its own
     assert await deliveries.claim("telegram", Lease("replica-d", 30)) == []
     await world.jobs.release_leases("replica-b")  # a clean stop lets it go at once
     assert [d.job_id for d in await deliveries.claim("telegram", Lease("replica-d", 30))] == [
         "orphan"
     ]
+
+
+async def test_only_the_lease_holder_shows_a_result_and_a_second_showing_is_counted(
+    db: Database,
+) -> None:
+    """Just before posting, a process takes the result to show: refused while another holds
+    it. If both showed it anyway (one stalled past its lease in between), the second to record
+    it finds it gone: a duplicate, written to the audit log."""
+    world = World(db)
+    user = await world.accounts.user("telegram", "u1")
+    first, second = Lease("replica-a", 0.3), Lease("replica-b", 30)
+    await world.job("j", user, end=None, delivery=("telegram", {"chat_id": 3}), lease=first)
+    deliveries = DeliveryRepository(db)
+
+    assert await deliveries.take_to_show("j", first)
+    assert not await deliveries.take_to_show("j", second)  # a's lease is live
+    await asyncio.sleep(0.5)  # a stalls past its lease
+    assert await deliveries.take_to_show("j", second)
+    assert not await deliveries.take_to_show("j", first)  # back from the stall: not a's now
+
+    assert await deliveries.done("j", shown_by="replica-b")
+    assert not await deliveries.done("j", shown_by="replica-a")  # a had posted it too
+    assert not await deliveries.take_to_show("j", first)  # shown: nobody shows it again
+    duplicates = [
+        (entry.actor, entry.target)
+        for entry in await AuditRepository(db).recent(None, limit=10)
+        if entry.action == "duplicate_delivery"
+    ]
+    assert duplicates == [("replica-a", "j")]

@@ -256,13 +256,13 @@ async def test_a_job_is_driven_by_its_lease_holder_and_taken_over_once_the_lease
 
     # A live lease is left alone; a job without one is anyone's.
     assert [job.id for job in await jobs.take_over(second)] == ["free"]
-    assert await jobs.renew_leases(first) == {"held"}
+    assert await jobs.renew_leases(first, ["held"]) == {"held"}
     assert await jobs.take_over(second) == []
     await asyncio.sleep(0.5)  # the first process stops renewing: its lease runs out
     (taken,) = await jobs.take_over(second)
     assert (taken.id, taken.lease_owner) == ("held", "replica-b")
     # The first process, back from its stall, can no longer move the job; the new owner can.
-    assert await jobs.renew_leases(first) == set()
+    assert await jobs.renew_leases(first, ["held"]) == set()
     assert (
         await jobs.transition("held", [JobState.QUEUED], JobState.SUBMITTED, owner="replica-a")
         is None
@@ -274,4 +274,18 @@ async def test_a_job_is_driven_by_its_lease_holder_and_taken_over_once_the_lease
     await jobs.release_leases("replica-b")
     assert {job.id for job in await jobs.take_over(Lease("replica-c", 30))} == {"held", "free"}
     assert await jobs.fail("free", "done", owner="replica-c")
-    assert await jobs.renew_leases(Lease("replica-c", 30)) == {"held"}
+    assert await jobs.renew_leases(Lease("replica-c", 30), ["held", "free"]) == {"held"}
+
+
+async def test_a_job_held_but_no_longer_driven_is_left_to_run_out(db: Database) -> None:
+    """A process renews only the jobs it drives: one whose task ended without ending the job
+    is not kept from the others for ever."""
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    here = Lease("replica-a", 0.3)
+    for job_id in ("driven", "dropped"):
+        await jobs.create(_new(job_id, user.id), daily_quota=QUOTA, today=TODAY, lease=here)
+    for _ in range(3):
+        await asyncio.sleep(0.15)
+        assert await jobs.renew_leases(here, ["driven"]) == {"driven"}
+    assert [job.id for job in await jobs.take_over(Lease("replica-b", 30))] == ["dropped"]

@@ -185,8 +185,18 @@ class CommandLayer:
         message it answered with was sent after the job was queued)."""
         await self.services.deliveries.retarget(job_id, deliver_to)
 
+    async def may_show(self, job_id: str) -> bool:
+        """Just before showing a job's result: True if this process is the one to show it;
+        False if another process is showing it (it took the result over while this one
+        stalled) or has shown it."""
+        return await self.services.deliveries.take_to_show(job_id, self.services.engine.lease)
+
     async def delivered(self, job_id: str) -> None:
-        await self.services.deliveries.done(job_id)
+        """The result has been shown. If another process had recorded showing it too, the user
+        got it twice: logged, and counted in the audit log."""
+        owner = self.services.engine.lease.owner
+        if not await self.services.deliveries.done(job_id, shown_by=owner):
+            log.warning("job %s: its result was shown by another process as well", job_id)
 
     async def hold(self, work: str) -> bool:
         """Take work that only one of the processes sharing the database may do for as long as

@@ -168,8 +168,11 @@ class JobEngine:
         while True:
             await asyncio.sleep(self.lease.seconds / 3)
             try:
-                renewed = await self._jobs.renew_leases(self.lease)
-                for job_id, task in list(self._tasks.items()):
+                # Only the jobs driven before the renewal began: one started meanwhile may not
+                # be in the answer yet.
+                driving = dict(self._tasks)
+                renewed = await self._jobs.renew_leases(self.lease, driving)
+                for job_id, task in driving.items():
                     if job_id not in renewed and not task.done():
                         # Ended just now (its ending goes on by itself), or another process
                         # took it over while we stalled past the lease: stop driving it.
