@@ -32,6 +32,8 @@ from storage.deliveries import DeliveryRepository
 from storage.dispatch import DispatchQueue
 from storage.history import HistoryRepository
 from storage.imagestore import ImageStore, open_image_store
+from storage.inbox import InboxRepository
+from storage.interactions import InteractionRepository
 from storage.jobs import JobRepository
 from storage.migrate import upgrade
 from storage.pseudonyms import (
@@ -44,6 +46,7 @@ from storage.pseudonyms import (
 )
 from storage.settings import SettingsRepository
 from storage.stats import StatsRepository
+from storage.waits import WaitRepository
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +210,9 @@ class HeadshotApp:
                 pseudonyms=self.pseudonyms,
                 image_base_url=public or self.base_url,
                 coordination=self.coordination,
+                waits=WaitRepository(self.db),
+                inbox=InboxRepository(self.db),
+                interactions=InteractionRepository(self.db),
             )
         )
         runner = web.AppRunner(

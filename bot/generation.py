@@ -30,6 +30,15 @@ class RequestRefused(Exception):
     """The request was refused before anything was reserved. The message is for the user."""
 
 
+class RequestRepeated(Exception):
+    """The request (its request key) queued `job_id` before, when it was first handled: that
+    job stands, and nothing new was queued or reserved."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"the request queued job {job_id} before")
+        self.job_id = job_id
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     platform: str
@@ -53,6 +62,8 @@ class GenerationRequest:
     # Where the platform's adapter will show the result (its own address, no secrets): noted
     # with the job in one transaction, so that no queued job is ever without one.
     deliver_to: Mapping[str, Any] | None = None
+    # The platform's key for the request (see `CommandRequest.request_key`).
+    request_key: str | None = None
 
 
 class GenerationService:
@@ -74,7 +85,8 @@ class GenerationService:
         self._max_upload_bytes = max_upload_bytes
 
     async def request(self, req: GenerationRequest) -> JobRecord:
-        """Queue the job and return it; RequestRefused (nothing changed) if it cannot be done."""
+        """Queue the job and return it; RequestRefused (nothing changed) if it cannot be done,
+        RequestRepeated if this request queued a job before."""
         params = self._params(req)
         selfie, pose = req.selfie, req.pose_image
         if not req.images_sanitised:
@@ -110,6 +122,7 @@ class GenerationService:
             style=req.style,
             user_prompt=req.user_prompt,
             delivery=(req.platform, req.deliver_to) if req.deliver_to is not None else None,
+            request_key=req.request_key,
         )
         quota = self._daily_quota if req.daily_quota is None else req.daily_quota
         today = datetime.now(UTC).date()
@@ -129,6 +142,10 @@ class GenerationService:
             if isinstance(exc, TooManyActive):
                 raise RequestRefused(replies.too_many_in_progress(exc.active)) from None
             raise
+        if job.id != job_id:
+            # Its first handling queued it: whoever drives it and shows its result goes on.
+            await drop_inputs(self._store, selfie_key, pose_key)
+            raise RequestRepeated(job.id)
         self._engine.start(job)
         return job
 

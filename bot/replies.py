@@ -66,6 +66,25 @@ def queued(
     )
 
 
+def queued_before(job_id: str) -> Reply:
+    """The same request, handled again after a crash: the job it queued the first time."""
+    return Reply(
+        f"Got it: that is queued as job {short_id(job_id)}. Its result will be shown here."
+    )
+
+
+def request_lost() -> str:
+    return (
+        "Sorry: this request was lost in a restart and nothing was charged. Please send it again."
+    )
+
+
+def request_resumed(job_id: str) -> str:
+    return (
+        f"Your request is queued as job {short_id(job_id)}; its result will be posted in this chat."
+    )
+
+
 def banned_word(phrase: str) -> str:
     return f"Your prompt contains “{phrase}”, which isn't allowed here: rephrase it and try again."
 

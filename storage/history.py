@@ -25,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import ledger
 from storage.database import Database
+from storage.inbox import forget_inbox
+from storage.interactions import forget_interactions
 from storage.jobs import MIN_REF_LENGTH, id_matches, input_keys_in_use, job_record, one_match
 from storage.models import (
     AuditEntry,
@@ -39,6 +41,7 @@ from storage.models import (
     utcnow,
 )
 from storage.records import FINISHED_STATES, ForgetReport, JobRecord
+from storage.waits import forget_waits
 
 FORGOTTEN = "forgotten user"
 
@@ -163,11 +166,12 @@ class HistoryRepository:
         (the caller's pseudonym for them), for `AccountRepository.user` to carry over should
         they return today; such rows of earlier days, anyone's, are dropped here.
 
-        Their outputs, ledger entries, settings at every scope, jobs and user row go. Audit
-        rows they did or that were done to them stay, as done by or to "forgotten user" and
-        without details; so do rows they wrote elsewhere (a ban, a community setting), with
-        the same name in place of theirs. Bans of them stay: keyed by a pseudonym, they name
-        nobody and must outlast this.
+        Their outputs, ledger entries, settings at every scope, jobs and user row go, and so
+        does what the chat platforms hold of them for a while: waits for their photo or choice,
+        their updates not handled yet, their deferred interactions. Audit rows they did or that
+        were done to them stay, as done by or to "forgotten user" and without details; so do
+        rows they wrote elsewhere (a ban, a community setting), with the same name in place of
+        theirs. Bans of them stay: keyed by a pseudonym, they name nobody and must outlast this.
         """
         name = f"{platform}:{platform_user_id}"
         async with self._db.write() as conn:
@@ -217,6 +221,9 @@ class HistoryRepository:
             await _delete(conn, Delivery, Delivery.job_id.in_(job_ids))
             deleted_jobs = await _delete(conn, Job, Job.user_id == user_id)
             await _delete(conn, User, User.id == user_id)
+            await forget_waits(conn, platform, platform_user_id)
+            await forget_inbox(conn, platform, platform_user_id)
+            await forget_interactions(conn, platform, platform_user_id)
             await _unname(conn, name)
             inputs = [key for job in jobs for key in (job.selfie_key, job.pose_key) if key]
             store_keys = await _unreferenced(conn, outputs, inputs)

@@ -8,6 +8,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import dispatch, leases, ledger
@@ -34,6 +35,9 @@ class NewJob:
     user_prompt: str | None = None
     # Where a chat adapter will show the result: (platform, its own address for it).
     delivery: tuple[str, Mapping[str, Any]] | None = None
+    # The request that asks for it (a chat platform's update or interaction): the one job of
+    # that request, whatever number of times it is handled.
+    request_key: str | None = None
 
 
 class TooManyActive(Exception):
@@ -64,7 +68,30 @@ class JobRepository:
         `max_active` is set and the user already has that many unfinished jobs; either way
         having written nothing. The count is taken inside the write transaction, so two
         requests at once cannot both slip under the limit.
+
+        A job whose request key an earlier job has is not made: that job comes back instead
+        (its id is not `job.id`), with nothing written.
         """
+        try:
+            return await self._create(
+                job, daily_quota=daily_quota, today=today, max_active=max_active, lease=lease
+            )
+        except IntegrityError:
+            # The same request at the same moment elsewhere: one insert won, this one lost.
+            existing = await self._by_request(job.request_key) if job.request_key else None
+            if existing is None:
+                raise
+            return existing
+
+    async def _create(
+        self,
+        job: NewJob,
+        *,
+        daily_quota: int | None,
+        today: date,
+        max_active: int | None,
+        lease: Lease | None,
+    ) -> JobRecord:
         now = utcnow()
         values = {
             "id": job.id,
@@ -82,8 +109,16 @@ class JobRepository:
             "attempts": 0,
             "created_at": now,
             "updated_at": now,
+            "request_key": job.request_key,
         }
         async with self._db.write() as conn:
+            if job.request_key is not None:
+                made = await conn.execute(
+                    select(_JOBS).where(_JOBS.c.request_key == job.request_key)
+                )
+                earlier = made.one_or_none()
+                if earlier is not None:
+                    return job_record(earlier)
             if max_active is not None or daily_quota is not None:
                 await ledger.lock_user(conn, job.user_id)
             if max_active is not None:
@@ -105,6 +140,13 @@ class JobRepository:
                 today=today,
             )
             return job_record(row)
+
+    async def _by_request(self, request_key: str) -> JobRecord | None:
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(select(_JOBS).where(_JOBS.c.request_key == request_key))
+            ).one_or_none()
+            return job_record(row) if row else None
 
     async def get(self, job_id: str) -> JobRecord | None:
         async with self._db.read() as conn:

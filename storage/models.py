@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     Float,
@@ -112,6 +113,9 @@ class Job(Base):
     # clock); renewed while it drives it, taken over by another once it has expired.
     lease_owner: Mapped[str | None] = mapped_column(String(64), index=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column()
+    # The request that made the job (migration 0007): a chat platform's update or interaction,
+    # so that handling one twice (its first handler died) finds this job instead of a new one.
+    request_key: Mapped[str | None] = mapped_column(String(128), index=True, unique=True)
     # The provider's queue (migration 0006): the job's place in the fair line, given by a
     # dispatch pass, and when a pass gave it a provider slot.
     queue_round: Mapped[int | None] = mapped_column(
@@ -272,3 +276,67 @@ class Confirmation(Base):
     code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64), index=True)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class ChatWait(Base):
+    """What a chat adapter waits for from someone (a photo, a choice on a keyboard), until it
+    comes or `expires_at`. `request` is the adapter's own note of the command that waits (its
+    words, the messages involved). Taken by the update that brings what was missing, under its
+    request key (`taken_by`); the lease is that of the process announcing the expiry."""
+
+    __tablename__ = "chat_waits"
+    __table_args__ = (Index("ix_chat_waits_person", "platform", "person", "chat"),)
+
+    token: Mapped[str] = mapped_column(String(32), primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    chat: Mapped[str] = mapped_column(String(64))
+    person: Mapped[str] = mapped_column(String(64))
+    for_photo: Mapped[bool] = mapped_column(Boolean)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    taken_by: Mapped[str | None] = mapped_column(String(128), index=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+
+
+class InboxUpdate(Base):
+    """An update a chat platform handed over and was told we have, until it has been handled:
+    the process handling it holds its lease, and another takes it over if that one dies."""
+
+    __tablename__ = "chat_inbox"
+    __table_args__ = (
+        Index("ix_chat_inbox_source", "platform", "bot"),
+        Index("ix_chat_inbox_person", "platform", "person"),
+    )
+
+    # "<platform>:<bot>:<update id>": also the request key of a job the update makes.
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    bot: Mapped[str] = mapped_column(String(32))
+    person: Mapped[str | None] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+
+
+class DeferredInteraction(Base):
+    """An interaction answered with "thinking…" and not finished yet, kept so that if its
+    process dies another can end it. The interaction's token is kept sealed (encrypted under a
+    key derived from the pseudonym key), and only until it expires."""
+
+    __tablename__ = "deferred_interactions"
+    __table_args__ = (Index("ix_deferred_interactions_person", "platform", "person"),)
+
+    # "<platform>:<interaction id>": also the request key of a job the interaction makes.
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    person: Mapped[str] = mapped_column(String(64))
+    application_id: Mapped[str] = mapped_column(String(32))
+    message_id: Mapped[str | None] = mapped_column(String(32))
+    sealed_token: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column()

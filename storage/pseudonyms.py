@@ -44,6 +44,13 @@ class Pseudonyms:
         message = f"{platform}:{platform_user_id}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
+    def derived_key(self, purpose: str) -> bytes:
+        """A key of its own for `purpose` (sealing tokens, say), derived from this one: every
+        process sharing the pseudonym key derives the same, and none reveals the others."""
+        # The NUL bytes keep this message apart from every subject's ("platform:id").
+        message = b"\0" + DERIVED_KEY_TEXT + b"\0" + purpose.encode()
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
     def check_value(self) -> str:
         """What the database keeps to tell whether a process has the key its pseudonyms were
         made with: an HMAC of a fixed text, from which the key cannot be recovered."""
@@ -58,6 +65,7 @@ class KeyMismatch(Exception):
 
 
 CHECK_TEXT = b"headshot-bot pseudonym key check"
+DERIVED_KEY_TEXT = b"headshot-bot derived key"
 CHECK_FACT = "pseudonym_key_check"
 
 

@@ -19,8 +19,16 @@ from tests.databases import columns, execute, indexes, query, tables
 
 BEFORE = {"users", "communities", "jobs", "outputs", "credit_ledger", "audit_log"}
 AFTER = BEFORE | {"scoped_settings", "bans", "forgotten_usage"}
-HEAD = AFTER | {"deliveries", "instance_facts", "confirmations", "dispatch_state"}
-HEAD_REVISION = "0006"
+HEAD = AFTER | {
+    "deliveries",
+    "instance_facts",
+    "confirmations",
+    "dispatch_state",
+    "chat_waits",
+    "chat_inbox",
+    "deferred_interactions",
+}
+HEAD_REVISION = "0007"
 NEW_JOB_COLUMNS = {"style", "user_prompt", "deleted_at", "inputs_expire_at"}
 
 
@@ -90,6 +98,20 @@ async def test_0004_keeps_seeds_and_takes_full_32_bit_ones(empty_database_url: s
     seeds = dict(query(url, "SELECT id, seed FROM jobs"))
     assert seeds["low"] == 7 and seeds["high"] in (None, 2**32 - 1)
     await upgrade(url)
+
+
+async def test_0007_adds_and_removes_only_the_chat_state(empty_database_url: str) -> None:
+    url = empty_database_url
+    await upgrade(url, "0006")
+    before = tables(url)
+    await upgrade(url, "0007")
+    assert tables(url) == before | {"chat_waits", "chat_inbox", "deferred_interactions"}
+    assert "request_key" in columns(url, "jobs")
+    assert "ix_jobs_request_key" in indexes(url, "jobs")
+    await downgrade(url, "0006")
+    assert tables(url) == before
+    assert "request_key" not in columns(url, "jobs")
+    await upgrade(url, "0007")
 
 
 USER_SQL = (

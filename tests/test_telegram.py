@@ -61,6 +61,7 @@ class World:
         self.app: HeadshotApp | None = None
         self.adapter: TelegramAdapter | None = None
         self.settings: dict[str, Any] = {}
+        self.timings = FAST
 
     async def start(self, **settings: Any) -> World:
         self.settings = settings or self.settings
@@ -79,7 +80,7 @@ class World:
             **self.settings,
         }
         self.app = HeadshotApp(
-            load_settings(**values), Overrides(timings=FAST, local_webhooks=True)
+            load_settings(**values), Overrides(timings=self.timings, local_webhooks=True)
         )
         await self.app.start()
         self.adapter = TelegramAdapter(

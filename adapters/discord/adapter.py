@@ -3,6 +3,12 @@ job events out. It translates; the command layer decides.
 
 Every interaction is acknowledged first (Discord allows 3 seconds), with only the checks that
 need no I/O before it: an attachment's type and size, refused on the spot, reserving nothing.
+
+Discord never sends an interaction again, and one acknowledged with "thinking…" stays so until
+it is answered. So while one is being answered it is noted in the database (`bot.interactions`,
+its token sealed); if this process dies first, another replica (or this one, restarted) ends it
+once this one's lease has run out: with the job it queued, whose result then comes the way every
+result does after a restart, or else with an apology.
 """
 
 from __future__ import annotations
@@ -21,12 +27,19 @@ from discord import app_commands
 
 from adapters.delivery import keep_taking_over_deliveries, take_over_deliveries
 from adapters.discord.buttons import CommandButton
-from adapters.discord.delivery import EDIT_INTERVAL, PLATFORM, JobDelivery, Target
+from adapters.discord.delivery import (
+    EDIT_INTERVAL,
+    PLATFORM,
+    TOKEN_LIFETIME,
+    JobDelivery,
+    Target,
+)
 from adapters.discord.registration import register
 from adapters.discord.rendering import reply_message
 from bot import replies
 from bot.commands import Actor, CommandLayer, CommandRequest, CommandSpec
 from bot.config import ConfigError, Settings
+from bot.interactions import Abandoned, request_key
 from bot.replies import Reply
 
 log = logging.getLogger(__name__)
@@ -34,6 +47,8 @@ log = logging.getLogger(__name__)
 # Work that follows an acknowledgement waits while others are being sent, up to this long: in a
 # burst, every interaction is acknowledged before any command runs.
 ACKS_FIRST_SECONDS = 1.0
+# How long a stop waits for the interactions being answered.
+STOP_GRACE_SECONDS = 5.0
 
 
 class HeadshotClient(discord.AutoShardedClient):
@@ -86,6 +101,9 @@ class DiscordAdapter:
         self._gateway: asyncio.Task[None] | None = None
         self._deliveries: dict[str, asyncio.Task[None]] = {}
         self._taking_over: asyncio.Task[None] | None = None
+        self._ending_abandoned: asyncio.Task[None] | None = None
+        # The handlers answering a "thinking…" interaction now.
+        self._answering_now: set[asyncio.Task[Any]] = set()
         self._shards_held: list[str] = []
         self._acks_in_flight = 0
         self._no_acks_in_flight = asyncio.Event()
@@ -117,6 +135,10 @@ class DiscordAdapter:
             keep_taking_over_deliveries(self.layer, PLATFORM, Target.from_json, self._follow_later),
             name="discord-take-over",
         )
+        await self._end_abandoned()
+        self._ending_abandoned = asyncio.create_task(
+            self._keep_ending_abandoned(), name="discord-abandoned-interactions"
+        )
         self._gateway = asyncio.create_task(client.connect(), name="discord-gateway")
         self._gateway.add_done_callback(_log_gateway_end)
 
@@ -143,9 +165,18 @@ class DiscordAdapter:
         await self.client.wait_until_ready()
 
     async def stop(self) -> None:
-        """Stop following jobs (what is owed stays noted for the next start) and disconnect."""
-        tasks = [*self._deliveries.values(), *([self._taking_over] if self._taking_over else [])]
-        self._taking_over = None
+        """Stop following jobs (what is owed stays noted for the next start) and disconnect.
+        Interactions being answered get a few seconds; those still unanswered then are let
+        go, for another process to end at once."""
+        if self._answering_now:
+            await asyncio.wait(list(self._answering_now), timeout=STOP_GRACE_SECONDS)
+        loops = [self._taking_over, self._ending_abandoned]
+        tasks = [
+            *self._answering_now,
+            *self._deliveries.values(),
+            *(task for task in loops if task is not None),
+        ]
+        self._taking_over = self._ending_abandoned = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -153,6 +184,10 @@ class DiscordAdapter:
             await self._client.close()
         if self._gateway is not None:
             await asyncio.gather(self._gateway, return_exceptions=True)
+        try:
+            await self.layer.interactions.release()
+        except Exception:
+            log.exception("letting go of interactions being answered failed: their leases run out")
         await self._let_shards_go()
 
     # ---- interactions -----------------------------------------------------------------------
@@ -172,7 +207,8 @@ class DiscordAdapter:
         async with self._acknowledging():
             deferred = await interaction.response.defer(thinking=True, ephemeral=spec.private)
         await self._after_acknowledgements()
-        async with self._answering(interaction):
+        key = request_key(PLATFORM, interaction.id)
+        async with self._answering(interaction), self._noted(interaction, deferred):
             options: dict[str, Any] = {}
             for name, value in given.items():
                 if value is None:
@@ -185,7 +221,9 @@ class DiscordAdapter:
                     await self._answer(interaction, reply, private=spec.private)
                     return
             target = Target.of(interaction, deferred.message_id if deferred else None)
-            request = CommandRequest(_actor(interaction), spec.name, options, target.to_json())
+            request = CommandRequest(
+                _actor(interaction), spec.name, options, target.to_json(), request_key=key
+            )
             reply = await self.layer.handle(request)
             await self._answer(interaction, reply, private=spec.private, target=target)
 
@@ -201,11 +239,16 @@ class DiscordAdapter:
             else:
                 deferred = await interaction.response.defer(thinking=True, ephemeral=private)
         await self._after_acknowledgements()
-        async with self._answering(interaction):
+        # A press answered in place shows no "thinking…": nothing to end if this process dies.
+        noted = contextlib.nullcontext() if in_place else self._noted(interaction, deferred)
+        async with self._answering(interaction), noted:
             message_id = None if in_place or deferred is None else deferred.message_id
             target = Target.of(interaction, message_id)
             reply = await self.layer.run_line(
-                _actor(interaction), line, deliver_to=target.to_json()
+                _actor(interaction),
+                line,
+                deliver_to=target.to_json(),
+                request_key=request_key(PLATFORM, interaction.id),
             )
             await self._answer(
                 interaction, reply, private=private, in_place=in_place, target=target
@@ -227,6 +270,86 @@ class DiscordAdapter:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(ACKS_FIRST_SECONDS):
                 await self._no_acks_in_flight.wait()
+
+    @contextlib.asynccontextmanager
+    async def _noted(
+        self,
+        interaction: discord.Interaction,
+        deferred: discord.InteractionCallbackResponse[Any] | None,
+    ) -> AsyncIterator[None]:
+        """While a "thinking…" interaction is being answered, it is noted in the database: if
+        this process dies before the end of the block, another one ends it."""
+        key = await self.layer.interactions.deferred(
+            PLATFORM,
+            interaction.id,
+            person=str(interaction.user.id),
+            application_id=interaction.application_id,
+            message_id=deferred.message_id if deferred is not None else None,
+            token=interaction.token,
+            expires_at=interaction.created_at + TOKEN_LIFETIME,
+        )
+        handler = asyncio.current_task()
+        assert handler is not None  # discord.py runs each interaction's handler in a task
+        self._answering_now.add(handler)
+        try:
+            yield
+        except Exception:
+            await self._answered(key)
+            raise
+        finally:
+            self._answering_now.discard(handler)
+        await self._answered(key)
+
+    async def _answered(self, key: str) -> None:
+        try:
+            await self.layer.interactions.answered(key)
+        except Exception:  # answered all the same: tell nobody, the note goes with its token
+            log.exception("interaction %s: its note could not be deleted", key)
+
+    async def _keep_ending_abandoned(self) -> None:
+        interactions = self.layer.interactions
+        while True:
+            await asyncio.sleep(interactions.check_interval)
+            try:
+                await interactions.renew()
+                await self._end_abandoned()
+            except Exception:
+                log.exception("ending abandoned interactions failed; trying again shortly")
+
+    async def _end_abandoned(self) -> None:
+        """End the interactions a process that died left "thinking…"."""
+        for abandoned in await self.layer.interactions.abandoned(PLATFORM):
+            if await self._end(abandoned):
+                await self._answered(abandoned.key)
+            else:
+                await self.layer.interactions.retry_later(abandoned.key)
+
+    async def _end(self, abandoned: Abandoned) -> bool:
+        """Replace the "thinking…" with where the request stands; False if Discord may take it
+        later (a 5xx, a 429, the network)."""
+        if abandoned.job_id is None:
+            text = replies.request_lost()
+        else:  # its result is owed, and shown like any result after a restart
+            text = replies.request_resumed(abandoned.job_id)
+        webhook = discord.Webhook.partial(
+            abandoned.application_id, abandoned.token, client=self.client
+        )
+        try:
+            if abandoned.message_id is None:
+                await webhook.send(text)  # Discord's first follow-up replaces the "thinking…"
+            else:
+                await webhook.edit_message(abandoned.message_id, content=text)
+        except discord.HTTPException as exc:
+            if exc.status == 429 or exc.status >= 500:
+                return False
+            # The token ran out, or the message went: there is nothing left to end.
+            log.info("interaction %s could not be ended (%s)", abandoned.key, exc.status)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("interaction %s: network error ending it (%r)", abandoned.key, exc)
+            return False
+        else:
+            log.info("interaction %s, left by a process that stopped, is ended", abandoned.key)
+        return True
 
     @contextlib.asynccontextmanager
     async def _answering(self, interaction: discord.Interaction) -> AsyncIterator[None]:

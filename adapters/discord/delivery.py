@@ -1,7 +1,7 @@
 """A job's progress and result, shown where its command was run.
 
 While the interaction's token is valid (15 minutes), progress edits the command's own message
-and the result takes its place. After that, or after a restart (the token is never stored),
+and the result takes its place. After that, or after a restart (a delivery keeps no token),
 the result is posted in the channel as a reply that mentions the user, or sent to them directly
 if the channel will not take it. Where to deliver is noted with the job when it is queued and
 cleared once the result is out; a failure Discord may get over (a 5xx, a 429, the network) is

@@ -5,7 +5,9 @@ A selfie comes the ways people send one: a photo (or an image sent as a file) wi
 `/headshot [style] [prompt]` as its caption, `/headshot` as a reply to their photo, or
 `/headshot` alone, after which the bot asks for the photo. Without a style, the styles are
 offered as buttons. Updates arrive by long polling, or, when PUBLIC_BASE_URL is set, as
-Telegram's webhook posts to our own web server, each checked against a secret.
+Telegram's webhook posts to our own web server, each checked against a secret; either way each
+is kept in the database until it has been handled (`receiving.py`). What the bot waits for from
+someone (a photo, a style) is kept there too (`waiting.py`): any replica may get the answer.
 """
 
 from __future__ import annotations
@@ -62,12 +64,14 @@ from adapters.telegram.outgoing import (
     send,
     uploads,
 )
+from adapters.telegram.receiving import Receiver
 from adapters.telegram.registration import register
-from adapters.telegram.waiting import FileRef, Request, Wait, Waits
+from adapters.telegram.waiting import FileRef, Note, Request, keep_announcing_ended_waits
 from bot import replies
 from bot.commands import Access, Actor, CommandLayer, CommandSpec
 from bot.config import ConfigError, Settings
 from bot.replies import Reply
+from bot.waits import Wait
 from bot.web import ChatWebhooks
 
 log = logging.getLogger(__name__)
@@ -76,8 +80,6 @@ log = logging.getLogger(__name__)
 DOWNLOAD_LIMIT = 20 * 1024 * 1024
 ALLOWED_UPDATES = ["message", "callback_query"]
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
-# Updates handled at once (python-telegram-bot handles them one by one unless told otherwise).
-CONCURRENT_UPDATES = 256
 POLL_TIMEOUT = 30
 # What only one replica may do at a time: long-poll Telegram for updates.
 POLLING = "telegram-polling"
@@ -106,13 +108,15 @@ class TelegramAdapter:
         # Telegram's flood limits (30 messages a second, 20 a minute per group), waited for
         # rather than hit; a flood-control answer is waited out and the request made again.
         self._rate_limiter = rate_limiter or AIORateLimiter(max_retries=3)
-        self._waits = Waits(settings.telegram_wait_seconds, self._wait_ended)
         self._edit_budget = EditBudget(PROGRESS_EDITS_PER_SECOND)
         # The first words of this bot's commands, and Telegram's own two.
         self._words = {spec.path[0] for spec in layer.commands.values()} | {"cancel", "start"}
         self._deliveries: dict[str, asyncio.Task[None]] = {}
         self._taking_over: asyncio.Task[None] | None = None
+        self._announcing: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
         self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
+        self._receiver: Receiver | None = None
         self._webhook_path: str | None = None
         self._polling = False
 
@@ -121,6 +125,12 @@ class TelegramAdapter:
         if self._application is None:
             raise RuntimeError("the Telegram adapter is not started")
         return self._application
+
+    @property
+    def receiver(self) -> Receiver:
+        if self._receiver is None:
+            raise RuntimeError("the Telegram adapter is not started")
+        return self._receiver
 
     @property
     def webhook_secret(self) -> str:
@@ -133,17 +143,16 @@ class TelegramAdapter:
         settings = self._settings
         api = str(settings.telegram_api_base).rstrip("/")
         webhook = settings.public_base_url is not None
-        builder = (
+        # Updates come through the inbox (`Receiver`), not python-telegram-bot's own updater.
+        application = (
             Application.builder()
             .token(self._token)
             .base_url(f"{api}/bot")
             .base_file_url(f"{api}/file/bot")
             .rate_limiter(self._rate_limiter)
-            .concurrent_updates(CONCURRENT_UPDATES)
+            .updater(None)
+            .build()
         )
-        if webhook:
-            builder = builder.updater(None)
-        application = builder.build()
         application.add_handler(
             MessageHandler(
                 filters.UpdateType.MESSAGE & (filters.ChatType.PRIVATE | filters.ChatType.GROUPS),
@@ -170,7 +179,13 @@ class TelegramAdapter:
                 keep_taking_over_deliveries(self.layer, PLATFORM, Target.from_json, self._follow),
                 name="telegram-take-over",
             )
+            self._announcing = asyncio.create_task(
+                keep_announcing_ended_waits(self.layer, PLATFORM, self._wait_ended),
+                name="telegram-ended-waits",
+            )
             await application.start()
+            self._receiver = Receiver(application, self.layer)
+            await self._receiver.start()
             if webhook:
                 self._webhook_path = self._webhooks.mount(PLATFORM, self._receive)
                 assert settings.public_base_url is not None
@@ -189,9 +204,8 @@ class TelegramAdapter:
                         "several replicas"
                     )
                 self._polling = True
-                assert application.updater is not None
-                await application.updater.start_polling(
-                    timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES
+                self._poller = asyncio.create_task(
+                    self._receiver.poll(POLL_TIMEOUT, ALLOWED_UPDATES), name="telegram-polling"
                 )
         except BaseException:
             await self.stop()
@@ -205,16 +219,21 @@ class TelegramAdapter:
         application = self._application
         if application is None:
             return
-        if application.updater is not None and application.updater.running:
-            await application.updater.stop()
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+            self._poller = None
         if self._polling:
             await self.layer.let_go(POLLING)
             self._polling = False
+        if self._receiver is not None:
+            await self._receiver.stop()
+            self._receiver = None
         if application.running:
             await application.stop()
-        await self._waits.close()
-        tasks = [*self._deliveries.values(), *([self._taking_over] if self._taking_over else [])]
-        self._taking_over = None
+        loops = [self._taking_over, self._announcing]
+        tasks = [*self._deliveries.values(), *(task for task in loops if task is not None)]
+        self._taking_over = self._announcing = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -235,7 +254,7 @@ class TelegramAdapter:
             update = None  # parser raises what it meets (TypeError, KeyError, AttributeError…)
         if update is None:
             raise web.HTTPBadRequest(text="not a Telegram update")
-        await self.application.update_queue.put(update)
+        await self.receiver.take(update, data)  # in the inbox before Telegram hears 200
         return web.Response()
 
     # ---- messages -------------------------------------------------------------------------
@@ -248,33 +267,37 @@ class TelegramAdapter:
         if sender is None:
             return
         async with self._answering(message.chat_id, message.message_id):
-            await self._message(message, sender)
+            await self._message(message, sender, self.receiver.key(update))
 
-    async def _message(self, message: Message, sender: Sender) -> None:
+    async def _message(self, message: Message, sender: Sender, key: str) -> None:
+        """One message, handled as the update `key` (see `Receiver.key`)."""
         chat_id = message.chat_id
         line = command_line(message, self.application.bot.username)
         if line is None:
-            if self._waits.photo_awaited(chat_id, sender.id) is not None:
-                await self._photo_arrived(message, sender)
-            elif message.chat.type == ChatType.PRIVATE:
+            waits = self.layer.waits
+            wait = await waits.photo_awaited(PLATFORM, str(chat_id), str(sender.id), key=key)
+            if wait is not None and await self._photo_arrived(message, wait, key):
+                return
+            if message.chat.type == ChatType.PRIVATE:
                 # In a private chat, a photo on its own is a request for a headshot, and
                 # anything else a question about what the bot does.
                 file = attached_file(message)
                 line = "/headshot" if file is not None and file.is_image_message else "/help"
-                await self._command(message, sender, line)
+                await self._command(message, sender, line, key)
             return
         word = line.split(maxsplit=1)[0]
         if message.chat.type != ChatType.PRIVATE and not self._ours(word, message):
             return  # another bot's command, in a group with several
         if word == "/cancel":
-            ended = self._waits.cancel(chat_id, sender.id)
+            ended = await self.layer.waits.cancel(PLATFORM, str(chat_id), str(sender.id))
             text = replies.cancelled() if ended else replies.nothing_to_cancel()
             await send(self.application.bot, chat_id, text, reply_to=message.message_id)
             return
         # Telegram's own first command: what the bot does.
         line = "/help" if word == "/start" else line
-        self._waits.take_photo_wait(chat_id, sender.id)  # a new command replaces the wait
-        await self._command(message, sender, line)
+        # A new command replaces the wait for a photo.
+        await self.layer.waits.cancel(PLATFORM, str(chat_id), str(sender.id), photo_only=True)
+        await self._command(message, sender, line, key)
 
     def _ours(self, word: str, message: Message) -> bool:
         """Whether a command is this bot's: one of its words, or addressed to it by name."""
@@ -283,7 +306,7 @@ class TelegramAdapter:
         first = (message.text or message.caption or "").split(maxsplit=1)[0]
         return first.lower().endswith(f"@{self.application.bot.username.lower()}")
 
-    async def _command(self, message: Message, sender: Sender, line: str) -> None:
+    async def _command(self, message: Message, sender: Sender, line: str, key: str) -> None:
         read = self.layer.read_line(line)
         spec = read.spec if read is not None else None
         subject = reply_subject(message, sender)
@@ -293,15 +316,17 @@ class TelegramAdapter:
             line = f"{line} user={subject}"
         request = Request(line, message.chat_id, sender.id, message.message_id)
         if spec is not None and spec.takes_selfie:
-            await self._selfie_command(message, sender, request)
+            await self._selfie_command(message, sender, request, key)
         elif spec is not None and not spec.private:
-            await self._queue(request)
+            await self._queue(request, key)
         else:
             actor = await self._actor(message.chat_id, sender, spec)
-            reply = await self.layer.run_line(actor, line)
+            reply = await self.layer.run_line(actor, line, request_key=key)
             await self._answer(message.chat_id, sender, reply, reply_to=message.message_id)
 
-    async def _selfie_command(self, message: Message, sender: Sender, request: Request) -> None:
+    async def _selfie_command(
+        self, message: Message, sender: Sender, request: Request, key: str
+    ) -> None:
         selfie = attached_file(message)
         replied = message.reply_to_message
         if selfie is None and replied is not None and attached_file(replied) is not None:
@@ -318,15 +343,21 @@ class TelegramAdapter:
             prompt = await send(
                 self.application.bot, request.chat_id, text, markup=force, reply_to=request.reply_to
             )
-            self._waits.await_photo(request, prompt.message_id)
+            await self.layer.waits.for_photo(
+                PLATFORM,
+                str(request.chat_id),
+                str(request.sender_id),
+                Note(request, prompt.message_id).to_json(),
+                seconds=self._settings.telegram_wait_seconds,
+            )
             return
-        await self._with_selfie(dataclasses.replace(request, selfie=selfie))
+        await self._with_selfie(dataclasses.replace(request, selfie=selfie), key)
 
-    async def _photo_arrived(self, message: Message, sender: Sender) -> None:
-        """A message from someone the bot is waiting on for a photo."""
+    async def _photo_arrived(self, message: Message, wait: Wait, key: str) -> bool:
+        """A message from someone the bot is waiting on for a photo; False if the wait was
+        over by the time the photo came (the message is then a message like any other)."""
         chat_id = message.chat_id
-        waiting = self._waits.photo_awaited(chat_id, sender.id)
-        assert waiting is not None
+        waiting = Note.of(wait).request
         file = attached_file(message)
         if file is None:
             if message.chat.type == ChatType.PRIVATE:
@@ -334,15 +365,17 @@ class TelegramAdapter:
                 name = spec.name if spec is not None else "headshot"
                 text = replies.send_selfie(name, self._settings.telegram_wait_seconds)
                 await send(self.application.bot, chat_id, text, reply_to=message.message_id)
-            return
+            return True
         refusal = self._selfie_refusal(file)
         if refusal is not None:  # said so; still waiting for a photo
             await send(self.application.bot, chat_id, refusal, reply_to=message.message_id)
-            return
-        self._waits.take_photo_wait(chat_id, sender.id)
+            return True
+        if not await self.layer.waits.take(wait, key=key):
+            return False
         await self._with_selfie(
-            dataclasses.replace(waiting, selfie=file, reply_to=message.message_id)
+            dataclasses.replace(waiting, selfie=file, reply_to=message.message_id), key
         )
+        return True
 
     def _selfie_refusal(self, selfie: FileRef) -> str | None:
         """Why a file cannot be a selfie, judged from what Telegram says of it; None if it may
@@ -352,7 +385,7 @@ class TelegramAdapter:
         refusal = self.layer.check_upload(selfie.content_type, selfie.size or 0, DOWNLOAD_LIMIT)
         return None if refusal is None else refusal.text
 
-    async def _with_selfie(self, request: Request) -> None:
+    async def _with_selfie(self, request: Request, key: str) -> None:
         """Check the selfie as Telegram describes it, ask for a style if none was given, and
         queue the job."""
         refusal = None if request.selfie is None else self._selfie_refusal(request.selfie)
@@ -365,7 +398,7 @@ class TelegramAdapter:
             and read.spec.option("style") is not None
             and "style" not in read.options
         ):
-            token = self._waits.new_token()
+            token = self.layer.waits.new_token()
             markup = pick_keyboard(token, self.layer.style_choices(), replies.default_style_label())
             prompt = await send(
                 self.application.bot,
@@ -374,11 +407,18 @@ class TelegramAdapter:
                 markup=markup,
                 reply_to=request.reply_to,
             )
-            self._waits.await_style(token, request, prompt.message_id)
+            await self.layer.waits.for_choice(
+                token,
+                PLATFORM,
+                str(request.chat_id),
+                str(request.sender_id),
+                Note(request, prompt.message_id).to_json(),
+                seconds=self._settings.telegram_wait_seconds,
+            )
             return
-        await self._queue(request)
+        await self._queue(request, key)
 
-    async def _queue(self, request: Request, status_id: int | None = None) -> None:
+    async def _queue(self, request: Request, key: str, status_id: int | None = None) -> None:
         """Run a command that may queue a job. A status message shows at once; it is edited
         into the command's answer and then into the job's progress."""
         bot = self.application.bot
@@ -398,7 +438,7 @@ class TelegramAdapter:
         target = Target(chat_id, request.sender_id, request.reply_to, status_id)
         actor = _actor(chat_id, request.sender_id, is_moderator=False)
         reply = await self.layer.run_line(
-            actor, request.line, attachments, deliver_to=target.to_json()
+            actor, request.line, attachments, deliver_to=target.to_json(), request_key=key
         )
         if reply.job_id is not None:
             self._follow(reply.job_id, target)  # first: from here on the job must be shown
@@ -435,7 +475,7 @@ class TelegramAdapter:
         if query is None:
             return
         try:
-            await self._press(query)
+            await self._press(query, self.receiver.key(update))
         except Exception:
             reference = secrets.token_hex(4)
             log.exception("button press %s failed (ref %s)", query.id, reference)
@@ -447,13 +487,13 @@ class TelegramAdapter:
                     chat = query.message.chat.id if query.message else query.from_user.id
                     await send(self.application.bot, chat, text)
 
-    async def _press(self, query: CallbackQuery) -> None:
+    async def _press(self, query: CallbackQuery, key: str) -> None:
         pressed = query.message
         message = pressed if isinstance(pressed, Message) else None
         chat_id = pressed.chat.id if pressed is not None else query.from_user.id
         pick = pick_of_press(query.data)
         if pick is not None:
-            await self._style_picked(query, message, *pick)
+            await self._style_picked(query, message, *pick, key=key)
             return
         line = command_of_press(query.data)
         spec = self.layer.command_of_line(line) if line is not None else None
@@ -463,7 +503,7 @@ class TelegramAdapter:
         presser, reply_to = await self._presser(query, message)
         target = Target(chat_id, presser.id, reply_to)
         actor = await self._actor(chat_id, presser, spec)
-        reply = await self.layer.run_line(actor, line, deliver_to=target.to_json())
+        reply = await self.layer.run_line(actor, line, deliver_to=target.to_json(), request_key=key)
         if reply.refused:
             await query.answer(cut(reply.text, MAX_ALERT), show_alert=True)
             return
@@ -516,23 +556,24 @@ class TelegramAdapter:
         await self.layer.deliver_instead(reply.job_id, target.to_json())
 
     async def _style_picked(
-        self, query: CallbackQuery, message: Message | None, token: str, style: str
+        self, query: CallbackQuery, message: Message | None, token: str, style: str, *, key: str
     ) -> None:
-        wait = self._waits.style_wait(token)
+        wait = await self.layer.waits.choice(token, key=key)
         if wait is None or message is None:
-            # Expired, forgotten in a restart, or a second tap: the keyboard is not live.
+            # Expired, or a second tap: the keyboard is not live.
             await query.answer(replies.choice_expired(), show_alert=True)
             return
-        request = wait.request
+        note = Note.of(wait)
+        request = note.request
         if not await self._acts_for(request, query.from_user.id):
             await query.answer(replies.not_yours(), show_alert=True)
             return
-        if self._waits.take_style_wait(token) is None:  # picked meanwhile by another admin
+        if not await self.layer.waits.take(wait, key=key):  # picked meanwhile by another admin
             await query.answer()
             return
         await query.answer()
         line = f"{request.line} style={style}" if style else request.line
-        await self._queue(dataclasses.replace(request, line=line), status_id=wait.prompt_id)
+        await self._queue(dataclasses.replace(request, line=line), key, status_id=note.prompt_id)
 
     async def _replace(self, query: CallbackQuery, message: Message, reply: Reply) -> None:
         """Show a reply in place of the pressed message (the next page, a deleted result)."""
@@ -670,13 +711,13 @@ class TelegramAdapter:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s failed", task.get_name(), exc_info=task.exception())
 
-    async def _wait_ended(self, wait: Wait) -> None:
+    async def _wait_ended(self, wait: Wait, note: Note) -> None:
         """Tell the person the bot stopped waiting, in the message that asked."""
-        spec = self.layer.command_of_line(wait.request.line)
+        spec = self.layer.command_of_line(note.request.line)
         name = spec.name if spec is not None else "headshot"
         text = replies.selfie_wait_over(name) if wait.for_photo else replies.choice_expired()
         with contextlib.suppress(TelegramError):
-            await self._edit(wait.request.chat_id, wait.prompt_id, text)
+            await self._edit(note.request.chat_id, note.prompt_id, text)
 
 
 def _actor(chat_id: int, sender_id: int, *, is_moderator: bool) -> Actor:

@@ -1,19 +1,28 @@
 """What the bot is waiting for from someone: the photo after a bare `/headshot`, or the style
-picked on a keyboard. Each wait ends after a while (then `on_expiry` tells the person).
+picked on a keyboard.
 
-Kept in memory only, and only Telegram's file ids, never the photo: a restart forgets the
-waits, and a press on a forgotten keyboard is answered as expired.
+The waits are the command layer's (`bot.waits`), in the database, so that the photo or the press
+may reach any replica. What this adapter keeps with a wait is its note (`Note`): the command that
+waits and the bot's message that asked, as JSON, and only Telegram's file ids, never a photo.
+A wait that runs out is announced in the message that asked, once, by whichever replica claims
+it (`keep_announcing_ended_waits`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from bot.commands import CommandLayer
+from bot.waits import Wait
 
 log = logging.getLogger(__name__)
+
+# How often a replica looks for waits that ran out (a look that finds none writes nothing).
+ENDED_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,24 @@ class FileRef:
     def is_image_message(self) -> bool:
         return self.kind in ("photo", "document")
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file_id": self.file_id,
+            "kind": self.kind,
+            "size": self.size,
+            "content_type": self.content_type,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> FileRef:
+        fields = _object(data, "file")
+        return cls(
+            _text(fields, "file_id"),
+            _text(fields, "kind"),
+            _number(fields, "size", optional=True),
+            _text(fields, "content_type", optional=True),
+        )
+
 
 @dataclass(frozen=True)
 class Request:
@@ -43,102 +70,83 @@ class Request:
     reply_to: int | None
     selfie: FileRef | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "line": self.line,
+            "chat_id": self.chat_id,
+            "sender_id": self.sender_id,
+            "reply_to": self.reply_to,
+            "selfie": None if self.selfie is None else self.selfie.to_json(),
+        }
 
-@dataclass
-class Wait:
+    @classmethod
+    def from_json(cls, data: Any) -> Request:
+        fields = _object(data, "request")
+        selfie = fields.get("selfie")
+        return cls(
+            _text(fields, "line"),
+            _number(fields, "chat_id"),
+            _number(fields, "sender_id"),
+            _number(fields, "reply_to", optional=True),
+            None if selfie is None else FileRef.from_json(selfie),
+        )
+
+
+@dataclass(frozen=True)
+class Note:
+    """What this adapter keeps with a wait: the request, and the bot's message that asked (it
+    carries the keyboard, and is edited when the wait ends)."""
+
     request: Request
-    # The bot's message that asked (edited when the wait ends).
     prompt_id: int
-    # Waiting for a photo (else for a style).
-    for_photo: bool
-    timer: asyncio.TimerHandle | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request": self.request.to_json(), "prompt_id": self.prompt_id}
+
+    @classmethod
+    def of(cls, wait: Wait) -> Note:
+        """The note kept with a wait; ValueError if it is not one of this adapter's."""
+        return cls(
+            Request.from_json(wait.request.get("request")), _number(wait.request, "prompt_id")
+        )
 
 
-Expiry = Callable[[Wait], Awaitable[None]]
+async def keep_announcing_ended_waits(
+    layer: CommandLayer, platform: str, announce: Callable[[Wait, Note], Awaitable[None]]
+) -> None:
+    """Announce each wait that ran out with nobody answering, for as long as the adapter runs.
+    A wait is claimed before it is announced and deleted after: announced once, unless the
+    process dies in between (then another one announces it again)."""
+    while True:
+        await asyncio.sleep(ENDED_CHECK_SECONDS)
+        try:
+            for wait in await layer.waits.ended(platform):
+                try:
+                    await announce(wait, Note.of(wait))
+                except ValueError:
+                    log.error("wait %s: its note is unreadable; it ends untold", wait.token)
+                await layer.waits.announced(wait)
+        except Exception:
+            log.exception("announcing ended waits failed; trying again shortly")
 
 
-class Waits:
-    """Requests waiting for a photo (by chat and sender) or a style (by a random token)."""
+def _object(data: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"not a {what}: {data!r}")
+    return data
 
-    def __init__(self, seconds: float, on_expiry: Expiry) -> None:
-        self._seconds = seconds
-        self._on_expiry = on_expiry
-        self._for_photo: dict[tuple[int, int], Wait] = {}
-        self._for_style: dict[str, Wait] = {}
-        self._expiring: set[asyncio.Task[None]] = set()
 
-    def await_photo(self, request: Request, prompt_id: int) -> None:
-        key = (request.chat_id, request.sender_id)
-        self._drop(self._for_photo.pop(key, None))
-        wait = Wait(request, prompt_id, for_photo=True)
-        self._for_photo[key] = wait
-        wait.timer = self._expire_later(lambda: self._for_photo.pop(key, None))
+def _text(fields: Mapping[str, Any], name: str, *, optional: bool = False) -> Any:
+    value = fields.get(name)
+    if (value is None and optional) or isinstance(value, str):
+        return value
+    raise ValueError(f"{name} is not text: {value!r}")
 
-    def photo_awaited(self, chat_id: int, sender_id: int) -> Request | None:
-        wait = self._for_photo.get((chat_id, sender_id))
-        return None if wait is None else wait.request
 
-    def take_photo_wait(self, chat_id: int, sender_id: int) -> Wait | None:
-        wait = self._for_photo.pop((chat_id, sender_id), None)
-        self._drop(wait)
-        return wait
-
-    def await_style(self, token: str, request: Request, prompt_id: int) -> None:
-        """Wait for a style to be picked on the keyboard of message `prompt_id`, whose buttons
-        carry `token` (see `new_token`)."""
-        wait = Wait(request, prompt_id, for_photo=False)
-        self._for_style[token] = wait
-        wait.timer = self._expire_later(lambda: self._for_style.pop(token, None))
-
-    @staticmethod
-    def new_token() -> str:
-        """Unguessable, and short enough for Telegram's 64 bytes of button data."""
-        return secrets.token_hex(6)
-
-    def style_wait(self, token: str) -> Wait | None:
-        return self._for_style.get(token)
-
-    def take_style_wait(self, token: str) -> Wait | None:
-        wait = self._for_style.pop(token, None)
-        self._drop(wait)
-        return wait
-
-    def cancel(self, chat_id: int, sender_id: int) -> list[Wait]:
-        """End everything this person is being waited on for in this chat."""
-        ended = [w for w in [self.take_photo_wait(chat_id, sender_id)] if w is not None]
-        for token, wait in list(self._for_style.items()):
-            if (wait.request.chat_id, wait.request.sender_id) == (chat_id, sender_id):
-                ended.append(wait)
-                self.take_style_wait(token)
-        return ended
-
-    async def close(self) -> None:
-        for wait in [*self._for_photo.values(), *self._for_style.values()]:
-            self._drop(wait)
-        self._for_photo.clear()
-        self._for_style.clear()
-        for task in list(self._expiring):
-            task.cancel()
-        await asyncio.gather(*self._expiring, return_exceptions=True)
-
-    def _expire_later(self, take: Callable[[], Wait | None]) -> asyncio.TimerHandle:
-        loop = asyncio.get_running_loop()
-        return loop.call_later(self._seconds, self._expire, take)
-
-    def _expire(self, take: Callable[[], Wait | None]) -> None:
-        wait = take()
-        if wait is None:
-            return
-        task = asyncio.create_task(self._on_expiry(wait))
-        self._expiring.add(task)
-        task.add_done_callback(self._expired)
-
-    def _expired(self, task: asyncio.Task[None]) -> None:
-        self._expiring.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("telling of an ended wait failed", exc_info=task.exception())
-
-    @staticmethod
-    def _drop(wait: Wait | None) -> None:
-        if wait is not None and wait.timer is not None:
-            wait.timer.cancel()
+def _number(fields: Mapping[str, Any], name: str, *, optional: bool = False) -> Any:
+    value = fields.get(name)
+    if value is None and optional:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"{name} is not a whole number: {value!r}")

@@ -20,11 +20,14 @@ from storage.coordination import Coordination
 from storage.deliveries import DeliveryRepository
 from storage.history import HistoryRepository
 from storage.imagestore import ImageStore
+from storage.inbox import InboxRepository
+from storage.interactions import InteractionRepository
 from storage.jobs import JobRepository
 from storage.pseudonyms import Pseudonyms
 from storage.records import AuditNote, BanRecord, UserRecord
 from storage.settings import SettingsRepository
 from storage.stats import StatsRepository
+from storage.waits import WaitRepository
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class CommandRequest:
     # Where the adapter will show the result of a job this command queues (its own address
     # for it, never a token); kept with the job until `CommandLayer.delivered`.
     deliver_to: Mapping[str, Any] | None = None
+    # What the platform handed over to ask this (an update, an interaction), as a key that is
+    # the same each time it is handled: a job it queues is queued once.
+    request_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,9 @@ class Services:
     pseudonyms: Pseudonyms
     image_base_url: str
     coordination: Coordination
+    waits: WaitRepository
+    inbox: InboxRepository
+    interactions: InteractionRepository
 
 
 @dataclass
@@ -88,6 +97,7 @@ class Context:
     community_id: int | None
     # Where the adapter will show a queued job's result (see `CommandRequest.deliver_to`).
     deliver_to: Mapping[str, Any] | None = None
+    request_key: str | None = None
 
     @property
     def in_community(self) -> bool:

@@ -120,6 +120,7 @@ async def _queue(
             user_prompt=details,
             images_sanitised=stored,
             deliver_to=ctx.deliver_to,
+            request_key=ctx.request_key,
         )
     )
     return job.id

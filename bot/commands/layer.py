@@ -26,14 +26,18 @@ from bot.commands.parse import (
     unknown_command,
 )
 from bot.commands.spec import COMMANDS, GENERATION_COMMANDS, Access, CommandSpec, find_command
-from bot.generation import RequestRefused
+from bot.generation import RequestRefused, RequestRepeated
 from bot.images import ImageRejected, check_upload
+from bot.inbox import Inbox
+from bot.interactions import SEALING_PURPOSE, DeferredInteractions
 from bot.jobs.events import JobEvent
 from bot.replies import Reply
 from bot.styles import STYLES
 from bot.ui import ImageRef
+from bot.waits import Waits
 from storage.coordination import taking_turns
 from storage.records import PendingDelivery
+from storage.sealing import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,12 @@ HANDLERS: dict[str, Handler] = {
 class CommandLayer:
     def __init__(self, services: Services) -> None:
         self.services = services
+        lease = services.engine.lease
+        # What chat platforms keep between updates, in the database: the same on every replica.
+        self.waits = Waits(services.waits, lease)
+        self.inbox = Inbox(services.inbox, lease)
+        sealer = Sealer(services.pseudonyms.derived_key(SEALING_PURPOSE))
+        self.interactions = DeferredInteractions(services.interactions, sealer, lease)
 
     @property
     def commands(self) -> Mapping[str, CommandSpec]:
@@ -89,6 +99,8 @@ class CommandLayer:
             return await HANDLERS[spec.name](ctx, options)
         except (CommandError, RequestRefused) as refusal:
             return replies.refused(str(refusal))
+        except RequestRepeated as repeated:
+            return replies.queued_before(repeated.job_id)
         except Exception:
             reference = secrets.token_hex(4)
             log.exception("command /%s failed (ref %s)", spec.name, reference)
@@ -101,13 +113,16 @@ class CommandLayer:
         attachments: Mapping[str, bytes] | None = None,
         *,
         deliver_to: Mapping[str, Any] | None = None,
+        request_key: str | None = None,
     ) -> Reply:
         """Run a command typed as text ("/admin quota set everyone 10")."""
         try:
             read = read_line(text, attachments=attachments)
         except CommandError as refusal:
             return replies.refused(str(refusal))
-        return await self.handle(CommandRequest(actor, read.spec.name, read.options, deliver_to))
+        return await self.handle(
+            CommandRequest(actor, read.spec.name, read.options, deliver_to, request_key)
+        )
 
     def command_of_line(self, text: str) -> CommandSpec | None:
         """The command a typed line (or a button's text) would run; None if it names none."""
@@ -227,6 +242,7 @@ class CommandLayer:
             is_owner=self._is_owner(actor),
             community_id=community_id,
             deliver_to=request.deliver_to,
+            request_key=request.request_key,
         )
 
 
