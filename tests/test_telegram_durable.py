@@ -18,6 +18,9 @@ from typing import Any
 import pytest
 
 from backends.modelslab.simulator import Simulator
+from storage.database import Database
+from storage.inbox import InboxRepository
+from storage.leases import Lease
 from tests import test_telegram
 from tests.conftest import FAST, TEST_KEY
 from tests.databases import query
@@ -273,3 +276,33 @@ async def test_an_update_whose_handler_was_killed_is_handled_by_the_next_process
         assert await following.rows("chat_inbox") == 0
     finally:
         await following.stop()
+
+
+async def test_an_update_left_in_the_inbox_is_handled_at_the_next_start(world: World) -> None:
+    """What a dead process left in the inbox (its lease run out) is handled by the next start,
+    whether updates come by long polling (as here) or by webhook."""
+    fake = world.fake
+    sent = fake.send_photo(ALICE, ALICE, selfie_jpeg(), caption="/headshot studio")
+    (update,) = fake._updates  # taken by the process that died: Telegram sends it no more
+    fake._updates.clear()
+    db = Database(world.database_url)
+    try:
+        await InboxRepository(db).accept(
+            f"telegram:{fake.bot_id}:{update['update_id']}",
+            platform="telegram",
+            bot=str(fake.bot_id),
+            person=str(ALICE),
+            payload=update,
+            lease=Lease("a process that died", 0.01),
+        )
+    finally:
+        await db.dispose()
+    await asyncio.sleep(0.05)
+
+    await world.start()
+    result = await result_in(fake, ALICE)
+    assert result["reply_to_message"]["message_id"] == sent["message_id"]
+    assert await world.rows("jobs") == 1
+    async with asyncio.timeout(10):
+        while await world.rows("chat_inbox"):
+            await asyncio.sleep(0.02)
