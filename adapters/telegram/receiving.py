@@ -78,11 +78,13 @@ class Receiver:
         """Long-poll Telegram for updates. Asking for the next ones acknowledges the last: that
         happens only once they are in the inbox."""
         bot = self._application.bot
-        await bot.delete_webhook()
         offset = 0
         delay = POLL_RETRY_FIRST_SECONDS
+        webhook_deleted = False
         while True:
             try:
+                if not webhook_deleted:  # Telegram answers no getUpdates while one is set
+                    webhook_deleted = await bot.delete_webhook()
                 updates = await bot.get_updates(
                     offset=offset, timeout=poll_seconds, allowed_updates=allowed_updates
                 )
