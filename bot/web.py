@@ -34,6 +34,13 @@ class ChatWebhooks:
 
     def __init__(self) -> None:
         self._handlers: dict[str, ChatWebhook] = {}
+        self._expected: set[str] = set()
+
+    def expect(self, platform: str) -> None:
+        """`platform`'s updates will be received here once its adapter has started: until then
+        (and once it stops) they are answered 503, so that the platform (or the load balancer)
+        sends them again, rather than 404, a refusal."""
+        self._expected.add(platform)
 
     def mount(self, platform: str, handler: ChatWebhook) -> str:
         """Receive `platform`'s updates with `handler`; returns the path they are posted to."""
@@ -46,8 +53,13 @@ class ChatWebhooks:
         self._handlers.pop(platform, None)
 
     async def receive(self, request: web.Request) -> web.StreamResponse:
-        handler = self._handlers.get(request.match_info["platform"])
+        platform = request.match_info["platform"]
+        handler = self._handlers.get(platform)
         if handler is None:
+            if platform in self._expected:
+                raise web.HTTPServiceUnavailable(
+                    text="not receiving yet; try again", headers={"Retry-After": "1"}
+                )
             raise web.HTTPNotFound()
         return await handler(request)
 

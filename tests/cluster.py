@@ -7,7 +7,8 @@ settings: one database, one shared image folder, one pseudonym key, Telegram in 
 (PUBLIC_BASE_URL is the balancer), and the ModelsLab simulator and the fake Telegram Bot API of
 the calling process. The balancer hands each request to the next replica in turn, skipping one
 that refuses the connection (killed), as nginx's round-robin does with `proxy_next_upstream`:
-Telegram's updates and ModelsLab's webhooks reach the replicas in turn.
+Telegram's updates and ModelsLab's webhooks reach the replicas in turn. A replica that answers 503
+(starting, or stopping) is skipped too, as `proxy_next_upstream http_503` does.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import secrets
 import signal
 import socket
 import sys
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +82,8 @@ class Balancer:
                     request.method, url, data=body, headers=headers, allow_redirects=False
                 ) as answer:
                     payload = await answer.read()
+                    if answer.status == 503 and offset + 1 < len(self.ports):
+                        continue  # starting or stopping: the next one (nginx: http_503)
                     self.served[port] += 1
                     kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS}
                     return web.Response(status=answer.status, body=payload, headers=kept)
@@ -241,3 +245,15 @@ def result_counts(
             if text.startswith("Done:") and (chat_id, replied) in counts:
                 counts[chat_id, replied] += 1
     return counts
+
+
+async def wait_until(condition: Callable[[], object], within: float, every: float = 0.1) -> None:
+    """Poll `condition` until it is true; TimeoutError after `within` seconds (the state polled
+    lives in other processes or a database: there is no event to wait on)."""
+    deadline = time.monotonic() + within
+    while True:
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not reached within {within:g} s")
+        await asyncio.sleep(every)

@@ -7,8 +7,9 @@ TEMPLATE`), which costs a fraction of running the migrations for every test.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from pathlib import Path
@@ -152,3 +153,20 @@ def stored_bytes(url: str) -> bytes:
             data += extra.read_bytes() if extra.exists() else b""
         return data
     return repr(all_rows(url)).encode()
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres_database() -> AsyncIterator[str]:
+    """An empty database of its own on TEST_POSTGRES_URL's server (the benchmarks' way in:
+    `python -m tests.postgres -- python bench/….py`), dropped afterwards."""
+    server = os.environ.get("TEST_POSTGRES_URL")
+    if not server:
+        raise SystemExit(
+            "TEST_POSTGRES_URL is not set: run this as `python -m tests.postgres -- python …`"
+        )
+    databases = PostgresDatabases(server)
+    url = databases.empty()
+    try:
+        yield url
+    finally:
+        databases.drop(url)

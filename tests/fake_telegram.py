@@ -445,6 +445,18 @@ def _document(file: _File) -> JSON:
     return {key: value for key, value in document.items() if value is not None}
 
 
+def _chat_key(update: JSON) -> object:
+    """The chat an update belongs to (its messages must arrive in order), or the update itself."""
+    for kind, body in update.items():
+        if kind == "update_id" or not isinstance(body, dict):
+            continue
+        message = body.get("message") if kind == "callback_query" else body
+        chat = (message or {}).get("chat") if isinstance(message, dict) else None
+        if isinstance(chat, dict) and "id" in chat:
+            return chat["id"]
+    return ("update", update.get("update_id"))
+
+
 def _describe(predicate: Callable[..., Any]) -> str:
     with contextlib.suppress(OSError, TypeError):
         return inspect.getsource(predicate).strip()
@@ -485,6 +497,13 @@ class FakeTelegram:
         self.webhook: JSON | None = None
         self.webhook_deliveries: list[tuple[int, int]] = []  # (update_id, status; 0: no answer)
         self.webhook_attempts = 3
+        # Updates POSTed at once (Telegram's setWebhook max_connections); one chat's updates
+        # still go one at a time, in order. 1 (the default here): strictly one after another.
+        self.webhook_connections = 1
+        # Timings, by (chat id, message id): when a user's message was first POSTed to the
+        # webhook, and when the bot first replied to it (time.monotonic()).
+        self.first_posts: dict[tuple[int, int], float] = {}
+        self.first_replies: dict[tuple[int, int], float] = {}
         self.webhook_retry_delay = 0.1
         self.flood: dict[str, int] = {}
         self.downloads: list[str] = []  # file paths fetched from /file/bot<token>/
@@ -899,6 +918,8 @@ class FakeTelegram:
         message |= {"chat": self._chats[chat_id], "date": int(time.time())}
         if reply is not None:
             message["reply_to_message"] = _without_reply(reply)
+            if sender is self.bot_user:
+                self.first_replies.setdefault((chat_id, reply["message_id"]), time.monotonic())
         message |= {key: value for key, value in content.items() if value}
         if markup is not None:
             message["reply_markup"] = markup
@@ -1173,26 +1194,65 @@ class FakeTelegram:
         return info
 
     async def _deliver_to_webhook(self) -> None:
-        """POST queued updates to the webhook one at a time, in order."""
+        """POST queued updates to the webhook one at a time, in order; or, with more than one
+        of `webhook_connections`, up to that many at once, one chat's in order."""
+        if self.webhook_connections > 1:
+            await self._deliver_concurrently()
+            return
         while not self._closing and self.webhook is not None:
             pending = self._deliverable()
             if not pending:
                 await self._next_change(None)
                 continue
-            update = pending[0]
-            for attempt in range(self.webhook_attempts):
-                if attempt:
-                    await asyncio.sleep(self.webhook_retry_delay)
-                if self.webhook is None:
-                    return
-                status, error = await self._post(self.webhook, update)
-                self.webhook_deliveries.append((update["update_id"], status))
-                if 200 <= status < 300:
-                    break
-                self._webhook_error = (int(time.time()), error)
-            with contextlib.suppress(ValueError):
-                self._updates.remove(update)
-            self._changed()
+            await self._deliver_one(pending[0])
+
+    async def _deliver_one(self, update: JSON) -> None:
+        message = update.get("message")
+        if isinstance(message, dict):
+            key = (message["chat"]["id"], message["message_id"])
+            self.first_posts.setdefault(key, time.monotonic())
+        for attempt in range(self.webhook_attempts):
+            if attempt:
+                await asyncio.sleep(self.webhook_retry_delay)
+            if self.webhook is None:
+                return
+            status, error = await self._post(self.webhook, update)
+            self.webhook_deliveries.append((update["update_id"], status))
+            if 200 <= status < 300:
+                break
+            self._webhook_error = (int(time.time()), error)
+        with contextlib.suppress(ValueError):
+            self._updates.remove(update)
+        self._changed()
+
+    async def _deliver_concurrently(self) -> None:
+        sending: dict[int, asyncio.Task[None]] = {}  # update_id -> its delivery
+        busy: set[object] = set()  # chats with an update on its way
+        try:
+            while not self._closing and self.webhook is not None:
+                ready = [
+                    update
+                    for update in self._deliverable()
+                    if update["update_id"] not in sending and _chat_key(update) not in busy
+                ]
+                if not ready or len(sending) >= self.webhook_connections:
+                    await self._next_change(None)
+                    continue
+                update = ready[0]
+                chat = _chat_key(update)
+                busy.add(chat)
+                task = asyncio.get_running_loop().create_task(self._deliver_one(update))
+                sending[update["update_id"]] = task
+                task.add_done_callback(
+                    lambda _t, u=update["update_id"], c=chat: (
+                        sending.pop(u, None),
+                        busy.discard(c),
+                        self._changed(),
+                    )
+                )
+        finally:
+            for task in sending.values():
+                task.cancel()
 
     async def _post(self, hook: JSON, update: JSON) -> tuple[int, str]:
         if self._session is None:

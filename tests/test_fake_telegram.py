@@ -288,6 +288,49 @@ async def test_webhook_with_a_secret(fake: FakeTelegram, bot: Bot) -> None:
         await runner.cleanup()
 
 
+async def test_webhook_connections_post_at_once_but_one_chat_in_order(
+    fake: FakeTelegram, bot: Bot
+) -> None:
+    """With several webhook connections (setWebhook's max_connections), updates of different
+    chats are POSTed at once; one chat's still wait for each other, in order."""
+    in_flight: list[int] = []
+    peak = 0
+    order: list[tuple[int, str]] = []
+    release = asyncio.Event()
+
+    async def receive(request: web.Request) -> web.Response:
+        nonlocal peak
+        update = await request.json()
+        chat = update["message"]["chat"]["id"]
+        assert chat not in in_flight, "two updates of one chat at once"
+        in_flight.append(chat)
+        peak = max(peak, len(in_flight))
+        if len(in_flight) == 2:
+            release.set()
+        await release.wait()
+        order.append((chat, update["message"]["text"]))
+        in_flight.remove(chat)
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    fake.webhook_connections = 4
+    try:
+        assert await bot.set_webhook(f"http://127.0.0.1:{runner.addresses[0][1]}/hook")
+        for text in ("one", "two", "three"):
+            fake.send_text(USER, USER, text)
+        fake.send_text(GROUP, MEMBER, "/help")
+        await fake.wait_for(lambda: len(fake.webhook_deliveries) == 4)
+    finally:
+        await runner.cleanup()
+    assert peak == 2  # the user's chat and the group's, at once
+    assert [text for chat, text in order if chat == USER] == ["one", "two", "three"]
+    assert len(fake.first_posts) == 4  # when each was first POSTed, for the benchmarks
+
+
 async def test_chat_members_parse_in_ptb(fake: FakeTelegram, bot: Bot) -> None:
     owner = await bot.get_chat_member(GROUP, OWNER)
     admin = await bot.get_chat_member(GROUP, ADMIN)

@@ -707,6 +707,20 @@ async def test_webhook_mode_checks_telegrams_secret(world: World) -> None:
     await fake.wait_for(lambda: bool(fake.bot_messages(BOB)))
     assert fake.bot_messages(BOB)[0]["text"].startswith("Styles")
 
+    # Not receiving (stopping, or not started yet): 503, so that Telegram, or the load balancer
+    # in front of several replicas, sends it again; never a 404, which refuses it.
+    await world.adapter.stop()
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{port}/webhooks/telegram"
+        headers = {"X-Telegram-Bot-Api-Secret-Token": secret}
+        async with session.post(
+            url, json={**update, "update_id": 999_002}, headers=headers
+        ) as answer:
+            assert answer.status == 503
+            assert answer.headers["Retry-After"] == "1"
+        async with session.post(f"http://127.0.0.1:{port}/webhooks/nowhere", json={}) as answer:
+            assert answer.status == 404
+
 
 # ---- restarts, flood control, secrets, launcher --------------------------------------------------
 

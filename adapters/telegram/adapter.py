@@ -143,6 +143,8 @@ class TelegramAdapter:
         settings = self._settings
         api = str(settings.telegram_api_base).rstrip("/")
         webhook = settings.public_base_url is not None
+        if webhook:
+            self._webhooks.expect(PLATFORM)
         # Updates come through the inbox (`Receiver`), not python-telegram-bot's own updater.
         application = (
             Application.builder()
