@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -42,6 +42,10 @@ class SubmitRequest:
     track_id: str | None = None
 
 
+# Rebuilds a job's SubmitRequest from what the database and the image store hold.
+RequestSource = Callable[[], Awaitable["SubmitRequest"]]
+
+
 class Backend(Protocol):
     """A generator. Raises `backends.errors.BackendError` subclasses, never anything else."""
 
@@ -65,6 +69,12 @@ class Backend(Protocol):
     async def fetch(self, operation: Operation, provider_id: str) -> ProviderResult:
         """Where a generation stands. An answer with another `provider_id` means the job now
         goes by that id (a fallback moved it): later fetches use it."""
+        ...
+
+    def adopt(self, provider_id: str, request: RequestSource) -> None:
+        """A generation this process follows but did not submit (taken over after a restart,
+        or from another replica): `request()` rebuilds what it was submitted from, should the
+        generator need it again (a fallback handing it over). Most need nothing."""
         ...
 
     async def download_output(self, url: str, *, max_bytes: int) -> bytes: ...

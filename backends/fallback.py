@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from backends.base import Backend, ProviderResult, ResultStatus, SubmitRequest
+from backends.base import Backend, ProviderResult, RequestSource, ResultStatus, SubmitRequest
 from backends.errors import BackendError, InvalidRequest, OutputUnavailable, UnknownProviderJob
 from backends.params import Operation
 
@@ -32,8 +32,10 @@ class FallbackBackend:
         self.secondary = secondary
         self.name = f"{primary.name}+{secondary.name}"
         self._by_name = {primary.name: primary, secondary.name: secondary}
-        # Requests still running on the primary, kept (in memory) to hand over if it fails.
-        self._pending: dict[str, SubmitRequest] = {}
+        # How to rebuild the requests still running on the primary, to hand over if it fails:
+        # the request itself for one submitted here, or the engine's way of rebuilding it from
+        # the database for one taken over (after a restart, or from another replica).
+        self._pending: dict[str, RequestSource] = {}
 
     async def start(self) -> None:
         """Start both; one that cannot start leaves its jobs to the other. Fails only when
@@ -68,8 +70,14 @@ class FallbackBackend:
             return await self._hand_over(request)
         tagged = self._tag(self.primary, result)
         if result.status == ResultStatus.PROCESSING and tagged.provider_id:
-            self._pending[tagged.provider_id] = request
+            self._pending[tagged.provider_id] = _as_source(request)
         return tagged
+
+    def adopt(self, provider_id: str, request: RequestSource) -> None:
+        backend, raw_id = self._route(provider_id)
+        if backend is self.primary:
+            self._pending[provider_id] = request
+        backend.adopt(raw_id, request)
 
     async def fetch(self, operation: Operation, provider_id: str) -> ProviderResult:
         backend, raw_id = self._route(provider_id)
@@ -81,11 +89,11 @@ class FallbackBackend:
             raise
         if backend is not self.primary or result.status == ResultStatus.PROCESSING:
             return result
-        request = self._pending.get(provider_id)
-        if result.status == ResultStatus.FAILED and request is not None:
+        source = self._pending.get(provider_id)
+        if result.status == ResultStatus.FAILED and source is not None:
             log.warning("%s could not make the image: trying %s", *self._names())
             # Kept until the hand-over is made: a busy secondary is tried again at the next fetch.
-            result = await self._hand_over(request)
+            result = await self._hand_over(await source())
         self._pending.pop(provider_id, None)
         return result
 
@@ -119,3 +127,10 @@ class FallbackBackend:
 
     def _names(self) -> tuple[str, str]:
         return self.primary.name, self.secondary.name
+
+
+def _as_source(request: SubmitRequest) -> RequestSource:
+    async def source() -> SubmitRequest:
+        return request
+
+    return source

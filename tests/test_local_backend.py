@@ -231,6 +231,29 @@ async def test_a_generation_modelslab_reports_failed_is_made_again_locally(
     assert job.provider_id.startswith("local:"), "the job records where it was made"
 
 
+async def test_a_failure_reported_after_a_restart_is_still_handed_over(
+    make_app: AppFactory, models_dir: Path, simulator: Simulator
+) -> None:
+    # ModelsLab takes the job; the service restarts (or another replica takes the job over)
+    # before ModelsLab reports it failed. The request to hand over is rebuilt from the job's
+    # row and its stored selfie, so the fallback still makes it locally.
+    simulator.config.failure_rate = 1.0
+    simulator.config.processing_seconds = 2.0
+    settings = local_app(models_dir, backend="modelslab", fallback_backend="local")
+    app = await make_app(**settings)
+    job_id = await request(app, seed=5, **SMALL)
+    await state_reached(app, job_id, lambda job: job.state == JobState.PROCESSING)
+    await app.stop()
+
+    again = await make_app(**settings)
+    await again.engine.wait_idle()
+    done = await again.jobs.get(job_id)
+    assert done is not None and done.state == JobState.SUCCEEDED, done
+    assert (done.provider_id or "").startswith("local:"), "made locally after the restart"
+    assert len(simulator.jobs) == 1, "ModelsLab was not asked twice"
+    assert await count_rows(again, "credit_ledger", "kind = 'commit'") == 1
+
+
 async def test_a_job_handed_over_mid_generation_survives_a_restart(
     make_app: AppFactory, models_dir: Path, simulator: Simulator
 ) -> None:

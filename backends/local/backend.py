@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 from urllib.parse import urlsplit
 
-from backends.base import ProviderResult, ResultStatus, SubmitRequest
+from backends.base import ProviderResult, RequestSource, ResultStatus, SubmitRequest
 from backends.errors import (
     InvalidRequest,
     OperationNotServed,
@@ -97,6 +97,10 @@ class LocalBackend:
     def listen(self, callback: Callable[[str], object]) -> None:
         """Call `callback(track_id)` whenever a job finishes, so it is fetched without delay."""
         self._listeners.append(callback)
+
+    def adopt(self, provider_id: str, request: RequestSource) -> None:
+        """Nothing to keep: a job is fetched by its id alone (the worker forgets its jobs when
+        it stops, and says so)."""
 
     # ---- the worker process ---------------------------------------------------------------
 

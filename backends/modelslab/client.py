@@ -19,7 +19,7 @@ from typing import Any, Self
 
 import httpx
 
-from backends.base import ProviderResult, ResultStatus, SubmitRequest
+from backends.base import ProviderResult, RequestSource, ResultStatus, SubmitRequest
 from backends.errors import (
     AuthenticationFailed,
     BackendError,
@@ -126,6 +126,9 @@ class ModelsLabClient:
 
     def listen(self, callback: Callable[[str], object]) -> None:
         """ModelsLab announces finished jobs through webhooks, not through the client."""
+
+    def adopt(self, provider_id: str, request: RequestSource) -> None:
+        """Nothing to keep: a job is fetched by its id alone."""
 
     def owns_output(self, url: str) -> bool:
         return url.startswith(("https://", "http://"))

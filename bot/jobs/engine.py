@@ -251,6 +251,11 @@ class JobEngine:
 
     async def _drive(self, job: JobRecord) -> None:
         try:
+            if job.state == JobState.PROCESSING and job.provider_id is not None:
+                # Sent by another process (or before a restart): the generator may need the
+                # request again (a fallback handing it over), rebuilt from the job.
+                sent = job
+                self._backend.adopt(job.provider_id, lambda: self._request_for(sent, None))
             if job.state == JobState.QUEUED:
                 await self.dispatcher.acquire(job.id)
             if job.state in (JobState.QUEUED, JobState.SUBMITTED):
@@ -268,7 +273,6 @@ class JobEngine:
             await self._fail(job, "something went wrong on our side")
 
     async def _submit(self, job: JobRecord) -> JobRecord:
-        params = GenerationParams.from_dict(job.params)
         token = new_token() if self._webhook_base_url else None
         fields = {
             "webhook_token_hash": token_hash(token) if token else None,
@@ -284,15 +288,20 @@ class JobEngine:
         if submitted is None:
             raise JobMovedOn
         job = submitted
-        request = SubmitRequest(
-            params=params,
-            face_image=await self._input(job.selfie_key),
-            pose_image=await self._input(job.pose_key) if job.pose_key else None,
-            webhook_url=f"{self._webhook_base_url}/webhooks/modelslab/{token}" if token else None,
-            track_id=job.id,
-        )
+        request = await self._request_for(job, token)
         result = await self._call_with_retries(job, lambda: self._backend.submit(request))
         return await self._record_result(job, result)
+
+    async def _request_for(self, job: JobRecord, webhook_token: str | None) -> SubmitRequest:
+        """What the generator is sent for a job, from the job's row and its stored inputs."""
+        base = self._webhook_base_url
+        return SubmitRequest(
+            params=GenerationParams.from_dict(job.params),
+            face_image=await self._input(job.selfie_key),
+            pose_image=await self._input(job.pose_key) if job.pose_key else None,
+            webhook_url=f"{base}/webhooks/modelslab/{webhook_token}" if webhook_token else None,
+            track_id=job.id,
+        )
 
     async def _await_result(self, job: JobRecord) -> JobRecord:
         assert job.provider_id is not None
