@@ -215,6 +215,7 @@ class HeadshotApp:
                 interactions=InteractionRepository(self.db),
             )
         )
+        opened.push_async_callback(self.commands.aclose)
         runner = web.AppRunner(
             create_web_app(self.engine, self.jobs, self.store, self.chat_webhooks)
         )

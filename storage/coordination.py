@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import column, func, select, table
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 RELISTEN_SECONDS = 1.0
 # The listener's application_name, as pg_stat_activity shows it.
 LISTENER_NAME = "headshot-bot listener"
+_ACTIVITY = table("pg_stat_activity", column("application_name"), column("datname"))
 
 
 class ServiceAlreadyRunning(Exception):
@@ -66,6 +67,11 @@ class Coordination(Protocol):
 
     async def publish(self, channel: str, payload: str) -> None:
         """Send `payload` (text, under 8000 bytes) to every listener of `channel`."""
+        ...
+
+    async def live_replicas(self) -> int:
+        """How many processes run on the database now, this one included (at least 1): what
+        a chat platform's global limits are shared among."""
         ...
 
     async def aclose(self) -> None: ...
@@ -137,6 +143,9 @@ class FileCoordination:
     async def publish(self, channel: str, payload: str) -> None:
         self._listeners.deliver(channel, payload)
 
+    async def live_replicas(self) -> int:
+        return 1  # one service per SQLite file
+
     async def aclose(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the lock
@@ -199,6 +208,22 @@ class PostgresCoordination:
     async def publish(self, channel: str, payload: str) -> None:
         async with self._publisher.connect() as connection:
             await connection.execute(select(func.pg_notify(channel, payload)))
+
+    async def live_replicas(self) -> int:
+        # Every process on the database listens (events, wake-ups) on one connection named
+        # so, and a process that dies loses it: counting them counts the live processes,
+        # `headshot-bot generate` beside the service included (a smaller share, never a
+        # larger one). This one counts even while its listener is being made again.
+        async with self._publisher.connect() as connection:
+            count = await connection.scalar(
+                select(func.count())
+                .select_from(_ACTIVITY)
+                .where(
+                    _ACTIVITY.c.application_name == LISTENER_NAME,
+                    _ACTIVITY.c.datname == func.current_database(),
+                )
+            )
+        return max(1, int(count or 0))
 
     async def listening(self) -> None:
         """Until the listener's connection is up (tests wait for it before publishing)."""

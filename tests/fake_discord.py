@@ -21,6 +21,11 @@ Behaviour copied from Discord, quirks included:
   or 413/40005 (file too large);
 - `default_member_permissions` is not enforced: guild admins can override it, so a bot must
   check permissions itself. Guild-only commands cannot be run in DMs.
+- GET /gateway/bot reports `max_concurrency`, and every IDENTIFY is recorded (`identifies`)
+  with its time and bucket (`shard_id % max_concurrency`). Discord takes one IDENTIFY per
+  bucket every 5 seconds and answers a faster one with op 9 Invalid Session (not resumable);
+  the fake does so once `identify_window` is set (None, the default, lets tests restart a bot
+  at once).
 
 It sends no rate-limit headers, no MESSAGE_CREATE events and no GUILD_CREATEs: the bot is in no
 guild as far as the gateway is concerned, so discord.py fires `on_ready` only after its
@@ -318,6 +323,17 @@ class Interaction:
         await self.fake.wait_for(lambda: self.acked_at is not None, timeout)
 
 
+@dataclass(frozen=True)
+class Identify:
+    """One IDENTIFY received: when (time.monotonic()), for which shard, and whether it came
+    too soon after another of its bucket (answered with op 9 Invalid Session)."""
+
+    at: float
+    shard_id: int
+    bucket: int
+    refused: bool
+
+
 @dataclass(eq=False)
 class GatewaySession:
     """One gateway session (IDENTIFY, READY), kept across RESUMEs on new connections."""
@@ -394,6 +410,8 @@ class FakeDiscord:
         bot_user_id: int = DEFAULT_APPLICATION_ID,
         owner_id: int = DEFAULT_OWNER_ID,
         recommended_shards: int = 1,
+        max_concurrency: int = 1,
+        identify_window: float | None = None,
         attachment_size_limit: int = 25 * _MiB,
         token_lifetime: float = 900.0,
         heartbeat_interval_ms: int = 41250,
@@ -403,12 +421,15 @@ class FakeDiscord:
         self.bot_user_id = bot_user_id
         self.owner_id = owner_id
         self.recommended_shards = recommended_shards
+        self.max_concurrency = max_concurrency
+        self.identify_window = identify_window
         self.attachment_size_limit = attachment_size_limit
         self.token_lifetime = token_lifetime
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.api_base = self.gateway_url = self.cdn_base = ""
 
         self.sessions: list[GatewaySession] = []
+        self.identifies: list[Identify] = []
         self.commands: list[JSON] = []
         self.guild_commands: dict[int, list[JSON]] = {}
         self.interactions: dict[int, Interaction] = {}
@@ -1190,7 +1211,12 @@ class FakeDiscord:
         return _json({"url": self.gateway_url})
 
     async def _get_gateway_bot(self, request: web.Request) -> web.Response:
-        limit = {"total": 1000, "remaining": 999, "reset_after": 14_400_000, "max_concurrency": 1}
+        limit = {
+            "total": 1000,
+            "remaining": 999,
+            "reset_after": 14_400_000,
+            "max_concurrency": self.max_concurrency,
+        }
         return _json(
             {
                 "url": self.gateway_url,
@@ -1467,6 +1493,9 @@ class FakeDiscord:
         if not 0 <= shard_id < shard_count:
             await ws.close(code=4010, message=b"Invalid shard.")
             return None
+        if not self._identify_allowed(shard_id):
+            await _send_op(ws, 9, False)  # INVALID_SESSION: identify again later
+            return None
         session = GatewaySession(
             session_id=secrets.token_hex(16),
             shard_id=shard_id,
@@ -1492,6 +1521,17 @@ class FakeDiscord:
         await session.dispatch("READY", ready)
         self._changed()
         return session
+
+    def _identify_allowed(self, shard_id: int) -> bool:
+        now, bucket = time.monotonic(), shard_id % self.max_concurrency
+        window = self.identify_window
+        last = max(
+            (i.at for i in self.identifies if i.bucket == bucket and not i.refused),
+            default=None,
+        )
+        refused = window is not None and last is not None and now - last < window
+        self.identifies.append(Identify(now, shard_id, bucket, refused))
+        return not refused
 
     async def _resume(self, ws: web.WebSocketResponse, data: JSON) -> GatewaySession | None:
         if data.get("token") != self.token:

@@ -281,3 +281,41 @@ async def test_a_follower_gets_the_end_even_when_the_message_is_lost(
     simulator.complete_now(next(iter(simulator.jobs)))
     await asyncio.wait_for(follower, 10)
     assert isinstance(events[-1], Completed)
+
+
+async def test_the_live_replicas_are_the_processes_on_the_database(
+    make_app: AppFactory, database_kind: str
+) -> None:
+    """What a chat platform's global limits are shared among: on SQLite the one service; on
+    PostgreSQL every process listening on the database, until it goes."""
+    first = await make_app()
+    if database_kind == "sqlite":
+        assert await first.commands.replicas() == 1
+        return
+    second = await make_app()
+    for app in (first, second):
+        assert isinstance(app.coordination, PostgresCoordination)
+        await app.coordination.listening()
+    assert [await first.commands.replicas(), await second.commands.replicas()] == [2, 2]
+    await second.stop()
+    async with asyncio.timeout(10):  # its server process ends just after its connection
+        while await first.commands.replicas() != 1:
+            await asyncio.sleep(0.05)
+
+
+async def test_two_coordinations_listening_on_a_database_count_two_replicas(
+    postgres_url: str,
+) -> None:
+    replicas = [PostgresCoordination(postgres_url) for _ in range(2)]
+    try:
+        for replica in replicas:
+            replica.listen("dispatch", lambda _: None)
+            await replica.listening()
+        assert [await replica.live_replicas() for replica in replicas] == [2, 2]
+        await replicas[1].aclose()
+        async with asyncio.timeout(10):
+            while await replicas[0].live_replicas() != 1:
+                await asyncio.sleep(0.05)
+    finally:
+        for replica in replicas:
+            await replica.aclose()

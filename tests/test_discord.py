@@ -33,6 +33,8 @@ OTHER_GUILD = 1_180_000_000_000_000_002
 ALICE, BOB, MOD, OWNER = 2001, 2002, 2003, 2999
 MANAGE_GUILD = 1 << 5
 EDIT_INTERVAL = 0.05
+# Discord's 5 s between two IDENTIFYs of one bucket, shortened.
+IDENTIFY_WINDOW = 1.0
 
 
 class World:
@@ -51,6 +53,11 @@ class World:
         self.timings = FAST
 
     async def start(self, **settings: Any) -> World:
+        await self.start_service(**settings)
+        await self.start_adapter()
+        return self
+
+    async def start_service(self, **settings: Any) -> None:
         self.settings = settings or self.settings
         data_dir = self.tmp_path / "data"
         values: dict[str, Any] = {
@@ -71,12 +78,17 @@ class World:
             load_settings(**values), Overrides(timings=self.timings, local_webhooks=True)
         )
         await self.app.start()
+
+    async def start_adapter(self) -> None:
+        assert self.app is not None
         self.adapter = DiscordAdapter(
-            self.app.commands, self.app.settings, edit_interval=EDIT_INTERVAL
+            self.app.commands,
+            self.app.settings,
+            edit_interval=EDIT_INTERVAL,
+            identify_window=IDENTIFY_WINDOW,
         )
         await self.adapter.start()
         await asyncio.wait_for(self.adapter.wait_ready(), 10)
-        return self
 
     async def stop(self) -> None:
         if self.adapter is not None:
@@ -657,6 +669,45 @@ async def test_sharded_gateway_routes_each_server_to_its_shard(world: World) -> 
         assert len(result.files) == 1
         shards.add(interaction.shard_id)
     assert shards == {0, 1}
+
+
+async def test_a_shard_identifies_in_its_buckets_turn_and_buckets_identify_together(
+    world: World,
+) -> None:
+    """Discord takes one IDENTIFY per bucket (shard id % max_concurrency) in its window: the
+    shards of one bucket identify a window apart, those of another bucket meanwhile."""
+    fake = world.fake
+    fake.max_concurrency, fake.identify_window = 2, IDENTIFY_WINDOW
+    await world.start(discord_shards=3)
+    at = {identify.shard_id: identify.at for identify in fake.identifies}
+    assert [identify.refused for identify in fake.identifies] == [False] * 3
+    assert at[2] - at[0] >= IDENTIFY_WINDOW  # bucket 0, twice
+    assert at[1] - at[0] < IDENTIFY_WINDOW  # bucket 1, beside bucket 0
+
+
+@pytest.mark.parametrize("database_kind", ["postgresql"])
+async def test_replicas_starting_together_identify_each_bucket_a_window_apart(
+    tmp_path: Path, fake: FakeDiscord, simulator: Simulator, database_url: str
+) -> None:
+    """Two replicas, each with a shard of each bucket, start at once: every IDENTIFY of a
+    bucket waits for the bucket's turn across the replicas, so Discord refuses none."""
+    fake.max_concurrency, fake.identify_window = 2, IDENTIFY_WINDOW
+    shared = {"pseudonym_key": "d5" * 32, "discord_shards": 4}
+    first = World(tmp_path / "first", fake, simulator, database_url)
+    second = World(tmp_path / "second", fake, simulator, database_url)
+    try:
+        # One after the other: Alembic's migration context is one per process.
+        await first.start_service(discord_shard_ids="0,1", **shared)
+        await second.start_service(discord_shard_ids="2,3", **shared)
+        await asyncio.gather(first.start_adapter(), second.start_adapter())
+        assert sorted(identify.shard_id for identify in fake.identifies) == [0, 1, 2, 3]
+        assert not any(identify.refused for identify in fake.identifies)
+        for bucket in (0, 1):
+            earlier, later = sorted(i.at for i in fake.identifies if i.bucket == bucket)
+            assert later - earlier >= IDENTIFY_WINDOW
+    finally:
+        await second.stop()
+        await first.stop()
 
 
 # ---- the launcher ------------------------------------------------------------------------------

@@ -9,6 +9,12 @@ it is answered. So while one is being answered it is noted in the database (`bot
 its token sealed); if this process dies first, another replica (or this one, restarted) ends it
 once this one's lease has run out: with the job it queued, whose result then comes the way every
 result does after a restart, or else with an apology.
+
+Discord takes `max_concurrency` IDENTIFYs every 5 seconds, one per bucket (`shard_id %
+max_concurrency`), counted over the whole bot, whichever replica sends them: each shard's
+IDENTIFY waits for its bucket's turn across the replicas (`before_identify`). Its other global
+limit, 50 requests a second, has nothing to share out beforehand: discord.py sets no rate of its
+own, it waits out the global 429 Discord answers (and interaction responses are not counted).
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ log = logging.getLogger(__name__)
 ACKS_FIRST_SECONDS = 1.0
 # How long a stop waits for the interactions being answered.
 STOP_GRACE_SECONDS = 5.0
+# Discord's window for one IDENTIFY per bucket; a turn is kept a little longer, since the
+# IDENTIFY is sent, and reaches Discord, a moment after the turn is taken.
+IDENTIFY_WINDOW = 5.0
+IDENTIFY_MARGIN = 0.5
 
 
 class HeadshotClient(discord.AutoShardedClient):
@@ -71,16 +81,22 @@ class HeadshotClient(discord.AutoShardedClient):
         register(self.tree, adapter.layer.commands.values(), adapter.run_command)
 
     async def setup_hook(self) -> None:
+        # Discord's recommended count and identify buckets; discord.py would also take the
+        # gateway address from this answer, but DISCORD_GATEWAY_URL is where we connect.
+        recommended, _, limits = await self.http.get_bot_gateway()
         if self.shard_count is None:
-            # Discord's recommended count; discord.py would also take the gateway address from
-            # this answer, but DISCORD_GATEWAY_URL is where we connect.
-            self.shard_count, _, _ = await self.http.get_bot_gateway()
+            self.shard_count = recommended
+        self.adapter.max_concurrency = limits.get("max_concurrency", 1)
         await self.adapter.hold_shards(self.shard_ids or list(range(self.shard_count)))
         self.add_dynamic_items(CommandButton)
         # Replicas starting together register the commands in turn, not all at once.
         async with self.adapter.layer.one_at_a_time("discord-command-sync"):
             commands = await self.tree.sync()
         log.info("registered %d slash commands", len(commands))
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        # In place of discord.py's own pacing, which only knows this process's shards.
+        await self.adapter.before_identify(shard_id or 0)
 
     async def run_button(self, interaction: discord.Interaction, line: str) -> None:
         await self.adapter.run_button(interaction, line)
@@ -90,13 +106,21 @@ class DiscordAdapter:
     name = "Discord"
 
     def __init__(
-        self, layer: CommandLayer, settings: Settings, *, edit_interval: float = EDIT_INTERVAL
+        self,
+        layer: CommandLayer,
+        settings: Settings,
+        *,
+        edit_interval: float = EDIT_INTERVAL,
+        identify_window: float = IDENTIFY_WINDOW,
     ) -> None:
         if settings.discord_token is None:
             raise ConfigError("invalid setting DISCORD_TOKEN: it is not set")
         self.layer = layer
         self._settings = settings
         self._edit_interval = edit_interval
+        self._identify_window = identify_window
+        # How many IDENTIFY buckets there are: Discord's answer at login says.
+        self.max_concurrency = 1
         self._client: HeadshotClient | None = None
         self._gateway: asyncio.Task[None] | None = None
         self._deliveries: dict[str, asyncio.Task[None]] = {}
@@ -155,6 +179,14 @@ class DiscordAdapter:
                     "DISCORD_SHARDS)"
                 )
             self._shards_held.append(work)
+
+    async def before_identify(self, shard_id: int) -> None:
+        """Until the shard may IDENTIFY: its bucket's turn, taken across every replica and kept
+        for Discord's window, so no two IDENTIFYs of one bucket are closer than that."""
+        bucket = shard_id % self.max_concurrency
+        await self.layer.take_turn(
+            f"discord-identify-{bucket}", keep_for=self._identify_window + IDENTIFY_MARGIN
+        )
 
     async def _let_shards_go(self) -> None:
         while self._shards_held:

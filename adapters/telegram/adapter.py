@@ -27,7 +27,6 @@ from telegram import CallbackQuery, ForceReply, Message, Update
 from telegram.constants import ChatMemberStatus, ChatType
 from telegram.error import BadRequest, Forbidden, InvalidToken, TelegramError
 from telegram.ext import (
-    AIORateLimiter,
     Application,
     BaseRateLimiter,
     CallbackQueryHandler,
@@ -64,6 +63,7 @@ from adapters.telegram.outgoing import (
     send,
     uploads,
 )
+from adapters.telegram.pacing import SharedRateLimiter, keep_taking_share, take_share
 from adapters.telegram.receiving import Receiver
 from adapters.telegram.registration import register
 from adapters.telegram.waiting import FileRef, Note, Request, keep_announcing_ended_waits
@@ -105,10 +105,12 @@ class TelegramAdapter:
         self._token = settings.telegram_bot_token.get_secret_value()
         self._webhooks = webhooks
         self._edit_interval = edit_interval
-        # Telegram's flood limits (30 messages a second, 20 a minute per group), waited for
-        # rather than hit; a flood-control answer is waited out and the request made again.
-        self._rate_limiter = rate_limiter or AIORateLimiter(max_retries=3)
+        # Telegram's flood limits (30 messages a second, 20 a minute per group), this
+        # replica's share of them, waited for rather than hit; a flood-control answer is waited
+        # out and the request made again.
+        self.rate_limiter = rate_limiter or SharedRateLimiter(max_retries=3)
         self._edit_budget = EditBudget(PROGRESS_EDITS_PER_SECOND)
+        self._sharing: asyncio.Task[None] | None = None
         # The first words of this bot's commands, and Telegram's own two.
         self._words = {spec.path[0] for spec in layer.commands.values()} | {"cancel", "start"}
         self._deliveries: dict[str, asyncio.Task[None]] = {}
@@ -151,7 +153,7 @@ class TelegramAdapter:
             .token(self._token)
             .base_url(f"{api}/bot")
             .base_file_url(f"{api}/file/bot")
-            .rate_limiter(self._rate_limiter)
+            .rate_limiter(self.rate_limiter)
             .updater(None)
             .build()
         )
@@ -169,6 +171,13 @@ class TelegramAdapter:
             raise ConfigError("invalid setting TELEGRAM_BOT_TOKEN: Telegram refused it") from None
         self._application = application
         try:
+            shares = [self._edit_budget.share]
+            if isinstance(self.rate_limiter, SharedRateLimiter):
+                shares.append(self.rate_limiter.share)
+            await take_share(self.layer, *shares)
+            self._sharing = asyncio.create_task(
+                keep_taking_share(self.layer, *shares), name="telegram-share"
+            )
             owners = [
                 int(owner.partition(":")[2])
                 for owner in settings.owners
@@ -233,9 +242,9 @@ class TelegramAdapter:
             self._receiver = None
         if application.running:
             await application.stop()
-        loops = [self._taking_over, self._announcing]
+        loops = [self._taking_over, self._announcing, self._sharing]
         tasks = [*self._deliveries.values(), *(task for task in loops if task is not None)]
-        self._taking_over = self._announcing = None
+        self._taking_over = self._announcing = self._sharing = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

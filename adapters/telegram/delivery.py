@@ -55,13 +55,20 @@ class EditBudget:
     leaving the rest for answers and results."""
 
     def __init__(self, per_second: float) -> None:
+        self._per_second = per_second
         self._rate = per_second
         self._tokens = per_second
         self._at = time.monotonic()
 
+    def share(self, replicas: int) -> None:
+        """Telegram's limit is the bot's, not a replica's: each replica edits at its share."""
+        self._rate = self._per_second / max(1, replicas)
+
     def take(self) -> bool:
         now = time.monotonic()
-        self._tokens = min(self._rate, self._tokens + (now - self._at) * self._rate)
+        # At a share under one edit a second, still one edit at a time.
+        burst = max(1.0, self._rate)
+        self._tokens = min(burst, self._tokens + (now - self._at) * self._rate)
         self._at = now
         if self._tokens < 1:
             return False

@@ -33,6 +33,7 @@ from bot.interactions import SEALING_PURPOSE, DeferredInteractions
 from bot.jobs.events import JobEvent
 from bot.replies import Reply
 from bot.styles import STYLES
+from bot.turns import SpacedTurns
 from bot.ui import ImageRef
 from bot.waits import Waits
 from storage.coordination import taking_turns
@@ -80,6 +81,7 @@ class CommandLayer:
         self.inbox = Inbox(services.inbox, lease)
         sealer = Sealer(services.pseudonyms.derived_key(SEALING_PURPOSE))
         self.interactions = DeferredInteractions(services.interactions, sealer, lease)
+        self._turns = SpacedTurns(services.coordination)
 
     @property
     def commands(self) -> Mapping[str, CommandSpec]:
@@ -225,6 +227,21 @@ class CommandLayer:
         """Work that the processes sharing the database do in turn, never two at once (a chat
         platform's command menus and webhook address, set at each start)."""
         return taking_turns(self.services.coordination, work)
+
+    async def take_turn(self, work: str, *, keep_for: float) -> None:
+        """Work the processes sharing the database space out in time (a chat platform's
+        session starts): returns when it is this process's turn, kept `keep_for` seconds from
+        now. No other turn at `work` starts sooner, in any process."""
+        await self._turns.take(work, keep_for=keep_for)
+
+    async def replicas(self) -> int:
+        """How many replicas run on the database now, this one included: a chat platform's
+        global limits are shared among them."""
+        return await self.services.coordination.live_replicas()
+
+    async def aclose(self) -> None:
+        """Let go of the turns still kept (the process is stopping)."""
+        await self._turns.aclose()
 
     def _is_owner(self, actor: Actor) -> bool:
         return self.services.settings.is_owner(actor.platform, actor.user_id)
