@@ -62,9 +62,12 @@ async def show_until_done(
     job_id: str,
     final: JobEvent | None,
     show: Callable[[JobEvent], Awaitable[bool]],
+    tidy: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Show a job's final event, retrying with a growing delay while `show` says a failure may
-    pass (False); then the result is no longer owed."""
+    pass (False); then the result is no longer owed, and `tidy` clears up after it (a status
+    message). Recording it comes first: the time between the platform taking the result and
+    the database knowing is the window in which a crash shows it twice."""
     delay = RETRY_FIRST_SECONDS
     if final is not None and not await layer.may_show(job_id):
         log.info("job %s: its result is shown by another process", job_id)
@@ -74,6 +77,8 @@ async def show_until_done(
         await asyncio.sleep(delay)
         delay = min(delay * 2, RETRY_MAX_SECONDS)
     await layer.delivered(job_id)
+    if final is not None and tidy is not None:
+        await tidy()
 
 
 async def take_over_deliveries(

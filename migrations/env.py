@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 from alembic import context
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 
 from storage.database import Database
 from storage.models import Base
@@ -64,14 +68,33 @@ def _sqlite_pragma(connection: Connection, pragma: str) -> None:
 async def _run_async() -> None:
     db = Database(_database_url())
     # On SQLite the migration's transaction takes the write lock from its first statement,
-    # reading the schema's version included: two processes migrating at once take turns.
+    # reading the schema's version included.
     engine = db.engine.execution_options(sqlite_begin="IMMEDIATE")
     try:
-        async with engine.connect() as connection:
-            await connection.run_sync(_run)
-            await connection.commit()
+        with _one_at_a_time_on_sqlite(db):
+            async with engine.connect() as connection:
+                await connection.run_sync(_run)
+                await connection.commit()
     finally:
         await db.dispose()
+
+
+@contextlib.contextmanager
+def _one_at_a_time_on_sqlite(db: Database) -> Iterator[None]:
+    """Two processes migrating one SQLite file at once take turns on a lock file beside it.
+    The write lock alone did not do it: under load a second process now and then ran a
+    migration the first had just applied ("duplicate column"). Alembic runs in a thread of its
+    own, so waiting here blocks no event loop."""
+    if not db.is_sqlite:
+        yield
+        return
+    path = Path(str(make_url(db.url).database) + ".migrate.lock")
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 if context.is_offline_mode():

@@ -68,23 +68,42 @@ class DeliveryRepository:
         """Make sure `lease.owner` is the one process to show this result, just before it does:
         True while it holds the delivery's lease (or nobody holds a live one, then now it
         does). False when another process holds it (it took the result over while this one
-        stalled) or the result has been shown already: then this one must not show it."""
+        stalled) or the result has been shown already: then this one must not show it.
+
+        Taking over a result that another process had taken to show, and never recorded as
+        shown, may show it twice (that one may have posted it before it died): each such case
+        is written to the audit log (`delivery_repeated`), so that it is counted."""
         expires = _DELIVERIES.c.lease_expires_at
         async with self._db.write() as conn:
-            taken = await conn.execute(
-                update(_DELIVERIES)
-                .where(
-                    _DELIVERIES.c.job_id == job_id,
-                    or_(
-                        _DELIVERIES.c.lease_owner == lease.owner,
-                        expires.is_(None),
-                        expires < leases.database_now(conn),
-                    ),
+            row = (
+                await conn.execute(
+                    select(_DELIVERIES.c.show_owner)
+                    .where(
+                        _DELIVERIES.c.job_id == job_id,
+                        or_(
+                            _DELIVERIES.c.lease_owner == lease.owner,
+                            expires.is_(None),
+                            expires < leases.database_now(conn),
+                        ),
+                    )
+                    .with_for_update()
                 )
-                .values(lease_owner=lease.owner, lease_expires_at=lease_until(conn, lease.seconds))
-                .returning(_DELIVERIES.c.job_id)
+            ).one_or_none()
+            if row is None:
+                return False
+            await conn.execute(
+                update(_DELIVERIES)
+                .where(_DELIVERIES.c.job_id == job_id)
+                .values(
+                    lease_owner=lease.owner,
+                    lease_expires_at=lease_until(conn, lease.seconds),
+                    show_owner=lease.owner,
+                )
             )
-            return taken.one_or_none() is not None
+            if row.show_owner is not None and row.show_owner != lease.owner:
+                note = AuditNote(lease.owner, "delivery_repeated", target=job_id)
+                await write_audit(conn, note)
+            return True
 
     async def done(self, job_id: str, *, shown_by: str | None = None) -> bool:
         """The result has been shown: no longer owed. False if it was no longer owed already:

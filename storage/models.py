@@ -254,6 +254,8 @@ class Delivery(Base):
     # process takes the delivery over, so a result is posted by one process only.
     lease_owner: Mapped[str | None] = mapped_column(String(64), index=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column()
+    # The process that last took the result to show, just before posting it (migration 0008).
+    show_owner: Mapped[str | None] = mapped_column(String(64))
 
 
 class InstanceFact(Base):

@@ -59,7 +59,8 @@ class ChaosReport:
     provider_submits: int = 0
     duplicate_submits: int = 0  # provider jobs beyond the first for one of our jobs
     duplicate_submit_attempts: dict[int, int] = field(default_factory=dict)  # attempts -> jobs
-    recorded_duplicate_deliveries: int = 0  # the bot's own count (audit log)
+    recorded_duplicate_deliveries: int = 0  # the bot's own count (audit log): certain ones
+    recorded_repeated_deliveries: int = 0  # shown again after another process began showing it
     server_errors: int = 0
     rate_limited: int = 0
     exits: list[int | None] = field(default_factory=list)
@@ -208,11 +209,15 @@ async def _count_database(database_url: str, report: ChaosReport) -> None:
             database_url, "SELECT attempts, count(*) FROM jobs WHERE attempts > 1 GROUP BY attempts"
         )
     }
-    report.recorded_duplicate_deliveries = int(
-        query(database_url, "SELECT count(*) FROM audit_log WHERE action = 'duplicate_delivery'")[
-            0
-        ][0]
+    audit = dict(
+        query(
+            database_url,
+            "SELECT action, count(*) FROM audit_log WHERE action IN "
+            "('duplicate_delivery', 'delivery_repeated') GROUP BY action",
+        )
     )
+    report.recorded_duplicate_deliveries = int(audit.get("duplicate_delivery", 0))
+    report.recorded_repeated_deliveries = int(audit.get("delivery_repeated", 0))
     db = Database(database_url)
     try:
         async with db.read() as conn:
@@ -242,8 +247,10 @@ def describe(report: ChaosReport) -> list[str]:
         f"(a job the provider got twice: its replica was killed after sending it and before "
         f"recording the provider's id); jobs sent more than once: {resent} (after a 5xx, or "
         f"taken over from a killed replica before it recorded the send)",
-        f"  duplicate deliveries: {report.answered_twice_or_more} seen in the chats, "
-        f"{report.recorded_duplicate_deliveries} recorded by the bot (a replica that posted a "
-        f"result and was killed or stalled before recording it)",
+        f"  duplicate deliveries: {report.answered_twice_or_more} seen in the chats; recorded "
+        f"by the bot: {report.recorded_repeated_deliveries} results shown again after the "
+        f"replica showing them was killed (or stalled past its lease) between taking them to "
+        f"show and recording them shown (each may have been posted before it died), and "
+        f"{report.recorded_duplicate_deliveries} found recorded by another replica already",
         f"  replica exits at the clean stop: {report.exits}",
     ]

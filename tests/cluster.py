@@ -130,7 +130,8 @@ class Replica:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             while True:
                 if not self.running:
-                    raise AssertionError(f"{self.name} exited at start; see {self.log_path}")
+                    tail = self.log_path.read_text(errors="replace")[-3000:]
+                    raise AssertionError(f"{self.name} exited at start; its log ends:\n{tail}")
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with session.get(url) as answer:
                         if answer.status == 200:

@@ -28,7 +28,7 @@ HEAD = AFTER | {
     "chat_inbox",
     "deferred_interactions",
 }
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 NEW_JOB_COLUMNS = {"style", "user_prompt", "deleted_at", "inputs_expire_at"}
 
 

@@ -106,6 +106,7 @@ class JobDelivery:
         self._edit_interval = edit_interval
         self._status_id = target.status_id
         self._budget = budget
+        self._result_posted = False
 
     async def run(self) -> None:
         in_group = self._target.chat_id < 0
@@ -127,7 +128,7 @@ class JobDelivery:
                 action.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await action
-        await show_until_done(self._layer, self._job_id, final, self._deliver)
+        await show_until_done(self._layer, self._job_id, final, self._deliver, self._tidy)
 
     async def _show_action(self) -> None:
         while True:
@@ -162,7 +163,7 @@ class JobDelivery:
                     final.images, self._layer.image, name=self._job_id, as_photo=self._as_photo
                 )
                 await self._send_result(final.text, files, markup)
-                await self._remove_status()
+                self._result_posted = True  # the status message goes once this is recorded
             elif not await self._edit_status(final.text, markup):
                 await send(
                     self._bot, target.chat_id, final.text, markup=markup, reply_to=target.reply_to
@@ -221,6 +222,10 @@ class JobDelivery:
             log.info("job %s: could not edit the status message (%s)", self._job_id, exc)
             return False
         return True
+
+    async def _tidy(self) -> None:
+        if self._result_posted:
+            await self._remove_status()
 
     async def _remove_status(self) -> None:
         if self._status_id is None:
