@@ -122,8 +122,10 @@ async def run_once(
                         )
                     except TimeoutError:
                         answered = result_counts(telegram, requests)
-                        print(f"  {label}: {sum(1 for n in answered.values() if not n)} of "
-                              f"{len(answered)} requests unanswered; the replicas' logs:")
+                        print(
+                            f"  {label}: {sum(1 for n in answered.values() if not n)} of "
+                            f"{len(answered)} requests unanswered; the replicas' logs:"
+                        )
                         print(cluster.logs())
                         raise
                     cpu = {k: v - cpu_before.get(k, 0.0) for k, v in _cpu(cluster).items()}

@@ -3,6 +3,7 @@ health check."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ MAX_WEBHOOK_BYTES = 64 * 1024
 # A chat platform's update can be larger than a provider's webhook (Telegram: a long message
 # replying to another, with entities); the provider's route checks its own cap.
 MAX_REQUEST_BYTES = 1024 * 1024
+HEALTH_DATABASE_SECONDS = 5.0
 ENGINE_KEY = web.AppKey("engine", JobEngine)
 JOBS_KEY = web.AppKey("jobs", JobRepository)
 STORE_KEY = web.AppKey("store", ImageStore)
@@ -124,4 +126,11 @@ async def image(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Up, and able to reach the database (a replica that lost it is taken out of rotation)."""
+    try:
+        async with asyncio.timeout(HEALTH_DATABASE_SECONDS):
+            await request.app[JOBS_KEY].reachable()
+    except Exception as exc:
+        log.warning("health check: the database is not reachable (%s)", type(exc).__name__)
+        return web.json_response({"ok": False, "database": "unreachable"}, status=503)
     return web.json_response({"ok": True, "active_jobs": request.app[ENGINE_KEY].active_jobs})
