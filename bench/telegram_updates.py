@@ -28,8 +28,8 @@ bot's first sendMessage replying to that message (`reply_parameters.message_id`)
 time.monotonic() in the fake's process. Printed per run and as medians over --runs runs, for
 each of two rate limiters:
 
-* production: the adapter's default AIORateLimiter (30 messages/s overall, 20/min per group,
-  flood-control answers waited out and retried 3 times);
+* production: the adapter's default pacing (one replica: AIORateLimiter at 30 messages/s
+  overall, 20/min per group, flood-control answers waited out and retried 3 times);
 * unpaced: AIORateLimiter(overall_max_rate=0, group_max_rate=0, max_retries=3), the bot's own
   capacity.
 

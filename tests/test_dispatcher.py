@@ -29,6 +29,20 @@ TODAY = date(2026, 12, 3)
 LEASE = Lease("here", 600)
 
 
+def new_job(job_id: str, user_id: int, community_id: int | None = None) -> NewJob:
+    return NewJob(
+        id=job_id,
+        user_id=user_id,
+        community_id=community_id,
+        operation="headshot",
+        params={"operation": "headshot", "samples": 1},
+        credits=1,
+        selfie_key=None,
+        pose_key=None,
+        seed=1,
+    )
+
+
 class Line:
     """Jobs made in a real database and dispatch passes run one at a time, by hand: the slots
     handed out are recorded in order."""
@@ -55,17 +69,7 @@ class Line:
                 found = await self.accounts.community("test", str(community))
                 self._communities[community] = found
             community_id = self._communities[community]
-        new = NewJob(
-            id=job_id,
-            user_id=self._users[user],
-            community_id=community_id,
-            operation="headshot",
-            params={"operation": "headshot", "samples": 1},
-            credits=1,
-            selfie_key=None,
-            pose_key=None,
-            seed=1,
-        )
+        new = new_job(job_id, self._users[user], community_id)
         await self.jobs.create(new, daily_quota=None, today=TODAY, lease=lease)
         await self.dispatch()
 
@@ -285,18 +289,7 @@ async def test_two_processes_share_one_cap_and_one_line(db: Database, database_u
 async def _create(line: Line, job_id: str, user: str) -> None:
     """A queued job, not yet placed: the dispatchers place it."""
     user_id = (await line.accounts.user("test", user)).id
-    new = NewJob(
-        id=job_id,
-        user_id=user_id,
-        community_id=None,
-        operation="headshot",
-        params={"operation": "headshot", "samples": 1},
-        credits=1,
-        selfie_key=None,
-        pose_key=None,
-        seed=1,
-    )
-    await line.jobs.create(new, daily_quota=None, today=TODAY, lease=LEASE)
+    await line.jobs.create(new_job(job_id, user_id), daily_quota=None, today=TODAY, lease=LEASE)
 
 
 @pytest.mark.parametrize("capacity", [0, -1])
