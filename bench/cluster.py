@@ -23,7 +23,9 @@ heaviest user first (a Zipf split of --jobs over --users, as in bench/fairness.p
    JOB_LEASE_SECONDS (--lease).
 
 This machine has 2 cores, shared by PostgreSQL, the simulator, the fake Telegram, the balancer
-and every replica: the scaling is printed as it is, with the CPU time each part took.
+and every replica: the scaling is printed as it is, with the CPU time each part took, and the
+Telegram calls made (Telegram allows a bot 30 messages a second, whatever the replicas: each
+replica sends at its share).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Figures:
     acks: list[float]
     ratios: list[float]
     cpu: dict[str, float]
+    telegram_calls: int  # Bot API calls the replicas made during the run (all of them paced)
 
     @property
     def jobs_per_second(self) -> float:
@@ -142,7 +145,10 @@ async def run_once(
         if key in telegram.first_replies
     ]
     order = [str(job.track_id) for job in simulator.jobs.values()]  # the provider's order
-    return Figures(label, total, finished - started, acks, _fair_shares(counts, owners, order), cpu)
+    calls = sum(1 for call in telegram.calls if started <= call.at <= finished)
+    return Figures(
+        label, total, finished - started, acks, _fair_shares(counts, owners, order), cpu, calls
+    )
 
 
 def _send(telegram: FakeTelegram, selfie: bytes, counts: list[int]) -> dict[int, list[int]]:
@@ -265,10 +271,12 @@ async def main(args: argparse.Namespace) -> None:
     for label, kind, replicas in configurations:
         figures = await run_once(label, kind, replicas, counts, 0.0, args.lease)
         cpu = ", ".join(f"{name} {seconds:.1f}" for name, seconds in figures.cpu.items())
+        calls_per_second = figures.telegram_calls / figures.seconds
         print(
             f"  {label:<24} {figures.jobs_per_second:5.1f} jobs/s; ack p50 "
             f"{figures.ack(0.5) * 1000:6.0f} ms, p99 {figures.ack(0.99) * 1000:6.0f} ms; "
-            f"CPU s: {cpu}"
+            f"Telegram calls {figures.telegram_calls / figures.jobs:.1f} a job, "
+            f"{calls_per_second:.1f}/s (the cluster's share: 30/s); CPU s: {cpu}"
         )
     print(f"2. fairness (the provider takes {args.processing_seconds:g} s a job: a line forms)")
     spreads = []
