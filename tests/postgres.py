@@ -14,6 +14,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -127,11 +128,19 @@ def _wait_until_accepting(port: int, within: float = 30.0) -> None:
             time.sleep(0.1)
 
 
+def _stop_by_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str]) -> int:
     command = list(argv[1:] if argv and argv[0] == "--" else argv)
     if not command:
         print("usage: python -m tests.postgres -- COMMAND [ARG…]", file=sys.stderr)
         return 2
+    # Stopped by a signal (`timeout`, Ctrl-C from another terminal), the server is stopped too:
+    # the signal becomes an exception, so the context manager below cleans up.
+    signal.signal(signal.SIGTERM, _stop_by_signal)
+    signal.signal(signal.SIGHUP, _stop_by_signal)
     try:
         with running_server() as url:
             print(f"tests.postgres: a throw-away PostgreSQL at {url}", file=sys.stderr)
