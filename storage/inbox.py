@@ -110,11 +110,7 @@ class InboxRepository:
     async def renew(self, lease: Lease) -> None:
         """Extend the leases of the updates `lease.owner` is handling."""
         async with self._db.write() as conn:
-            await conn.execute(
-                update(_INBOX)
-                .where(_INBOX.c.lease_owner == lease.owner)
-                .values(lease_expires_at=lease_until(conn, lease.seconds))
-            )
+            await leases.renew(conn, _INBOX, lease, key=_INBOX.c.key)
 
     async def release(self, owner: str) -> None:
         """Let go of the updates `owner` was handling (a clean stop): others take them at once."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import leases
@@ -124,11 +124,7 @@ class InteractionRepository:
     async def renew(self, lease: Lease) -> None:
         """Extend the leases of the interactions `lease.owner` is answering."""
         async with self._db.write() as conn:
-            await conn.execute(
-                update(_DEFERRED)
-                .where(_DEFERRED.c.lease_owner == lease.owner)
-                .values(lease_expires_at=lease_until(conn, lease.seconds))
-            )
+            await leases.renew(conn, _DEFERRED, lease, key=_DEFERRED.c.key)
 
     async def release(self, owner: str) -> None:
         """Let go of what `owner` was answering (a clean stop): another ends it at once."""
