@@ -1,0 +1,35 @@
+"""`headshot-bot`: generate, run, migrate, models, simulate. One module per command; each
+registers its own parser."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from bot.cli import generate, migrate, models, run, simulate
+from bot.cli.common import CliError
+from bot.config import ConfigError
+from bot.generation import RequestRefused
+
+__all__ = ["CliError", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return asyncio.run(args.handler(args))
+    except (CliError, ConfigError, RequestRefused) as exc:
+        print(f"headshot-bot: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="headshot-bot", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command in (generate, run, migrate, models, simulate):
+        command.register(commands)
+    return parser

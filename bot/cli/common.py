@@ -1,0 +1,98 @@
+"""What the commands share: the one-line error, settings and logging, reading a file, and the
+service (or an in-process simulator in demo mode)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import HttpUrl, SecretStr
+
+from bot.app import HeadshotApp, Overrides
+from bot.config import Settings, load_settings
+from bot.logs import setup_logging
+
+DEMO_KEY = "demo-key"
+DEMO_PROCESSING_SECONDS = 1.5
+
+# What `add_subparsers()` returns; argparse does not export its type.
+Commands = Any
+
+
+class CliError(Exception):
+    """Ends the command with one line on stderr and a non-zero exit."""
+
+
+def settings(*, quiet: bool = False) -> Settings:
+    """Settings and logging. `quiet` commands print their own progress: warnings only."""
+    loaded = load_settings()
+    level = "WARNING" if quiet and loaded.log_level in ("DEBUG", "INFO") else loaded.log_level
+    setup_logging(level, loaded.secrets())
+    return loaded
+
+
+def read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CliError(f"no such {what} file: {path}") from None
+    except OSError as exc:
+        raise CliError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+
+
+@contextlib.asynccontextmanager
+async def service(
+    settings: Settings,
+    *,
+    demo: bool,
+    web_port: int | None,
+    service: bool = True,
+    overrides: Overrides | None = None,
+) -> AsyncIterator[HeadshotApp]:
+    """The service (or, with `service=False`, only what one job needs), pointed at an
+    in-process simulator in demo mode."""
+    base = overrides or Overrides()
+    if not demo:
+        chosen = _with(base, web_port=web_port)
+        async with HeadshotApp(settings, chosen, service=service) as app:
+            yield app
+        return
+    from backends.modelslab.simulator import Simulator, SimulatorConfig
+
+    simulator = Simulator(SimulatorConfig(processing_seconds=DEMO_PROCESSING_SECONDS))
+    sim_url = await simulator.start()
+    demo_settings = settings.model_copy(
+        update={
+            "modelslab_base_url": HttpUrl(sim_url),
+            "modelslab_api_key": SecretStr(DEMO_KEY),
+            "backend": "modelslab",
+            "fallback_backend": "none",
+        }
+    )
+    # The simulator runs beside us, so its webhooks can reach our server on loopback.
+    app = HeadshotApp(
+        demo_settings, _with(base, web_port=web_port, local_webhooks=True), service=service
+    )
+    try:
+        await app.start()
+    except BaseException:
+        await simulator.stop()
+        raise
+    try:
+        yield app
+    finally:
+        # The simulator first: a webhook it still had to send must not meet a closed server.
+        await simulator.stop()
+        await app.stop()
+
+
+def _with(overrides: Overrides, **changes: Any) -> Overrides:
+    return dataclasses.replace(overrides, **changes)
+
+
+def add_demo_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--demo", action="store_true", help="use the built-in simulator, no key")

@@ -1,0 +1,60 @@
+"""`headshot-bot run`: the service, with every chat platform whose token is set."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+from bot.app import HeadshotApp
+from bot.cli.common import Commands, add_demo_flag, service, settings
+
+
+def register(commands: Commands) -> None:
+    run = commands.add_parser("run", help="run the service: web server, dispatcher, poller")
+    add_demo_flag(run)
+    run.set_defaults(handler=_run)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    chosen = settings()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with service(chosen, demo=args.demo, web_port=None) as app:
+        print(f"headshot-bot: serving on {app.base_url}", file=sys.stderr)
+        async with _chat_adapters(app):
+            # What start-up made lives as long as the process: keep it out of the collector's
+            # full passes, each of which would otherwise stall a burst of interactions.
+            gc.freeze()
+            await stop.wait()
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _chat_adapters(app: HeadshotApp) -> AsyncIterator[None]:
+    """Every chat platform whose token is set, connected for as long as the service runs."""
+    # The launcher is where the layers are put together: the one place bot/ meets adapters/.
+    from adapters import configured
+
+    adapters = configured(app.commands, app.settings, app.chat_webhooks)
+    started = []
+    try:
+        for adapter in adapters:
+            await adapter.start()
+            started.append(adapter)
+            print(f"headshot-bot: connected to {adapter.name}", file=sys.stderr)
+        if not adapters:
+            print(
+                "headshot-bot: no chat platform token set (DISCORD_TOKEN, TELEGRAM_BOT_TOKEN)",
+                file=sys.stderr,
+            )
+        yield
+    finally:
+        for adapter in reversed(started):
+            await adapter.stop()
