@@ -36,20 +36,33 @@ The bytes returned are not decoded here; the caller sanitises them as an image.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
-from collections.abc import Callable
-from typing import Protocol
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-log = logging.getLogger(__name__)
+from backends.addresses import (
+    AddressPolicy,
+    IPAddress,
+    Resolver,
+    SystemResolver,
+    is_public_address,
+    parse_address,
+)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-AddressPolicy = Callable[[IPAddress], bool]
+__all__ = [
+    "AddressPolicy",
+    "FetchRefused",
+    "IPAddress",
+    "Resolver",
+    "SafeFetcher",
+    "SystemResolver",
+    "is_public_address",
+]
+
+log = logging.getLogger(__name__)
 
 MAX_URL_LENGTH = 2048
 _SCHEMES = frozenset({"http", "https"})
@@ -62,12 +75,6 @@ _HEADERS = {
     "Accept-Encoding": "identity",
 }
 
-# NAT64 prefixes embed an IPv4 address that a NAT64 gateway would reach on our behalf.
-_NAT64_NETWORKS = (
-    ipaddress.IPv6Network("64:ff9b::/96"),
-    ipaddress.IPv6Network("64:ff9b:1::/48"),
-)
-
 _ATTACH_INSTEAD = "send a public image link or attach the file"
 
 
@@ -79,60 +86,8 @@ class FetchRefused(Exception):
     """
 
 
-class Resolver(Protocol):
-    """Turns a host name into IP address strings (IPv4 or IPv6, no brackets)."""
-
-    async def resolve(self, host: str, port: int) -> list[str]: ...
-
-
-class SystemResolver:
-    """The default `Resolver`: the running event loop's getaddrinfo."""
-
-    async def resolve(self, host: str, port: int) -> list[str]:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses: list[str] = []
-        for family, _type, _proto, _name, sockaddr in infos:
-            if family not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            address = str(sockaddr[0])
-            if address not in addresses:
-                addresses.append(address)
-        return addresses
-
-
-def is_public_address(ip: IPAddress) -> bool:
-    """True only for globally routable unicast addresses.
-
-    `is_global` alone is not enough: Python counts multicast as global, and IPv6 forms that
-    embed an IPv4 address (IPv4-mapped, NAT64, 6to4) must be judged by the embedded address.
-    """
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded: ipaddress.IPv4Address | None = ip.ipv4_mapped or ip.sixtofour
-        if embedded is None and any(ip in net for net in _NAT64_NETWORKS):
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None and not is_public_address(embedded):
-            return False
-        if ip.teredo is not None:
-            return False
-    return ip.is_global and not (
-        ip.is_multicast
-        or ip.is_unspecified
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_private
-        or ip.is_reserved
-    )
-
-
 def _allow_everything(_ip: IPAddress) -> bool:
     return True
-
-
-def _parse_address(text: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
 
 
 def _looks_like_ip_literal(host: str) -> bool:
@@ -197,7 +152,7 @@ class _ValidatingResolver(AbstractResolver):
             raise _not_found(host)
         addresses: list[IPAddress] = []
         for text in texts:
-            ip = _parse_address(text)
+            ip = parse_address(text)
             if ip is None or not self._allowed(ip):
                 log.info("fetch refused: %s resolves to a disallowed address", host)
                 raise _private_address_refusal()
@@ -225,24 +180,29 @@ class _ValidatingResolver(AbstractResolver):
         return None
 
 
-async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes:
-    """Read until end of stream or `limit` bytes, whichever comes first; never more."""
-    parts: list[bytes] = []
-    total = 0
-    while total < limit:
-        chunk = await stream.read(limit - total)
+async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytearray:
+    """Read until end of stream or `limit` bytes, whichever comes first; never more.
+
+    Into one growing buffer, returned as is: a list of chunks joined at the end would hold
+    every byte twice at the peak.
+    """
+    received = bytearray()
+    while len(received) < limit:
+        chunk = await stream.read(limit - len(received))
         if not chunk:
             break
-        parts.append(chunk)
-        total += len(chunk)
-    return b"".join(parts)
+        received += chunk
+    return received
 
 
 class SafeFetcher:
     """Fetches an image URL under an SSRF-safe policy (see the module docstring).
 
     `fetch` raises `FetchRefused` for every refusal and every failure; its message is meant
-    for the user. One instance can serve many concurrent fetches; call `aclose` when done.
+    for the user. One instance serves many callers, `max_concurrent` downloads at a time: each
+    holds up to `max_bytes`, and a burst of updates (Telegram hands over up to 256 at once) must
+    not hold that many bodies at once. A caller waits up to `max_wait` (default: `timeout`)
+    for its turn, then is refused. Call `aclose` when done.
     """
 
     def __init__(
@@ -254,6 +214,8 @@ class SafeFetcher:
         allow_private: bool = False,
         resolver: Resolver | None = None,
         address_allowed: AddressPolicy | None = None,
+        max_concurrent: int = 8,
+        max_wait: float | None = None,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
@@ -261,6 +223,10 @@ class SafeFetcher:
             raise ValueError("timeout must be positive")
         if max_redirects < 0:
             raise ValueError("max_redirects must not be negative")
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
+        if max_wait is not None and max_wait <= 0:
+            raise ValueError("max_wait must be positive")
         if allow_private and address_allowed is not None:
             raise ValueError("pass allow_private or address_allowed, not both")
         self._max_bytes = max_bytes
@@ -271,6 +237,8 @@ class SafeFetcher:
             self._allowed: AddressPolicy = _allow_everything
         else:
             self._allowed = address_allowed or is_public_address
+        self._turns = asyncio.Semaphore(max_concurrent)
+        self._max_wait = timeout if max_wait is None else max_wait
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -280,11 +248,26 @@ class SafeFetcher:
             session, self._session = self._session, None
             await session.close()
 
-    async def fetch(self, url: str) -> bytes:
-        """Download the image at `url` and return its raw bytes."""
+    async def fetch(self, url: str) -> bytearray:
+        """Download the image at `url` and return its raw bytes (a bytearray: not copied)."""
         if self._closed:
             raise RuntimeError("SafeFetcher is closed")
         current = self._check_url(url)
+        try:
+            async with asyncio.timeout(self._max_wait):
+                await self._turns.acquire()
+        except TimeoutError:
+            log.warning("fetch refused: every download slot stayed busy for %gs", self._max_wait)
+            raise FetchRefused(
+                "Too many links are being downloaded right now: try again in a minute, "
+                "or attach the file."
+            ) from None
+        try:
+            return await self._fetch_in_turn(current)
+        finally:
+            self._turns.release()
+
+    async def _fetch_in_turn(self, current: URL) -> bytearray:
         try:
             async with asyncio.timeout(self._timeout):
                 return await self._follow(current)
@@ -335,7 +318,7 @@ class SafeFetcher:
         if not host:
             raise FetchRefused(f"{where} has no host name: {_ATTACH_INSTEAD}.")
         if _looks_like_ip_literal(host):
-            ip = _parse_address(host)
+            ip = parse_address(host)
             if ip is None:
                 raise FetchRefused(
                     f"{where} is not a valid web address ({_sanitise_for_message(host)}): "
@@ -346,7 +329,7 @@ class SafeFetcher:
                 raise _private_address_refusal()
         return url.with_fragment(None)
 
-    async def _follow(self, url: URL) -> bytes:
+    async def _follow(self, url: URL) -> bytearray:
         session = self._session_for_fetch()
         redirects = 0
         while True:
@@ -392,7 +375,7 @@ class SafeFetcher:
         log.info("fetch redirected: %s -> %s", _origin(url), _origin(target))
         return self._check_url(str(target), redirected=True)
 
-    async def _read_image(self, url: URL, response: aiohttp.ClientResponse) -> bytes:
+    async def _read_image(self, url: URL, response: aiohttp.ClientResponse) -> bytearray:
         if response.status != 200:
             log.info("fetch refused: HTTP %d from %s", response.status, _origin(url))
             raise FetchRefused(

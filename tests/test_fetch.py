@@ -13,6 +13,7 @@ import io
 import ipaddress
 import logging
 import socket
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from bot.fetch import FetchRefused, SafeFetcher, _read_capped, is_public_address
 
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 CAP = 100_000
+BIG = 4 * 1024 * 1024
 
 
 def _png() -> bytes:
@@ -46,6 +48,8 @@ class ImageServer:
     stream_written: list[int] = field(default_factory=list)
     stream_aborted: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    in_flight: int = 0
+    most_in_flight: int = 0
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -120,6 +124,28 @@ async def server() -> AsyncIterator[ImageServer]:
         await state.release.wait()
         return response
 
+    async def held(request: web.Request) -> web.Response:
+        state.in_flight += 1
+        state.most_in_flight = max(state.most_in_flight, state.in_flight)
+        try:
+            await state.release.wait()
+        finally:
+            state.in_flight -= 1
+        return web.Response(body=PNG, content_type="image/png")
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        # BIG bytes in small drained writes: the server itself never holds much.
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        if "chunked" in request.query:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = BIG
+        await response.prepare(request)
+        piece = b"\x5a" * 65536
+        for _ in range(BIG // len(piece)):
+            await response.write(piece)
+        return response
+
     app = web.Application(middlewares=[record])
     app.router.add_get("/img.png", image)
     app.router.add_get("/octet", octet)
@@ -132,6 +158,8 @@ async def server() -> AsyncIterator[ImageServer]:
     app.router.add_get("/endless", endless)
     app.router.add_get("/slow-headers", slow_headers)
     app.router.add_get("/slow-body", slow_body)
+    app.router.add_get("/held", held)
+    app.router.add_get("/big", big)
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -227,6 +255,8 @@ PRIVATE = "That link points to a private network address"
         "http://224.0.0.1/",
         "http://[fe80::1]/",
         "http://[64:ff9b::a00:1]/",  # NAT64 of 10.0.0.1
+        "http://[fec0::1]/",  # site-local: Python calls it global
+        "http://[feff:ffff::1]/",
         "https://192.168.1.1/img.png",
     ],
 )
@@ -242,6 +272,15 @@ async def test_hostname_resolving_to_loopback_is_refused(
     server: ImageServer, make: MakeFetcher
 ) -> None:
     resolver = FakeResolver({"images.example.com": ["127.0.0.1"]})
+    message = await refused(make(resolver=resolver), server.url("/img.png", "images.example.com"))
+    assert message.startswith(PRIVATE)
+    assert server.requests == []
+
+
+async def test_hostname_resolving_to_site_local_ipv6_is_refused(
+    server: ImageServer, make: MakeFetcher
+) -> None:
+    resolver = FakeResolver({"images.example.com": ["fec0::1"]})
     message = await refused(make(resolver=resolver), server.url("/img.png", "images.example.com"))
     assert message.startswith(PRIVATE)
     assert server.requests == []
@@ -294,6 +333,8 @@ def test_public_address_rule() -> None:
         "::1",
         "fc00::1",
         "fe80::1",
+        "fec0::1",
+        "fed0:1:2::3",
         "ff02::1",
         "::ffff:10.0.0.1",
         "64:ff9b::7f00:1",
@@ -434,6 +475,51 @@ async def test_read_capped_reads_at_most_limit() -> None:
     assert await _read_capped(small, 2501) == b"abc"
 
 
+async def test_concurrent_fetches_are_bounded(server: ImageServer, make: MakeFetcher) -> None:
+    fetcher = make(allow_private=True, max_concurrent=2, timeout=5.0)
+    fetches = [asyncio.create_task(fetcher.fetch(server.url("/held"))) for _ in range(6)]
+    async with asyncio.timeout(3):
+        while server.in_flight < 2:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # time for any fetch beyond the limit to reach the server
+    assert server.in_flight == 2
+    server.release.set()
+    assert await asyncio.gather(*fetches) == [PNG] * 6
+    assert server.most_in_flight == 2
+
+
+async def test_a_fetch_waiting_too_long_for_its_turn_is_refused(
+    server: ImageServer, make: MakeFetcher
+) -> None:
+    fetcher = make(allow_private=True, max_concurrent=1, timeout=5.0, max_wait=0.3)
+    holding = asyncio.create_task(fetcher.fetch(server.url("/held")))
+    async with asyncio.timeout(3):
+        while server.in_flight < 1:
+            await asyncio.sleep(0.01)
+    message = await refused(fetcher, server.url("/img.png"))
+    assert message.startswith("Too many links are being downloaded right now")
+    assert server.requests == ["/held"]
+    server.release.set()
+    assert await holding == PNG
+    assert await fetcher.fetch(server.url("/img.png")) == PNG  # the turn was given back
+
+
+@pytest.mark.parametrize("query", ["", "?chunked"])
+async def test_a_fetch_holds_its_body_once(
+    server: ImageServer, make: MakeFetcher, query: str
+) -> None:
+    """The body is read into one buffer: not a list of chunks plus their join (twice the size)."""
+    fetcher = make(allow_private=True, max_bytes=2 * BIG)
+    tracemalloc.start()
+    try:
+        data = await fetcher.fetch(server.url(f"/big{query}"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(data) == BIG
+    assert peak < 1.5 * BIG, f"peak {peak / BIG:.2f}x the body"
+
+
 async def test_html_refused(server: ImageServer, make: MakeFetcher) -> None:
     message = await refused(make(allow_private=True), server.url("/page.html"))
     assert message.startswith("That link is not an image (it is text/html)")
@@ -467,3 +553,7 @@ async def test_connection_refused_is_reported(make: MakeFetcher) -> None:
 def test_allow_private_and_policy_are_exclusive() -> None:
     with pytest.raises(ValueError, match="not both"):
         SafeFetcher(max_bytes=1, allow_private=True, address_allowed=loopback_is_public)
+    with pytest.raises(ValueError, match="max_concurrent"):
+        SafeFetcher(max_bytes=1, max_concurrent=0)
+    with pytest.raises(ValueError, match="max_wait"):
+        SafeFetcher(max_bytes=1, max_wait=0)
