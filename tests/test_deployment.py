@@ -1,13 +1,23 @@
-"""The cluster in docker-compose.yml, checked without Docker (there is no daemon here): the file
-against the compose specification's schema, then what a schema cannot see. Replicas are healthy
-by the bot's real health route, use only real settings, share one database, image store and key,
-run each Discord shard once, and sit behind a load balancer that names every one of them."""
+"""The Dockerfile and docker-compose.yml, checked without Docker (there is no daemon here): the
+compose file against the compose specification's schema, then what a schema cannot see.
+
+The image's health check is run for real against the bot's web server on a port of its own. The
+cluster's replicas use only real settings, share one database, image store and key, run each
+Discord shard once, and sit behind a load balancer that names every one of them. The `gpu`
+profile runs the local backend on a reserved GPU with its models in a volume, in an image whose
+only onnxruntime is the GPU build."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
+import shlex
 import subprocess
 import sys
+import tomllib
+import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, cast
@@ -17,12 +27,21 @@ import pytest
 import yaml
 
 from bot.config import Settings
-from bot.web import ChatWebhooks, create_web_app
+from tests.cluster import free_port
+from tests.conftest import AppFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+# compose-go's schema/compose-spec.json, the one `docker compose` validates with (see README.md
+# beside it for its version and licence).
+SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
+USE_ONNXRUNTIME_GPU = ROOT / "deploy" / "use-onnxruntime-gpu.sh"
 CLUSTER = "cluster"
+GPU = "gpu"
 LB = "lb"
+# Where the image keeps the project (the Dockerfile's WORKDIR).
+APP = "/app/"
 # `$$` (a dollar sign), `${NAME}`, `${NAME:-default}` and `${NAME-default}`: compose's
 # interpolation, here with nothing set, so every default applies.
 VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?::?-([^}]*))?\}")
@@ -60,12 +79,52 @@ def published(service: Service) -> list[tuple[int, int]]:
 def check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "check_jsonschema"]
     return subprocess.run(
-        [*command, "--builtin-schema", "vendor.compose-spec", str(path)],
+        [*command, "--schemafile", str(SCHEMA), str(path)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def dockerfile() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments left out."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
+
+
+def image_env() -> dict[str, str]:
+    """The Dockerfile's ENV, as every container of the image starts with."""
+    env: dict[str, str] = {}
+    for line in dockerfile():
+        if line.startswith("ENV "):
+            env.update(part.split("=", 1) for part in shlex.split(line.removeprefix("ENV ")))
+    return env
+
+
+def image_healthcheck() -> list[str]:
+    """The Dockerfile's HEALTHCHECK as a compose `test`."""
+    found = [line for line in dockerfile() if line.startswith("HEALTHCHECK ")]
+    assert len(found) == 1
+    command = found[0].split(" CMD ", 1)[1].strip()
+    if command.startswith("["):
+        return ["CMD", *json.loads(command)]
+    return ["CMD-SHELL", command]
+
+
+def build_extras(service: Service) -> list[str]:
+    args = service["build"].get("args", {}) if isinstance(service["build"], dict) else {}
+    assert "EXTRAS" in args, "pass the image's extras (the Dockerfile's EXTRAS) explicitly"
+    return str(args["EXTRAS"]).split(",")
+
+
+def reserved_gpus(service: Service) -> list[dict[str, Any]]:
+    devices = service.get("deploy", {}).get("resources", {}).get("reservations", {})
+    return [
+        device
+        for device in devices.get("devices", [])
+        if device.get("driver") == "nvidia" and "gpu" in device.get("capabilities", [])
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +163,19 @@ def test_the_schema_check_catches_a_wrong_key(tmp_path: Path, compose: dict[str,
     assert "depends_of" in result.stdout
 
 
+def test_the_schema_check_reads_the_gpu_reservation(
+    tmp_path: Path, compose: dict[str, Any], services: dict[str, Service]
+) -> None:
+    name, service = next((n, s) for n, s in services.items() if reserved_gpus(s))
+    wrong = {"devices": [{"driver": "nvidia", "count": 1, "capability": ["gpu"]}]}
+    broken_service = {**service, "deploy": {"resources": {"reservations": wrong}}}
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump({**compose, "services": {**services, name: broken_service}}))
+    result = check_jsonschema(path)
+    assert result.returncode == 1
+    assert "capability" in result.stdout
+
+
 def test_the_quick_start_runs_one_process_on_sqlite(services: dict[str, Service]) -> None:
     # `docker compose up -d` starts the services without a profile: the single bot alone.
     default = [name for name, service in services.items() if not service.get("profiles")]
@@ -113,23 +185,59 @@ def test_the_quick_start_runs_one_process_on_sqlite(services: dict[str, Service]
     assert "DATABASE_URL" not in environment(single)
     for name, service in services.items():
         if name != "headshot-bot":
-            assert service["profiles"] == [CLUSTER], name
+            assert service["profiles"] in ([CLUSTER], [GPU]), name
 
 
 def test_long_running_services_have_healthchecks(services: dict[str, Service]) -> None:
     # The single bot has the Dockerfile's HEALTHCHECK.
     for name, service in services.items():
-        if service.get("profiles") == [CLUSTER] and service.get("restart") != "no":
+        if service.get("profiles") and service.get("restart") != "no":
             assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
 
 
-def test_replicas_are_checked_on_the_bots_health_route(replicas: dict[str, Service]) -> None:
-    app = create_web_app(cast(Any, None), cast(Any, None), cast(Any, None), ChatWebhooks())
-    gets = {route.resource.canonical for route in app.router.routes() if route.method == "GET"}
-    assert "/healthz" in gets
-    for name, replica in replicas.items():
-        port = environment(replica)["WEB_PORT"]
-        assert f"http://127.0.0.1:{port}/healthz" in " ".join(replica["healthcheck"]["test"]), name
+def health_checks(services: dict[str, Service]) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Where the image runs -> its health check and its environment: the image alone, then each
+    service built from the Dockerfile (its own check, or the image's)."""
+    image = image_env()
+    checks = {"Dockerfile": (image_healthcheck(), image)}
+    for name, service in services.items():
+        if "build" in service:
+            test = service.get("healthcheck", {}).get("test") or image_healthcheck()
+            checks[name] = (test, {**image, **environment(service)})
+    return checks
+
+
+async def run_check(test: list[str], env: dict[str, str], cwd: Path) -> int:
+    """Run a compose/Docker health check here: the image's /app/ is this checkout, and `python`
+    is this interpreter."""
+    assert test[0] in ("CMD", "CMD-SHELL"), test
+    args = [arg.replace(APP, f"{ROOT}/") for arg in test[1:]]
+    if test[0] == "CMD-SHELL":
+        args = ["/bin/sh", "-c", " ".join(args)]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        cwd=cwd,
+        env={"PATH": path, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    return await asyncio.wait_for(process.wait(), 30)
+
+
+@pytest.mark.parametrize("database_kind", ["sqlite"])
+async def test_every_healthcheck_follows_the_configured_port(
+    make_app: AppFactory, services: dict[str, Service], tmp_path: Path
+) -> None:
+    # The bot's own server, on a port that is not the image's 8080; and a port where nothing
+    # listens, which must count as unhealthy.
+    app = await make_app(web_port=free_port())
+    port = urlsplit(app.base_url).port
+    assert port is not None and port != 8080
+    nobody = free_port()
+    for name, (test, env) in health_checks(services).items():
+        assert await run_check(test, {**env, "WEB_PORT": str(port)}, tmp_path) == 0, name
+        assert await run_check(test, {**env, "WEB_PORT": str(nobody)}, tmp_path) != 0, name
 
 
 def test_dependencies_exist_and_can_be_met(services: dict[str, Service]) -> None:
@@ -233,3 +341,140 @@ def test_load_balancer_sends_to_every_replica(
     assert listen is not None
     assert int(listen.group(1)) in {container for _, container in published(lb)}
     assert set(depends_on(lb)) == set(replicas)
+
+
+def test_images_are_built_with_their_extras(services: dict[str, Service]) -> None:
+    extras = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
+    lines = dockerfile()
+    assert "ARG EXTRAS=s3,postgres" in lines
+    assert any(re.match(r'RUN pip install .*"\.\[\$\{EXTRAS\}\]"', line) for line in lines)
+    built = {
+        name: build_extras(service) for name, service in services.items() if "build" in service
+    }
+    assert built
+    for name, wanted in built.items():
+        assert set(wanted) <= extras, f"{name}: no such extra: {sorted(set(wanted) - extras)}"
+        # The local backend only where a GPU is reserved, and there with onnxruntime's GPU build.
+        on_gpu = bool(reserved_gpus(services[name]))
+        assert ("local" in wanted, "gpu" in wanted) == (on_gpu, on_gpu), name
+
+
+def test_the_gpu_profile_runs_the_local_backend_on_one_machine(
+    compose: dict[str, Any], services: dict[str, Service]
+) -> None:
+    gpu = {name: service for name, service in services.items() if service.get("profiles") == [GPU]}
+    bots = [s for s in gpu.values() if s.get("command") == ["headshot-bot", "run"]]
+    assert len(bots) == 1, "one single-machine bot in the gpu profile"
+    bot = bots[0]
+    env = {**image_env(), **environment(bot)}
+    known = {name.upper() for name in Settings.model_fields}
+    assert set(environment(bot)) <= known
+    settings = Settings(_env_file=None, **{key.lower(): value for key, value in env.items()})
+    assert settings.backend == "local"
+    assert settings.effective_database_url.startswith("sqlite")
+    assert reserved_gpus(bot), "reserve the GPU: deploy.resources.reservations.devices"
+
+    # The model folders live in a named volume, mounted where the bot looks for them.
+    mounts = dict(reversed(str(v).split(":")[:2]) for v in bot["volumes"])
+    models = mounts.get(str(settings.local_models_dir))
+    assert models in compose["volumes"], f"mount a volume at {settings.local_models_dir}"
+    # The same history as the CPU bot: switching to the GPU keeps users' jobs and quota.
+    single = dict(reversed(str(v).split(":")[:2]) for v in services["headshot-bot"]["volumes"])
+    assert mounts[str(settings.data_dir)] == single[str(settings.data_dir)]
+
+
+def test_the_models_folder_belongs_to_the_images_user() -> None:
+    # A new named volume takes the ownership of the image's folder it is mounted on: without it,
+    # root's, and `headshot-bot models download` could not write there.
+    lines = dockerfile()
+    models = image_env()["LOCAL_MODELS_DIR"]
+    user = next(line.split()[1] for line in lines if line.startswith("USER "))
+    made = [line for line in lines if line.startswith("RUN ") and "mkdir -p" in line]
+    assert any(
+        re.search(rf"mkdir -p [^&]*{models}\b", line)
+        and re.search(rf"chown {user} [^&]*{models}\b", line)
+        for line in made
+    )
+
+
+def test_the_gpu_image_swaps_onnxruntime_after_installing() -> None:
+    install = next(line for line in dockerfile() if line.startswith("RUN pip install"))
+    assert install.endswith(f"&& sh deploy/{USE_ONNXRUNTIME_GPU.name}")
+    copied = [line for line in dockerfile() if line.startswith("COPY ")]
+    assert any(f"deploy/{USE_ONNXRUNTIME_GPU.name}" in line for line in copied)
+
+
+def write_wheel(folder: Path, name: str, files: dict[str, str], requires: str = "") -> None:
+    """A minimal pure-Python wheel, version 1.0."""
+    dist = name.replace("-", "_")
+    info = f"{dist}-1.0.dist-info"
+    contents = {
+        **files,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"
+        + (f"Requires-Dist: {requires}\n" if requires else ""),
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(folder / f"{dist}-1.0-py3-none-any.whl", "w") as wheel:
+        for path, text in contents.items():
+            wheel.writestr(path, text)
+        wheel.writestr(
+            f"{info}/RECORD", "".join(f"{path},,\n" for path in [*contents, f"{info}/RECORD"])
+        )
+
+
+def test_only_onnxruntimes_gpu_build_is_left_where_it_was_installed(tmp_path: Path) -> None:
+    # The real packages' shape: both builds write the same `onnxruntime` package, and the face
+    # library requires the CPU build by name, as insightface does.
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name, build in (("onnxruntime", "cpu"), ("onnxruntime-gpu", "gpu")):
+        files = {
+            "onnxruntime/__init__.py": f"from .capi.build import BUILD\nSOURCE = {build!r}\n",
+            "onnxruntime/capi/__init__.py": "",
+            "onnxruntime/capi/build.py": f"BUILD = {build!r}\n",
+        }
+        write_wheel(wheels, name, files)
+    write_wheel(wheels, "faces", {"faces.py": "import onnxruntime\n"}, requires="onnxruntime")
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    env = {
+        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(wheels),
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def state() -> tuple[set[str], str]:
+        """The onnxruntime distributions installed, and the build `import onnxruntime` gives."""
+        script = (
+            "import importlib.metadata as m, onnxruntime as o, faces; "
+            "print(*sorted(d.metadata['Name'] for d in m.distributions()"
+            " if d.metadata['Name'].startswith('onnxruntime')), o.BUILD, o.SOURCE)"
+        )
+        *names, build, source = run(python, "-c", script).split()
+        assert build == source, "the two builds' files are mixed"
+        return set(names), build
+
+    # The CPU image: nothing to do.
+    run(python, "-m", "pip", "install", "faces")
+    run("sh", str(USE_ONNXRUNTIME_GPU))
+    assert state() == ({"onnxruntime"}, "cpu")
+
+    # The GPU image: both installed, then the GPU build alone, whole.
+    run(python, "-m", "pip", "install", "onnxruntime-gpu")
+    assert state()[0] == {"onnxruntime", "onnxruntime-gpu"}
+    run("sh", str(USE_ONNXRUNTIME_GPU))
+    assert state() == ({"onnxruntime-gpu"}, "gpu")
