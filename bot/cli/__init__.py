@@ -8,7 +8,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from bot.cli import generate, migrate, models, run, simulate
+from bot.cli import chat, generate, migrate, models, run, simulate
 from bot.cli.common import CliError
 from bot.config import ConfigError
 from bot.generation import RequestRefused
@@ -30,6 +30,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headshot-bot", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for command in (generate, run, migrate, models, simulate):
+    for command in (generate, run, chat, migrate, models, simulate):
         command.register(commands)
     return parser

@@ -13,6 +13,11 @@ from collections.abc import AsyncIterator
 from bot.app import HeadshotApp
 from bot.cli.common import Commands, add_demo_flag, service, settings
 
+NO_PLATFORM = (
+    "no chat platform token set: set DISCORD_TOKEN or TELEGRAM_BOT_TOKEN to connect Discord or "
+    "Telegram, or try the bot in this terminal with `headshot-bot chat --demo`"
+)
+
 
 def register(commands: Commands) -> None:
     run = commands.add_parser("run", help="run the service: web server, dispatcher, poller")
@@ -26,13 +31,12 @@ async def _run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with service(chosen, demo=args.demo, web_port=None) as app:
-        print(f"headshot-bot: serving on {app.base_url}", file=sys.stderr)
-        async with _chat_adapters(app):
-            # What start-up made lives as long as the process: keep it out of the collector's
-            # full passes, each of which would otherwise stall a burst of interactions.
-            gc.freeze()
-            await stop.wait()
+    # The address is logged once, by the app, as it starts listening.
+    async with service(chosen, demo=args.demo, web_port=None) as app, _chat_adapters(app):
+        # What start-up made lives as long as the process: keep it out of the collector's
+        # full passes, each of which would otherwise stall a burst of interactions.
+        gc.freeze()
+        await stop.wait()
     return 0
 
 
@@ -50,10 +54,7 @@ async def _chat_adapters(app: HeadshotApp) -> AsyncIterator[None]:
             started.append(adapter)
             print(f"headshot-bot: connected to {adapter.name}", file=sys.stderr)
         if not adapters:
-            print(
-                "headshot-bot: no chat platform token set (DISCORD_TOKEN, TELEGRAM_BOT_TOKEN)",
-                file=sys.stderr,
-            )
+            print(f"headshot-bot: {NO_PLATFORM}", file=sys.stderr)
         yield
     finally:
         for adapter in reversed(started):

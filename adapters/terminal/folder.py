@@ -1,0 +1,38 @@
+"""Where the terminal puts the images it shows: one file per stored image, named by its
+content, so showing the same image again (a history page) writes no second copy."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from bot.ui import ImageRef
+
+NAME_CHARS = 16
+
+
+class ImageFolder:
+    def __init__(self, path: Path) -> None:
+        self.path = path.resolve()
+
+    def prepare(self) -> None:
+        """Make the folder, and check it takes files now, before anything is generated.
+        Raises OSError."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", str(self.path))
+
+    async def save(self, image: ImageRef, data: bytes) -> Path:
+        """Write `data` (the bytes of `image`) and return its path. Raises OSError."""
+        name = Path(image.content_key).name
+        target = self.path / f"{Path(name).stem[:NAME_CHARS]}.{image.extension}"
+        if not target.exists():
+            await asyncio.to_thread(_write, target, data)
+        return target
+
+
+def _write(target: Path, data: bytes) -> None:
+    partial = target.with_name(f".{target.name}.part")
+    partial.write_bytes(data)
+    partial.replace(target)
