@@ -1,7 +1,9 @@
-"""Hostile-input image handling: selfies in, provider outputs back.
+"""Hostile-input image handling: selfies and pose images in, provider outputs back.
 
-Everything here is synchronous Pillow work; callers run it in a thread
-(`asyncio.to_thread`). Every failure a user or a provider can cause surfaces as
+Everything here is synchronous Pillow work, bounded before it starts: the file's structure is
+walked and its decode memory estimated from its header before any decoder runs. The service
+runs these functions in its decode workers (`bot.images.workers`), which add a time limit and
+a limit on how many run at once. Every failure a user or a provider can cause surfaces as
 `ImageRejected`, whose text can be shown to the user as it is.
 """
 
@@ -11,18 +13,22 @@ import functools
 import io
 import logging
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from bot.images.budget import DEFAULT_BUDGET, estimate, jpeg_reduction
+from bot.images.errors import OUTPUT_WORDING, ImageRejected, Wording
+from bot.images.structure import Layout, OddStructure, scan
 
 if TYPE_CHECKING:
     from PIL import ImageCms
 
 __all__ = [
     "ImageInfo",
-    "ImageRejected",
     "SanitisedImage",
     "check_upload",
     "fit_within",
@@ -55,18 +61,8 @@ _REFUSED_MAGIC = {
     b"II*\x00": "TIFF",
     b"MM\x00*": "TIFF",
 }
-
-
-class ImageRejected(ValueError):
-    """An image we will not use. `str()` is a short message fit for the user.
-
-    `reason` is a stable code for logs and metrics: not_image, unsupported_format,
-    too_large, too_big, too_small, damaged.
-    """
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+# Modes Pillow resamples as they are; others are converted to RGB(A) first.
+_RESAMPLED_AS_IS = {"RGB", "RGBA", "L", "LA", "CMYK"}
 
 
 @dataclass(frozen=True)
@@ -90,27 +86,9 @@ class ImageInfo:
     height: int
 
 
-@dataclass(frozen=True)
-class _Wording:
-    not_image: str
-    damaged: str
-    too_big: str  # formatted with `size` and `limit`
-
-
-def _selfie_wording() -> _Wording:
-    send = f"send a {_accepted_formats_phrase()} selfie"
-    return _Wording(
-        not_image=f"That file isn't an image: {send}",
-        damaged="That image is damaged or truncated: send it again",
-        too_big="That image is too big ({size}): send one under {limit} megapixels",
-    )
-
-
-_OUTPUT_WORDING = _Wording(
-    not_image="The generator returned a file that isn't a JPEG, PNG or WebP image",
-    damaged="The generator returned a damaged or truncated image",
-    too_big="The generator returned an image that is too big ({size}; limit {limit} megapixels)",
-)
+@functools.cache
+def _upload_wording(subject: str) -> Wording:
+    return Wording.upload(subject, _accepted_formats_phrase())
 
 
 @functools.cache
@@ -146,7 +124,7 @@ def check_upload(content_type: str | None, size: int, *, max_bytes: int) -> None
     if content_type:
         accepted = _SELFIE_CONTENT_TYPES | (_HEIF_CONTENT_TYPES if heic_supported() else set())
         if content_type.split(";")[0].strip().lower() not in accepted:
-            raise ImageRejected(_selfie_wording().not_image, reason="not_image")
+            raise ImageRejected(_upload_wording("selfie").not_image, reason="not_image")
     _check_size(size, max_bytes)
 
 
@@ -157,31 +135,42 @@ def sanitise_selfie(
     max_pixels: int = 40_000_000,
     max_side: int = 1536,
     min_side: int = 128,
+    memory_budget: int = DEFAULT_BUDGET,
+    subject: str = "selfie",
 ) -> SanitisedImage:
-    """Check an uploaded selfie and re-encode it as a clean JPEG.
+    """Check an uploaded selfie (or pose image: `subject` names it in messages) and re-encode
+    it as a clean JPEG.
 
-    Caps bytes before parsing and pixels before decoding, decodes only allow-listed
-    formats, keeps the first frame, applies the EXIF orientation, converts to sRGB
-    (alpha flattened onto white), downscales to `max_side` and drops all metadata.
+    Caps bytes before parsing; walks the structure, caps pixels, shape and decode memory
+    before decoding; decodes only allow-listed formats, keeps the first frame, downscales to
+    `max_side`, applies the EXIF orientation, converts to sRGB (alpha flattened onto white)
+    and drops all metadata.
     """
-    _check_byte_size(data, max_bytes)
-    wording = _selfie_wording()
-    image = _open(data, _selfie_formats(), wording, max_pixels)
+    wording = _upload_wording(subject)
+    if not data:
+        raise ImageRejected(wording.not_image, reason="not_image")
+    _check_size(len(data), max_bytes)
+
+    def reduction(width: int, height: int) -> int:
+        longest = max(width, height)
+        if longest <= max_side:
+            return 1
+        scale = max_side / longest
+        return jpeg_reduction(width, height, (math.ceil(width * scale), math.ceil(height * scale)))
+
+    image = _open(
+        data, _selfie_formats(), wording, max_pixels, memory_budget, reduction, resized=True
+    )
     width, height = image.size
-    _check_pixels(width, height, max_pixels, wording)
-    if min(width, height) < min_side:
-        raise ImageRejected(
-            f"That image is too small ({width}×{height}): "
-            f"send a selfie at least {min_side} pixels on each side",
-            reason="too_small",
-        )
-    if image.format == "JPEG" and max(width, height) > max_side:
-        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, never below the target size.
-        scale = max_side / max(width, height)
-        image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+    _check_shape(width, height, max_side, min_side, wording)
+    if image.format == "JPEG" and (factor := reduction(width, height)) > 1:
+        # libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below the target size.
+        image.draft("RGB", (-(-width // factor), -(-height // factor)))
     _load(image, wording)
-    image = _to_srgb_rgb(_exif_transpose(image))
+    image = _resample_ready(image)
     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    _check_shape(image.width, image.height, max_side, min_side, wording, original=(width, height))
+    image = _to_srgb_rgb(_exif_transpose(image))
     return SanitisedImage(
         data=_encode_jpeg(image),
         content_type="image/jpeg",
@@ -190,19 +179,22 @@ def sanitise_selfie(
     )
 
 
-def inspect_output(data: bytes, *, max_pixels: int = 40_000_000) -> ImageInfo:
+def inspect_output(
+    data: bytes, *, max_pixels: int = 40_000_000, memory_budget: int = DEFAULT_BUDGET
+) -> ImageInfo:
     """Check that a provider's bytes are one complete JPEG, PNG or WebP image.
 
     The whole stream is decoded; JPEGs are decoded at 1/8 scale, which still reads
     every entropy-coded byte (so truncation is caught) but skips most of the IDCT.
     """
-    wording = _OUTPUT_WORDING
+    wording = OUTPUT_WORDING
     if not data:
         raise ImageRejected(wording.not_image, reason="not_image")
-    image = _open(data, tuple(_OUTPUT_FORMATS), wording, max_pixels)
+    image = _open(
+        data, tuple(_OUTPUT_FORMATS), wording, max_pixels, memory_budget, _eighth, resized=False
+    )
     width, height = image.size
     image_format = image.format or ""
-    _check_pixels(width, height, max_pixels, wording)
     if image_format == "JPEG":
         image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
     _load(image, wording)
@@ -219,10 +211,8 @@ def inspect_output(data: bytes, *, max_pixels: int = 40_000_000) -> ImageInfo:
     )
 
 
-def _check_byte_size(data: bytes, max_bytes: int) -> None:
-    if not data:
-        raise ImageRejected(_selfie_wording().not_image, reason="not_image")
-    _check_size(len(data), max_bytes)
+def _eighth(width: int, height: int) -> int:
+    return jpeg_reduction(width, height, (max(1, width // 8), max(1, height // 8)))
 
 
 def _check_size(size: int, max_bytes: int) -> None:
@@ -234,43 +224,131 @@ def _check_size(size: int, max_bytes: int) -> None:
         )
 
 
-def _check_pixels(width: int, height: int, max_pixels: int, wording: _Wording) -> None:
+def _check_pixels(width: int, height: int, max_pixels: int, wording: Wording) -> None:
     if width * height > max_pixels:
         size = f"{width}×{height} pixels"
         raise ImageRejected(_too_big(wording, size, max_pixels), reason="too_big")
 
 
-def _too_big(wording: _Wording, size: str, max_pixels: int) -> str:
+def _too_big(wording: Wording, size: str, max_pixels: int) -> str:
     return wording.too_big.format(size=size, limit=f"{max_pixels / 1e6:g}")
 
 
-def _open(data: bytes, formats: Sequence[str], wording: _Wording, max_pixels: int) -> Image.Image:
-    """Parse the header only, with the given format plugins and no others."""
+def _check_budget(
+    layout: Layout, budget: int, reduction: int, wording: Wording, *, resized: bool
+) -> None:
+    cost = estimate(layout, reduction=reduction, resized=resized)
+    if cost <= budget:
+        return
+    # The size that would fit, at this format's cost per pixel.
+    limit = math.floor(budget / cost * layout.width * layout.height / 1e5) / 10
+    message = wording.too_costly.format(size=layout.describe(), limit=f"{limit:g}")
+    raise ImageRejected(message, reason="too_costly")
+
+
+def _check_shape(
+    width: int,
+    height: int,
+    max_side: int,
+    min_side: int,
+    wording: Wording,
+    *,
+    original: tuple[int, int] | None = None,
+) -> None:
+    """The shorter side, before and once shrunk to `max_side`, must be at least `min_side`."""
+    assert wording.too_small is not None and wording.too_narrow is not None
+    if original is None and min(width, height) < min_side:
+        message = wording.too_small.format(size=f"{width}×{height}", min=min_side)
+        raise ImageRejected(message, reason="too_small")
+    shrunk = min(width, height) * min(1.0, max_side / max(width, height))
+    if original is not None:
+        shrunk = min(width, height)
+    if round(shrunk) < min_side:
+        size = "{}×{}".format(*(original or (width, height)))
+        message = wording.too_narrow.format(size=size, ratio=f"{max_side / min_side:g}")
+        raise ImageRejected(message, reason="too_narrow")
+
+
+def _open(
+    data: bytes,
+    formats: Sequence[str],
+    wording: Wording,
+    max_pixels: int,
+    budget: int,
+    reduction: Callable[[int, int], int],
+    *,
+    resized: bool,
+) -> Image.Image:
+    """Walk the structure and check size and memory from what it declares; then parse the
+    header only, with the given format plugins and no others, and check again."""
     try:
-        return Image.open(io.BytesIO(data), formats=list(formats))
+        layout = scan(data)
+    except OddStructure as exc:
+        raise ImageRejected(
+            wording.odd_structure.format(detail=exc), reason="odd_structure"
+        ) from None
+    if layout is not None and layout.format in formats:
+        _check_pixels(layout.width, layout.height, max_pixels, wording)
+        factor = reduction(layout.width, layout.height) if layout.format == "JPEG" else 1
+        _check_budget(layout, budget, factor, wording, resized=resized)
+    image = _parse_header(data, formats, wording, max_pixels)
+    width, height = image.size
+    _check_pixels(width, height, max_pixels, wording)
+    if layout is None or (layout.width, layout.height) != (width, height):
+        # The walk found no size (or another one): judge by what the decoder will do.
+        layout = _layout_of(image)
+        factor = reduction(width, height) if layout.format == "JPEG" else 1
+        _check_budget(layout, budget, factor, wording, resized=resized)
+    return image
+
+
+def _layout_of(image: Image.Image) -> Layout:
+    bands = len(image.getbands())
+    return Layout(
+        format=image.format or "",
+        width=image.width,
+        height=image.height,
+        channels=bands,
+        bit_depth=16 if image.mode.startswith("I;16") else 8,
+        alpha=image.has_transparency_data,
+        palette=image.mode == "P",
+        progressive=bool(image.info.get("progressive")),
+        coefficients_per_pixel=float(bands),
+    )
+
+
+def _parse_header(
+    data: bytes, formats: Sequence[str], wording: Wording, max_pixels: int
+) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (on stderr) before its own ceiling; ours is lower and comes first,
+            # so a warning here means a size the walk could not read: refuse it as ours.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=list(formats))
     except UnidentifiedImageError:
         if _sniff_format(data) in formats:  # ours by its signature, but unreadable
             raise ImageRejected(wording.damaged, reason="damaged") from None
         refused = _refused_format_name(data)
-        if refused is None or wording is _OUTPUT_WORDING:
+        if refused is None or wording.unsupported is None:
             raise ImageRejected(wording.not_image, reason="not_image") from None
-        raise ImageRejected(
-            f"{refused} images aren't supported: send a {_accepted_formats_phrase()} selfie",
-            reason="unsupported_format",
-        ) from None
-    except Image.DecompressionBombError:
-        # Pillow's own ceiling (2 × MAX_IMAGE_PIXELS) tripped while reading the header.
-        ceiling = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        size = f"over {ceiling / 1e6:.0f} megapixels"
+        message = wording.unsupported.format(name=refused)
+        raise ImageRejected(message, reason="unsupported_format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        size = f"over {(Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels"
         raise ImageRejected(_too_big(wording, size, max_pixels), reason="too_big") from None
+    except MemoryError:
+        raise
     except Exception as exc:  # a hostile header can break a parser in many ways
         log.info("image header rejected: %s: %s", type(exc).__name__, exc)
         raise ImageRejected(wording.damaged, reason="damaged") from None
 
 
-def _load(image: Image.Image, wording: _Wording) -> None:
+def _load(image: Image.Image, wording: Wording) -> None:
     try:
         image.load()
+    except MemoryError:
+        raise  # the decode workers answer this one
     except Exception as exc:  # truncated data, bad CRCs, corrupt entropy coding...
         log.info("image decode failed: %s: %s", type(exc).__name__, exc)
         raise ImageRejected(wording.damaged, reason="damaged") from None
@@ -294,6 +372,13 @@ def _refused_format_name(data: bytes) -> str | None:
         if data.startswith(magic):
             return name
     return None
+
+
+def _resample_ready(image: Image.Image) -> Image.Image:
+    """Palettes, 1-bit and 16-bit images resample poorly (or not at all): make them RGB(A)."""
+    if image.mode in _RESAMPLED_AS_IS:
+        return image
+    return image.convert("RGBA" if image.has_transparency_data else "RGB")
 
 
 def _exif_transpose(image: Image.Image) -> Image.Image:
@@ -337,15 +422,29 @@ def _srgb_profile() -> ImageCms.ImageCmsProfile:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
-def fit_within(data: bytes, content_type: str, max_bytes: int) -> tuple[bytes, str] | None:
+def fit_within(
+    data: bytes, content_type: str, max_bytes: int, *, memory_budget: int = DEFAULT_BUDGET
+) -> tuple[bytes, str] | None:
     """One of our own images made to fit a platform's upload limit: as it is if it fits, else
     re-encoded as JPEG, smaller step by step. Returns the bytes and their content type, or
-    None if even a small version does not fit."""
+    None if even a small version does not fit (or it cannot be read within the limits)."""
     if len(data) <= max_bytes:
         return data, content_type
-    with Image.open(io.BytesIO(data)) as opened:
-        opened.load()
-        image = _to_srgb_rgb(opened).copy()
+    try:
+        opened = _open(
+            data,
+            tuple(_OUTPUT_FORMATS),
+            OUTPUT_WORDING,
+            40_000_000,
+            memory_budget,
+            _one,
+            resized=True,
+        )
+        _load(opened, OUTPUT_WORDING)
+    except ImageRejected as exc:
+        log.warning("cannot shrink an image of ours: %s", exc)
+        return None
+    image = _to_srgb_rgb(opened).copy()
     while min(image.size) >= 64:
         for quality in (90, 80, 70):
             out = io.BytesIO()
@@ -356,6 +455,10 @@ def fit_within(data: bytes, content_type: str, max_bytes: int) -> tuple[bytes, s
             (image.width * 3 // 4, image.height * 3 // 4), Image.Resampling.LANCZOS
         )
     return None
+
+
+def _one(width: int, height: int) -> int:
+    return 1
 
 
 def _encode_jpeg(image: Image.Image) -> bytes:

@@ -1,0 +1,299 @@
+"""The decode workers: a small pool of processes, started ahead, that do all image work.
+
+Why processes: a decode cannot be stopped from the outside while it runs in a thread, and a
+hostile file's decode is what must be stopped. Each call has a time limit; a worker that
+overruns it is killed and replaced at once. Each worker also runs under an address-space
+limit, a backstop for what the budget estimate misses.
+
+Why its own pool: image work never runs on asyncio's default thread pool, which serves the
+image store, so uploads cannot starve `/images`, the database or webhooks. At most `workers`
+decodes run at once; a user's upload waits behind at most `max_waiting` others and is refused
+past that ("busy, try again"): waiting is cheap (the bytes are already here) but unbounded
+waiting is unbounded latency. Our own work (checking a generator's output, shrinking our own
+images for a platform) always waits its turn: refusing it would fail a paid job.
+
+Each worker is a fresh interpreter (`python -m bot.images.decoder`), never forked from this
+threaded asyncio process; it imports only Pillow and this package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bot.images.budget import DEFAULT_BUDGET
+from bot.images.errors import BUSY, CRASHED, TOO_SLOW, ImageRejected
+from bot.images.sanitise import (
+    ImageInfo,
+    SanitisedImage,
+    fit_within,
+    inspect_output,
+    sanitise_selfie,
+)
+
+__all__ = ["ImageWorkers", "image_workers", "install", "uninstall"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_BOOT_SECONDS = 60.0
+
+
+class ImageWorkers:
+    """`await workers.sanitise(data, max_bytes=...)`, `inspect(data)`, `fit(...)`; `run` for
+    any picklable function. Usable from any event loop and thread; `aclose` when done."""
+
+    def __init__(
+        self,
+        *,
+        workers: int = 2,
+        time_limit: float = 5.0,
+        max_waiting: int = 32,
+        memory_budget: int = DEFAULT_BUDGET,
+    ) -> None:
+        self.time_limit = time_limit
+        self.memory_budget = memory_budget
+        self._max_waiting = max_waiting
+        self._closed = False
+        self._workers = [_Worker(memory_budget) for _ in range(workers)]
+        self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-work")
+        self._lock = threading.Lock()
+        self._idle = collections.deque(self._workers)
+        self._waiters: collections.deque[asyncio.Future[_Worker]] = collections.deque()
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (for measuring them)."""
+        return [pid for worker in self._workers if (pid := worker.pid) is not None]
+
+    async def start(self) -> None:
+        """Start every worker now, so that the first image does not wait for one."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._threads, w.ensure_started) for w in self._workers)
+        )
+
+    async def sanitise(
+        self, data: bytes, *, max_bytes: int, subject: str = "selfie"
+    ) -> SanitisedImage:
+        """A user's upload: refused with a "busy" line when too many wait already."""
+        return await self.run(
+            sanitise_selfie,
+            data,
+            max_bytes=max_bytes,
+            memory_budget=self.memory_budget,
+            subject=subject,
+            refuse_when_busy=True,
+        )
+
+    async def inspect(self, data: bytes) -> ImageInfo:
+        return await self.run(inspect_output, data, memory_budget=self.memory_budget)
+
+    async def fit(self, data: bytes, content_type: str, max_bytes: int) -> tuple[bytes, str] | None:
+        if len(data) <= max_bytes:  # nothing to decode
+            return data, content_type
+        return await self.run(
+            fit_within, data, content_type, max_bytes, memory_budget=self.memory_budget
+        )
+
+    async def run(
+        self, fn: Callable[..., T], /, *args: Any, refuse_when_busy: bool = False, **kwargs: Any
+    ) -> T:
+        """`fn(*args, **kwargs)` in a worker, within the time limit. ImageRejected for what
+        the function refuses, for an overrun (too_slow), a crash (crashed) or, with
+        `refuse_when_busy`, a full queue (busy)."""
+        if self._closed:
+            raise RuntimeError("the image workers are closed")
+        worker = await self._take(refuse_when_busy)
+        future = self._threads.submit(self._call, worker, fn, args, kwargs)
+        return await asyncio.wrap_future(future)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.close_now)
+
+    def close_now(self) -> None:
+        """Stop every worker (blocking; also for interpreter exit)."""
+        self._closed = True
+        for worker in self._workers:
+            worker.stop()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    # --- handing workers out -----------------------------------------------------------
+
+    async def _take(self, refuse_when_busy: bool) -> _Worker:
+        with self._lock:
+            if self._idle:
+                return self._idle.popleft()
+            if refuse_when_busy and len(self._waiters) >= self._max_waiting:
+                raise ImageRejected(BUSY, reason="busy")
+            waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            if waiter.done() and not waiter.cancelled():
+                self._release(waiter.result())
+            raise
+
+    def _release(self, worker: _Worker) -> None:
+        """Give the worker to the first caller still waiting, else back to the idle ones.
+        Called from any thread; a waiter belongs to its own event loop."""
+        with self._lock:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                try:
+                    waiter.get_loop().call_soon_threadsafe(self._hand_over, waiter, worker)
+                except RuntimeError:  # its loop is closed
+                    continue
+                return
+            self._idle.append(worker)
+
+    def _hand_over(self, waiter: asyncio.Future[_Worker], worker: _Worker) -> None:
+        if waiter.done():  # cancelled meanwhile: the next one gets it
+            self._release(worker)
+        else:
+            waiter.set_result(worker)
+
+    def _call(
+        self, worker: _Worker, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        try:
+            return worker.call(fn, args, kwargs, self.time_limit, replace=not self._closed)
+        finally:
+            self._release(worker)
+
+
+class _Worker:
+    """One decode process and its pipe; replaced when it is killed or dies."""
+
+    def __init__(self, memory_budget: int) -> None:
+        self._memory_budget = memory_budget
+        self._process: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._ready = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def ensure_started(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            return
+        self.stop()
+        ours, theirs = socket.socketpair()
+        with theirs:
+            command = [sys.executable, "-m", "bot.images.decoder"]
+            command += [str(theirs.fileno()), str(self._memory_budget)]
+            self._process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+                command,
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                env=_worker_environment(),
+            )
+        self._conn = Connection(ours.detach())
+        self._ready = False
+
+    def call(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        time_limit: float,
+        *,
+        replace: bool,
+    ) -> T:
+        self.ensure_started()
+        assert self._conn is not None
+        try:
+            if not self._ready:  # its imports are not part of the time limit
+                if not self._conn.poll(_BOOT_SECONDS):
+                    raise OSError("the image worker did not start")
+                self._conn.recv()
+                self._ready = True
+            self._conn.send((fn, args, kwargs))
+            if not self._conn.poll(time_limit):
+                log.warning("image work overran %.1f s: worker %s killed", time_limit, self.pid)
+                self._replace(replace)
+                raise ImageRejected(TOO_SLOW, reason="too_slow")
+            status, value = self._conn.recv()
+        except (EOFError, OSError):
+            log.warning("image worker %s died", self.pid)
+            self._replace(replace)
+            raise ImageRejected(CRASHED, reason="crashed") from None
+        if status == "ok":
+            return value  # type: ignore[no-any-return]
+        raise value
+
+    def _replace(self, replace: bool) -> None:
+        self.stop(kill=True)
+        if replace:
+            self.ensure_started()
+
+    def stop(self, *, kill: bool = False) -> None:
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if process is not None and kill:
+            process.kill()
+        if conn is not None:
+            conn.close()  # an idle worker reads the end of its pipe and exits
+        if process is not None:
+            try:
+                process.wait(1)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _worker_environment() -> dict[str, str]:
+    """This environment, with this package importable however the service was started."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+# --- the process's pool --------------------------------------------------------------
+
+_installed: list[ImageWorkers] = []
+_default: ImageWorkers | None = None
+_default_lock = threading.Lock()
+
+
+def install(workers: ImageWorkers) -> None:
+    """Make `workers` the pool `image_workers()` returns (the app does, while it runs)."""
+    _installed.append(workers)
+
+
+def uninstall(workers: ImageWorkers) -> None:
+    if workers in _installed:
+        _installed.remove(workers)
+
+
+def image_workers() -> ImageWorkers:
+    """The pool the running app installed; outside an app (a test, a tool), a default pool
+    started on first use and stopped at exit."""
+    if _installed:
+        return _installed[-1]
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = ImageWorkers()
+            atexit.register(_default.close_now)
+        return _default
