@@ -278,6 +278,26 @@ async def test_what_cannot_be_used_is_said_in_one_line(
     assert not list((tmp_path / "out").iterdir())
 
 
+async def test_progress_shows_the_queue_then_generating_then_done(
+    make_app: AppFactory, simulator: Simulator, tmp_path: Path
+) -> None:
+    simulator.config.processing_seconds = 1.0
+    app = await make_app(modelslab_max_queued=1)  # one at a time: the second one waits
+    chat, screen = await terminal(app, tmp_path)
+    try:
+        assert await chat.handle(f"/headshot {EXAMPLE_SELFIE}")
+        assert await chat.handle(f"/headshot {EXAMPLE_SELFIE} studio")
+        first, second = (match[1] for match in screen.matching(r"queued as job (\w+)"))
+        for job in (first, second):
+            await screen.wait_for(rf"^\[job {job}\] Done: 1 image")
+    finally:
+        await chat.stop()
+    said = [line for line in screen.lines if line.startswith(f"[job {second}]")]
+    assert said[0].startswith(f"[job {second}] Queued: you're next"), said
+    assert any(line.startswith(f"[job {second}] Generating your image, about") for line in said)
+    assert len(screen.matching(r"^  image: ")) == 2
+
+
 async def test_a_job_running_at_quit_is_shown_the_next_time(
     make_app: AppFactory, simulator: Simulator, tmp_path: Path
 ) -> None:
