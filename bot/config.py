@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     # The shards this replica runs ("0,1"), of DISCORD_SHARDS; unset, all of them. No shard runs
     # on two replicas: each is held by an advisory lock while it runs.
     discord_shard_ids: str = ""
+    # Image decoding (bot/images/workers.py): worker processes, each decode's time limit and
+    # memory budget, and how many uploads may wait for a worker before "busy" is answered.
+    image_workers: int = Field(2, ge=1, le=64)
+    image_decode_seconds: float = Field(5.0, gt=0, le=300)
+    image_decode_memory_mb: int = Field(256, ge=32, le=65536)
+    image_decode_queue: int = Field(32, ge=0, le=10_000)
 
     # Telegram: `headshot-bot run` starts the Telegram adapter when the token is set. It polls
     # for updates unless PUBLIC_BASE_URL is set: then Telegram posts them to our web server.

@@ -7,7 +7,6 @@ its credit reservation in one transaction.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 
 from backends.params import MAX_SEED, GenerationParams, ParameterError
 from bot import replies
-from bot.images import ImageRejected, sanitise_selfie
+from bot.images import ImageRejected, image_workers
 from bot.jobs.engine import INPUT_PREFIX, JobEngine, drop_inputs
 from bot.tokens import new_job_id
 from storage.accounts import AccountRepository
@@ -161,7 +160,9 @@ class GenerationService:
 
     async def _sanitise(self, data: bytes, what: str) -> bytes:
         try:
-            image = await asyncio.to_thread(sanitise_selfie, data, max_bytes=self._max_upload_bytes)
+            image = await image_workers().sanitise(
+                data, max_bytes=self._max_upload_bytes, subject=what
+            )
         except ImageRejected as exc:
             raise RequestRefused(str(exc) if what == "selfie" else f"Pose image: {exc}") from None
         return image.data

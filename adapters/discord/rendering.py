@@ -4,7 +4,6 @@ buttons, within Discord's limits."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,7 +13,7 @@ from typing import Any
 import discord
 
 from adapters.discord.buttons import view_of
-from bot.images import fit_within
+from bot.images import image_workers
 from bot.jobs.events import Completed, Failed, JobEvent
 from bot.replies import Reply
 from bot.ui import Button, ImageRef, short_id
@@ -132,7 +131,7 @@ async def _pictures(
     pictures = []
     for index, image in enumerate(shown, start=1):
         data = await read(image)
-        fitted = await asyncio.to_thread(fit_within, data, image.content_type, budget)
+        fitted = await image_workers().fit(data, image.content_type, budget)
         if fitted is None:
             continue
         data, content_type = fitted

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from backends.base import Backend
 from backends.errors import BackendError, OutputTooLarge, OutputUnavailable
-from bot.images import ImageRejected, inspect_output
+from bot.images import ImageRejected, image_workers
 from bot.tokens import new_token
 from storage.imagestore import ImageStore
 from storage.records import OutputRecord
@@ -57,7 +57,7 @@ class Rehoster:
     async def _one(self, job_id: str, position: int, url: str, deadline: float) -> OutputRecord:
         data = await self._download(job_id, url, deadline)
         try:
-            info = await asyncio.to_thread(inspect_output, data)
+            info = await image_workers().inspect(data)
         except ImageRejected as exc:
             log.warning("job %s: output %d is not an image: %s", job_id, position, exc)
             raise RehostFailed("the generator sent back something that isn't an image") from None

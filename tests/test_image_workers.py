@@ -1,0 +1,206 @@
+"""The decode workers (issue 14, items 1-2): a time limit per decode, a worker killed at it
+and replaced, a bound on how many decodes run and wait, memory held under the budget by many
+hostile uploads at once, and `/images` answering while they run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import psutil
+import pytest
+from PIL import Image
+
+from bot.generation import GenerationRequest, RequestRefused
+from bot.images import ImageRejected, ImageWorkers, image_workers
+from bot.images.sanitise import sanitise_selfie
+from tests import hostile
+from tests.conftest import AppFactory
+from tests.test_engine import OPTIONS, run_job
+
+MB = 1024 * 1024
+
+
+@pytest.fixture
+async def workers() -> AsyncIterator[ImageWorkers]:
+    pool = ImageWorkers(workers=2, time_limit=30.0, max_waiting=64)
+    await pool.start()
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
+def noise_png(size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3)).save(out, "PNG")
+    return out.getvalue()
+
+
+def heavy_but_legal_png() -> bytes:
+    """4000×4000 with transparency: within the budget (about 144 MB to process), so decoded."""
+    out = io.BytesIO()
+    Image.new("RGBA", (4000, 4000), (10, 20, 30, 200)).save(out, "PNG")
+    return out.getvalue()
+
+
+async def test_a_decode_is_killed_at_its_time_limit_and_its_worker_replaced() -> None:
+    pool = ImageWorkers(workers=1, time_limit=0.5)
+    await pool.start()
+    try:
+        (before,) = pool.pids
+        started = time.monotonic()
+        with pytest.raises(ImageRejected) as caught:
+            await pool.run(time.sleep, 30)  # stands in for a decode that never ends
+        assert time.monotonic() - started < 5
+        assert caught.value.reason == "too_slow"
+        assert str(caught.value) == (
+            "That image took too long to process: send a smaller or simpler one"
+        )
+        assert not psutil.pid_exists(before) or psutil.Process(before).status() == "zombie"
+        (after,) = pool.pids
+        assert after != before
+        # The replacement works at once.
+        result = await pool.sanitise(noise_png((300, 300)), max_bytes=10 * MB)
+        assert result.width == 300
+    finally:
+        await pool.aclose()
+
+
+async def test_a_real_decode_past_the_limit_is_stopped() -> None:
+    data = noise_png((2500, 2500))
+    pool = ImageWorkers(workers=1, time_limit=0.05)
+    await pool.start()
+    try:
+        await pool.run(sanitise_selfie, noise_png((200, 200)))  # warm: imports done
+        with pytest.raises(ImageRejected) as caught:
+            await pool.sanitise(data, max_bytes=20 * MB)
+        assert caught.value.reason == "too_slow"
+    finally:
+        await pool.aclose()
+
+
+async def test_uploads_past_the_waiting_bound_are_told_to_try_again() -> None:
+    pool = ImageWorkers(workers=1, time_limit=30.0, max_waiting=1)
+    await pool.start()
+    try:
+        busy = asyncio.create_task(pool.run(time.sleep, 1.0))
+        await asyncio.sleep(0.2)
+        waiting = asyncio.create_task(pool.sanitise(noise_png((200, 200)), max_bytes=10 * MB))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(ImageRejected) as caught:
+            await pool.sanitise(noise_png((200, 200)), max_bytes=10 * MB)
+        assert time.monotonic() - started < 0.5
+        assert caught.value.reason == "busy"
+        assert str(caught.value) == (
+            "Too many images are being processed right now: try again in a minute"
+        )
+        # Our own work (a generator's output) waits instead of being refused.
+        inspected = asyncio.create_task(pool.inspect(hostile.flat_progressive_jpeg((300, 300))))
+        await busy
+        assert (await waiting).width == 200
+        assert (await inspected).width == 300
+    finally:
+        await pool.aclose()
+
+
+async def test_a_cancelled_caller_does_not_lose_a_worker(workers: ImageWorkers) -> None:
+    calls = [asyncio.create_task(workers.run(time.sleep, 0.3)) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    calls[3].cancel()  # still waiting
+    calls[0].cancel()  # running: its worker comes back when the call ends
+    await asyncio.gather(*calls, return_exceptions=True)
+    results = await asyncio.gather(*(workers.run(abs, -n) for n in range(6)))
+    assert results == list(range(6))
+
+
+def _rss(pids: Callable[[], list[int]]) -> int:
+    total = 0
+    for pid in [os.getpid(), *pids()]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += psutil.Process(pid).memory_info().rss
+    return total
+
+
+async def test_fifty_concurrent_hostile_uploads_stay_under_the_memory_budget(
+    workers: ImageWorkers,
+) -> None:
+    heavy = heavy_but_legal_png()
+    inputs = [
+        hostile.lossless_webp_bomb(),
+        hostile.rgba16_png(),
+        hostile.scan_bomb(2000),
+        hostile.png_private_chunks(),
+        hostile.jpeg_comments(),
+        heavy,
+        heavy,
+        heavy,
+    ]
+    uploads = [inputs[i % len(inputs)] for i in range(50)]
+    baseline = _rss(lambda: workers.pids)
+    peak = baseline
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss(lambda: workers.pids))
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.create_task(sample())
+    results = await asyncio.gather(
+        *(workers.sanitise(data, max_bytes=10 * MB) for data in uploads), return_exceptions=True
+    )
+    done.set()
+    await sampler
+    reasons = [r.reason if isinstance(r, ImageRejected) else "ok" for r in results]
+    assert reasons.count("ok") == sum(data is heavy for data in uploads)
+    assert set(reasons) == {"ok", "too_costly", "odd_structure"}
+    added = peak - baseline
+    # Two workers at one budget each at most; six unbounded decodes of the WebP bomb alone
+    # would add 3.2 GB.
+    assert added < 2 * workers.memory_budget + 128 * MB, f"{added / MB:.0f} MB added"
+
+
+async def test_images_keep_answering_while_hostile_uploads_run(
+    make_app: AppFactory, selfie: bytes
+) -> None:
+    app = await make_app()
+    assert image_workers() is app.images
+    _, events = await run_job(app, selfie, "headshot")
+    url = events[-1].images[0].url  # type: ignore[attr-defined]
+    # Legal but slow to decode: 39 progressive scans of 4000×4000, and heavy PNGs.
+    slow = hostile.scan_bomb(39, (4000, 4000))
+    uploads = [slow, heavy_but_legal_png(), hostile.lossless_webp_bomb(), hostile.scan_bomb()]
+
+    async def upload(data: bytes) -> None:
+        request = GenerationRequest("test", "mallory", "headshot", OPTIONS["headshot"], data)
+        with contextlib.suppress(RequestRefused):
+            await app.generation.request(request)
+
+    async with httpx.AsyncClient() as http:
+
+        async def timed_get() -> float:
+            started = time.monotonic()
+            answer = await http.get(url)
+            assert answer.status_code == 200
+            return time.monotonic() - started
+
+        idle = sorted([await timed_get() for _ in range(20)])
+        flood = [asyncio.create_task(upload(uploads[i % len(uploads)])) for i in range(24)]
+        await asyncio.sleep(0.2)
+        busy = []
+        while not all(task.done() for task in flood) and len(busy) < 200:
+            busy.append(await timed_get())
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*flood)
+    assert len(busy) >= 10, "the uploads ended before /images could be timed"
+    # A generous bound on a shared machine: before the decode workers, six scan bombs made
+    # /images wait 20 s behind them on asyncio's default thread pool.
+    assert max(busy) < 1.0, f"idle max {max(idle):.3f} s, busy max {max(busy):.3f} s"
