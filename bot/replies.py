@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from bot.posts import Removal
 from bot.safety import SafetyLevel
 from bot.styles import Style
 from bot.ui import Button, ButtonStyle, ImageRef, JobSummary, job_buttons, short_id
@@ -274,10 +275,38 @@ def still_running(job_id: str) -> str:
     return f"Job {short_id(job_id)} is still running: delete it once it has finished."
 
 
-def deleted(job_id: str, images: int) -> Reply:
+def deleted(job_id: str, images: int, removal: Removal | None = None) -> Reply:
     return Reply(
-        f"Deleted job {short_id(job_id)} and its {_plural(images, 'image')}.", private=True
+        f"Deleted job {short_id(job_id)} and its {_plural(images, 'image')}."
+        + _not_removed(removal),
+        private=True,
     )
+
+
+def _not_removed(removal: Removal | None) -> str:
+    """What of the bot's messages showing the images could not simply be deleted."""
+    text = ""
+    if removal is None:
+        return text
+    if removal.replaced:
+        one = removal.replaced == 1
+        text += (
+            f" {_plural(removal.replaced, 'message')} of the bot's "
+            f"{'was' if one else 'were'} too old to delete: "
+            f"{'its images now show' if one else 'their images now show'} a grey placeholder."
+        )
+    if removal.left:
+        text += (
+            f" {_plural(removal.left, 'message')} of the bot's could not be removed (it has "
+            f"no access to that chat now): delete {'it' if removal.left == 1 else 'them'} "
+            "yourself."
+        )
+    return text
+
+
+def post_removed() -> str:
+    """What a message too old to delete says in place of the image or result it showed."""
+    return "This image was deleted."
 
 
 def quota(
@@ -327,11 +356,16 @@ def forget_busy(active: int) -> str:
     )
 
 
-def forgotten(jobs: int, images: int, ledger: int, settings: int) -> Reply:
+def forgotten(
+    jobs: int, images: int, ledger: int, settings: int, removal: Removal | None = None
+) -> Reply:
+    removal = removal or Removal()
+    posts = removal.removed + removal.replaced + removal.left
+    removed = ", and removed the bot's messages showing them" if posts else ""
     return Reply(
         f"Done: deleted {_plural(jobs, 'job')}, {_plural(images, 'stored image')}, "
-        f"{_plural(ledger, 'credit record')} and {_plural(settings, 'setting')}. "
-        "Nothing else about you is kept.",
+        f"{_plural(ledger, 'credit record')} and {_plural(settings, 'setting')}{removed}. "
+        "Nothing else about you is kept." + _not_removed(removal),
         private=True,
     )
 

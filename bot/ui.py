@@ -19,6 +19,8 @@ class ImageRef:
     content_type: str
     width: int
     height: int
+    # The job it is an output of: a message showing it is noted against that job.
+    job_id: str | None = None
 
     @property
     def extension(self) -> str:

@@ -31,6 +31,7 @@ def image_refs(outputs: Iterable[OutputRecord], image_base_url: str) -> tuple[Im
             content_type=out.content_type,
             width=out.width,
             height=out.height,
+            job_id=out.job_id,
         )
         for out in outputs
     )

@@ -9,6 +9,9 @@ Outputs are content-addressed in the image store, so two jobs can share one stor
 and a re-roll may share its original's selfie: the keys handed back to be deleted are only
 those no remaining row points at.
 
+The messages chat platforms show a job's images in (`storage.posts`) are handed back by both,
+their rows gone with the job, for the caller to remove from the chats.
+
 Forgetting a user keeps one number: what they had used of today's allowance, under their
 pseudonym (`storage.pseudonyms`), so that coming back the same day does not reset it.
 """
@@ -40,7 +43,8 @@ from storage.models import (
     User,
     utcnow,
 )
-from storage.records import FINISHED_STATES, ForgetReport, JobRecord
+from storage.posts import take_posts
+from storage.records import FINISHED_STATES, ForgetReport, JobDeletion, JobRecord
 from storage.waits import forget_waits
 
 FORGOTTEN = "forgotten user"
@@ -107,11 +111,11 @@ class HistoryRepository:
             )
             return [job_record(row) for row in rows]
 
-    async def delete(self, job_id: str) -> tuple[str, ...] | None:
+    async def delete(self, job_id: str) -> JobDeletion | None:
         """Delete a finished job's outputs and content, keeping the row and its ledger entries.
 
-        Returns the image-store keys to delete now, or None (nothing changed) when the job is
-        unknown, unfinished or already deleted.
+        Returns the image-store keys to delete now and the messages that showed its images, or
+        None (nothing changed) when the job is unknown, unfinished or already deleted.
         """
         async with self._db.write() as conn:
             row = (
@@ -128,6 +132,7 @@ class HistoryRepository:
             outputs = await _delete_outputs(conn, [job_id])
             # Nothing is left to show; the note also names where the user asked for it.
             await _delete(conn, Delivery, Delivery.job_id == job_id)
+            posts = await take_posts(conn, [job_id])
             inputs = [key for key in (row.selfie_key, row.pose_key) if key]
             now = utcnow()
             await conn.execute(
@@ -146,7 +151,7 @@ class HistoryRepository:
                     inputs_expire_at=None,
                 )
             )
-            return await _unreferenced(conn, outputs, inputs)
+            return JobDeletion(await _unreferenced(conn, outputs, inputs), posts)
 
     async def forget(
         self,
@@ -166,7 +171,8 @@ class HistoryRepository:
         (the caller's pseudonym for them), for `AccountRepository.user` to carry over should
         they return today; such rows of earlier days, anyone's, are dropped here.
 
-        Their outputs, ledger entries, settings at every scope, jobs and user row go, and so
+        Their outputs, ledger entries, settings at every scope, jobs (with the messages noted
+        as showing their images, handed back in the report) and user row go, and so
         does what the chat platforms hold of them for a while: waits for their photo or choice,
         their updates not handled yet, their deferred interactions. Audit rows they did or that
         were done to them stay, as done by or to "forgotten user" and without details; so do
@@ -219,6 +225,7 @@ class HistoryRepository:
             )
             settings = await _delete(conn, ScopedSetting, ScopedSetting.user_id == user_id)
             await _delete(conn, Delivery, Delivery.job_id.in_(job_ids))
+            posts = await take_posts(conn, job_ids)
             deleted_jobs = await _delete(conn, Job, Job.user_id == user_id)
             await _delete(conn, User, User.id == user_id)
             await forget_waits(conn, platform, platform_user_id)
@@ -233,6 +240,7 @@ class HistoryRepository:
             ledger_entries=ledger_entries,
             settings=settings,
             store_keys=store_keys,
+            posts=posts,
         )
 
 

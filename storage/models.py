@@ -342,3 +342,20 @@ class DeferredInteraction(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column()
+
+
+class Post(Base):
+    """A message a chat platform shows a job's images in (a result, an album item, a result
+    shown again), kept as long as the job, so that deleting the job can remove the message.
+    `chat` and `message` are the platform's ids; `kind` is the adapter's note of what the
+    message shows (Telegram replaces a photo it may no longer delete with another photo)."""
+
+    __tablename__ = "posts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    chat: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    posted_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -165,6 +165,27 @@ class ForgetReport:
     ledger_entries: int
     settings: int
     store_keys: tuple[str, ...]
+    # The messages chat platforms show the jobs' images in: the caller removes them.
+    posts: tuple[Post, ...] = ()
+
+
+@dataclass(frozen=True)
+class Post:
+    """A message a chat platform shows a job's images in, by the platform's own ids."""
+
+    platform: str
+    chat: str
+    message: str
+    kind: str = ""
+
+
+@dataclass(frozen=True)
+class JobDeletion:
+    """What deleting one job released: image-store keys to delete now (as `ForgetReport`'s),
+    and the messages that showed its images, to remove."""
+
+    store_keys: tuple[str, ...]
+    posts: tuple[Post, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ Behaviour copied from Discord, quirks included:
   or 413/40005 (file too large);
 - `default_member_permissions` is not enforced: guild admins can override it, so a bot must
   check permissions itself. Guild-only commands cannot be run in DMs.
+- a bot deletes its own messages at any age; in a channel it can no longer see (`hide_channel`)
+  every request answers 403/50001 Missing Access;
 - GET /gateway/bot reports `max_concurrency`, and every IDENTIFY is recorded (`identifies`)
   with its time and bucket (`shard_id % max_concurrency`). Discord takes one IDENTIFY per
   bucket every 5 seconds and answers a faster one with op 9 Invalid Session (not resumable);
@@ -451,6 +453,7 @@ class FakeDiscord:
         self._default_channels: dict[int, int] = {}  # guild id -> channel id
         self._dm_by_user: dict[int, int] = {}
         self._dm_opened: set[int] = set()  # users the bot opened a DM with
+        self._hidden: set[int] = set()  # channels the bot lost access to
         self._joined_at = _iso(datetime(2024, 1, 1, tzinfo=UTC))
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -570,6 +573,10 @@ class FakeDiscord:
     def delete_channel(self, channel_id: int) -> None:
         """A moderator deleted the channel: posting to it is now 404 Unknown Channel."""
         self._channels.pop(channel_id, None)
+
+    def hide_channel(self, channel_id: int) -> None:
+        """A moderator took the bot's access to the channel: its REST routes now answer 403."""
+        self._hidden.add(channel_id)
 
     # -- what users do -------------------------------------------------------------------------
 
@@ -1396,6 +1403,8 @@ class FakeDiscord:
         channel_id = _int(request.match_info["channel_id"])
         if channel_id not in self._channels:
             raise _Reject(404, 10003, "Unknown Channel")
+        if channel_id in self._hidden:
+            raise _Reject(403, 50001, "Missing Access")
         return channel_id
 
     def _channel_message(self, request: web.Request) -> Message:

@@ -30,7 +30,10 @@ Copied from Telegram, quirks included:
   changes nothing is "message is not modified";
 - a user's private chat can be written to once the user wrote to the bot (`started`), and no
   longer once they blocked it (403 either way); in groups the bot deletes others' messages only
-  as an admin;
+  as an admin, and nothing once it was removed from the group (403);
+- a message sent 48 hours ago or more can no longer be deleted ("message can't be deleted");
+  `age` makes one that old. It can still be edited: editMessageMedia puts a new photo or
+  document in, an album item only of its album's kind;
 - photos get Pillow thumbnails before the original, the largest and last size; getFile refuses
   files over 20 MB; uploads over 10 MB (photos) or 50 MB (documents) are refused; an album of
   one item is sent as an ordinary message, as TDLib does.
@@ -40,7 +43,7 @@ once), Telegram re-encoding photos (the largest size is the original bytes), aut
 other than bot commands (mentions, URLs, hashtags), trimming of surrounding whitespace, files sent
 by URL (always "failed to get HTTP URL content"), media other than photos, documents and
 stickers, inline mode, forums, channels, payments, chat_member updates when `set_status` changes
-someone, rate limits beyond `flood`, the 48-hour limit on deletions, HTTPS-only webhook URLs
+someone, rate limits beyond `flood`, editMessageMedia on a text message, HTTPS-only webhook URLs
 (http://127.0.0.1 is accepted), and any effect of logOut or close.
 """
 
@@ -79,6 +82,8 @@ MAX_CAPTION = 1024
 MAX_DOWNLOAD = 20 * _MB
 MAX_PHOTO = 10 * _MB
 MAX_UPLOAD = 50 * _MB
+# Bots delete messages only within 48 hours of their sending.
+DELETE_WINDOW = 48 * 3600
 
 _NOT_MODIFIED = (
     "message is not modified: specified new message content and reply markup are exactly the "
@@ -112,7 +117,8 @@ _BUTTON_KINDS = frozenset(
 _DEFAULT_EXCLUDED_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
 _METHODS = (  # noqa: SIM905 (one string reads better than 24)
     "getMe getUpdates setWebhook deleteWebhook getWebhookInfo getFile sendMessage "
-    "editMessageText editMessageCaption editMessageReplyMarkup deleteMessage sendPhoto "
+    "editMessageText editMessageCaption editMessageReplyMarkup editMessageMedia deleteMessage "
+    "sendPhoto "
     "sendDocument sendMediaGroup sendChatAction answerCallbackQuery setMyCommands getMyCommands "
     "deleteMyCommands getChatMember getChatAdministrators getChat close logOut"
 ).split()
@@ -248,6 +254,8 @@ async def _read_params(request: web.Request) -> JSON:
     params = {key: _decode(key, value) for key, value in raw.items()}
     if isinstance(params.get("media"), list):  # sendMediaGroup: resolve attach://part
         params["media"] = [_attach(item, params) for item in params["media"]]
+    elif isinstance(params.get("media"), dict):  # editMessageMedia
+        params["media"] = _attach(params["media"], params)
     return params
 
 
@@ -650,6 +658,10 @@ class FakeTelegram:
 
     def message(self, chat_id: int, message_id: int) -> JSON | None:
         return copy.deepcopy(self._messages.get(chat_id, {}).get(message_id))
+
+    def age(self, chat_id: int, message_id: int, seconds: float = DELETE_WINDOW) -> None:
+        """Make a message as if sent `seconds` earlier (by default too old to delete)."""
+        self._messages[chat_id][message_id]["date"] -= int(seconds)
 
     def file_bytes(self, file_id: str) -> bytes:
         if file_id not in self._files:
@@ -1383,8 +1395,40 @@ class FakeTelegram:
         markup = _markup(params)
         return self._edit(self._editable(params), {}, markup)
 
+    def _edit_message_media(self, params: JSON) -> JSON:
+        media, markup = params.get("media"), _markup(params)
+        if not isinstance(media, dict) or media.get("type") not in ("photo", "document"):
+            raise _bad("can't parse InputMedia JSON object")
+        value = media.get("media")
+        if isinstance(value, str) and value.startswith("attach://"):
+            raise _bad("can't parse InputMedia: media not found")
+        self._member_check(self._chat_id(params))
+        message = self._editable(params)
+        if "photo" not in message and "document" not in message:
+            raise _bad("there is no media in the message to edit")
+        if message.get("media_group_id"):
+            kind = "document" if "document" in message else "photo"
+            if media["type"] != kind:
+                raise _bad("can't use the media of the specified type in the album")
+        if media["type"] == "photo":
+            content = {"photo": self._photo_input(value), "document": None}
+        else:
+            content = {"document": self._document_input(value), "photo": None}
+        caption = {"caption": None, "caption_entities": None} | _caption(media)
+        return self._edit(message, content | caption, markup)
+
+    def _member_check(self, chat_id: int) -> None:
+        """403 in a group the bot was removed from, whatever it asks there."""
+        if chat_id > 0:
+            return
+        if (status := self._status(chat_id, self.bot_id)) == "kicked":
+            raise _ApiError(403, "Forbidden: bot was kicked from the supergroup chat")
+        if status == "left":
+            raise _ApiError(403, "Forbidden: bot is not a member of the supergroup chat")
+
     def _delete_message(self, params: JSON) -> bool:
         chat_id = self._chat_id(params)
+        self._member_check(chat_id)
         messages = self._messages.get(chat_id, {})
         message_id = params.get("message_id")
         message = messages.get(message_id)
@@ -1392,6 +1436,8 @@ class FakeTelegram:
             raise _bad("message to delete not found")
         mine = message["from"]["id"] == self.bot_id
         if not mine and chat_id < 0 and self._status(chat_id, self.bot_id) not in _ADMINS:
+            raise _bad("message can't be deleted")
+        if time.time() - message["date"] >= DELETE_WINDOW:
             raise _bad("message can't be deleted")
         del messages[message_id]
         self.deleted.append((chat_id, message["message_id"]))

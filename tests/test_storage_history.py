@@ -20,7 +20,14 @@ from storage.jobs import JobRepository, NewJob
 from storage.leases import Lease
 from storage.ledger import violations
 from storage.pseudonyms import Pseudonyms
-from storage.records import AuditNote, ForgetReport, JobState, OutputRecord, UserRecord
+from storage.records import (
+    AuditNote,
+    ForgetReport,
+    JobDeletion,
+    JobState,
+    OutputRecord,
+    UserRecord,
+)
 from storage.settings import SettingsRepository
 from tests.databases import all_rows, query
 
@@ -166,7 +173,7 @@ async def test_delete_keeps_ledger_and_returns_unshared_keys(
     assert await world.history.delete(running) is None  # unfinished: untouched
     assert await world.history.delete("nope") is None
     keys = await world.history.delete(job)
-    assert keys == ("only.jpg", "inputs/mine.jpg")
+    assert keys == JobDeletion(("only.jpg", "inputs/mine.jpg"))
     assert await world.history.delete(job) is None  # already deleted
 
     deleted = await world.jobs.get(job)
@@ -192,7 +199,7 @@ async def test_delete_keeps_a_selfie_a_reroll_still_uses(db: Database) -> None:
     me = await world.accounts.user("test", "me")
     first = await world.job("first", me, outputs=("a.jpg",), keep_inputs=True)
     await world.job("reroll", me, outputs=("b.jpg",), end=None, selfie="inputs/first.jpg")
-    assert await world.history.delete(first) == ("a.jpg",)
+    assert await world.history.delete(first) == JobDeletion(("a.jpg",))
 
 
 async def test_forget_removes_every_row_that_names_the_user(

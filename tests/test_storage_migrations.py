@@ -27,8 +27,9 @@ HEAD = AFTER | {
     "chat_waits",
     "chat_inbox",
     "deferred_interactions",
+    "posts",
 }
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 NEW_JOB_COLUMNS = {"style", "user_prompt", "deleted_at", "inputs_expire_at"}
 
 

@@ -40,6 +40,7 @@ from adapters.discord.delivery import (
     JobDelivery,
     Target,
 )
+from adapters.discord.posts import DiscordPostRemover, note_shown
 from adapters.discord.registration import register
 from adapters.discord.rendering import reply_message
 from bot import replies
@@ -129,6 +130,7 @@ class DiscordAdapter:
         # The handlers answering a "thinking…" interaction now.
         self._answering_now: set[asyncio.Task[Any]] = set()
         self._shards_held: list[str] = []
+        self._remover: DiscordPostRemover | None = None
         self._acks_in_flight = 0
         self._no_acks_in_flight = asyncio.Event()
         self._no_acks_in_flight.set()
@@ -154,6 +156,9 @@ class DiscordAdapter:
             if isinstance(exc, discord.LoginFailure):
                 raise ConfigError("invalid setting DISCORD_TOKEN: Discord refused it") from None
             raise
+        # Deleting a job deletes its messages, whichever replica posted them.
+        self._remover = DiscordPostRemover(client)
+        self.layer.remove_posts_with(PLATFORM, self._remover)
         await take_over_deliveries(self.layer, PLATFORM, Target.from_json, self._follow_later)
         self._taking_over = asyncio.create_task(
             keep_taking_over_deliveries(self.layer, PLATFORM, Target.from_json, self._follow_later),
@@ -202,6 +207,9 @@ class DiscordAdapter:
         go, for another process to end at once."""
         if self._answering_now:
             await asyncio.wait(list(self._answering_now), timeout=STOP_GRACE_SECONDS)
+        if self._remover is not None:
+            self.layer.stop_removing_posts(PLATFORM, self._remover)
+            self._remover = None
         loops = [self._taking_over, self._ending_abandoned]
         tasks = [
             *self._answering_now,
@@ -273,15 +281,17 @@ class DiscordAdapter:
         await self._after_acknowledgements()
         # A press answered in place shows no "thinking…": nothing to end if this process dies.
         noted = contextlib.nullcontext() if in_place else self._noted(interaction, deferred)
+        pressed = interaction.message.id if in_place and interaction.message else None
         async with self._answering(interaction), noted:
             message_id = None if in_place or deferred is None else deferred.message_id
             target = Target.of(interaction, message_id)
-            reply = await self.layer.run_line(
-                _actor(interaction),
-                line,
-                deliver_to=target.to_json(),
-                request_key=request_key(PLATFORM, interaction.id),
-            )
+            with self._replacing(pressed):
+                reply = await self.layer.run_line(
+                    _actor(interaction),
+                    line,
+                    deliver_to=target.to_json(),
+                    request_key=request_key(PLATFORM, interaction.id),
+                )
             await self._answer(
                 interaction, reply, private=private, in_place=in_place, target=target
             )
@@ -414,7 +424,10 @@ class DiscordAdapter:
             await interaction.followup.send(**message.kwargs(editing=False), ephemeral=True)
             return
         if reply.job_id is None:
-            await interaction.edit_original_response(**message.kwargs(editing=True))
+            shown = await interaction.edit_original_response(**message.kwargs(editing=True))
+            if message.pictures:  # images shown again, in a message others see
+                jobs = [image.job_id for image in reply.images if image.job_id is not None]
+                await note_shown(self.layer, shown, jobs)
             return
         assert target is not None, "a command that queues a job is given a target"
         try:
@@ -425,6 +438,13 @@ class DiscordAdapter:
             self._follow(reply.job_id, target, None)
             return
         self._follow(reply.job_id, target, interaction)
+
+    def _replacing(self, message_id: int | None) -> contextlib.AbstractContextManager[None]:
+        """While a press's answer is to take the pressed message's place: a job deleted by it
+        leaves that message to the answer."""
+        if self._remover is None:
+            return contextlib.nullcontext()
+        return self._remover.replacing(message_id)
 
     def _follow_later(self, job_id: str, target: Target) -> None:
         """Follow a result owed from before (no interaction: it is posted in the channel)."""

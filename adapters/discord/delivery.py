@@ -19,6 +19,7 @@ import aiohttp
 import discord
 
 from adapters.delivery import Throttle, show_until_done
+from adapters.discord.posts import note_shown
 from adapters.discord.rendering import DEFAULT_UPLOAD_LIMIT, Outgoing, event_message
 from adapters.targets import IntTarget
 from bot.commands import CommandLayer
@@ -113,16 +114,23 @@ class JobDelivery:
         if self._can_edit():
             assert self._interaction is not None
             try:
-                await self._interaction.edit_original_response(**message.kwargs(editing=True))
-                return True
+                shown = await self._interaction.edit_original_response(
+                    **message.kwargs(editing=True)
+                )
             except Exception as exc:
                 log.info("job %s: result edit failed (%r); posting it", self._job_id, exc)
                 self._interaction = None
+            else:
+                if message.pictures:
+                    await note_shown(self._layer, shown, [self._job_id])
+                return True
         message = message.with_mention(self._target.user_id)
         # The channel, as a reply to the command's message; failing that, the user's DMs.
         for destination, reference in ((self._channel, self._reference()), (self._dm, None)):
             try:
-                await self._send(destination, reference, message)
+                sent = await self._send(destination, reference, message)
+                if sent is not None:
+                    await note_shown(self._layer, sent, [self._job_id])
                 return True
             except (discord.Forbidden, discord.NotFound) as exc:
                 log.info("job %s: %s refused the result (%s)", self._job_id, destination, exc)
@@ -141,16 +149,19 @@ class JobDelivery:
         destination: Callable[[], Awaitable[discord.abc.Messageable]],
         reference: discord.MessageReference | None,
         message: Outgoing,
-    ) -> None:
-        """Send, and if Discord refuses the files (too large, say), the message without them."""
+    ) -> discord.Message | None:
+        """Send, and if Discord refuses the files (too large, say), the message without them.
+        The message sent if it shows images."""
         channel = await destination()
         try:
-            await channel.send(**message.kwargs(editing=False), reference=reference)  # type: ignore[arg-type]
+            sent = await channel.send(**message.kwargs(editing=False), reference=reference)  # type: ignore[arg-type]
         except discord.HTTPException as exc:
             if not message.pictures or exc.status not in (400, 413):
                 raise
             log.warning("job %s: files refused (%s); sending the text", self._job_id, exc)
             await channel.send(**message.without_files().kwargs(editing=False), reference=reference)  # type: ignore[arg-type]
+            return None
+        return sent if message.pictures else None
 
     async def _channel(self) -> discord.abc.Messageable:
         return self._client.get_partial_messageable(self._target.channel_id)

@@ -61,9 +61,11 @@ from adapters.telegram.outgoing import (
     pick_keyboard,
     pick_of_press,
     send,
+    send_all,
     uploads,
 )
 from adapters.telegram.pacing import SharedRateLimiter, keep_taking_share, take_share
+from adapters.telegram.posts import TelegramPostRemover, posts_of
 from adapters.telegram.receiving import Receiver
 from adapters.telegram.registration import register
 from adapters.telegram.waiting import FileRef, Note, Request, keep_announcing_ended_waits
@@ -121,6 +123,7 @@ class TelegramAdapter:
         self._receiver: Receiver | None = None
         self._webhook_path: str | None = None
         self._polling = False
+        self._remover: TelegramPostRemover | None = None
 
     @property
     def application(self) -> Application[Any, Any, Any, Any, Any, Any]:
@@ -170,6 +173,9 @@ class TelegramAdapter:
         except InvalidToken:
             raise ConfigError("invalid setting TELEGRAM_BOT_TOKEN: Telegram refused it") from None
         self._application = application
+        # Deleting a job removes its messages, whichever replica posted them.
+        self._remover = TelegramPostRemover(application.bot)
+        self.layer.remove_posts_with(PLATFORM, self._remover)
         try:
             shares = [self._edit_budget.share]
             if isinstance(self.rate_limiter, SharedRateLimiter):
@@ -230,6 +236,9 @@ class TelegramAdapter:
         application = self._application
         if application is None:
             return
+        if self._remover is not None:
+            self.layer.stop_removing_posts(PLATFORM, self._remover)
+            self._remover = None
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
@@ -592,7 +601,11 @@ class TelegramAdapter:
         markup = keyboard(reply.buttons)
         if not reply.images and not is_media(message):
             await query.answer()
-            await self._edit(message.chat_id, message.message_id, reply.text, reply)
+            try:
+                await self._edit(message.chat_id, message.message_id, reply.text, reply)
+            except BadRequest as exc:  # removed meanwhile (the deleted job's own message)
+                log.info("could not edit message %s (%s)", message.message_id, exc)
+                await self._show(message.chat_id, reply, reply_to=None)
             return
         # A photo cannot become text: the old message goes and the reply comes anew.
         try:
@@ -633,7 +646,7 @@ class TelegramAdapter:
         files = await uploads(
             reply.images, self.layer.image, name=reply.job_id or "image", as_photo=self._as_photo
         )
-        await send(
+        sent = await send_all(
             self.application.bot,
             chat_id,
             reply.text,
@@ -641,6 +654,9 @@ class TelegramAdapter:
             markup=keyboard(reply.buttons),
             reply_to=reply_to,
         )
+        # Images shown again (/show, a history page) go with their jobs too.
+        for job_id, posts in posts_of(sent, files).items():
+            await self.layer.posted(job_id, posts)
 
     async def _refuse(self, request: Request, text: str) -> None:
         await send(self.application.bot, request.chat_id, text, reply_to=request.reply_to)

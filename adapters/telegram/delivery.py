@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from telegram import Bot
+from telegram import Bot, Message
 from telegram.constants import ChatAction
 from telegram.error import (
     BadRequest,
@@ -31,7 +31,8 @@ from telegram.error import (
 
 from adapters.delivery import Throttle, show_until_done
 from adapters.targets import IntTarget
-from adapters.telegram.outgoing import MAX_TEXT, cut, keyboard, send, uploads
+from adapters.telegram.outgoing import MAX_TEXT, Upload, cut, keyboard, send, send_all, uploads
+from adapters.telegram.posts import posts_of
 from bot.commands import CommandLayer
 from bot.jobs.events import FINAL_EVENTS, Completed, JobEvent, Started
 
@@ -162,8 +163,11 @@ class JobDelivery:
                 files = await uploads(
                     final.images, self._layer.image, name=self._job_id, as_photo=self._as_photo
                 )
-                await self._send_result(final.text, files, markup)
+                sent, shown = await self._send_result(final.text, files, markup)
                 self._result_posted = True  # the status message goes once this is recorded
+                # Noted, so that deleting the job removes them from the chat as well.
+                for job_id, posts in posts_of(sent, shown, job_id=self._job_id).items():
+                    await self._layer.posted(job_id, posts)
             elif not await self._edit_status(final.text, markup):
                 await send(
                     self._bot, target.chat_id, final.text, markup=markup, reply_to=target.reply_to
@@ -189,10 +193,13 @@ class JobDelivery:
             log.exception("job %s: showing the result failed", self._job_id)
             return False
 
-    async def _send_result(self, text: str, files: list[Any], markup: Any) -> None:
+    async def _send_result(
+        self, text: str, files: list[Upload], markup: Any
+    ) -> tuple[list[Message], list[Upload]]:
+        """Post the result; the messages made, and the files they show."""
         target = self._target
         try:
-            await send(
+            sent = await send_all(
                 self._bot,
                 target.chat_id,
                 text,
@@ -200,6 +207,7 @@ class JobDelivery:
                 markup=markup,
                 reply_to=target.reply_to,
             )
+            return sent, files
         except BadRequest as exc:
             if not files:
                 raise
@@ -207,6 +215,7 @@ class JobDelivery:
             # still names the job, and /show has the images.
             log.warning("job %s: images refused (%s); sending the text", self._job_id, exc)
             await send(self._bot, target.chat_id, text, markup=markup, reply_to=target.reply_to)
+            return [], []
 
     async def _edit_status(self, text: str, markup: Any) -> bool:
         if self._status_id is None:

@@ -8,6 +8,7 @@ press as the presser's own command, so forged data is refused like a mistyped co
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from telegram import (
     ReplyParameters,
 )
 
-from bot.images import image_workers
+from bot.images import fit_within
 from bot.ui import Button, ImageRef, short_id
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ class Upload:
     filename: str
     data: bytes
     as_photo: bool
+    # The job it is an output of: the message showing it is noted against that job.
+    job_id: str | None = None
 
 
 async def uploads(
@@ -139,12 +142,12 @@ async def uploads(
     for index, (image, data) in enumerate(zip(shown, datas, strict=True), start=1):
         extension = image.extension
         if len(data) > DOCUMENT_LIMIT:
-            fitted = await image_workers().fit(data, image.content_type, DOCUMENT_LIMIT)
+            fitted = await asyncio.to_thread(fit_within, data, image.content_type, DOCUMENT_LIMIT)
             if fitted is None:
                 continue
             data, content_type = fitted
             extension = image.extension if content_type == image.content_type else "jpg"
-        files.append(Upload(f"{stem}-{index}.{extension}", data, as_photo))
+        files.append(Upload(f"{stem}-{index}.{extension}", data, as_photo, image.job_id))
     return files
 
 
@@ -161,29 +164,49 @@ async def send(
 
     One image is sent with the text as its caption; several as an album followed by the text
     (an album cannot carry buttons)."""
+    sent = await send_all(bot, chat_id, text, files=files, markup=markup, reply_to=reply_to)
+    return sent[-1]
+
+
+async def send_all(
+    bot: Bot,
+    chat_id: int,
+    text: str,
+    *,
+    files: Sequence[Upload] = (),
+    markup: InlineKeyboardMarkup | ForceReply | None = None,
+    reply_to: int | None = None,
+) -> list[Message]:
+    """`send`, returning every message it made: the one of each file in turn (the first has
+    the text as its caption if it fits), then the text's own message if it needed one."""
     replying = _replying(reply_to)
     if len(files) == 1 and telegram_length(text) <= MAX_CAPTION:
         upload = files[0]
         content = InputFile(upload.data, filename=upload.filename)
         if upload.as_photo:
-            return await bot.send_photo(
+            photo = await bot.send_photo(
                 chat_id,
                 content,
                 caption=text or None,
                 reply_markup=markup,
                 reply_parameters=replying,
             )
-        return await bot.send_document(
+            return [photo]
+        document = await bot.send_document(
             chat_id, content, caption=text or None, reply_markup=markup, reply_parameters=replying
         )
+        return [document]
+    sent: list[Message] = []
     if len(files) == 1:
-        await send(bot, chat_id, "", files=files, reply_to=reply_to)
+        sent += await send_all(bot, chat_id, "", files=files, reply_to=reply_to)
     elif files:
         album = await bot.send_media_group(chat_id, _media(files), reply_parameters=replying)
+        sent += album
         replying = _replying(album[0].message_id)
-    return await bot.send_message(
+    text_message = await bot.send_message(
         chat_id, cut(text, MAX_TEXT), reply_markup=markup, reply_parameters=replying
     )
+    return [*sent, text_message]
 
 
 def _media(files: Sequence[Upload]) -> list[InputMediaPhoto | InputMediaDocument]:

@@ -12,6 +12,7 @@ from bot.generation import GenerationService
 from bot.jobs.engine import JobEngine
 from bot.jobs.event_bus import EventBus
 from bot.policy import Policy, resolve
+from bot.posts import PostRemovers
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
 from storage.bans import BanRepository
@@ -23,6 +24,7 @@ from storage.imagestore import ImageStore
 from storage.inbox import InboxRepository
 from storage.interactions import InteractionRepository
 from storage.jobs import JobRepository
+from storage.posts import PostRepository
 from storage.pseudonyms import Pseudonyms
 from storage.records import AuditNote, BanRecord, UserRecord
 from storage.settings import SettingsRepository
@@ -84,6 +86,9 @@ class Services:
     waits: WaitRepository
     inbox: InboxRepository
     interactions: InteractionRepository
+    posts: PostRepository
+    # Each running chat adapter's way to remove its platform's messages (registered at start).
+    removers: PostRemovers = field(default_factory=PostRemovers)
 
 
 @dataclass

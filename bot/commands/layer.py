@@ -11,7 +11,7 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from bot import replies
@@ -31,13 +31,14 @@ from bot.images import ImageRejected, check_upload
 from bot.inbox import Inbox
 from bot.interactions import SEALING_PURPOSE, DeferredInteractions
 from bot.jobs.events import JobEvent
+from bot.posts import PostRemover
 from bot.replies import Reply
 from bot.styles import STYLES
 from bot.turns import SpacedTurns
 from bot.ui import ImageRef
 from bot.waits import Waits
 from storage.coordination import taking_turns
-from storage.records import PendingDelivery
+from storage.records import PendingDelivery, Post
 from storage.sealing import Sealer
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,23 @@ class CommandLayer:
         owner = self.services.engine.lease.owner
         if not await self.services.deliveries.done(job_id, shown_by=owner):
             log.warning("job %s: its result was shown by another process as well", job_id)
+
+    async def posted(self, job_id: str, posts: Sequence[Post]) -> None:
+        """Messages now show this job's images: noted, to be removed with the job. Ones posted
+        after the job was deleted are removed at once. Never raises: the post is made."""
+        try:
+            if not await self.services.posts.record(job_id, posts):
+                await self.services.removers.remove(posts)
+        except Exception:
+            log.exception("job %s: %d posted message(s) not noted", job_id, len(posts))
+
+    def remove_posts_with(self, platform: str, remover: PostRemover) -> None:
+        """How this platform's messages are removed when their job goes (an adapter's start)."""
+        self.services.removers.register(platform, remover)
+
+    def stop_removing_posts(self, platform: str, remover: PostRemover) -> None:
+        """The adapter stops: its platform's messages can no longer be removed here."""
+        self.services.removers.unregister(platform, remover)
 
     async def hold(self, work: str) -> bool:
         """Take work that only one of the processes sharing the database may do for as long as

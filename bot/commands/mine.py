@@ -48,12 +48,14 @@ async def delete(ctx: Context, options: dict[str, Any]) -> Reply:
     if not job.state.finished:
         raise CommandError(replies.still_running(job.id))
     images = len(await ctx.services.jobs.outputs(job.id))
-    keys = await ctx.services.history.delete(job.id)
-    if keys is None:
+    deletion = await ctx.services.history.delete(job.id)
+    if deletion is None:
         raise CommandError(replies.still_running(job.id))
-    for key in keys:
+    for key in deletion.store_keys:
         await ctx.services.store.delete(key)
-    return replies.deleted(job.id, images)
+    # The messages that showed the images go too, as far as each platform allows.
+    removal = await ctx.services.removers.remove(deletion.posts)
+    return replies.deleted(job.id, images, removal)
 
 
 async def quota(ctx: Context, options: dict[str, Any]) -> Reply:
@@ -103,7 +105,10 @@ async def forget(ctx: Context, options: dict[str, Any]) -> Reply:
         raise CommandError(replies.forget_busy(busy.active)) from None
     for key in report.store_keys:
         await services.store.delete(key)
-    return replies.forgotten(report.jobs, report.outputs, report.ledger_entries, report.settings)
+    removal = await services.removers.remove(report.posts)
+    return replies.forgotten(
+        report.jobs, report.outputs, report.ledger_entries, report.settings, removal
+    )
 
 
 async def help_(ctx: Context, options: dict[str, Any]) -> Reply:
