@@ -120,6 +120,19 @@ async def test_a_cancelled_caller_does_not_lose_a_worker(workers: ImageWorkers) 
     assert results == list(range(6))
 
 
+async def test_closing_ends_running_and_waiting_calls_and_leaves_no_process() -> None:
+    pool = ImageWorkers(workers=1, time_limit=30.0)
+    await pool.start()
+    (pid,) = pool.pids
+    calls = [asyncio.create_task(pool.run(time.sleep, 10)) for _ in range(2)]
+    await asyncio.sleep(0.3)
+    await pool.aclose()
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+    assert all(isinstance(result, Exception) for result in results)
+    assert pool.pids == []
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
 def _rss(pids: Callable[[], list[int]]) -> int:
     total = 0
     for pid in [os.getpid(), *pids()]:

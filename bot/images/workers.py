@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import contextlib
 import logging
 import os
 import socket
@@ -121,14 +122,18 @@ class ImageWorkers:
         return await asyncio.wrap_future(future)
 
     async def aclose(self) -> None:
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.close_now)
+        self.close_now()
 
     def close_now(self) -> None:
-        """Stop every worker (blocking; also for interpreter exit)."""
+        """Kill every worker (a call in flight fails as crashed) and fail every waiting call."""
         self._closed = True
+        with self._lock:
+            waiters, self._waiters = list(self._waiters), collections.deque()
+        for waiter in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop is closed
+                waiter.get_loop().call_soon_threadsafe(_fail, waiter)
         for worker in self._workers:
+            worker.closed = True
             worker.stop()
         self._threads.shutdown(wait=False, cancel_futures=True)
 
@@ -175,7 +180,7 @@ class ImageWorkers:
         self, worker: _Worker, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> T:
         try:
-            return worker.call(fn, args, kwargs, self.time_limit, replace=not self._closed)
+            return worker.call(fn, args, kwargs, self.time_limit)
         finally:
             self._release(worker)
 
@@ -188,6 +193,7 @@ class _Worker:
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._ready = False
+        self.closed = False  # the pool is closing: never start another process
 
     @property
     def pid(self) -> int | None:
@@ -197,6 +203,8 @@ class _Worker:
         if self._process is not None and self._process.poll() is None:
             return
         self.stop()
+        if self.closed:
+            raise ImageRejected(CRASHED, reason="crashed")
         ours, theirs = socket.socketpair()
         with theirs:
             command = [sys.executable, "-m", "bot.images.decoder"]
@@ -216,8 +224,6 @@ class _Worker:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         time_limit: float,
-        *,
-        replace: bool,
     ) -> T:
         self.ensure_started()
         assert self._conn is not None
@@ -230,35 +236,36 @@ class _Worker:
             self._conn.send((fn, args, kwargs))
             if not self._conn.poll(time_limit):
                 log.warning("image work overran %.1f s: worker %s killed", time_limit, self.pid)
-                self._replace(replace)
+                self._replace()
                 raise ImageRejected(TOO_SLOW, reason="too_slow")
             status, value = self._conn.recv()
         except (EOFError, OSError):
             log.warning("image worker %s died", self.pid)
-            self._replace(replace)
+            self._replace()
             raise ImageRejected(CRASHED, reason="crashed") from None
         if status == "ok":
             return value  # type: ignore[no-any-return]
         raise value
 
-    def _replace(self, replace: bool) -> None:
-        self.stop(kill=True)
-        if replace:
+    def _replace(self) -> None:
+        self.stop()
+        if not self.closed:
             self.ensure_started()
 
-    def stop(self, *, kill: bool = False) -> None:
+    def stop(self) -> None:
+        """Kill the process: it holds nothing worth a graceful exit."""
         process, conn = self._process, self._conn
         self._process = self._conn = None
-        if process is not None and kill:
-            process.kill()
-        if conn is not None:
-            conn.close()  # an idle worker reads the end of its pipe and exits
         if process is not None:
-            try:
-                process.wait(1)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            process.kill()
+            process.wait()
+        if conn is not None:
+            conn.close()
+
+
+def _fail(waiter: asyncio.Future[_Worker]) -> None:
+    if not waiter.done():
+        waiter.set_exception(RuntimeError("the image workers are closed"))
 
 
 def _worker_environment() -> dict[str, str]:
