@@ -19,6 +19,7 @@ from bot.commands.context import Services
 from bot.config import ConfigError, Settings
 from bot.fetch import SafeFetcher
 from bot.generation import GenerationService
+from bot.images import workers as image_workers
 from bot.jobs.engine import EngineTimings, JobEngine
 from bot.jobs.event_bus import EventBus
 from bot.web import ChatWebhooks, create_web_app
@@ -93,6 +94,8 @@ class HeadshotApp:
         self.fetcher: SafeFetcher
         self.commands: CommandLayer
         self.base_url = ""
+        # The decode workers every image from outside goes through (bot/images/workers.py).
+        self.images: image_workers.ImageWorkers
 
     async def start(self) -> None:
         """Open everything in order; whatever fails closes what was already open."""
@@ -134,6 +137,16 @@ class HeadshotApp:
         # Bans and a forgotten user's spent allowance are kept under a keyed hash of the
         # platform id. Every process on the database must have the same key: checked here.
         self.pseudonyms = Pseudonyms(_pseudonym_key(settings))
+        self.images = image_workers.ImageWorkers(
+            workers=settings.image_workers,
+            time_limit=settings.image_decode_seconds,
+            max_waiting=settings.image_decode_queue,
+            memory_budget=settings.image_decode_memory_mb * 1024 * 1024,
+        )
+        opened.push_async_callback(self.images.aclose)
+        await self.images.start()
+        image_workers.install(self.images)
+        opened.callback(image_workers.uninstall, self.images)
         try:
             await verify_key(self.db, self.pseudonyms)
         except KeyMismatch as exc:

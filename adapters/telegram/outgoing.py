@@ -8,7 +8,6 @@ press as the presser's own command, so forged data is refused like a mistyped co
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from telegram import (
     ReplyParameters,
 )
 
-from bot.images import fit_within
+from bot.images import image_workers
 from bot.ui import Button, ImageRef, short_id
 
 log = logging.getLogger(__name__)
@@ -142,7 +141,7 @@ async def uploads(
     for index, (image, data) in enumerate(zip(shown, datas, strict=True), start=1):
         extension = image.extension
         if len(data) > DOCUMENT_LIMIT:
-            fitted = await asyncio.to_thread(fit_within, data, image.content_type, DOCUMENT_LIMIT)
+            fitted = await image_workers().fit(data, image.content_type, DOCUMENT_LIMIT)
             if fitted is None:
                 continue
             data, content_type = fitted
