@@ -17,6 +17,7 @@ from PIL import Image
 from adapters.terminal import ImageFolder, TerminalChat
 from adapters.terminal.typed import take_files
 from backends.modelslab.simulator import Simulator
+from bot import replies
 from bot.app import HeadshotApp
 from bot.commands.spec import find_command
 from tests.conftest import EXAMPLE_SELFIE, AppFactory
@@ -262,6 +263,7 @@ async def test_what_cannot_be_used_is_said_in_one_line(
             f"/headshot selfie={tmp_path}",
             "/press 7",
             "/press",
+            "/headshot studio",
         ):
             assert await chat.handle(line)
     finally:
@@ -272,6 +274,9 @@ async def test_what_cannot_be_used_is_said_in_one_line(
         f"Can't read {tmp_path} (not a file): check the path and its permissions.",
         "No button 7: type /press and a number shown in [ ].",
         "No button (none given): type /press and a number shown in [ ].",
+        # The command layer's words, then how to say it here.
+        replies.no_selfie(),
+        "Here, give your selfie's path: /headshot examples/astronaut.jpg (or selfie=PATH).",
     ]
     # The command layer's own refusal of a file that is not an image, as in any chat.
     assert screen.lines[2].startswith("That file isn't an image"), screen.lines
@@ -290,12 +295,19 @@ async def test_progress_shows_the_queue_then_generating_then_done(
         first, second = (match[1] for match in screen.matching(r"queued as job (\w+)"))
         for job in (first, second):
             await screen.wait_for(rf"^\[job {job}\] Done: 1 image")
+        await chat.run(_no_more_lines())  # the end of input: waits for both to be shown
     finally:
         await chat.stop()
     said = [line for line in screen.lines if line.startswith(f"[job {second}]")]
     assert said[0].startswith(f"[job {second}] Queued: you're next"), said
     assert any(line.startswith(f"[job {second}] Generating your image, about") for line in said)
     assert len(screen.matching(r"^  image: ")) == 2
+
+
+async def _no_more_lines() -> AsyncIterator[str]:
+    """An input that has ended."""
+    for line in ():
+        yield line
 
 
 async def test_a_job_running_at_quit_is_shown_the_next_time(

@@ -8,6 +8,7 @@ with images saved as files and their paths printed. The command layer decides ev
 from __future__ import annotations
 
 import asyncio
+import logging
 import stat
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,10 +19,13 @@ from adapters.terminal import texts
 from adapters.terminal.buttons import ButtonBoard
 from adapters.terminal.folder import ImageFolder
 from adapters.terminal.typed import take_files
+from bot import replies
 from bot.commands import Actor, CommandLayer
 from bot.jobs.events import FINAL_EVENTS, Completed, Failed, JobEvent
 from bot.replies import Reply
 from bot.ui import Button, ImageRef, short_id
+
+log = logging.getLogger(__name__)
 
 PLATFORM = "terminal"
 USER = "operator"
@@ -115,6 +119,8 @@ class TerminalChat:
             self.actor, typed.text, attachments or None, deliver_to=DELIVER_TO
         )
         await self._show_reply(reply)
+        if reply.text == replies.no_selfie():  # "attach", said the way a terminal does it
+            self._write(texts.give_a_path())
 
     async def _press(self, typed: str) -> None:
         button = self._board.find(typed)
@@ -158,6 +164,13 @@ class TerminalChat:
             )
 
     async def _follow_job(self, job_id: str) -> None:
+        try:
+            await self._show_job(job_id)
+        except Exception:
+            log.exception("job %s: showing its progress failed", job_id)
+            self._write(_about(job_id, texts.lost_track(short_id(job_id))))
+
+    async def _show_job(self, job_id: str) -> None:
         final: JobEvent | None = None
         last = ""
         async for event in self.layer.follow(job_id):

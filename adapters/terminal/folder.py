@@ -27,12 +27,13 @@ class ImageFolder:
         """Write `data` (the bytes of `image`) and return its path. Raises OSError."""
         name = Path(image.content_key).name
         target = self.path / f"{Path(name).stem[:NAME_CHARS]}.{image.extension}"
-        if not target.exists():
-            await asyncio.to_thread(_write, target, data)
+        await asyncio.to_thread(_write_once, target, data)
         return target
 
 
-def _write(target: Path, data: bytes) -> None:
+def _write_once(target: Path, data: bytes) -> None:
+    if target.exists():
+        return
     partial = target.with_name(f".{target.name}.part")
     partial.write_bytes(data)
     partial.replace(target)

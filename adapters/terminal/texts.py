@@ -35,6 +35,14 @@ def unreadable_file(path: Path, reason: str) -> str:
     return f"Can't read {path} ({reason}): check the path and its permissions."
 
 
+def give_a_path() -> str:
+    return "Here, give your selfie's path: /headshot examples/astronaut.jpg (or selfie=PATH)."
+
+
+def lost_track(job: str) -> str:
+    return f"Couldn't follow this job any more: type /show {job} to see how it ends."
+
+
 def no_such_button(typed: str) -> str:
     return f"No button {typed.strip() or '(none given)'}: type /press and a number shown in [ ]."
 
