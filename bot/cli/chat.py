@@ -21,6 +21,7 @@ def register(commands: Commands) -> None:
         "--out",
         type=Path,
         default=Path("out"),
+        metavar="DIR",
         help="folder for the images shown (default: ./out)",
     )
     add_demo_flag(chat)
