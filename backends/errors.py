@@ -45,6 +45,20 @@ class ProviderUnavailable(BackendError):
     retryable = True
 
 
+class ProviderUnreachable(ProviderUnavailable):
+    """No connection could be made at all (refused, a name that does not resolve, a connect
+    timeout): more often the network or a wrong base URL than a busy provider, so the message
+    names where it tried.
+
+    Retryable, unless the caller asked to give up at once (a command-line run, where a person
+    waits at the terminal): then `retryable` is False after the first try.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
 class UnknownProviderJob(BackendError):
     """The provider does not know the job id we asked about (fetch answered 404)."""
 

@@ -64,6 +64,8 @@ class Overrides:
     local_webhooks: bool = False
     # How selfie links are fetched (tests let the loopback server stand in for the internet).
     fetcher: SafeFetcher | None = None
+    # An unreachable provider fails after one short try, not the retry schedule (the CLI).
+    quick_provider_failure: bool = False
 
 
 class HeadshotApp:
@@ -112,7 +114,9 @@ class HeadshotApp:
     async def _open(self) -> None:
         settings = self.settings
         opened = self._opened
-        self.backend = self._overrides.backend or choose_backend(settings)
+        self.backend = self._overrides.backend or choose_backend(
+            settings, quick_provider_failure=self._overrides.quick_provider_failure
+        )
         opened.push_async_callback(self.backend.aclose)
         # The quick checks before the generator starts: a local GPU loads its models for
         # minutes, and a taken port or an unreadable database should not wait for that.

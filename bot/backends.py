@@ -18,12 +18,16 @@ from bot.config import ConfigError, Settings
 log = logging.getLogger(__name__)
 
 
-def choose_backend(settings: Settings) -> Backend:
-    """The configured generator (not started yet), wrapped with its fallback when one is set."""
+def choose_backend(settings: Settings, *, quick_provider_failure: bool = False) -> Backend:
+    """The configured generator (not started yet), wrapped with its fallback when one is set.
+
+    `quick_provider_failure`: a provider that cannot be reached at all fails after one short
+    try instead of the retry schedule (the command line, where a person waits).
+    """
     name = settings.backend
     if name == "auto":
         name = _auto(settings)
-    primary = _build(name, settings)
+    primary = _build(name, settings, quick_provider_failure)
     fallback = settings.fallback_backend
     if fallback == "none":
         return primary
@@ -32,7 +36,7 @@ def choose_backend(settings: Settings) -> Backend:
             log.info("BACKEND=auto chose %s, which is also FALLBACK_BACKEND: no fallback", name)
             return primary
         raise ConfigError(f"invalid setting FALLBACK_BACKEND: it is the same as BACKEND ({name})")
-    return FallbackBackend(primary, _build(fallback, settings))
+    return FallbackBackend(primary, _build(fallback, settings, quick_provider_failure))
 
 
 def capacity_of(backend: Backend, settings: Settings) -> int:
@@ -67,13 +71,16 @@ def _device_ready(settings: Settings) -> bool:
     return settings.local_device != "cpu" and gpu_visible()
 
 
-def _build(name: str, settings: Settings) -> Backend:
+def _build(name: str, settings: Settings, quick_provider_failure: bool) -> Backend:
     if name == "modelslab":
         key = settings.api_key
         if not key:
             raise ConfigError("invalid setting MODELSLAB_API_KEY: it is not set (or use --demo)")
         return ModelsLabClient(
-            key, str(settings.modelslab_base_url), timeout=settings.modelslab_timeout
+            key,
+            str(settings.modelslab_base_url),
+            timeout=settings.modelslab_timeout,
+            quick_unreachable=quick_provider_failure,
         )
     if not local_extra_installed():
         raise ConfigError(

@@ -9,8 +9,10 @@ import io
 import json
 import logging
 import random
+import socket
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -27,6 +29,7 @@ from backends.errors import (
     OutputUnavailable,
     PlanRestricted,
     ProviderUnavailable,
+    ProviderUnreachable,
     RateLimited,
     UnknownProviderJob,
 )
@@ -471,14 +474,62 @@ async def test_slow_provider_times_out(
     assert len(sleeps.waits) == 1
 
 
+UNREACHABLE = "cannot reach ModelsLab at {}: check the network or MODELSLAB_BASE_URL"
+
+
+def _closed_port() -> int:
+    """A loopback port nobody listens on: connecting to it is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 async def test_nothing_listening(sleeps: Sleeps) -> None:
-    client = ModelsLabClient(KEY, "http://127.0.0.1:9", sleep=sleeps, rng=random.Random(1))
+    base_url = f"http://127.0.0.1:{_closed_port()}"
+    client = ModelsLabClient(KEY, base_url, sleep=sleeps, rng=random.Random(1))
     try:
-        with pytest.raises(ProviderUnavailable, match="could not reach ModelsLab"):
+        with pytest.raises(ProviderUnreachable) as caught:
             await client.fetch(Operation.HEADSHOT, "1")
     finally:
         await client.aclose()
+    # Says where it tried and what to check, not that the provider is busy.
+    assert str(caught.value) == UNREACHABLE.format(base_url)
+    assert caught.value.retryable
     assert len(sleeps.waits) == 3
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "modelslab.invalid"])
+async def test_unreachable_gives_up_after_one_try_when_asked(sleeps: Sleeps, host: str) -> None:
+    base_url = "http://" + host.format(port=_closed_port())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with ModelsLabClient(KEY, base_url, sleep=sleeps, quick_unreachable=True) as client:
+        with pytest.raises(ProviderUnreachable) as caught:
+            await client.submit(_request("headshot"))
+    assert str(caught.value) == UNREACHABLE.format(base_url)
+    assert not caught.value.retryable  # the engine gives up too, instead of its own rounds
+    assert sleeps.waits == []
+    assert loop.time() - started < 5
+
+
+async def test_quick_mode_still_retries_a_busy_provider(
+    make_client: MakeClient, sim: Simulator, sleeps: Sleeps
+) -> None:
+    client = make_client(quick_unreachable=True)
+    sim.config.inject = [503, 500]
+    result = await client.submit(_request("headshot", width=128, height=128))
+    assert result.status is ResultStatus.SUCCESS
+    assert len(sleeps.waits) == 2
+
+
+async def test_unreachable_message_hides_credentials_in_the_base_url(sleeps: Sleeps) -> None:
+    base_url = f"http://proxyuser:proxy-pass-123@127.0.0.1:{_closed_port()}/ml"
+    async with ModelsLabClient(KEY, base_url, sleep=sleeps, quick_unreachable=True) as client:
+        with pytest.raises(ProviderUnreachable) as caught:
+            await client.fetch(Operation.HEADSHOT, "1")
+    message = str(caught.value)
+    assert "proxy-pass-123" not in message and "proxyuser" not in message
+    assert message.startswith("cannot reach ModelsLab at http://127.0.0.1:")
 
 
 # --- outputs --------------------------------------------------------------------------------
@@ -524,10 +575,91 @@ async def test_missing_output(client: ModelsLabClient, sim: Simulator) -> None:
         await client.download_output(f"{sim.base_url}/elsewhere", max_bytes=10)
 
 
-async def test_output_host_down(make_client: MakeClient) -> None:
-    client = make_client()
-    with pytest.raises(ProviderUnavailable, match="could not download"):
-        await client.download_output("http://127.0.0.1:9/x.base64", max_bytes=10)
+async def test_output_host_down(sleeps: Sleeps) -> None:
+    base_url = f"http://127.0.0.1:{_closed_port()}"  # the trusted origin, so it is dialled
+    async with ModelsLabClient(KEY, base_url, sleep=sleeps) as client:
+        with pytest.raises(ProviderUnavailable, match="could not download"):
+            await client.download_output(f"{base_url}/x.base64", max_bytes=10)
+
+
+# --- output links may reach only public addresses, and the configured origin ----------------
+
+
+@dataclass
+class Bystander:
+    """A server on loopback that no output link may reach, and the paths it was asked for."""
+
+    port: int = 0
+    asked: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+async def bystander() -> AsyncIterator[Bystander]:
+    state = Bystander()
+
+    async def anything(request: web.Request) -> web.Response:
+        state.asked.append(request.path)
+        return web.Response(body=b"\x89PNG-internal", content_type="image/png")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    state.port = int(runner.addresses[0][1])
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+PRIVATE_OUTPUT = "the output link leads to a private network address"
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "http://127.0.0.1:{port}/o/1.png",  # loopback, but not the configured origin
+        "http://localhost:{port}/o/1.png",  # a name resolving to loopback
+        "http://[::1]:{port}/o/1.png",
+        "http://10.0.0.1/o/1.png",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[fec0::1]/o/1.png",
+        "http://[::ffff:127.0.0.1]:{port}/o/1.png",
+    ],
+)
+async def test_output_link_to_a_private_address_is_refused(
+    client: ModelsLabClient, bystander: Bystander, link: str
+) -> None:
+    with pytest.raises(OutputUnavailable, match=PRIVATE_OUTPUT) as caught:
+        await client.download_output(link.format(port=bystander.port), max_bytes=MAX_BYTES)
+    assert not caught.value.retryable
+    assert bystander.asked == []
+
+
+@pytest.mark.parametrize("target", ["http://127.0.0.1:{port}/o.png", "http://localhost:{port}/"])
+async def test_output_redirect_to_a_private_address_is_refused(
+    scripted: Scripted, scripted_client: ModelsLabClient, bystander: Bystander, target: str
+) -> None:
+    """The provider's fetch answer points at its own origin (allowed), which redirects to a
+    loopback server that is not the provider: refused before connecting."""
+    scripted.add(body={"status": "success", "id": 5, "output": [f"{scripted.base_url}/o/5.png"]})
+    scripted.add(302, text="", headers={"Location": target.format(port=bystander.port)})
+    result = await scripted_client.fetch(Operation.HEADSHOT, "5")
+    with pytest.raises(OutputUnavailable, match=PRIVATE_OUTPUT):
+        await scripted_client.download_output(result.outputs[0], max_bytes=MAX_BYTES)
+    assert scripted.paths == ["/api/v6/image_editing/fetch/5", "/o/5.png"]
+    assert bystander.asked == []
+
+
+async def test_output_redirect_loop_is_cut(
+    scripted: Scripted, scripted_client: ModelsLabClient
+) -> None:
+    scripted.add(302, text="", headers={"Location": "/o/again.png"}, times=10)
+    with pytest.raises(OutputUnavailable, match="redirects too many times"):
+        await scripted_client.download_output(f"{scripted.base_url}/o/1.png", max_bytes=100)
+    assert len(scripted.paths) == 6
 
 
 # --- the key never leaks --------------------------------------------------------------------

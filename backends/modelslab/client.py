@@ -29,9 +29,11 @@ from backends.errors import (
     OutputUnavailable,
     PlanRestricted,
     ProviderUnavailable,
+    ProviderUnreachable,
     RateLimited,
     UnknownProviderJob,
 )
+from backends.guarded_http import AddressRefused, guarded_transport
 from backends.modelslab import wire
 from backends.modelslab.retry import RetryPolicy
 from backends.params import MAX_SEED, GenerationParams, Operation, ParameterError
@@ -47,6 +49,10 @@ AUTH_MESSAGE = "ModelsLab rejected the API key: check MODELSLAB_API_KEY"
 CREDITS_MESSAGE = "The ModelsLab account is out of credits: top it up at modelslab.com"
 # The contract's example 429 asks for 30 s; used when a rate limit names no wait.
 DEFAULT_RETRY_AFTER = 30.0
+# With `quick_unreachable`, how long the one connection attempt may take.
+QUICK_CONNECT_SECONDS = 5.0
+# A provider's output link may redirect to its CDN, not around the world.
+_MAX_OUTPUT_REDIRECTS = 5
 
 
 def _plan_message(operation: Operation) -> str:
@@ -63,6 +69,8 @@ class _Transient:
     reason: str
     rate_limited: bool = False
     retry_after: float | None = None
+    # No connection could be made at all (see ProviderUnreachable).
+    unreachable: bool = False
 
 
 class ModelsLabClient:
@@ -70,8 +78,13 @@ class ModelsLabClient:
 
     Retries (5xx, 408, timeouts, connection errors, garbled answers, rate limits) happen inside
     submit and fetch, up to `max_attempts` tries; refusals (4xx, error bodies) never retry.
+    With `quick_unreachable`, a provider that cannot be connected to at all fails after one
+    short try instead (`ProviderUnreachable`, not retryable): for a person at a terminal.
     Selfies travel as data URIs, which ModelsLab reads only with `base64: true` (it then
     answers `.base64` links, which `download_output` decodes).
+
+    Output links come from the provider's answers, so their downloads (redirects included) may
+    reach only public addresses, and the configured base URL's origin (`backends.guarded_http`).
     """
 
     name = "modelslab"
@@ -89,6 +102,7 @@ class ModelsLabClient:
         http: httpx.AsyncClient | None = None,
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
+        quick_unreachable: bool = False,
     ) -> None:
         if not isinstance(api_key, str) or not api_key.strip():
             raise ValueError("The ModelsLab API key is empty: set MODELSLAB_API_KEY")
@@ -97,12 +111,24 @@ class ModelsLabClient:
         self._base_url = _checked_base_url(base_url)
         self._key = api_key
         self._timeout = httpx.Timeout(timeout)
+        self._quick_unreachable = quick_unreachable
+        self._call_timeout = (
+            httpx.Timeout(timeout, connect=min(timeout, QUICK_CONNECT_SECONDS))
+            if quick_unreachable
+            else self._timeout
+        )
         self._retry = RetryPolicy(max_attempts, backoff_base, backoff_cap, max_retry_after)
         self._owns_http = http is None
         self._http = (
             http
             if http is not None
             else httpx.AsyncClient(timeout=self._timeout, limits=_POOL_LIMITS)
+        )
+        self._downloads = httpx.AsyncClient(
+            transport=guarded_transport([self._base_url], limits=_POOL_LIMITS),
+            trust_env=False,
+            timeout=self._timeout,
+            max_redirects=_MAX_OUTPUT_REDIRECTS,
         )
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
@@ -134,6 +160,7 @@ class ModelsLabClient:
         return url.startswith(("https://", "http://"))
 
     async def aclose(self) -> None:
+        await self._downloads.aclose()
         if self._owns_http:
             await self._http.aclose()
 
@@ -193,9 +220,13 @@ class ModelsLabClient:
             outcome = await self._post_once(path, body, operation, provider_id)
             if isinstance(outcome, dict):
                 return outcome
+            if outcome.unreachable and self._quick_unreachable:
+                raise ProviderUnreachable(self._unreachable_message(), retryable=False)
             wait = self._wait(outcome, attempt)
             attempt += 1
             if wait is None or attempt >= self._retry.max_attempts:
+                if outcome.unreachable:
+                    raise ProviderUnreachable(self._unreachable_message())
                 raise _exhausted(outcome, attempt)
             log.warning(
                 "ModelsLab %s: %s; try %d of %d in %.1fs",
@@ -206,6 +237,10 @@ class ModelsLabClient:
                 wait,
             )
             await self._sleep(wait)
+
+    def _unreachable_message(self) -> str:
+        shown = httpx.URL(self._base_url).copy_with(username=None, password=None)
+        return f"cannot reach ModelsLab at {shown}: check the network or MODELSLAB_BASE_URL"
 
     def _wait(self, outcome: _Transient, attempt: int) -> float | None:
         if outcome.rate_limited:
@@ -234,8 +269,11 @@ class ModelsLabClient:
                 self._base_url + path,
                 json=body,
                 headers={"Accept": "application/json"},
-                timeout=self._timeout,
+                timeout=self._call_timeout,
             )
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            # Refused, a name that does not resolve, or nothing answering the connect at all.
+            return _Transient("could not reach ModelsLab", unreachable=True)
         except httpx.TimeoutException:
             return _Transient("ModelsLab did not answer in time")
         except (httpx.HTTPError, httpx.StreamError):
@@ -314,14 +352,17 @@ class ModelsLabClient:
         """The body, up to `limit` bytes; an error (returned, not raised: see the module doc)."""
         too_large = OutputTooLarge(f"the output is larger than {max_bytes} bytes")
         try:
-            async with self._http.stream(
-                "GET", url, timeout=self._timeout, follow_redirects=True
-            ) as response:
+            async with self._downloads.stream("GET", url, follow_redirects=True) as response:
                 problem = _download_problem(response, limit, too_large)
                 if problem is not None:
                     return problem
                 body = await _read_capped(response, limit)
                 return too_large if body is None else body
+        except AddressRefused:
+            log.warning("output link refused: %s leads to a private address", _origin(url))
+            return OutputUnavailable("the output link leads to a private network address")
+        except httpx.TooManyRedirects:
+            return OutputUnavailable("the output link redirects too many times")
         except httpx.TimeoutException:
             return ProviderUnavailable("the output download timed out")
         except (httpx.HTTPError, httpx.StreamError):
@@ -386,6 +427,12 @@ def _output_url(url: str) -> httpx.URL:
     if target is None or target.scheme not in ("http", "https") or not target.host:
         raise OutputUnavailable("the output link is not an http(s) URL")
     return target
+
+
+def _origin(url: httpx.URL) -> str:
+    """scheme://host[:port] for a log line: an output link's path and query may be secret."""
+    port = f":{url.port}" if url.port is not None else ""
+    return f"{url.scheme}://{url.host}{port}"
 
 
 def _base64_length(max_bytes: int) -> int:

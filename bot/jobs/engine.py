@@ -27,6 +27,7 @@ from backends.errors import (
     InsufficientCredits,
     InvalidRequest,
     PlanRestricted,
+    ProviderUnreachable,
     RateLimited,
     UnknownProviderJob,
 )
@@ -452,11 +453,18 @@ class JobEngine:
         self, job: JobRecord, call: Callable[[], Awaitable[ProviderResult]]
     ) -> ProviderResult:
         """Run a provider call; a busy or unreachable provider is retried, bounded in rounds."""
+        unreachable: ProviderUnreachable | None = None
         for round_ in range(self._timings.busy_retry_rounds):
             try:
                 return await call()
             except RateLimited as exc:
+                unreachable = None
                 wait = exc.retry_after + random.uniform(0, 1)
+            except ProviderUnreachable as exc:
+                if not exc.retryable:  # asked to give up at once: say where it tried
+                    raise JobFailure(exc.message) from None
+                unreachable = exc
+                wait = self._timings.retry.delay(round_ + 2)
             except (AuthenticationFailed, InsufficientCredits, PlanRestricted) as exc:
                 log.error("job %s: provider refused the account: %s", job.id, exc)
                 raise JobFailure(
@@ -469,10 +477,18 @@ class JobEngine:
             except BackendError as exc:
                 if not exc.retryable:
                     raise JobFailure(f"the generator failed ({exc})") from None
+                unreachable = None
                 wait = self._timings.retry.delay(round_ + 2)
             log.info("job %s: provider busy, retrying in %.1f s", job.id, wait)
-            self.relay.publish(Progress(job.id, "retrying"))
+            self.relay.publish(
+                Progress(job.id, "retrying" if unreachable is None else "unreachable")
+            )
             await asyncio.sleep(wait)
+        if unreachable is not None:
+            log.error("job %s: %s", job.id, unreachable)
+            raise JobFailure(
+                "the generator cannot be reached right now; try again in a few minutes"
+            )
         raise JobFailure("the generator is unavailable right now; try again in a few minutes")
 
     async def _input(self, key: str | None) -> bytes:

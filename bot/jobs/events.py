@@ -62,6 +62,7 @@ class Progress:
         return {
             "rehosting": "Almost there: saving your images…",
             "retrying": "The generator is busy; trying again shortly…",
+            "unreachable": "The generator cannot be reached; trying again shortly…",
         }.get(self.stage, f"{self.stage}…")
 
 
