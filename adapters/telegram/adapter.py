@@ -270,6 +270,8 @@ class TelegramAdapter:
         try:
             data = await request.json()
             update = Update.de_json(data, self.application.bot) if isinstance(data, dict) else None
+        except web.HTTPRequestEntityTooLarge:
+            raise  # over the body cap: a 413 says so, a 400 would blame the update's shape
         except Exception:  # whatever the body, it is not an update: python-telegram-bot's
             update = None  # parser raises what it meets (TypeError, KeyError, AttributeError…)
         if update is None:
