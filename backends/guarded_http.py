@@ -14,6 +14,7 @@ A trusted origin (the provider's configured base URL: the simulator on loopback 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterable
 
 import httpcore
@@ -124,13 +125,14 @@ def guarded_transport(
     limits: httpx.Limits,
     allowed: AddressPolicy = is_public_address,
     resolver: Resolver | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> httpx.AsyncHTTPTransport:
     """An httpx transport whose every connection goes through `GuardedNetwork`.
 
     The client using it must pass `trust_env=False`: an environment proxy would do the
     resolving and connecting instead of us.
     """
-    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False, verify=verify)
     # httpx has no public way to choose httpcore's network backend; the pool keeps it here.
     # Checked rather than assumed: a renamed attribute must fail loudly, not unguarded.
     pool = getattr(transport, "_pool", None)

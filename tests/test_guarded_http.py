@@ -7,12 +7,19 @@ The server is on 127.0.0.1, which the real rule refuses; tests that need "the in
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from backends.addresses import AddressPolicy, IPAddress, is_public_address
 from backends.guarded_http import AddressRefused, guarded_transport, origin_key
@@ -108,6 +115,68 @@ async def test_only_the_trusted_origin_is_exempt(server: Server) -> None:
         with pytest.raises(AddressRefused):
             await client.get(f"http://localhost:{server.port}/o.png")
     assert server.hosts == [f"127.0.0.1:{server.port}"]
+
+
+def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for `name` only (not for 127.0.0.1), and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_tls_checks_the_name_while_the_checked_address_is_dialled(tmp_path: Path) -> None:
+    cert_path, key_path = _self_signed(tmp_path, "cdn.example")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_path, key_path)
+
+    async def image(request: web.Request) -> web.Response:
+        return web.Response(body=b"\x89PNG", content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/o.png", image)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls).start()
+    port = int(runner.addresses[0][1])
+    try:
+        resolver = FakeResolver({"cdn.example": ["127.0.0.1"], "other.example": ["127.0.0.1"]})
+        transport = guarded_transport(
+            (),
+            limits=LIMITS,
+            allowed=loopback_is_public,
+            resolver=resolver,
+            verify=ssl.create_default_context(cafile=str(cert_path)),
+        )
+        async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
+            response = await client.get(f"https://cdn.example:{port}/o.png")
+            assert response.content == b"\x89PNG"
+            # Same address, a name the certificate does not cover: TLS still refuses it.
+            with pytest.raises(httpx.ConnectError, match=r"(?i)certificate"):
+                await client.get(f"https://other.example:{port}/o.png")
+    finally:
+        await runner.cleanup()
 
 
 async def test_an_unknown_name_is_a_connect_error() -> None:
