@@ -142,6 +142,22 @@ async def test_telegram_delete_from_a_shown_job_removes_every_showing(
     assert await telegram.rows("posts") == 0
 
 
+async def test_telegram_delete_button_under_an_album_removes_it_all(telegram: tg.World) -> None:
+    fake = telegram.fake
+    album = await telegram_result(telegram, GROUP, "/headshot studio samples=2", 1)
+    await noted(telegram, 3)
+
+    fake.press(GROUP, ALICE, album[-1]["message_id"], dict(tg.buttons(album[-1]))["Delete"])
+    said = await fake.wait_for(
+        lambda: next(
+            (m for m in fake.bot_messages(GROUP) if tg.caption_or_text(m).startswith("Deleted")),
+            None,
+        )
+    )
+    assert said["text"] == f"Deleted job {tg.job_of(album[-1])[:8]} and its 2 images."
+    assert gone(fake, GROUP, album)
+
+
 async def test_telegram_too_old_to_delete_gets_placeholders(telegram: tg.World) -> None:
     fake = telegram.fake
     album = await telegram_result(telegram, GROUP, "/headshot studio samples=2", 1)
