@@ -83,6 +83,13 @@ def rgba16_png(width: int = 6000, height: int = 6000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + ihdr + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b"")
 
 
+def rgba_png(width: int = 4000, height: int = 4000) -> bytes:
+    """Within the memory budget (about 144 MB to process), so decoded: heavy but legal."""
+    out = io.BytesIO()
+    Image.new("RGBA", (width, height), (10, 20, 30, 200)).save(out, "PNG")
+    return out.getvalue()
+
+
 def long_thin_png(width: int = 128, height: int = 312_500) -> bytes:
     out = io.BytesIO()
     Image.new("L", (width, height), 128).save(out, "PNG")

@@ -42,13 +42,6 @@ def noise_png(size: tuple[int, int]) -> bytes:
     return out.getvalue()
 
 
-def heavy_but_legal_png() -> bytes:
-    """4000×4000 with transparency: within the budget (about 144 MB to process), so decoded."""
-    out = io.BytesIO()
-    Image.new("RGBA", (4000, 4000), (10, 20, 30, 200)).save(out, "PNG")
-    return out.getvalue()
-
-
 async def test_a_decode_is_killed_at_its_time_limit_and_its_worker_replaced() -> None:
     pool = ImageWorkers(workers=1, time_limit=0.5)
     await pool.start()
@@ -144,7 +137,7 @@ def _rss(pids: Callable[[], list[int]]) -> int:
 async def test_fifty_concurrent_hostile_uploads_stay_under_the_memory_budget(
     workers: ImageWorkers,
 ) -> None:
-    heavy = heavy_but_legal_png()
+    heavy = hostile.rgba_png()
     inputs = [
         hostile.lossless_webp_bomb(),
         hostile.rgba16_png(),
@@ -190,7 +183,7 @@ async def test_images_keep_answering_while_hostile_uploads_run(
     url = events[-1].images[0].url  # type: ignore[attr-defined]
     # Legal but slow to decode: 39 progressive scans of 4000×4000, and heavy PNGs.
     slow = hostile.scan_bomb(39, (4000, 4000))
-    uploads = [slow, heavy_but_legal_png(), hostile.lossless_webp_bomb(), hostile.scan_bomb()]
+    uploads = [slow, hostile.rgba_png(), hostile.lossless_webp_bomb(), hostile.scan_bomb()]
 
     async def upload(data: bytes) -> None:
         request = GenerationRequest("test", "mallory", "headshot", OPTIONS["headshot"], data)

@@ -6,12 +6,15 @@ it when a call overruns its time limit (see `bot.images.workers`).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 from multiprocessing.connection import Connection
 
 from bot.images.errors import OUT_OF_MEMORY, ImageRejected
 from bot.images.sanitise import heic_supported
+from bot.images.wire import receive_call
 
 _MB = 1024 * 1024
 
@@ -19,12 +22,16 @@ _MB = 1024 * 1024
 def serve(conn: Connection, memory_budget: int) -> None:
     # Ctrl-C reaches the whole process group: the service stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Below the service in CPU priority: on a small host the decodes take what the event loop
+    # (serving /images, the database, webhooks) leaves.
+    with contextlib.suppress(OSError):
+        os.nice(10)
     _single_threaded_codecs()
     _limit_address_space(memory_budget)
     conn.send(("ready", None))
     while True:
         try:
-            fn, args, kwargs = conn.recv()
+            fn, args, kwargs = receive_call(conn)
         except (EOFError, OSError):
             return
         try:

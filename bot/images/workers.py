@@ -43,6 +43,7 @@ from bot.images.sanitise import (
     inspect_output,
     sanitise_selfie,
 )
+from bot.images.wire import send_call
 
 __all__ = ["ImageWorkers", "image_workers", "install", "uninstall"]
 
@@ -233,7 +234,7 @@ class _Worker:
                     raise OSError("the image worker did not start")
                 self._conn.recv()
                 self._ready = True
-            self._conn.send((fn, args, kwargs))
+            send_call(self._conn, fn, args, kwargs)
             if not self._conn.poll(time_limit):
                 log.warning("image work overran %.1f s: worker %s killed", time_limit, self.pid)
                 self._replace()
