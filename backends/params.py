@@ -23,15 +23,43 @@ class Operation(StrEnum):
 
 
 class ParameterError(ValueError):
-    """A parameter outside the documented limits. The message is safe to show to a user."""
+    """A parameter outside the documented limits. The message is safe to show to a user.
+
+    `field` is the API name; `allowed` says in plain words what is accepted. Each caller names
+    the field its own way (a command-line flag, a chat option): `render(name)`. `str()` is the
+    rendering under the API name.
+    """
 
     def __init__(
-        self, field: str, allowed: str, got: object, *, message: str | None = None
+        self,
+        field: str,
+        allowed: str,
+        got: object,
+        *,
+        message: str | None = None,
+        operation: str | None = None,
+        template: str | None = None,
     ) -> None:
         self.field = field
         self.allowed = allowed
         self.got = got
-        super().__init__(message or f"{field} must be {allowed} (got {got!r})")
+        self.operation = operation
+        # A whole sentence where `{name}` stands for the field's name, or a fixed `message`.
+        self._template = template
+        self._message = message
+        super().__init__(self.render(field))
+
+    def render(self, name: str) -> str:
+        """The message with the field called `name`."""
+        if self._template is not None:
+            return self._template.replace("{name}", name)
+        if self._message is not None:
+            return self._message
+        where = f" for {self.operation}" if self.operation else ""
+        return f"{name} must be {self.allowed}{where} (got {self.got!r})"
+
+    def __str__(self) -> str:
+        return self.render(self.field)
 
 
 SAFETY_CHECKER_TYPES = ("black", "blur", "sensitive_content_text", "pixelate")
@@ -67,16 +95,23 @@ class OneOf:
 
     def check(self, field: str, value: object) -> None:
         if isinstance(value, bool) or value not in self.values:
-            raise ParameterError(field, "one of " + ", ".join(map(str, self.values)), value)
+            raise ParameterError(field, plain_choices(self.values), value)
 
 
 Rule = IntRange | FloatRange | OneOf
+
+
+def plain_choices(values: tuple[object, ...]) -> str:
+    """The values as a person writes them: 21, 31 or 41."""
+    words = [str(value) for value in values]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
 
 _STEPS = OneOf((21, 31, 41))
 _S_SCALE = FloatRange(0.0, 2.0)
 _UNIT = FloatRange(0.0, 1.0)
 _SAFETY_TYPE = OneOf(SAFETY_CHECKER_TYPES)
-_MIN_SIDE = 64
+MIN_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -89,6 +124,8 @@ class OperationLimits:
     rules: Mapping[str, Rule]
     defaults: Mapping[str, Any]
     seed_required: bool = False
+    # A second image whose pose the result copies.
+    pose_image: bool = False
 
 
 LIMITS: dict[Operation, OperationLimits] = {
@@ -150,6 +187,7 @@ LIMITS: dict[Operation, OperationLimits] = {
             "canny_strength": 0.3,
             "controlnet_selection": ("pose",),
         },
+        pose_image=True,
     ),
     Operation.FLUX_HEADSHOT: OperationLimits(
         max_width=2048,
@@ -210,15 +248,16 @@ class GenerationParams:
             values["controlnet_selection"] = _as_tuple(values["controlnet_selection"])
         for name in (*_OPTIONAL_FIELDS, "controlnet_selection"):
             if name in values and name not in limits.rules and name not in limits.defaults:
-                message = f"{name} is not an option of {op}"
-                raise ParameterError(name, "not set", values[name], message=message)
+                template = f"{{name}} is not an option of {op}: leave it out"
+                raise ParameterError(name, "not set", values[name], operation=op, template=template)
         merged = {**limits.defaults, **values}
         params = cls(operation=op, **merged)
         params.validate()
         return params
 
     def validate(self) -> None:
-        limits = LIMITS[self.operation]
+        op = self.operation
+        limits = LIMITS[op]
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise ParameterError("prompt", "a non-empty text", self.prompt)
         if len(self.prompt) > MAX_PROMPT_CHARS:
@@ -231,19 +270,27 @@ class GenerationParams:
                 f"at most {MAX_PROMPT_CHARS} characters",
                 len(self.negative_prompt),
             )
-        IntRange(1, limits.max_samples).check("samples", self.samples)
+        if limits.max_samples == 1 and self.samples != 1:
+            template = f"{op} makes one image at a time: leave out {{name}} or use 1"
+            raise ParameterError("samples", "1", self.samples, operation=op, template=template)
         if self.seed is not None:
             IntRange(0, MAX_SEED).check("seed", self.seed)
-        if self.width is not None:
-            IntRange(_MIN_SIDE, limits.max_width).check("width", self.width)
-        if self.height is not None:
-            IntRange(_MIN_SIDE, limits.max_height).check("height", self.height)
         if not isinstance(self.safety_checker, bool):
             raise ParameterError("safety_checker", "true or false", self.safety_checker)
-        for name, rule in limits.rules.items():
-            value = getattr(self, name)
-            if value is not None:
-                rule.check(name, value)
+        try:
+            # What depends on the operation: the error says which operation allows what.
+            IntRange(1, limits.max_samples).check("samples", self.samples)
+            if self.width is not None:
+                IntRange(MIN_SIDE, limits.max_width).check("width", self.width)
+            if self.height is not None:
+                IntRange(MIN_SIDE, limits.max_height).check("height", self.height)
+            for name, rule in limits.rules.items():
+                value = getattr(self, name)
+                if value is not None:
+                    rule.check(name, value)
+        except ParameterError as exc:
+            exc.operation = op
+            raise
         if self.controlnet_selection is not None:
             if not self.controlnet_selection:
                 raise ParameterError(

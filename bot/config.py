@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +18,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage.database import missing_driver
+from storage.imagestore import InvalidImageKey, missing_s3_support, validate_key
 from storage.pseudonyms import key_from_text
 
 
@@ -23,8 +27,30 @@ class ConfigError(Exception):
     """A setting is missing or wrong. The message names the environment variable."""
 
 
+_ONE_WORD = re.compile(r"[!-~]+")  # printable ASCII, no spaces
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_REGION = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CLASS_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_MODEL_FOLDERS = (
+    "local_model_sd15",
+    "local_model_ip_adapter_faceid",
+    "local_model_clip_image_encoder",
+    "local_model_insightface",
+    "local_model_sdxl",
+    "local_model_instantid",
+    "local_model_controlnet_pose",
+    "local_model_controlnet_canny",
+    "local_model_flux_kontext",
+)
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # An empty value is unset: `.env.example` copied as it is leaves blanks, and compose passes
+    # `${NAME:-}` as an empty string.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True
+    )
 
     modelslab_api_key: SecretStr | None = None
     modelslab_base_url: HttpUrl = HttpUrl("https://modelslab.com")
@@ -139,14 +165,110 @@ class Settings(BaseSettings):
         # working: it is read as psycopg's.
         for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
             if value.startswith(prefix):
-                return "postgresql+psycopg://" + value.removeprefix(prefix)
+                return _with_driver("postgresql+psycopg://" + value.removeprefix(prefix))
         if not value.startswith(("sqlite+aiosqlite:///", "postgresql+psycopg://")):
             raise ValueError("must start with sqlite+aiosqlite:/// or postgresql+psycopg://")
-        return value
+        return _with_driver(value)
 
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'headshot.db'}"
+
+    @field_validator(
+        "modelslab_api_key",
+        "s3_access_key_id",
+        "s3_secret_access_key",
+        "discord_token",
+        "telegram_bot_token",
+    )
+    @classmethod
+    def _secret_is_one_word(cls, value: SecretStr | None) -> SecretStr | None:
+        # A key pasted with a space or a line break fails later as a refusal from the provider,
+        # or as a header error; the value itself is never repeated.
+        if value is not None and not _ONE_WORD.fullmatch(value.get_secret_value()):
+            raise ValueError("has a space or a control character in it: set the value alone")
+        return value
+
+    @field_validator("data_dir", "local_models_dir", *_MODEL_FOLDERS)
+    @classmethod
+    def _folder_is_not_a_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        for place in (value, *value.parents):
+            if place.exists():
+                if place == value and not place.is_dir():
+                    raise ValueError(f"{value} is a file: name a folder")
+                if not place.is_dir():
+                    raise ValueError(f"{value} is inside {place}, which is a file: name a folder")
+                break
+        return value
+
+    @field_validator("pseudonym_key_file")
+    @classmethod
+    def _key_file_is_not_a_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and value.is_dir():
+            raise ValueError(f"{value} is a folder: name the file that holds the key")
+        return value
+
+    @field_validator("web_host")
+    @classmethod
+    def _web_host_is_an_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOST_NAME.fullmatch(value):
+                raise ValueError(
+                    f"{value!r} is not an address or a host name: use 127.0.0.1 (this machine "
+                    "only) or 0.0.0.0 (every interface)"
+                ) from None
+        return value
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _s3_bucket_is_usable(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _BUCKET.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a bucket name: 3 to 63 lowercase letters, digits, dots or "
+                "hyphens"
+            )
+        missing = missing_s3_support()
+        if missing:
+            raise ValueError(missing)
+        return value
+
+    @field_validator("s3_region")
+    @classmethod
+    def _s3_region_is_one_word(cls, value: str | None) -> str | None:
+        if value is not None and not _REGION.fullmatch(value):
+            raise ValueError(f"{value!r} is not a region name, e.g. us-east-1")
+        return value
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _s3_prefix_is_a_key(cls, value: str) -> str:
+        if value.strip("/"):
+            try:
+                validate_key(value.strip("/"))
+            except InvalidImageKey:
+                raise ValueError(
+                    f"{value!r} is not a key prefix: letters, digits, '.', '_', '-' and '/' "
+                    "between names"
+                ) from None
+        return value
+
+    @field_validator("local_face_analyser")
+    @classmethod
+    def _face_analyser_is_named(cls, value: str) -> str:
+        if value != "insightface" and not _CLASS_PATH.fullmatch(value):
+            raise ValueError(f"{value!r}: use insightface or package.module:Class")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_in_capitals(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("discord_shard_ids")
     @classmethod
@@ -237,6 +359,13 @@ class Settings(BaseSettings):
             self.pseudonym_key,
         ]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+
+def _with_driver(url: str) -> str:
+    missing = missing_driver(url)
+    if missing:
+        raise ValueError(missing)
+    return url
 
 
 def _split_ids(value: str) -> list[str]:

@@ -68,6 +68,23 @@ class Database:
         await self.engine.dispose()
 
 
+# The package extra that installs each database's driver.
+_DRIVER_EXTRAS = {"postgresql": "postgres"}
+
+
+def missing_driver(url: str) -> str | None:
+    """What to install when the URL's database driver is not importable, else None."""
+    parsed = make_url(url)
+    try:
+        parsed.get_dialect(_is_async=True).import_dbapi()
+    except ImportError:
+        backend = parsed.get_backend_name()
+        extra = _DRIVER_EXTRAS.get(backend)
+        how = f"pip install 'headshot-bot[{extra}]'" if extra else "reinstall headshot-bot"
+        return f"the {parsed.get_driver_name()} driver for {backend} is not installed: {how}"
+    return None
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     sync_engine = engine.sync_engine
 

@@ -26,6 +26,7 @@ __all__ = [
     "S3ImageStore",
     "content_type_for_key",
     "extension_for_content_type",
+    "missing_s3_support",
     "open_image_store",
     "validate_key",
 ]
@@ -190,6 +191,15 @@ class DiskImageStore:
                     continue
                 found.append(key)
         return sorted(found)
+
+
+def missing_s3_support() -> str | None:
+    """What to install when the S3 store's client library is not importable, else None."""
+    try:
+        import aioboto3  # noqa: F401
+    except ImportError:
+        return "aioboto3 is not installed: pip install 'headshot-bot[s3]'"
+    return None
 
 
 class S3ImageStore:

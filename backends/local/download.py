@@ -65,12 +65,13 @@ def status(models: ModelPaths, operations: Iterable[Operation]) -> list[str]:
     """One line per component: present, PARTIAL (a download stopped) or MISSING, where, and
     its licence."""
     return [
-        f"{_state(models, c.name):8} {models.folder(c.name)}  {licence_line(c)}"
+        f"{state(models, c.name):8} {models.folder(c.name)}  {licence_line(c)}"
         for c in components_for(operations)
     ]
 
 
-def _state(models: ModelPaths, name: str) -> str:
+def state(models: ModelPaths, name: str) -> str:
+    """present, PARTIAL (a download stopped) or MISSING."""
     if models.present(name):
         return "present"
     return "PARTIAL" if models.unfinished(name) else "MISSING"

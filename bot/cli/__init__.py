@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from bot.cli import chat, generate, migrate, models, run, simulate
-from bot.cli.common import CliError
+from bot.cli.common import CliError, OneLineParser, package_version
 from bot.config import ConfigError
 from bot.generation import RequestRefused
 
@@ -28,7 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="headshot-bot", description=__doc__)
+    parser = OneLineParser(prog="headshot-bot", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     for command in (generate, run, chat, migrate, models, simulate):
         command.register(commands)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+import importlib.metadata
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import HttpUrl, SecretStr
 
@@ -25,6 +26,42 @@ Commands = Any
 
 class CliError(Exception):
     """Ends the command with one line on stderr and a non-zero exit."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A wrong flag is one line too, like every other error: the usage is a --help away."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def ranged(
+    kind: type[int] | type[float], low: float, high: float | None = None
+) -> Callable[[str], int | float]:
+    """An argparse type: a number of `kind` from `low` to `high` (no upper end if None)."""
+    noun = "a whole number" if kind is int else "a number"
+    allowed = (
+        f"{noun} from {low:g} to {high:g}" if high is not None else f"{noun} of {low:g} or more"
+    )
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value != value or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {allowed} (got {text!r})")
+        return value
+
+    return parse
+
+
+def package_version() -> str:
+    """The installed package's version (from its metadata, not from a copy in the code)."""
+    try:
+        return importlib.metadata.version("headshot-bot")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed: run pip install -e . in the source folder)"
 
 
 def settings(*, quiet: bool = False) -> Settings:

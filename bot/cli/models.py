@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import sys
 
-from backends.local.components import ModelPaths
+from backends.local.components import ModelPaths, components_for
 from backends.local.download import DownloadIncomplete, DownloadUnavailable
 from backends.local.download import download as download_models
+from backends.local.download import state as model_state
 from backends.local.download import status as model_status
 from backends.params import Operation
 from bot.cli.common import CliError, Commands, settings
@@ -51,4 +52,18 @@ async def _models_list(args: argparse.Namespace) -> int:
     paths, operations = _model_paths_and_operations(args)
     for line in model_status(paths, operations):
         print(line)
+    # The list is stdout's, for scripts; what to do next is for the person reading it.
+    states = [model_state(paths, c.name) for c in components_for(operations)]
+    print(_summary(states, args.op or []), file=sys.stderr)
     return 0
+
+
+def _summary(states: list[str], ops: list[str]) -> str:
+    total, present = len(states), states.count("present")
+    if present == total:
+        return f"all {total} present: set BACKEND=local (or auto) to use them"
+    absent = f"{states.count('MISSING')} missing"
+    if "PARTIAL" in states:
+        absent += f", {states.count('PARTIAL')} partly downloaded"
+    command = " ".join(["headshot-bot models download", *(f"--op {op}" for op in ops)])
+    return f"{present} of {total} present, {absent}: fetch them with {command}"

@@ -3,27 +3,67 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
 
-from bot.cli.common import Commands
+from bot.cli.common import CliError, Commands, ranged
 
 
 def register(commands: Commands) -> None:
-    sim = commands.add_parser("simulate", help="serve the ModelsLab simulator")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8765)
-    sim.add_argument("--processing-seconds", type=float, default=0.0)
-    sim.add_argument("--failure-rate", type=float, default=0.0)
-    sim.add_argument("--max-queued", type=int, default=5, help="queued requests allowed per key")
+    sim = commands.add_parser(
+        "simulate",
+        help="serve the ModelsLab simulator",
+        description="Serve a stand-in for ModelsLab's API on this machine: point "
+        "MODELSLAB_BASE_URL at the address it prints (any MODELSLAB_API_KEY will do).",
+    )
+    sim.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    sim.add_argument(
+        "--port",
+        type=ranged(int, 0, 65535),
+        default=8765,
+        help="port to listen on, 0 for any free one (default: %(default)s)",
+    )
+    sim.add_argument(
+        "--processing-seconds",
+        type=ranged(float, 0, 3600),
+        default=0.0,
+        help="how long a job stays processing; 0 answers at once (default: %(default)s)",
+    )
+    sim.add_argument(
+        "--failure-rate",
+        type=ranged(float, 0, 1),
+        default=0.0,
+        help="the fraction of jobs that fail, 0 to 1 (default: %(default)s)",
+    )
+    sim.add_argument(
+        "--max-queued",
+        type=ranged(int, 1, 1000),
+        default=5,
+        help="queued requests allowed per key (default: %(default)s)",
+    )
     sim.set_defaults(handler=_simulate)
 
 
 async def _simulate(args: argparse.Namespace) -> int:
-    from backends.modelslab.simulator import SimulatorConfig, serve
+    from backends.modelslab.simulator import Simulator, SimulatorConfig
 
-    config = SimulatorConfig(
-        processing_seconds=args.processing_seconds,
-        failure_rate=args.failure_rate,
-        max_queued=args.max_queued,
+    simulator = Simulator(
+        SimulatorConfig(
+            processing_seconds=args.processing_seconds,
+            failure_rate=args.failure_rate,
+            max_queued=args.max_queued,
+        )
     )
-    await serve(args.host, args.port, config)
+    try:
+        url = await simulator.start(args.host, args.port)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
+    print(f"headshot-bot: ModelsLab simulator on {url}", file=sys.stderr)
+    print(f"headshot-bot: use it with MODELSLAB_BASE_URL={url}", file=sys.stderr)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await simulator.stop()
     return 0

@@ -97,14 +97,14 @@ def check_options(spec: CommandSpec, raw: Mapping[str, Any]) -> dict[str, Any]:
             raise CommandError(f"/{spec.name} has no option {quote(name)} (its options: {known}).")
         if value is None or (isinstance(value, str) and not value.strip()):
             continue
-        checked[name] = _check(option, value)
+        checked[name] = _check(spec, option, value)
     for option in spec.options:
         if option.required and option.name not in checked:
             raise CommandError(f"Missing {option.name}. Usage: {spec.usage}")
     return checked
 
 
-def _check(option: OptionSpec, value: Any) -> Any:
+def _check(spec: CommandSpec, option: OptionSpec, value: Any) -> Any:
     kind = option.type
     if kind == OptionType.IMAGE:
         if not isinstance(value, bytes | bytearray) or not value:
@@ -122,6 +122,11 @@ def _check(option: OptionSpec, value: Any) -> Any:
         allowed = ", ".join(map(str, option.choices))
         raise CommandError(f"{option.name} must be one of {allowed} (got {number}).")
     low, high = option.min_value, option.max_value
+    if low is not None and low == high and number != low:
+        only = _fmt(low)
+        raise CommandError(
+            f"/{spec.name} allows only {option.name}={only}: leave it out or use {only}."
+        )
     if (low is not None and number < low) or (high is not None and number > high):
         raise CommandError(
             f"{option.name} must be from {_fmt(low)} to {_fmt(high)} (got {number})."

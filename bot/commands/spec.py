@@ -177,6 +177,7 @@ def _generation_spec(name: str, operation: Operation) -> CommandSpec:
                 max_length=40,
             )
         )
+    if limits.pose_image:
         options.append(OptionSpec("pose_image", OptionType.IMAGE, "A photo whose pose to copy"))
     return CommandSpec(
         name, _SUMMARIES[operation], tuple(options), takes_selfie=True, private=False
