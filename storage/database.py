@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 BUSY_TIMEOUT_MS = 30_000
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Database:
@@ -50,6 +54,9 @@ class Database:
         # rather than inside SQLite, whose busy handler waits by sleeping in growing steps.
         # Other processes (a CLI beside the service) still meet the busy timeout.
         self._write_turn = asyncio.Lock() if self.is_sqlite else None
+        # The task in each open transaction, and a future done when it ends: `dispose` waits.
+        self._open: dict[asyncio.Task[Any], asyncio.Future[None]] = {}
+        self._closing = False
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -57,15 +64,108 @@ class Database:
         async with contextlib.AsyncExitStack() as stack:
             if self._write_turn is not None:
                 await stack.enter_async_context(self._write_turn)
-            yield await stack.enter_async_context(self._write_engine.begin())
+            yield await stack.enter_async_context(self._held(self._write_engine))
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.begin() as connection:
+        async with self._held(self.engine) as connection:
             yield connection
 
-    async def dispose(self) -> None:
+    async def dispose(self, *, grace_seconds: float = 2.0) -> None:
+        """Close the engine once no transaction is open. Those still open after the grace
+        period are cancelled at their next await and waited for: their rollback must finish
+        in this event loop, not be cut short when the loop ends (a stopping service would
+        otherwise log a pool traceback for each)."""
+        self._closing = True
+        others = {
+            task: ended for task, ended in self._open.items() if task is not asyncio.current_task()
+        }
+        for cancel in (False, True):
+            still_open = [ended for ended in others.values() if not ended.done()]
+            if not still_open:
+                break
+            if cancel:
+                for task, ended in others.items():
+                    if not ended.done():
+                        task.cancel()
+            await asyncio.wait(still_open, timeout=grace_seconds)
         await self.engine.dispose()
+
+    @asynccontextmanager
+    async def _held(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+        if self._closing:
+            # The service is stopping: the task ends here, as if cancelled, before it takes a
+            # connection that the loop's end would cut short.
+            raise asyncio.CancelledError
+        task = asyncio.current_task()
+        assert task is not None
+        ended = asyncio.get_running_loop().create_future()
+        self._open[task] = ended
+        try:
+            async with _transaction(engine) as connection:
+                yield connection
+        finally:
+            del self._open[task]
+            ended.set_result(None)
+
+
+@asynccontextmanager
+async def _transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A transaction whose opening and ending run to completion even when the task using it is
+    cancelled meanwhile (a shutdown cancels every task, sometimes twice). A rollback cut short
+    leaves the connection half reset, which the pool then logs as a traceback; the caller gets
+    its cancellation once the connection is back in the pool. (SQLAlchemy 2.1 already runs its
+    own close to completion; the 2.0 line, which the requirements allow, does not.)"""
+    opening, interrupted = await _settle(_begin(engine))
+    if interrupted:
+        if opening.exception() is None:
+            await _settle(_end(opening.result(), commit=False))
+        raise asyncio.CancelledError
+    connection = opening.result()
+    try:
+        yield connection
+    except BaseException:
+        ending, _ = await _settle(_end(connection, commit=False))
+        if ending.exception() is not None:
+            log.warning("rollback failed: %s", type(ending.exception()).__name__)
+        raise
+    ending, interrupted = await _settle(_end(connection, commit=True))
+    ending.result()
+    if interrupted:
+        raise asyncio.CancelledError
+
+
+async def _begin(engine: AsyncEngine) -> AsyncConnection:
+    connection = await engine.connect()
+    try:
+        await connection.begin()
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
+
+
+async def _end(connection: AsyncConnection, *, commit: bool) -> None:
+    try:
+        if commit:
+            await connection.commit()
+        else:
+            await connection.rollback()
+    finally:
+        await connection.close()
+
+
+async def _settle(step: Coroutine[Any, Any, T]) -> tuple[asyncio.Task[T], bool]:
+    """Run `step` in a task of its own to its end, even if the caller is cancelled meanwhile.
+    Returns the finished task and whether the caller was cancelled while it waited."""
+    task = asyncio.ensure_future(step)
+    interrupted = False
+    while not task.done():
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            interrupted = True
+    return task, interrupted
 
 
 # The package extra that installs each database's driver.
