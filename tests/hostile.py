@@ -21,8 +21,8 @@ def flat_progressive_jpeg(size: tuple[int, int] = (2000, 2000)) -> bytes:
 
 
 def scan_bomb(scans: int = 2000, size: tuple[int, int] = (2000, 2000)) -> bytes:
-    """A flat progressive JPEG with its last scan (and the tables before it) repeated: every
-    repeat makes libjpeg pass over the whole coefficient buffer once more."""
+    """A flat progressive JPEG of `scans` scans, its last (and the tables before it) repeated:
+    every repeat makes libjpeg pass over the whole coefficient buffer once more."""
     data = flat_progressive_jpeg(size)
     end = len(data) - 2  # before EOI
     last_scan = data.rfind(b"\xff\xda", 0, end)
@@ -31,7 +31,8 @@ def scan_bomb(scans: int = 2000, size: tuple[int, int] = (2000, 2000)) -> bytes:
     tables = data.find(b"\xff\xc4", previous_scan_end, last_scan)
     start = tables if tables != -1 else last_scan
     repeat = data[start:end]
-    return data[:end] + repeat * (scans - 1) + b"\xff\xd9"
+    repeats = max(0, scans - data.count(b"\xff\xda"))
+    return data[:end] + repeat * repeats + b"\xff\xd9"
 
 
 def _jpeg_with_header(segments: bytes) -> bytes:

@@ -49,6 +49,8 @@ def test_scan_bomb_is_refused_by_its_scan_count() -> None:
 def test_an_ordinary_progressive_jpeg_is_accepted() -> None:
     result = sanitise_selfie(hostile.flat_progressive_jpeg((600, 800)))
     assert (result.width, result.height) == (600, 800)
+    # Up to the limit, scans are decoded.
+    assert sanitise_selfie(hostile.scan_bomb(40, (600, 800))).width == 600
 
 
 # --- item 3: header amplifiers ---------------------------------------------------------
