@@ -46,6 +46,13 @@ def test_scan_bomb_is_refused_by_its_scan_count() -> None:
         inspect_output(bomb)
 
 
+def test_a_large_progressive_jpeg_may_have_fewer_scans() -> None:
+    # 25 MP: 19 passes over its coefficients at most (480 MP-scans), 40 only up to 12 MP.
+    error = rejection(hostile.scan_bomb(20, (5000, 5000)))
+    assert error.reason == "odd_structure"
+    assert "(over 19 scans)" in str(error)
+
+
 def test_an_ordinary_progressive_jpeg_is_accepted() -> None:
     result = sanitise_selfie(hostile.flat_progressive_jpeg((600, 800)))
     assert (result.width, result.height) == (600, 800)

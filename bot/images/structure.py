@@ -24,8 +24,10 @@ class OddStructure(ValueError):
 @dataclass(frozen=True)
 class ScanLimits:
     # libjpeg's own progressions use up to 10 scans, optimisers a few more; each scan costs a
-    # pass over the whole coefficient buffer (about 20 ms at 36 MP).
+    # pass over the whole coefficient buffer (about 20 ms at 36 MP). So scans are limited
+    # twice: in number, and in scans times pixels (12 scans at 40 MP, 40 up to 12 MP).
     jpeg_scans: int = 40
+    jpeg_scan_pixels: int = 480_000_000
     # APPn and COM segments: EXIF, XMP (extended XMP splits into 64 kB pieces), ICC pieces.
     jpeg_metadata_segments: int = 256
     # Every other marker segment (tables, restart markers outside scans...).
@@ -145,13 +147,20 @@ def _jpeg(data: bytes, limits: ScanLimits) -> Layout | None:
                 layout = _jpeg_frame(body, progressive=marker in _PROGRESSIVE_SOF)
             elif marker == _SOS:
                 scans += 1
-                if scans > limits.jpeg_scans:
-                    raise OddStructure(f"over {limits.jpeg_scans} scans")
+                allowed = _allowed_scans(layout, limits)
+                if scans > allowed:
+                    raise OddStructure(f"over {allowed} scans")
                 found = _SCAN_END.search(data, pos)
                 pos = end if found is None else found.start()
         if segments > limits.jpeg_segments:
             raise OddStructure(f"over {limits.jpeg_segments:,} segments")
     return layout
+
+
+def _allowed_scans(layout: Layout | None, limits: ScanLimits) -> int:
+    pixels = layout.width * layout.height if layout is not None else 0
+    by_work = limits.jpeg_scan_pixels // pixels if pixels else limits.jpeg_scans
+    return max(1, min(limits.jpeg_scans, by_work))
 
 
 def _jpeg_frame(body: bytes, *, progressive: bool) -> Layout | None:
