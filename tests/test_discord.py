@@ -337,6 +337,20 @@ async def test_a_non_image_attachment_is_refused_at_once(world: World) -> None:
     await assert_nothing_reserved(world)
 
 
+async def test_a_bad_pose_image_is_not_called_a_selfie(world: World) -> None:
+    await world.start()
+    selfie = world.fake.upload(make_image(), "me.png", "image/png")
+    pose = world.fake.upload(b"%PDF-1.7 ...", "pose.pdf", "application/pdf")
+    interaction = await world.fake.run_command(
+        "avatar", {"selfie": selfie, "pose_image": pose}, user_id=ALICE, guild_id=GUILD
+    )
+    await interaction.wait_acked()
+    assert interaction.original is not None
+    assert interaction.original.content.startswith("That file isn't an image: send a JPEG, PNG")
+    assert interaction.original.content.endswith("pose image")
+    await assert_nothing_reserved(world)
+
+
 async def test_an_attachment_over_the_interactions_limit_is_refused_at_once(world: World) -> None:
     await world.start()
     big = world.fake.upload(make_image(), "big.png", "image/png", size=9 * 1024 * 1024)

@@ -235,10 +235,13 @@ class DiscordAdapter:
     async def run_command(
         self, spec: CommandSpec, interaction: discord.Interaction, given: dict[str, Any]
     ) -> None:
-        for value in given.values():
+        for name, value in given.items():
             if isinstance(value, discord.Attachment):
                 refusal = self.layer.check_upload(
-                    value.content_type, value.size, interaction.filesize_limit
+                    value.content_type,
+                    value.size,
+                    interaction.filesize_limit,
+                    subject="pose image" if name == "pose_image" else "selfie",
                 )
                 if refusal is not None:
                     async with self._acknowledging():

@@ -171,7 +171,12 @@ class CommandLayer:
     # ---- what adapters need besides commands ----------------------------------------------
 
     def check_upload(
-        self, content_type: str | None, size: int, platform_limit: int | None
+        self,
+        content_type: str | None,
+        size: int,
+        platform_limit: int | None,
+        *,
+        subject: str = "selfie",
     ) -> Reply | None:
         """A refusal for an attached image, judged from what the platform says about it before
         anything is downloaded or reserved; None when it may go on to the full check."""
@@ -179,7 +184,7 @@ class CommandLayer:
         if platform_limit is not None:
             limit = min(limit, platform_limit)
         try:
-            check_upload(content_type, size, max_bytes=limit)
+            check_upload(content_type, size, max_bytes=limit, subject=subject)
         except ImageRejected as exc:
             return replies.refused(str(exc))
         return None

@@ -115,8 +115,11 @@ _SELFIE_CONTENT_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp"}
 _HEIF_CONTENT_TYPES = {"image/heic", "image/heif", "image/heic-sequence", "image/heif-sequence"}
 
 
-def check_upload(content_type: str | None, size: int, *, max_bytes: int) -> None:
-    """Refuse an upload from what the platform says about it, before downloading it.
+def check_upload(
+    content_type: str | None, size: int, *, max_bytes: int, subject: str = "selfie"
+) -> None:
+    """Refuse an upload (a selfie, or what `subject` names) from what the platform says about
+    it, before downloading it.
 
     The platform's word is only a first filter (the bytes are checked again by
     `sanitise_selfie`); an upload it says nothing about is let through to that check.
@@ -124,7 +127,7 @@ def check_upload(content_type: str | None, size: int, *, max_bytes: int) -> None
     if content_type:
         accepted = _SELFIE_CONTENT_TYPES | (_HEIF_CONTENT_TYPES if heic_supported() else set())
         if content_type.split(";")[0].strip().lower() not in accepted:
-            raise ImageRejected(_upload_wording("selfie").not_image, reason="not_image")
+            raise ImageRejected(_upload_wording(subject).not_image, reason="not_image")
     _check_size(size, max_bytes)
 
 
