@@ -334,3 +334,38 @@ async def test_discord_forget_says_what_could_not_be_removed(discord_world: dc.W
         "delete them yourself."
     )
     assert results[1].deleted and not results[0].deleted and not results[2].deleted
+
+
+async def test_a_replica_deletes_what_another_one_posted(
+    tmp_path: Path, simulator: Simulator, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas on one PostgreSQL, each running one Discord shard: a result posted by the
+    first is deleted by the second, which runs the /delete (its guild is on the other shard)."""
+    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
+    gateway = discord.gateway.DiscordWebSocket
+    monkeypatch.setattr(gateway, "DEFAULT_GATEWAY", gateway.DEFAULT_GATEWAY)
+    shared = {"pseudonym_key": "e5" * 32, "discord_shards": 2}
+    async with FakeDiscord() as fake:
+        first = dc.World(tmp_path / "first", fake, simulator, postgres_url)
+        second = dc.World(tmp_path / "second", fake, simulator, postgres_url)
+        try:
+            await first.start(discord_shard_ids="0", **shared)
+            await second.start(discord_shard_ids="1", **shared)
+            # A guild's shard is (guild id >> 22) % shards: one guild on each.
+            guilds = sorted((dc.GUILD, dc.GUILD + (1 << 22)), key=lambda g: (g >> 22) % 2)
+            made = await first.headshot(guild_id=guilds[0])
+            result = await dc.result_of(fake, made)
+            assert made.shard_id == 0
+            await noted(first, 1)
+            job = job_ids(first)[0]
+
+            asked = await fake.run_command(
+                "delete", {"job": job[:8]}, user_id=dc.ALICE, guild_id=guilds[1]
+            )
+            await fake.wait_for(lambda: asked.original is not None and not asked.original.loading)
+            assert asked.shard_id == 1 and asked.original is not None
+            assert asked.original.content == f"Deleted job {job[:8]} and its 1 image."
+            assert result.deleted
+        finally:
+            for world in (second, first):
+                await world.stop()
