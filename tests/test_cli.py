@@ -205,6 +205,28 @@ def test_data_dir_on_a_file_is_one_line(tmp_path: Path, where: str) -> None:
     assert line.endswith(": name a folder")
 
 
+def test_a_data_dir_nobody_may_write_is_one_line(tmp_path: Path) -> None:
+    # sysfs takes no files, whoever asks (root included): found by writing, before start-up.
+    (tmp_path / "face.png").write_bytes(make_image())
+    for command in (["migrate"], ["generate", "face.png", "--demo"]):
+        result = headshot_bot(*command, cwd=tmp_path, env={"DATA_DIR": "/sys/headshot"})
+        assert one_line(result).startswith(
+            "headshot-bot: invalid setting DATA_DIR: cannot write in /sys ("
+        )
+
+
+def test_models_download_into_a_folder_nobody_may_write_is_one_line(tmp_path: Path) -> None:
+    result = headshot_bot(
+        "models",
+        "download",
+        "--op",
+        "headshot",
+        cwd=tmp_path,
+        env={"LOCAL_MODELS_DIR": "/sys/models"},
+    )
+    assert one_line(result).startswith("headshot-bot: cannot download sd15: cannot write in /sys (")
+
+
 def test_simulate_with_a_port_out_of_range_is_one_line(tmp_path: Path) -> None:
     line = one_line(headshot_bot("simulate", "--port", "99999", cwd=tmp_path))
     assert "argument --port: must be a whole number from 0 to 65535 (got '99999')" in line
@@ -323,7 +345,7 @@ def test_chat_errors_name_the_chat_option(typed: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("out", "message"),
     [
-        ("a-file", "--out a-file is a file: name a folder for the images"),
+        ("a-file", "--out a-file is a file: name a folder"),
         ("a-file/shots", "--out a-file/shots is inside "),
         # sysfs takes no files, whoever asks: a place nobody may write.
         ("/sys/shots", "--out /sys/shots: cannot write in /sys ("),

@@ -14,7 +14,8 @@ from typing import Any, NoReturn
 from pydantic import HttpUrl, SecretStr
 
 from bot.app import HeadshotApp, Overrides
-from bot.config import Settings, load_settings
+from bot.cli.folders import write_problem
+from bot.config import ConfigError, Settings, load_settings
 from bot.logs import setup_logging
 
 DEMO_KEY = "demo-key"
@@ -64,9 +65,13 @@ def package_version() -> str:
         return "(not installed: run pip install -e . in the source folder)"
 
 
-def settings(*, quiet: bool = False) -> Settings:
-    """Settings and logging. `quiet` commands print their own progress: warnings only."""
+def settings(*, quiet: bool = False, data: bool = True) -> Settings:
+    """Settings and logging. `quiet` commands print their own progress: warnings only. `data`:
+    the command writes in DATA_DIR (the database, images, the pseudonym key)."""
     loaded = load_settings()
+    problem = write_problem(loaded.data_dir) if data else None
+    if problem:
+        raise ConfigError(f"invalid setting DATA_DIR: {problem}")
     level = "WARNING" if quiet and loaded.log_level in ("DEBUG", "INFO") else loaded.log_level
     setup_logging(level, loaded.secrets())
     return loaded

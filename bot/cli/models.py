@@ -13,6 +13,7 @@ from backends.local.download import state as model_state
 from backends.local.download import status as model_status
 from backends.params import Operation
 from bot.cli.common import CliError, Commands, settings
+from bot.cli.folders import write_problem
 
 
 def register(commands: Commands) -> None:
@@ -33,13 +34,19 @@ def register(commands: Commands) -> None:
 def _model_paths_and_operations(
     args: argparse.Namespace,
 ) -> tuple[ModelPaths, list[Operation]]:
-    chosen = settings(quiet=True)
+    chosen = settings(quiet=True, data=False)
     paths = ModelPaths(chosen.local_models_dir, chosen.local_model_overrides)
     return paths, [Operation(op) for op in (args.op or list(Operation))]
 
 
 async def _models_download(args: argparse.Namespace) -> int:
     paths, operations = _model_paths_and_operations(args)
+    for component in components_for(operations):
+        # Each folder is checked before the first byte comes: a download is gigabytes.
+        folder = paths.folder(component.name)
+        problem = write_problem(folder)
+        if problem:
+            raise CliError(f"cannot download {component.name}: {problem}")
     try:
         await asyncio.to_thread(download_models, paths, operations)
     except (DownloadUnavailable, DownloadIncomplete) as exc:

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from bot.cli.common import CliError
+from bot.cli.folders import write_problem
 
 
 def check_out_folder(path: Path) -> None:
     """Refuse at once a folder the images could not be written to: a file, a path inside a
     file, or a place this process may not write. Nothing is made yet."""
-    if path.exists() and not path.is_dir():
-        raise CliError(f"--out {path} is a file: name a folder for the images")
-    existing = next(place for place in (path, *path.absolute().parents) if place.exists())
-    if not existing.is_dir():
-        raise CliError(f"--out {path} is inside {existing}, which is a file: name a folder")
-    try:
-        # Writing is what is asked of it: permissions, a read-only disk and the like all show.
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise CliError(f"--out {path}: cannot write in {existing} ({exc.strerror})") from None
+    problem = write_problem(path)
+    if problem is not None:
+        # "--out shots is a file: …", "--out shots: cannot write in …"
+        where = "" if problem.startswith(str(path)) else f"{path}: "
+        raise CliError(f"--out {where}{problem}")
 
 
 def make_out_folder(path: Path) -> Path | None:
