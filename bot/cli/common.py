@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.metadata
+import math
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -36,22 +37,19 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def ranged(
-    kind: type[int] | type[float], low: float, high: float | None = None
-) -> Callable[[str], int | float]:
-    """An argparse type: a number of `kind` from `low` to `high` (no upper end if None)."""
+def ranged(kind: type[int] | type[float], low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` from `low` to `high`."""
     noun = "a whole number" if kind is int else "a number"
-    allowed = (
-        f"{noun} from {low:g} to {high:g}" if high is not None else f"{noun} of {low:g} or more"
-    )
 
-    def parse(text: str) -> int | float:
+    def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
-            value = None
-        if value is None or value != value or value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be {allowed} (got {text!r})")
+            value = math.nan
+        if math.isnan(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be {noun} from {low:g} to {high:g} (got {text!r})"
+            )
         return value
 
     return parse
