@@ -54,8 +54,8 @@ class Database:
         # rather than inside SQLite, whose busy handler waits by sleeping in growing steps.
         # Other processes (a CLI beside the service) still meet the busy timeout.
         self._write_turn = asyncio.Lock() if self.is_sqlite else None
-        # The task in each open transaction, and a future done when it ends: `dispose` waits.
-        self._open: dict[asyncio.Task[Any], asyncio.Future[None]] = {}
+        # Each open transaction: a future done when it ends (`dispose` waits), and its task.
+        self._open: dict[asyncio.Future[None], asyncio.Task[Any]] = {}
         self._closing = False
 
     @asynccontextmanager
@@ -78,16 +78,15 @@ class Database:
         otherwise log a pool traceback for each)."""
         self._closing = True
         others = {
-            task: ended for task, ended in self._open.items() if task is not asyncio.current_task()
+            ended: task for ended, task in self._open.items() if task is not asyncio.current_task()
         }
         for cancel in (False, True):
-            still_open = [ended for ended in others.values() if not ended.done()]
+            still_open = [ended for ended in others if not ended.done()]
             if not still_open:
                 break
             if cancel:
-                for task, ended in others.items():
-                    if not ended.done():
-                        task.cancel()
+                for ended in still_open:
+                    others[ended].cancel()
             await asyncio.wait(still_open, timeout=grace_seconds)
         await self.engine.dispose()
 
@@ -99,13 +98,14 @@ class Database:
             raise asyncio.CancelledError
         task = asyncio.current_task()
         assert task is not None
-        ended = asyncio.get_running_loop().create_future()
-        self._open[task] = ended
+        # Keyed by its own future, not by the task: a task may open one inside another.
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._open[ended] = task
         try:
             async with _transaction(engine) as connection:
                 yield connection
         finally:
-            del self._open[task]
+            del self._open[ended]
             ended.set_result(None)
 
 

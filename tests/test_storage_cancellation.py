@@ -178,3 +178,12 @@ async def test_stopping_while_transactions_run_logs_no_pool_traceback(database_u
     _, stderr = await asyncio.wait_for(process.communicate(), 100)
     assert process.returncode == 0, stderr.decode()[-2000:]
     assert b"Traceback" not in stderr, stderr.decode()[-2000:]
+
+
+async def test_a_transaction_inside_another_in_one_task_works(db: Database) -> None:
+    before = await _audit_rows(db)
+    async with db.write() as conn:
+        await conn.execute(insert(audit_log).values(action="test", actor="tester", details={}))
+        async with db.read() as inner:
+            await inner.execute(select(1))
+    assert await _audit_rows(db) == before + 1
