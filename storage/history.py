@@ -120,11 +120,14 @@ class HistoryRepository:
         async with self._db.write() as conn:
             row = (
                 await conn.execute(
-                    select(_JOBS.c.selfie_key, _JOBS.c.pose_key).where(
+                    select(_JOBS.c.selfie_key, _JOBS.c.pose_key)
+                    .where(
                         _JOBS.c.id == job_id,
                         _JOBS.c.state.in_(_FINISHED),
                         _JOBS.c.deleted_at.is_(None),
                     )
+                    # Locked before its posts are taken: a post being noted now lands first.
+                    .with_for_update()
                 )
             ).one_or_none()
             if row is None:
@@ -211,9 +214,10 @@ class HistoryRepository:
                 )
             jobs = (
                 await conn.execute(
-                    select(_JOBS.c.id, _JOBS.c.selfie_key, _JOBS.c.pose_key).where(
-                        _JOBS.c.user_id == user_id
-                    )
+                    select(_JOBS.c.id, _JOBS.c.selfie_key, _JOBS.c.pose_key)
+                    .where(_JOBS.c.user_id == user_id)
+                    # Locked before their posts are taken: a post being noted now lands first.
+                    .with_for_update()
                 )
             ).all()
             job_ids = [job.id for job in jobs]
