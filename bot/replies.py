@@ -297,9 +297,8 @@ def _not_removed(removal: Removal | None) -> str:
         )
     if removal.left:
         text += (
-            f" {_plural(removal.left, 'message')} of the bot's could not be removed (it has "
-            f"no access to that chat now): delete {'it' if removal.left == 1 else 'them'} "
-            "yourself."
+            f" {_plural(removal.left, 'message')} of the bot's could not be removed: "
+            f"delete {'it' if removal.left == 1 else 'them'} yourself where you can."
         )
     return text
 
@@ -360,8 +359,11 @@ def forgotten(
     jobs: int, images: int, ledger: int, settings: int, removal: Removal | None = None
 ) -> Reply:
     removal = removal or Removal()
-    posts = removal.removed + removal.replaced + removal.left
-    removed = ", and removed the bot's messages showing them" if posts else ""
+    removed = (
+        f", and removed {_plural(removal.removed, 'message')} of the bot's showing them"
+        if removal.removed
+        else ""
+    )
     return Reply(
         f"Done: deleted {_plural(jobs, 'job')}, {_plural(images, 'stored image')}, "
         f"{_plural(ledger, 'credit record')} and {_plural(settings, 'setting')}{removed}. "

@@ -102,7 +102,7 @@ async def test_telegram_forget_removes_every_result_message(telegram: tg.World) 
 
     done = await telegram_forget(telegram)
     assert done.startswith("Done: deleted 2 jobs")
-    assert "and removed the bot's messages showing them." in done
+    assert "and removed 4 messages of the bot's showing them." in done
     assert "could not be removed" not in done and "too old" not in done
     assert gone(fake, ALICE, single) and gone(fake, GROUP, album)
     assert await telegram.rows("posts") == 0
@@ -213,9 +213,9 @@ async def test_telegram_forget_says_what_could_not_be_removed(telegram: tg.World
     fake.set_status(GROUP, fake.bot_id, "kicked")
 
     done = await telegram_forget(telegram)
+    assert "removed 1 message of the bot's showing them" in done
     assert done.endswith(
-        " 3 messages of the bot's could not be removed (it has no access to that chat now): "
-        "delete them yourself."
+        " 3 messages of the bot's could not be removed: delete them yourself where you can."
     )
     assert not gone(fake, GROUP, album)
     assert await telegram.rows("posts") == 0
@@ -288,7 +288,7 @@ async def test_discord_forget_deletes_every_result_message(discord_world: dc.Wor
 
     done = await discord_forget(discord_world)
     assert done.startswith("Done: deleted 3 jobs")
-    assert "and removed the bot's messages showing them." in done
+    assert "and removed 3 messages of the bot's showing them." in done
     assert "could not be removed" not in done
     assert all(message.deleted for message in results)
     assert await discord_world.rows("posts") == 0
@@ -330,8 +330,7 @@ async def test_discord_forget_says_what_could_not_be_removed(discord_world: dc.W
 
     done = await discord_forget(discord_world)
     assert done.endswith(
-        " 2 messages of the bot's could not be removed (it has no access to that chat now): "
-        "delete them yourself."
+        " 2 messages of the bot's could not be removed: delete them yourself where you can."
     )
     assert results[1].deleted and not results[0].deleted and not results[2].deleted
 
