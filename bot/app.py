@@ -93,11 +93,11 @@ class HeadshotApp:
         self.chat_webhooks = ChatWebhooks()
         self.engine: JobEngine
         self.generation: GenerationService
+        # The decode workers every image from outside goes through (bot/images/workers.py).
+        self.images: image_workers.ImageWorkers
         self.fetcher: SafeFetcher
         self.commands: CommandLayer
         self.base_url = ""
-        # The decode workers every image from outside goes through (bot/images/workers.py).
-        self.images: image_workers.ImageWorkers
 
     async def start(self) -> None:
         """Open everything in order; whatever fails closes what was already open."""
@@ -136,11 +136,6 @@ class HeadshotApp:
             await self.backend.start()
         except WorkerStartFailed as exc:
             raise ConfigError(f"the local GPU backend did not start: {exc}") from None
-        self.db = Database(url)
-        opened.push_async_callback(self.db.dispose)
-        # Bans and a forgotten user's spent allowance are kept under a keyed hash of the
-        # platform id. Every process on the database must have the same key: checked here.
-        self.pseudonyms = Pseudonyms(_pseudonym_key(settings))
         self.images = image_workers.ImageWorkers(
             workers=settings.image_workers,
             time_limit=settings.image_decode_seconds,
@@ -151,6 +146,11 @@ class HeadshotApp:
         await self.images.start()
         image_workers.install(self.images)
         opened.callback(image_workers.uninstall, self.images)
+        self.db = Database(url)
+        opened.push_async_callback(self.db.dispose)
+        # Bans and a forgotten user's spent allowance are kept under a keyed hash of the
+        # platform id. Every process on the database must have the same key: checked here.
+        self.pseudonyms = Pseudonyms(_pseudonym_key(settings))
         try:
             await verify_key(self.db, self.pseudonyms)
         except KeyMismatch as exc:
