@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import io
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -212,3 +213,53 @@ async def test_images_keep_answering_while_hostile_uploads_run(
     # A generous bound on a shared machine: before the decode workers, six scan bombs made
     # /images wait 20 s behind them on asyncio's default thread pool.
     assert max(busy) < 1.0, f"idle max {max(idle):.3f} s, busy max {max(busy):.3f} s"
+
+
+async def test_a_worker_inherits_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELSLAB_API_KEY", "canary-key")
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u:canary@db/x")
+    pool = ImageWorkers(workers=1, time_limit=30.0)
+    await pool.start()
+    try:
+        assert await pool.run(os.getenv, "MODELSLAB_API_KEY") is None
+        assert await pool.run(os.getenv, "DATABASE_URL") is None
+        assert await pool.run(os.getenv, "PATH") == os.environ["PATH"]
+    finally:
+        await pool.aclose()
+
+
+async def test_a_worker_may_send_back_only_plain_values_and_image_results() -> None:
+    import datetime
+
+    pool = ImageWorkers(workers=1, time_limit=30.0)
+    await pool.start()
+    try:
+        (before,) = pool.pids
+        # Any other class in an answer (what a taken-over worker could send to run code in the
+        # service) is refused unread, and the worker replaced.
+        with pytest.raises(ImageRejected) as caught:
+            await pool.run(datetime.date.fromordinal, 1)
+        assert caught.value.reason == "crashed"
+        (after,) = pool.pids
+        assert after != before
+        assert (await pool.sanitise(noise_png((200, 200)), max_bytes=10 * MB)).width == 200
+    finally:
+        await pool.aclose()
+
+
+async def test_the_time_limit_counts_cpu_not_a_wait_for_a_core() -> None:
+    pool = ImageWorkers(workers=1, time_limit=1.0)
+    await pool.start()
+    try:
+        await pool.run(abs, -1)  # warm: the worker has started
+        (pid,) = pool.pids
+        call = asyncio.create_task(pool.run(sum, range(2_000_000)))
+        # The worker gets no CPU for twice its limit (as on a host loaded to the brim), then
+        # finishes its short piece of work: it was starved, not hostile.
+        os.kill(pid, signal.SIGSTOP)
+        await asyncio.sleep(2.0)
+        os.kill(pid, signal.SIGCONT)
+        assert await asyncio.wait_for(call, 10) == sum(range(2_000_000))
+        assert pool.pids == [pid]
+    finally:
+        await pool.aclose()

@@ -4,12 +4,24 @@ for the small part while a 10 MiB upload goes down the pipe."""
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-__all__ = ["receive_call", "send_call"]
+__all__ = ["receive_call", "receive_result", "send_call"]
+
+# All a worker may send back: a hostile file could take over a worker, and what it sends must
+# not take over the service. Plain values (bytes, str, numbers, tuples) need no class.
+_RESULT_CLASSES = frozenset(
+    {
+        ("bot.images.sanitise", "SanitisedImage"),
+        ("bot.images.sanitise", "ImageInfo"),
+        ("bot.images.errors", "_rebuild"),
+        ("builtins", "RuntimeError"),
+    }
+)
 
 _BESIDE = 64 * 1024  # byte strings from this size travel beside the pickle
 
@@ -18,7 +30,9 @@ def send_call(
     conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
     wrapped = tuple(
-        pickle.PickleBuffer(arg) if isinstance(arg, bytes) and len(arg) >= _BESIDE else arg
+        pickle.PickleBuffer(arg)
+        if isinstance(arg, bytes | bytearray) and len(arg) >= _BESIDE
+        else arg
         for arg in args
     )
     buffers: list[pickle.PickleBuffer] = []
@@ -33,3 +47,15 @@ def receive_call(conn: Connection) -> tuple[Callable[..., Any], tuple[Any, ...],
     buffers = [conn.recv_bytes() for _ in range(int.from_bytes(first[:4], "big"))]
     fn, args, kwargs = pickle.loads(first[4:], buffers=buffers)  # noqa: S301 (our own service)
     return fn, args, kwargs
+
+
+def receive_result(conn: Connection) -> tuple[str, Any]:
+    """A worker's ("ok" | "error" | "ready", value), unpickled with only the classes above."""
+    return _ResultUnpickler(io.BytesIO(conn.recv_bytes())).load()  # type: ignore[no-any-return]
+
+
+class _ResultUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _RESULT_CLASSES:
+            raise pickle.UnpicklingError(f"a decode worker sent {module}.{name}")
+        return super().find_class(module, name)

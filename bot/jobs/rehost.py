@@ -59,7 +59,9 @@ class Rehoster:
         try:
             info = await image_workers().inspect(data)
         except ImageRejected as exc:
-            log.warning("job %s: output %d is not an image: %s", job_id, position, exc)
+            log.warning("job %s: output %d refused (%s): %s", job_id, position, exc.reason, exc)
+            if exc.reason in ("too_slow", "crashed"):  # our checking failed, not their image
+                raise RehostFailed("the generated image could not be checked here") from None
             raise RehostFailed("the generator sent back something that isn't an image") from None
         key = await self._store.put(data, content_type=info.content_type)
         return OutputRecord(
