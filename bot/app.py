@@ -66,6 +66,9 @@ class Overrides:
     fetcher: SafeFetcher | None = None
     # An unreachable provider fails after one short try, not the retry schedule (the CLI).
     quick_provider_failure: bool = False
+    # Decode workers shared by many apps in one process (the tests start hundreds of apps,
+    # and each would otherwise start its own processes).
+    images: image_workers.ImageWorkers | None = None
 
 
 class HeadshotApp:
@@ -136,14 +139,17 @@ class HeadshotApp:
             await self.backend.start()
         except WorkerStartFailed as exc:
             raise ConfigError(f"the local GPU backend did not start: {exc}") from None
-        self.images = image_workers.ImageWorkers(
-            workers=settings.image_workers,
-            time_limit=settings.image_decode_seconds,
-            max_waiting=settings.image_decode_queue,
-            memory_budget=settings.image_decode_memory_mb * 1024 * 1024,
-        )
-        opened.push_async_callback(self.images.aclose)
-        await self.images.start()
+        if self._overrides.images is not None:
+            self.images = self._overrides.images  # the caller's: it starts and closes them
+        else:
+            self.images = image_workers.ImageWorkers(
+                workers=settings.image_workers,
+                time_limit=settings.image_decode_seconds,
+                max_waiting=settings.image_decode_queue,
+                memory_budget=settings.image_decode_memory_mb * 1024 * 1024,
+            )
+            opened.push_async_callback(self.images.aclose)
+            await self.images.start()
         image_workers.install(self.images)
         opened.callback(image_workers.uninstall, self.images)
         self.db = Database(url)

@@ -25,6 +25,7 @@ from backends.modelslab.simulator import Simulator, SimulatorConfig
 from bot.app import HeadshotApp, Overrides
 from bot.config import load_settings
 from bot.fetch import SafeFetcher
+from bot.images import ImageWorkers, image_workers
 from bot.jobs.engine import EngineTimings
 from bot.jobs.rehost import RetryPolicy
 from storage.database import Database
@@ -180,6 +181,17 @@ async def simulator() -> AsyncIterator[Simulator]:
 AppFactory = Callable[..., Awaitable[HeadshotApp]]
 
 
+def shared_image_workers() -> ImageWorkers:
+    """The session's decode workers: each app a test starts would otherwise start two Python
+    processes of its own, which on two cores costs the suite many minutes."""
+    return image_workers()
+
+
+def _sets_image_workers(settings: dict[str, Any]) -> bool:
+    """A test that sets the workers' settings gets a pool of its own, made from them."""
+    return any(name.startswith("image_") for name in settings)
+
+
 @pytest.fixture
 async def make_app(
     tmp_path: Path, simulator: Simulator, database_url: str
@@ -207,7 +219,12 @@ async def make_app(
                 "selfie_retention_seconds": 0,
                 **settings,
             }
-            overrides = Overrides(timings=timings, local_webhooks=local_webhooks, fetcher=fetcher)
+            overrides = Overrides(
+                timings=timings,
+                local_webhooks=local_webhooks,
+                fetcher=fetcher,
+                images=None if _sets_image_workers(settings) else shared_image_workers(),
+            )
             app = HeadshotApp(load_settings(**values), overrides, service=service)
             await stack.enter_async_context(app)
             return app

@@ -24,7 +24,7 @@ from backends.modelslab.simulator import Simulator
 from bot.app import HeadshotApp, Overrides
 from bot.config import ConfigError, load_settings
 from bot.logs import setup_logging
-from tests.conftest import FAST, TEST_KEY, make_image
+from tests.conftest import FAST, TEST_KEY, make_image, shared_image_workers
 from tests.databases import query, stored_bytes
 from tests.fake_discord import FakeDiscord, Interaction, Message
 
@@ -74,9 +74,10 @@ class World:
             "discord_gateway_url": self.fake.gateway_url,
             **self.settings,
         }
-        self.app = HeadshotApp(
-            load_settings(**values), Overrides(timings=self.timings, local_webhooks=True)
+        overrides = Overrides(
+            timings=self.timings, local_webhooks=True, images=shared_image_workers()
         )
+        self.app = HeadshotApp(load_settings(**values), overrides)
         await self.app.start()
 
     async def start_adapter(self) -> None:

@@ -29,7 +29,7 @@ from bot.app import HeadshotApp, Overrides
 from bot.config import ConfigError, load_settings
 from bot.logs import setup_logging
 from bot.ui import ImageRef
-from tests.conftest import FAST, TEST_KEY, make_image
+from tests.conftest import FAST, TEST_KEY, make_image, shared_image_workers
 from tests.databases import stored_bytes
 from tests.fake_telegram import FakeTelegram
 
@@ -79,9 +79,10 @@ class World:
             "telegram_api_base": self.fake.api_base,
             **self.settings,
         }
-        self.app = HeadshotApp(
-            load_settings(**values), Overrides(timings=self.timings, local_webhooks=True)
+        overrides = Overrides(
+            timings=self.timings, local_webhooks=True, images=shared_image_workers()
         )
+        self.app = HeadshotApp(load_settings(**values), overrides)
         await self.app.start()
         self.adapter = TelegramAdapter(
             self.app.commands,
