@@ -60,7 +60,8 @@ async def test_three_replicas_one_provider_300_jobs(
             exits = await cluster.stop()
     assert exits == [0, 0, 0], cluster.logs()
 
-    assert Counter(counts.values()) == Counter({1: USERS * JOBS_PER_USER})  # each exactly once
+    twice = {message: n for message, n in counts.items() if n != 1}
+    assert not twice, (twice, cluster.logs())  # each exactly once
     statuses = Counter(status for path, status in simulator.requests if "/sim/" not in path)
     assert statuses[429] == 0, statuses
     tracks = Counter(str(job.track_id) for job in simulator.jobs.values())
