@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -318,8 +319,15 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
+        # A name that does not resolve, or an address this machine does not have, is the
+        # host's fault; anything else (taken, privileged) the port's.
+        setting = (
+            "WEB_HOST"
+            if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+            else "WEB_PORT"
+        )
         raise ConfigError(
-            f"invalid setting WEB_PORT: cannot listen on {host}:{port} ({exc.strerror})"
+            f"invalid setting {setting}: cannot listen on {host}:{port} ({exc.strerror})"
         ) from None
     sock.listen(128)
     sock.setblocking(False)

@@ -248,3 +248,21 @@ def test_a_generate_flag_beyond_the_operations_limits_names_the_flag(
     assert line.startswith(f"headshot-bot: {flag} must be "), line
     assert field not in line or field == flag.removeprefix("--")
     assert not (clean_env / "data").exists()  # refused before the service started
+
+
+@pytest.mark.parametrize("host", ["no-such-host.invalid", "192.0.2.1"])
+@pytest.mark.usefixtures("logging_kept")
+def test_a_web_host_the_service_cannot_listen_on_names_web_host(
+    host: str,
+    clean_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A name that does not resolve, and an address this machine does not have (TEST-NET-1).
+    monkeypatch.setenv("WEB_HOST", host)
+    (clean_env / "face.png").write_bytes(make_image())
+    code = main(["generate", "face.png", "--demo", "--out", "shots"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    (line,) = err.splitlines()
+    assert line.startswith(f"headshot-bot: invalid setting WEB_HOST: cannot listen on {host}:")
