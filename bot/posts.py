@@ -36,9 +36,9 @@ class Removal:
 
 
 class PostRemover(Protocol):
-    """One platform's way to remove messages: each as far as the platform allows."""
+    """One platform's way to remove a message, as far as the platform allows."""
 
-    async def remove(self, posts: Sequence[Post]) -> Removal: ...
+    async def remove(self, post: Post) -> Removal: ...
 
 
 class PostRemovers:
@@ -68,9 +68,10 @@ class PostRemovers:
                 )
                 total += Removal(left=len(mine))
                 continue
-            try:
-                total += await remover.remove(mine)
-            except Exception:
-                log.exception("removing %d %s message(s) failed", len(mine), platform)
-                total += Removal(left=len(mine))
+            for post in mine:
+                try:
+                    total += await remover.remove(post)
+                except Exception:
+                    log.exception("removing a %s message failed", platform)
+                    total += Removal(left=1)
         return total

@@ -53,13 +53,7 @@ class DiscordPostRemover:
         finally:
             self._replacing.discard(str(message_id))
 
-    async def remove(self, posts: Sequence[Post]) -> Removal:
-        total = Removal()
-        for post in posts:
-            total += await self._remove(post)
-        return total
-
-    async def _remove(self, post: Post) -> Removal:
+    async def remove(self, post: Post) -> Removal:
         if post.message in self._replacing:
             return Removal(removed=1)
         channel = self._client.get_partial_messageable(int(post.chat))

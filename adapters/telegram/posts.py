@@ -62,13 +62,7 @@ class TelegramPostRemover:
     def __init__(self, bot: Bot) -> None:
         self._bot = bot
 
-    async def remove(self, posts: Sequence[Post]) -> Removal:
-        total = Removal()
-        for post in posts:
-            total += await self._remove(post)
-        return total
-
-    async def _remove(self, post: Post) -> Removal:
+    async def remove(self, post: Post) -> Removal:
         chat_id, message_id = int(post.chat), int(post.message)
         try:
             await self._bot.delete_message(chat_id, message_id)
