@@ -178,9 +178,7 @@ async def test_an_unwritable_out_folder_is_one_line_before_anything_starts(
     chat = await Process.start("chat", "--demo", "--out", "taken", cwd=tmp_path, env=env)
     status, errors = await chat.ended()
     assert status == 2
-    assert errors.strip().splitlines() == [
-        "headshot-bot: cannot save images in taken (File exists): choose another --out"
-    ]
+    assert errors.strip().splitlines() == ["headshot-bot: --out taken is a file: name a folder"]
 
 
 # ---- `run`: what it says at start ------------------------------------------------------------
@@ -242,8 +240,8 @@ class Screen:
 
 async def terminal(app: HeadshotApp, tmp_path: Path) -> tuple[TerminalChat, Screen]:
     screen = Screen()
+    (tmp_path / "out").mkdir(exist_ok=True)
     folder = ImageFolder(tmp_path / "out")
-    folder.prepare()
     chat = TerminalChat(app.commands, folder, write=screen.write)
     await chat.start()
     return chat, screen

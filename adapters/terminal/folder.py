@@ -4,7 +4,6 @@ content, so showing the same image again (a history page) writes no second copy.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 from bot.ui import ImageRef
@@ -15,13 +14,6 @@ NAME_CHARS = 16
 class ImageFolder:
     def __init__(self, path: Path) -> None:
         self.path = path.resolve()
-
-    def prepare(self) -> None:
-        """Make the folder, and check it takes files now, before anything is generated.
-        Raises OSError."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.path, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied", str(self.path))
 
     async def save(self, image: ImageRef, data: bytes) -> Path:
         """Write `data` (the bytes of `image`) and return its path. Raises OSError."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bot.cli.common import CliError, Commands, add_demo_flag, service, settings
+from bot.cli.common import Commands, add_demo_flag, service, settings
+from bot.cli.outdir import check_out_folder, make_out_folder
 from bot.config import Settings
 
 
@@ -33,14 +34,9 @@ async def _chat(args: argparse.Namespace) -> int:
     from adapters.terminal import OPERATOR, ImageFolder, TerminalChat, stdin_lines
 
     chosen = _with_owner(settings(quiet=True), OPERATOR)
+    check_out_folder(args.out)
+    make_out_folder(args.out)
     folder = ImageFolder(args.out)
-    try:
-        folder.prepare()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise CliError(
-            f"cannot save images in {args.out} ({reason}): choose another --out"
-        ) from None
     # In demo mode any free port will do: the simulator sends its webhooks there.
     async with service(chosen, demo=args.demo, web_port=0 if args.demo else None) as app:
         chat = TerminalChat(app.commands, folder, demo=args.demo)

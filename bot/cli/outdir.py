@@ -1,4 +1,5 @@
-"""`generate --out`: the folder the images go to, checked before anything is submitted."""
+"""`--out` of `generate` and `chat`: the folder the images go to, checked before anything is
+submitted."""
 
 from __future__ import annotations
 
