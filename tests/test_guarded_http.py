@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from backends.addresses import AddressPolicy, IPAddress, is_public_address
 from backends.guarded_http import AddressRefused, guarded_transport, origin_key
+from tests.test_fetch import FakeResolver
 
 LIMITS = httpx.Limits(max_connections=10, max_keepalive_connections=0)
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
@@ -57,18 +58,6 @@ async def server() -> AsyncIterator[Server]:
         yield state
     finally:
         await runner.cleanup()
-
-
-class FakeResolver:
-    def __init__(self, table: dict[str, list[str]]) -> None:
-        self.table = table
-        self.lookups: list[str] = []
-
-    async def resolve(self, host: str, port: int) -> list[str]:
-        self.lookups.append(host)
-        if host not in self.table:
-            raise OSError(f"no such host {host}")
-        return self.table[host]
 
 
 def _client(
