@@ -21,7 +21,7 @@ from pathlib import Path
 from backends.modelslab.simulator import Simulator, SimulatorConfig
 from storage.database import Database
 from storage.ledger import violations
-from tests.cluster import Cluster
+from tests.cluster import Cluster, result_counts
 from tests.conftest import EXAMPLE_SELFIE
 from tests.databases import query
 from tests.fake_telegram import FakeTelegram
@@ -168,16 +168,7 @@ def answer_counts(
     telegram: FakeTelegram, requests: dict[int, list[int]]
 ) -> Counter[tuple[int, int]]:
     """How many final answers each request got: results, or failures."""
-    counts: Counter[tuple[int, int]] = Counter(
-        {(chat_id, m): 0 for chat_id, ids in requests.items() for m in ids}
-    )
-    for chat_id in requests:
-        for message in telegram.bot_messages(chat_id):
-            text = str(message.get("caption") or message.get("text") or "")
-            replied = (message.get("reply_to_message") or {}).get("message_id")
-            if text.startswith(FINAL_PREFIXES) and (chat_id, replied) in counts:
-                counts[chat_id, replied] += 1
-    return counts
+    return result_counts(telegram, requests, FINAL_PREFIXES)
 
 
 def _count_answers(

@@ -232,10 +232,13 @@ class Cluster:
 
 
 def result_counts(
-    telegram: FakeTelegram, requests: Mapping[int, list[int]]
+    telegram: FakeTelegram,
+    requests: Mapping[int, list[int]],
+    prefixes: str | tuple[str, ...] = "Done:",
 ) -> Counter[tuple[int, int]]:
-    """How many results ("Done: …" replies) each request got: {(chat id, message id): count},
-    for requests given as {chat id: [their message ids]} (a private chat's id is its user's)."""
+    """How many results ("Done: …" replies, or others that start with `prefixes`) each request
+    got: {(chat id, message id): count}, for requests given as {chat id: [their message ids]}
+    (a private chat's id is its user's)."""
     counts: Counter[tuple[int, int]] = Counter(
         {(chat_id, m): 0 for chat_id, ids in requests.items() for m in ids}
     )
@@ -243,7 +246,7 @@ def result_counts(
         for message in telegram.bot_messages(chat_id):
             text = str(message.get("caption") or message.get("text") or "")
             replied = (message.get("reply_to_message") or {}).get("message_id")
-            if text.startswith("Done:") and (chat_id, replied) in counts:
+            if text.startswith(prefixes) and (chat_id, replied) in counts:
                 counts[chat_id, replied] += 1
     return counts
 
