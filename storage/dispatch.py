@@ -31,6 +31,12 @@ for). Nobody else's place changes.
 
 Only jobs whose process is alive (a live lease) are given slots: a job whose process died keeps
 its place until another process takes it over.
+
+The slots come in *pools*: one for every operation (a provider account), or one per set of
+operations that GPU workers serve (the fleet: a worker serving only avatars has no room for a
+headshot). A waiting job is given a slot from a pool of its operation with room, in line order;
+a job whose pools are all full keeps its place, and those behind it of other operations may go
+first.
 """
 
 from __future__ import annotations
@@ -57,6 +63,45 @@ _QUEUED = JobState.QUEUED.value
 RECENT_GENERATIONS = 50
 
 Place = tuple[int, int, int]  # (round, slot, sequence): the line's order
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Slots shared by some operations: the workers that serve exactly those (None: every
+    operation, as one provider account)."""
+
+    operations: frozenset[str] | None
+    slots: int
+
+    def holds(self, operation: str) -> bool:
+        return self.operations is None or operation in self.operations
+
+
+class _Use:
+    """How full each pool is during a pass. A job in flight is counted in every pool holding
+    its operation: which of them runs it is not known, so none is overfilled."""
+
+    def __init__(self, pools: list[Pool], in_flight: Counter[str]) -> None:
+        self._pools = pools
+        self._used = [
+            sum(count for operation, count in in_flight.items() if pool.holds(operation))
+            for pool in pools
+        ]
+
+    def free(self, index: int) -> int:
+        return self._pools[index].slots - self._used[index]
+
+    def take(self, operation: str) -> bool:
+        """Count a job of `operation` in, if a pool of its operation has room for it."""
+        if not any(
+            pool.holds(operation) and used < pool.slots
+            for pool, used in zip(self._pools, self._used, strict=True)
+        ):
+            return False
+        for index, pool in enumerate(self._pools):
+            if pool.holds(operation):
+                self._used[index] += 1
+        return True
 
 
 @dataclass(frozen=True)
@@ -101,31 +146,40 @@ class DispatchQueue:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def dispatch(self, capacity: int) -> DispatchPass:
-        """Place the jobs queued since the last pass, then give free provider slots (at most
-        `capacity` jobs in flight, counted across every process) to the first waiting jobs
-        in line whose process is alive. Those jobs are now `submitted`: their processes send
-        them."""
+    async def dispatch(self, pools: Sequence[Pool] | int) -> DispatchPass:
+        """Place the jobs queued since the last pass, then give free provider slots to the
+        first waiting jobs in line whose process is alive: a job gets one from the first pool
+        of its operation with room (in flight counted per operation, across every process).
+        An int is one pool of that many slots for every operation. The jobs given a slot are
+        `submitted` now: their processes send them."""
+        pools = [Pool(None, pools)] if isinstance(pools, int) else list(pools)
         async with self._db.write() as conn:
             state = await lock_line(conn)
             placed = await _place_new(conn, state)
-            in_flight = await conn.scalar(
-                select(func.count()).select_from(_JOBS).where(_JOBS.c.state.in_(IN_FLIGHT))
-            )
-            free = capacity - int(in_flight or 0)
-            granted: list[tuple[str, int]] = []
-            if free > 0:
-                rows = await conn.execute(
-                    select(_JOBS.c.id, _JOBS.c.queue_round)
-                    .where(
-                        *_waiting(),
-                        _JOBS.c.lease_expires_at > database_now(conn),
-                    )
+            use = _Use(pools, await _in_flight_by_operation(conn))
+            candidates: dict[str, tuple[Place, str, int]] = {}
+            for index, pool in enumerate(pools):
+                free = use.free(index)
+                if free <= 0:
+                    continue
+                query = (
+                    select(_JOBS.c.id, _JOBS.c.operation, *_LINE_ORDER)
+                    .where(*_waiting(), _JOBS.c.lease_expires_at > database_now(conn))
                     .order_by(*_LINE_ORDER)
                     .limit(free)
                     .with_for_update()
                 )
-                granted = [(row.id, row.queue_round) for row in rows]
+                if pool.operations is not None:
+                    query = query.where(_JOBS.c.operation.in_(sorted(pool.operations)))
+                for row in await conn.execute(query):
+                    place = (row.queue_round, row.queue_slot, row.queue_seq)
+                    candidates[row.id] = (place, row.operation, row.queue_round)
+            granted: list[tuple[str, int]] = []
+            for job_id, (_, operation, round_) in sorted(
+                candidates.items(), key=lambda item: item[1][0]
+            ):
+                if use.take(operation):
+                    granted.append((job_id, round_))
             if granted:
                 now = utcnow()
                 await conn.execute(
@@ -244,6 +298,15 @@ def _place_of(row: Any) -> tuple[int, int, int, Any]:
 
 _PLACE = (_JOBS.c.queue_round, _JOBS.c.queue_slot, _JOBS.c.queue_seq, _JOBS.c.queue_community)
 _LINE_ORDER = (_JOBS.c.queue_round, _JOBS.c.queue_slot, _JOBS.c.queue_seq)
+
+
+async def _in_flight_by_operation(conn: AsyncConnection) -> Counter[str]:
+    rows = await conn.execute(
+        select(_JOBS.c.operation, func.count().label("count"))
+        .where(_JOBS.c.state.in_(IN_FLIGHT))
+        .group_by(_JOBS.c.operation)
+    )
+    return Counter({row.operation: int(row.count) for row in rows})
 
 
 def _waiting() -> tuple[Any, ...]:

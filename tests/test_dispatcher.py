@@ -19,7 +19,7 @@ from bot.jobs.dispatcher import Dispatcher
 from storage.accounts import AccountRepository
 from storage.coordination import open_coordination
 from storage.database import Database
-from storage.dispatch import DispatchQueue
+from storage.dispatch import DispatchQueue, Pool
 from storage.jobs import JobRepository, NewJob
 from storage.leases import Lease
 from storage.models import DispatchState, Job
@@ -29,13 +29,15 @@ TODAY = date(2026, 12, 3)
 LEASE = Lease("here", 600)
 
 
-def new_job(job_id: str, user_id: int, community_id: int | None = None) -> NewJob:
+def new_job(
+    job_id: str, user_id: int, community_id: int | None = None, operation: str = "headshot"
+) -> NewJob:
     return NewJob(
         id=job_id,
         user_id=user_id,
         community_id=community_id,
-        operation="headshot",
-        params={"operation": "headshot", "samples": 1},
+        operation=operation,
+        params={"operation": operation, "samples": 1},
         credits=1,
         selfie_key=None,
         pose_key=None,
@@ -47,7 +49,7 @@ class Line:
     """Jobs made in a real database and dispatch passes run one at a time, by hand: the slots
     handed out are recorded in order."""
 
-    def __init__(self, db: Database, capacity: int) -> None:
+    def __init__(self, db: Database, capacity: int | list[Pool]) -> None:
         self.db = db
         self.capacity = capacity
         self.accounts = AccountRepository(db)
@@ -59,7 +61,13 @@ class Line:
         self._communities: dict[Hashable, int] = {}
 
     async def arrive(
-        self, job_id: str, user: Hashable, community: Hashable = None, *, lease: Lease = LEASE
+        self,
+        job_id: str,
+        user: Hashable,
+        community: Hashable = None,
+        *,
+        lease: Lease = LEASE,
+        operation: str = "headshot",
     ) -> None:
         if user not in self._users:
             self._users[user] = (await self.accounts.user("test", str(user))).id
@@ -69,7 +77,7 @@ class Line:
                 found = await self.accounts.community("test", str(community))
                 self._communities[community] = found
             community_id = self._communities[community]
-        new = new_job(job_id, self._users[user], community_id)
+        new = new_job(job_id, self._users[user], community_id, operation)
         await self.jobs.create(new, daily_quota=None, today=TODAY, lease=lease)
         await self.dispatch()
 
@@ -227,6 +235,101 @@ async def test_cancelling_a_users_latest_job_frees_its_round(db: Database) -> No
     await line.cancel("a2")
     await line.arrive("a3", "A")  # back into the round a2 left, not behind B's whole burst
     assert await line.waiting() == ["a1", "b1", "b2", "a3", "b3"]
+
+
+# ---- pools: slots that only some operations may use -------------------------------------------
+
+FACES = Pool(frozenset({"headshot", "facegen"}), 1)  # one GPU worker serving these two
+AVATARS = Pool(frozenset({"avatar"}), 1)  # another serving avatars only
+
+
+async def test_a_job_gets_a_slot_from_its_own_pool_even_behind_jobs_of_a_full_one(
+    db: Database,
+) -> None:
+    line = Line(db, [FACES, AVATARS])
+    await line.arrive("h1", "A")
+    await line.arrive("h2", "B")
+    await line.arrive("f1", "C", operation="facegen")  # the headshot worker's, too: full
+    await line.arrive("v1", "D", operation="avatar")  # behind them all, but its worker is free
+    assert line.dispatched == ["h1", "v1"]
+    assert await line.waiting() == ["h2", "f1"]
+    await line.arrive("v2", "E", operation="avatar")
+    assert await line.waiting() == ["h2", "f1", "v2"]
+    await line.finish("v1")
+    assert line.dispatched == ["h1", "v1", "v2"]
+
+
+async def test_a_pool_with_no_room_keeps_its_jobs_waiting_in_the_fair_order(db: Database) -> None:
+    line = Line(db, [FACES, AVATARS])
+    await line.arrive("z", "Z")
+    for job_id in ("a1", "a2", "a3"):
+        await line.arrive(job_id, "A")
+    await line.arrive("b1", "B", operation="facegen")
+    await line.arrive("v1", "V", operation="avatar")
+    assert line.dispatched == ["z", "v1"]
+    assert await line.waiting() == ["a1", "b1", "a2", "a3"]
+    await line.finish("v1")  # the avatar worker's room is no use to them
+    assert await line.waiting() == ["a1", "b1", "a2", "a3"]
+    await line.drain()
+    assert line.dispatched == ["z", "v1", "a1", "b1", "a2", "a3"]
+
+
+async def test_a_job_in_flight_counts_in_every_pool_that_could_be_running_it(
+    db: Database,
+) -> None:
+    # Two workers serve headshots, one of them avatars too: which one runs a headshot is not
+    # known, so both count it, and no worker is ever handed more than it holds.
+    line = Line(db, [Pool(frozenset({"headshot"}), 1), Pool(frozenset({"headshot", "avatar"}), 1)])
+    await line.arrive("h1", "A")
+    await line.arrive("v1", "B", operation="avatar")
+    await line.arrive("h2", "C")
+    assert line.dispatched == ["h1"]
+    await line.finish("h1")
+    assert line.dispatched == ["h1", "v1", "h2"]  # one for each worker
+
+
+async def test_no_pool_for_an_operation_keeps_its_jobs_waiting(db: Database) -> None:
+    line = Line(db, [AVATARS])
+    await line.arrive("h1", "A")
+    await line.arrive("v1", "B", operation="avatar")
+    assert line.dispatched == ["v1"]
+    assert await line.waiting() == ["h1"]
+
+
+async def test_the_dispatcher_reads_its_pools_at_every_pass(
+    db: Database, database_url: str
+) -> None:
+    """A capacity source (the GPU workers alive): none at first, then one comes up."""
+    line = Line(db, 1)
+    pools: list[Pool] = []
+
+    async def source() -> list[Pool]:
+        return list(pools)
+
+    coordination = open_coordination(database_url)
+    dispatcher = Dispatcher(
+        queue=DispatchQueue(db),
+        coordination=coordination,
+        capacity=source,
+        origin="here",
+        check_seconds=0.1,
+    )
+    dispatcher.start()
+    try:
+        await _create(line, "h1", "A")
+        waiting = asyncio.create_task(dispatcher.acquire("h1"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        assert await line.queue.waiting() == ["h1"]
+        assert dispatcher.capacity == 0
+        pools.append(Pool(frozenset({"headshot"}), 2))
+        async with asyncio.timeout(10):
+            await waiting  # the periodic check finds the new room
+        assert await dispatcher.current_capacity() == dispatcher.capacity == 2
+        assert await line.queue.in_flight() == 1
+    finally:
+        await dispatcher.stop()
+        await coordination.aclose()
 
 
 # ---- two processes, one cap -------------------------------------------------------------------
@@ -448,6 +551,7 @@ async def run_line(line: Line, steps: list[tuple[object, ...]]) -> Trace:
             job_id = waiting[int(str(step[1])) % len(waiting)]
             await line.cancel(job_id)
             trace.cancelled.add(job_id)
+        assert isinstance(line.capacity, int)
         assert await line.queue.in_flight() == len(line.running) <= line.capacity
         trace.lines.append(await line.waiting())
     await line.drain()

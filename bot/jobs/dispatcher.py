@@ -11,6 +11,10 @@ whichever process drives them. Each process runs passes while it has jobs waitin
 its jobs starts waiting, when any process says the line changed (a slot freed, a job placed or
 given a slot: a message over the coordination's channel, LISTEN/NOTIFY on PostgreSQL), and every
 `check_seconds` in case such a message was lost.
+
+The slots are a fixed number (ModelsLab's cap), or read at each pass from a *capacity source*:
+the pools of the GPU workers alive now, per operation (`bot.fleet.pools`). A worker that comes
+up is given jobs by the next pass, `check_seconds` later at most.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from storage.coordination import Coordination
-from storage.dispatch import DispatchQueue
+from storage.dispatch import DispatchQueue, Pool
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,9 @@ RETRY_SECONDS = 1.0
 # A NOTIFY payload holds under 8000 bytes: jobs granted beyond these are found by a pass or check.
 MAX_NOTED = 100
 
+# The generator's slots as they are now (the GPU workers alive, each serving some operations).
+CapacitySource = Callable[[], Awaitable[list[Pool]]]
+
 
 class Dispatcher:
     def __init__(
@@ -38,14 +45,20 @@ class Dispatcher:
         *,
         queue: DispatchQueue,
         coordination: Coordination,
-        capacity: int,
+        capacity: int | CapacitySource,
         origin: str,
         check_seconds: float,
         on_change: Callable[[], None] | None = None,
     ) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
-        self.capacity = capacity
+        if isinstance(capacity, int):
+            if capacity < 1:
+                raise ValueError("capacity must be at least 1")
+            self._source: CapacitySource = _constant(capacity)
+            # Every slot the generator has, at the last pass (an int: always these).
+            self.capacity = capacity
+        else:
+            self._source = capacity
+            self.capacity = 0
         self._queue = queue
         self._coordination = coordination
         self._origin = origin
@@ -114,6 +127,15 @@ class Dispatcher:
         """Jobs holding a provider slot, every process's."""
         return await self._queue.in_flight()
 
+    async def current_capacity(self) -> int:
+        """Every slot the generator has now (also kept as `capacity`)."""
+        return _total(await self._read_pools())
+
+    async def _read_pools(self) -> list[Pool]:
+        pools = await self._source()
+        self.capacity = _total(pools)
+        return pools
+
     # ---- passes ---------------------------------------------------------------------------
 
     def _want_pass(self) -> None:
@@ -134,7 +156,7 @@ class Dispatcher:
 
     async def _dispatch(self) -> None:
         async with self._pass_turn:
-            result = await self._queue.dispatch(self.capacity)
+            result = await self._queue.dispatch(await self._read_pools())
         self._granted(result.granted)
         if result.changed:
             self._on_change()
@@ -187,3 +209,16 @@ class Dispatcher:
             if self._waiters:
                 self._want_pass()
             self._on_change()
+
+
+def _constant(slots: int) -> CapacitySource:
+    pools = [Pool(None, slots)]
+
+    async def source() -> list[Pool]:
+        return pools
+
+    return source
+
+
+def _total(pools: list[Pool]) -> int:
+    return sum(pool.slots for pool in pools)

@@ -32,7 +32,7 @@ from backends.errors import (
     UnknownProviderJob,
 )
 from backends.params import GenerationParams
-from bot.jobs.dispatcher import Dispatcher
+from bot.jobs.dispatcher import CapacitySource, Dispatcher
 from bot.jobs.event_bus import EventBus
 from bot.jobs.events import Completed, Failed, JobEvent, Progress, Queued, Started
 from bot.jobs.rehost import Rehoster, RehostFailed, RetryPolicy
@@ -92,7 +92,7 @@ class JobEngine:
         events: EventBus,
         coordination: Coordination,
         owner: str,
-        capacity: int,
+        capacity: int | CapacitySource,
         image_base_url: str,
         webhook_base_url: str | None,
         max_output_bytes: int,
@@ -302,6 +302,8 @@ class JobEngine:
             pose_image=await self._input(job.pose_key) if job.pose_key else None,
             webhook_url=f"{base}/webhooks/modelslab/{webhook_token}" if webhook_token else None,
             track_id=job.id,
+            face_key=job.selfie_key,
+            pose_key=job.pose_key,
         )
 
     async def _await_result(self, job: JobRecord) -> JobRecord:
@@ -594,7 +596,8 @@ class JobEngine:
 
     def _queued(self, job_id: str, position: int, typical: float) -> Queued:
         # It starts once the jobs ahead have gone through the provider's slots, then runs.
-        rounds = (position - 1) // self.dispatcher.capacity + 2
+        # No slot at all (no GPU worker alive yet) counts as one: it is waited for.
+        rounds = (position - 1) // max(1, self.dispatcher.capacity) + 2
         return Queued(job_id, position, typical * rounds)
 
     async def current_event(self, job: JobRecord) -> JobEvent | None:
