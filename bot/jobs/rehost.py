@@ -1,4 +1,7 @@
-"""Copies a provider's outputs into our own store before its links expire (24 h at ModelsLab)."""
+"""Copies a provider's outputs into our own store before its links expire (24 h at ModelsLab).
+
+A GPU worker of the fleet writes its outputs to our store itself: those (`stored:` links) are
+only checked to be there, never downloaded again."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from backends.base import Backend
+from backends.base import Backend, StoredOutput
 from backends.errors import BackendError, OutputTooLarge, OutputUnavailable
 from bot.images import ImageRejected, image_workers
 from bot.tokens import new_token
@@ -55,6 +58,9 @@ class Rehoster:
         return list(await asyncio.gather(*tasks))
 
     async def _one(self, job_id: str, position: int, url: str, deadline: float) -> OutputRecord:
+        stored = StoredOutput.parse(url) if self._backend.owns_output(url) else None
+        if stored is not None:
+            return await self._kept(job_id, position, stored)
         data = await self._download(job_id, url, deadline)
         try:
             info = await image_workers().inspect(data)
@@ -73,6 +79,23 @@ class Rehoster:
             width=info.width,
             height=info.height,
             size_bytes=len(data),
+        )
+
+    async def _kept(self, job_id: str, position: int, stored: StoredOutput) -> OutputRecord:
+        if stored.size_bytes > self._max_bytes:
+            raise RehostFailed("the generated image was larger than we accept")
+        if not await self._store.exists(stored.key):
+            log.warning("job %s: output %d is not in the image store", job_id, position)
+            raise RehostFailed("the generated image could not be found in our store")
+        return OutputRecord(
+            job_id=job_id,
+            position=position,
+            content_key=stored.key,
+            public_token=new_token(),
+            content_type=stored.content_type,
+            width=stored.width,
+            height=stored.height,
+            size_bytes=stored.size_bytes,
         )
 
     async def _download(self, job_id: str, url: str, deadline: float) -> bytes:
