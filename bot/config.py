@@ -144,6 +144,13 @@ class Settings(BaseSettings):
     local_model_controlnet_canny: Path | None = None
     local_model_flux_kontext: Path | None = None
 
+    # A GPU worker of the fleet (`headshot-bot gpu-worker`, PostgreSQL): the jobs it runs at
+    # once, how often it heartbeats, and how long a silent one is taken for dead (replicas drop
+    # it from their capacity, and its running job goes back to the queue).
+    gpu_worker_capacity: int = Field(1, ge=1, le=16)
+    gpu_worker_heartbeat_seconds: float = Field(5.0, ge=0.1, le=300)
+    gpu_worker_timeout_seconds: float = Field(30.0, gt=0)
+
     # The key under which bans and forgotten users' spent allowance are kept (a keyed hash of
     # the platform id): the same on every process using the database. Unset, the key in
     # $DATA_DIR/pseudonym.key (made on first start).
@@ -324,6 +331,18 @@ class Settings(BaseSettings):
     def _local_device_is_torch_device(cls, value: str) -> str:
         if value != "cpu" and value != "cuda" and not value.startswith("cuda:"):
             raise ValueError("use cuda, cuda:N or cpu")
+        return value
+
+    @field_validator("gpu_worker_timeout_seconds")
+    @classmethod
+    def _gpu_worker_timeout_spans_heartbeats(cls, value: float, info: ValidationInfo) -> float:
+        # One late heartbeat (a busy database, a long pause) must not make a worker look dead.
+        heartbeat = info.data.get("gpu_worker_heartbeat_seconds")
+        if heartbeat is not None and value <= 2 * heartbeat:
+            raise ValueError(
+                f"{value:g} s must be more than twice GPU_WORKER_HEARTBEAT_SECONDS "
+                f"({heartbeat:g} s), so that one late heartbeat does not make a worker dead"
+            )
         return value
 
     @property

@@ -19,7 +19,7 @@ from pydantic import HttpUrl, SecretStr, WebsocketUrl
 
 from bot.cli import _parser, main
 from bot.cli.flags import FLAGS
-from bot.config import Settings, load_settings
+from bot.config import ConfigError, Settings, load_settings
 from tests.conftest import make_image
 
 FILE = "<a file>"
@@ -266,3 +266,25 @@ def test_a_web_host_the_service_cannot_listen_on_names_web_host(
     assert code == 2, err
     (line,) = err.splitlines()
     assert line.startswith(f"headshot-bot: invalid setting WEB_HOST: cannot listen on {host}:")
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"GPU_WORKER_HEARTBEAT_SECONDS": "15"},  # with the default timeout, 30 s
+        {"GPU_WORKER_HEARTBEAT_SECONDS": "1", "GPU_WORKER_TIMEOUT_SECONDS": "2"},
+    ],
+)
+def test_a_gpu_worker_timeout_within_two_heartbeats_names_the_timeout(
+    env: dict[str, str], clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    (line,) = str(refused.value).splitlines()
+    assert line.startswith("invalid setting GPU_WORKER_TIMEOUT_SECONDS: "), line
+    assert "twice GPU_WORKER_HEARTBEAT_SECONDS" in line
+    monkeypatch.setenv("GPU_WORKER_TIMEOUT_SECONDS", "2.1")
+    monkeypatch.setenv("GPU_WORKER_HEARTBEAT_SECONDS", "1")
+    assert load_settings().gpu_worker_timeout_seconds == 2.1
