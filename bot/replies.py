@@ -12,12 +12,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from bot.posts import Removal
 from bot.safety import SafetyLevel
 from bot.styles import Style
 from bot.ui import Button, ButtonStyle, ImageRef, JobSummary, job_buttons, short_id
 from storage.records import Allowance, AuditRecord, JobState, JobStats
+
+if TYPE_CHECKING:
+    from bot.fleet.view import WorkerView
+
+# The longest list reply: under Discord's 2000 characters (Telegram's limit is 4096).
+MAX_LIST_CHARS = 1900
 
 
 @dataclass(frozen=True)
@@ -393,6 +400,10 @@ def owners_only_in_dm() -> str:
     return "Admin commands work in a server or group; in a DM only the bot's owners can use them."
 
 
+def owners_only(command: str) -> str:
+    return f"Only the bot's owners can use /{command}."
+
+
 def _scope(community: bool) -> str:
     return "here" if community else "everywhere (global)"
 
@@ -535,3 +546,97 @@ def audit_page(entries: Sequence[AuditRecord], page: int) -> Reply:
         lines.append(f"• {_when(entry.at)} · {entry.actor} · {entry.action}{target}{details}")
     buttons = (Button("Older", "admin audit", {"page": str(page + 1)}),)
     return Reply("\n".join(lines), private=True, buttons=buttons)
+
+
+# ---- the GPU workers (owners) -------------------------------------------------------------------
+
+_PROVIDER_NAMES = {"modelslab": "ModelsLab"}
+# A host or device name longer than this is cut: a worker writes its own.
+_MAX_NAME = 48
+
+
+def no_gpu_workers() -> Reply:
+    return done("This bot has no GPU workers: it generates with ModelsLab.")
+
+
+def workers_list(workers: Sequence[WorkerView], fallback: str | None) -> Reply:
+    """Live workers first, then draining ones, then the silent; as many as fit one message."""
+    closing = []
+    if fallback:
+        name = _PROVIDER_NAMES.get(fallback, fallback)
+        closing.append(f"Operations no live worker serves go to {name} (FALLBACK_BACKEND).")
+    if not workers:
+        lines = [
+            "No GPU worker has reported in yet: start one with `headshot-bot gpu-worker` "
+            "(README: “Adding a GPU machine”)."
+        ]
+        return done("\n".join(lines + closing))
+    live = [w for w in workers if w.live]
+    room = sum(w.capacity for w in live)
+    lines = [
+        f"GPU workers: {len(live)} live of {len(workers)}, room for {_plural(room, 'job')} at once."
+    ]
+    ordered = sorted(workers, key=lambda w: 0 if w.live else 1 if not w.silent else 2)
+    more = "• and 9999 more"
+    budget = MAX_LIST_CHARS - sum(len(line) + 1 for line in (*lines, *closing, more))
+    for shown, worker in enumerate(ordered):
+        line = _worker_line(worker)
+        if len(line) + 1 > budget:
+            lines.append(f"• and {len(ordered) - shown} more")
+            break
+        budget -= len(line) + 1
+        lines.append(line)
+    return done("\n".join(lines + closing))
+
+
+def _worker_line(worker: WorkerView) -> str:
+    jobs = f"{_plural(worker.jobs_done, 'job')} done"
+    if worker.jobs_failed:
+        jobs += f", {worker.jobs_failed} failed"
+    speed = (
+        f"{worker.seconds_per_image:.1f} s/image"
+        if worker.seconds_per_image is not None
+        else "no images yet"
+    )
+    parts = [
+        _cut(worker.host),
+        _cut(worker.device),
+        ", ".join(worker.operations) or "no operations",
+        f"{jobs}, {speed}",
+        _worker_state(worker),
+    ]
+    return "• " + " · ".join(parts)
+
+
+def _worker_state(worker: WorkerView) -> str:
+    if worker.child:
+        if not worker.live:
+            return "the bot's own process, stopped (it starts again with the next job)"
+        last = worker.last_job_age
+        return "the bot's own process" + (f", last job {_ago(last)}" if last is not None else "")
+    age = worker.heartbeat_age or 0.0
+    if worker.silent:
+        gone = f"not heard from for {_duration(age)}"
+        return gone + (" (it was draining)" if worker.draining else "")
+    if worker.draining:
+        return f"draining: finishing its jobs, last heartbeat {_ago(age)}"
+    return f"last heartbeat {_ago(age)}"
+
+
+def _ago(seconds: float) -> str:
+    return f"{_duration(seconds)} ago"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{int(seconds)} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min"
+    if seconds < 2 * 86400:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 86400)} days"
+
+
+def _cut(name: str) -> str:
+    return name if len(name) <= _MAX_NAME else name[: _MAX_NAME - 1] + "…"

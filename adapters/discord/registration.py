@@ -21,9 +21,9 @@ Runner = Callable[[CommandSpec, discord.Interaction, dict[str, Any]], Awaitable[
 
 ADMIN_GROUP = "admin"
 MAX_DESCRIPTION = 100
-# Everyone's commands work in servers and in direct messages with the bot; moderation only in
-# servers, shown by default to members who may manage the server (servers can change that,
-# so the command layer checks again on every run).
+# Everyone's commands work in servers and in direct messages with the bot; /admin (moderation,
+# and the owners' own commands) only in servers, shown by default to members who may manage the
+# server (servers can change that, so the command layer checks again on every run).
 EVERYWHERE = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=False)
 SERVERS_ONLY = app_commands.AppCommandContext(guild=True, dm_channel=False, private_channel=False)
 INSTALLS = app_commands.AppInstallationType(guild=True, user=False)
@@ -74,8 +74,8 @@ def _group(
         return None
     if path in groups:
         return groups[path]
-    if path[0] != ADMIN_GROUP or spec.access != Access.MODERATOR:
-        raise ValueError(f"/{spec.name}: only moderator commands may be grouped, under /admin")
+    if path[0] != ADMIN_GROUP or spec.access == Access.EVERYONE:
+        raise ValueError(f"/{spec.name}: only admin commands may be grouped, under /admin")
     parent = _group(tree, groups, path[:-1], spec)
     if parent is None:
         group = app_commands.Group(

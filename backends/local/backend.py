@@ -47,6 +47,24 @@ RESULT_TTL_SECONDS = 3600.0
 DEFAULT_ETA_SECONDS = 10.0
 # After a failed start, submits fail at once for this long instead of loading again each time.
 RESTART_BACKOFF_SECONDS = 60.0
+# How many recent images the median seconds per image is taken over.
+RECENT_IMAGES = 50
+
+
+@dataclass(frozen=True)
+class ChildWorkerStatus:
+    """The child worker as the bot's process knows it (`LocalBackend.fleet_status`): what an
+    operator sees in /admin workers on a single machine. Times are seconds since the epoch."""
+
+    alive: bool
+    device: str
+    operations: tuple[str, ...]
+    capacity: int
+    jobs_done: int
+    jobs_failed: int
+    seconds_per_image: float | None  # median of the recent images
+    started_at: float | None  # the current process's start; None if it is not running
+    last_finished_at: float | None
 
 
 class WorkerStartFailed(Exception):
@@ -93,6 +111,11 @@ class LocalBackend:
         self._start_failure: tuple[float, str] | None = None
         self.operations: frozenset[Operation] = frozenset()
         self._warned_unchecked = False
+        self._jobs_done = 0
+        self._jobs_failed = 0
+        self._image_seconds: deque[float] = deque(maxlen=RECENT_IMAGES)
+        self._started_at: float | None = None
+        self._last_finished_at: float | None = None
 
     def listen(self, callback: Callable[[str], object]) -> None:
         """Call `callback(track_id)` whenever a job finishes, so it is fetched without delay."""
@@ -146,6 +169,7 @@ class LocalBackend:
             await self._kill()
             raise
         self.operations = frozenset(Operation(op) for op in operations)
+        self._started_at = time.time()
         log.info("GPU worker ready: %s", ", ".join(sorted(self.operations)))
         if not self._warned_unchecked:
             self._warned_unchecked = True
@@ -313,9 +337,41 @@ class LocalBackend:
         )
         if seconds is not None:
             self._durations.setdefault(job.operation, deque(maxlen=20)).append(seconds)
+        self._count(status, refused=refused, seconds=seconds, images=len(job.outputs))
         if job.track_id is not None:
             for listener in self._listeners:
                 listener(job.track_id)
+
+    def fleet_status(self) -> ChildWorkerStatus:
+        """The child worker now: whether it runs, where, and its figures since the bot began."""
+        process = self._process
+        alive = process is not None and process.is_alive()
+        served = self.operations if alive else frozenset(self.config.operations)
+        recent = self._image_seconds
+        return ChildWorkerStatus(
+            alive=alive,
+            device=self.config.runtime.device,
+            operations=tuple(op.value for op in Operation if op in served),
+            capacity=self.capacity,
+            jobs_done=self._jobs_done,
+            jobs_failed=self._jobs_failed,
+            seconds_per_image=statistics.median(recent) if recent else None,
+            started_at=self._started_at if alive else None,
+            last_finished_at=self._last_finished_at,
+        )
+
+    def _count(
+        self, status: ResultStatus, *, refused: bool, seconds: float | None, images: int
+    ) -> None:
+        """A job's end in the figures: a refused request is the request's fault, not the
+        worker's, so it counts as neither done nor failed."""
+        self._last_finished_at = time.time()
+        if status == ResultStatus.SUCCESS:
+            self._jobs_done += 1
+            if seconds is not None and images:
+                self._image_seconds.append(seconds / images)
+        elif not refused:
+            self._jobs_failed += 1
 
     def _eta(self, operation: Operation) -> float:
         recent = self._durations.get(operation)

@@ -167,6 +167,13 @@ async def refund(ctx: Context, options: dict[str, Any]) -> Reply:
     return replies.refund_result(job.id, listing.platform_user_id, credits, str(job.state))
 
 
+async def workers(ctx: Context, options: dict[str, Any]) -> Reply:
+    fleet = ctx.services.fleet
+    if fleet is None or not fleet.has_gpu:
+        return replies.no_gpu_workers()
+    return replies.workers_list(await fleet.workers(), fleet.fallback)
+
+
 async def audit(ctx: Context, options: dict[str, Any]) -> Reply:
     page = options.get("page", 1)
     entries = await ctx.services.audit.recent(

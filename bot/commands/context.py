@@ -8,6 +8,7 @@ from typing import Any
 
 from bot.config import Settings
 from bot.fetch import SafeFetcher
+from bot.fleet.view import FleetView
 from bot.generation import GenerationService
 from bot.jobs.engine import JobEngine
 from bot.jobs.event_bus import EventBus
@@ -89,6 +90,8 @@ class Services:
     posts: PostRepository
     # Each running chat adapter's way to remove its platform's messages (registered at start).
     removers: PostRemovers = field(default_factory=PostRemovers)
+    # The GPU workers, for /admin workers; None: this bot has none (ModelsLab alone).
+    fleet: FleetView | None = None
 
 
 @dataclass

@@ -70,6 +70,7 @@ HANDLERS: dict[str, Handler] = {
     "admin jobs": admin.jobs,
     "admin refund": admin.refund,
     "admin audit": admin.audit,
+    "admin workers": admin.workers,
 }
 
 
@@ -289,6 +290,8 @@ class CommandLayer:
 def _check_access(spec: CommandSpec, actor: Actor, is_owner: bool) -> None:
     if spec.access == Access.EVERYONE or is_owner:
         return
+    if spec.access == Access.OWNER:
+        raise CommandError(replies.owners_only(spec.name))
     if actor.community_id is None:
         raise CommandError(replies.owners_only_in_dm())
     if not actor.is_moderator:

@@ -29,6 +29,8 @@ class Access(StrEnum):
     # A moderator of the community the command runs in (the adapter says who is one), or an
     # owner; in a DM only an owner, acting on the global scope.
     MODERATOR = "moderator"
+    # The bot's owners only (OWNER_IDS), anywhere: what the operator alone should see.
+    OWNER = "owner"
 
 
 @dataclass(frozen=True)
@@ -297,6 +299,7 @@ _OTHER_COMMANDS = (
         Access.MODERATOR,
         replaces_message=True,
     ),
+    CommandSpec("admin workers", "The GPU workers, their jobs and heartbeats", (), Access.OWNER),
 )
 
 # What each group of commands is for, for platforms that show groups ("/admin quota …").
