@@ -5,7 +5,8 @@ The image's health check is run for real against the bot's web server on a port 
 cluster's replicas use only real settings, share one database, image store and key, run each
 Discord shard once, and sit behind a load balancer that names every one of them. The `gpu`
 profile runs the local backend on a reserved GPU with its models in a volume, in an image whose
-only onnxruntime is the GPU build."""
+only onnxruntime is the GPU build, and a GPU worker of the cluster that holds none of the bot's
+secrets."""
 
 from __future__ import annotations
 
@@ -192,7 +193,12 @@ def test_long_running_services_have_healthchecks(services: dict[str, Service]) -
     # The single bot has the Dockerfile's HEALTHCHECK.
     for name, service in services.items():
         if service.get("profiles") and service.get("restart") != "no":
-            assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+            check = service.get("healthcheck", {})
+            if check.get("disable"):
+                # Only one that serves nothing: the image's check asks its web server.
+                assert not service.get("ports"), f"{name} publishes a port but has no check"
+                continue
+            assert check.get("test"), f"{name} has no healthcheck"
 
 
 def health_checks(services: dict[str, Service]) -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -201,7 +207,7 @@ def health_checks(services: dict[str, Service]) -> dict[str, tuple[list[str], di
     image = image_env()
     checks = {"Dockerfile": (image_healthcheck(), image)}
     for name, service in services.items():
-        if "build" in service:
+        if "build" in service and not service.get("healthcheck", {}).get("disable"):
             test = service.get("healthcheck", {}).get("test") or image_healthcheck()
             checks[name] = (test, {**image, **environment(service)})
     return checks
@@ -383,6 +389,53 @@ def test_the_gpu_profile_runs_the_local_backend_on_one_machine(
     # The same history as the CPU bot: switching to the GPU keeps users' jobs and quota.
     single = dict(reversed(str(v).split(":")[:2]) for v in services["headshot-bot"]["volumes"])
     assert mounts[str(settings.data_dir)] == single[str(settings.data_dir)]
+
+
+def test_the_gpu_worker_gets_the_store_and_its_database_role_and_no_secret_of_the_bots(
+    compose: dict[str, Any], services: dict[str, Service], replicas: dict[str, Service]
+) -> None:
+    workers = [s for s in services.values() if s.get("command") == ["headshot-bot", "gpu-worker"]]
+    assert len(workers) == 1, "one gpu-worker service"
+    worker = workers[0]
+    assert worker["profiles"] == [GPU]
+    assert reserved_gpus(worker), "reserve the GPU: deploy.resources.reservations.devices"
+    assert {"local", "gpu"} <= set(build_extras(worker))
+    # Outbound connections only; and nothing from .env but what the file names.
+    assert not worker.get("ports") and not worker.get("expose")
+    assert "env_file" not in worker and "secrets" not in worker
+    env = environment(worker)
+    bots_secrets = {"MODELSLAB_API_KEY", "DISCORD_TOKEN", "TELEGRAM_BOT_TOKEN", "PSEUDONYM_KEY"}
+    bots_secrets |= {"PSEUDONYM_KEY_FILE", "OWNER_IDS"}
+    assert not set(env) & bots_secrets
+    assert "GPU_WORKER_DATABASE_URL" in str(worker["environment"]["DATABASE_URL"])
+    known = {name.upper() for name in Settings.model_fields}
+    assert set(env) <= known, f"not settings: {sorted(set(env) - known)}"
+    role = "postgresql+psycopg://gpu:secret@postgres:5432/headshot"
+    values: dict[str, Any] = {
+        key.lower(): value for key, value in {**env, "DATABASE_URL": role}.items()
+    }
+    settings = Settings(_env_file=None, **values)
+    assert settings.local_device == "cuda:0"
+    # The same image store as the replicas: the images it writes are the ones they serve.
+    store = (
+        "S3_BUCKET",
+        "S3_ENDPOINT_URL",
+        "S3_REGION",
+        "S3_ACCESS_KEY_ID",
+        "S3_SECRET_ACCESS_KEY",
+    )
+    replica = environment(next(iter(replicas.values())))
+    assert {k: env[k] for k in store} == {k: replica[k] for k in store}
+    # The models, read-only, where it looks for them.
+    mounts = {
+        target: (source, rest)
+        for source, target, *rest in (str(v).split(":") for v in worker["volumes"])
+    }
+    source, options = mounts[str(settings.local_models_dir)]
+    assert source in compose["volumes"] and options == ["ro"]
+    # Its health is its heartbeat row (nothing listens), and a stop waits for its job to end.
+    assert worker["healthcheck"] == {"disable": True}
+    assert worker["stop_grace_period"] == "2m"
 
 
 def test_the_models_folder_belongs_to_the_images_user() -> None:
