@@ -30,10 +30,10 @@ OWNER_DM = {"user": "root"}
 OWNER_IN_G1 = {"community": "guild-1", "user": "root"}
 REFUSAL = "Only the bot's owners can use /admin workers."
 MODELSLAB_ONLY = "This bot has no GPU workers: it generates with ModelsLab."
-TIMEOUT = 30.0
+FALLBACK = "Operations no live worker serves go to ModelsLab (FALLBACK_BACKEND)."
 
 
-def with_fleet(app: HeadshotApp, fleet: FleetView) -> TestChat:
+def with_fleet(app: HeadshotApp, fleet: FleetView | None) -> TestChat:
     """The app's command layer, seeing `fleet`."""
     app.commands.services = dataclasses.replace(app.commands.services, fleet=fleet)
     return TestChat(app)
@@ -48,7 +48,8 @@ async def test_an_owner_sees_every_worker_and_which_are_draining_or_gone(
 ) -> None:
     from storage.gpu_workers import WorkerRegistry
 
-    app = await make_app(owner_ids="test:root")
+    # BACKEND=local on PostgreSQL: the fleet, with ModelsLab for what no live worker serves.
+    app = await make_app(owner_ids="test:root", backend="local", fallback_backend="modelslab")
     registry = WorkerRegistry(app.db)
     fast = await registry.register(
         host="gpu-box-1", device="cuda:0", operations=("headshot", "facegen"), capacity=2
@@ -82,16 +83,17 @@ async def test_an_owner_sees_every_worker_and_which_are_draining_or_gone(
             ),
             {"id": killed},
         )
-    chat = with_fleet(app, FleetView(app.backend, registry, timeout=TIMEOUT))
+    chat = TestChat(app)
     refused = (await chat.send("/admin workers", **G1_MOD)).reply  # type: ignore[arg-type]
     assert refused.text == REFUSAL and refused.refused
 
     for where in (OWNER_DM, OWNER_IN_G1):
         shown = (await chat.send("/admin workers", **where)).reply
         assert shown.private and not shown.refused
-        header, *lines = shown.text.splitlines()
+        header, *lines, fallback = shown.text.splitlines()
         # The draining and the silent one are not counted: 3 slots, from the two live ones.
         assert header == "GPU workers: 2 live of 4, room for 3 jobs at once."
+        assert fallback == FALLBACK
         assert len(lines) == 4
         heard = r" · last heartbeat \d+ s ago"
         live = {line.split(" · ")[0]: line for line in lines[:2]}
@@ -132,8 +134,8 @@ async def test_a_bot_on_modelslab_alone_says_it_has_no_gpu_workers(make_app: App
     app = await make_app(owner_ids="test:root")
     chat = TestChat(app)
     assert (await chat.send("/admin workers", **OWNER_DM)).reply.text == MODELSLAB_ONLY
-    # The same when the view is given the ModelsLab client: nothing to list.
-    chat = with_fleet(app, FleetView(app.backend, None, timeout=TIMEOUT))
+    # The same from a command layer given no view at all.
+    chat = with_fleet(app, None)
     assert (await chat.send("/admin workers", **OWNER_DM)).reply.text == MODELSLAB_ONLY
 
 
@@ -174,7 +176,7 @@ async def test_an_owner_sees_the_single_machines_child_worker_and_its_figures(
     assert status.seconds_per_image is not None and status.seconds_per_image > 0
     assert status.last_finished_at is not None and status.last_finished_at >= status.started_at
 
-    chat = with_fleet(app, FleetView(app.backend, None, timeout=TIMEOUT))
+    chat = TestChat(app)
     header, line, fallback = (await chat.send("/admin workers", **OWNER_DM)).reply.text.split("\n")
     assert header == "GPU workers: 1 live of 1, room for 2 jobs at once."
     assert re.fullmatch(
@@ -182,7 +184,7 @@ async def test_an_owner_sees_the_single_machines_child_worker_and_its_figures(
         r"the bot's own process, last job \d+ s ago",
         line,
     )
-    assert fallback == "Operations no live worker serves go to ModelsLab (FALLBACK_BACKEND)."
+    assert fallback == FALLBACK
 
     await child.aclose()  # the bot's process stops its child with it
     stopped = (await chat.send("/admin workers", **OWNER_DM)).reply.text
@@ -216,7 +218,7 @@ def test_a_long_fleet_is_cut_to_fit_one_message_and_says_how_many_more() -> None
 
     assert len(text_) <= MAX_LIST_CHARS < 2000
     assert header == "GPU workers: 200 live of 201, room for 800 jobs at once."
-    assert lines[-1] == "Operations no live worker serves go to ModelsLab (FALLBACK_BACKEND)."
+    assert lines[-1] == FALLBACK
     more = re.fullmatch(r"• and (\d+) more", lines[-2])
     assert more is not None
     shown = lines[:-2]
