@@ -29,10 +29,19 @@ def _database_url() -> str:
     return str(url)
 
 
+def include_name(name: str | None, type_: str, _parent_names: object) -> bool:
+    """What autogenerate compares: Procrastinate's tables are its own (revision 0010 reads
+    them from its package), never in our models."""
+    return not (type_ == "table" and (name or "").startswith("procrastinate_"))
+
+
 def _run(connection: Connection) -> None:
     sqlite = connection.dialect.name == "sqlite"
     context.configure(
-        connection=connection, target_metadata=target_metadata, render_as_batch=sqlite
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=sqlite,
+        include_name=include_name,
     )
     if not sqlite:
         with context.begin_transaction():

@@ -359,3 +359,43 @@ class Post(Base):
     message: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16))
     posted_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GpuWorker(Base):
+    """A GPU worker of the fleet (`headshot-bot gpu-worker`), as it last reported itself in its
+    heartbeat: the replicas count the capacity of those heard from recently, and /admin workers
+    shows them. Times are the database's clock."""
+
+    __tablename__ = "gpu_workers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    device: Mapped[str] = mapped_column(String(64))
+    operations: Mapped[str] = mapped_column(Text)  # comma-separated
+    capacity: Mapped[int] = mapped_column(Integer)
+    draining: Mapped[bool] = mapped_column(Boolean)
+    started_at: Mapped[datetime] = mapped_column()
+    heartbeat_at: Mapped[datetime] = mapped_column()
+    jobs_done: Mapped[int] = mapped_column(Integer)
+    jobs_failed: Mapped[int] = mapped_column(Integer)
+    seconds_per_image: Mapped[float | None] = mapped_column(Float)
+
+
+class GpuResult(Base):
+    """What a GPU worker made of one queue job (a Procrastinate job id; the queue keeps no
+    results): its images are in the image store already. Written once, with a NOTIFY on
+    `gpu_results`, and dropped some time after the replica has read it."""
+
+    __tablename__ = "gpu_results"
+
+    queue_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False
+    )
+    job_id: Mapped[str] = mapped_column(String(32))  # no foreign key: the job may be gone
+    ok: Mapped[bool] = mapped_column(Boolean)
+    refused: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(Text)
+    images: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    worker_id: Mapped[str | None] = mapped_column(String(32))
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
