@@ -8,6 +8,9 @@ the five keypoints sit at fixed fractions of the image size; an all-black image 
 from __future__ import annotations
 
 import hashlib
+import os
+import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -36,3 +39,28 @@ class StandInFaces:
         keypoints = _KEYPOINTS * np.array([width, height], dtype=np.float32)
         box = (0.2 * width, 0.2 * height, 0.8 * width, 0.85 * height)
         return Face(embedding=embedding, keypoints=keypoints, box=box)
+
+
+DELAY_ENV = "HEADSHOT_TEST_FACE_DELAY"
+MARKS_ENV = "HEADSHOT_TEST_FACE_MARKS"
+
+
+class SlowStandInFaces(StandInFaces):
+    """StandInFaces that first sleeps HEADSHOT_TEST_FACE_DELAY seconds, so that a job lasts long
+    enough for a test to kill its worker mid-job. The variable holds the seconds, or the path of
+    a file holding them, read at each analysis: a test may change it while the worker runs.
+
+    With HEADSHOT_TEST_FACE_MARKS naming a folder, each analysis first leaves a file named after
+    its process id there: the test learns which worker process took the job."""
+
+    def analyse(self, image: Image.Image) -> Face:
+        marks = os.environ.get(MARKS_ENV)
+        if marks:
+            (Path(marks) / str(os.getpid())).touch()
+        time.sleep(_delay(os.environ.get(DELAY_ENV, "0")))
+        return super().analyse(image)
+
+
+def _delay(setting: str) -> float:
+    path = Path(setting)
+    return float(path.read_text() if path.is_absolute() else setting)
