@@ -14,11 +14,14 @@ from aiohttp import web
 
 from backends.base import Backend
 from backends.local.backend import WorkerStartFailed
-from bot.backends import capacity_of, choose_backend
+from bot.backends import FleetAccess, choose_backend, uses_fleet
 from bot.commands import CommandLayer
 from bot.commands.context import Services
 from bot.config import ConfigError, Settings
 from bot.fetch import SafeFetcher
+from bot.fleet.backend import fleet_of
+from bot.fleet.pools import capacity_source
+from bot.fleet.view import FleetView
 from bot.generation import GenerationService
 from bot.images import workers as image_workers
 from bot.jobs.engine import EngineTimings, JobEngine
@@ -118,10 +121,12 @@ class HeadshotApp:
     async def _open(self) -> None:
         settings = self.settings
         opened = self._opened
-        self.backend = self._overrides.backend or choose_backend(
-            settings, quick_provider_failure=self._overrides.quick_provider_failure
-        )
-        opened.push_async_callback(self.backend.aclose)
+        # The GPU fleet's backend reads the worker registry through the service's database: it
+        # is built once that is there (below). Any other generator now: its settings are the
+        # first thing checked.
+        on_fleet = self._overrides.backend is None and uses_fleet(settings)
+        if not on_fleet:
+            self._use_backend(self._overrides.backend or self._choose_backend(None))
         # The quick checks before the generator starts: a local GPU loads its models for
         # minutes, and a taken port or an unreadable database should not wait for that.
         url = settings.effective_database_url
@@ -136,10 +141,8 @@ class HeadshotApp:
         await upgrade(url)
         sock = _bind(settings.web_host, _pick(self._overrides.web_port, settings.web_port))
         opened.callback(sock.close)
-        try:
-            await self.backend.start()
-        except WorkerStartFailed as exc:
-            raise ConfigError(f"the local GPU backend did not start: {exc}") from None
+        if not on_fleet:
+            await self._start_backend()
         if self._overrides.images is not None:
             self.images = self._overrides.images  # the caller's: it starts and closes them
         else:
@@ -155,6 +158,10 @@ class HeadshotApp:
         opened.callback(image_workers.uninstall, self.images)
         self.db = Database(url)
         opened.push_async_callback(self.db.dispose)
+        if on_fleet:
+            # Quick (the workers hold the models), and closed before the database.
+            self._use_backend(self._choose_backend(FleetAccess(self.db, self.coordination.listen)))
+            await self._start_backend()
         # Bans and a forgotten user's spent allowance are kept under a keyed hash of the
         # platform id. Every process on the database must have the same key: checked here.
         self.pseudonyms = Pseudonyms(_pseudonym_key(settings))
@@ -191,7 +198,7 @@ class HeadshotApp:
             events=self.events,
             coordination=self.coordination,
             owner=process_name(),
-            capacity=capacity_of(self.backend, settings),
+            capacity=capacity_source(self.backend, settings),
             image_base_url=public or self.base_url,
             webhook_base_url=self.base_url if self._overrides.local_webhooks else public,
             max_output_bytes=settings.max_output_bytes,
@@ -239,6 +246,11 @@ class HeadshotApp:
                 inbox=InboxRepository(self.db),
                 interactions=InteractionRepository(self.db),
                 posts=PostRepository(self.db),
+                fleet=FleetView(
+                    self.backend,
+                    gpus.workers if (gpus := fleet_of(self.backend)) else None,
+                    timeout=settings.gpu_worker_timeout_seconds,
+                ),
             )
         )
         opened.push_async_callback(self.commands.aclose)
@@ -253,6 +265,23 @@ class HeadshotApp:
         opened.push_async_callback(self.engine.stop)
         await self.engine.begin(take_over=self.service)
         log.info("listening on %s", self.base_url)
+
+    def _choose_backend(self, fleet: FleetAccess | None) -> Backend:
+        return choose_backend(
+            self.settings,
+            quick_provider_failure=self._overrides.quick_provider_failure,
+            fleet=fleet,
+        )
+
+    def _use_backend(self, backend: Backend) -> None:
+        self.backend = backend
+        self._opened.push_async_callback(backend.aclose)
+
+    async def _start_backend(self) -> None:
+        try:
+            await self.backend.start()
+        except WorkerStartFailed as exc:
+            raise ConfigError(f"the local GPU backend did not start: {exc}") from None
 
     async def stop(self) -> None:
         """Close what `start` opened, last opened first. Safe to call again."""

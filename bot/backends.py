@@ -1,8 +1,14 @@
-"""Which generator the service uses, from BACKEND and FALLBACK_BACKEND."""
+"""Which generator the service uses, from BACKEND and FALLBACK_BACKEND.
+
+`local` is the GPU: on SQLite (one machine) a worker process of the bot's own, on PostgreSQL
+the fleet of `headshot-bot gpu-worker`s sharing the cluster's database (their models are on
+their machines: the replica needs neither the models nor torch).
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from backends.base import Backend
 from backends.fallback import FallbackBackend
@@ -14,20 +20,51 @@ from backends.local.runtime import Runtime
 from backends.modelslab import ModelsLabClient
 from backends.params import Operation
 from bot.config import ConfigError, Settings
+from bot.fleet.backend import FleetBackend, Listen
+from storage.database import Database
+from storage.gpu_queue import GpuQueue
+from storage.gpu_workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
 
-def choose_backend(settings: Settings, *, quick_provider_failure: bool = False) -> Backend:
+@dataclass(frozen=True)
+class FleetAccess:
+    """What the fleet's backend takes from the running service: its database (the worker
+    registry) and the channel its workers' results are announced on."""
+
+    db: Database
+    listen: Listen
+
+
+def uses_fleet(settings: Settings) -> bool:
+    """Whether BACKEND or FALLBACK_BACKEND names the GPU fleet: `local` on PostgreSQL (then
+    `choose_backend` needs the service's `FleetAccess`)."""
+    postgres = settings.effective_database_url.startswith("postgresql")
+    return postgres and "local" in (settings.backend, settings.fallback_backend)
+
+
+def choose_backend(
+    settings: Settings,
+    *,
+    quick_provider_failure: bool = False,
+    fleet: FleetAccess | None = None,
+) -> Backend:
     """The configured generator (not started yet), wrapped with its fallback when one is set.
 
     `quick_provider_failure`: a provider that cannot be reached at all fails after one short
-    try instead of the retry schedule (the command line, where a person waits).
+    try instead of the retry schedule (the command line, where a person waits). `fleet`: the
+    service's database and channel, wanted where `uses_fleet`.
     """
+    if uses_fleet(settings) and fleet is None:
+        raise ValueError("the GPU fleet's backend is built with the service's FleetAccess")
     name = settings.backend
     if name == "auto":
+        # auto looks for a GPU on this machine: a child worker, as ever, not the fleet.
         name = _auto(settings)
-    primary = _build(name, settings, quick_provider_failure)
+        primary = _build(name, settings, quick_provider_failure, None)
+    else:
+        primary = _build(name, settings, quick_provider_failure, fleet)
     fallback = settings.fallback_backend
     if fallback == "none":
         return primary
@@ -36,15 +73,7 @@ def choose_backend(settings: Settings, *, quick_provider_failure: bool = False) 
             log.info("BACKEND=auto chose %s, which is also FALLBACK_BACKEND: no fallback", name)
             return primary
         raise ConfigError(f"invalid setting FALLBACK_BACKEND: it is the same as BACKEND ({name})")
-    return FallbackBackend(primary, _build(fallback, settings, quick_provider_failure))
-
-
-def capacity_of(backend: Backend, settings: Settings) -> int:
-    """How many jobs the generator takes at once: the dispatcher's cap."""
-    first = backend.primary if isinstance(backend, FallbackBackend) else backend
-    if isinstance(first, LocalBackend):
-        return first.capacity
-    return settings.modelslab_max_queued
+    return FallbackBackend(primary, _build(fallback, settings, quick_provider_failure, fleet))
 
 
 def _auto(settings: Settings) -> str:
@@ -71,7 +100,9 @@ def _device_ready(settings: Settings) -> bool:
     return settings.local_device != "cpu" and gpu_visible()
 
 
-def _build(name: str, settings: Settings, quick_provider_failure: bool) -> Backend:
+def _build(
+    name: str, settings: Settings, quick_provider_failure: bool, fleet: FleetAccess | None
+) -> Backend:
     if name == "modelslab":
         key = settings.api_key
         if not key:
@@ -82,6 +113,8 @@ def _build(name: str, settings: Settings, quick_provider_failure: bool) -> Backe
             timeout=settings.modelslab_timeout,
             quick_unreachable=quick_provider_failure,
         )
+    if fleet is not None:
+        return _fleet(settings, fleet)
     if not local_extra_installed():
         raise ConfigError(
             "invalid setting BACKEND: the local backend needs torch and diffusers: "
@@ -107,6 +140,16 @@ def _build(name: str, settings: Settings, quick_provider_failure: bool) -> Backe
     )
     return LocalBackend(
         config, capacity=settings.local_capacity, start_timeout=settings.local_start_timeout
+    )
+
+
+def _fleet(settings: Settings, fleet: FleetAccess) -> FleetBackend:
+    timeout = settings.gpu_worker_timeout_seconds
+    return FleetBackend(
+        GpuQueue(settings.effective_database_url, worker_timeout=timeout),
+        WorkerRegistry(fleet.db),
+        worker_timeout=timeout,
+        listen=fleet.listen,
     )
 
 

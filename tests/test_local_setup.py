@@ -16,8 +16,10 @@ from backends.local.components import COMPONENTS, MissingComponent, ModelPaths
 from backends.local.download import DownloadIncomplete, download, status
 from backends.modelslab import ModelsLabClient
 from backends.params import Operation
-from bot.backends import capacity_of, choose_backend
+from bot.backends import choose_backend
 from bot.config import ConfigError, load_settings
+from bot.fleet.pools import EVERY_OPERATION, pools_of
+from storage.dispatch import Pool
 from tests.conftest import TEST_KEY
 from tests.test_cli import headshot_bot
 
@@ -72,11 +74,11 @@ def test_auto_with_nothing_to_run_refuses_in_one_line(tmp_path: Path) -> None:
     assert "MODELSLAB_API_KEY" in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_auto_takes_modelslab_when_the_models_are_missing(tmp_path: Path) -> None:
+async def test_auto_takes_modelslab_when_the_models_are_missing(tmp_path: Path) -> None:
     settings = load_settings(local_models_dir=tmp_path, modelslab_api_key=TEST_KEY)
     backend = choose_backend(settings)
     assert isinstance(backend, ModelsLabClient)
-    assert capacity_of(backend, settings) == settings.modelslab_max_queued
+    assert await pools_of(backend, settings) == [Pool(None, settings.modelslab_max_queued)]
 
 
 def test_auto_takes_modelslab_when_no_gpu_is_visible(tmp_path: Path) -> None:
@@ -101,7 +103,7 @@ def test_local_with_a_missing_folder_refuses_to_start(tmp_path: Path) -> None:
     )
 
 
-def test_local_with_its_folders_is_a_local_backend_whose_capacity_is_the_dispatchers(
+async def test_local_with_its_folders_is_a_local_backend_whose_capacity_is_the_dispatchers(
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("diffusers")
@@ -118,7 +120,12 @@ def test_local_with_its_folders_is_a_local_backend_whose_capacity_is_the_dispatc
     assert isinstance(backend, FallbackBackend)
     assert isinstance(backend.primary, LocalBackend)
     assert isinstance(backend.secondary, ModelsLabClient)
-    assert capacity_of(backend, settings) == 3
+    # Its operations have its slots; ModelsLab's are for the others.
+    served = frozenset({"headshot", "facegen"})
+    assert await pools_of(backend, settings) == [
+        Pool(served, 3),
+        Pool(EVERY_OPERATION - served, settings.modelslab_max_queued),
+    ]
     assert backend.primary.config.operations == (Operation.HEADSHOT, Operation.FACEGEN)
 
 
