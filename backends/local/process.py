@@ -9,14 +9,11 @@ from multiprocessing.connection import Connection
 
 from backends.local.config import WorkerConfig
 
-# The worker needs none of the bot's secrets: they leave its environment before anything loads.
-SECRET_VARIABLES = (
-    "MODELSLAB_API_KEY",
-    "DISCORD_TOKEN",
-    "TELEGRAM_BOT_TOKEN",
-    "S3_ACCESS_KEY_ID",
-    "S3_SECRET_ACCESS_KEY",
-)
+# No GPU worker needs the chat tokens or the provider's key; the fleet's gpu-worker writes to
+# the image store itself, the child on a pipe does not. They leave its environment before
+# anything loads.
+CHAT_AND_PROVIDER_SECRETS = ("MODELSLAB_API_KEY", "DISCORD_TOKEN", "TELEGRAM_BOT_TOKEN")
+SECRET_VARIABLES = (*CHAT_AND_PROVIDER_SECRETS, "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY")
 
 
 def main(conn: Connection, config: WorkerConfig) -> None:
