@@ -1,5 +1,5 @@
-"""`headshot-bot`: generate, run, migrate, models, simulate. One module per command; each
-registers its own parser."""
+"""`headshot-bot`: generate, run, chat, migrate, models, simulate, gpu-worker. One module per
+command; each registers its own parser."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from bot.cli import chat, generate, migrate, models, run, simulate
+from bot.cli import chat, generate, gpu_worker, migrate, models, run, simulate
 from bot.cli.common import CliError, OneLineParser, package_version
 from bot.config import ConfigError
 from bot.generation import RequestRefused
@@ -31,6 +31,6 @@ def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="headshot-bot", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for command in (generate, run, chat, migrate, models, simulate):
+    for command in (generate, run, chat, migrate, models, simulate, gpu_worker):
         command.register(commands)
     return parser
