@@ -40,6 +40,13 @@ STAND_IN = "tests.tiny_models.faces:StandInFaces"
 SMALL = {"width": 64, "height": 96}
 
 
+@pytest.fixture
+def database_kind() -> str:
+    """The bot's own child worker is the single machine's (SQLite): on PostgreSQL, BACKEND=local
+    is the fleet of gpu-workers (tests/test_gpu_fleet.py)."""
+    return "sqlite"
+
+
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")

@@ -149,6 +149,11 @@ class JobEngine:
         `generate` drives its own job only. Returns how many jobs were taken over now."""
         self.relay.start(on_wake=self.nudge)
         self.dispatcher.start()
+        try:
+            # Known from the start (the first waiting jobs' ETAs); then read at every pass.
+            await self.dispatcher.current_capacity()
+        except Exception as exc:
+            log.warning("the generator's capacity could not be read yet: %s", type(exc).__name__)
         taken = await self._take_over() if take_over else 0
         if take_over:
             if await self._coordination.try_lock(SWEEP_LOCK):
