@@ -5,6 +5,7 @@ processes, their exit codes and what they print. The fleet with the bot is tests
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import secrets
@@ -12,7 +13,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -177,18 +179,46 @@ async def worker_records(registry: WorkerRegistry) -> list[WorkerRecord]:
     return await registry.workers(timeout=WORKER_TIMEOUT_SECONDS)
 
 
-async def test_a_worker_warms_up_registers_makes_jobs_heartbeats_and_drains_on_sigterm(
-    postgres_url: str, models_dir: Path, tmp_path: Path
-) -> None:
-    worker_url = make_role(postgres_url, tmp_path)
-    store = DiskImageStore(tmp_path / "data" / "images")
-    face_key = await store.put(EXAMPLE_SELFIE.read_bytes(), content_type="image/jpeg")
-    faceless_key = await store.put(make_image(color="black"), content_type="image/png")
+@dataclass
+class OneWorker:
+    """A `python -m bot gpu-worker` process on a migrated database, connecting as the role
+    `gpu-worker-role` made, and what a test looks at it through (as the owner)."""
+
+    process: asyncio.subprocess.Process
+    log_path: Path
+    worker_url: str
+    registry: WorkerRegistry
+    queue: GpuQueue
+    store: DiskImageStore
+
+    def logged(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def registered(self) -> list[WorkerRecord] | None:
+        assert self.process.returncode is None, self.logged()
+        return await worker_records(self.registry) or None
+
+    async def send(self, track: str, key: str, **options: Any) -> int:
+        params = GenerationParams.create(
+            "headshot", prompt="a studio headshot", seed=7, **SMALL, **options
+        )
+        return await self.queue.send(QueuedGeneration(track, params.to_dict(), key, None))
+
+    async def draining(self) -> WorkerRecord | None:
+        (now,) = await worker_records(self.registry)
+        return now if now.draining else None
+
+
+@contextlib.asynccontextmanager
+async def one_worker(
+    owner_url: str, models_dir: Path, tmp_path: Path, *, face_delay: float
+) -> AsyncIterator[OneWorker]:
+    worker_url = make_role(owner_url, tmp_path)
     clean = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
     env = {
         **clean,
         **tiny(models_dir, LOCAL_FACE_ANALYSER="tests.tiny_models.faces:SlowStandInFaces"),
-        DELAY_ENV: str(FACE_DELAY),
+        DELAY_ENV: str(face_delay),
         "DATABASE_URL": worker_url,
         "DATA_DIR": str(tmp_path / "data"),
         "IMAGE_STORE_SHARED": "1",
@@ -198,40 +228,50 @@ async def test_a_worker_warms_up_registers_makes_jobs_heartbeats_and_drains_on_s
         "OMP_NUM_THREADS": "1",
     }
     log_path = tmp_path / "worker.log"
-    db = Database(postgres_url)
-    registry = WorkerRegistry(db)
-    queue = GpuQueue(postgres_url, worker_timeout=WORKER_TIMEOUT_SECONDS)
+    db = Database(owner_url)
+    queue = GpuQueue(owner_url, worker_timeout=WORKER_TIMEOUT_SECONDS)
     await queue.open()
     with log_path.open("wb") as log:
-        worker = await asyncio.create_subprocess_exec(
+        process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", "gpu-worker", env=env, stdout=log, stderr=log
         )
     try:
+        yield OneWorker(
+            process,
+            log_path,
+            worker_url,
+            WorkerRegistry(db),
+            queue,
+            DiskImageStore(tmp_path / "data" / "images"),
+        )
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await queue.aclose()
+        await db.dispose()
 
-        def logged() -> str:
-            return log_path.read_text(errors="replace")
 
-        async def registered() -> list[WorkerRecord] | None:
-            assert worker.returncode is None, logged()
-            return await worker_records(registry) or None
+async def test_a_worker_warms_up_registers_makes_jobs_heartbeats_and_drains_on_sigterm(
+    postgres_url: str, models_dir: Path, tmp_path: Path
+) -> None:
+    async with one_worker(postgres_url, models_dir, tmp_path, face_delay=FACE_DELAY) as worker:
+        store = worker.store
+        face_key = await store.put(EXAMPLE_SELFIE.read_bytes(), content_type="image/jpeg")
+        faceless_key = await store.put(make_image(color="black"), content_type="image/png")
 
         # Registered only once warm: by the time its row is there, the warm-up is logged.
-        (record,) = await eventually(registered, "the worker registered", within=300)
-        assert "pipelines loaded and warmed up" in logged()
+        (record,) = await eventually(worker.registered, "the worker registered", within=300)
+        assert "pipelines loaded and warmed up" in worker.logged()
         assert (record.host, record.device) == (socket.gethostname(), "cpu")
         assert (record.operations, record.capacity) == (("headshot", "facegen"), 1)
         assert not record.draining and record.live
-        await eventually(
-            lambda: _true("gpu-worker ready: headshot, facegen on cpu, capacity 1" in logged()),
-            "the ready line",
-        )
+        ready = "gpu-worker ready: headshot, facegen on cpu, capacity 1"
+        await eventually(lambda: _true(ready in worker.logged()), "the ready line")
 
         async def made(track: str, key: str, **options: Any) -> GenerationResult:
-            params = GenerationParams.create(
-                "headshot", prompt="a studio headshot", seed=7, **SMALL, **options
-            )
-            queue_id = await queue.send(QueuedGeneration(track, params.to_dict(), key, None))
-            return await eventually(lambda: queue.result(queue_id), f"{track}'s result")
+            queue_id = await worker.send(track, key, **options)
+            return await eventually(lambda: worker.queue.result(queue_id), f"{track}'s result")
 
         done = await made("job-ok", face_key, samples=2)
         assert done.ok and not done.refused and done.seconds and done.seconds > 0
@@ -252,45 +292,52 @@ async def test_a_worker_warms_up_registers_makes_jobs_heartbeats_and_drains_on_s
 
         # Its figures come with its heartbeats, which keep coming.
         async def counted() -> WorkerRecord | None:
-            (now,) = await worker_records(registry)
+            (now,) = await worker_records(worker.registry)
             return now if (now.jobs_done, now.jobs_failed) == (2, 1) else None
 
         figures = await eventually(counted, "the figures in a heartbeat")
         assert figures.seconds_per_image and 0 < figures.seconds_per_image < done.seconds
         later = await eventually(
-            lambda: _newer(registry, figures.heartbeat_at), "a later heartbeat", within=10
+            lambda: _newer(worker.registry, figures.heartbeat_at), "a later heartbeat", within=10
         )
         assert later.heartbeat_age < WORKER_TIMEOUT_SECONDS
 
         # SIGTERM mid-job: draining is written first, the job still finishes, a job sent after
         # is not taken, and the worker leaves the registry and exits 0.
-        params = GenerationParams.create("headshot", prompt="p", seed=3, **SMALL).to_dict()
-        last = await queue.send(QueuedGeneration("job-last", params, face_key, None))
-        await eventually(lambda: _running(queue, last), "the last job running", within=60)
-        worker.send_signal(signal.SIGTERM)
-
-        async def draining() -> WorkerRecord | None:
-            (now,) = await worker_records(registry)
-            return now if now.draining else None
-
-        seen = await eventually(draining, "the draining heartbeat", within=10)
+        last = await worker.send("job-last", face_key)
+        await eventually(lambda: _running(worker.queue, last), "the last job running", within=60)
+        worker.process.send_signal(signal.SIGTERM)
+        seen = await eventually(worker.draining, "the draining heartbeat", within=10)
         assert not seen.live
-        assert await queue.result(last) is None, "draining must be written before the job ends"
-        after = await queue.send(QueuedGeneration("job-after", params, face_key, None))
-        assert await asyncio.wait_for(worker.wait(), 60) == 0, logged()
-        finished = await queue.result(last)
-        assert finished is not None and finished.ok, logged()
-        assert await worker_records(registry) == []
-        assert (await queue.status(after)).state == QueueState.WAITING
-        assert "Traceback" not in logged()
-        for secret in ("a studio headshot", urlsplit(worker_url).password, "sk-never-needed-here"):
-            assert secret not in logged()
-    finally:
-        if worker.returncode is None:
-            worker.kill()
-            await worker.wait()
-        await queue.aclose()
-        await db.dispose()
+        assert await worker.queue.result(last) is None, "draining is written before the job ends"
+        after = await worker.send("job-after", face_key)
+        assert await asyncio.wait_for(worker.process.wait(), 60) == 0, worker.logged()
+        finished = await worker.queue.result(last)
+        assert finished is not None and finished.ok, worker.logged()
+        assert await worker_records(worker.registry) == []
+        assert (await worker.queue.status(after)).state == QueueState.WAITING
+        log = worker.logged()
+        assert "Traceback" not in log
+        for secret in ("a studio headshot", urlsplit(worker.worker_url).password, "sk-never-"):
+            assert secret not in log
+
+
+async def test_a_second_signal_stops_a_draining_worker_at_once(
+    postgres_url: str, models_dir: Path, tmp_path: Path
+) -> None:
+    async with one_worker(postgres_url, models_dir, tmp_path, face_delay=60) as worker:
+        face_key = await worker.store.put(EXAMPLE_SELFIE.read_bytes(), content_type="image/jpeg")
+        await eventually(worker.registered, "the worker registered", within=300)
+        queue_id = await worker.send("job-slow", face_key)
+        await eventually(lambda: _running(worker.queue, queue_id), "the job running", within=60)
+        worker.process.send_signal(signal.SIGTERM)
+        await eventually(worker.draining, "the draining heartbeat", within=10)
+        worker.process.send_signal(signal.SIGTERM)
+        # Within seconds, not the minute the job would take; its job is left to the replicas
+        # (stalled once the worker's heartbeat is older than the timeout).
+        assert await asyncio.wait_for(worker.process.wait(), 10) == 128 + signal.SIGTERM
+        assert await worker.queue.result(queue_id) is None
+        assert "gpu-worker stopped at once" in worker.logged()
 
 
 async def _true(value: bool) -> bool | None:
