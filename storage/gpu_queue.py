@@ -81,6 +81,11 @@ class QueueState(StrEnum):
     GONE = "gone"  # no such queue job (finished without a result row, or never there)
 
 
+class HandBack(Exception):
+    """Raised by a handler for a job it has not started (a draining worker's staged job): the
+    job goes back to its queue as it was, for another worker. Not counted as a requeue."""
+
+
 @dataclass(frozen=True)
 class QueueStatus:
     state: QueueState
@@ -138,7 +143,7 @@ def _judging_workers(query: str) -> str:
 
 _STATUS = _judging_workers(
     """
-    SELECT j.status::text, j.attempts, {silent} AS silent
+    SELECT j.status::text, COALESCE((j.args->>'requeued')::integer, 0), {silent} AS silent
     FROM procrastinate_jobs j WHERE j.id = %(id)s
 """
 )
@@ -149,7 +154,15 @@ _LOCK_STALLED = _judging_workers(
     FOR UPDATE OF j
 """
 )
-# Back to `todo` (attempts + 1), and the queue's workers told at once, as for a new job.
+# Back to `todo`, counted in the job's arguments (Procrastinate's own `attempts` also counts the
+# staged jobs a draining worker hands back), and the queue's workers told at once.
+_COUNT_REQUEUE = """
+    UPDATE procrastinate_jobs
+    SET args = args || jsonb_build_object(
+        'requeued', COALESCE((args->>'requeued')::integer, 0) + 1
+    )
+    WHERE id = %(id)s
+"""
 _RETRY = """
     SELECT procrastinate_retry_job_v2(
         %(id)s, NULL::timestamptz, NULL::integer, NULL::varchar, NULL::varchar
@@ -235,14 +248,12 @@ class GpuQueue:
             row = await cursor.fetchone()
         if row is None:
             return QueueStatus(QueueState.GONE, 0)
-        status, attempts, silent = row
-        # Procrastinate counts a job's attempts up on each retry (and on its end, but an ended
-        # job is deleted): here, that is each time a replica handed it back.
+        status, requeued, silent = row
         if status == "todo":
-            return QueueStatus(QueueState.WAITING, attempts)
+            return QueueStatus(QueueState.WAITING, requeued)
         if status == "doing":
-            return QueueStatus(QueueState.STALLED if silent else QueueState.RUNNING, attempts)
-        return QueueStatus(QueueState.GONE, attempts)
+            return QueueStatus(QueueState.STALLED if silent else QueueState.RUNNING, requeued)
+        return QueueStatus(QueueState.GONE, requeued)
 
     async def requeue(self, queue_id: int) -> bool:
         """A STALLED job back to `todo`, for another worker. False if it is not stalled (any
@@ -252,6 +263,7 @@ class GpuQueue:
             row = await (await conn.execute(_LOCK_STALLED, params)).fetchone()
             if row is None:
                 return False
+            await conn.execute(_COUNT_REQUEUE, {"id": queue_id})
             await conn.execute(_RETRY, {"id": queue_id, "queue": row[0]})
         return True
 
@@ -318,7 +330,11 @@ class QueueWorker:
             return
         # Its jobs, and beside them: fetching, heartbeats, ending jobs.
         app, connector = _app(self._database_url, connections=capacity + 3)
-        app.task(name=TASK_NAME, pass_context=True)(self._task(handle, connector))
+        import procrastinate
+
+        # A HandBack is Procrastinate's retry: the job is `todo` again, at once.
+        hand_back = procrastinate.RetryStrategy(retry_exceptions={HandBack})
+        app.task(name=TASK_NAME, pass_context=True, retry=hand_back)(self._task(handle, connector))
         async with app.open_async():
             running = asyncio.create_task(
                 app.run_worker_async(
@@ -365,6 +381,9 @@ class QueueWorker:
             else:
                 try:
                     result = await handle(generation)
+                except HandBack:
+                    log.info("queue job %s handed back to the queue", queue_id)
+                    raise
                 except Exception as error:
                     log.warning(
                         "queue job %s failed (%s)", queue_id, type(error).__name__, exc_info=True

@@ -29,6 +29,7 @@ from storage.gpu_queue import (
     RESULTS_CHANNEL,
     GenerationResult,
     GpuQueue,
+    HandBack,
     QueuedGeneration,
     QueueState,
     QueueStatus,
@@ -292,6 +293,39 @@ async def test_stop_finishes_the_running_job_and_takes_no_other(postgres_url: st
         assert await queue.result(running) == MADE
         assert await queue.status(late) == QueueStatus(QueueState.WAITING, 0)
         assert generator.taken == ["running"]
+
+
+class HandingBack(Generator):
+    """Hands back every generation whose track id starts with "staged"."""
+
+    async def __call__(self, generation: QueuedGeneration) -> GenerationResult:
+        if generation.track_id.startswith("staged"):
+            self.taken.append(generation.track_id)
+            raise HandBack
+        return await super().__call__(generation)
+
+
+async def test_a_handed_back_job_waits_again_uncounted_and_another_worker_makes_it(
+    postgres_url: str,
+) -> None:
+    """A draining worker's staged job goes back to the queue as it was: WAITING, not counted as
+    a requeue (so a later stall still gets its one requeue), no result written."""
+    async with opened(GpuQueue(postgres_url, worker_timeout=TIMEOUT)) as queue:
+        staged = await queue.send(generation("staged-1"))
+        handing = HandingBack()
+        async with working(postgres_url, handing):
+            for _ in range(300):
+                if handing.taken:
+                    break
+                await asyncio.sleep(0.1)
+            assert handing.taken[:1] == ["staged-1"]
+            await eventually_state(queue, staged, QueueState.WAITING)
+        assert await queue.status(staged) == QueueStatus(QueueState.WAITING, 0)
+        assert await queue.result(staged) is None
+        generator = Generator()
+        async with working(postgres_url, generator):
+            assert await eventually_result(queue, staged) == MADE
+        assert generator.taken == ["staged-1"]
 
 
 async def test_jobs_go_only_to_workers_of_their_operation(postgres_url: str) -> None:

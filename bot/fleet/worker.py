@@ -35,7 +35,13 @@ from backends.local.runtime import Runtime
 from backends.params import Operation
 from bot.config import ConfigError, Settings
 from storage.database import Database
-from storage.gpu_queue import GenerationResult, QueuedGeneration, QueueWorker, StoredImage
+from storage.gpu_queue import (
+    GenerationResult,
+    HandBack,
+    QueuedGeneration,
+    QueueWorker,
+    StoredImage,
+)
 from storage.gpu_workers import WorkerRegistry
 from storage.imagestore import ImageNotFound, ImageStore, open_image_store
 
@@ -126,7 +132,8 @@ async def run_gpu_worker(
                 f"({type(exc).__name__}): is the database migrated by the bot, and the role "
                 "made with `headshot-bot gpu-worker-role`?"
             ) from None
-        service = _Service(core, store)
+        draining = asyncio.Event()
+        service = _Service(core, store, draining)
         heartbeat = _Heartbeat(registry, worker_id, service.figures, settings)
         queue = QueueWorker(
             url,
@@ -135,7 +142,7 @@ async def run_gpu_worker(
             worker_timeout=settings.gpu_worker_timeout_seconds,
         )
         try:
-            await _serve(queue, heartbeat, service, names, settings, stop, on_ready)
+            await _serve(queue, heartbeat, service, names, settings, stop, draining, on_ready)
         finally:
             with contextlib.suppress(Exception):
                 await registry.unregister(worker_id)
@@ -149,11 +156,12 @@ async def _serve(
     operations: Sequence[str],
     settings: Settings,
     stop: asyncio.Event,
+    draining: asyncio.Event,
     on_ready: Callable[[], None] | None,
 ) -> None:
     # The queue worker stops on its own event, set only after the draining heartbeat is written:
-    # no replica counts this worker's slots while it finishes its last job.
-    draining = asyncio.Event()
+    # no replica counts this worker's slots while it finishes its last job. Staged jobs go
+    # back to the queue at that moment.
     beating = asyncio.create_task(heartbeat.run())
     work = asyncio.create_task(
         queue.work(operations, settings.gpu_worker_capacity, service.handle, draining)
@@ -222,17 +230,20 @@ class _Heartbeat:
 class _Service:
     """One job: the selfie from the store, the pipelines on the GPU, the images to the store."""
 
-    def __init__(self, core: WorkerCore, store: ImageStore) -> None:
+    def __init__(self, core: WorkerCore, store: ImageStore, draining: asyncio.Event) -> None:
         self.core = core
         self.store = store
         self.figures = _Figures()
         # One generation on the GPU at a time: with a capacity above 1 the other jobs are
-        # staged (their inputs fetched) behind it.
+        # staged (their inputs fetched) behind it, and handed back when the worker drains.
         self._gpu = asyncio.Lock()
+        self._draining = draining
 
     async def handle(self, generation: QueuedGeneration) -> GenerationResult:
         try:
             result = await self._make(generation)
+        except HandBack:
+            raise
         except Exception as exc:  # the store out of reach, most likely
             log.exception("job %s failed", generation.track_id)
             result = GenerationResult(ok=False, reason=self.core.reason(exc))
@@ -256,11 +267,14 @@ class _Service:
                 pose = await self.store.get(generation.pose_key)
             except ImageNotFound:
                 return GenerationResult(ok=False, reason="the pose image for this job is missing")
+        await self._gpu_turn()
         try:
-            async with self._gpu:
+            try:
                 started = time.monotonic()
                 pngs = await asyncio.to_thread(self.core.run, generation.params, face, pose)
                 seconds = time.monotonic() - started
+            finally:
+                self._gpu.release()
         except InvalidRequest as exc:
             return GenerationResult(ok=False, refused=True, reason=exc.message)
         except Exception as exc:
@@ -271,6 +285,23 @@ class _Service:
         images = [await self._stored(png) for png in pngs]
         log.info("job %s: %d image(s) in %.1f s", track, len(images), seconds)
         return GenerationResult(ok=True, images=tuple(images), seconds=seconds)
+
+    async def _gpu_turn(self) -> None:
+        """Wait for the GPU (the job ahead finishing). HandBack if the worker starts draining
+        first: a staged job is not started, another worker takes it."""
+        acquiring = asyncio.ensure_future(self._gpu.acquire())
+        draining = asyncio.ensure_future(self._draining.wait())
+        await asyncio.wait({acquiring, draining}, return_when=asyncio.FIRST_COMPLETED)
+        draining.cancel()
+        if not acquiring.done():
+            acquiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquiring
+        if acquiring.done() and not acquiring.cancelled():
+            if not self._draining.is_set():
+                return
+            self._gpu.release()
+        raise HandBack
 
     async def _stored(self, png: bytes) -> StoredImage:
         key = await self.store.put(png, content_type="image/png")
