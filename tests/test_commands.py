@@ -225,6 +225,9 @@ async def test_styles_and_help(chat: TestChat) -> None:
     assert "/headshot" in member_help.reply.text and "/admin" not in member_help.reply.text
     assert "Moderators: /admin quota set, grant, ban, unban, stats, " in moderator_help.reply.text
     assert len(moderator_help.reply.text) < 2000  # one Discord message
+    # Owners-only commands are listed to owners only.
+    assert "workers" not in moderator_help.reply.text
+    assert "workers" in (await chat.send("/help", user="root")).reply.text
 
 
 async def test_history_show_reroll_and_delete(chat: TestChat, selfie: bytes) -> None:

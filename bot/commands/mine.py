@@ -115,7 +115,9 @@ async def help_(ctx: Context, options: dict[str, Any]) -> Reply:
     moderator = ctx.is_owner or (ctx.in_community and ctx.actor.is_moderator)
     listed = [(s.name, s.summary) for s in COMMANDS.values() if s.access == Access.EVERYONE]
     admin = [
-        s.name.removeprefix("admin ") for s in COMMANDS.values() if s.access != Access.EVERYONE
+        s.name.removeprefix("admin ")
+        for s in COMMANDS.values()
+        if s.access == Access.MODERATOR or (s.access == Access.OWNER and ctx.is_owner)
     ]
     return replies.help_text(listed, admin if moderator else [])
 
