@@ -188,7 +188,7 @@ async def _serve(
 class _Figures:
     """What the heartbeat reports: counts since start and recent speed."""
 
-    jobs_done: int = 0  # answered: images made, or the request refused (no face…)
+    jobs_done: int = 0  # images made (a request refused for its content is not counted)
     jobs_failed: int = 0
     draining: bool = False
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_JOBS))
@@ -247,9 +247,10 @@ class _Service:
         except Exception as exc:  # the store out of reach, most likely
             log.exception("job %s failed", generation.track_id)
             result = GenerationResult(ok=False, reason=self.core.reason(exc))
-        if result.ok or result.refused:
+        # A request refused for its content (no face) is neither: the GPU did what it should.
+        if result.ok:
             self.figures.jobs_done += 1
-        else:
+        elif not result.refused:
             self.figures.jobs_failed += 1
         if result.ok and result.seconds is not None and result.images:
             self.figures.recent.append(result.seconds / len(result.images))
