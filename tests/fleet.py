@@ -273,7 +273,7 @@ class Fleet:
                 worker.worker_id = found[0].id
 
     def takers(self) -> list[int]:
-        """Process ids of the workers that started analysing a face since the last `forget`."""
+        """Process ids of the workers that began a face analysis since `forget_takers`."""
         return sorted(int(path.name) for path in self.marks.iterdir())
 
     def forget_takers(self) -> None:

@@ -22,7 +22,7 @@ import asyncio
 import dataclasses
 import io
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -206,11 +206,14 @@ async def test_jobs_reach_only_the_workers_that_serve_their_operation(
 async def test_capacity_is_the_live_workers_and_a_killed_one_drops_out_in_time(
     fleet_now: Fleet, start_bot: BotFactory
 ) -> None:
-    await fleet_now.start(fleet_now.worker(["headshot"], name="spare"))
+    # In the module's order: the portrait and avatar workers, and a spare one started here.
+    three = await running_count(fleet_now, 3, ["headshot"], name="spare")
     app = await start_bot()
     assert await app.engine.dispatcher.current_capacity() == 3  # three workers, one slot each
 
-    await member(fleet_now, "avatars").kill()
+    # In the module's order, the avatar worker: the headshot ones serve the tests after.
+    victim = next((w for w in three if "headshot" not in w.operations), three[-1])
+    await victim.kill()
     killed_at = time.monotonic()
     await wait_for(lambda: _capacity_is(app, 2), within=WORKER_TIMEOUT_SECONDS + 3)
     # Dead once silent for the timeout; its last heartbeat was at most one interval before the
@@ -226,16 +229,21 @@ async def _capacity_is(app: HeadshotApp, slots: int) -> bool:
 async def test_admin_workers_shows_the_fleet_to_owners_only(
     fleet_now: Fleet, start_bot: BotFactory
 ) -> None:
-    # Live: the portrait and the spare workers; the avatar worker was killed.
+    # In the module's order: the portrait and spare workers live, the avatar one killed.
+    if all(record.live for record in await fleet_now.workers()):
+        doomed = [worker for worker in fleet_now.members if worker.running][-1]
+        await doomed.kill()
+        await wait_for(lambda: _dead(fleet_now, doomed), within=WORKER_TIMEOUT_SECONDS + 3)
+    records = await fleet_now.workers()
+    live = [record for record in records if record.live]
+    operations = {", ".join(record.operations) for record in records}
+    (host,) = {record.host for record in records}
     chat = TestChat(await start_bot(owner_ids="test:root"))
-    host = {record.host for record in await fleet_now.workers()}
-    assert len(host) == 1
-    (name,) = host
 
     shown = (await chat.send("/admin workers", user="root")).reply.text
-    assert shown.count(f"• {name} · cpu · ") == 3, shown
-    assert "headshot, facegen" in shown and "avatar" in shown, shown
-    assert "2 live of 3" in shown, shown
+    assert f"{len(live)} live of {len(records)}" in shown, shown
+    assert shown.count(f"• {host} · cpu · ") == len(records), shown
+    assert all(listed in shown for listed in operations), shown
     # The killed one is still listed, marked as gone silent.
     assert "not heard from for" in shown and "last heartbeat" in shown, shown
 
@@ -245,11 +253,15 @@ async def test_admin_workers_shows_the_fleet_to_owners_only(
         assert "headshot" not in refused and "heartbeat" not in refused, refused
 
 
+async def _dead(fleet: Fleet, worker: GpuWorkerProcess) -> bool:
+    return worker.worker_id not in {record.id for record in await fleet.live()}
+
+
 async def test_a_worker_killed_mid_job_has_its_job_made_by_the_other_paid_once(
     fleet_now: Fleet, start_bot: BotFactory
 ) -> None:
-    both = [member(fleet_now, "portraits"), member(fleet_now, "spare")]
-    assert all(worker.running for worker in both)
+    # In the module's order: the portrait and spare workers.
+    both = await serving(fleet_now, "headshot", 2)
     app = await start_bot()
     fleet_now.set_face_delay(FACE_DELAY)
 
@@ -271,13 +283,10 @@ async def test_a_worker_killed_mid_job_has_its_job_made_by_the_other_paid_once(
 async def test_a_job_whose_second_worker_dies_too_fails_and_is_refunded_once(
     fleet_now: Fleet, start_bot: BotFactory
 ) -> None:
-    headshot_workers = [w for w in fleet_now.members if w.running and "headshot" in w.operations]
-    assert len(headshot_workers) == 1, "the survivor of the test before"
-    # The worker of the last two tests starts now too (facegen only: it takes no job here).
-    await fleet_now.start(
-        fleet_now.worker(["headshot"], name="second-spare"),
-        fleet_now.worker(["facegen"], name="last"),
-    )
+    # In the module's order: the survivor of the test before and a new one; the worker of the
+    # last two tests starts beside them (facegen only: it takes no job here).
+    kept = [w for w in fleet_now.members if w.running and w.operations == ("facegen",)]
+    await serving(fleet_now, "headshot", 2, also=[] if kept else ["facegen"])
     app = await start_bot()
     fleet_now.set_face_delay(FACE_DELAY)
 
@@ -300,13 +309,12 @@ async def test_a_job_whose_second_worker_dies_too_fails_and_is_refunded_once(
 async def test_a_bot_restarted_mid_generation_still_delivers_the_image(
     fleet_now: Fleet, start_bot: BotFactory
 ) -> None:
-    last = member(fleet_now, "last")
-    assert [w for w in fleet_now.members if w.running] == [last], "the others were killed"
+    (worker,) = await serving(fleet_now, "facegen", 1)
     app = await start_bot()
     fleet_now.set_face_delay(FACE_DELAY)
 
     job_id = await request(app, "facegen", seed=41)
-    assert await fleet_now.wait_for_taker() == last.pid
+    assert await fleet_now.wait_for_taker() == worker.pid
     await app.stop()
     # The worker finishes while no replica is there to hear of it.
     await wait_for(lambda: made_by(fleet_now, job_id), within=60)
@@ -318,7 +326,7 @@ async def test_a_bot_restarted_mid_generation_still_delivers_the_image(
             break
         await asyncio.sleep(0.05)
     assert job is not None and job.state == JobState.SUCCEEDED, job
-    assert makers(fleet_now, job_id) == ["last"]
+    assert makers(fleet_now, job_id) == [worker.name]
     assert await image_sizes(again, job_id) == [(64, 96)]
     assert await ledger(again, job_id) == {"reserve": 1, "commit": 1, "release": 0}
 
@@ -326,21 +334,50 @@ async def test_a_bot_restarted_mid_generation_still_delivers_the_image(
 async def test_sigterm_lets_the_current_job_finish_then_the_worker_leaves(
     fleet_now: Fleet, start_bot: BotFactory
 ) -> None:
-    last = member(fleet_now, "last")
+    (worker,) = await serving(fleet_now, "facegen", 1)
     app = await start_bot()
-    assert await app.engine.dispatcher.current_capacity() == 1
+    slots = await app.engine.dispatcher.current_capacity()
     fleet_now.set_face_delay(FACE_DELAY)
 
     job_id = await request(app, "facegen", seed=31)
     outcome = follow(app, job_id)
-    assert await fleet_now.wait_for_taker() == last.pid
-    exit_code = await last.terminate()
+    assert await fleet_now.wait_for_taker() == worker.pid
+    exit_code = await worker.terminate()
     event = await outcome
 
-    assert exit_code == 0, last.logs()
+    assert exit_code == 0, worker.logs()
     assert isinstance(event, Completed), event
-    assert makers(fleet_now, job_id) == ["last"]
+    assert makers(fleet_now, job_id) == [worker.name]
     assert await ledger(app, job_id) == {"reserve": 1, "commit": 1, "release": 0}
-    assert last.worker_id is not None
-    assert last.worker_id not in {record.id for record in await fleet_now.workers()}
-    assert await wait_for(lambda: _capacity_is(app, 0), within=2.0)
+    assert worker.worker_id is not None
+    assert worker.worker_id not in {record.id for record in await fleet_now.workers()}
+    assert await wait_for(lambda: _capacity_is(app, slots - 1), within=2.0)
+
+
+async def serving(
+    fleet: Fleet, operation: str, count: int, *, also: Sequence[str] = ()
+) -> list[GpuWorkerProcess]:
+    """Exactly `count` running workers serving `operation` (extras stopped by SIGTERM, missing
+    ones started, serving only it, together with a worker for each of `also`): them."""
+    running = [w for w in fleet.members if w.running and operation in w.operations]
+    for extra in running[count:]:
+        await extra.terminate()
+    new = [fleet.worker([operation]) for _ in range(count - len(running))]
+    beside = [fleet.worker([name]) for name in also]
+    if new or beside:
+        await fleet.start(*new, *beside)
+    return running[:count] + new
+
+
+async def running_count(
+    fleet: Fleet, count: int, operations: Sequence[str], name: str
+) -> list[GpuWorkerProcess]:
+    """Exactly `count` running workers, the missing ones started (serving `operations`)."""
+    running = [w for w in fleet.members if w.running]
+    for extra in running[count:]:
+        await extra.terminate()
+    missing = count - len(running)
+    new = [fleet.worker(operations, name=f"{name}-{n}" if n else name) for n in range(missing)]
+    if new:
+        await fleet.start(*new)
+    return running[:count] + new
