@@ -48,7 +48,7 @@ from storage.imagestore import DiskImageStore
 from tests.conftest import TEST_KEY, make_image
 
 HEARTBEAT = 0.2
-TIMEOUT = 1.0
+TIMEOUT = 2.0  # a worker silent this long is dead: well past a busy machine's pauses
 ROOT = Path(__file__).resolve().parents[1]
 URL_ENV = "FLEET_TEST_DATABASE_URL"
 
