@@ -260,6 +260,8 @@ class Fleet:
                 )
             await asyncio.sleep(0.1)
         self._attribute(workers, new)
+        for worker in workers:  # a warm-up's face analysis is no job taken
+            (self.marks / str(worker.pid)).unlink(missing_ok=True)
 
     def _attribute(self, workers: Sequence[GpuWorkerProcess], records: list[WorkerRecord]) -> None:
         """Which registry row is which process: the row whose id the worker's log names, or the
