@@ -72,6 +72,9 @@ class Pool:
 
     operations: frozenset[str] | None
     slots: int
+    # Its jobs go through only to be refused by the generator at once (no GPU worker serves
+    # their operation now), rather than wait in line with no end: not the generator's capacity.
+    to_refuse: bool = False
 
     def holds(self, operation: str) -> bool:
         return self.operations is None or operation in self.operations

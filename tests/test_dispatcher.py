@@ -327,6 +327,9 @@ async def test_the_dispatcher_reads_its_pools_at_every_pass(
             await waiting  # the periodic check finds the new room
         assert await dispatcher.current_capacity() == dispatcher.capacity == 2
         assert await line.queue.in_flight() == 1
+        # A pool whose jobs go through only to be refused is not capacity.
+        pools.append(Pool(frozenset({"avatar"}), 1, to_refuse=True))
+        assert await dispatcher.current_capacity() == dispatcher.capacity == 2
     finally:
         await dispatcher.stop()
         await coordination.aclose()

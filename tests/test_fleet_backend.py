@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -235,6 +236,13 @@ async def test_an_operation_no_live_worker_serves_is_not_served(fleet: Fleet) ->
         await fleet.backend.submit(request("job-4"))
     assert (await fleet.backend.submit(request("job-5", Operation.AVATAR))).provider_id
     assert avatars
+    # What no local pipeline makes is not served either, before it reaches a worker.
+    odd = dataclasses.replace(
+        request("job-6", Operation.AVATAR),
+        params=GenerationParams.create(Operation.AVATAR, prompt="a portrait", width=500),
+    )
+    with pytest.raises(OperationNotServed, match="multiples of 8"):
+        await fleet.backend.submit(odd)
 
 
 async def test_an_unknown_job_is_unknown(fleet: Fleet) -> None:
@@ -322,16 +330,19 @@ async def test_a_job_whose_worker_is_killed_is_requeued_once_then_given_up(
 
 async def test_the_pools_are_the_live_workers_grouped_by_their_operations(fleet: Fleet) -> None:
     settings = load_settings()
-    assert await pools_of(fleet.backend, settings) == []
+    # No worker: every operation's jobs go through one at a time, to be refused at once.
+    assert await pools_of(fleet.backend, settings) == [Pool(EVERY_OPERATION, 1, to_refuse=True)]
 
     faces = frozenset({"headshot", "facegen"})
     first = await fleet.register(("headshot", "facegen"), capacity=1)
     second = await fleet.register(("facegen", "headshot"), capacity=2)
     avatars = await fleet.register(("avatar",), capacity=1)
     await asyncio.sleep(0.6)  # past the live workers' cache, within the timeout
+    unserved = Pool(EVERY_OPERATION - faces - {"avatar"}, 1, to_refuse=True)
     assert await pools_of(fleet.backend, settings) == [
         Pool(frozenset({"avatar"}), 1),
         Pool(faces, 3),
+        unserved,
     ]
 
     # ModelsLab behind them takes the operations no worker serves, with its own slots.
@@ -354,8 +365,12 @@ async def test_the_pools_are_the_live_workers_grouped_by_their_operations(fleet:
     assert await pools_of(fleet.backend, settings) == [
         Pool(frozenset({"avatar"}), 1),
         Pool(faces, 1),
+        unserved,
     ]
     for _ in range(int(TIMEOUT / 0.2) + 3):  # the avatar worker goes silent meanwhile
         await fleet.beat(first)
         await asyncio.sleep(0.2)
-    assert await pools_of(fleet.backend, settings) == [Pool(faces, 1)]
+    assert await pools_of(fleet.backend, settings) == [
+        Pool(faces, 1),
+        Pool(EVERY_OPERATION - faces, 1, to_refuse=True),
+    ]

@@ -388,6 +388,12 @@ def _check_served(params: GenerationParams, operations: tuple[Operation, ...]) -
     """What this GPU cannot make, refused before anything is sent (a fallback can take it)."""
     if params.operation not in operations:
         raise OperationNotServed(f"this bot's GPU does not serve {params.operation}")
+    check_pipeline_limits(params)
+
+
+def check_pipeline_limits(params: GenerationParams) -> None:
+    """What the local pipelines cannot make whatever GPU they run on (the child worker's, or a
+    fleet's): OperationNotServed, so that a fallback generator can take it."""
     if params.controlnet_selection and "depth" in params.controlnet_selection:
         raise OperationNotServed("this bot's GPU has no depth ControlNet: use pose or canny")
     sides = (params.width, params.height)

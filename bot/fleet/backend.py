@@ -41,6 +41,7 @@ from backends.errors import (
     UnknownProviderJob,
 )
 from backends.fallback import FallbackBackend
+from backends.local.backend import check_pipeline_limits
 from backends.params import MAX_SEED, Operation
 from storage.gpu_queue import (
     RESULTS_CHANNEL,
@@ -151,6 +152,7 @@ class FleetBackend:
         operation = params.operation
         if not any(operation in w.operations for w in await self.live_workers()):
             raise OperationNotServed(f"no GPU worker serves {operation} right now")
+        check_pipeline_limits(params)
         if request.face_key is None or request.track_id is None:
             # The engine always sends both; without them a worker could not read the selfie.
             raise OperationNotServed("the GPU workers need the selfie in the image store")

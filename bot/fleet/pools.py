@@ -32,12 +32,24 @@ def capacity_source(backend: Backend, settings: Settings) -> CapacitySource:
 
 
 async def pools_of(backend: Backend, settings: Settings) -> list[Pool]:
+    pools = await _pools(backend, settings)
+    if isinstance(backend, FleetBackend):
+        # The fleet alone: a job of an operation no live worker serves would wait in line with
+        # no end. One slot lets such jobs through one at a time, to fail at once ("no GPU
+        # worker serves … right now") and be refunded. Under a fallback, they go there instead.
+        unserved = EVERY_OPERATION.difference(*(_operations(pool) for pool in pools))
+        if unserved:
+            pools.append(Pool(unserved, 1, to_refuse=True))
+    return pools
+
+
+async def _pools(backend: Backend, settings: Settings) -> list[Pool]:
     if isinstance(backend, FallbackBackend):
-        first = await pools_of(backend.primary, settings)
+        first = await _pools(backend.primary, settings)
         covered = frozenset().union(*(_operations(pool) for pool in first))
         second = [
             Pool(_operations(pool) - covered, pool.slots)
-            for pool in await pools_of(backend.secondary, settings)
+            for pool in await _pools(backend.secondary, settings)
         ]
         return first + [pool for pool in second if pool.operations]
     if isinstance(backend, FleetBackend):

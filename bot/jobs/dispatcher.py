@@ -128,7 +128,8 @@ class Dispatcher:
         return await self._queue.in_flight()
 
     async def current_capacity(self) -> int:
-        """Every slot the generator has now (also kept as `capacity`)."""
+        """Every slot the generator has now (also kept as `capacity`), those of a pool whose
+        jobs go through only to be refused aside."""
         return _total(await self._read_pools())
 
     async def _read_pools(self) -> list[Pool]:
@@ -221,4 +222,4 @@ def _constant(slots: int) -> CapacitySource:
 
 
 def _total(pools: list[Pool]) -> int:
-    return sum(pool.slots for pool in pools)
+    return sum(pool.slots for pool in pools if not pool.to_refuse)
