@@ -113,7 +113,8 @@ async def _grant(
         )
     )
     for name, kind in relations:
-        rights = "SELECT, INSERT, UPDATE, DELETE" if kind == "r" else "USAGE, SELECT, UPDATE"
+        # A sequence's USAGE is nextval (a worker's row, an event): never setval.
+        rights = "SELECT, INSERT, UPDATE, DELETE" if kind == "r" else "USAGE"
         what = "TABLE" if kind == "r" else "SEQUENCE"
         await conn.execute(
             sql.SQL("GRANT {} ON {} {} TO {}").format(

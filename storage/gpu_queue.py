@@ -30,8 +30,13 @@ if TYPE_CHECKING:
 
 TASK_NAME = "headshot_bot.generate"
 RESULTS_CHANNEL = "gpu_results"
-# Attempts at writing a result before the job is left to fail (the database is unreachable).
-RESULT_WRITE_ATTEMPTS = 3
+# A result is written again and again while the database is out of reach (its images are in
+# the store already), waiting up to this long between tries.
+RESULT_RETRY_MAX_SECONDS = 30.0
+# What a result row may hold (a job makes at most 4 images; a reason is one short sentence).
+MAX_IMAGES = 8
+MAX_REASON = 300
+UNREADABLE = "the GPU worker sent back an unreadable result"
 
 log = logging.getLogger(__name__)
 
@@ -234,12 +239,17 @@ class GpuQueue:
         if row is None:
             return None
         ok, refused, reason, images, seconds = row
+        try:
+            stored = tuple(_stored_image(image) for image in images[:MAX_IMAGES])
+        except (TypeError, ValueError, KeyError):
+            log.warning("queue job %s: its result names its images unreadably", queue_id)
+            return GenerationResult(ok=False, reason=UNREADABLE)
         return GenerationResult(
             ok=bool(ok),
-            images=tuple(StoredImage(**image) for image in images),
-            reason=reason,
+            images=stored,
+            reason=reason[:MAX_REASON] if isinstance(reason, str) else None,
             refused=bool(refused),
-            seconds=seconds,
+            seconds=float(seconds) if isinstance(seconds, int | float) else None,
         )
 
     async def status(self, queue_id: int) -> QueueStatus:
@@ -267,13 +277,25 @@ class GpuQueue:
             await conn.execute(_RETRY, {"id": queue_id, "queue": row[0]})
         return True
 
-    async def give_up(self, queue_id: int) -> None:
-        """A STALLED job ends: deleted, so no worker takes it again. Nothing happens to a job
-        that is not stalled."""
+    async def give_up(self, queue_id: int) -> bool:
+        """A STALLED job ends: deleted, so no worker takes it again. False, and nothing done,
+        if it is not stalled (any more): its worker's heartbeat came back, or it finished."""
         async with self._connector.pool.connection() as conn, conn.transaction():
             params = {"id": queue_id, "timeout": self._timeout}
-            if await (await conn.execute(_LOCK_STALLED, params)).fetchone() is not None:
-                await conn.execute("DELETE FROM procrastinate_jobs WHERE id = %(id)s", params)
+            if await (await conn.execute(_LOCK_STALLED, params)).fetchone() is None:
+                return False
+            await conn.execute("DELETE FROM procrastinate_jobs WHERE id = %(id)s", params)
+            return True
+
+    async def withdraw(self, queue_id: int) -> bool:
+        """A job still waiting for a worker leaves the queue (none serves its operation any
+        more). False, and nothing done, if a worker has taken it."""
+        async with self._connector.pool.connection() as conn:
+            cursor = await conn.execute(
+                "DELETE FROM procrastinate_jobs WHERE id = %(id)s AND status = 'todo'",
+                {"id": queue_id},
+            )
+            return cursor.rowcount == 1
 
     async def stalled_tracks(self) -> list[str]:
         """Our job ids of the STALLED queue jobs that have no result yet."""
@@ -293,6 +315,17 @@ class GpuQueue:
                 {"age": older_than},
             )
             return cursor.rowcount
+
+
+def _stored_image(image: Any) -> StoredImage:
+    """One image named in a result row, checked (the row comes from a worker)."""
+    key, content_type = image["key"], image["content_type"]
+    width, height, size = image["width"], image["height"], image["size_bytes"]
+    if not (isinstance(key, str) and isinstance(content_type, str) and len(key) <= 255):
+        raise ValueError("an image's key and type are text")
+    if not all(isinstance(n, int) and 0 < n < 2**31 for n in (width, height, size)):
+        raise ValueError("an image's sizes are positive integers")
+    return StoredImage(key, content_type[:64], width, height, size)
 
 
 Handler = Callable[[QueuedGeneration], Awaitable[GenerationResult]]
@@ -391,7 +424,12 @@ class QueueWorker:
                     result = GenerationResult(
                         ok=False, reason=f"the GPU worker failed ({type(error).__name__})"
                     )
-            await self._write_result(connector, queue_id, track_id, result)
+            try:
+                await self._write_result(connector, queue_id, track_id, result)
+            except Exception as error:
+                # Not raised on: Procrastinate would log the failed job with its arguments
+                # (a prompt). The replica finds the job gone without a result and refunds it.
+                log.error("queue job %s: its result could not be written (%s)", queue_id, error)
 
         return generate
 
@@ -400,6 +438,7 @@ class QueueWorker:
     ) -> None:
         """The results row and its NOTIFY, in one statement (one transaction)."""
         import psycopg
+        import psycopg_pool
         from psycopg.types.json import Json
 
         values = {
@@ -407,19 +446,21 @@ class QueueWorker:
             "job_id": track_id,
             "ok": result.ok,
             "refused": result.refused,
-            "reason": result.reason,
+            "reason": result.reason[:MAX_REASON] if result.reason else None,
             "images": Json([asdict(image) for image in result.images]),
             "seconds": result.seconds,
             "worker_id": self._worker_id,
             "channel": RESULTS_CHANNEL,
         }
-        for attempt in range(1, RESULT_WRITE_ATTEMPTS + 1):
+        wait = 0.5
+        while True:
             try:
                 async with connector.pool.connection() as conn:
                     await conn.execute(_WRITE_RESULT, values)
                 return
-            except psycopg.OperationalError:
-                if attempt == RESULT_WRITE_ATTEMPTS:
-                    raise
+            except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+                # Never given up: the images are made, and a write after the job was handed to
+                # another worker changes nothing (ON CONFLICT). A stop waits for this too.
                 log.warning("writing the result of queue job %s failed: retrying", queue_id)
-                await asyncio.sleep(attempt)
+                await asyncio.sleep(wait)
+                wait = min(RESULT_RETRY_MAX_SECONDS, wait * 2)

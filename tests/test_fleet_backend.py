@@ -30,7 +30,7 @@ from backends.fallback import FallbackBackend
 from backends.modelslab import ModelsLabClient
 from backends.params import GenerationParams, Operation
 from bot.config import load_settings
-from bot.fleet.backend import STOPPED_TWICE, FleetBackend
+from bot.fleet.backend import NO_WORKER_ANY_MORE, STOPPED_TWICE, FleetBackend
 from bot.fleet.pools import EVERY_OPERATION, pools_of
 from bot.jobs.rehost import Rehoster
 from storage.coordination import Coordination, open_coordination
@@ -47,6 +47,7 @@ from storage.gpu_queue import (
 from storage.gpu_workers import WorkerRegistry
 from storage.imagestore import DiskImageStore
 from tests.conftest import TEST_KEY, make_image
+from tests.databases import execute
 
 HEARTBEAT = 0.2
 TIMEOUT = 2.0  # a worker silent this long is dead: well past a busy machine's pauses
@@ -370,7 +371,39 @@ async def test_the_pools_are_the_live_workers_grouped_by_their_operations(fleet:
     for _ in range(int(TIMEOUT / 0.2) + 3):  # the avatar worker goes silent meanwhile
         await fleet.beat(first)
         await asyncio.sleep(0.2)
+    # Silent, the avatar worker is expected back a while: its jobs wait (no pool), unrefused.
+    assert await pools_of(fleet.backend, settings) == [Pool(faces, 1), unserved]
+    assert "avatar" in await fleet.backend.expected_operations()
+    # Silent for good (ten timeouts), it is no longer waited for: its jobs are refused.
+    execute(
+        fleet.url,
+        "UPDATE gpu_workers SET heartbeat_at = now() - interval '1 hour' WHERE id = :id",
+        id=avatars,
+    )
+    await asyncio.sleep(0.6)
     assert await pools_of(fleet.backend, settings) == [
         Pool(faces, 1),
         Pool(EVERY_OPERATION - faces, 1, to_refuse=True),
     ]
+
+
+async def test_a_waiting_job_no_worker_will_take_leaves_the_queue_and_fails(fleet: Fleet) -> None:
+    """Its only worker gone for good while the job waited in the queue: the job is withdrawn
+    and fails (refunded, or handed to a fallback) instead of waiting for the job timeout."""
+    worker = await fleet.register(("headshot",))
+    await asyncio.sleep(0.6)
+    submitted = await fleet.backend.submit(request("job-w"))
+    assert submitted.provider_id
+    assert (await fleet.backend.fetch(Operation.HEADSHOT, submitted.provider_id)).status == (
+        ResultStatus.PROCESSING
+    )
+    execute(
+        fleet.url,
+        "UPDATE gpu_workers SET heartbeat_at = now() - interval '1 hour' WHERE id = :id",
+        id=worker,
+    )
+    await asyncio.sleep(0.6)
+    failed = await fleet.backend.fetch(Operation.HEADSHOT, submitted.provider_id)
+    assert (failed.status, failed.message) == (ResultStatus.FAILED, NO_WORKER_ANY_MORE)
+    queue_id = int(submitted.provider_id.removeprefix("gpu-"))
+    assert (await fleet.backend.queue.status(queue_id)).state == QueueState.GONE

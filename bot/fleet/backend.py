@@ -63,6 +63,12 @@ LIVE_CACHE_SECONDS = 0.5
 RESULTS_KEPT = timedelta(days=2)
 HOUSEKEEPING_SECONDS = 3600.0
 STOPPED_TWICE = "the GPU worker stopped twice while making it"
+# A worker silent or draining is still expected back for this many timeouts (a restart loads
+# its models for minutes): its operations' jobs wait for it meanwhile, rather than fail.
+EXPECTED_BACK_TIMEOUTS = 10
+# Registry rows of workers silent this long are dropped (a killed worker never unregisters).
+FORGET_WORKERS_AFTER = timedelta(days=1)
+NO_WORKER_ANY_MORE = "no GPU worker serves it any more"
 
 Listen = Callable[[str, Callable[[str], object]], None]
 
@@ -83,7 +89,7 @@ class FleetBackend:
         self.worker_timeout = worker_timeout
         self._listen = listen
         self._listeners: list[Callable[[str], object]] = []
-        self._live: tuple[float, list[WorkerRecord]] | None = None
+        self._seen: tuple[float, list[WorkerRecord]] | None = None
         self._watcher: asyncio.Task[None] | None = None
 
     # ---- life cycle -----------------------------------------------------------------------
@@ -126,6 +132,7 @@ class FleetBackend:
                 if time.monotonic() - housekept >= HOUSEKEEPING_SECONDS:
                     housekept = time.monotonic()
                     await self.queue.forget_results(RESULTS_KEPT)
+                    await self.workers.prune(older_than=FORGET_WORKERS_AFTER.total_seconds())
             except Exception as exc:
                 log.warning("checking the GPU queue for stalled jobs failed: %s", exc)
 
@@ -133,12 +140,26 @@ class FleetBackend:
 
     async def live_workers(self) -> list[WorkerRecord]:
         """The workers heartbeating now and not draining (read at most every half second)."""
+        return [worker for worker in await self._workers() if worker.live]
+
+    async def expected_operations(self) -> frozenset[str]:
+        """The operations of the workers live now or expected back: draining, or silent for
+        less than EXPECTED_BACK_TIMEOUTS timeouts (restarting, reloading their models)."""
+        horizon = self.worker_timeout * EXPECTED_BACK_TIMEOUTS
+        return frozenset(
+            operation
+            for worker in await self._workers()
+            if worker.live or worker.heartbeat_age <= horizon
+            for operation in worker.operations
+        )
+
+    async def _workers(self) -> list[WorkerRecord]:
         now = time.monotonic()
-        if self._live is None or now - self._live[0] > LIVE_CACHE_SECONDS:
+        if self._seen is None or now - self._seen[0] > LIVE_CACHE_SECONDS:
             async with _unavailable("the GPU worker registry cannot be read"):
-                workers = await self.workers.live(timeout=self.worker_timeout)
-            self._live = (now, workers)
-        return self._live[1]
+                workers = await self.workers.workers(timeout=self.worker_timeout)
+            self._seen = (now, workers)
+        return self._seen[1]
 
     async def _eta(self, operation: Operation, samples: int) -> float:
         serving = [w for w in await self.live_workers() if operation in w.operations]
@@ -185,11 +206,18 @@ class FleetBackend:
                 if status.requeued == 0:
                     if await self.queue.requeue(queue_id):
                         log.warning("%s: its GPU worker stopped; back in the queue", provider_id)
-                else:
-                    await self.queue.give_up(queue_id)
+                elif await self.queue.give_up(queue_id):
                     log.warning("%s: its GPU worker stopped again; given up", provider_id)
                     return ProviderResult(
                         ResultStatus.FAILED, provider_id=provider_id, message=STOPPED_TWICE
+                    )
+            elif status.state == QueueState.WAITING:
+                if str(operation) not in await self.expected_operations() and (
+                    await self.queue.withdraw(queue_id)
+                ):
+                    log.warning("%s: no GPU worker serves %s any more", provider_id, operation)
+                    return ProviderResult(
+                        ResultStatus.FAILED, provider_id=provider_id, message=NO_WORKER_ANY_MORE
                     )
             elif status.state == QueueState.GONE:
                 # Its worker may have written the result and ended the job since we looked.

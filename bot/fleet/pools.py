@@ -34,10 +34,11 @@ def capacity_source(backend: Backend, settings: Settings) -> CapacitySource:
 async def pools_of(backend: Backend, settings: Settings) -> list[Pool]:
     pools = await _pools(backend, settings)
     if isinstance(backend, FleetBackend):
-        # The fleet alone: a job of an operation no live worker serves would wait in line with
-        # no end. One slot lets such jobs through one at a time, to fail at once ("no GPU
-        # worker serves … right now") and be refunded. Under a fallback, they go there instead.
-        unserved = EVERY_OPERATION.difference(*(_operations(pool) for pool in pools))
+        # The fleet alone: a job of an operation no worker serves, nor is expected back to
+        # serve (see FleetBackend.expected_operations), would wait in line with no end. One
+        # slot lets such jobs through one at a time, to fail at once ("no GPU worker serves …
+        # right now") and be refunded. Under a fallback, they go there instead.
+        unserved = EVERY_OPERATION - await backend.expected_operations()
         if unserved:
             pools.append(Pool(unserved, 1, to_refuse=True))
     return pools
