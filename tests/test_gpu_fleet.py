@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
@@ -42,7 +43,7 @@ from bot.jobs.events import Completed, Failed, JobEvent
 from storage.records import JobState
 from tests.chat import TestChat
 from tests.conftest import EXAMPLE_SELFIE, FAST, register_database, shared_image_workers
-from tests.databases import PostgresDatabases, query
+from tests.databases import PostgresDatabases, execute, query
 from tests.fleet import (
     WORKER_TIMEOUT_SECONDS,
     Fleet,
@@ -329,6 +330,36 @@ async def test_a_bot_restarted_mid_generation_still_delivers_the_image(
     assert makers(fleet_now, job_id) == [worker.name]
     assert await image_sizes(again, job_id) == [(64, 96)]
     assert await ledger(again, job_id) == {"reserve": 1, "commit": 1, "release": 0}
+
+
+async def test_a_worker_whose_database_connections_drop_keeps_its_models_and_takes_jobs(
+    fleet_now: Fleet, start_bot: BotFactory
+) -> None:
+    """A PostgreSQL restart or fail-over cuts every connection of the workers: each takes jobs
+    again once the database answers, without loading its models again."""
+    (worker,) = await serving(fleet_now, "facegen", 1)
+    app = await start_bot()
+    role = make_url(fleet_now.database.worker_url).username
+    owner = fleet_now.database.owner_url
+    # The database out of reach for the workers for a few heartbeats: their connections cut,
+    # new ones refused, then let in again.
+    execute(owner, f'ALTER ROLE "{role}" NOLOGIN')
+    try:
+        cut = query(
+            owner,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :role",
+            role=role,
+        )
+        assert cut and all(ok for (ok,) in cut)
+        await asyncio.sleep(WORKER_TIMEOUT_SECONDS / 2)
+    finally:
+        execute(owner, f'ALTER ROLE "{role}" LOGIN')
+
+    event = await follow(app, await request(app, "facegen", seed=51))
+
+    assert isinstance(event, Completed), event
+    assert worker.running
+    assert worker.logs(10**7).count("loaded and warmed up") == 1
 
 
 async def test_sigterm_lets_the_current_job_finish_then_the_worker_leaves(

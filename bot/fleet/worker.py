@@ -52,6 +52,8 @@ log = logging.getLogger("headshot_bot.gpu_worker")
 
 # The median seconds per image is over this many recent jobs.
 RECENT_JOBS = 50
+# Waits between tries at taking jobs again after the queue lost the database, up to this.
+RETAKE_MAX_SECONDS = 30.0
 
 NOT_POSTGRES = (
     "invalid setting DATABASE_URL: a GPU worker takes its jobs from the cluster's PostgreSQL "
@@ -164,7 +166,7 @@ async def _serve(
     # back to the queue at that moment.
     beating = asyncio.create_task(heartbeat.run())
     work = asyncio.create_task(
-        queue.work(operations, settings.gpu_worker_capacity, service.handle, draining)
+        _keep_working(queue, operations, settings.gpu_worker_capacity, service, draining)
     )
     if on_ready is not None:
         on_ready()
@@ -182,6 +184,34 @@ async def _serve(
         if not work.done():
             log.info("draining: finishing the running job")
         await work
+
+
+async def _keep_working(
+    queue: QueueWorker,
+    operations: Sequence[str],
+    capacity: int,
+    service: _Service,
+    draining: asyncio.Event,
+) -> None:
+    """Take jobs until draining. The queue's worker stops when it loses the database (a
+    PostgreSQL restart or fail-over): it is started again, with the models still loaded."""
+    wait = 1.0
+    while not draining.is_set():
+        try:
+            await queue.work(operations, capacity, service.handle, draining)
+        except Exception as exc:
+            if draining.is_set():
+                return
+            log.warning(
+                "the queue stopped taking jobs (%s): taking jobs again in %.0f s",
+                type(exc).__name__,
+                wait,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(draining.wait(), wait)
+            wait = min(RETAKE_MAX_SECONDS, wait * 2)
+        else:
+            wait = 1.0
 
 
 @dataclass
