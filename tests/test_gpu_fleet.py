@@ -381,7 +381,8 @@ async def test_sigterm_lets_the_current_job_finish_then_the_worker_leaves(
     assert makers(fleet_now, job_id) == [worker.name]
     assert await ledger(app, job_id) == {"reserve": 1, "commit": 1, "release": 0}
     assert worker.worker_id is not None
-    assert worker.worker_id not in {record.id for record in await fleet_now.workers()}
+    (left,) = [record for record in await fleet_now.workers() if record.id == worker.worker_id]
+    assert left.draining and not left.live
     assert await wait_for(lambda: _capacity_is(app, slots - 1), within=2.0)
 
 
@@ -412,3 +413,43 @@ async def running_count(
     if new:
         await fleet.start(*new)
     return running[:count] + new
+
+
+async def test_sigterm_hands_a_staged_job_back_for_another_worker(
+    fleet_now: Fleet, start_bot: BotFactory
+) -> None:
+    """A worker of capacity 2 runs one job and stages the next: SIGTERM finishes the first there
+    and hands the staged one back to the queue, where another worker makes it, paid once."""
+    for extra in [w for w in fleet_now.members if w.running and "facegen" in w.operations]:
+        await extra.terminate()
+    stager = fleet_now.worker(["facegen"], capacity=2, name="stager")
+    await fleet_now.start(stager)
+    app = await start_bot()
+    fleet_now.set_face_delay(FACE_DELAY * 2)
+
+    first = await request(app, "facegen", seed=61)
+    first_done = follow(app, first)
+    assert await fleet_now.wait_for_taker() == stager.pid
+    second = await request(app, "facegen", seed=62)
+    second_done = follow(app, second)
+
+    async def both_taken() -> bool:
+        rows = query(
+            fleet_now.database.owner_url,
+            "SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'",
+        )
+        return rows == [(2,)]
+
+    await wait_for(both_taken, within=30)
+    assert await stager.terminate() == 0, stager.logs()
+    assert "handed back to the queue" in stager.logs(10**7)
+    fleet_now.set_face_delay(0.0)
+    after = fleet_now.worker(["facegen"], name="after-stager")
+    await fleet_now.start(after)
+
+    done = [await first_done, await second_done]
+    assert all(isinstance(event, Completed) for event in done), done
+    assert makers(fleet_now, first) == ["stager"]
+    assert makers(fleet_now, second) == ["after-stager"]
+    for job_id in (first, second):
+        assert await ledger(app, job_id) == {"reserve": 1, "commit": 1, "release": 0}

@@ -66,8 +66,8 @@ STOPPED_TWICE = "the GPU worker stopped twice while making it"
 # A worker silent or draining is still expected back for this many timeouts (a restart loads
 # its models for minutes): its operations' jobs wait for it meanwhile, rather than fail.
 EXPECTED_BACK_TIMEOUTS = 10
-# Registry rows of workers silent this long are dropped (a killed worker never unregisters).
-FORGET_WORKERS_AFTER = timedelta(days=1)
+# Registry rows of workers silent this long are dropped (stopped or killed ones).
+FORGET_WORKERS_AFTER = timedelta(hours=1)
 NO_WORKER_ANY_MORE = "no GPU worker serves it any more"
 
 Listen = Callable[[str, Callable[[str], object]], None]

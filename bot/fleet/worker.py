@@ -4,8 +4,8 @@ reaches the cluster's PostgreSQL and image store (outbound connections only).
 It loads and warms up its pipelines, and only then registers in the worker registry and takes
 jobs from the queues of its operations. Each job's selfie comes from the shared store and its
 images go back there; the queue writes the result row. Its heartbeat row carries its figures.
-On stop it says it is draining first (replicas stop counting it), finishes the running job,
-then unregisters.
+On stop it says it is draining first (replicas stop counting it), hands its staged jobs back,
+finishes the running job and leaves its row, draining, with its last figures.
 
 The pipelines (numpy, torch) load only when the worker runs.
 """
@@ -146,9 +146,11 @@ async def run_gpu_worker(
         try:
             await _serve(queue, heartbeat, service, names, settings, stop, draining, on_ready)
         finally:
-            with contextlib.suppress(Exception):
-                await registry.unregister(worker_id)
-            log.info("unregistered")
+            # Its row stays, draining, with its last figures: the replicas wait a while for a
+            # worker of its operations to come back (a restart) before refusing their jobs, and
+            # /admin workers shows it stopped until the replicas prune it.
+            await heartbeat.beat()
+            log.info("stopped taking jobs")
 
 
 async def _serve(
