@@ -78,9 +78,7 @@ def choose_backend(
 
 def _auto(settings: Settings) -> str:
     models = _model_paths(settings)
-    missing = models.missing(
-        _local_operations(settings), face_analyser=settings.local_face_analyser
-    )
+    missing = models.missing(local_operations(settings), face_analyser=settings.local_face_analyser)
     if not missing and local_extra_installed() and _device_ready(settings):
         log.info("BACKEND=auto: the local models are present and a GPU is visible: local")
         return "local"
@@ -120,15 +118,20 @@ def _build(
             "invalid setting BACKEND: the local backend needs torch and diffusers: "
             "pip install 'headshot-bot[local]'"
         )
-    missing = _model_paths(settings).missing(
-        _local_operations(settings), face_analyser=settings.local_face_analyser
+    config = worker_config(settings)
+    check_local_models(config)
+    return LocalBackend(
+        config, capacity=settings.local_capacity, start_timeout=settings.local_start_timeout
     )
-    if missing:
-        raise ConfigError(f"invalid setting LOCAL_MODELS_DIR: {missing[0].message}")
-    config = WorkerConfig(
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    """What a GPU worker is started with, from the LOCAL_* settings: the bot's child worker and
+    the fleet's `headshot-bot gpu-worker` alike."""
+    return WorkerConfig(
         models_root=settings.local_models_dir,
         overrides=settings.local_model_overrides,
-        operations=_local_operations(settings),
+        operations=local_operations(settings),
         runtime=Runtime(
             device=settings.local_device,
             dtype=settings.local_dtype,
@@ -138,9 +141,20 @@ def _build(
         ),
         face_analyser=settings.local_face_analyser,
     )
-    return LocalBackend(
-        config, capacity=settings.local_capacity, start_timeout=settings.local_start_timeout
-    )
+
+
+def check_local_models(config: WorkerConfig) -> None:
+    """Every model folder of the worker's operations there: a ConfigError (one line) naming
+    LOCAL_MODELS_DIR otherwise."""
+    missing = config.models.missing(config.operations, face_analyser=config.face_analyser)
+    if missing:
+        raise ConfigError(f"invalid setting LOCAL_MODELS_DIR: {missing[0].message}")
+
+
+def local_operations(settings: Settings) -> tuple[Operation, ...]:
+    """LOCAL_OPERATIONS, in order, each once."""
+    names = [part.strip() for part in settings.local_operations.split(",") if part.strip()]
+    return tuple(Operation(name) for name in dict.fromkeys(names))
 
 
 def _fleet(settings: Settings, fleet: FleetAccess) -> FleetBackend:
@@ -155,8 +169,3 @@ def _fleet(settings: Settings, fleet: FleetAccess) -> FleetBackend:
 
 def _model_paths(settings: Settings) -> ModelPaths:
     return ModelPaths(settings.local_models_dir, settings.local_model_overrides)
-
-
-def _local_operations(settings: Settings) -> tuple[Operation, ...]:
-    names = [part.strip() for part in settings.local_operations.split(",") if part.strip()]
-    return tuple(Operation(name) for name in dict.fromkeys(names))

@@ -51,7 +51,8 @@ async def _gpu_worker(args: argparse.Namespace) -> int:
     if not chosen.s3_bucket and (problem := write_problem(chosen.data_dir)):
         raise ConfigError(f"invalid setting DATA_DIR: {problem}")
 
-    from bot.fleet.worker import local_operations, run_gpu_worker
+    from bot.backends import local_operations
+    from bot.fleet.worker import run_gpu_worker
 
     stop = asyncio.Event()
     ready = False

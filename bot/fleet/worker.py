@@ -31,8 +31,7 @@ from pydantic import SecretStr
 from backends.errors import InvalidRequest
 from backends.local.config import WorkerConfig
 from backends.local.probe import local_extra_installed
-from backends.local.runtime import Runtime
-from backends.params import Operation
+from bot.backends import check_local_models, worker_config
 from bot.config import ConfigError, Settings
 from storage.database import Database
 from storage.gpu_queue import (
@@ -64,29 +63,6 @@ STORE_NOT_SHARED = (
     "set S3_BUCKET (the cluster's S3-compatible store), or IMAGE_STORE_SHARED=1 if "
     "$DATA_DIR/images is the replicas' own folder (a network folder)"
 )
-
-
-def worker_config(settings: Settings) -> WorkerConfig:
-    """What the GPU worker is started with, from the LOCAL_* settings (both transports)."""
-    return WorkerConfig(
-        models_root=settings.local_models_dir,
-        overrides=settings.local_model_overrides,
-        operations=local_operations(settings),
-        runtime=Runtime(
-            device=settings.local_device,
-            dtype=settings.local_dtype,
-            compile=settings.local_compile,
-            fuse_qkv=settings.local_fuse_qkv,
-            channels_last=settings.local_channels_last,
-        ),
-        face_analyser=settings.local_face_analyser,
-    )
-
-
-def local_operations(settings: Settings) -> tuple[Operation, ...]:
-    """LOCAL_OPERATIONS, in order, each once."""
-    names = [part.strip() for part in settings.local_operations.split(",") if part.strip()]
-    return tuple(Operation(name) for name in dict.fromkeys(names))
 
 
 async def run_gpu_worker(
@@ -350,9 +326,7 @@ def _check_models(config: WorkerConfig) -> None:
         raise ConfigError(
             "a GPU worker needs torch and diffusers: pip install 'headshot-bot[local,postgres]'"
         )
-    missing = config.models.missing(config.operations, face_analyser=config.face_analyser)
-    if missing:
-        raise ConfigError(f"invalid setting LOCAL_MODELS_DIR: {missing[0].message}")
+    check_local_models(config)
     if config.face_analyser != "insightface":
         module = config.face_analyser.partition(":")[0]
         try:
