@@ -36,13 +36,20 @@ pytest.importorskip("procrastinate")
 
 from PIL import Image
 
+from backends.modelslab.simulator import Simulator
 from bot.app import HeadshotApp, Overrides
 from bot.config import load_settings
 from bot.generation import GenerationRequest
 from bot.jobs.events import Completed, Failed, JobEvent
 from storage.records import JobState
 from tests.chat import TestChat
-from tests.conftest import EXAMPLE_SELFIE, FAST, register_database, shared_image_workers
+from tests.conftest import (
+    EXAMPLE_SELFIE,
+    FAST,
+    TEST_KEY,
+    register_database,
+    shared_image_workers,
+)
 from tests.databases import PostgresDatabases, execute, query
 from tests.fleet import (
     WORKER_TIMEOUT_SECONDS,
@@ -453,3 +460,25 @@ async def test_sigterm_hands_a_staged_job_back_for_another_worker(
     assert makers(fleet_now, second) == ["after-stager"]
     for job_id in (first, second):
         assert await ledger(app, job_id) == {"reserve": 1, "commit": 1, "release": 0}
+
+
+async def test_an_operation_no_live_worker_serves_goes_to_modelslab_paid_once(
+    fleet_now: Fleet, start_bot: BotFactory, simulator: Simulator
+) -> None:
+    """FALLBACK_BACKEND=modelslab beside the fleet: with no avatar worker live, an avatar job is
+    made by ModelsLab (the simulator), paid once."""
+    await serving(fleet_now, "avatar", 0)
+    app = await start_bot(
+        fallback_backend="modelslab",
+        modelslab_base_url=simulator.base_url,
+        modelslab_api_key=TEST_KEY,
+    )
+
+    job_id = await request(app, "avatar", seed=71)
+    event = await follow(app, job_id)
+
+    assert isinstance(event, Completed), event
+    assert await made_by(fleet_now, job_id) == []
+    job = await app.jobs.get(job_id)
+    assert job is not None and (job.provider_id or "").startswith("modelslab:"), job
+    assert await ledger(app, job_id) == {"reserve": 1, "commit": 1, "release": 0}
