@@ -193,6 +193,11 @@ _DROP_FINISHED_STALLED = _judging_workers(
         AND EXISTS (SELECT 1 FROM gpu_results r WHERE r.queue_id = j.id)
 """
 )
+_ALREADY_SENT = """
+    SELECT id FROM procrastinate_jobs
+    WHERE task_name = %(task)s AND args->>'track_id' = %(track)s AND status IN ('todo', 'doing')
+    ORDER BY id DESC LIMIT 1
+"""
 _RESULT = """
     SELECT ok, refused, reason, images, seconds FROM gpu_results WHERE queue_id = %(id)s
 """
@@ -224,7 +229,16 @@ class GpuQueue:
         await self._app.close_async()
 
     async def send(self, generation: QueuedGeneration) -> int:
-        """Defer one generation; its Procrastinate job id."""
+        """Defer one generation; its Procrastinate job id. A generation of the same job still
+        queued or running (sent before a crash that came before its id was recorded) is that
+        one: a job is never made twice at once."""
+        async with self._connector.pool.connection() as conn:
+            cursor = await conn.execute(
+                _ALREADY_SENT, {"task": TASK_NAME, "track": generation.track_id}
+            )
+            sent = await cursor.fetchone()
+        if sent is not None:
+            return int(sent[0])
         deferrer = self._app.configure_task(name=TASK_NAME, queue=queue_name(generation.operation))
         return await deferrer.defer_async(
             track_id=generation.track_id,

@@ -340,6 +340,25 @@ async def test_jobs_go_only_to_workers_of_their_operation(postgres_url: str) -> 
         assert await queue.status(avatar) == QueueStatus(QueueState.WAITING, 0)
 
 
+async def test_a_job_sent_again_while_queued_or_running_is_the_same_queue_job(
+    postgres_url: str,
+) -> None:
+    """A replica that died after sending a job and before recording its id sends it again when
+    the job is taken over: the generation already queued (or running) is that one, not a second
+    run; once it has ended, a new one is sent."""
+    async with opened(GpuQueue(postgres_url, worker_timeout=TIMEOUT)) as queue:
+        first = await queue.send(generation("twice"))
+        assert await queue.send(generation("twice")) == first
+        generator = Generator(hold=True)
+        async with working(postgres_url, generator):
+            await asyncio.wait_for(generator.started["twice"].wait(), 30)
+            assert await queue.send(generation("twice")) == first
+            generator.release["twice"].set()
+            assert await eventually_result(queue, first) == MADE
+        assert generator.taken == ["twice"]
+        assert await queue.send(generation("twice")) != first
+
+
 async def test_a_failure_is_a_failed_result_and_a_late_duplicate_changes_nothing(
     postgres_url: str,
 ) -> None:
