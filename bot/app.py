@@ -26,6 +26,7 @@ from bot.generation import GenerationService
 from bot.images import workers as image_workers
 from bot.jobs.engine import EngineTimings, JobEngine
 from bot.jobs.event_bus import EventBus
+from bot.stores import open_store
 from bot.web import ChatWebhooks, create_web_app
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
@@ -36,7 +37,7 @@ from storage.database import Database
 from storage.deliveries import DeliveryRepository
 from storage.dispatch import DispatchQueue
 from storage.history import HistoryRepository
-from storage.imagestore import ImageStore, open_image_store
+from storage.imagestore import ImageStore
 from storage.inbox import InboxRepository
 from storage.interactions import InteractionRepository
 from storage.jobs import JobRepository
@@ -174,15 +175,7 @@ class HeadshotApp:
             ) from None
         if self.service and not self.db.is_sqlite:
             _check_store_is_shared(settings)
-        self.store = open_image_store(
-            data_dir=settings.data_dir / "images",
-            s3_bucket=settings.s3_bucket,
-            s3_endpoint_url=str(settings.s3_endpoint_url) if settings.s3_endpoint_url else None,
-            s3_region=settings.s3_region,
-            s3_access_key_id=_secret(settings.s3_access_key_id),
-            s3_secret_access_key=_secret(settings.s3_secret_access_key),
-            s3_prefix=settings.s3_prefix,
-        )
+        self.store = open_store(settings)
         opened.push_async_callback(self.store.aclose)
         self.accounts = AccountRepository(self.db, self.pseudonyms)
         self.jobs = JobRepository(self.db)
@@ -330,10 +323,6 @@ def _pseudonym_key(settings: Settings) -> bytes:
         except ValueError as exc:
             raise ConfigError(f"invalid setting PSEUDONYM_KEY_FILE: {exc}") from None
     return load_or_create_key(settings.data_dir / "pseudonym.key")
-
-
-def _secret(value: object) -> str | None:
-    return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
 
 
 def _pick(override: int | None, default: int) -> int:

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from PIL import Image
-from pydantic import SecretStr
 
 from backends.errors import InvalidRequest
 from backends.local.config import WorkerConfig
 from backends.local.probe import local_extra_installed
 from bot.backends import check_local_models, worker_config
 from bot.config import ConfigError, Settings
+from bot.stores import open_store
 from storage.database import Database
 from storage.gpu_queue import (
     GenerationResult,
@@ -42,7 +42,7 @@ from storage.gpu_queue import (
     StoredImage,
 )
 from storage.gpu_workers import WorkerRegistry
-from storage.imagestore import ImageNotFound, ImageStore, open_image_store
+from storage.imagestore import ImageNotFound, ImageStore
 
 if TYPE_CHECKING:
     from backends.local.core import WorkerCore
@@ -91,7 +91,7 @@ async def run_gpu_worker(
         ) from None
     names = tuple(str(operation) for operation in operations)
     async with contextlib.AsyncExitStack() as opened:
-        store = _open_store(settings)
+        store = open_store(settings)
         opened.push_async_callback(store.aclose)
         db = Database(url)
         opened.push_async_callback(db.dispose)
@@ -335,19 +335,3 @@ def _check_models(config: WorkerConfig) -> None:
             found = False
         if not found:
             raise ConfigError(f"invalid setting LOCAL_FACE_ANALYSER: no module named {module}")
-
-
-def _open_store(settings: Settings) -> ImageStore:
-    return open_image_store(
-        data_dir=settings.data_dir / "images",
-        s3_bucket=settings.s3_bucket,
-        s3_endpoint_url=str(settings.s3_endpoint_url) if settings.s3_endpoint_url else None,
-        s3_region=settings.s3_region,
-        s3_access_key_id=_secret(settings.s3_access_key_id),
-        s3_secret_access_key=_secret(settings.s3_secret_access_key),
-        s3_prefix=settings.s3_prefix,
-    )
-
-
-def _secret(value: SecretStr | None) -> str | None:
-    return value.get_secret_value() if value is not None else None
