@@ -34,9 +34,11 @@ _REGION = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CLASS_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _MODEL_FOLDERS = (
     "local_model_sd15",
+    "local_model_sd15_vae",
     "local_model_ip_adapter_faceid",
     "local_model_clip_image_encoder",
-    "local_model_insightface",
+    "local_model_buffalo_l",
+    "local_model_antelopev2",
     "local_model_sdxl",
     "local_model_instantid",
     "local_model_controlnet_pose",
@@ -135,8 +137,12 @@ class Settings(BaseSettings):
     # "insightface", or "package.module:Class" for another face analyser.
     local_face_analyser: str = "insightface"
     local_model_sd15: Path | None = None
+    local_model_sd15_vae: Path | None = None
     local_model_ip_adapter_faceid: Path | None = None
     local_model_clip_image_encoder: Path | None = None
+    local_model_buffalo_l: Path | None = None
+    local_model_antelopev2: Path | None = None
+    # Replaced by the two packs above; still read, so that a left-over value is refused.
     local_model_insightface: Path | None = None
     local_model_sdxl: Path | None = None
     local_model_instantid: Path | None = None
@@ -270,6 +276,17 @@ class Settings(BaseSettings):
     def _face_analyser_is_named(cls, value: str) -> str:
         if value != "insightface" and not _CLASS_PATH.fullmatch(value):
             raise ValueError(f"{value!r}: use insightface or package.module:Class")
+        return value
+
+    @field_validator("local_model_insightface")
+    @classmethod
+    def _insightface_folder_is_split_in_two(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            raise ValueError(
+                "each method now loads the face models it was trained with: set "
+                "LOCAL_MODEL_BUFFALO_L (headshot, facegen, flux_headshot) and "
+                "LOCAL_MODEL_ANTELOPEV2 (avatar) instead"
+            )
         return value
 
     @field_validator("log_level", mode="before")

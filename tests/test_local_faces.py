@@ -15,13 +15,8 @@ np = pytest.importorskip("numpy")  # the [local] extra brings numpy; the core ha
 
 from PIL import Image  # noqa: E402
 
-from backends.local.faces import (  # noqa: E402
-    NoFaceFound,
-    aligned_crop,
-    head_pose_map,
-    keypoint_map,
-    similarity_transform,
-)
+from backends.local.control_maps import head_pose_map, keypoint_map  # noqa: E402
+from backends.local.faces import NoFaceFound, aligned_crop, similarity_transform  # noqa: E402
 from tests.conftest import EXAMPLE_SELFIE  # noqa: E402
 
 KEYPOINTS = np.array([[200, 300], [300, 300], [250, 360], [215, 420], [285, 420]], float)

@@ -33,7 +33,8 @@ from PIL import Image
 
 from backends.errors import InvalidRequest
 from backends.local.components import ModelPaths
-from backends.local.faces import FaceAnalyser, NoFaceFound, head_pose_map, keypoint_map
+from backends.local.control_maps import head_pose_map, keypoint_map
+from backends.local.faces import FaceAnalyser, NoFaceFound
 from backends.local.pipeline import LocalJob
 from backends.local.runtime import Runtime, one_pass_per_image, speed_up
 from backends.params import LIMITS, Operation

@@ -34,6 +34,8 @@ class Component:
 _FACE_ID = (Operation.HEADSHOT, Operation.FACEGEN)
 _AVATAR = (Operation.AVATAR,)
 _FLUX = (Operation.FLUX_HEADSHOT,)
+BUFFALO_L_REPO = "TBD/buffalo_l"
+FACE_PACKS = ("buffalo_l", "antelopev2")
 
 COMPONENTS: dict[str, Component] = {
     c.name: c
@@ -51,9 +53,15 @@ COMPONENTS: dict[str, Component] = {
                 "tokenizer/*",
                 "unet/config.json",
                 "unet/diffusion_pytorch_model.fp16.safetensors",
-                "vae/config.json",
-                "vae/diffusion_pytorch_model.fp16.safetensors",
             ),
+        ),
+        # The VAE IP-Adapter-FaceID's model card uses: SD1.5's own, fine-tuned for sharper faces.
+        Component(
+            "sd15_vae",
+            "stabilityai/sd-vae-ft-mse",
+            "MIT",
+            _FACE_ID,
+            allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
         ),
         Component(
             "ip_adapter_faceid",
@@ -70,12 +78,23 @@ COMPONENTS: dict[str, Component] = {
             _FACE_ID,
             allow_patterns=("models/image_encoder/*",),
         ),
+        # insightface's face-model packs, one per method: each was trained on one recogniser's
+        # embeddings (IP-Adapter-FaceID on buffalo_l's w600k_r50, InstantID on antelopev2's
+        # glintr100). flux_headshot only needs a face found: buffalo_l's detector does it.
         Component(
-            "insightface",
+            "buffalo_l",
+            BUFFALO_L_REPO,
+            "non-commercial research use only (insightface model licence)",
+            (*_FACE_ID, *_FLUX),
+            allow_patterns=("det_10g.onnx", "w600k_r50.onnx"),
+            non_commercial=True,
+        ),
+        Component(
+            "antelopev2",
             "DIAMONIK7777/antelopev2",
             "non-commercial research use only (insightface model licence)",
-            (*_FACE_ID, *_AVATAR),
-            allow_patterns=("*.onnx",),
+            _AVATAR,
+            allow_patterns=("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
             non_commercial=True,
         ),
         Component(
@@ -101,7 +120,7 @@ COMPONENTS: dict[str, Component] = {
         Component(
             "instantid",
             "InstantX/InstantID",
-            "Apache-2.0 (it needs the insightface models, which are non-commercial)",
+            "Apache-2.0 (it needs insightface's antelopev2 models, which are non-commercial)",
             _AVATAR,
             allow_patterns=("ip-adapter.bin", "ControlNetModel/*"),
         ),
@@ -143,6 +162,11 @@ COMPONENTS: dict[str, Component] = {
 def components_for(operations: Iterable[Operation]) -> list[Component]:
     wanted = set(operations)
     return [c for c in COMPONENTS.values() if wanted.intersection(c.operations)]
+
+
+def face_pack(operation: Operation) -> str:
+    """The insightface face-model pack `operation`'s method was trained with."""
+    return next(c.name for c in components_for([operation]) if c.name in FACE_PACKS)
 
 
 # `models download` writes this into a folder before fetching it and removes it once the
@@ -201,13 +225,13 @@ class ModelPaths:
         self, operations: Iterable[Operation], *, face_analyser: str = "insightface"
     ) -> list[MissingComponent]:
         """What the operations need and is not there. Another face analyser than insightface
-        ("module:Class") brings its own models, so the insightface folder is not needed."""
+        ("module:Class") brings its own models, so the face-pack folders are not needed."""
         wanted = list(operations)
         return [
             self._missing(c, next(o for o in wanted if o in c.operations))
             for c in components_for(wanted)
             if not self.present(c.name)
-            and not (c.name == "insightface" and face_analyser != "insightface")
+            and not (c.name in FACE_PACKS and face_analyser != "insightface")
         ]
 
     def _missing(

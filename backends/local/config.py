@@ -19,7 +19,8 @@ class WorkerConfig:
     operations: tuple[Operation, ...]
     runtime: Runtime
     overrides: dict[str, Path] = field(default_factory=dict)
-    # "insightface", or "package.module:Factory" for another analyser (the tests' stand-in).
+    # "insightface", or "package.module:Factory" for another analyser (the tests' stand-in),
+    # called with the name of the face-model pack it stands for (buffalo_l, antelopev2).
     face_analyser: str = "insightface"
 
     @property

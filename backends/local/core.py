@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from backends.local.components import face_pack
 from backends.local.config import WorkerConfig
 from backends.local.faces import FaceAnalyser, InsightFaceAnalyser
 from backends.local.pipeline import LocalJob, OperationPipeline, loader_for
@@ -35,13 +36,18 @@ class WorkerCore:
         missing = config.models.missing(config.operations, face_analyser=config.face_analyser)
         if missing:
             raise missing[0]
-        faces = _face_analyser(config)
+        analysers: dict[str, FaceAnalyser] = {}
         loaded: dict[Any, OperationPipeline] = {}
         pipelines: dict[Operation, OperationPipeline] = {}
         for operation in config.operations:
+            # Each method gets the face-model pack it was trained with (operations that share
+            # a pipeline share a pack).
+            pack = face_pack(operation)
+            if pack not in analysers:
+                analysers[pack] = face_analyser(config, pack)
             loader = loader_for(operation)
             if loader not in loaded:
-                loaded[loader] = loader(config.models, config.runtime, faces)
+                loaded[loader] = loader(config.models, config.runtime, analysers[pack])
             pipelines[operation] = loaded[loader]
         started = time.monotonic()
         for pipeline in dict.fromkeys(pipelines.values()):
@@ -90,9 +96,11 @@ def quiet_libraries() -> None:
         logging.getLogger(library).setLevel(logging.ERROR)
 
 
-def _face_analyser(config: WorkerConfig) -> FaceAnalyser:
+def face_analyser(config: WorkerConfig, pack: str) -> FaceAnalyser:
+    """The analyser of one face-model pack: insightface's from the pack's folder, or the
+    configured `module:Factory` called with the pack's name."""
     if config.face_analyser == "insightface":
-        folder = config.models.require("insightface")
+        folder = config.models.require(pack)
         return InsightFaceAnalyser(folder, use_gpu=config.runtime.on_gpu)
     module, _, name = config.face_analyser.partition(":")
-    return getattr(importlib.import_module(module), name)()  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), name)(pack)  # type: ignore[no-any-return]

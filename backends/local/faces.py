@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from backends.errors import InvalidRequest
 
@@ -26,13 +26,23 @@ class NoFaceFound(InvalidRequest):
 
 @dataclass(frozen=True)
 class Face:
-    """One detected face. `embedding` is the 512-d identity vector (L2-normalised);
-    `keypoints` are five (x, y) points in image pixels: left eye, right eye, nose, left and
-    right mouth corners (insightface's order)."""
+    """One detected face.
+
+    `embedding` is the recogniser's raw 512-d identity vector, as insightface's `embedding`
+    (an ArcFace network's norm is about 20-30); `normed_embedding` is it scaled to length 1.
+    Each method gets the one it was trained with: IP-Adapter-FaceID the normalised one,
+    InstantID the raw one. `keypoints` are five (x, y) points in image pixels: the subject's
+    right eye (on the image's left), their left eye, the nose, the right and left mouth corners
+    (insightface's order); `box` is (left, top, right, bottom)."""
 
     embedding: np.ndarray
     keypoints: np.ndarray
     box: tuple[float, float, float, float]
+
+    @property
+    def normed_embedding(self) -> np.ndarray:
+        embedding = np.asarray(self.embedding, dtype=np.float32)
+        return embedding / max(float(np.linalg.norm(embedding)), 1e-12)
 
 
 class FaceAnalyser(Protocol):
@@ -83,57 +93,10 @@ def aligned_crop(image: Image.Image, keypoints: np.ndarray, size: int = 224) -> 
     )
 
 
-_KEYPOINT_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255))
-
-
-def keypoint_map(size: tuple[int, int], keypoints: np.ndarray) -> Image.Image:
-    """The five keypoints drawn the way InstantID's IdentityNet was trained to read them:
-    coloured limbs from each point to the nose and a coloured dot on each point, on black."""
-    canvas = Image.new("RGB", size, (0, 0, 0))
-    draw = ImageDraw.Draw(canvas)
-    points = [tuple(map(float, p)) for p in np.asarray(keypoints)]
-    width = max(2, round(min(size) / 128))
-    for a, b in ((0, 2), (1, 2), (3, 2), (4, 2)):
-        colour = tuple(c * 6 // 10 for c in _KEYPOINT_COLOURS[a])
-        draw.line([points[a], points[b]], fill=colour, width=width * 2)
-    for point, colour in zip(points, _KEYPOINT_COLOURS, strict=True):
-        x, y = point
-        draw.ellipse([x - width * 2, y - width * 2, x + width * 2, y + width * 2], fill=colour)
-    return canvas
-
-
-def head_pose_map(size: tuple[int, int], keypoints: np.ndarray) -> Image.Image:
-    """An OpenPose-style head skeleton (nose, eyes, neck) from the five face keypoints.
-
-    The pose ControlNet reads OpenPose maps; the bundled backend has no body-pose model, so
-    it draws the head's part of the skeleton, which is what a headshot's pose is mostly about.
-    """
-    points = np.asarray(keypoints, dtype=np.float64)
-    left_eye, right_eye, nose, mouth_left, mouth_right = points
-    mouth = (mouth_left + mouth_right) / 2
-    neck = nose + (mouth - nose) * 3.0
-    canvas = Image.new("RGB", size, (0, 0, 0))
-    draw = ImageDraw.Draw(canvas)
-    width = max(2, round(min(size) / 96))
-    limbs = (
-        (neck, nose, (0, 0, 153)),
-        (nose, right_eye, (153, 0, 153)),
-        (nose, left_eye, (51, 0, 153)),
-    )
-    for start, end, colour in limbs:
-        draw.line([tuple(start), tuple(end)], fill=colour, width=width * 2)
-    for point, colour in ((nose, (255, 0, 0)), (neck, (255, 85, 0))):
-        x, y = point
-        draw.ellipse([x - width, y - width, x + width, y + width], fill=colour)
-    for point, colour in ((right_eye, (170, 0, 255)), (left_eye, (255, 0, 170))):
-        x, y = point
-        draw.ellipse([x - width, y - width, x + width, y + width], fill=colour)
-    return canvas
-
-
 class InsightFaceAnalyser:
-    """insightface's detector and ArcFace recogniser, from the `.onnx` files of one local folder
-    (antelopev2 or buffalo_l). Each file is opened by path: insightface never downloads here."""
+    """insightface's detector and ArcFace recogniser, from the `.onnx` files of one face-model
+    pack's folder (antelopev2 or buffalo_l: see `components.face_pack`). Each file is opened by
+    path: insightface never downloads here."""
 
     def __init__(self, folder: Path, *, use_gpu: bool) -> None:
         from insightface.model_zoo import model_zoo
@@ -166,6 +129,5 @@ class InsightFaceAnalyser:
         best = int(np.argmax(areas))
         detected = DetectedFace(bbox=boxes[best, :4], kps=keypoints[best], det_score=boxes[best, 4])
         embedding = np.asarray(self._recogniser.get(bgr, detected), dtype=np.float32)
-        embedding = embedding / max(float(np.linalg.norm(embedding)), 1e-12)
         box = tuple(float(v) for v in boxes[best, :4])
         return Face(embedding, np.asarray(keypoints[best], dtype=np.float32), box)  # type: ignore[arg-type]

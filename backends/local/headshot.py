@@ -1,11 +1,13 @@
 """`headshot` and `facegen` on the local GPU: IP-Adapter-FaceID-PlusV2 on Stable Diffusion 1.5.
 
 The selfie's identity reaches the UNet twice, as the adapter was trained: the face analyser's
-512-d ArcFace embedding goes through the adapter's projection, and the aligned face crop goes
+normalised 512-d ArcFace embedding (buffalo_l's recogniser, the one the adapter was trained on)
+goes through the adapter's projection, and the aligned face crop goes
 through the CLIP image encoder (penultimate hidden states, as IP-Adapter Plus does) into the
 projection's perceiver; Plus v2 adds the projected identity back as a shortcut, scaled by
 `s_scale`. The adapter is loaded with diffusers' own `load_ip_adapter` from the original
-checkpoint, including the FaceID LoRA it carries (applied through PEFT).
+checkpoint, including the FaceID LoRA it carries (applied through PEFT). What no user sets
+follows the model card: DDIM sampling and the sd-vae-ft-mse VAE.
 
 There is no local safety checker (none is downloaded), so `safety_checker` and
 `safety_checker_type` do not reach this pipeline.
@@ -40,19 +42,33 @@ CROP_SIZE = 224
 IP_ADAPTER_SCALE = 1.0
 
 
+# The noise schedule of IP-Adapter-FaceID's model card (SD1.5's own, sampled with DDIM).
+FACEID_SCHEDULER: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+
+
 def load(models: ModelPaths, runtime: Runtime, faces: FaceAnalyser) -> FaceIDPipeline:
     """Read every component from its local folder and build the pipeline."""
     sd15 = models.require("sd15")
+    vae_folder = models.require("sd15_vae")
     image_encoder_folder = models.require("clip_image_encoder") / IMAGE_ENCODER
     adapter_file = models.require("ip_adapter_faceid") / FACEID_FILE
 
     import torch
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
     dtype = runtime.torch_dtype()
     return FaceIDPipeline.from_modules(
-        vae=AutoencoderKL.from_pretrained(sd15, subfolder="vae", variant="fp16", torch_dtype=dtype),
+        # sd-vae-ft-mse, as the model card: SD1.5's VAE fine-tuned for sharper faces.
+        vae=AutoencoderKL.from_pretrained(vae_folder, torch_dtype=dtype),
         text_encoder=CLIPTextModel.from_pretrained(
             sd15 / "text_encoder", variant="fp16", dtype=dtype
         ),
@@ -60,9 +76,7 @@ def load(models: ModelPaths, runtime: Runtime, faces: FaceAnalyser) -> FaceIDPip
         unet=UNet2DConditionModel.from_pretrained(
             sd15, subfolder="unet", variant="fp16", torch_dtype=dtype
         ),
-        # DPM-Solver++ (2M), built from the checkpoint's own noise schedule: it converges in the
-        # 21-41 steps ModelsLab allows, where the folder's PNDM scheduler needs more.
-        scheduler=DPMSolverMultistepScheduler.from_pretrained(sd15, subfolder="scheduler"),
+        scheduler=DDIMScheduler(**FACEID_SCHEDULER),
         image_encoder=CLIPVisionModelWithProjection.from_pretrained(
             image_encoder_folder, dtype=dtype
         ),
@@ -133,7 +147,9 @@ class FaceIDPipeline:
     def generate(self, job: LocalJob) -> list[Image.Image]:
         face = self.faces.analyse(job.face)
         crop = aligned_crop(job.face, face.keypoints, CROP_SIZE)
-        return self._run(self.arguments(job), face.embedding, crop)
+        # FaceID's projection was trained on the normalised embedding (the card's
+        # `normed_embedding`).
+        return self._run(self.arguments(job), face.normed_embedding, crop)
 
     def warm_up(self) -> None:
         """Run the pipeline once, one step, on a neutral identity, so that torch.compile

@@ -1,8 +1,10 @@
 """A deterministic stand-in for the face analyser (insightface needs real model files).
 
 The embedding is derived from the image's pixels (a seeded RNG from a hash of the bytes), so two
-different selfies give two different identities and the same selfie always gives the same one;
-the five keypoints sit at fixed fractions of the image size; an all-black image has no face.
+different selfies give two different identities and the same selfie always gives the same one.
+Like insightface's raw `embedding` it is not normalised: its length is between 20 and 30, as an
+ArcFace recogniser's is, so that a method given the wrong one of raw and normalised shows it.
+The five keypoints sit at fixed fractions of the image size; an all-black image has no face.
 """
 
 from __future__ import annotations
@@ -17,14 +19,23 @@ from PIL import Image
 
 from backends.local.faces import Face, NoFaceFound
 
-# Left eye, right eye, nose, left and right mouth corners, as fractions of (width, height).
+# The subject's right eye (image left), left eye, nose, right and left mouth corners, as
+# fractions of (width, height): insightface's order.
 _KEYPOINTS = np.array(
     [[0.36, 0.40], [0.64, 0.40], [0.50, 0.52], [0.39, 0.64], [0.61, 0.64]], dtype=np.float32
 )
 
 
+RAW_NORMS = (20.0, 30.0)
+
+
 class StandInFaces:
-    """Implements backends.local.faces.FaceAnalyser without any model."""
+    """Implements backends.local.faces.FaceAnalyser without any model. `pack` is the name of the
+    face-model pack it stands for (the worker passes it), so that tests can see which one each
+    operation was given."""
+
+    def __init__(self, pack: str = "buffalo_l") -> None:
+        self.pack = pack
 
     def analyse(self, image: Image.Image) -> Face:
         rgb = image.convert("RGB")
@@ -34,7 +45,7 @@ class StandInFaces:
         digest = hashlib.sha256(pixels.tobytes() + repr(rgb.size).encode()).digest()
         rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
         embedding = rng.standard_normal(512).astype(np.float32)
-        embedding /= np.linalg.norm(embedding)
+        embedding *= rng.uniform(*RAW_NORMS) / np.linalg.norm(embedding)
         width, height = rgb.size
         keypoints = _KEYPOINTS * np.array([width, height], dtype=np.float32)
         box = (0.2 * width, 0.2 * height, 0.8 * width, 0.85 * height)

@@ -82,7 +82,7 @@ def build(root: Path) -> None:
         # The Kontext reference image is encoded at about 1024², where the mid-block's attention
         # over every latent pixel would dominate the tests' run time.
         mid_block_add_attention=False,
-        sample_size=32,
+        sample_size=64,
         use_quant_conv=False,
         use_post_quant_conv=False,
         shift_factor=0.0609,

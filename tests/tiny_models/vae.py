@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 
-def four_level_vae(**config: Any) -> Any:
+def four_level_vae(*, seed: int = 0, **config: Any) -> Any:
     """A seeded tiny AutoencoderKL; `config` adds what differs per model family."""
     import torch
     from diffusers import AutoencoderKL
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,

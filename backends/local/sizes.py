@@ -1,0 +1,70 @@
+"""The size a pipeline generates at, and the resize to the size the user asked for.
+
+SDXL and FLUX.1 Kontext were trained at about one megapixel, and lose detail and identity far
+from it: ModelsLab's avatar is at most 512 × 768 (0.39 MP), and flux_headshot may ask for
+2048² (4 MP). So they generate at about `side`² pixels with the asked aspect ratio, where `side`
+is the resolution the model was trained at (its VAE's `sample_size`: 1024 for both), and the
+image is then resized to the asked size (`fit`).
+
+Importing this loads neither torch nor diffusers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from PIL import Image
+
+# The side the bucket lists below are given at.
+REFERENCE_SIDE = 1024
+
+
+def working_size(
+    width: int,
+    height: int,
+    *,
+    side: int,
+    multiple: int,
+    buckets: Sequence[tuple[int, int]] = (),
+) -> tuple[int, int]:
+    """The size to generate a `width` × `height` image at: about `side`² pixels, the aspect ratio
+    of width:height, each side a multiple of `multiple`.
+
+    With `buckets` (width, height pairs given at `REFERENCE_SIDE`, as FLUX.1 Kontext's preferred
+    resolutions are), the bucket nearest in aspect ratio, scaled to `side`; without, the size
+    computed from the area."""
+    if width < 1 or height < 1 or side < 1 or multiple < 1:
+        raise ValueError(f"no working size for {width}×{height} at side {side}, {multiple}")
+    aspect = width / height
+    if buckets:
+        _, bucket_width, bucket_height = min((abs(aspect - w / h), w, h) for w, h in buckets)
+        scale = side / REFERENCE_SIDE
+        return _multiple(bucket_width * scale, multiple), _multiple(bucket_height * scale, multiple)
+    root = math.sqrt(aspect)
+    return _multiple(side * root, multiple), _multiple(side / root, multiple)
+
+
+def fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` scaled to cover `size` and centre-cropped to it (Lanczos): a generated image
+    brought to the size the user asked for. An image of that size comes back as it is."""
+    if image.size == size:
+        return image
+    scaled, (left, top) = cover(image.size, size)
+    resized = image.resize(scaled, Image.Resampling.LANCZOS)
+    return resized.crop((left, top, left + size[0], top + size[1]))
+
+
+def cover(
+    source: tuple[int, int], size: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """How `fit` maps a `source`-sized image onto `size`: the size it scales the image to, and
+    the top-left corner of the centred crop (for moving points with the image)."""
+    width, height = size
+    scale = max(width / source[0], height / source[1])
+    scaled = (max(width, round(source[0] * scale)), max(height, round(source[1] * scale)))
+    return scaled, ((scaled[0] - width) // 2, (scaled[1] - height) // 2)
+
+
+def _multiple(value: float, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
