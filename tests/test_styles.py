@@ -37,6 +37,25 @@ REQUIRED = (
 OPERATIONS = [str(op) for op in Operation]
 STRAY = re.compile(r",\s*,|\s{2,}|^[\s,]|[\s,]$|\s,|,\s*[.;:!?]")
 
+# Each method's reference settings within ModelsLab's limits (README, "Settings beside the
+# references"): IP-Adapter-FaceID's card and generate() (30 steps, read 31), InstantID's
+# app-multicontrolnet.py (30 steps, read 31), Kontext's docs example (guidance 2.5) and
+# FluxKontextPipeline's 28 steps, capped at ModelsLab's 26.
+_FACEID = {"num_inference_steps": 31, "guidance_scale": 7.5, "s_scale": 1.0}
+REFERENCE_VALUES = {
+    "headshot": _FACEID,
+    "facegen": _FACEID,
+    "avatar": {
+        "num_inference_steps": 31,
+        "guidance_scale": 5.0,
+        "identitynet_strength_ratio": 0.8,
+        "adapter_strength_ratio": 0.8,
+        "pose_strength": 0.4,
+        "canny_strength": 0.4,
+    },
+    "flux_headshot": {"num_inference_steps": 26, "guidance_scale": 2.5},
+}
+
 VALID = """
 [styles.alpha]
 title = "Alpha"
@@ -81,6 +100,14 @@ def test_every_style_is_complete_and_sensible(name: str) -> None:
     # Every preset is a photograph.
     assert "cartoon" in negative and "illustration" in negative
     assert set(style.defaults) <= set(OPERATIONS)
+
+
+@pytest.mark.parametrize("name", list(STYLES))
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_every_style_resolves_the_references_values(name: str, operation: str) -> None:
+    params = GenerationParams.create(operation, **compose(STYLES[name], None, operation))
+    expected = REFERENCE_VALUES[operation]
+    assert {key: getattr(params, key) for key in expected} == expected
 
 
 def test_black_and_white_refuses_colour() -> None:
