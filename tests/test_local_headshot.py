@@ -195,7 +195,59 @@ def test_no_face_is_a_user_error(pipeline: headshot.FaceIDPipeline) -> None:
     assert isinstance(caught.value, InvalidRequest)
 
 
-@pytest.mark.parametrize("component", ["sd15", "clip_image_encoder", "ip_adapter_faceid"])
+def test_faceid_gets_the_normalised_embedding_it_was_trained_on(
+    pipeline: headshot.FaceIDPipeline, selfie: Image.Image
+) -> None:
+    # The stand-in gives raw vectors as long as an ArcFace recogniser's (20-30); the adapter's
+    # projection must see the card's `normed_embedding`, of length 1.
+    raw = StandInFaces().analyse(selfie).embedding
+    assert 20 <= float(np.linalg.norm(raw)) <= 30
+    received: list[torch.Tensor] = []
+
+    def record(_module: Any, args: tuple[Any, ...]) -> None:
+        received.append(args[0][0].detach().clone())
+
+    hook = pipeline.unet.encoder_hid_proj.register_forward_pre_hook(record)
+    try:
+        pipeline.generate(make_job(selfie, num_inference_steps=21))
+    finally:
+        hook.remove()
+    assert received
+    # [unconditional zeros, the face] with guidance: the face row is the unit vector.
+    face = received[0].reshape(2, -1)[1].float()
+    assert float(face.norm()) == pytest.approx(1.0, abs=1e-3)
+    expected = torch.from_numpy(raw / np.linalg.norm(raw)).float()
+    assert torch.allclose(face, expected, atol=1e-3)
+    assert float(received[0].reshape(2, -1)[0].abs().max()) == 0.0
+
+
+def test_the_model_cards_scheduler_and_vae(
+    pipeline: headshot.FaceIDPipeline, models: ModelPaths
+) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler
+
+    scheduler = pipeline.pipe.scheduler
+    assert isinstance(scheduler, DDIMScheduler)
+    card = {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+    }
+    assert {name: scheduler.config[name] for name in card} == card
+    # sd-vae-ft-mse's folder, not a VAE inside the SD1.5 folder (the download fetches none).
+    assert not (models.folder("sd15") / "vae").exists()
+    expected = AutoencoderKL.from_pretrained(models.folder("sd15_vae")).state_dict()
+    loaded = pipeline.pipe.vae.state_dict()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in expected.items())
+
+
+@pytest.mark.parametrize(
+    "component", ["sd15", "sd15_vae", "clip_image_encoder", "ip_adapter_faceid"]
+)
 def test_a_missing_component_is_named_before_anything_loads(
     models: ModelPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, component: str
 ) -> None:

@@ -12,7 +12,13 @@ import pytest
 
 from backends.fallback import FallbackBackend
 from backends.local.backend import LocalBackend
-from backends.local.components import COMPONENTS, MissingComponent, ModelPaths
+from backends.local.components import (
+    COMPONENTS,
+    FACE_PACKS,
+    MissingComponent,
+    ModelPaths,
+    face_pack,
+)
 from backends.local.download import DownloadIncomplete, download, status
 from backends.modelslab import ModelsLabClient
 from backends.params import Operation
@@ -30,7 +36,8 @@ def fill(root: Path, *names: str) -> None:
         (root / name / "weights.bin").write_bytes(b"x")
 
 
-FACE_ID = ("sd15", "ip_adapter_faceid", "clip_image_encoder", "insightface")
+BUFFALO_L_FILES = ("models/buffalo_l/det_10g.onnx", "models/buffalo_l/w600k_r50.onnx")
+FACE_ID = ("sd15", "sd15_vae", "ip_adapter_faceid", "clip_image_encoder", "buffalo_l")
 
 
 def hub_files(repo: str, patterns: tuple[str, ...], folder: Path) -> None:
@@ -59,6 +66,7 @@ def test_a_missing_component_names_its_folder_and_the_download_command(tmp_path:
         "run `headshot-bot models download --op headshot` or set LOCAL_MODEL_SD15"
     )
     (tmp_path / "flux_kontext").mkdir()  # an empty folder is as good as none
+    fill(tmp_path, "buffalo_l")
     (missing,) = paths.missing([Operation.FLUX_HEADSHOT])
     assert (
         "--op flux_headshot" in missing.message
@@ -89,7 +97,7 @@ def test_auto_takes_modelslab_when_no_gpu_is_visible(tmp_path: Path) -> None:
 
 
 def test_local_with_a_missing_folder_refuses_to_start(tmp_path: Path) -> None:
-    fill(tmp_path, "sd15", "ip_adapter_faceid", "insightface")
+    fill(tmp_path, "sd15", "sd15_vae", "ip_adapter_faceid", "buffalo_l")
     pytest.importorskip("diffusers")
     settings = load_settings(
         local_models_dir=tmp_path, backend="local", local_operations="headshot"
@@ -160,7 +168,7 @@ def test_bad_local_settings_name_the_variable(
 def test_download_fetches_each_folder_and_prints_its_licence(tmp_path: Path) -> None:
     fetched: list[tuple[str, tuple[str, ...], Path]] = []
     said: list[str] = []
-    paths = ModelPaths(tmp_path, {"insightface": tmp_path / "faces"})
+    paths = ModelPaths(tmp_path, {"buffalo_l": tmp_path / "faces"})
 
     def fetch(repo: str, patterns: tuple[str, ...], folder: Path) -> None:
         fetched.append((repo, patterns, folder))
@@ -170,28 +178,67 @@ def test_download_fetches_each_folder_and_prints_its_licence(tmp_path: Path) -> 
 
     assert [f[0] for f in fetched] == [
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "stabilityai/sd-vae-ft-mse",
         "h94/IP-Adapter-FaceID",
         "h94/IP-Adapter",
-        "DIAMONIK7777/antelopev2",
+        "public-data/insightface",
     ]
     assert written == [
         tmp_path / "sd15",
+        tmp_path / "sd15_vae",
         tmp_path / "ip_adapter_faceid",
         tmp_path / "clip_image_encoder",
         tmp_path / "faces",
     ]
-    assert fetched[1][1] == ("ip-adapter-faceid-plusv2_sd15.bin",)
+    assert fetched[2][1] == ("ip-adapter-faceid-plusv2_sd15.bin",)
+    # FaceID's own face models: buffalo_l's detector and recogniser, nothing else of the pack.
+    assert fetched[4][1] == BUFFALO_L_FILES
     licences = [line for line in said if not line.startswith("  ->")]
-    assert len(licences) == 4
-    assert [("NON-COMMERCIAL" in line) for line in licences] == [False, True, False, True]
-    assert "CreativeML OpenRAIL-M" in licences[0]
+    assert len(licences) == 5
+    assert [("NON-COMMERCIAL" in line) for line in licences] == [False, False, True, False, True]
+    assert "CreativeML OpenRAIL-M" in licences[0] and "(licence: MIT)" in licences[1]
+
+
+@pytest.mark.parametrize(
+    ("operation", "pack", "files"),
+    [
+        (Operation.HEADSHOT, "buffalo_l", BUFFALO_L_FILES),
+        (Operation.FACEGEN, "buffalo_l", BUFFALO_L_FILES),
+        (Operation.AVATAR, "antelopev2", ("scrfd_10g_bnkps.onnx", "glintr100.onnx")),
+        (Operation.FLUX_HEADSHOT, "buffalo_l", BUFFALO_L_FILES),
+    ],
+)
+def test_each_operation_downloads_the_face_pack_its_method_was_trained_with(
+    tmp_path: Path, operation: Operation, pack: str, files: tuple[str, ...]
+) -> None:
+    fetched: dict[str, tuple[str, ...]] = {}
+
+    def fetch(repo: str, patterns: tuple[str, ...], folder: Path) -> None:
+        fetched[folder.name] = patterns
+        hub_files(repo, patterns, folder)
+
+    download(ModelPaths(tmp_path), [operation], say=lambda _line: None, fetch=fetch)
+    assert face_pack(operation) == pack
+    assert [name for name in fetched if name in FACE_PACKS] == [pack]
+    assert fetched[pack] == files
+
+
+def test_the_old_single_face_model_setting_is_refused_in_one_line(tmp_path: Path) -> None:
+    result = headshot_bot("migrate", cwd=tmp_path, env={"LOCAL_MODEL_INSIGHTFACE": "/models/f"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "headshot-bot: invalid setting LOCAL_MODEL_INSIGHTFACE: each method now loads the face "
+        "models it was trained with: set LOCAL_MODEL_BUFFALO_L (headshot, facegen, "
+        "flux_headshot) and LOCAL_MODEL_ANTELOPEV2 (avatar) instead"
+    )
 
 
 def test_flux_download_warns_that_flux_dev_is_non_commercial(tmp_path: Path) -> None:
     said: list[str] = []
     download(ModelPaths(tmp_path), [Operation.FLUX_HEADSHOT], say=said.append, fetch=hub_files)
-    assert said[0].startswith("flux_kontext: black-forest-labs/FLUX.1-Kontext-dev")
-    assert "Non-Commercial" in said[0] and said[0].endswith("NON-COMMERCIAL")
+    flux = next(line for line in said if line.startswith("flux_kontext: "))
+    assert flux.startswith("flux_kontext: black-forest-labs/FLUX.1-Kontext-dev")
+    assert "Non-Commercial" in flux and flux.endswith("NON-COMMERCIAL")
 
 
 def test_an_interrupted_download_is_not_taken_for_a_model_and_resumes(tmp_path: Path) -> None:
@@ -231,9 +278,11 @@ def test_models_list_shows_what_is_present_and_missing(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 5
     assert lines[0].startswith("present  models/sd15  sd15: stable-diffusion-v1-5")
-    assert lines[1].startswith("MISSING  models/ip_adapter_faceid  ip_adapter_faceid: h94/")
+    assert lines[1].startswith("MISSING  models/sd15_vae  sd15_vae: stabilityai/sd-vae-ft-mse")
+    assert lines[2].startswith("MISSING  models/ip_adapter_faceid  ip_adapter_faceid: h94/")
+    assert lines[4].startswith("MISSING  models/buffalo_l  buffalo_l: public-data/insightface")
     assert status(ModelPaths(tmp_path / "models"), [Operation.FACEGEN]) == [
         line.replace("models/", f"{tmp_path}/models/") for line in lines
     ]

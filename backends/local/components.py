@@ -34,7 +34,6 @@ class Component:
 _FACE_ID = (Operation.HEADSHOT, Operation.FACEGEN)
 _AVATAR = (Operation.AVATAR,)
 _FLUX = (Operation.FLUX_HEADSHOT,)
-BUFFALO_L_REPO = "TBD/buffalo_l"
 FACE_PACKS = ("buffalo_l", "antelopev2")
 
 COMPONENTS: dict[str, Component] = {
@@ -83,10 +82,12 @@ COMPONENTS: dict[str, Component] = {
         # glintr100). flux_headshot only needs a face found: buffalo_l's detector does it.
         Component(
             "buffalo_l",
-            BUFFALO_L_REPO,
+            # A mirror of insightface's own release, with its file names (its card states no
+            # licence of its own: insightface's applies).
+            "public-data/insightface",
             "non-commercial research use only (insightface model licence)",
             (*_FACE_ID, *_FLUX),
-            allow_patterns=("det_10g.onnx", "w600k_r50.onnx"),
+            allow_patterns=("models/buffalo_l/det_10g.onnx", "models/buffalo_l/w600k_r50.onnx"),
             non_commercial=True,
         ),
         Component(

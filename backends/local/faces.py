@@ -103,7 +103,9 @@ class InsightFaceAnalyser:
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_gpu else None
         models = {}
-        for path in sorted(folder.glob("*.onnx")):
+        # The pack's files may sit below the folder (the buffalo_l mirror keeps them under
+        # models/buffalo_l/).
+        for path in sorted(folder.rglob("*.onnx")):
             model = model_zoo.get_model(str(path), providers=providers or ["CPUExecutionProvider"])
             task = getattr(model, "taskname", None)
             if task in ("detection", "recognition") and task not in models:
