@@ -17,7 +17,7 @@ KONTEXT += [(h, w) for w, h in KONTEXT[:-1]]
     ("asked", "working"),
     [
         ((512, 768), (832, 1280)),  # ModelsLab's avatar default, 2:3
-        ((768, 1024), (896, 1152)),  # 3:4
+        ((768, 1024), (896, 1216)),  # 3:4
         ((512, 512), (1024, 1024)),
         ((576, 1024), (768, 1344)),  # 9:16
         ((768, 512), (1280, 832)),  # landscape
@@ -29,7 +29,7 @@ def test_sdxl_generates_at_about_one_megapixel_with_the_asked_aspect(
     size = working_size(*asked, side=1024, multiple=64)
     assert size == working
     assert 0.9 <= size[0] * size[1] / 1024**2 <= 1.15
-    assert abs(size[0] / size[1] / (asked[0] / asked[1]) - 1) < 0.03
+    assert abs(size[0] / size[1] / (asked[0] / asked[1]) - 1) < 0.03  # cropped off after
     assert size[0] % 64 == 0 and size[1] % 64 == 0
 
 

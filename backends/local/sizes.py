@@ -41,8 +41,19 @@ def working_size(
         _, bucket_width, bucket_height = min((abs(aspect - w / h), w, h) for w, h in buckets)
         scale = side / REFERENCE_SIDE
         return _multiple(bucket_width * scale, multiple), _multiple(bucket_height * scale, multiple)
+    # Of the sizes on the grid around the exact one, the truest to the aspect ratio (the output
+    # is cropped to it), then the nearest to side² pixels.
     root = math.sqrt(aspect)
-    return _multiple(side * root, multiple), _multiple(side / root, multiple)
+    candidates = [
+        (w, h) for w in _around(side * root, multiple) for h in _around(side / root, multiple)
+    ]
+    return min(
+        candidates,
+        key=lambda size: (
+            abs(math.log(size[0] / size[1] / aspect)),
+            abs(size[0] * size[1] - side**2),
+        ),
+    )
 
 
 def fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -68,3 +79,9 @@ def cover(
 
 def _multiple(value: float, multiple: int) -> int:
     return max(multiple, round(value / multiple) * multiple)
+
+
+def _around(value: float, multiple: int) -> set[int]:
+    """The multiples just below and just above `value` (at least one multiple)."""
+    below = math.floor(value / multiple) * multiple
+    return {max(multiple, below), max(multiple, below + multiple)}
