@@ -1,6 +1,9 @@
 """The avatar pipeline (InstantID on SDXL) on tiny random-weight models, on the CPU, through the
 real loading code: outputs, seeds, every ModelsLab knob reaching its pipeline argument and the
-pixels, the refusals, the missing-folder error, and fused QKV changing nothing."""
+pixels, the refusals, the missing-folder error, and fused QKV changing nothing; what follows
+InstantID's reference: the working size (about the VAE's side², 64 px at the tiny side) and the
+size delivered, the maps drawn at the working size, the raw face embedding, the face-region mask
+on IdentityNet's residuals and on the adapter's attention, and the Euler scheduler."""
 
 from __future__ import annotations
 
@@ -24,9 +27,10 @@ from backends.local.components import COMPONENTS, MissingComponent, ModelPaths  
 from backends.local.faces import NoFaceFound  # noqa: E402
 from backends.local.pipeline import LocalJob  # noqa: E402
 from backends.local.runtime import Runtime  # noqa: E402
+from backends.local.sizes import working_size  # noqa: E402
 from backends.params import GenerationParams, Operation  # noqa: E402
 from tests.tiny_models import sdxl  # noqa: E402
-from tests.tiny_models.faces import StandInFaces  # noqa: E402
+from tests.tiny_models.faces import RAW_NORMS, StandInFaces  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -41,6 +45,10 @@ def _noise(width: int, height: int, seed: int) -> Image.Image:
 SELFIE = _noise(64, 64, seed=1)
 # A different aspect ratio from the selfie's, so that its face lands elsewhere once fitted.
 POSE = _noise(96, 48, seed=2)
+# A 1:3 request: at the tiny side of 64 its working size, 64 × 128, is not square, and the face
+# box of the 64 × 64 selfie fitted to it (scaled by 2) leaves rows of cells outside it.
+TALL = {"width": 256, "height": 768}
+TINY_SIDE = 64
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +60,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipeline(models: Path) -> avatar.AvatarPipeline:
-    return avatar.load(ModelPaths(models), Runtime(device="cpu"), StandInFaces())
+    return avatar.load(ModelPaths(models), Runtime(device="cpu"), StandInFaces("antelopev2"))
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +93,75 @@ def test_modelslab_defaults_apply_when_unset(pipeline: avatar.AvatarPipeline) ->
     # Parameters built without `create` have no defaults filled in: the pipeline applies them.
     params = GenerationParams(operation=Operation.AVATAR, prompt="a portrait", seed=3)
     arguments = pipeline.arguments(LocalJob(params=params, face=SELFIE))
-    assert (arguments["width"], arguments["height"]) == (512, 768)
+    assert arguments["output_size"] == (512, 768)
+    working = working_size(512, 768, side=TINY_SIDE, multiple=64)
+    assert (arguments["width"], arguments["height"]) == working == (64, 64)
     assert arguments["controlnets"] == ["identitynet", "pose"]
     assert arguments["controlnet_conditioning_scale"] == [0.8, 0.4]
     assert arguments["ip_adapter_scale"] == 1.0
     assert arguments["num_inference_steps"] == 21
     assert arguments["guidance_scale"] == 5.0
-    assert all(image.size == (512, 768) for image in arguments["control_images"])
+    assert all(image.size == working for image in arguments["control_images"])
+
+
+def test_instantid_samples_with_euler_over_sdxl_s_schedule(
+    pipeline: avatar.AvatarPipeline,
+) -> None:
+    from diffusers import EulerDiscreteScheduler
+
+    scheduler = pipeline._base.scheduler
+    assert type(scheduler) is EulerDiscreteScheduler
+    published = sdxl.PUBLISHED_SCHEDULER
+    for key in ("beta_start", "beta_end", "beta_schedule", "timestep_spacing", "steps_offset"):
+        assert scheduler.config[key] == published[key], key
+
+
+def test_working_size_is_about_a_megapixel_at_sdxl_s_side() -> None:
+    # InstantID's app.py brings a 2:3 photo to a 1280 px long side, floored to 64: 832 × 1280.
+    assert avatar.avatar_working_size(512, 768, side=1024) == (832, 1280)
+    assert avatar.avatar_working_size(512, 512, side=1024) == (1024, 1024)
+    for width, height in [(512, 768), (384, 768), (512, 640), (768, 512), (64, 64)]:
+        w, h = avatar.avatar_working_size(width, height, side=1024)
+        assert w % 64 == 0 and h % 64 == 0
+        assert 0.85 < w * h / 1024**2 < 1.15, (width, height)
+        assert abs(w / h - width / height) < 0.08, (width, height)
+
+
+def test_the_pipeline_runs_at_the_working_size_and_delivers_the_asked_size(
+    pipeline: avatar.AvatarPipeline,
+) -> None:
+    arguments = pipeline.arguments(_job(**TALL))
+    working = working_size(256, 768, side=TINY_SIDE, multiple=64)
+    assert working == (64, 128) == (arguments["width"], arguments["height"])
+    assert all(image.size == working for image in arguments["control_images"])
+    inputs: list[tuple[int, ...]] = []
+    handle = pipeline._base.unet.register_forward_pre_hook(
+        lambda _module, args: inputs.append(tuple(args[0].shape))
+    )
+    try:
+        images = pipeline.generate(_job(**TALL))
+    finally:
+        handle.remove()
+    # Two rows (with and without guidance) of latents an eighth of the working size.
+    assert set(inputs) == {(2, 4, 128 // 8, 64 // 8)}
+    assert [image.size for image in images] == [(256, 768)]
+
+
+def test_instantid_gets_the_raw_face_embedding(pipeline: avatar.AvatarPipeline) -> None:
+    received: list[Any] = []
+    handle = pipeline._base.unet.encoder_hid_proj.register_forward_pre_hook(
+        lambda _module, args: received.append(args[0][0].detach().clone())
+    )
+    try:
+        pipeline.generate(_job())
+    finally:
+        handle.remove()
+    raw = StandInFaces("antelopev2").analyse(SELFIE).embedding
+    # Rows: the unconditional (zero) identity, then the face's, as insightface gives it.
+    identity = received[0].reshape(2, -1)
+    assert not identity[0].any()
+    assert RAW_NORMS[0] < float(identity[1].norm()) < RAW_NORMS[1]
+    assert np.allclose(identity[1].numpy(), raw)
 
 
 def test_same_seed_same_pixels(pipeline: avatar.AvatarPipeline, baseline: list) -> None:
@@ -174,11 +244,102 @@ def test_a_pose_image_moves_the_identitynet_keypoints(
     assert not _same(_pixels(pipeline, _job(pose=POSE)), baseline)
 
 
-def test_keypoints_follow_the_face_into_the_output_frame(pipeline: avatar.AvatarPipeline) -> None:
-    # The stand-in puts the nose at (0.5, 0.52) of the selfie; the 64×64 selfie is scaled by
-    # 1.5 to cover 64×96 and cropped by 16 pixels each side: the nose lands at (32, 50).
-    keypoints = np.asarray(pipeline.arguments(_job())["control_images"][0])
-    assert tuple(keypoints[50, 32]) == (0, 0, 255)
+def test_keypoints_and_face_box_follow_the_face_into_the_working_frame(
+    pipeline: avatar.AvatarPipeline,
+) -> None:
+    # The stand-in puts the nose at (0.5, 0.52) of the selfie and the box at (0.2, 0.2) to
+    # (0.8, 0.85); the 64×64 selfie is scaled by 2 to cover the 64×128 working size and cropped
+    # by 32 pixels each side: the nose lands at (32, 66.56), the box at (0, 25) to (64, 108).
+    arguments = pipeline.arguments(_job(**TALL))
+    keypoints = np.asarray(arguments["control_images"][0])
+    assert tuple(keypoints[66, 32]) == (0, 0, 255)
+    assert tuple(keypoints[66 + 11, 32]) == (0, 0, 0)
+    assert arguments["face_box"] == (0, 25, 64, 108)
+
+
+def _cells(box: tuple[int, int, int, int], grid: tuple[int, int], cell: int) -> tuple[Any, Any]:
+    """Masks over a (rows, columns) grid of `cell`-pixel squares: the cells wholly outside
+    `box`, and those wholly inside it."""
+    left, top, right, bottom = box
+    ys, xs = np.mgrid[0 : grid[0], 0 : grid[1]] * cell
+    outside = (xs + cell <= left) | (xs >= right) | (ys + cell <= top) | (ys >= bottom)
+    inside = (xs >= left) & (xs + cell <= right) & (ys >= top) & (ys + cell <= bottom)
+    return outside, inside
+
+
+def test_identitynet_residuals_are_zero_outside_the_face_box(
+    pipeline: avatar.AvatarPipeline,
+) -> None:
+    # The pose ControlNet at strength 0 adds zeros: the UNet receives IdentityNet's residuals.
+    job = _job(pose_strength=0.0, **TALL)
+    box = pipeline.arguments(job)["face_box"]
+    produced: list[Any] = []
+    received: list[Any] = []
+    hooks = [
+        pipeline._controlnets["identitynet"].register_forward_hook(
+            lambda _module, _args, output: produced.append(output)
+        ),
+        pipeline._base.unet.register_forward_pre_hook(
+            lambda _module, _args, kwargs: received.append(kwargs), with_kwargs=True
+        ),
+    ]
+    try:
+        pipeline.generate(job)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    down, mid = produced[0]
+    masked = [*received[0]["down_block_additional_residuals"]]
+    masked.append(received[0]["mid_block_additional_residual"])
+    checked = 0
+    for raw, residual in zip([*down, mid], masked, strict=True):
+        rows, columns = residual.shape[-2:]
+        outside, inside = _cells(box, (rows, columns), 128 // rows)
+        assert outside.any() and inside.any()
+        raw, residual = raw.numpy(), residual.numpy()
+        assert np.abs(raw[..., outside]).min() > 0
+        assert not residual[..., outside].any()
+        assert np.array_equal(residual[..., inside], raw[..., inside])
+        checked += 1
+    assert checked == 5  # conv_in, each block's layer, the downsampler, and the mid block
+
+
+def test_identity_adapter_adds_nothing_outside_the_face_box(
+    pipeline: avatar.AvatarPipeline,
+) -> None:
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+
+    unet = pipeline._base.unet
+    name = next(
+        name
+        for name, processor in unet.attn_processors.items()
+        if isinstance(processor, IPAdapterAttnProcessor2_0)
+    )
+    attention = unet.get_submodule(name.removesuffix(".processor"))
+
+    def first_output(strength: float) -> Any:
+        outputs: list[Any] = []
+        handle = attention.register_forward_hook(
+            lambda _module, _args, output: outputs.append(output)
+        )
+        try:
+            pipeline.generate(_job(adapter_strength_ratio=strength, **TALL))
+        finally:
+            handle.remove()
+        return outputs[0].numpy()
+
+    # The same layer's first output with the adapter at full strength and off: its input is the
+    # same (no ControlNet residual has been added yet), so the difference is the adapter's.
+    with_adapter, without = first_output(1.0), first_output(0.0)
+    box = pipeline.arguments(_job(**TALL))["face_box"]
+    cells = 128 * 64 // with_adapter.shape[1]
+    cell = int(cells**0.5)
+    outside, inside = _cells(box, (128 // cell, 64 // cell), cell)
+    assert outside.any() and inside.any()
+    rows = [with_adapter[:, outside.reshape(-1)], without[:, outside.reshape(-1)]]
+    assert np.array_equal(*rows)
+    inside_rows = inside.reshape(-1)
+    assert (np.abs(with_adapter[:, inside_rows] - without[:, inside_rows]).max(axis=-1) > 0).all()
 
 
 def test_identitynet_reads_the_identity_tokens_and_the_others_the_text(

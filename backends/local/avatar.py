@@ -10,8 +10,19 @@ head skeleton; the bundled backend has no body-pose model, see `faces.head_pose_
 pipelines feed every ControlNet the text, so the denoising loop is our own, built from
 diffusers' blocks.
 
-Keypoints, pose skeleton and edges come from the pose image when the request has one, else
-from the selfie, scaled to cover width × height and centre-cropped to it.
+SDXL and InstantID work at about one megapixel (InstantID's demo resizes its images to a 1024
+or 1280 px long side, multiples of 64), far above ModelsLab's avatar cap of 512 × 768. So the
+image is generated at the working size, about `side`² pixels at the requested aspect ratio
+(`sizes.working_size`, `side` the VAE's trained resolution), and each output is then fitted to
+the requested size. Keypoints, pose skeleton, edges and the face box come from the pose image
+when the request has one, else from the selfie, fitted (scaled to cover, centre-cropped) to the
+working size, and the maps are drawn there.
+
+InstantID's "enhance non-face region" is always on (its demo's default; ModelsLab has no such
+option): a mask that is 1 inside the face box and 0 outside multiplies IdentityNet's residuals
+and the identity adapter's attention output, so that identity is pressed on the face only and
+the rest of the picture follows the prompt (InstantID's
+pipeline_stable_diffusion_xl_instantid_full.py).
 
 Every component (`sdxl`, `instantid`, `controlnet_pose`, `controlnet_canny`) is required and
 loaded at start, whatever requests select: each request may choose any combination, and loading
@@ -34,9 +45,10 @@ from PIL import Image
 from backends.errors import InvalidRequest
 from backends.local.components import ModelPaths
 from backends.local.control_maps import head_pose_map, keypoint_map
-from backends.local.faces import FaceAnalyser, NoFaceFound
+from backends.local.faces import Face, FaceAnalyser, NoFaceFound
 from backends.local.pipeline import LocalJob
 from backends.local.runtime import Runtime, one_pass_per_image, speed_up
+from backends.local.sizes import cover, fit, working_size
 from backends.params import LIMITS, Operation
 
 if TYPE_CHECKING:
@@ -49,6 +61,8 @@ NO_FACE_IN_POSE = "no face found in the pose image: send a pose photo with one v
 POSE_WEIGHTS = "OpenPoseXL2.safetensors"
 # InstantID's demo draws canny edges with these thresholds.
 CANNY_THRESHOLDS = (100, 200)
+# InstantID's demo sizes its images in multiples of 64 (`resize_img`'s base_pixel_number).
+SDXL_MULTIPLE = 64
 _DEFAULTS = LIMITS[Operation.AVATAR].defaults
 _STRENGTHS = {"pose": "pose_strength", "canny": "canny_strength"}
 
@@ -60,13 +74,16 @@ def load(models: ModelPaths, runtime: Runtime, faces: FaceAnalyser) -> AvatarPip
         for name in ("sdxl", "instantid", "controlnet_pose", "controlnet_canny")
     }
     import torch
-    from diffusers import ControlNetModel, StableDiffusionXLPipeline
+    from diffusers import ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     dtype = runtime.torch_dtype()
     local = {"dtype": dtype, "local_files_only": True}
     base = StableDiffusionXLPipeline.from_pretrained(
         folders["sdxl"], variant="fp16", add_watermarker=False, **local
     )
+    # InstantID's demo samples with Euler over the base model's own schedule, whatever
+    # scheduler the checkpoint names.
+    scheduler = EulerDiscreteScheduler.from_config(base.scheduler.config)
     adapter = torch.load(
         folders["instantid"] / "ip-adapter.bin", map_location="cpu", weights_only=True
     )
@@ -77,7 +94,7 @@ def load(models: ModelPaths, runtime: Runtime, faces: FaceAnalyser) -> AvatarPip
         tokenizer=base.tokenizer,
         tokenizer_2=base.tokenizer_2,
         unet=base.unet,
-        scheduler=base.scheduler,
+        scheduler=scheduler,
         identitynet=ControlNetModel.from_pretrained(
             folders["instantid"] / "ControlNetModel", **local
         ),
@@ -124,6 +141,8 @@ class AvatarPipeline:
         self._runtime = runtime
         self._faces = faces
         self._identity_strength = _identity_strength(base.unet, runtime)
+        # The resolution the model was trained at: the working size is about its square.
+        self._side = int(base.vae.config.sample_size)
         self._fused: list[tuple[Any, Any]] = []
         self._denoisers: dict[str, Callable[..., Any]] = {}
         for name, module in {"unet": base.unet, **self._controlnets}.items():
@@ -179,30 +198,36 @@ class AvatarPipeline:
             net.to(runtime.device, dtype)
         return cls(base, controlnets, runtime, faces)
 
+    def working_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size a `width` × `height` avatar is generated at (see the module docstring)."""
+        return avatar_working_size(width, height, side=self._side)
+
     def arguments(self, job: LocalJob) -> dict[str, Any]:
         params = job.params
         selection = tuple(dict.fromkeys(_option(params, "controlnet_selection")))
         if "depth" in selection:
             raise InvalidRequest(NO_DEPTH)
-        width, height = _option(params, "width"), _option(params, "height")
+        requested = (_option(params, "width"), _option(params, "height"))
+        width, height = size = self.working_size(*requested)
         face = self._faces.analyse(job.face)
-        reference, keypoints = job.face, face.keypoints
+        reference, framing = job.face, face
         if job.pose is not None:
             try:
-                keypoints = self._faces.analyse(job.pose).keypoints
+                framing = self._faces.analyse(job.pose)
             except NoFaceFound:
                 raise InvalidRequest(NO_FACE_IN_POSE) from None
             reference = job.pose
-        fitted, keypoints = _cover(reference, keypoints, (width, height))
+        keypoints, box = _framed(framing, reference.size, size)
         maps = {
-            "pose": lambda: head_pose_map((width, height), keypoints),
-            "canny": lambda: _canny(fitted),
+            "pose": lambda: head_pose_map(size, keypoints),
+            "canny": lambda: _canny(fit(reference.convert("RGB"), size)),
         }
         return {
             "prompt": params.prompt,
             "negative_prompt": params.negative_prompt,
             "width": width,
             "height": height,
+            "output_size": requested,
             "num_inference_steps": _option(params, "num_inference_steps"),
             "guidance_scale": float(_option(params, "guidance_scale")),
             "num_images_per_prompt": params.samples,
@@ -213,27 +238,35 @@ class AvatarPipeline:
                 *(float(_option(params, _STRENGTHS[name])) for name in selection),
             ],
             "control_images": [
-                keypoint_map((width, height), keypoints),
+                keypoint_map(size, keypoints),
                 *(maps[name]() for name in selection),
             ],
+            "face_box": box,
             "ip_adapter_scale": float(_option(params, "adapter_strength_ratio")),
+            # InstantID's resampler was trained on insightface's raw embedding, not the unit one.
             "face_embedding": np.asarray(face.embedding, dtype=np.float32),
         }
 
     def generate(self, job: LocalJob) -> list[Image.Image]:
-        return self._run(**self.arguments(job))
+        arguments = self.arguments(job)
+        output_size = arguments.pop("output_size")
+        return [fit(image, output_size) for image in self._run(**arguments)]
 
     def warm_up(self) -> None:
         """Run every denoiser once before the first job, so that torch.compile compiles then,
-        at the default size (compiled graphs are shape-specific; every pass makes one image).
-        Nothing compiles on the CPU: there one tiny run is enough."""
-        gpu = self._runtime.on_gpu
-        size = (_DEFAULTS["width"], _DEFAULTS["height"]) if gpu else (64, 64)
+        at the working size of the default request (compiled graphs are shape-specific; every
+        pass makes one image). Nothing compiles on the CPU: there one run at the smallest size
+        is enough."""
+        if self._runtime.on_gpu:
+            size = self.working_size(_DEFAULTS["width"], _DEFAULTS["height"])
+        else:
+            size = (SDXL_MULTIPLE, SDXL_MULTIPLE)
+        width, height = size
         self._run(
             prompt="a portrait photo",
             negative_prompt=None,
-            width=size[0],
-            height=size[1],
+            width=width,
+            height=height,
             num_inference_steps=2,
             guidance_scale=float(_DEFAULTS["guidance_scale"]),
             num_images_per_prompt=1,
@@ -241,6 +274,7 @@ class AvatarPipeline:
             controlnets=[IDENTITYNET, "pose", "canny"],
             controlnet_conditioning_scale=[0.8, 0.4, 0.3],
             control_images=[Image.new("RGB", size)] * 3,
+            face_box=(width // 4, height // 4, width * 3 // 4, height * 3 // 4),
             ip_adapter_scale=1.0,
             face_embedding=np.zeros(512, dtype=np.float32),
         )
@@ -265,6 +299,7 @@ class AvatarPipeline:
         controlnets: Sequence[str],
         controlnet_conditioning_scale: Sequence[float],
         control_images: Sequence[Image.Image],
+        face_box: tuple[int, int, int, int],
         ip_adapter_scale: float,
         face_embedding: np.ndarray,
     ) -> list[Image.Image]:
@@ -303,6 +338,7 @@ class AvatarPipeline:
                 torch.tensor(s, device=device, dtype=dtype) for s in controlnet_conditioning_scale
             ]
             self._identity_strength.fill_(ip_adapter_scale)
+            face_region = FaceRegion(face_box, (width, height), device)
 
             scheduler = base.scheduler
             scheduler.set_timesteps(num_inference_steps, device=device)
@@ -332,6 +368,9 @@ class AvatarPipeline:
                         added_cond_kwargs=conditioning,
                         return_dict=False,
                     )
+                    if name == IDENTITYNET:
+                        net_down = [face_region.apply(residual) for residual in net_down]
+                        net_mid = face_region.apply(net_mid)
                     down = (
                         net_down
                         if down is None
@@ -345,6 +384,7 @@ class AvatarPipeline:
                     added_cond_kwargs={**conditioning, "image_embeds": [identity]},
                     down_block_additional_residuals=down,
                     mid_block_additional_residual=mid,
+                    cross_attention_kwargs={"ip_adapter_masks": [face_region.pixels]},
                     return_dict=False,
                 )[0]
                 if guided:
@@ -399,9 +439,11 @@ class AvatarPipeline:
 
 def plain_pipeline(pipeline: AvatarPipeline) -> Callable[[LocalJob], list[Image.Image]]:
     """A plain diffusers StableDiffusionXLControlNetPipeline over the same modules and the same
-    arguments, without our speed options (no compile, no fused QKV, default memory format),
-    as a timing baseline. It feeds IdentityNet the text rather than the identity tokens (plain
-    diffusers cannot do otherwise), so its images differ; its work is the same."""
+    arguments (the working size, then fitted to the requested size), without our speed options
+    (no compile, no fused QKV, default memory format), as a timing baseline. It is not InstantID:
+    it feeds IdentityNet the text rather than the identity tokens and leaves out the face-region
+    mask on IdentityNet's residuals and on the adapter's attention (plain diffusers can do
+    neither), so its images differ; its work is the same, but for those few multiplications."""
     import torch
     from diffusers import StableDiffusionXLControlNetPipeline
 
@@ -434,7 +476,7 @@ def plain_pipeline(pipeline: AvatarPipeline) -> Callable[[LocalJob], list[Image.
                 num_images_per_prompt=arguments["num_images_per_prompt"],
                 generator=runtime.generators(job.seed, job.params.samples),
             )
-        return output.images  # type: ignore[no-any-return]
+        return [fit(image, arguments["output_size"]) for image in output.images]
 
     return run
 
@@ -488,18 +530,55 @@ def _option(params: Any, name: str) -> Any:
     return _DEFAULTS[name] if value is None else value
 
 
-def _cover(
-    image: Image.Image, keypoints: np.ndarray, size: tuple[int, int]
-) -> tuple[Image.Image, np.ndarray]:
-    """`image` scaled to cover `size` and centre-cropped to it, and `keypoints` moved with it."""
-    width, height = size
-    scale = max(width / image.width, height / image.height)
-    scaled = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-    resized = image.convert("RGB").resize(scaled, Image.Resampling.LANCZOS)
-    left, top = (resized.width - width) // 2, (resized.height - height) // 2
-    fitted = resized.crop((left, top, left + width, top + height))
-    factors = np.array([resized.width / image.width, resized.height / image.height])
-    return fitted, np.asarray(keypoints, dtype=np.float64) * factors - np.array([left, top])
+def avatar_working_size(width: int, height: int, *, side: int) -> tuple[int, int]:
+    """About `side`² pixels at width:height, sides multiples of 64: for SDXL's side of 1024,
+    512 × 768 → 832 × 1280, what InstantID's app.py (`resize_img`, 1280 px long side) makes of
+    a 2:3 photo."""
+    return working_size(width, height, side=side, multiple=SDXL_MULTIPLE)
+
+
+def _framed(
+    face: Face, source: tuple[int, int], size: tuple[int, int]
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """`face`'s keypoints and box moved with its image as `fit` brings it to `size`: the box
+    in whole pixels (truncated, as InstantID's demo does) and clipped to the frame."""
+    scaled, (left, top) = cover(source, size)
+    factors = np.array([scaled[0] / source[0], scaled[1] / source[1]])
+    offset = np.array([left, top])
+    keypoints = np.asarray(face.keypoints, dtype=np.float64) * factors - offset
+    corners = np.asarray(face.box, dtype=np.float64).reshape(2, 2) * factors - offset
+    corners = np.clip(corners, 0, size)
+    box = tuple(int(value) for value in corners.reshape(-1))
+    return keypoints, box  # type: ignore[return-value]
+
+
+class FaceRegion:
+    """InstantID's "enhance non-face region" mask: 1 inside the face box, 0 outside.
+
+    `pixels` is the mask at the working size, (1, 1, height, width); diffusers' IP-Adapter
+    attention processors take it as `ip_adapter_masks` and scale it to each attention's
+    resolution themselves, multiplying the adapter's output by it. `apply` multiplies a
+    ControlNet residual by the mask resized (bilinear, as InstantID does) to the residual's
+    resolution. Both are tensors, so that torch.compile does not recompile per face."""
+
+    def __init__(
+        self, box: tuple[int, int, int, int], size: tuple[int, int], device: torch.device
+    ) -> None:
+        import torch
+
+        left, top, right, bottom = box
+        self.pixels = torch.zeros((1, 1, size[1], size[0]), device=device)
+        self.pixels[..., top:bottom, left:right] = 1.0
+        self._resized: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def apply(self, residual: torch.Tensor) -> torch.Tensor:
+        from torch.nn import functional
+
+        size = tuple(residual.shape[-2:])
+        if size not in self._resized:
+            mask = functional.interpolate(self.pixels, size=size, mode="bilinear")
+            self._resized[size] = mask.to(residual.dtype)
+        return residual * self._resized[size]
 
 
 def _canny(image: Image.Image) -> Image.Image:
