@@ -145,42 +145,67 @@ def test_insightface_finds_the_example_selfies_face() -> None:
         analyser.analyse(Image.new("RGB", (640, 640)))
 
 
-def test_each_method_gets_the_face_pack_it_was_trained_with(tmp_path: Path) -> None:
-    # Through the worker's own loading: FaceID (headshot, facegen) and flux_headshot's face check
-    # get buffalo_l's analyser, InstantID (avatar) antelopev2's; one analyser per pack.
+def test_each_method_gets_the_face_pack_and_the_embedding_it_was_trained_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's own loading, insightface's own detection and recognition (tiny ONNX packs,
+    # one recogniser matrix each), tiny pipelines: FaceID (headshot, facegen) gets buffalo_l's
+    # embedding normalised, InstantID (avatar) antelopev2's raw, and flux_headshot's face check
+    # buffalo_l's analyser, the same one as FaceID's.
     pytest.importorskip("diffusers")
+    pytest.importorskip("insightface")
+    import torch
+    from diffusers.models.embeddings import MultiIPAdapterImageProjection
+
     from backends.local.config import WorkerConfig
     from backends.local.core import WorkerCore
+    from backends.local.faces import InsightFaceAnalyser
     from backends.local.runtime import Runtime
     from backends.params import Operation
-    from tests.tiny_models import flux, sd15, sdxl
+    from tests.tiny_models import face_packs, flux, sd15, sdxl
 
-    for build in (sd15.build, sdxl.build, flux.build):
+    for build in (sd15.build, sdxl.build, flux.build, face_packs.build):
         build(tmp_path)
     config = WorkerConfig(
         models_root=tmp_path,
         operations=tuple(Operation),
         runtime=Runtime(device="cpu", compile=False),
-        face_analyser="tests.tiny_models.faces:StandInFaces",
     )
     core = WorkerCore(config)
     core.load()
-    pipelines = core._pipelines
-    packs = {operation: _analyser(pipelines[operation]).pack for operation in Operation}
-    assert packs == {
-        Operation.HEADSHOT: "buffalo_l",
-        Operation.FACEGEN: "buffalo_l",
-        Operation.AVATAR: "antelopev2",
-        Operation.FLUX_HEADSHOT: "buffalo_l",
+    with Image.open(EXAMPLE_SELFIE) as image:
+        selfie = image.convert("RGB")
+    expected = {
+        pack: InsightFaceAnalyser(tmp_path / pack, use_gpu=False).analyse(selfie).embedding
+        for pack in face_packs.PACKS
     }
-    buffalo = _analyser(pipelines[Operation.HEADSHOT])
-    assert _analyser(pipelines[Operation.FLUX_HEADSHOT]) is buffalo
+    assert 20 <= float(np.linalg.norm(expected["buffalo_l"])) <= 30
+    assert abs(float(np.dot(*(e / np.linalg.norm(e) for e in expected.values())))) < 0.5
 
+    received: list[torch.Tensor] = []
+    original = MultiIPAdapterImageProjection.forward
 
-def _analyser(pipeline: object) -> StandInFaces:
-    analyser = getattr(pipeline, "faces", None) or getattr(pipeline, "_faces", None)
-    assert isinstance(analyser, StandInFaces)
-    return analyser
+    def record(self: MultiIPAdapterImageProjection, image_embeds: list[torch.Tensor]) -> object:
+        received.append(image_embeds[0].detach().float().reshape(2, -1)[1].clone())
+        return original(self, image_embeds)
+
+    monkeypatch.setattr(MultiIPAdapterImageProjection, "forward", record)
+    selfie_bytes = EXAMPLE_SELFIE.read_bytes()
+    small = {"prompt": "a headshot", "seed": 3, "width": 64, "height": 96}
+    for operation, pack, normalised in (
+        (Operation.HEADSHOT, "buffalo_l", True),
+        (Operation.FACEGEN, "buffalo_l", True),
+        (Operation.AVATAR, "antelopev2", False),
+    ):
+        received.clear()
+        core.run({"operation": str(operation), **small}, selfie_bytes, None)
+        vector = expected[pack] / np.linalg.norm(expected[pack]) if normalised else expected[pack]
+        assert received, operation
+        np.testing.assert_allclose(received[0].numpy(), vector, rtol=1e-3, atol=1e-3)
+
+    flux_faces = getattr(core._pipelines[Operation.FLUX_HEADSHOT], "faces", None)
+    headshot_faces = getattr(core._pipelines[Operation.HEADSHOT], "faces", None)
+    assert isinstance(flux_faces, InsightFaceAnalyser) and flux_faces is headshot_faces
 
 
 @pytest.mark.parametrize(
