@@ -1,7 +1,7 @@
 """Finding the face in a selfie: its identity embedding, its five keypoints, an aligned crop.
 
 `FaceAnalyser` is the interface the pipelines use. `InsightFaceAnalyser` is the real one
-(insightface's detector and ArcFace recogniser, on onnxruntime, from the `insightface` model
+(insightface's detector and ArcFace recogniser, on onnxruntime, from one face-model pack's
 folder); tests may pass any deterministic stand-in.
 """
 
