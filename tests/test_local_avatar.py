@@ -95,7 +95,9 @@ def test_modelslab_defaults_apply_when_unset(pipeline: avatar.AvatarPipeline) ->
     arguments = pipeline.arguments(LocalJob(params=params, face=SELFIE))
     assert arguments["output_size"] == (512, 768)
     working = working_size(512, 768, side=TINY_SIDE, multiple=64)
-    assert (arguments["width"], arguments["height"]) == working == (64, 64)
+    # Generated at about the tiny side's square, not at the asked 512 × 768.
+    assert (arguments["width"], arguments["height"]) == working
+    assert working[0] * working[1] <= 2 * TINY_SIDE**2
     assert arguments["controlnets"] == ["identitynet", "pose"]
     assert arguments["controlnet_conditioning_scale"] == [0.8, 0.4]
     assert arguments["ip_adapter_scale"] == 1.0
