@@ -145,6 +145,8 @@ def denoiser_config() -> dict[str, Any]:
 
 
 def tiny_vae() -> Any:
+    # SDXL's VAE says 1024, the side the avatar's working size is about the square of
+    # (`avatar.avatar_working_size`); 64 keeps the tiny pipeline at about 64² pixels.
     return four_level_vae(sample_size=64, scaling_factor=0.13025, force_upcast=True)
 
 
