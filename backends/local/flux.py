@@ -9,9 +9,12 @@ How the ModelsLab parameters reach the pipeline:
 
 - `prompt` is wrapped in an editing instruction (`INSTRUCTION`): Kontext is trained on
   instructions ("turn this photo into …, keep …"), while our styles send descriptions.
-- `width` × `height` (default 1024 × 1024) is the exact output size. Kontext by itself scales
-  the requested size to a 1024² area and to multiples of 16, so we ask for the size rounded up to
-  the next multiple (with `max_area` set to it) and centre-crop the few extra pixels.
+- `width` × `height` (default 1024 × 1024, at most 2048²) is the size delivered. Kontext was
+  trained at about one megapixel, on the resolutions diffusers lists as
+  `PREFERRED_KONTEXT_RESOLUTIONS`: the image is generated at the one nearest the asked aspect
+  ratio (`generation_size`; `max_area` set to it, so that Kontext does not rescale it) and then
+  cover-resized and centre-cropped to the asked size (`sizes.fit`). A 2048² request is generated
+  at 1024² and upscaled.
 - `guidance_scale` is FLUX [dev]'s distilled guidance (the transformer's guidance embedding).
 - `negative_prompt` is not used. FLUX [dev] is guidance-distilled: honouring a negative prompt
   takes "true" classifier-free guidance (`true_cfg_scale` > 1), which runs the transformer twice
@@ -20,6 +23,13 @@ How the ModelsLab parameters reach the pipeline:
 - `samples` (`num_images_per_prompt`) images are made one pass each, image i with seed + i, so
   that it is the very image of seed + i made alone (see `one_pass_per_image`); ModelsLab allows
   one image for this operation.
+
+The selfie is the reference image. Left to itself, Kontext resizes it to the preferred resolution
+nearest its aspect ratio, and every new reference shape is a new shape for the compiled
+transformer (a recompile during a user's job). So we fit it (cover + centre crop) to the nearest
+of the few buckets that selfies hit, the Kontext resolutions nearest 3:4, 4:5, 1:1 and 9:16
+(`WARMED_REFERENCE_ASPECTS`), call Kontext with `_auto_resize=False`, and `warm_up` runs each of
+them once at the default output size.
 
 Kontext needs no face embedding; the selfie still goes through the face analyser so that a
 photo with no face is refused (NoFaceFound) as in the other operations.
@@ -37,6 +47,7 @@ from backends.local.components import COMPONENTS, MissingComponent, ModelPaths
 from backends.local.faces import FaceAnalyser
 from backends.local.pipeline import LocalJob
 from backends.local.runtime import Runtime, one_pass_per_image, speed_up
+from backends.local.sizes import REFERENCE_SIDE, fit, working_size
 from backends.params import LIMITS, GenerationParams, Operation
 
 if TYPE_CHECKING:
@@ -59,6 +70,49 @@ INSTRUCTION = (
 )
 MAX_SEQUENCE_LENGTH = 512
 _DEFAULTS = LIMITS[Operation.FLUX_HEADSHOT].defaults
+# The shapes of most selfies: phone cameras' 3:4, full-screen 9:16, and the 4:5 and 1:1 crops of
+# social apps. Their Kontext resolutions are the reference shapes compiled before the first job.
+WARMED_REFERENCE_ASPECTS = ((3, 4), (4, 5), (1, 1), (9, 16))
+
+Size = tuple[int, int]
+
+
+def kontext_resolutions() -> list[Size]:
+    """FLUX.1 Kontext's preferred (width, height) resolutions, about 1 MP each, given at
+    `REFERENCE_SIDE` (diffusers' `PREFERRED_KONTEXT_RESOLUTIONS`)."""
+    from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
+
+    return list(PREFERRED_KONTEXT_RESOLUTIONS)
+
+
+def generation_size(width: int, height: int, *, side: int, multiple: int) -> Size:
+    """The size a `width` × `height` request is generated at: the Kontext resolution nearest its
+    aspect ratio, scaled to `side` (the VAE's `sample_size`: 1024 for FLUX's)."""
+    return working_size(width, height, side=side, multiple=multiple, buckets=kontext_resolutions())
+
+
+def reference_buckets() -> list[Size]:
+    """The Kontext resolutions nearest `WARMED_REFERENCE_ASPECTS`, at `REFERENCE_SIDE`."""
+    resolutions = kontext_resolutions()
+    nearest = (
+        working_size(width, height, side=REFERENCE_SIDE, multiple=1, buckets=resolutions)
+        for width, height in WARMED_REFERENCE_ASPECTS
+    )
+    return list(dict.fromkeys(nearest))
+
+
+def reference_size(image_size: Size, *, side: int, multiple: int) -> Size:
+    """The size the reference image (the selfie) is fitted to: the reference bucket nearest its
+    aspect ratio, scaled to `side`."""
+    width, height = image_size
+    return working_size(width, height, side=side, multiple=multiple, buckets=reference_buckets())
+
+
+def warmed_reference_sizes(*, side: int, multiple: int) -> list[Size]:
+    """Every size `reference_size` gives at `side` (fewer than the buckets where a small side
+    rounds two of them to one size)."""
+    sizes = (reference_size(bucket, side=side, multiple=multiple) for bucket in reference_buckets())
+    return list(dict.fromkeys(sizes))
 
 
 def load(models: ModelPaths, runtime: Runtime, faces: FaceAnalyser) -> KontextHeadshot:
@@ -110,6 +164,14 @@ class KontextHeadshot:
         self.transformer = transformer
         self.runtime = runtime
         self.faces = faces
+        # The resolution the model was trained at; sides are multiples of the VAE's 8× times the
+        # transformer's 2 × 2 latent patches.
+        self.side: int = pipe.vae.config.sample_size
+        self.multiple: int = pipe.vae_scale_factor * 2
+
+    @property
+    def warmed_reference_sizes(self) -> list[Size]:
+        return warmed_reference_sizes(side=self.side, multiple=self.multiple)
 
     @classmethod
     def from_modules(
@@ -149,15 +211,14 @@ class KontextHeadshot:
 
     def arguments(self, job: LocalJob) -> dict[str, Any]:
         params = job.params
-        width = params.width or _DEFAULTS["width"]
-        height = params.height or _DEFAULTS["height"]
-        multiple = self.pipe.vae_scale_factor * 2
-        asked_width, asked_height = _round_up(width, multiple), _round_up(height, multiple)
+        output_size = (params.width or _DEFAULTS["width"], params.height or _DEFAULTS["height"])
+        width, height = generation_size(*output_size, side=self.side, multiple=self.multiple)
         return {
             "prompt": INSTRUCTION.format(prompt=params.prompt.strip().rstrip(".")),
-            "width": asked_width,
-            "height": asked_height,
-            "max_area": asked_width * asked_height,
+            "width": width,
+            "height": height,
+            # Kontext scales width × height to `max_area`; the size's own area leaves it as it is.
+            "max_area": width * height,
             "num_inference_steps": params.num_inference_steps or _DEFAULTS["num_inference_steps"],
             "guidance_scale": (
                 params.guidance_scale
@@ -166,26 +227,30 @@ class KontextHeadshot:
             ),
             "num_images_per_prompt": params.samples,
             "max_sequence_length": MAX_SEQUENCE_LENGTH,
+            # The reference is fitted to `reference_size` here; Kontext would resize it again.
+            "_auto_resize": False,
             "seeds": [job.seed + i for i in range(params.samples)],
-            "output_size": (width, height),
+            "output_size": output_size,
+            "reference_size": reference_size(job.face.size, side=self.side, multiple=self.multiple),
         }
 
     def generate(self, job: LocalJob) -> list[Image.Image]:
         return self._generate(self.pipe, job)
 
     def warm_up(self) -> None:
-        # The default size on a GPU, so that torch.compile compiles the shapes most jobs use.
-        side = None if self.runtime.on_gpu else 64
+        """One 1-step run of the default output size (1024²) with each warmed reference size,
+        so that torch.compile compiles, before the first job, the shapes of every job of the
+        default size (compiled graphs are shape-specific). On the CPU nothing compiles; the same
+        runs happen at the tiny model's side."""
         params = GenerationParams.create(
             Operation.FLUX_HEADSHOT,
             prompt="a professional headshot",
             seed=0,
-            width=side,
-            height=side,
             num_inference_steps=1,
         )
-        # A plain grey reference: no face check here (there is no face to find).
-        self._run(self.pipe, LocalJob(params, Image.new("RGB", (512, 512), (128, 128, 128))))
+        for size in self.warmed_reference_sizes:
+            # A plain grey reference: no face check here (there is no face to find).
+            self._run(self.pipe, LocalJob(params, Image.new("RGB", size, (128, 128, 128))))
 
     def _generate(self, pipe: FluxKontextPipeline, job: LocalJob) -> list[Image.Image]:
         # Kontext takes no face embedding; analysing the selfie only refuses one without a face.
@@ -195,8 +260,8 @@ class KontextHeadshot:
     def _run(self, pipe: FluxKontextPipeline, job: LocalJob) -> list[Image.Image]:
         arguments = self.arguments(job)
         seeds = arguments.pop("seeds")
-        width, height = arguments.pop("output_size")
-        reference = job.face.convert("RGB")
+        output_size = arguments.pop("output_size")
+        reference = fit(job.face.convert("RGB"), arguments.pop("reference_size"))
 
         def image(seed: int) -> list[Image.Image]:
             return list(
@@ -208,7 +273,7 @@ class KontextHeadshot:
             )
 
         images = one_pass_per_image(seeds, image)
-        return [_centre_crop(image, width, height) for image in images]
+        return [fit(image, output_size) for image in images]
 
 
 def plain_pipeline(pipeline: KontextHeadshot) -> Callable[[LocalJob], list[Image.Image]]:
@@ -240,14 +305,3 @@ def _unfused(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for attention in fused:
             attention.fused_projections = True
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
-def _centre_crop(image: Image.Image, width: int, height: int) -> Image.Image:
-    if image.size == (width, height):
-        return image
-    left, top = (image.width - width) // 2, (image.height - height) // 2
-    return image.crop((left, top, left + width, top + height))
