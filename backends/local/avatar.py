@@ -547,9 +547,10 @@ def _framed(
     offset = np.array([left, top])
     keypoints = np.asarray(face.keypoints, dtype=np.float64) * factors - offset
     corners = np.asarray(face.box, dtype=np.float64).reshape(2, 2) * factors - offset
-    corners = np.clip(corners, 0, size)
-    box = tuple(int(value) for value in corners.reshape(-1))
-    return keypoints, box  # type: ignore[return-value]
+    box_left, box_top, box_right, box_bottom = (
+        int(value) for value in np.clip(corners, 0, size).reshape(-1)
+    )
+    return keypoints, (box_left, box_top, box_right, box_bottom)
 
 
 class FaceRegion:
