@@ -356,3 +356,28 @@ def test_no_safety_checker_is_pretended(
     arguments = pipeline.arguments(make_job(selfie, safety_checker_type="blur"))
     assert arguments == pipeline.arguments(make_job(selfie))
     assert pipeline.pipe.safety_checker is None
+
+
+def test_a_checkpoint_with_full_precision_files_only_loads(
+    models: ModelPaths, pipeline: headshot.FaceIDPipeline, tmp_path: Path
+) -> None:
+    # An operator's SD1.5 fine-tune (Realistic Vision ships no fp16 files) through
+    # LOCAL_MODEL_SD15: the loader takes the full-precision files.
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = tmp_path / "realistic"
+    shutil.copytree(models.folder("sd15"), folder)
+    for part, model in (("unet", UNet2DConditionModel), ("text_encoder", CLIPTextModel)):
+        loaded = model.from_pretrained(folder / part, variant="fp16")
+        for fp16 in (folder / part).glob("*.fp16.*"):
+            fp16.unlink()
+        loaded.save_pretrained(folder / part)
+    assert not list(folder.rglob("*.fp16.*"))
+    full = headshot.load(
+        ModelPaths(models.root, {"sd15": folder}), Runtime(device="cpu"), StandInFaces()
+    )
+    unet, expected = full.unet.state_dict(), pipeline.unet.state_dict()
+    assert all(torch.equal(unet[name], tensor) for name, tensor in expected.items())

@@ -66,15 +66,20 @@ def load(models: ModelPaths, runtime: Runtime, faces: FaceAnalyser) -> FaceIDPip
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
     dtype = runtime.torch_dtype()
+    # The hub's SD1.5 is fetched in its fp16 files; a checkpoint an operator points
+    # LOCAL_MODEL_SD15 at (Realistic Vision, say) may ship full-precision files only.
+    variant = (
+        "fp16" if (sd15 / "unet" / "diffusion_pytorch_model.fp16.safetensors").exists() else None
+    )
     return FaceIDPipeline.from_modules(
         # sd-vae-ft-mse, as the model card: SD1.5's VAE fine-tuned for sharper faces.
         vae=AutoencoderKL.from_pretrained(vae_folder, torch_dtype=dtype),
         text_encoder=CLIPTextModel.from_pretrained(
-            sd15 / "text_encoder", variant="fp16", dtype=dtype
+            sd15 / "text_encoder", variant=variant, dtype=dtype
         ),
         tokenizer=CLIPTokenizer.from_pretrained(sd15 / "tokenizer"),
         unet=UNet2DConditionModel.from_pretrained(
-            sd15, subfolder="unet", variant="fp16", torch_dtype=dtype
+            sd15, subfolder="unet", variant=variant, torch_dtype=dtype
         ),
         scheduler=DDIMScheduler(**FACEID_SCHEDULER),
         image_encoder=CLIPVisionModelWithProjection.from_pretrained(
