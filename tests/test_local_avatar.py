@@ -461,3 +461,20 @@ def test_tiny_folders_have_the_hub_layout(models: Path) -> None:
         assert files
         for file in files:
             assert any(fnmatch.fnmatch(file, pattern) for pattern in patterns), (name, file)
+
+
+def test_an_off_centre_face_stays_in_the_picture() -> None:
+    # A face near the left edge of a landscape photo, made into a portrait avatar: the photo is
+    # cropped around the face, so its box and keypoints stay in the frame (a centre crop would
+    # cut the face out and the face mask would be empty).
+    from backends.local.faces import Face
+
+    face = Face(
+        embedding=np.ones(512, dtype=np.float32),
+        keypoints=np.array([[60, 500], [140, 500], [100, 560], [70, 620], [130, 620]], float),
+        box=(20.0, 420.0, 180.0, 660.0),
+    )
+    keypoints, (left, top, right, bottom) = avatar._framed(face, (1920, 1080), (64, 128))
+    assert 0 <= left < right <= 64 and 0 <= top < bottom <= 128
+    assert (right - left) * (bottom - top) > 0
+    assert ((keypoints >= 0) & (keypoints <= [64, 128])).all()

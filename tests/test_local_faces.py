@@ -224,3 +224,20 @@ def test_insightface_opens_the_packs_own_folder(tmp_path: Path, pack: str, other
         face_analyser(config, pack)
     assert caught.value.folder == tmp_path / pack
     assert f"set LOCAL_MODEL_{pack.upper()}" in caught.value.message
+
+
+def test_a_folder_holding_two_packs_is_refused_not_mixed(tmp_path: Path) -> None:
+    # An insightface models root with both packs: either recogniser could be taken, so the
+    # analyser names them and refuses.
+    pytest.importorskip("insightface")
+    from backends.errors import InvalidRequest
+    from backends.local.faces import InsightFaceAnalyser
+    from tests.tiny_models import face_packs
+
+    face_packs.build(tmp_path)
+    with pytest.raises(InvalidRequest) as caught:
+        InsightFaceAnalyser(tmp_path, use_gpu=False)
+    message = caught.value.message
+    assert message.startswith(f"the insightface folder {tmp_path} holds more than one face")
+    assert "glintr100.onnx" in message and "w600k_r50.onnx" in message
+    assert InsightFaceAnalyser(tmp_path / "buffalo_l", use_gpu=False) is not None

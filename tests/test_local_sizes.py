@@ -85,3 +85,15 @@ def test_fit_covers_and_centre_crops_to_the_exact_size() -> None:
 def test_cover_moves_points_with_the_image() -> None:
     scaled, (left, top) = cover((100, 50), (40, 40))
     assert scaled == (80, 40) and (left, top) == (20, 0)
+
+
+def test_the_crop_follows_a_focus_as_far_as_the_image_allows() -> None:
+    # A landscape photo cropped to portrait around a point near its left edge: the crop starts
+    # at the edge instead of the centre, and the point stays in the picture.
+    assert cover((1920, 1080), (64, 128)) == ((228, 128), (82, 0))
+    assert cover((1920, 1080), (64, 128), focus=(100.0, 540.0)) == ((228, 128), (0, 0))
+    assert cover((1920, 1080), (64, 128), focus=(1100.0, 540.0)) == ((228, 128), (99, 0))
+    image = Image.new("RGB", (1920, 1080), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 300, 1080))
+    assert fit(image, (64, 128), focus=(100.0, 540.0)).getpixel((2, 64)) == (255, 255, 255)
+    assert fit(image, (64, 128)).getpixel((2, 64)) == (0, 0, 0)

@@ -110,6 +110,14 @@ def test_every_style_resolves_the_references_values(name: str, operation: str) -
     assert {key: getattr(params, key) for key in expected} == expected
 
 
+@pytest.mark.parametrize("name", list(STYLES))
+def test_no_style_asks_for_a_size_the_gpu_worker_does_not_warm_up(name: str) -> None:
+    # The local GPU compiles its pipelines for the default sizes at start; a preset size would
+    # compile them again during its users' first jobs.
+    for operation, options in STYLES[name].defaults.items():
+        assert "width" not in options and "height" not in options, (name, operation)
+
+
 def test_black_and_white_refuses_colour() -> None:
     negative = [p.strip() for p in STYLES["black_and_white"].negative_prompt.split(",")]
     assert "color" in negative

@@ -5,18 +5,19 @@ IP-Adapter whose resampler turns the 512-d face embedding into 16 identity token
 tokens to the UNet's cross-attention beside the text. Its IdentityNet, a ControlNet, reads the
 five face keypoints drawn as an image, and attends to the identity tokens instead of the text.
 After it come the ControlNets the request selects (`controlnet_selection`): pose (an OpenPose
-head skeleton; the bundled backend has no body-pose model, see `faces.head_pose_map`) and canny
-(edges); these two attend to the text, as in InstantID's own demo. diffusers' ControlNet
-pipelines feed every ControlNet the text, so the denoising loop is our own, built from
-diffusers' blocks.
+head skeleton; the bundled backend has no body-pose model, see
+`control_maps.head_pose_map`) and canny (edges); these two attend to the text, as in
+InstantID's own demo. diffusers' ControlNet pipelines feed every ControlNet the text, so the
+denoising loop is our own, built from diffusers' blocks.
 
 SDXL and InstantID work at about one megapixel (InstantID's demo resizes its images to a 1024
 or 1280 px long side, multiples of 64), far above ModelsLab's avatar cap of 512 × 768. So the
 image is generated at the working size, about `side`² pixels at the requested aspect ratio
-(`sizes.working_size`, `side` the VAE's trained resolution), and each output is then fitted to
-the requested size. Keypoints, pose skeleton, edges and the face box come from the pose image
-when the request has one, else from the selfie, fitted (scaled to cover, centre-cropped) to the
-working size, and the maps are drawn there.
+(`sizes.working_size`, `side` the UNet's trained resolution, as diffusers' SDXL pipeline
+reads it), and each output is then fitted to the requested size. Keypoints, pose skeleton,
+edges and the face box come from the pose image when the request has one, else from the
+selfie, fitted to the working size (scaled to cover, cropped around the face), and the maps
+are drawn there.
 
 InstantID's "enhance non-face region" is always on (its demo's default; ModelsLab has no such
 option): a mask that is 1 inside the face box and 0 outside multiplies IdentityNet's residuals
@@ -142,7 +143,7 @@ class AvatarPipeline:
         self._faces = faces
         self._identity_strength = _identity_strength(base.unet, runtime)
         # The resolution the model was trained at: the working size is about its square.
-        self._side = int(base.vae.config.sample_size)
+        self._side = int(base.unet.config.sample_size) * base.vae_scale_factor
         self._fused: list[tuple[Any, Any]] = []
         self._denoisers: dict[str, Callable[..., Any]] = {}
         for name, module in {"unet": base.unet, **self._controlnets}.items():
@@ -218,9 +219,12 @@ class AvatarPipeline:
                 raise InvalidRequest(NO_FACE_IN_POSE) from None
             reference = job.pose
         keypoints, box = _framed(framing, reference.size, size)
+        # The photo is cropped around the face, not its centre, so that an off-centre face in a
+        # photo of another shape stays in the picture.
+        focus = _centre(framing)
         maps = {
             "pose": lambda: head_pose_map(size, keypoints),
-            "canny": lambda: _canny(fit(reference.convert("RGB"), size)),
+            "canny": lambda: _canny(fit(reference.convert("RGB"), size, focus)),
         }
         return {
             "prompt": params.prompt,
@@ -540,9 +544,10 @@ def avatar_working_size(width: int, height: int, *, side: int) -> tuple[int, int
 def _framed(
     face: Face, source: tuple[int, int], size: tuple[int, int]
 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """`face`'s keypoints and box moved with its image as `fit` brings it to `size`: the box
-    in whole pixels (truncated, as InstantID's demo does) and clipped to the frame."""
-    scaled, (left, top) = cover(source, size)
+    """`face`'s keypoints and box moved with its image as `fit` brings it to `size`, cropping
+    around the face: the box in whole pixels (truncated, as InstantID's demo does) and clipped
+    to the frame."""
+    scaled, (left, top) = cover(source, size, _centre(face))
     factors = np.array([scaled[0] / source[0], scaled[1] / source[1]])
     offset = np.array([left, top])
     keypoints = np.asarray(face.keypoints, dtype=np.float64) * factors - offset
@@ -551,6 +556,11 @@ def _framed(
         int(value) for value in np.clip(corners, 0, size).reshape(-1)
     )
     return keypoints, (box_left, box_top, box_right, box_bottom)
+
+
+def _centre(face: Face) -> tuple[float, float]:
+    left, top, right, bottom = face.box
+    return (left + right) / 2, (top + bottom) / 2
 
 
 class FaceRegion:

@@ -113,7 +113,9 @@ def _limb(
     """A filled ellipse from `start` to `end`, `half_width` across on each side."""
     import cv2
 
-    dx, dy = float(end[0] - start[0]), float(end[1] - start[1])
+    # The angle of start seen from end, as both references measure it (truncated to whole
+    # degrees, so the direction decides a few edge pixels).
+    dx, dy = float(start[0] - end[0]), float(start[1] - end[1])
     centre = (int((start[0] + end[0]) / 2), int((start[1] + end[1]) / 2))
     half_length = int(math.hypot(dx, dy) / 2)
     angle = int(math.degrees(math.atan2(dy, dx)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -102,18 +102,28 @@ class InsightFaceAnalyser:
         from insightface.model_zoo import model_zoo
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_gpu else None
-        models = {}
+        found: dict[str, list[tuple[Path, Any]]] = {"recognition": [], "detection": []}
         # The pack's files may sit below the folder (the buffalo_l mirror keeps them under
         # models/buffalo_l/).
         for path in sorted(folder.rglob("*.onnx")):
             model = model_zoo.get_model(str(path), providers=providers or ["CPUExecutionProvider"])
             task = getattr(model, "taskname", None)
-            if task in ("detection", "recognition") and task not in models:
-                models[task] = model
-        if set(models) != {"detection", "recognition"}:
+            if task in found:
+                found[task].append((path, model))
+        if not found["detection"] or not found["recognition"]:
             raise InvalidRequest(
                 f"the insightface folder {folder} needs a face detector and a recogniser (.onnx)"
             )
+        for task, models in found.items():
+            # Two packs in one folder: taking either recogniser could pair a method with the
+            # embeddings of a network it was not trained on.
+            if len(models) > 1:
+                names = ", ".join(str(path.relative_to(folder)) for path, _ in models)
+                raise InvalidRequest(
+                    f"the insightface folder {folder} holds more than one face {task} model "
+                    f"({names}): point it at one pack's folder"
+                )
+        models = {task: found[task][0][1] for task in found}
         self._detector = models["detection"]
         self._recogniser = models["recognition"]
         ctx = 0 if use_gpu else -1

@@ -3,8 +3,9 @@
 SDXL and FLUX.1 Kontext were trained at about one megapixel, and lose detail and identity far
 from it: ModelsLab's avatar is at most 512 × 768 (0.39 MP), and flux_headshot may ask for
 2048² (4 MP). So they generate at about `side`² pixels with the asked aspect ratio, where `side`
-is the resolution the model was trained at (its VAE's `sample_size`: 1024 for both), and the
-image is then resized to the asked size (`fit`).
+is the resolution the model was trained at (1024 for both: SDXL's UNet `sample_size` times its
+VAE's scale, as diffusers reads it; FLUX's VAE `sample_size`), and the image is then resized to
+the asked size (`fit`).
 
 Importing this loads neither torch nor diffusers.
 """
@@ -56,25 +57,33 @@ def working_size(
     )
 
 
-def fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """`image` scaled to cover `size` and centre-cropped to it (Lanczos): a generated image
-    brought to the size the user asked for. An image of that size comes back as it is."""
+def fit(
+    image: Image.Image, size: tuple[int, int], focus: tuple[float, float] | None = None
+) -> Image.Image:
+    """`image` scaled to cover `size` and cropped to it (Lanczos): a generated image brought to
+    the size the user asked for, or a photo to the size a pipeline works at. The crop is centred
+    on `focus` (a point of `image`; its centre by default) as far as the image allows. An image
+    of that size comes back as it is."""
     if image.size == size:
         return image
-    scaled, (left, top) = cover(image.size, size)
+    scaled, (left, top) = cover(image.size, size, focus)
     resized = image.resize(scaled, Image.Resampling.LANCZOS)
     return resized.crop((left, top, left + size[0], top + size[1]))
 
 
 def cover(
-    source: tuple[int, int], size: tuple[int, int]
+    source: tuple[int, int], size: tuple[int, int], focus: tuple[float, float] | None = None
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """How `fit` maps a `source`-sized image onto `size`: the size it scales the image to, and
-    the top-left corner of the centred crop (for moving points with the image)."""
+    the top-left corner of the crop (for moving points with the image)."""
     width, height = size
     scale = max(width / source[0], height / source[1])
     scaled = (max(width, round(source[0] * scale)), max(height, round(source[1] * scale)))
-    return scaled, ((scaled[0] - width) // 2, (scaled[1] - height) // 2)
+    if focus is None:
+        return scaled, ((scaled[0] - width) // 2, (scaled[1] - height) // 2)
+    left = round(focus[0] * scaled[0] / source[0] - width / 2)
+    top = round(focus[1] * scaled[1] / source[1] - height / 2)
+    return scaled, (min(max(left, 0), scaled[0] - width), min(max(top, 0), scaled[1] - height))
 
 
 def _multiple(value: float, multiple: int) -> int:
