@@ -402,9 +402,9 @@ def test_models_list_ends_with_a_summary_and_what_to_run(tmp_path: Path) -> None
     env = {"LOCAL_MODELS_DIR": "models"}
     result = headshot_bot("models", "list", "--op", "facegen", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
-    assert len(result.stdout.splitlines()) == 4  # the list itself stays as scripts read it
+    assert len(result.stdout.splitlines()) == 5  # the list itself stays as scripts read it
     assert result.stderr.splitlines() == [
-        "0 of 4 present, 4 missing: fetch them with headshot-bot models download --op facegen"
+        "0 of 5 present, 5 missing: fetch them with headshot-bot models download --op facegen"
     ]
     # One present, one stopped half-way, the rest of every operation's missing.
     (tmp_path / "models" / "sd15").mkdir(parents=True)
