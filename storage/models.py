@@ -125,6 +125,9 @@ class Job(Base):
     queue_community: Mapped[int | None] = mapped_column(Integer)  # what the slot was counted for
     queue_seq: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
     dispatched_at: Mapped[datetime | None] = mapped_column()
+    # The identity gate (migration 0011): how many new provider attempts it asked for because
+    # an output did not look like the selfie. Each one is a retry the operator pays for.
+    identity_retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class DispatchState(Base):
@@ -150,6 +153,39 @@ class Output(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The identity gate (migration 0011): dlib's distance from the selfie's face (lower is
+    # closer; None: the gate was off, or no face to measure), and whether it passed.
+    identity_distance: Mapped[float | None] = mapped_column(Float)
+    identity_passed: Mapped[bool | None] = mapped_column(Boolean)
+
+
+class IdentityCheck(Base):
+    """One generated image measured against its job's selfie by the identity gate.
+
+    While the job runs, a row also holds its image (`content_key` and its description): a
+    candidate the job's end may deliver. When the job ends, the delivered ones become outputs
+    and every row lets go of its image; the measure stays, for the statistics, until the job
+    is deleted or its user forgotten. No embedding is ever stored.
+    """
+
+    __tablename__ = "identity_checks"
+    __table_args__ = (UniqueConstraint("job_id", "attempt", "slot"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)  # 0: the first provider attempt
+    slot: Mapped[int] = mapped_column(Integer)  # which of the job's images it would be
+    operation: Mapped[str] = mapped_column(String(32))
+    backend: Mapped[str] = mapped_column(String(32))
+    distance: Mapped[float | None] = mapped_column(Float)  # None: no face in the image
+    passed: Mapped[bool] = mapped_column(Boolean)
+    seconds: Mapped[float] = mapped_column(Float)  # the check's own time
+    content_key: Mapped[str | None] = mapped_column(String(255))
+    content_type: Mapped[str | None] = mapped_column(String(32))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    size_bytes: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -93,6 +93,10 @@ class OutputRecord:
     width: int
     height: int
     size_bytes: int
+    # The identity gate's measure: dlib's distance from the selfie's face (lower is closer;
+    # None: the gate was off, or there was no face to measure) and whether it passed.
+    identity_distance: float | None = None
+    identity_passed: bool | None = None
 
 
 @dataclass(frozen=True)

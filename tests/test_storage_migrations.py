@@ -30,6 +30,7 @@ HEAD = AFTER | {
     "posts",
     "gpu_workers",
     "gpu_results",
+    "identity_checks",
 }
 # Procrastinate's own tables (PostgreSQL only, revision 0010): its schema, not our models.
 PROCRASTINATE = {
@@ -38,7 +39,7 @@ PROCRASTINATE = {
     "procrastinate_events",
     "procrastinate_periodic_defers",
 }
-HEAD_REVISION = "0010"
+HEAD_REVISION = "0011"
 NEW_JOB_COLUMNS = {"style", "user_prompt", "deleted_at", "inputs_expire_at"}
 
 
