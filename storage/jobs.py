@@ -492,4 +492,5 @@ def job_record(row: Any) -> JobRecord:
         deleted_at=row.deleted_at,
         inputs_expire_at=row.inputs_expire_at,
         lease_owner=row.lease_owner,
+        identity_retries=row.identity_retries,
     )

@@ -81,6 +81,8 @@ class JobRecord:
     deleted_at: datetime | None = None
     inputs_expire_at: datetime | None = None
     lease_owner: str | None = None
+    # New provider attempts the identity gate asked for (an output did not look like the selfie).
+    identity_retries: int = 0
 
 
 @dataclass(frozen=True)
