@@ -116,6 +116,17 @@ class Settings(BaseSettings):
     # How long the bot waits for the photo after a bare /headshot, or for a style to be picked.
     telegram_wait_seconds: float = Field(300.0, ge=1, le=3600)
 
+    # Faces (bot/faces, dlib on the CPU). The intake check refuses a selfie with no usable face
+    # before any credit moves; the identity gate measures every output against the selfie and
+    # makes a failing one again (IDENTITY_RETRIES times) before delivering it with a note.
+    face_check: bool = True
+    face_dominance: float = Field(2.0, ge=1.0, le=100.0)
+    face_min_size: int = Field(64, ge=16, le=1024)
+    identity_gate: bool = True
+    identity_threshold: float = Field(0.6, gt=0.0, le=2.0)
+    identity_retries: int = Field(1, ge=0, le=5)
+    face_threads: int = Field(1, ge=1, le=8)
+
     # Which generator makes the images: ModelsLab's API, the bundled local GPU pipelines, or
     # "auto" (local when its models are present and a GPU is visible, else ModelsLab when a key
     # is set). FALLBACK_BACKEND takes the jobs the first one fails.
