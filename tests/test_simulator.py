@@ -19,7 +19,14 @@ from aiohttp import web
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageStat
 
 from backends.modelslab import simulated_images
-from backends.modelslab.simulator import Simulator, SimulatorConfig, serve
+from backends.modelslab.simulator import (
+    Simulator,
+    SimulatorConfig,
+    StrangerError,
+    is_stranger,
+    serve,
+)
+from bot.cli import main
 
 KEY = "sk-sim-test-0123456789"
 SKIN = (224, 172, 140)
@@ -707,6 +714,169 @@ async def test_failed_webhook_and_unreachable_receiver(
     assert (await client.post(SUBMIT["headshot"], json=dead)).json()["status"] == "success"
     await wait_for(lambda: len(sim.webhook_deliveries) == 2)
     assert sim.webhook_deliveries[1]["error"] and sim.webhook_deliveries[1]["status"] is None
+
+
+# -- stranger mode ---------------------------------------------------------------------------
+
+STRANGER_SKIN = (170, 120, 90)
+# Where the face sits in a 512x768 output (see test_outputs_show_the_selfie_face).
+OUTPUT_FACE = (216, 220, 296, 320)
+
+
+@cache
+def stranger_bytes() -> bytes:
+    """Another person: a darker face, centred, in a green room."""
+    image = Image.new("RGB", (384, 512), (70, 110, 70))
+    ImageDraw.Draw(image).ellipse((130, 120, 250, 290), fill=STRANGER_SKIN)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def face_colour(data: bytes) -> tuple[float, ...]:
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    assert image.size == (512, 768)
+    return tuple(ImageStat.Stat(image.crop(OUTPUT_FACE)).mean)
+
+
+def shows(data: bytes) -> str:
+    """Whose face an output shows: the selfie's or the stranger's (and clearly so)."""
+    colour = face_colour(data)
+    if colour_distance(colour, SKIN) < 25:
+        return "selfie"
+    assert colour_distance(colour, STRANGER_SKIN) < 25, colour
+    return "stranger"
+
+
+async def make_outputs(client: httpx.AsyncClient, **overrides: Any) -> tuple[str, list[bytes]]:
+    answer = (
+        await client.post(SUBMIT["facegen"], json=request_body("facegen", **overrides))
+    ).json()
+    assert answer["status"] == "success", answer
+    images = [(await client.get(link)).content for link in answer["proxy_links"]]
+    return str(answer["id"]), images
+
+
+def test_strangers_are_spread_evenly() -> None:
+    def strangers(rate: float, outputs: int = 20) -> list[int]:
+        return [n for n in range(outputs) if is_stranger(n, rate)]
+
+    assert strangers(0.5) == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]
+    assert strangers(1.0) == list(range(20))
+    assert strangers(0.0) == []
+    assert strangers(0.25) == [3, 7, 11, 15, 19]
+    assert strangers(0.1, 40) == [9, 19, 29, 39]  # exact: 0.1 is not one off in binary
+    assert len(strangers(0.3, 1000)) == 300
+    assert strangers(0.3) == [3, 6, 9, 13, 16, 19]
+
+
+async def test_rate_half_makes_every_second_output_a_stranger(
+    sim: Simulator, config: SimulatorConfig, client: httpx.AsyncClient
+) -> None:
+    config.output_format = "png"
+    config.stranger_image = stranger_bytes()
+    config.stranger_rate = 0.5
+    made = [await make_outputs(client, seed=5) for _ in range(4)]
+    assert [sim.jobs[job].strangers for job, _ in made] == [(), (0,), (), (0,)]
+    assert [shows(image) for _, (image,) in made] == ["selfie", "stranger"] * 2
+    # Same seed, same slot: each face's outputs are the same picture, the two faces' are not.
+    selfie_output, stranger_output = made[0][1][0], made[1][1][0]
+    assert made[2][1][0] == selfie_output and made[3][1][0] == stranger_output
+    assert stranger_output != selfie_output
+
+    # Numbered across jobs and slots, in the order they are made; a failed job makes none.
+    config.failure_rate = 1.0
+    failed = (await client.post(SUBMIT["facegen"], json=request_body("facegen"))).json()
+    assert failed["status"] == "failed" and sim.jobs[str(failed["id"])].strangers == ()
+    config.failure_rate = 0.0
+    two, three = await make_outputs(client, samples=2), await make_outputs(client, samples=2)
+    assert sim.jobs[two[0]].strangers == (1,)  # outputs 4 and 5
+    assert sim.jobs[three[0]].strangers == (1,)  # outputs 6 and 7
+    assert [shows(image) for image in two[1] + three[1]] == ["selfie", "stranger"] * 2
+
+
+async def test_rate_one_makes_every_output_a_stranger_as_its_own_selfie_would(
+    sim: Simulator, config: SimulatorConfig, client: httpx.AsyncClient
+) -> None:
+    config.output_format = "png"
+    config.stranger_image = stranger_bytes()
+    config.stranger_rate = 1.0
+    job, images = await make_outputs(client, seed=9, samples=2)
+    assert sim.jobs[job].strangers == (0, 1)
+    assert [shows(image) for image in images] == ["stranger", "stranger"]
+    assert images[0] != images[1]  # each slot its own framing and backdrop, as for the selfie
+
+    # Rendered as the stranger's own request would be (no cache mixes the two faces up).
+    config.stranger_rate = 0.0
+    as_selfie = request_body("facegen", seed=9, samples=2, face_image=data_uri(stranger_bytes()))
+    answer = (await client.post(SUBMIT["facegen"], json=as_selfie)).json()
+    own = [(await client.get(link)).content for link in answer["proxy_links"]]
+    assert own == images
+    _, mine = await make_outputs(client, seed=9, samples=2)
+    assert [shows(image) for image in mine] == ["selfie", "selfie"]
+
+
+async def test_concurrent_jobs_share_out_the_strangers(
+    sim: Simulator, config: SimulatorConfig, client: httpx.AsyncClient
+) -> None:
+    """Each output gets its own number however the jobs interleave: exactly every second
+    one of the eight shows the stranger."""
+    config.max_queued = 10
+    config.stranger_image = stranger_bytes()
+    config.stranger_rate = 0.5
+    made = await asyncio.gather(*(make_outputs(client) for _ in range(8)))
+    assert sorted(len(sim.jobs[job].strangers) for job, _ in made) == [0] * 4 + [1] * 4
+
+
+def test_stranger_settings_are_checked(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(StrangerError, match=r"^the stranger rate is 0.5 but no stranger image"):
+        Simulator(SimulatorConfig(stranger_rate=0.5))
+    for rate in (1.5, -0.1, float("nan")):
+        with pytest.raises(StrangerError, match=r"^the stranger rate must be a number from 0 to 1"):
+            Simulator(SimulatorConfig(stranger_image=stranger_bytes(), stranger_rate=rate))
+    with pytest.raises(StrangerError, match=r"^the stranger image is not a usable image: "):
+        Simulator(SimulatorConfig(stranger_image=b"GIF89a but not really", stranger_rate=0.5))
+    Simulator(SimulatorConfig(stranger_image=stranger_bytes()))  # rate 0: no strangers, fine
+
+
+async def test_a_stranger_setting_spoilt_while_running_is_an_error_answer(
+    config: SimulatorConfig, client: httpx.AsyncClient
+) -> None:
+    config.stranger_rate = 0.5
+    answer = await client.post(SUBMIT["facegen"], json=request_body("facegen"))
+    assert answer.status_code == 500
+    assert answer.json()["message"].startswith("simulator: the stranger rate is 0.5 but no")
+
+
+@pytest.mark.parametrize(
+    ("image", "rate", "expected"),
+    [
+        ("missing.png", "0.5", "headshot-bot: no such stranger image file: "),
+        ("notes.txt", "0.5", "headshot-bot: the stranger image is not a usable image: "),
+        (None, "0.5", "headshot-bot: the stranger rate is 0.5 but no stranger image was given"),
+        ("stranger.png", "1.5", "headshot-bot simulate: argument --stranger-rate: must be a "),
+        ("stranger.png", "nan", "headshot-bot simulate: argument --stranger-rate: must be a "),
+    ],
+)
+def test_the_cli_refuses_a_bad_stranger_in_one_line(
+    image: str | None,
+    rate: str,
+    expected: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "notes.txt").write_text("not a picture")
+    (tmp_path / "stranger.png").write_bytes(stranger_bytes())
+    argv = ["simulate", "--port", "0", "--stranger-rate", rate]
+    if image is not None:
+        argv += ["--stranger-image", str(tmp_path / image)]
+    try:
+        code = main(argv)
+    except SystemExit as stopped:
+        code = stopped.code
+    assert code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(expected), line
 
 
 # -- serve -----------------------------------------------------------------------------------

@@ -6,6 +6,14 @@ shared/modelslab-api.md describes them, quirks included (numbers as strings, `me
 out-of-order webhooks, links that expire). The images it returns are the sender's own face on
 a studio backdrop (see `simulated_images`).
 
+Stranger mode (`stranger_image`, `stranger_rate`; the CLI's `--stranger-image PATH
+--stranger-rate R`) makes some outputs show another person, to exercise an identity check. The
+strangers are spread evenly over the outputs the simulator makes, in the order it makes them:
+output number n (0, 1, 2, ... counted across all jobs; a failed job makes none) shows the
+stranger when floor((n + 1) * R) > floor(n * R). So R = 0.5 makes outputs 1, 3, 5, ... strangers,
+1.0 every output and 0 none. A stranger output is rendered from the stranger's face with the
+operation, size, seed and slot the selfie's output would have had.
+
 Time is read from an injectable clock so tests can finish jobs and expire links without
 sleeping. API keys are only ever kept as SHA-256 digests and never logged or echoed.
 """
@@ -19,12 +27,14 @@ import contextlib
 import hashlib
 import ipaddress
 import logging
+import math
 import random
 import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from http import HTTPStatus
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -116,6 +126,39 @@ class SimulatorConfig:
     public_url: str | None = None  # base of output and fetch links (default: the bound URL)
     max_image_bytes: int = 10 * _MiB  # read once, when the Simulator is made
     tick_seconds: float = 0.02  # how often the background task looks for finished jobs
+    stranger_image: bytes | None = None  # another person's face, for stranger outputs
+    stranger_rate: float = 0.0  # 0-1: the share of outputs that show the stranger, spread evenly
+
+
+class StrangerError(ValueError):
+    """Stranger mode is set up wrong; the message is one line that says how."""
+
+
+def check_stranger(config: SimulatorConfig) -> simulated_images.PreparedFace | None:
+    """Check the stranger settings and return the stranger's prepared face (None: not set).
+
+    CPU work when an image is set (it is decoded, once: `prepare_face` caches it).
+    """
+    rate = config.stranger_rate
+    if not 0.0 <= rate <= 1.0:  # NaN fails this too
+        raise StrangerError(f"the stranger rate must be a number from 0 to 1 (got {rate!r})")
+    if config.stranger_image is None:
+        if rate > 0:
+            raise StrangerError(f"the stranger rate is {rate:g} but no stranger image was given")
+        return None
+    try:
+        return simulated_images.prepare_face(config.stranger_image)
+    except simulated_images.NotAnImage as exc:
+        raise StrangerError(f"the stranger image is not a usable image: {exc}") from None
+
+
+def is_stranger(number: int, rate: float) -> bool:
+    """Whether output `number` (counted from 0 across all jobs) shows the stranger.
+
+    Exact decimal arithmetic, so 0.1 makes every tenth output a stranger, never one off.
+    """
+    exact = Fraction(str(rate))
+    return math.floor((number + 1) * exact) > math.floor(number * exact)
 
 
 @dataclass
@@ -139,6 +182,7 @@ class SimJob:
     generation_time: float
     completed_at: float | None = None
     message: str | None = None
+    strangers: tuple[int, ...] = ()  # the output slots rendered from the stranger's face
 
     @property
     def image_urls(self) -> list[str]:
@@ -183,7 +227,9 @@ class Simulator:
     """The ModelsLab simulator. `start()` binds a port; `.app` can also be served elsewhere."""
 
     def __init__(self, config: SimulatorConfig | None = None, *, clock: Clock | None = None):
+        """Raises StrangerError when stranger mode is set up wrong."""
         self.config = config or SimulatorConfig()
+        check_stranger(self.config)
         self.clock: Clock = clock or time.monotonic
         self.jobs: dict[str, SimJob] = {}
         self.requests: list[tuple[str, int]] = []
@@ -192,6 +238,7 @@ class Simulator:
         self._rng = random.Random(self.config.seed)
         self._next_id = 70_000_000 + self._rng.randrange(1_000_000)
         self._reserved: Counter[str] = Counter()
+        self._outputs_made = 0  # numbers the outputs for stranger mode
         self._outbox: list[SimJob] = []
         self._deliveries: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -463,7 +510,7 @@ class Simulator:
         except ParameterError as exc:
             raise self._invalid(str(exc)) from None
         image_field = _IMAGE_FIELD.get(operation, "face_image")
-        selfie, face = await self._read_inputs(image_field, submission)
+        face = await self._read_inputs(image_field, submission)
         seed = submission.params.seed
         if seed is None:
             seed = self._rng.randrange(MAX_SEED + 1)
@@ -474,15 +521,23 @@ class Simulator:
         fmt = self.config.output_format
         started = time.perf_counter()
         outputs: list[bytes] = []
+        strangers: tuple[int, ...] = ()
         if not will_fail:
+            stranger = await self._stranger_face()
+            # Numbered here, in the event loop, with no await before the render is handed to
+            # a thread: concurrent jobs never share or skip a number.
+            strangers = self._number_outputs(count)
+            faces = [face] * count
+            if stranger is not None:
+                for slot in strangers:
+                    faces[slot] = stranger
             outputs = await asyncio.to_thread(
-                simulated_images.make_images,
-                selfie,
+                _render_outputs,
+                faces,
                 operation=str(operation),
                 width=width,
                 height=height,
                 seed=seed,
-                count=count,
                 image_format=fmt,
             )
         wait = max(0.0, self.config.processing_seconds)
@@ -502,22 +557,45 @@ class Simulator:
             ready_at=self.clock() + wait,
             will_fail=will_fail,
             generation_time=round(wait or time.perf_counter() - started, 4),
+            strangers=strangers,
         )
         self.jobs[job.id] = job
         self._settle(job)
-        logger.debug("simulated job %s (%s) accepted: %s", job.id, operation, job.status)
+        logger.debug(
+            "simulated job %s (%s) accepted: %s, stranger slots %s",
+            job.id,
+            operation,
+            job.status,
+            list(strangers),
+        )
         return job
 
     async def _read_inputs(
         self, image_field: str, submission: _Submission
-    ) -> tuple[bytes, simulated_images.PreparedFace]:
-        """The selfie's bytes and prepared face; the pose image is only checked."""
+    ) -> simulated_images.PreparedFace:
+        """The selfie's prepared face; the pose image is only checked."""
         selfie = await self._read_image(image_field, submission.image, submission.base64)
         face = await self._decode(image_field, selfie, simulated_images.prepare_face)
         if submission.pose_image is not None:
             pose = await self._read_image("pose_image", submission.pose_image, submission.base64)
             await self._decode("pose_image", pose, simulated_images.decode_image)
-        return selfie, face
+        return face
+
+    async def _stranger_face(self) -> simulated_images.PreparedFace | None:
+        """The stranger's face, checked again: tests may change the config while it runs."""
+        try:
+            if self.config.stranger_image is None:
+                return check_stranger(self.config)  # nothing to decode
+            return await asyncio.to_thread(check_stranger, self.config)
+        except StrangerError as exc:
+            raise _ApiError(500, {"status": "error", "message": f"simulator: {exc}"}) from None
+
+    def _number_outputs(self, count: int) -> tuple[int, ...]:
+        """Take the next `count` output numbers; the job's slots that show the stranger."""
+        first = self._outputs_made
+        self._outputs_made += count
+        rate = self.config.stranger_rate
+        return tuple(slot for slot in range(count) if is_stranger(first + slot, rate))
 
     def _new_id(self) -> str:
         self._next_id += 1
@@ -657,6 +735,27 @@ class Simulator:
         if self.config.base64_data_uri_prefix:
             text = f"data:{mime};base64,{text}"
         return web.Response(text=text, content_type="text/plain")
+
+
+def _render_outputs(
+    faces: list[simulated_images.PreparedFace],
+    *,
+    operation: str,
+    width: int,
+    height: int,
+    seed: int,
+    image_format: simulated_images.ImageFormat,
+) -> list[bytes]:
+    """One encoded output per slot, each from its own face (CPU-bound: run it in a thread)."""
+    return [
+        simulated_images.encode(
+            simulated_images.render(
+                face, operation=operation, width=width, height=height, seed=seed, index=slot
+            ),
+            image_format,
+        )
+        for slot, face in enumerate(faces)
+    ]
 
 
 # -- parsing the wire ---------------------------------------------------------------------

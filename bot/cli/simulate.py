@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
-from bot.cli.common import CliError, Commands, ranged
+from bot.cli.common import CliError, Commands, ranged, read
 
 
 def register(commands: Commands) -> None:
@@ -43,19 +44,41 @@ def register(commands: Commands) -> None:
         default=5,
         help="queued requests allowed per key (default: %(default)s)",
     )
+    sim.add_argument(
+        "--stranger-image",
+        type=Path,
+        metavar="PATH",
+        help="a photo of another person: some outputs show this face instead of the sender's, "
+        "to try an identity check",
+    )
+    sim.add_argument(
+        "--stranger-rate",
+        type=ranged(float, 0, 1),
+        default=0.0,
+        metavar="R",
+        help="the share of outputs, 0 to 1, that show the stranger, spread evenly over the "
+        "outputs in the order they are made: output n (0, 1, 2, ... across all jobs) is a "
+        "stranger when floor((n+1)*R) > floor(n*R), so 0.5 is every second one "
+        "(default: %(default)s)",
+    )
     sim.set_defaults(handler=_simulate)
 
 
 async def _simulate(args: argparse.Namespace) -> int:
-    from backends.modelslab.simulator import Simulator, SimulatorConfig
+    from backends.modelslab.simulator import Simulator, SimulatorConfig, StrangerError
 
-    simulator = Simulator(
-        SimulatorConfig(
-            processing_seconds=args.processing_seconds,
-            failure_rate=args.failure_rate,
-            max_queued=args.max_queued,
-        )
+    stranger = None if args.stranger_image is None else read(args.stranger_image, "stranger image")
+    config = SimulatorConfig(
+        processing_seconds=args.processing_seconds,
+        failure_rate=args.failure_rate,
+        max_queued=args.max_queued,
+        stranger_image=stranger,
+        stranger_rate=args.stranger_rate,
     )
+    try:
+        simulator = Simulator(config)
+    except StrangerError as exc:
+        raise CliError(str(exc)) from None
     try:
         url = await simulator.start(args.host, args.port)
     except OSError as exc:
