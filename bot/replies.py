@@ -22,6 +22,7 @@ from storage.records import Allowance, AuditRecord, JobState, JobStats
 
 if TYPE_CHECKING:
     from bot.fleet.view import WorkerView
+    from bot.views import Likeness
 
 # The longest list reply: under Discord's 2000 characters (Telegram's limit is 4096).
 MAX_LIST_CHARS = 1900
@@ -145,6 +146,36 @@ def selfie_gone(retention_seconds: float) -> str:
     )
 
 
+def no_face() -> str:
+    return (
+        "I can't find a face in that photo: send a selfie with your face clear and facing "
+        "the camera."
+    )
+
+
+def several_faces(count: int) -> str:
+    return (
+        f"I see {count} faces in that photo: send a selfie with only you in it, or crop the "
+        "others out."
+    )
+
+
+def face_too_small(px: int, min_px: int) -> str:
+    return (
+        f"Your face is too small in that photo ({px} px across; at least {min_px} px needed): "
+        "send a closer selfie, or crop it around your face."
+    )
+
+
+def unlike_note(count: int, total: int) -> str:
+    """A finished job's note on the images the identity gate failed, delivered all the same
+    (the best of their attempts) and not charged for."""
+    images = _plural(count, "image") if count == total else f"{count} of {total} images"
+    if count == 1:
+        return f"{images} may not look like you: its credit was returned."
+    return f"{images} may not look like you: their credits were returned."
+
+
 # ---- asking for what is missing (platforms whose commands arrive as messages) ----------------
 
 
@@ -259,18 +290,35 @@ def history_page(
     return Reply("\n".join(lines), private=True, images=images, buttons=tuple(buttons))
 
 
-def job_details(job: JobSummary, images: Sequence[ImageRef]) -> Reply:
+def job_details(
+    job: JobSummary, images: Sequence[ImageRef], likeness: Likeness | None = None
+) -> Reply:
     lines = [f"Job {job.short_id} · {job.operation}" + (f" · {job.style}" if job.style else "")]
     lines.append(f"Status: {job.state} · seed {job.seed} · {_when(job.created_at)}")
     if job.prompt:
         lines.append(f"Prompt: {job.prompt}")
     if job.error:
         lines.append(f"Why it failed: {job.error}")
+    if likeness is not None:
+        lines.append(_likeness(likeness))
     return Reply(
         "\n".join(lines),
         private=True,
         images=tuple(images),
         buttons=job_buttons(job.id) if JobState(job.state).finished else (),
+    )
+
+
+def _likeness(likeness: Likeness) -> str:
+    measures = ", ".join(
+        f"image {number} "
+        + (f"{distance:.2f}" if distance is not None else "no face found")
+        + (" ✓" if passed else " ✗")
+        for number, distance, passed in likeness.images
+    )
+    return (
+        f"Likeness: {measures} (dlib distance to your selfie; {likeness.threshold:.2f} or less "
+        "is the same person)"
     )
 
 
@@ -502,7 +550,36 @@ def stats(report: JobStats, days: int, community: bool) -> Reply:
     if report.top_users:
         top = ", ".join(f"{who(user)} ({count})" for user, count in report.top_users)
         lines.append(f"Top users: {top}.")
+    lines += _identity_gate(report)
     return done("\n".join(lines))
+
+
+def _identity_gate(report: JobStats) -> list[str]:
+    """The identity gate's lines of /admin stats: none when it measured nothing."""
+    if not (report.identity_checks or report.identity_retries or report.delivered_unlike):
+        return []
+    parts = []
+    if report.identity_checks:
+        parts.append(
+            f"{report.identity_passed} of {_plural(report.identity_checks, 'image')} passed "
+            f"({_percent(report.identity_passed, report.identity_checks)})"
+        )
+    retries = report.identity_retries
+    parts.append(f"{retries} {'retry' if retries == 1 else 'retries'}")
+    parts.append(f"{report.delivered_unlike} delivered unlike (refunded)")
+    lines = [f"Identity gate: {', '.join(parts)}."]
+    lines += [
+        f"• {f.operation} · {f.backend}: {f.passed}/{f.checks} passed "
+        f"({_percent(f.passed, f.checks)})"
+        for f in report.identity
+    ]
+    return lines
+
+
+def _percent(part: int, whole: int) -> str:
+    # Never "100%" while one failed, nor "0%" while one passed: rounding must not hide them.
+    percent = max(1 if part else 0, min(round(100 * part / whole), 99 if part < whole else 100))
+    return f"{percent}%"
 
 
 def jobs_list(entries: Sequence[tuple[JobSummary, str]], failed_only: bool) -> Reply:

@@ -3,7 +3,8 @@ forgetting the user altogether.
 
 Deleting a job keeps its row and its ledger entries: the ledger is what counts today's use,
 so a deleted job must still count, or deleting would hand credits back. What the job said
-(its prompt, parameters, error) and made (its outputs) goes.
+(its prompt, parameters, error) and made (its outputs, and the identity gate's measures of
+them: how much each image looked like the selfie) goes.
 
 Outputs are content-addressed in the image store, so two jobs can share one stored image,
 and a re-roll may share its original's selfie: the keys handed back to be deleted are only
@@ -36,6 +37,7 @@ from storage.models import (
     Ban,
     Delivery,
     ForgottenUsage,
+    IdentityCheck,
     Job,
     LedgerEntry,
     Output,
@@ -60,6 +62,7 @@ class UserBusy(Exception):
 
 _JOBS = Job.__table__
 _OUTPUTS = Output.__table__
+_CHECKS = IdentityCheck.__table__
 _FORGOTTEN_USAGE = ForgottenUsage.__table__
 _FINISHED = [s.value for s in FINISHED_STATES]
 
@@ -133,6 +136,7 @@ class HistoryRepository:
             if row is None:
                 return None
             outputs = await _delete_outputs(conn, [job_id])
+            outputs += await _delete_identity_checks(conn, [job_id])
             # Nothing is left to show; the note also names where the user asked for it.
             await _delete(conn, Delivery, Delivery.job_id == job_id)
             posts = await take_posts(conn, [job_id])
@@ -174,13 +178,14 @@ class HistoryRepository:
         (the caller's pseudonym for them), for `AccountRepository.user` to carry over should
         they return today; such rows of earlier days, anyone's, are dropped here.
 
-        Their outputs, ledger entries, settings at every scope, jobs (with the messages noted
-        as showing their images, handed back in the report) and user row go, and so
-        does what the chat platforms hold of them for a while: waits for their photo or choice,
-        their updates not handled yet, their deferred interactions. Audit rows they did or that
-        were done to them stay, as done by or to "forgotten user" and without details; so do
-        rows they wrote elsewhere (a ban, a community setting), with the same name in place of
-        theirs. Bans of them stay: keyed by a pseudonym, they name nobody and must outlast this.
+        Their outputs (and the identity gate's measures of their images), ledger entries,
+        settings at every scope, jobs (with the messages noted as showing their images,
+        handed back in the report) and user row go, and so does what the chat platforms hold
+        of them for a while: waits for their photo or choice, their updates not handled yet,
+        their deferred interactions. Audit rows they did or that were done to them stay, as
+        done by or to "forgotten user" and without details; so do rows they wrote elsewhere (a
+        ban, a community setting), with the same name in place of theirs. Bans of them stay:
+        keyed by a pseudonym, they name nobody and must outlast this.
         """
         name = f"{platform}:{platform_user_id}"
         async with self._db.write() as conn:
@@ -222,6 +227,7 @@ class HistoryRepository:
             ).all()
             job_ids = [job.id for job in jobs]
             outputs = await _delete_outputs(conn, job_ids)
+            candidates = await _delete_identity_checks(conn, job_ids)
             ledger_entries = await _delete(
                 conn,
                 LedgerEntry,
@@ -237,7 +243,7 @@ class HistoryRepository:
             await forget_interactions(conn, platform, platform_user_id)
             await _unname(conn, name)
             inputs = [key for job in jobs for key in (job.selfie_key, job.pose_key) if key]
-            store_keys = await _unreferenced(conn, outputs, inputs)
+            store_keys = await _unreferenced(conn, outputs + candidates, inputs)
         return ForgetReport(
             jobs=deleted_jobs,
             outputs=len(outputs),
@@ -258,6 +264,21 @@ async def _delete_outputs(conn: AsyncConnection, job_ids: list[str]) -> list[str
     return list(deleted.scalars())
 
 
+async def _delete_identity_checks(conn: AsyncConnection, job_ids: list[str]) -> list[str]:
+    """Delete the identity gate's measures of these jobs' images; the image keys any of them
+    still held (a candidate image is let go of when its job ends, so normally none).
+
+    Deleted here, not left to the foreign key's cascade: a measure of someone's face is
+    theirs, and must go whether or not the database enforces the cascade.
+    """
+    if not job_ids:
+        return []
+    deleted = await conn.execute(
+        delete(_CHECKS).where(_CHECKS.c.job_id.in_(job_ids)).returning(_CHECKS.c.content_key)
+    )
+    return [key for key in deleted.scalars() if key]
+
+
 async def _delete(conn: AsyncConnection, model: Any, where: Any) -> int:
     result = await conn.execute(delete(model).where(where))
     return int(result.rowcount)
@@ -266,15 +287,15 @@ async def _delete(conn: AsyncConnection, model: Any, where: Any) -> int:
 async def _unreferenced(
     conn: AsyncConnection, outputs: Iterable[str], inputs: Iterable[str]
 ) -> tuple[str, ...]:
-    """Of these just-released keys, those no remaining output or job row points at."""
+    """Of these just-released keys, those no remaining output, candidate image (an identity
+    check's) or job row points at."""
     output_keys = sorted(set(outputs))
     input_keys = sorted(set(inputs) - set(output_keys))
     shared: set[str] = set()
     if output_keys:
-        rows = await conn.execute(
-            select(_OUTPUTS.c.content_key).where(_OUTPUTS.c.content_key.in_(output_keys))
-        )
-        shared = set(rows.scalars())
+        for column in (_OUTPUTS.c.content_key, _CHECKS.c.content_key):
+            rows = await conn.execute(select(column).where(column.in_(output_keys)))
+            shared |= set(rows.scalars())
     shared |= await input_keys_in_use(conn, input_keys)
     return tuple(key for key in output_keys + input_keys if key not in shared)
 

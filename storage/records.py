@@ -202,6 +202,31 @@ class JobStats:
     credits_used: int  # committed minus refunded
     top_users: tuple[tuple[str, int], ...]  # (platform_user_id, jobs), most first, at most 5
     median_generation_seconds: float | None
+    # The identity gate, over the same jobs: the new provider attempts it asked for (each one
+    # paid for by the operator), its measures per operation and backend, and the delivered
+    # images that failed it (their credits refunded).
+    identity_retries: int = 0
+    identity: tuple[IdentityFigures, ...] = ()
+    delivered_unlike: int = 0
+
+    @property
+    def identity_checks(self) -> int:
+        return sum(figures.checks for figures in self.identity)
+
+    @property
+    def identity_passed(self) -> int:
+        return sum(figures.passed for figures in self.identity)
+
+
+@dataclass(frozen=True)
+class IdentityFigures:
+    """The identity gate's measures of one operation on one backend: images measured against
+    their selfie, and how many of them looked like it."""
+
+    operation: str
+    backend: str
+    checks: int
+    passed: int
 
 
 @dataclass(frozen=True)

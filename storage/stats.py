@@ -11,14 +11,16 @@ from sqlalchemy import case, func, select
 
 from storage.database import Database
 from storage.jobs import MIN_REF_LENGTH, id_matches, job_record, one_match
-from storage.models import Job, LedgerEntry, User
-from storage.records import JobListing, JobState, JobStats, LedgerKind
+from storage.models import IdentityCheck, Job, LedgerEntry, Output, User
+from storage.records import IdentityFigures, JobListing, JobState, JobStats, LedgerKind
 
 TOP_USERS = 5
 
 _JOBS = Job.__table__
 _USERS = User.__table__
 _LEDGER = LedgerEntry.__table__
+_CHECKS = IdentityCheck.__table__
+_OUTPUTS = Output.__table__
 
 
 class StatsRepository:
@@ -30,6 +32,9 @@ class StatsRepository:
 
         Deleted jobs count: deleting removes a job's content, not the fact that it ran.
         `credits_used` is what those jobs committed (unmetered ones too) less refunds.
+
+        The identity gate's retries count for deleted jobs too (the operator paid for them),
+        but its measures do not: they are the user's, and go with the job's content.
         """
         where = [_JOBS.c.created_at >= since, *_in_community(community_id)]
         async with self._db.read() as conn:
@@ -73,6 +78,31 @@ class StatsRepository:
                 )
             ).scalars()
             durations = [float(t) for t in times]
+            retries = (
+                await conn.execute(select(func.sum(_JOBS.c.identity_retries)).where(*where))
+            ).scalar()
+            identity = await conn.execute(
+                select(
+                    _CHECKS.c.operation,
+                    _CHECKS.c.backend,
+                    func.count(),
+                    func.sum(case((_CHECKS.c.passed, 1), else_=0)),
+                )
+                .where(_CHECKS.c.job_id.in_(job_ids))
+                .group_by(_CHECKS.c.operation, _CHECKS.c.backend)
+                .order_by(_CHECKS.c.operation, _CHECKS.c.backend)
+            )
+            figures = tuple(
+                IdentityFigures(operation, backend, int(checks), int(passed or 0))
+                for operation, backend, checks, passed in identity
+            )
+            unlike = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(_OUTPUTS)
+                    .where(_OUTPUTS.c.job_id.in_(job_ids), _OUTPUTS.c.identity_passed.is_(False))
+                )
+            ).scalar()
         return JobStats(
             jobs=int(counts[0]),
             succeeded=int(counts[1] or 0),
@@ -80,6 +110,9 @@ class StatsRepository:
             credits_used=int(credits or 0),
             top_users=top_users,
             median_generation_seconds=statistics.median(durations) if durations else None,
+            identity_retries=int(retries or 0),
+            identity=figures,
+            delivered_unlike=int(unlike or 0),
         )
 
     async def recent_jobs(

@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
 
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
@@ -19,6 +20,7 @@ from storage.history import HistoryRepository, UserBusy
 from storage.jobs import JobRepository, NewJob
 from storage.leases import Lease
 from storage.ledger import violations
+from storage.models import IdentityCheck
 from storage.pseudonyms import Pseudonyms
 from storage.records import (
     AuditNote,
@@ -29,6 +31,7 @@ from storage.records import (
     UserRecord,
 )
 from storage.settings import SettingsRepository
+from storage.stats import StatsRepository
 from tests.databases import all_rows, query
 
 TODAY = date(2026, 11, 21)
@@ -465,3 +468,60 @@ async def test_violations_check_carryover_entries(db: Database) -> None:
     assert "pool grant" in found[2][0]
     assert "amount 0" in found[3][0]
     assert "no day" in found[4][0]
+
+
+async def _measured(
+    db: Database, job_id: str, *, attempts: int = 2, candidate: str | None = None
+) -> None:
+    """The identity gate's rows for a job: one measure per attempt of its slot 0, the last one
+    still holding `candidate` (an image a finished job should have let go of)."""
+    async with db.write() as conn:
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            await conn.execute(
+                insert(IdentityCheck).values(
+                    job_id=job_id,
+                    attempt=attempt,
+                    slot=0,
+                    operation="headshot",
+                    backend="modelslab",
+                    distance=0.4 + attempt / 10,
+                    passed=last,
+                    seconds=0.1,
+                    content_key=candidate if last else None,
+                    content_type="image/jpeg" if last and candidate else None,
+                    created_at=datetime(2026, 11, 21, tzinfo=UTC),
+                )
+            )
+
+
+def _measures(database_url: str) -> dict[str, int]:
+    rows = query(database_url, "SELECT job_id FROM identity_checks")
+    return {job_id: [row[0] for row in rows].count(job_id) for (job_id,) in rows}
+
+
+async def test_delete_and_forget_remove_the_identity_gates_measures(
+    db: Database, database_url: str
+) -> None:
+    world = World(db)
+    me = await world.accounts.user("test", "me")
+    other = await world.accounts.user("test", "other")
+    for job_id, user in (("mine", me), ("mine-2", me), ("theirs", other)):
+        await world.job(job_id, user, outputs=(f"{job_id}.jpg",))
+    await _measured(db, "mine", candidate="left-behind.jpg")
+    await _measured(db, "mine-2", attempts=3, candidate="shared-candidate.jpg")
+    await _measured(db, "theirs", candidate="shared-candidate.jpg")
+    assert _measures(database_url) == {"mine": 2, "mine-2": 3, "theirs": 2}
+
+    # A candidate image a row still held goes with it, unless another row holds it too.
+    deletion = await world.history.delete("mine")
+    assert deletion == JobDeletion(("left-behind.jpg", "mine.jpg"))
+    assert _measures(database_url) == {"mine-2": 3, "theirs": 2}
+
+    report = await world.forget(me)
+    assert report.store_keys == ("mine-2.jpg",)  # theirs still holds the shared candidate
+    assert (report.jobs, report.outputs) == (2, 1)
+    assert _measures(database_url) == {"theirs": 2}
+    # What is forgotten is not counted anywhere any more.
+    stats = await StatsRepository(db).summary(None, since=datetime(2026, 1, 1, tzinfo=UTC))
+    assert stats.identity_checks == 2

@@ -13,7 +13,7 @@ from bot.commands.spec import COMMANDS, Access
 from bot.generation import until_reset
 from bot.replies import Reply
 from bot.styles import STYLES
-from bot.views import image_refs, job_summary
+from bot.views import image_refs, job_summary, likeness
 from storage.history import UserBusy
 from storage.records import JobRecord
 
@@ -40,7 +40,12 @@ async def history(ctx: Context, options: dict[str, Any]) -> Reply:
 
 async def show(ctx: Context, options: dict[str, Any]) -> Reply:
     job = await own_job(ctx, options["job"])
-    return replies.job_details(job_summary(job), await _images(ctx, job))
+    outputs = await ctx.services.jobs.outputs(job.id)
+    return replies.job_details(
+        job_summary(job),
+        image_refs(outputs, ctx.services.image_base_url),
+        likeness(outputs, ctx.services.settings.identity_threshold),
+    )
 
 
 async def delete(ctx: Context, options: dict[str, Any]) -> Reply:
