@@ -134,3 +134,14 @@ def _as_source(request: SubmitRequest) -> RequestSource:
         return request
 
     return source
+
+
+def generator_name(backend: Backend, provider_id: str | None) -> str:
+    """The name of the generator that made a job's images (`provider_id`: the job's id there).
+    Behind a fallback it is either one, named in the id's tag; otherwise the backend's own."""
+    if not isinstance(backend, FallbackBackend):
+        return str(backend.name)
+    name, separator, _ = (provider_id or "").partition(":")
+    if separator and name in backend._by_name:
+        return name
+    return str(backend.primary.name)

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from backends.base import Backend
+from backends.fallback import generator_name
 from backends.local.backend import WorkerStartFailed
 from bot.backends import FleetAccess, choose_backend, uses_fleet
 from bot.commands import CommandLayer
 from bot.commands.context import Services
 from bot.config import ConfigError, Settings
+from bot.faces import FaceModelsMissing, FaceRules, FaceToolkit
 from bot.fetch import SafeFetcher
 from bot.fleet.backend import fleet_of
 from bot.fleet.pools import capacity_source
@@ -26,6 +28,7 @@ from bot.generation import GenerationService
 from bot.images import workers as image_workers
 from bot.jobs.engine import EngineTimings, JobEngine
 from bot.jobs.event_bus import EventBus
+from bot.jobs.identity import IdentityGate
 from bot.stores import open_store
 from bot.web import ChatWebhooks, create_web_app
 from storage.accounts import AccountRepository
@@ -179,6 +182,18 @@ class HeadshotApp:
         opened.push_async_callback(self.store.aclose)
         self.accounts = AccountRepository(self.db, self.pseudonyms)
         self.jobs = JobRepository(self.db)
+        faces = await self._open_faces()
+        identity = (
+            IdentityGate(
+                faces,
+                store=self.store,
+                jobs=self.jobs,
+                retries=settings.identity_retries,
+                generator_of=lambda provider_id: generator_name(self.backend, provider_id),
+            )
+            if faces is not None and settings.identity_gate
+            else None
+        )
 
         host, port = sock.getsockname()[:2]
         self.base_url = f"http://{host}:{port}"
@@ -202,6 +217,7 @@ class HeadshotApp:
                 lease_seconds=settings.job_lease_seconds,
             ),
             input_retention_seconds=settings.selfie_retention_seconds,
+            identity=identity,
         )
         self.generation = GenerationService(
             accounts=self.accounts,
@@ -210,6 +226,7 @@ class HeadshotApp:
             engine=self.engine,
             daily_quota=settings.daily_quota,
             max_upload_bytes=settings.max_upload_bytes,
+            faces=faces if settings.face_check else None,
         )
         self.fetcher = self._overrides.fetcher or SafeFetcher(
             max_bytes=settings.max_selfie_url_bytes
@@ -258,6 +275,24 @@ class HeadshotApp:
         opened.push_async_callback(self.engine.stop)
         await self.engine.begin(take_over=self.service)
         log.info("listening on %s", self.base_url)
+
+    async def _open_faces(self) -> FaceToolkit | None:
+        """The face toolkit, when the intake check or the identity gate is on."""
+        settings = self.settings
+        if not (settings.face_check or settings.identity_gate):
+            return None
+        rules = FaceRules(
+            dominance=settings.face_dominance,
+            min_face_px=settings.face_min_size,
+            threshold=settings.identity_threshold,
+        )
+        faces = FaceToolkit(rules, threads=settings.face_threads)
+        self._opened.push_async_callback(faces.aclose)
+        try:
+            await faces.start()
+        except FaceModelsMissing as exc:
+            raise ConfigError(f"invalid setting FACE_CHECK / IDENTITY_GATE: {exc}") from None
+        return faces
 
     def _choose_backend(self, fleet: FleetAccess | None) -> Backend:
         return choose_backend(

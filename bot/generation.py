@@ -1,7 +1,8 @@
 """Turns a platform-neutral generation request into a queued job, or refuses it with one message.
 
 Everything that can refuse a request runs before a credit moves: options are checked against
-the documented limits, the selfie is sanitised, and only then is the job inserted together with
+the documented limits, the selfie is sanitised and its face checked (one face, big enough: a
+generator bills for a selfie it cannot use), and only then is the job inserted together with
 its credit reservation in one transaction.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from backends.params import MAX_SEED, GenerationParams, ParameterError
 from bot import replies
+from bot.faces import FaceToolkit, SelfieVerdict, UnreadableImage
 from bot.images import ImageRejected, image_workers
 from bot.jobs.engine import INPUT_PREFIX, JobEngine, drop_inputs
 from bot.tokens import new_job_id
@@ -75,7 +77,9 @@ class GenerationService:
         engine: JobEngine,
         daily_quota: int,
         max_upload_bytes: int,
+        faces: FaceToolkit | None = None,
     ) -> None:
+        self._faces = faces
         self._accounts = accounts
         self._jobs = jobs
         self._store = store
@@ -91,6 +95,8 @@ class GenerationService:
         if not req.images_sanitised:
             selfie = await self._sanitise(selfie, "selfie")
             pose = await self._sanitise(pose, "pose image") if pose else None
+            # A re-roll's selfie passed this check when it was first sent.
+            await self._check_face(selfie)
         user = await self._accounts.user(req.platform, req.platform_user_id)
         community_id = (
             await self._accounts.community(req.platform, req.platform_community_id)
@@ -157,6 +163,23 @@ class GenerationService:
             return GenerationParams.create(req.operation, **options)
         except ParameterError as exc:
             raise RequestRefused(f"{exc}.") from None
+
+    async def _check_face(self, selfie: bytes) -> None:
+        if self._faces is None:
+            return
+        try:
+            check = await self._faces.check_selfie(selfie)
+        except UnreadableImage:
+            # Sanitised just now, so this is ours to fix, not the user's.
+            raise RequestRefused(replies.face_check_failed()) from None
+        if check.verdict == SelfieVerdict.NO_FACE:
+            raise RequestRefused(replies.no_face())
+        if check.verdict == SelfieVerdict.SEVERAL:
+            raise RequestRefused(replies.several_faces(check.faces))
+        if check.verdict == SelfieVerdict.TOO_SMALL:
+            raise RequestRefused(
+                replies.face_too_small(check.face_px or 0, self._faces.rules.min_face_px)
+            )
 
     async def _sanitise(self, data: bytes, what: str) -> bytes:
         try:

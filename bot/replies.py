@@ -167,6 +167,10 @@ def face_too_small(px: int, min_px: int) -> str:
     )
 
 
+def face_check_failed() -> str:
+    return "I couldn't check the face in that photo just now: try again in a moment."
+
+
 def unlike_note(count: int, total: int) -> str:
     """A finished job's note on the images the identity gate failed, delivered all the same
     (the best of their attempts) and not charged for."""

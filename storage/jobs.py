@@ -11,10 +11,11 @@ from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage import dispatch, leases, ledger
+from storage import dispatch, identity, leases, ledger
 from storage.audit import write_audit
 from storage.database import Database
 from storage.deliveries import insert_delivery, release_deliveries, renew_deliveries
+from storage.identity import MeasuredImage
 from storage.leases import Lease, lease_until
 from storage.models import Job, Output, utcnow
 from storage.records import FINISHED_STATES, AuditNote, JobRecord, JobState, OutputRecord
@@ -194,11 +195,17 @@ class JobRepository:
         generation_time: float | None,
         keep_inputs_until: datetime | None = None,
         owner: str | None = None,
+        measured: Sequence[MeasuredImage] = (),
     ) -> bool:
         """rehosting -> succeeded: keep the outputs, commit a credit per image, release the rest.
 
         The job's selfie and pose image are let go (the caller deletes them) unless
         `keep_inputs_until` says to keep them until then, so that the job can be re-rolled.
+
+        With the identity gate: `measured` are the last attempt's measures, written without
+        their images; the earlier attempts' rows let go of theirs (the caller deletes those not
+        among `outputs`). An output that failed the gate is delivered but not paid for: its
+        credit is committed and then refunded, once, in this transaction.
         """
         async with self._db.write() as conn:
             fields = {
@@ -217,7 +224,62 @@ class JobRepository:
                     insert(_OUTPUTS), [{**asdict(out), "created_at": now} for out in outputs]
                 )
             await ledger.settle(conn, job_id=job_id, delivered=len(outputs))
+            await identity.record(conn, measured, keep=False)
+            await identity.let_go(conn, job_id)
+            unlike = sum(1 for out in outputs if out.identity_passed is False)
+            if unlike:
+                # What the user paid (nothing, unmetered) bounds what comes back.
+                credits = min(unlike, await ledger.committed(conn, job_id))
+                if credits:
+                    await ledger.refund(conn, user_id=moved.user_id, job_id=job_id, credits=credits)
             return True
+
+    async def retry_for_identity(
+        self, job: JobRecord, measured: Sequence[MeasuredImage], *, owner: str | None = None
+    ) -> JobRecord | None:
+        """rehosting -> queued for another provider attempt, because an output failed the
+        identity gate: the gate's retry counter goes up by one, only from the value `job` has
+        (two processes cannot both count the same retry), and the measured images are kept for
+        the job's end. The job's place in the fair line is cleared: the next dispatch pass
+        places it again, like a new job. The job as it now is, or None."""
+        fields = {
+            "identity_retries": job.identity_retries + 1,
+            "provider_id": None,
+            "provider_outputs": None,
+            "eta_at": None,
+            "completed_at": None,
+            "webhook_token_hash": None,
+            "queue_round": None,
+            "queue_slot": None,
+            "queue_seq": None,
+            "queue_community": None,
+            "dispatched_at": None,
+        }
+        async with self._db.write() as conn:
+            moved = await _guarded_update(
+                conn,
+                job.id,
+                [JobState.REHOSTING],
+                JobState.QUEUED,
+                fields,
+                owner=owner,
+                also=[_JOBS.c.identity_retries == job.identity_retries],
+            )
+            if moved is not None:
+                await identity.record(conn, measured, keep=True)
+            return moved
+
+    async def unused_images(self, keys: Iterable[str]) -> list[str]:
+        """Of these generated images (an ended job's, not delivered), those nothing else uses."""
+        wanted = set(keys)
+        async with self._db.read() as conn:
+            used = await identity.in_use(conn, wanted)
+        return sorted(wanted - used)
+
+    async def kept_images(self, job_id: str) -> list[MeasuredImage]:
+        """The images a running job's earlier attempts made and the identity gate measured."""
+        async with self._db.read() as conn:
+            return await identity.kept(conn, job_id)
 
     async def fail(
         self,
@@ -247,6 +309,8 @@ class JobRepository:
                 if waiting is not None:
                     await dispatch.give_up_place(conn, waiting)
                 await ledger.settle(conn, job_id=job_id, delivered=0)
+                # The caller deletes them: it read them with `kept_images` before.
+                await identity.let_go(conn, job_id)
             return moved is not None
 
     async def outputs(self, job_id: str) -> list[OutputRecord]:
@@ -446,8 +510,9 @@ async def _guarded_update(
     values: dict[str, Any],
     *,
     owner: str | None = None,
+    also: Sequence[Any] = (),
 ) -> JobRecord | None:
-    guards = [_JOBS.c.id == job_id, _JOBS.c.state.in_([s.value for s in expected])]
+    guards = [_JOBS.c.id == job_id, _JOBS.c.state.in_([s.value for s in expected]), *also]
     if owner is not None:
         # A process whose lease was taken over (it stalled past its expiry) moves nothing.
         guards.append(_JOBS.c.lease_owner == owner)

@@ -45,6 +45,14 @@ FAST = EngineTimings(
     retry=RetryPolicy(base_seconds=0.01, cap_seconds=0.1),
 )
 
+# Most tests send generated pictures with no face in them (a plain colour) and test something
+# other than faces: the face check and the identity gate are off for them, here, explicitly, and
+# for the services they start as processes (which inherit the environment). The tests of faces
+# (test_faces, test_identity_gate, test_face_intake) turn them back on in their own fixtures.
+# The defaults themselves stay on.
+FACES_OFF = {"FACE_CHECK": "0", "IDENTITY_GATE": "0"}
+os.environ.update(FACES_OFF)
+
 _databases: list[str] = []
 # Databases to drop once the test is over, after the ledger check has read them.
 _throwaway: list[tuple[PostgresDatabases, str]] = []

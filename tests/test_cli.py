@@ -19,7 +19,7 @@ from backends.local.components import DOWNLOAD_MARKER
 from backends.modelslab.simulator import Simulator
 from bot.commands.parse import CommandError, parse_line
 from bot.config import ConfigError, Settings, load_settings
-from tests.conftest import EXAMPLE_SELFIE, ROOT, TEST_KEY, make_image
+from tests.conftest import EXAMPLE_SELFIE, FACES_OFF, ROOT, TEST_KEY, make_image
 
 SETTINGS = tuple(name.upper() for name in Settings.model_fields)
 # Runs the command line with these modules taken away, as if their extra were not installed.
@@ -43,7 +43,7 @@ def headshot_bot(
     return subprocess.run(
         [sys.executable, *command, *args],
         cwd=cwd,
-        env={**clean, **(env or {})},
+        env={**clean, **FACES_OFF, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

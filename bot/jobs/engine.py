@@ -16,7 +16,7 @@ import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,13 +34,14 @@ from backends.errors import (
 from backends.params import GenerationParams
 from bot.jobs.dispatcher import CapacitySource, Dispatcher
 from bot.jobs.event_bus import EventBus
-from bot.jobs.events import Completed, Failed, JobEvent, Progress, Queued, Started
+from bot.jobs.events import Failed, JobEvent, Progress, Queued, Started, completed_event
+from bot.jobs.identity import AttemptPlan, IdentityGate, first_plan
 from bot.jobs.rehost import Rehoster, RehostFailed, RetryPolicy
 from bot.jobs.relay import EventRelay
 from bot.tokens import new_token, token_hash
-from bot.views import image_refs, job_summary
 from storage.coordination import Coordination
 from storage.dispatch import DispatchQueue
+from storage.identity import MeasuredImage, best_per_slot
 from storage.imagestore import ImageNotFound, ImageStore
 from storage.jobs import JobRepository
 from storage.leases import Lease
@@ -98,8 +99,10 @@ class JobEngine:
         max_output_bytes: int,
         timings: EngineTimings | None = None,
         input_retention_seconds: float = 0.0,
+        identity: IdentityGate | None = None,
     ) -> None:
         self._jobs = jobs
+        self._identity = identity
         self._backend = backend
         self._store = store
         self._events = events
@@ -262,14 +265,19 @@ class JobEngine:
                 # request again (a fallback handing it over), rebuilt from the job.
                 sent = job
                 self._backend.adopt(job.provider_id, lambda: self._request_for(sent, None))
-            if job.state == JobState.QUEUED:
-                await self.dispatcher.acquire(job.id)
-            if job.state in (JobState.QUEUED, JobState.SUBMITTED):
-                job = await self._submit(job)
-            if job.state == JobState.PROCESSING:
-                job = await self._await_result(job)
-            if job.state == JobState.REHOSTING:
-                await self._rehost(job)
+            while True:
+                if job.state == JobState.QUEUED:
+                    await self.dispatcher.acquire(job.id)
+                if job.state in (JobState.QUEUED, JobState.SUBMITTED):
+                    job = await self._submit(job)
+                if job.state == JobState.PROCESSING:
+                    job = await self._await_result(job)
+                if job.state == JobState.REHOSTING:
+                    # Ends the job, or sends it back to the line for the identity gate's retry.
+                    retry = await self._rehost(job)
+                    if retry is None:
+                        return
+                    job = retry
         except JobFailure as failure:
             await self._fail(job, str(failure))
         except JobMovedOn:
@@ -301,8 +309,13 @@ class JobEngine:
     async def _request_for(self, job: JobRecord, webhook_token: str | None) -> SubmitRequest:
         """What the generator is sent for a job, from the job's row and its stored inputs."""
         base = self._webhook_base_url
+        params = GenerationParams.from_dict(job.params)
+        if job.identity_retries:
+            # The identity gate's retry: only the images still owed, with the attempt's seed.
+            plan = await self._plan(job)
+            params = replace(params, samples=max(1, len(plan.slots)), seed=plan.seed)
         return SubmitRequest(
-            params=GenerationParams.from_dict(job.params),
+            params=params,
             face_image=await self._input(job.selfie_key),
             pose_image=await self._input(job.pose_key) if job.pose_key else None,
             webhook_url=f"{base}/webhooks/modelslab/{webhook_token}" if webhook_token else None,
@@ -398,23 +411,67 @@ class JobEngine:
             self.dispatcher.changed()  # its provider slot is free
         return moved
 
-    async def _rehost(self, job: JobRecord) -> None:
+    async def _rehost(self, job: JobRecord) -> JobRecord | None:
+        """Keep the attempt's images and end the job; through the identity gate, if there is
+        one. None once the job has ended, or the job back in the line for the gate's retry."""
         self.relay.publish(Progress(job.id, "rehosting"))
         completed_at = job.completed_at or datetime.now(UTC)
         link_left = (
             completed_at + timedelta(seconds=self._timings.link_ttl_seconds) - datetime.now(UTC)
         )
         deadline = time.monotonic() + link_left.total_seconds()
-        # More outputs than paid for are never fetched: only what was reserved is delivered.
-        requested = job.credits_reserved
-        urls = job.provider_outputs[:requested]
+        plan = await self._plan(job)
+        # More outputs than paid for are never fetched: only what was asked for is delivered.
+        urls = job.provider_outputs[: len(plan.slots)]
         try:
-            outputs = await self._rehoster.rehost(job.id, urls, deadline=deadline)
+            kept = await self._rehoster.rehost(job.id, urls, deadline=deadline)
         except RehostFailed as exc:
             raise JobFailure(str(exc)) from None
-        await self._ending(self._succeed(job, outputs))
+        # A generator that made fewer images than asked leaves the last slots empty.
+        images = [
+            replace(image, position=slot) for image, slot in zip(kept, plan.slots, strict=False)
+        ]
+        if self._identity is None:
+            await self._ending(self._succeed(job, images))
+            return None
+        measured = await self._identity.measure(job, images, plan)
+        if self._identity.wants_retry(job, measured):
+            retried = await self._jobs.retry_for_identity(job, measured, owner=self.lease.owner)
+            if retried is None:
+                raise JobMovedOn
+            failed = sum(1 for image in measured if image.failed)
+            log.info("job %s: %d image(s) failed the identity gate; retrying", job.id, failed)
+            self.relay.publish(Progress(job.id, "identity_retry"))
+            self.dispatcher.changed()  # its provider slot is free, and it waits again
+            return retried
+        await self._ending(self._succeed_measured(job, [*plan.kept, *measured], measured))
+        return None
 
-    async def _succeed(self, job: JobRecord, outputs: list[OutputRecord]) -> None:
+    async def _plan(self, job: JobRecord) -> AttemptPlan:
+        return first_plan(job) if self._identity is None else await self._identity.plan(job)
+
+    async def _succeed_measured(
+        self, job: JobRecord, candidates: list[MeasuredImage], last: list[MeasuredImage]
+    ) -> None:
+        """End a job the identity gate measured: per image owed, one that passed or the
+        closest; the images not delivered are deleted."""
+        chosen = best_per_slot(candidates)
+        outputs = [
+            replace(image.as_output(), public_token=image.image.public_token or new_token())
+            for image in chosen
+        ]
+        delivered = {out.content_key for out in outputs}
+        unused = [c.image.content_key for c in candidates if c.image.content_key not in delivered]
+        if await self._succeed(job, outputs, measured=last):
+            await self._drop_images(job, unused)
+
+    async def _succeed(
+        self,
+        job: JobRecord,
+        outputs: list[OutputRecord],
+        *,
+        measured: list[MeasuredImage] | None = None,
+    ) -> bool:
         keep_until = self._keep_inputs_until()
         if not await self._jobs.succeed(
             job.id,
@@ -422,25 +479,48 @@ class JobEngine:
             generation_time=job.generation_time,
             keep_inputs_until=keep_until,
             owner=self.lease.owner,
+            measured=measured or (),
         ):
-            return
+            return False
         if keep_until is None:
             await self._drop_inputs(job)
-        images = image_refs(outputs, self._image_base_url)
-        refunded = job.credits_reserved - len(outputs)
-        self.relay.publish(Completed(job.id, images, job_summary(job), refunded=refunded))
+        self.relay.publish(completed_event(job, outputs, self._image_base_url))
+        return True
 
     async def _fail(self, job: JobRecord, reason: str) -> None:
+        if job.identity_retries and await self._deliver_kept(job, reason):
+            return
         await self._ending(self._record_failure(job, reason))
+
+    async def _deliver_kept(self, job: JobRecord, reason: str) -> bool:
+        """A gate retry failed at the generator: the images earlier attempts made are still
+        better than nothing, so the job ends with them (those that failed the gate with the
+        note, and refunded). False when there are none to deliver."""
+        kept = await self._jobs.kept_images(job.id)
+        if not kept:
+            return False
+        moved = await self._transition(
+            job.id,
+            [JobState.SUBMITTED, JobState.PROCESSING, JobState.REHOSTING],
+            JobState.REHOSTING,
+        )
+        if moved is None:
+            return False
+        log.info("job %s: its gate retry failed (%s); delivering earlier images", job.id, reason)
+        self.dispatcher.changed()
+        await self._ending(self._succeed_measured(moved, kept, []))
+        return True
 
     async def _record_failure(self, job: JobRecord, reason: str) -> None:
         keep_until = self._keep_inputs_until()
+        kept = await self._jobs.kept_images(job.id) if job.identity_retries else []
         refunded = await self._jobs.fail(
             job.id, reason, keep_inputs_until=keep_until, owner=self.lease.owner
         )
         if refunded:
             if keep_until is None:
                 await self._drop_inputs(job)
+            await self._drop_images(job, [image.image.content_key for image in kept])
             retry = keep_until is not None
             self.relay.publish(Failed(job.id, reason, refunded=True, can_retry=retry))
             log.info("job %s failed: %s", job.id, reason)
@@ -513,6 +593,16 @@ class JobEngine:
             await drop_inputs(self._store, job.selfie_key, job.pose_key)
         except Exception:
             log.exception("job %s: deleting its selfie failed; the next start will", job.id)
+
+    async def _drop_images(self, job: JobRecord, keys: list[str]) -> None:
+        """Delete generated images the job will not deliver (the identity gate's others)."""
+        if not keys:
+            return
+        try:
+            for key in await self._jobs.unused_images(keys):
+                await self._store.delete(key)
+        except Exception:
+            log.exception("job %s: deleting its undelivered images failed", job.id)
 
     async def sweep_inputs(self) -> None:
         """Delete stored selfies no job needs: those whose re-roll window has passed, and

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bot.replies import unlike_note
 from bot.ui import Button, ImageRef, JobSummary, job_buttons
+from bot.views import image_refs, job_summary
+from storage.records import JobRecord, OutputRecord
 
 __all__ = [
     "FINAL_EVENTS",
@@ -15,6 +19,7 @@ __all__ = [
     "Progress",
     "Queued",
     "Started",
+    "completed_event",
 ]
 
 
@@ -61,6 +66,7 @@ class Progress:
     def text(self) -> str:
         return {
             "rehosting": "Almost there: saving your images…",
+            "identity_retry": "That didn't look enough like you: making it again…",
             "retrying": "The generator is busy; trying again shortly…",
             "unreachable": "The generator cannot be reached; trying again shortly…",
         }.get(self.stage, f"{self.stage}…")
@@ -72,6 +78,8 @@ class Completed:
     images: tuple[ImageRef, ...]
     job: JobSummary
     refunded: int = 0
+    # Delivered images that failed the identity gate on every attempt: refunded.
+    unlike: int = 0
 
     @property
     def seed(self) -> int | None:
@@ -84,7 +92,8 @@ class Completed:
         style = f" · {self.job.style}" if self.job.style else ""
         note = f" {self.refunded} unused credit(s) returned." if self.refunded else ""
         return (
-            f"Done: {count} {noun}{style} · seed {self.job.seed} · job {self.job.short_id}.{note}"
+            f"Done: {count} {noun}{style} · seed {self.job.seed} · job {self.job.short_id}."
+            f"{note}{' ' + unlike_note(self.unlike, count) if self.unlike else ''}"
         )
 
     @property
@@ -109,6 +118,19 @@ class Failed:
     @property
     def buttons(self) -> tuple[Button, ...]:
         return (Button("Try again", "reroll", {"job": self.job_id}),) if self.can_retry else ()
+
+
+def completed_event(
+    job: JobRecord, outputs: Sequence[OutputRecord], image_base_url: str
+) -> Completed:
+    """A succeeded job's final event, from its record and its outputs."""
+    return Completed(
+        job.id,
+        image_refs(outputs, image_base_url),
+        job_summary(job),
+        refunded=job.credits_reserved - len(outputs),
+        unlike=sum(1 for out in outputs if out.identity_passed is False),
+    )
 
 
 JobEvent = Queued | Started | Progress | Completed | Failed

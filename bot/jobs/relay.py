@@ -18,8 +18,15 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.jobs.event_bus import EventBus
-from bot.jobs.events import FINAL_EVENTS, Completed, Failed, JobEvent, Progress, Queued, Started
-from bot.views import image_refs, job_summary
+from bot.jobs.events import (
+    FINAL_EVENTS,
+    Failed,
+    JobEvent,
+    Progress,
+    Queued,
+    Started,
+    completed_event,
+)
 from storage.coordination import Coordination
 from storage.jobs import JobRepository
 from storage.records import JobRecord, JobState
@@ -82,8 +89,7 @@ class EventRelay:
         """A finished job's final event, rebuilt from the database."""
         if job.state == JobState.SUCCEEDED:
             outputs = await self._jobs.outputs(job.id)
-            images = image_refs(outputs, self._image_base_url)
-            return Completed(job.id, images, job_summary(job), job.credits_reserved - len(images))
+            return completed_event(job, outputs, self._image_base_url)
         retry = job.selfie_key is not None
         return Failed(job.id, job.error or "it was cancelled", refunded=True, can_retry=retry)
 
