@@ -3,6 +3,7 @@ from the provider completing a job to the final message reaching Discord.
 
     python bench/discord_ack.py                      # 500 interactions, 3 runs
     python bench/discord_ack.py --n 50 --runs 1      # a quick look
+    python bench/discord_ack.py --faces both         # the face check and gate off, then on
 
 Three processes per run, so that the fakes do not eat the bot's CPU:
 
@@ -14,6 +15,12 @@ Three processes per run, so that the fakes do not eat the bot's CPU:
   processing) until its control app is told to complete some, and notes when it did.
 
 Both helpers stop when their stdin closes, so they cannot outlive this process.
+
+With `--faces on` the bot runs with the face check on intake and the identity gate on output
+(the defaults of `headshot-bot run`), and every user sends the example selfie; `--faces both`
+alternates off and on, run by run, in one invocation, and sends the example selfie in both, so
+that the two are measured alike. `--faces off` (the default) sends the generated JPEG with the
+check and gate off, as before they existed.
 
 Figures, per run and the median over --runs runs:
 
@@ -67,6 +74,7 @@ from bot.logs import setup_logging
 from bot.ui import short_id
 from tests.fake_discord import FakeDiscord, Interaction
 
+EXAMPLE_SELFIE = Path(__file__).resolve().parent.parent / "examples" / "astronaut.jpg"
 GUILD = 1_180_000_000_000_000_001
 FIRST_USER = 10_000
 HOLD_SECONDS = 3600.0  # the simulator finishes nothing by itself
@@ -126,7 +134,8 @@ def fake_routes(app: web.Application, fake: FakeDiscord) -> None:
 
     async def fire(request: web.Request) -> web.Response:
         body = await request.json()
-        return web.json_response(await fire_commands(fake, int(body["n"]), body["timeout"]))
+        selfie = EXAMPLE_SELFIE.read_bytes() if body.get("example") else _selfie()
+        return web.json_response(await fire_commands(fake, int(body["n"]), body["timeout"], selfie))
 
     async def results(_: web.Request) -> web.Response:
         return web.json_response(final_messages(fake))
@@ -136,9 +145,8 @@ def fake_routes(app: web.Application, fake: FakeDiscord) -> None:
     app.router.add_get("/results", results)
 
 
-async def fire_commands(fake: FakeDiscord, n: int, timeout: float) -> JSONDict:  # noqa: ASYNC109
+async def fire_commands(fake: FakeDiscord, n: int, timeout: float, selfie: bytes) -> JSONDict:  # noqa: ASYNC109
     """N users run `/headshot` at once; wait until each is acknowledged and answered."""
-    selfie = _selfie()
     uploads = [fake.upload(selfie, "selfie.jpg", "image/jpeg") for _ in range(n)]
     interactions = await asyncio.gather(
         *(
@@ -332,7 +340,7 @@ def _spread(name: str, values: list[float]) -> dict[str, float]:
     }
 
 
-async def one_run(args: argparse.Namespace) -> Run:
+async def one_run(args: argparse.Namespace, faces: bool) -> Run:
     with tempfile.TemporaryDirectory(prefix="discord-ack-") as tmp:
         async with helper("fake", args.cap) as fake, helper("simulator", args.cap) as sim:
             discord_info = await fake.get("/info")
@@ -345,6 +353,8 @@ async def one_run(args: argparse.Namespace) -> Run:
                 discord_token=discord_info["token"],
                 discord_api_base=discord_info["api_base"],
                 discord_gateway_url=discord_info["gateway_url"],
+                face_check=faces,
+                identity_gate=faces,
             )
             # Production timings; the simulator's webhooks come to the bot's own web server.
             async with HeadshotApp(settings, Overrides(local_webhooks=True)) as app:
@@ -353,13 +363,13 @@ async def one_run(args: argparse.Namespace) -> Run:
                 try:
                     await asyncio.wait_for(adapter.wait_ready(), 30)
                     gc.freeze()  # as `headshot-bot run` does once everything has started
-                    return await measure(args, fake, sim)
+                    return await measure(args, fake, sim, example=args.faces != "off")
                 finally:
                     await adapter.stop()
 
 
-async def measure(args: argparse.Namespace, fake: Helper, sim: Helper) -> Run:
-    fired = await fake.post("/fire", {"n": args.n, "timeout": ANSWER_TIMEOUT})
+async def measure(args: argparse.Namespace, fake: Helper, sim: Helper, *, example: bool) -> Run:
+    fired = await fake.post("/fire", {"n": args.n, "timeout": ANSWER_TIMEOUT, "example": example})
     acks = [i["ack"] * 1000 for i in fired["interactions"] if i["ack"] is not None]
     answers = Counter(_kind_of(i["answer"]) for i in fired["interactions"])
     queued = answers[QUEUED]
@@ -433,8 +443,10 @@ def machine_line() -> str:
 
 def settings_line(args: argparse.Namespace) -> str:
     return (
-        f"settings: n={args.n} concurrent /headshot (distinct users, one guild, a 256x320 JPEG "
-        f"each), runs={args.runs}, MODELSLAB_MAX_QUEUED={args.cap} (simulator max_queued="
+        f"settings: n={args.n} concurrent /headshot (distinct users, one guild, "
+        f"{'the example selfie' if args.faces != 'off' else 'a 256x320 JPEG'} each), "
+        f"faces={args.faces}, runs={args.runs}, MODELSLAB_MAX_QUEUED={args.cap} "
+        f"(simulator max_queued="
         f"{args.cap}, holds each job {HOLD_SECONDS:.0f} s), complete={args.complete} at "
         f"{args.rate:g}/s after a {SETTLE_SECONDS:g} s settle, edit_interval={EDIT_INTERVAL} s, "
         f"SQLite file, production engine timings, webhooks"
@@ -474,6 +486,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cap", type=int, default=100, help="MODELSLAB_MAX_QUEUED (≤ 100)")
     parser.add_argument("--complete", type=int, default=100, help="jobs completed per run")
     parser.add_argument("--rate", type=float, default=10.0, help="completions per second")
+    parser.add_argument(
+        "--faces",
+        choices=("off", "on", "both"),
+        default="off",
+        help="the face check and identity gate: off, on, or both (alternating runs)",
+    )
     parser.add_argument("--serve", choices=("fake", "simulator"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if min(args.n, args.runs, args.cap, args.complete) < 1 or args.rate <= 0:
@@ -488,12 +506,17 @@ async def bench(args: argparse.Namespace) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, this.cancel)
     print(machine_line())
     print(settings_line(args), flush=True)
-    runs = []
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.faces]
+    runs: dict[bool, list[Run]] = {faces: [] for faces in modes}
     for index in range(1, args.runs + 1):
-        run = await one_run(args)
-        print_run(index, run, args.n)
-        runs.append(run)
-    print_medians(runs)
+        for faces in modes:
+            run = await one_run(args, faces)
+            print(f"faces {'on' if faces else 'off'}: ", end="")
+            print_run(index, run, args.n)
+            runs[faces].append(run)
+    for faces, done in runs.items():
+        print(f"faces {'on' if faces else 'off'}: ", end="")
+        print_medians(done)
 
 
 def main() -> None:

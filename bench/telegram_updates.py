@@ -409,6 +409,9 @@ def bot_settings(workdir: Path, port: int, cap: int, sim_url: str, telegram: JSO
         telegram_bot_token=telegram["token"],
         telegram_api_base=telegram["api_base"],
         log_level="WARNING",
+        # The generated selfie has no face: the face check and the identity gate are off.
+        face_check=False,
+        identity_gate=False,
     )
 
 

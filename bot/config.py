@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     identity_gate: bool = True
     identity_threshold: float = Field(0.6, gt=0.0, le=2.0)
     identity_retries: int = Field(1, ge=0, le=5)
-    face_threads: int = Field(1, ge=1, le=8)
+    face_workers: int = Field(1, ge=1, le=8)
 
     # Which generator makes the images: ModelsLab's API, the bundled local GPU pipelines, or
     # "auto" (local when its models are present and a GPU is visible, else ModelsLab when a key
