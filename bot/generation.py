@@ -8,6 +8,7 @@ its credit reservation in one transaction.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 
 from backends.params import MAX_SEED, GenerationParams, ParameterError
 from bot import replies
-from bot.faces import FaceToolkit, SelfieVerdict, UnreadableImage
+from bot.faces import FaceToolkit, SelfieVerdict
 from bot.images import ImageRejected, image_workers
 from bot.jobs.engine import INPUT_PREFIX, JobEngine, drop_inputs
 from bot.tokens import new_job_id
@@ -25,6 +26,8 @@ from storage.imagestore import ImageStore
 from storage.jobs import JobRepository, NewJob, TooManyActive
 from storage.ledger import QuotaExceeded
 from storage.records import JobRecord
+
+log = logging.getLogger(__name__)
 
 
 class RequestRefused(Exception):
@@ -169,8 +172,10 @@ class GenerationService:
             return
         try:
             check = await self._faces.check_selfie(selfie)
-        except UnreadableImage:
-            # Sanitised just now, so this is ours to fix, not the user's.
+        except Exception as exc:
+            # Sanitised just now, so a failure here is ours, not the user's: nothing was
+            # reserved yet, and they may simply try again.
+            log.error("the face check failed on a sanitised selfie (%r)", exc)
             raise RequestRefused(replies.face_check_failed()) from None
         if check.verdict == SelfieVerdict.NO_FACE:
             raise RequestRefused(replies.no_face())

@@ -13,6 +13,7 @@ inside one `compare` call: what is kept is the distance.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from storage.identity import MeasuredImage
 from storage.imagestore import ImageNotFound, ImageStore
 from storage.jobs import JobRepository
 from storage.records import JobRecord, OutputRecord
+
+log = logging.getLogger(__name__)
 
 # Seeds of later attempts step through the seed space by a large odd number, so each attempt
 # differs from the first and from the others, and a restart sends the same one again.
@@ -84,11 +87,16 @@ class IdentityGate:
         """Each re-hosted image of this attempt, measured against the job's selfie."""
         selfie = await self._read(job.selfie_key)
         outputs = [await self._store.get(image.content_key) for image in images]
+        scores: list[IdentityScore | None] = [None] * len(images)
         if selfie is None:
-            # Nothing to compare with (the selfie is gone): nothing is judged.
-            scores: list[IdentityScore | None] = [None] * len(images)
+            log.warning("job %s: its selfie is gone; its images go unjudged", job.id)
         else:
-            scores = list(await self._faces.compare(selfie, outputs))
+            try:
+                scores = list(await self._faces.compare(selfie, outputs))
+            except Exception as exc:
+                # Our checker failed, not the images: they are delivered unjudged rather than
+                # lost (and the job paid for as usual).
+                log.error("job %s: the identity gate could not measure (%r)", job.id, exc)
         generator = self._generator_of(job.provider_id)
         measured = []
         for image, score in zip(images, scores, strict=True):
