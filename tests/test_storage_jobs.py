@@ -14,6 +14,7 @@ from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
 from storage.confirmations import ConfirmationRepository
 from storage.database import Database
+from storage.identity import MeasuredImage, best_per_slot
 from storage.jobs import JobRepository, NewJob, TooManyActive
 from storage.leases import Lease
 from storage.ledger import violations
@@ -289,3 +290,51 @@ async def test_a_job_held_but_no_longer_driven_is_left_to_run_out(db: Database) 
         await asyncio.sleep(0.15)
         assert await jobs.renew_leases(here, ["driven"]) == {"driven"}
     assert [job.id for job in await jobs.take_over(Lease("replica-b", 30))] == ["dropped"]
+
+
+def _measured(job_id: str, slot: int, attempt: int, distance: float | None) -> MeasuredImage:
+    image = OutputRecord(job_id, slot, f"{job_id}-{attempt}-{slot}.jpg", "", "image/jpeg", 1, 1, 1)
+    passed = distance is not None and distance <= 0.6
+    return MeasuredImage(image, attempt, "headshot", "modelslab", distance, passed, 0.1)
+
+
+async def test_the_identity_gate_counts_a_retry_once_and_keeps_what_it_measured(
+    db: Database, database_url: str
+) -> None:
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    await jobs.create(_new("j", user.id, credits=2), daily_quota=QUOTA, today=TODAY)
+    job = await jobs.transition("j", [JobState.QUEUED], JobState.REHOSTING)
+    assert job is not None and job.identity_retries == 0
+    first = [_measured("j", 0, 0, 0.3), _measured("j", 1, 0, 0.8)]
+
+    # Two processes decide on the same retry: only one counts it.
+    retried = await jobs.retry_for_identity(job, first)
+    assert retried is not None and retried.state == JobState.QUEUED
+    assert retried.identity_retries == 1 and retried.provider_outputs == ()
+    assert await jobs.retry_for_identity(job, first) is None
+    assert [(m.slot, m.passed) for m in await jobs.kept_images("j")] == [(0, True), (1, False)]
+
+    # The retry's image fails too: the closer one of slot 1 is delivered, unlike, refunded.
+    again = await jobs.transition("j", [JobState.QUEUED], JobState.REHOSTING)
+    assert again is not None
+    last = [_measured("j", 1, 1, 0.9)]
+    chosen = best_per_slot([*await jobs.kept_images("j"), *last])
+    assert [(m.slot, m.attempt, m.distance) for m in chosen] == [(0, 0, 0.3), (1, 0, 0.8)]
+    outputs = [replace(m.as_output(), public_token=f"t{m.slot}") for m in chosen]
+    assert await jobs.succeed("j", outputs, generation_time=1.0, measured=last)
+    assert not await jobs.succeed("j", outputs, generation_time=1.0, measured=last)
+
+    kinds = query(
+        database_url,
+        "SELECT kind, sum(amount) FROM credit_ledger WHERE job_id='j' GROUP BY kind ORDER BY kind",
+    )
+    assert [tuple(row) for row in kinds] == [("commit", 2), ("refund", 1), ("reserve", 2)]
+    assert [(o.identity_distance, o.identity_passed) for o in await jobs.outputs("j")] == [
+        (0.3, True),
+        (0.8, False),
+    ]
+    assert await jobs.kept_images("j") == []  # every measure let go of its image
+    assert _count(database_url, "SELECT count(*) FROM identity_checks WHERE job_id='j'") == 3
+    # The image delivered is in use; the one not delivered is not.
+    assert await jobs.unused_images(["j-0-1.jpg", "j-1-1.jpg"]) == ["j-1-1.jpg"]
