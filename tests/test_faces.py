@@ -27,10 +27,21 @@ from bot.faces import (
     SelfieVerdict,
     UnreadableImage,
 )
-from bot.faces.models import EMBEDDER_FILE, LANDMARKS_FILE, FaceModels, load_models
+from bot.faces.checks import check_selfie
+from bot.faces.confirm import confirmed
+from bot.faces.detect import Face, find_faces
+from bot.faces.models import (
+    CNN_DETECTOR_FILE,
+    EMBEDDER_FILE,
+    LANDMARKS_FILE,
+    FaceModels,
+    load_models,
+    models_folder,
+)
 from bot.faces.picture import decode
+from bot.faces.verdict import MAX_CONFIRMATIONS, faces_that_count
 from tests.conftest import EXAMPLE_SELFIE
-from tests.face_set import insightface_image, jpeg, measure, png
+from tests.face_set import insightface_image, jpeg, measure, png, t1_face
 
 # The example selfie's face (384×384 photo): HOG's box, in the photo's pixels.
 ASTRONAUT_FACE = (130, 56, 205, 130)
@@ -95,7 +106,7 @@ async def test_the_example_selfie_has_one_usable_face(toolkit: FaceToolkit) -> N
 async def test_a_group_photo_has_several_faces(toolkit: FaceToolkit) -> None:
     check = await toolkit.check_selfie(insightface_image("t1.jpg").read_bytes())
     assert check.verdict is SelfieVerdict.SEVERAL
-    assert check.faces >= 2
+    assert check.faces == 2  # the subject and the first face confirmed: the check stops there
 
 
 async def test_an_image_without_a_face_has_none(toolkit: FaceToolkit) -> None:
@@ -123,31 +134,124 @@ async def test_the_minimum_face_size_is_the_boundary() -> None:
 async def test_a_dominant_face_is_the_subject_unless_dominance_asks_for_more() -> None:
     image = jpeg(big_face_and_small_face())
     usual = await _check(FaceRules(), image)
-    assert (usual.verdict, usual.faces) == (SelfieVerdict.OK, 2)
+    assert (usual.verdict, usual.faces) == (SelfieVerdict.OK, 1)
     assert usual.face_px is not None and 115 <= usual.face_px <= 150
     strict = await _check(FaceRules(dominance=100), image)
     assert (strict.verdict, strict.faces) == (SelfieVerdict.SEVERAL, 2)
 
 
-def astronaut_at_390() -> bytes:
-    """The example selfie at 390 px on a 640 px canvas: a scale at which HOG also finds the
-    mission patch on the suit (score about 0.3), in a box the size of the face's."""
+def test_a_dominated_face_needs_no_confirmation(models: FaceModels) -> None:
+    picture = decode(jpeg(big_face_and_small_face()), FaceRules().detect_side)
+    found = find_faces(models.detector, picture)
+    assert len(found) == 2
+    asked: list[Face] = []
+
+    def confirm(face: Face) -> bool:
+        asked.append(face)
+        return confirmed(models.confirmer, picture, face)
+
+    assert faces_that_count(found, FaceRules(), confirm) == [found[0]]
+    assert asked == []
+    assert faces_that_count(found, FaceRules(dominance=100), confirm) == found
+    assert len(asked) == 1
+
+
+def astronaut_on_canvas(side: int) -> bytes:
+    """The example selfie resized to `side` px in the corner of a 640 px canvas."""
     canvas = Image.new("RGB", (640, 640), (128, 128, 128))
-    canvas.paste(astronaut().resize((390, 390)), (0, 0))
+    canvas.paste(astronaut().resize((side, side)), (0, 0))
     return jpeg(canvas)
 
 
-async def test_the_suits_patch_counts_as_a_face_unless_a_second_face_needs_a_score() -> None:
-    """Measured: the patch scores 0.04-0.32 at the scales it is found at; the faces of t1.jpg
-    other than the largest score 0.51, 0.36 and 0.02 at 640 px."""
-    usual = await _check(FaceRules(), astronaut_at_390())
-    assert (usual.verdict, usual.faces) == (SelfieVerdict.SEVERAL, 2)
-    scored = await _check(FaceRules(second_face_score=0.35), astronaut_at_390())
-    assert (scored.verdict, scored.faces) == (SelfieVerdict.OK, 1)
-    group = await _check(
-        FaceRules(second_face_score=0.35), insightface_image("t1.jpg").read_bytes()
-    )
-    assert (group.verdict, group.faces) == (SelfieVerdict.SEVERAL, 3)
+# Scales at which HOG (threshold 0) also finds the mission patch on the suit, in a box about
+# the face's size: scored 0.32, 0.27, 0.08 and 0.04 at 390, 420, 570 and 630 px; at 430, 490
+# and 590 px its box is the larger (88 px against 73 at 430) and the face the surer.
+PATCH_SCALES = [390, 420, 430, 490, 570, 590, 630]
+
+
+@pytest.mark.parametrize("side", PATCH_SCALES)
+def test_the_suits_patch_is_not_a_second_face(models: FaceModels, side: int) -> None:
+    image = astronaut_on_canvas(side)
+    found = find_faces(models.detector, decode(image, FaceRules().detect_side))
+    assert len(found) == 2  # the face and the patch, of comparable sizes
+    check = check_selfie(models, image, FaceRules())
+    assert (check.verdict, check.faces) == (SelfieVerdict.OK, 1)
+    face, patch = sorted(found, key=lambda found_face: found_face.score, reverse=True)
+    assert face.score > 1 > 0.5 > patch.score
+    assert check.face_px == face.short_side_px
+
+
+def test_the_cnn_confirms_every_face_of_the_group_photo_and_not_the_patch(
+    models: FaceModels,
+) -> None:
+    """Measured: the CNN finds a face in the crop around each of t1.jpg's four faces HOG finds
+    at 640 px (HOG scores 0.59, 0.51, 0.36, 0.02; the CNN's confidence 1.01-1.08), and none in
+    the crop around the patch."""
+    group = decode(insightface_image("t1.jpg").read_bytes(), 640)
+    faces = find_faces(models.detector, group)
+    assert len(faces) == 4 and min(face.score for face in faces) < 0.1
+    assert all(confirmed(models.confirmer, group, face) for face in faces)
+    selfie = decode(astronaut_on_canvas(390), 640)
+    face, patch = find_faces(models.detector, selfie)
+    assert patch.score > 0.3  # higher than the least of t1.jpg's real faces
+    assert confirmed(models.confirmer, selfie, face)
+    assert not confirmed(models.confirmer, selfie, patch)
+
+
+def side_by_side(first: Image.Image, second: Image.Image) -> bytes:
+    canvas = Image.new("RGB", (first.width + second.width, max(first.height, second.height)))
+    canvas.paste(first, (0, 0))
+    canvas.paste(second, (first.width, 0))
+    return jpeg(canvas)
+
+
+@pytest.mark.parametrize("pair", ["two t1 faces", "the astronaut twice"])
+async def test_two_real_faces_of_one_size_are_several(toolkit: FaceToolkit, pair: str) -> None:
+    if pair == "two t1 faces":
+        image = side_by_side(t1_face(0), t1_face(1).resize(t1_face(0).size))
+    else:
+        image = side_by_side(astronaut(), astronaut())
+    check = await toolkit.check_selfie(image)
+    assert (check.verdict, check.faces) == (SelfieVerdict.SEVERAL, 2)
+
+
+def _face(side: int, score: float) -> Face:
+    return Face(box=None, width_px=side, height_px=side, score=score)
+
+
+def test_confirmation_is_bounded_and_stops_at_the_first_confirmed() -> None:
+    """The choice of faces to confirm, on Face records: what each confirmation finds is the
+    CNN's business (tested above), how many are asked is this one's."""
+    subject, *rivals = [_face(100, 1.5)] + [_face(90 - n, 0.1 * n) for n in range(6)]
+    asked: list[Face] = []
+
+    def nothing(face: Face) -> bool:
+        asked.append(face)
+        return False
+
+    assert faces_that_count([subject, *rivals], FaceRules(), nothing) == [subject]
+    assert asked == rivals[:MAX_CONFIRMATIONS]
+    asked.clear()
+
+    def the_second(face: Face) -> bool:
+        asked.append(face)
+        return face is rivals[1]
+
+    assert faces_that_count([subject, *rivals], FaceRules(), the_second) == [subject, rivals[1]]
+    assert asked == rivals[:2]
+
+
+def test_the_surest_of_faces_of_comparable_size_is_the_subject() -> None:
+    larger, surer, small = _face(88, 0.16), _face(73, 1.21), _face(40, 2.0)
+    asked: list[Face] = []
+
+    def nothing(face: Face) -> bool:
+        asked.append(face)
+        return False
+
+    assert faces_that_count([larger, surer, small], FaceRules(), nothing) == [surer]
+    assert asked == [larger]  # `small` is dominated by the larger: never asked about
+    assert faces_that_count([larger, surer], FaceRules(), lambda face: True) == [larger, surer]
 
 
 async def _check(rules: FaceRules, image: bytes) -> SelfieCheck:
@@ -290,7 +394,10 @@ def test_missing_or_damaged_models_say_what_to_do(tmp_path: Path) -> None:
         load_models(tmp_path)
     assert "\n" not in str(missing.value) and "pip install" in str(missing.value)
     for name in (LANDMARKS_FILE, EMBEDDER_FILE):
-        (tmp_path / name).write_bytes(b"not a dlib model")
+        (tmp_path / name).symlink_to(models_folder() / name)
+    with pytest.raises(FaceModelsMissing, match=CNN_DETECTOR_FILE):
+        load_models(tmp_path)
+    (tmp_path / CNN_DETECTOR_FILE).write_bytes(b"not a dlib model")
     with pytest.raises(FaceModelsMissing, match="IDENTITY_GATE=0"):
         load_models(tmp_path)
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 
-from bot.faces.detect import find_faces
+from bot.faces.confirm import confirmed
+from bot.faces.detect import Face, find_faces
 from bot.faces.identity import Embedding, IdentityScore, distance, embed
 from bot.faces.models import FaceModels
 from bot.faces.picture import decode
 from bot.faces.rules import FaceRules
-from bot.faces.verdict import SelfieCheck, counted, judge
+from bot.faces.verdict import SelfieCheck, faces_that_count, judge
 
 __all__ = ["check_selfie", "largest_face_embedding", "score_output"]
 
@@ -21,7 +22,12 @@ __all__ = ["check_selfie", "largest_face_embedding", "score_output"]
 def check_selfie(models: FaceModels, image: bytes, rules: FaceRules) -> SelfieCheck:
     """Judge a sanitised selfie: one usable face, none, several, or one too small."""
     started = time.perf_counter()
-    faces = counted(find_faces(models.detector, decode(image, rules.detect_side)), rules)
+    picture = decode(image, rules.detect_side)
+
+    def confirm(face: Face) -> bool:
+        return confirmed(models.confirmer, picture, face)
+
+    faces = faces_that_count(find_faces(models.detector, picture), rules, confirm)
     verdict = judge(faces, rules)
     return SelfieCheck(
         verdict=verdict,

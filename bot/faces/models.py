@@ -1,8 +1,18 @@
 """dlib's face models: where the installed files are, and loading one set of them.
 
-Only the HOG detector, the 5-point landmark predictor and the ResNet that embeds a face are
-used (all CC0 on dlib's model card). The 68-point predictor that ships beside them is not: its
-training data (iBUG 300-W) excludes commercial use.
+Used: dlib's HOG face detector (code in dlib, Boost Software License, no model file) and three
+model files of the face-recognition-models package, whose LICENSE is CC0 1.0 for the whole
+package:
+
+* `mmod_human_face_detector.dat`, the CNN face detector that confirms a second face (dlib-models'
+  README: trained on dlib's own face detection dataset, CC0);
+* `shape_predictor_5_face_landmarks.dat`, the 5-point landmarks that align a face (CC0 on
+  dlib's model card);
+* `dlib_face_recognition_resnet_model_v1.dat`, the ResNet that embeds a face (CC0 on dlib's
+  model card).
+
+Not used: the 68-point predictor that ships beside them: its training data (iBUG 300-W)
+excludes commercial use.
 """
 
 from __future__ import annotations
@@ -12,8 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EMBEDDER_FILE", "LANDMARKS_FILE", "FaceModels", "FaceModelsMissing", "load_models"]
+__all__ = [
+    "CNN_DETECTOR_FILE",
+    "EMBEDDER_FILE",
+    "LANDMARKS_FILE",
+    "FaceModels",
+    "FaceModelsMissing",
+    "load_models",
+]
 
+CNN_DETECTOR_FILE = "mmod_human_face_detector.dat"
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 EMBEDDER_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 _MODELS_PACKAGE = "face_recognition_models"
@@ -29,9 +47,14 @@ class FaceModelsMissing(Exception):
 
 @dataclass(frozen=True)
 class FaceModels:
-    """One thread's dlib objects: they are not shared between threads."""
+    """One worker's dlib objects: they are not shared between threads or processes.
+
+    `detector` finds faces (HOG); `confirmer` confirms a second one (CNN, see `confirm`);
+    `landmarks` and `embedder` describe a face.
+    """
 
     detector: Any
+    confirmer: Any
     landmarks: Any
     embedder: Any
 
@@ -56,12 +79,13 @@ def load_models(folder: Path | None = None) -> FaceModels:
     except ImportError:
         raise FaceModelsMissing(f"dlib is not installed: {_REMEDY}") from None
     folder = folder or models_folder()
-    for name in (LANDMARKS_FILE, EMBEDDER_FILE):
+    for name in (CNN_DETECTOR_FILE, LANDMARKS_FILE, EMBEDDER_FILE):
         if not (folder / name).is_file():
             raise FaceModelsMissing(f"Face model {name} not found in {folder}: {_REMEDY}")
     try:
         return FaceModels(
             detector=dlib.get_frontal_face_detector(),
+            confirmer=dlib.cnn_face_detection_model_v1(str(folder / CNN_DETECTOR_FILE)),
             landmarks=dlib.shape_predictor(str(folder / LANDMARKS_FILE)),
             embedder=dlib.face_recognition_model_v1(str(folder / EMBEDDER_FILE)),
         )

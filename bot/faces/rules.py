@@ -15,16 +15,13 @@ class FaceRules:
     the next largest. `min_face_px`: the subject's face must be at least this big on its short
     side, in the image's own pixels. `threshold`: dlib's distance at or under which two faces
     are the same person (0.6 is dlib's published value). `detect_side`: the long side, in
-    pixels, every image is resized to before detection and embedding. `second_face_score`:
-    the detector's score a face other than the largest needs to count as a face at all (0
-    counts every detection; see `verdict.judge` for why it exists).
+    pixels, every image is resized to before detection and embedding.
     """
 
     dominance: float = 2.0
     min_face_px: int = 64
     threshold: float = 0.6
     detect_side: int = 640
-    second_face_score: float = 0.0
 
     def __post_init__(self) -> None:
         if self.dominance < 1:
