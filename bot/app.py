@@ -286,7 +286,7 @@ class HeadshotApp:
             min_face_px=settings.face_min_size,
             threshold=settings.identity_threshold,
         )
-        faces = FaceToolkit(rules, threads=settings.face_workers)
+        faces = FaceToolkit(rules, workers=settings.face_workers)
         self._opened.push_async_callback(faces.aclose)
         try:
             await faces.start()

@@ -180,7 +180,7 @@ class GenerationService:
         if check.verdict == SelfieVerdict.NO_FACE:
             raise RequestRefused(replies.no_face())
         if check.verdict == SelfieVerdict.SEVERAL:
-            raise RequestRefused(replies.several_faces(check.faces))
+            raise RequestRefused(replies.several_faces())
         if check.verdict == SelfieVerdict.TOO_SMALL:
             raise RequestRefused(
                 replies.face_too_small(check.face_px or 0, self._faces.rules.min_face_px)

@@ -153,10 +153,10 @@ def no_face() -> str:
     )
 
 
-def several_faces(count: int) -> str:
+def several_faces() -> str:
     return (
-        f"I see {count} faces in that photo: send a selfie with only you in it, or crop the "
-        "others out."
+        "I see more than one face in that photo: send a selfie with only you in it, or crop "
+        "the others out."
     )
 
 

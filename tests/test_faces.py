@@ -343,7 +343,7 @@ async def test_the_threshold_decides(toolkit: FaceToolkit) -> None:
 
 
 async def test_the_event_loop_stays_free_while_faces_are_compared() -> None:
-    kit = FaceToolkit(FaceRules(), threads=2)
+    kit = FaceToolkit(FaceRules(), workers=2)
     await kit.start()
     selfie = EXAMPLE_SELFIE.read_bytes()
     outputs = make_images(

@@ -85,7 +85,7 @@ async def test_intake_refuses_each_unusable_selfie_before_any_credit_moves(
     group = insightface_image("t1.jpg").read_bytes()
     cases = {
         "no face": (make_image((400, 500), "tan"), "I can't find a face in that photo"),
-        "several": (group, "faces in that photo: send a selfie with only you in it"),
+        "several": (group, "more than one face in that photo: send a selfie with only you in it"),
         "too small": (tiny_face(selfie), "Your face is too small in that photo ("),
     }
     for name, (picture, words) in cases.items():

@@ -34,13 +34,13 @@ T = TypeVar("T")
 
 
 class FaceToolkit:
-    """Faces on the CPU with dlib, in `threads` worker processes (one call at a time each)."""
+    """Faces on the CPU with dlib, in `workers` worker processes (one call at a time each)."""
 
-    def __init__(self, rules: FaceRules, *, threads: int = 1) -> None:
-        if threads < 1:
-            raise ValueError("threads must be at least 1")
+    def __init__(self, rules: FaceRules, *, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
         self.rules = rules
-        self._workers = threads
+        self._workers = workers
         self._pool = self._new_pool()
 
     async def start(self) -> None:
