@@ -17,7 +17,7 @@ from typing import Any
 
 from backends.params import MAX_SEED, GenerationParams, ParameterError
 from bot import replies
-from bot.faces import FaceToolkit, SelfieVerdict
+from bot.faces import FacesBusy, FaceToolkit, SelfieVerdict
 from bot.images import ImageRejected, image_workers
 from bot.jobs.engine import INPUT_PREFIX, JobEngine, drop_inputs
 from bot.tokens import new_job_id
@@ -172,6 +172,8 @@ class GenerationService:
             return
         try:
             check = await self._faces.check_selfie(selfie)
+        except FacesBusy:
+            raise RequestRefused(replies.faces_busy()) from None
         except Exception as exc:
             # Sanitised just now, so a failure here is ours, not the user's: nothing was
             # reserved yet, and they may simply try again.

@@ -167,6 +167,10 @@ def face_too_small(px: int, min_px: int) -> str:
     )
 
 
+def faces_busy() -> str:
+    return "Too many selfies are being checked right now: try again in a minute."
+
+
 def face_check_failed() -> str:
     return "I couldn't check the face in that photo just now: try again in a moment."
 
@@ -176,8 +180,8 @@ def unlike_note(count: int, total: int) -> str:
     (the best of their attempts) and not charged for."""
     images = _plural(count, "image") if count == total else f"{count} of {total} images"
     if count == 1:
-        return f"{images} may not look like you: its credit was returned."
-    return f"{images} may not look like you: their credits were returned."
+        return f"{images} may not look like you: you are not charged for it."
+    return f"{images} may not look like you: you are not charged for them."
 
 
 # ---- asking for what is missing (platforms whose commands arrive as messages) ----------------
@@ -570,7 +574,7 @@ def _identity_gate(report: JobStats) -> list[str]:
         )
     retries = report.identity_retries
     parts.append(f"{retries} {'retry' if retries == 1 else 'retries'}")
-    parts.append(f"{report.delivered_unlike} delivered unlike (refunded)")
+    parts.append(f"{report.delivered_unlike} delivered unlike (not charged)")
     lines = [f"Identity gate: {', '.join(parts)}."]
     lines += [
         f"• {f.operation} · {f.backend}: {f.passed}/{f.checks} passed "

@@ -124,8 +124,9 @@ def _row(image: MeasuredImage, keep: bool) -> dict[str, Any]:
         "operation": image.operation,
         "backend": image.backend,
         "distance": image.distance,
-        # A judgement that could not be made (no face in the selfie) counts as a pass.
-        "passed": image.passed is not False,
+        # None: no judgement could be made (no face in the selfie, or the checker failed); the
+        # image is delivered as a pass would be, and left out of the pass rate.
+        "passed": image.passed,
         "seconds": image.seconds,
         "created_at": utcnow(),
         **(held if keep else dict.fromkeys(held)),

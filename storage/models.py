@@ -179,7 +179,7 @@ class IdentityCheck(Base):
     operation: Mapped[str] = mapped_column(String(32))
     backend: Mapped[str] = mapped_column(String(32))
     distance: Mapped[float | None] = mapped_column(Float)  # None: no face in the image
-    passed: Mapped[bool] = mapped_column(Boolean)
+    passed: Mapped[bool | None] = mapped_column(Boolean)  # None: nothing could be judged
     seconds: Mapped[float] = mapped_column(Float)  # the check's own time
     content_key: Mapped[str | None] = mapped_column(String(255))
     content_type: Mapped[str | None] = mapped_column(String(32))

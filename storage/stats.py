@@ -88,7 +88,7 @@ class StatsRepository:
                     func.count(),
                     func.sum(case((_CHECKS.c.passed, 1), else_=0)),
                 )
-                .where(_CHECKS.c.job_id.in_(job_ids))
+                .where(_CHECKS.c.job_id.in_(job_ids), _CHECKS.c.passed.is_not(None))
                 .group_by(_CHECKS.c.operation, _CHECKS.c.backend)
                 .order_by(_CHECKS.c.operation, _CHECKS.c.backend)
             )

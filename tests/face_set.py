@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image, ImageEnhance, ImageOps
 
-from bot.faces.checks import largest_face_embedding
+from bot.faces.checks import subject_embedding
 from bot.faces.identity import Embedding, distance
 from bot.faces.models import FaceModels
 from bot.faces.rules import FaceRules
@@ -132,9 +132,7 @@ class SetErrors:
 def measure(models: FaceModels, rules: FaceRules) -> SetErrors:
     """Embed every face and variant (largest face in each), and measure every pair."""
     originals = {name: png(image) for name, image in identities().items()}
-    embeddings = {
-        name: largest_face_embedding(models, data, rules) for name, data in originals.items()
-    }
+    embeddings = {name: subject_embedding(models, data, rules) for name, data in originals.items()}
 
     def between(first: str, second: str, a: Embedding | None, b: Embedding | None) -> Pair:
         return Pair(first, second, None if a is None or b is None else distance(a, b))
@@ -142,7 +140,7 @@ def measure(models: FaceModels, rules: FaceRules) -> SetErrors:
     genuine: list[Pair] = []
     for name, image in identities().items():
         for variant, make in VARIANTS.items():
-            other = largest_face_embedding(models, make(image), rules)
+            other = subject_embedding(models, make(image), rules)
             genuine.append(between(name, f"{name}/{variant}", embeddings[name], other))
     impostor = [
         between(a, b, embeddings[a], embeddings[b])

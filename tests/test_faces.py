@@ -7,12 +7,12 @@ embeds a face (about 160 ms here), so a thread doing it stalled a 2 ms ticker fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
 import time
 from collections.abc import Iterator
-from concurrent.futures import BrokenExecutor
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 
 from backends.modelslab.simulated_images import make_images
 from bot.faces import (
+    FaceCheckFailed,
     FaceModelsMissing,
     FaceRules,
     FaceToolkit,
@@ -39,7 +40,7 @@ from bot.faces.models import (
     models_folder,
 )
 from bot.faces.picture import decode
-from bot.faces.verdict import MAX_CONFIRMATIONS, faces_that_count
+from bot.faces.verdict import MAX_CONFIRMATIONS, faces_that_count, subject_of
 from tests.conftest import EXAMPLE_SELFIE
 from tests.face_set import insightface_image, jpeg, measure, png, t1_face
 
@@ -252,6 +253,11 @@ def test_the_surest_of_faces_of_comparable_size_is_the_subject() -> None:
     assert faces_that_count([larger, surer, small], FaceRules(), nothing) == [surer]
     assert asked == [larger]  # `small` is dominated by the larger: never asked about
     assert faces_that_count([larger, surer], FaceRules(), lambda face: True) == [larger, surer]
+    # The gate embeds the same face of the selfie and of each output: the surest, not the largest.
+    assert subject_of([larger, surer, small], FaceRules()) is surer
+    dominant = _face(200, 0.1)  # 200² ≥ 2 × 90²: the other face does not count
+    assert subject_of([dominant, _face(90, 3.0)], FaceRules()) is dominant
+    assert subject_of([], FaceRules()) is None
 
 
 async def _check(rules: FaceRules, image: bytes) -> SelfieCheck:
@@ -380,13 +386,66 @@ async def test_a_dead_worker_fails_its_call_and_the_next_call_gets_a_new_one() -
         pid = await kit._run(os.getpid)
         assert pid != os.getpid()
         os.kill(pid, signal.SIGKILL)
-        with pytest.raises(BrokenExecutor):
+        with pytest.raises(FaceCheckFailed, match="died"):
             await kit.check_selfie(EXAMPLE_SELFIE.read_bytes())
         check = await kit.check_selfie(EXAMPLE_SELFIE.read_bytes())
         assert check.verdict is SelfieVerdict.OK
         assert await kit._run(os.getpid) != pid
     finally:
         await kit.aclose()
+
+
+async def test_a_call_past_its_time_limit_has_its_worker_killed_and_replaced() -> None:
+    kit = FaceToolkit(FaceRules(), time_limit=1.0)
+    await kit.start()
+    try:
+        pid = await kit._run(os.getpid)
+        started = time.perf_counter()
+        with pytest.raises(FaceCheckFailed, match="ran past 1 s"):
+            await kit._run(time.sleep, 30)  # a worker stuck, as in native code
+        assert time.perf_counter() - started < 10
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not _alive(pid)
+        check = await kit.check_selfie(EXAMPLE_SELFIE.read_bytes())
+        assert check.verdict is SelfieVerdict.OK
+    finally:
+        await kit.aclose()
+
+
+async def test_intake_checks_past_the_waiting_bound_are_refused_but_the_gate_waits() -> None:
+    kit = FaceToolkit(FaceRules(), max_waiting=2)
+    await kit.start()
+    selfie = EXAMPLE_SELFIE.read_bytes()
+    try:
+        answers = await asyncio.gather(
+            *(kit.check_selfie(selfie) for _ in range(4)),
+            kit.compare(selfie, [selfie]),
+            return_exceptions=True,
+        )
+        checks, (scores,) = answers[:4], answers[4:]
+        assert [type(a).__name__ for a in checks] == [
+            "SelfieCheck",
+            "SelfieCheck",
+            "FacesBusy",
+            "FacesBusy",
+        ]
+        assert isinstance(scores, list) and scores[0].passed
+        assert (await kit.check_selfie(selfie)).verdict is SelfieVerdict.OK  # bound released
+    finally:
+        await kit.aclose()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A killed child not yet reaped by its executor is a zombie: dead all the same.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    return False
 
 
 def test_missing_or_damaged_models_say_what_to_do(tmp_path: Path) -> None:

@@ -149,7 +149,7 @@ async def test_when_no_attempt_passes_the_best_is_delivered_with_a_note_and_refu
     final = exchange.final
     assert isinstance(final, Completed), exchange.texts
     assert final.unlike == 1
-    assert "1 image may not look like you: its credit was returned." in final.text
+    assert "1 image may not look like you: you are not charged for it." in final.text
     job_id = exchange.reply.job_id or ""
     job = await chat.app.jobs.get(job_id)
     assert job is not None and job.identity_retries == 1

@@ -13,6 +13,7 @@ from sqlalchemy import insert, update
 
 from bot.replies import (
     face_too_small,
+    faces_busy,
     job_details,
     no_face,
     several_faces,
@@ -131,6 +132,15 @@ async def _dataset(db: Database) -> tuple[int, int]:
         checks=((0, 0, "local", None, False), (1, 0, "local", 0.50, True)),
     )
     await make_job(db, "c1-off", u1, c1)  # the gate was off
+    # Measured but not judged (the selfie had no face): delivered, left out of the pass rate.
+    await make_job(
+        db,
+        "c1-unjudged",
+        u1,
+        c1,
+        delivered=((None, None),),
+        checks=((0, 0, "modelslab", None, None),),
+    )
     await make_job(
         db,
         "c1-old",
@@ -155,12 +165,13 @@ async def test_summary_counts_the_gate_per_operation_and_backend(db: Database) -
     repository = StatsRepository(db)
 
     one = await repository.summary(c1, since=SINCE)
-    assert one.jobs == 4
+    assert one.jobs == 5
     assert one.identity_retries == 2  # c1-a and c1-c; c1-old's are before the window
     assert one.identity == (
         IdentityFigures("avatar", "local", checks=2, passed=1),
         IdentityFigures("headshot", "modelslab", checks=4, passed=2),
     )
+    # 7 checks in c1 this week, one unjudged (c1-unjudged): 6 count.
     assert (one.identity_checks, one.identity_passed, one.delivered_unlike) == (6, 3, 1)
 
     every = await repository.summary(None, since=SINCE)
@@ -214,14 +225,14 @@ def test_stats_text_has_one_line_for_the_gate_and_one_per_operation_and_backend(
     )
     text = stats(report, 7, community=True).text
     assert text.splitlines()[2:] == [
-        "Identity gate: 12 of 14 images passed (86%), 2 retries, 1 delivered unlike (refunded).",
+        "Identity gate: 12 of 14 images passed (86%), 2 retries, 1 delivered unlike (not charged).",
         "• avatar · local: 3/4 passed (75%)",
         "• headshot · modelslab: 9/10 passed (90%)",
     ]
 
     one = _stats(identity=(IdentityFigures("headshot", "modelslab", 1, 1),), identity_retries=1)
     assert stats(one, 1, community=False).text.splitlines()[2] == (
-        "Identity gate: 1 of 1 image passed (100%), 1 retry, 0 delivered unlike (refunded)."
+        "Identity gate: 1 of 1 image passed (100%), 1 retry, 0 delivered unlike (not charged)."
     )
 
 
@@ -230,7 +241,7 @@ def test_stats_text_says_nothing_of_the_gate_when_it_measured_nothing() -> None:
     assert "Identity" not in text and len(text.splitlines()) == 2
     # Retries whose measures went with their deleted jobs are still the operator's cost.
     retried = stats(_stats(identity_retries=3), 7, community=True).text
-    assert retried.splitlines()[2] == "Identity gate: 3 retries, 0 delivered unlike (refunded)."
+    assert retried.splitlines()[2] == "Identity gate: 3 retries, 0 delivered unlike (not charged)."
 
 
 def test_stats_text_with_many_backends_stays_one_message() -> None:
@@ -296,6 +307,7 @@ def test_face_check_refusals_and_the_unlike_note() -> None:
         "I can't find a face in that photo: send a selfie with your face clear and facing the "
         "camera."
     )
+    assert faces_busy() == "Too many selfies are being checked right now: try again in a minute."
     assert several_faces() == (
         "I see more than one face in that photo: send a selfie with only you in it, or crop "
         "the others out."
@@ -304,11 +316,11 @@ def test_face_check_refusals_and_the_unlike_note() -> None:
         "Your face is too small in that photo (40 px across; at least 64 px needed): send a "
         "closer selfie, or crop it around your face."
     )
-    assert unlike_note(1, 1) == "1 image may not look like you: its credit was returned."
-    assert unlike_note(2, 2) == "2 images may not look like you: their credits were returned."
-    assert unlike_note(1, 2) == "1 of 2 images may not look like you: its credit was returned."
+    assert unlike_note(1, 1) == "1 image may not look like you: you are not charged for it."
+    assert unlike_note(2, 2) == "2 images may not look like you: you are not charged for them."
+    assert unlike_note(1, 2) == "1 of 2 images may not look like you: you are not charged for it."
     assert unlike_note(2, 4) == (
-        "2 of 4 images may not look like you: their credits were returned."
+        "2 of 4 images may not look like you: you are not charged for them."
     )
 
 
@@ -342,6 +354,6 @@ async def test_show_and_admin_stats_through_the_commands(make_app: AppFactory) -
 
     report = (await chat.send("/admin stats", user="root")).reply.text
     assert report.splitlines()[-2:] == [
-        "Identity gate: 1 of 3 images passed (33%), 1 retry, 1 delivered unlike (refunded).",
+        "Identity gate: 1 of 3 images passed (33%), 1 retry, 1 delivered unlike (not charged).",
         "• headshot · modelslab: 1/3 passed (33%)",
     ]

@@ -8,13 +8,15 @@ from bot.faces.identity import IdentityScore
 from bot.faces.models import FaceModelsMissing
 from bot.faces.picture import UnreadableImage
 from bot.faces.rules import FaceRules
-from bot.faces.toolkit import FaceToolkit
+from bot.faces.toolkit import FaceCheckFailed, FacesBusy, FaceToolkit
 from bot.faces.verdict import SelfieCheck, SelfieVerdict
 
 __all__ = [
+    "FaceCheckFailed",
     "FaceModelsMissing",
     "FaceRules",
     "FaceToolkit",
+    "FacesBusy",
     "IdentityScore",
     "SelfieCheck",
     "SelfieVerdict",

@@ -14,9 +14,9 @@ from bot.faces.identity import Embedding, IdentityScore, distance, embed
 from bot.faces.models import FaceModels
 from bot.faces.picture import decode
 from bot.faces.rules import FaceRules
-from bot.faces.verdict import SelfieCheck, faces_that_count, judge
+from bot.faces.verdict import SelfieCheck, faces_that_count, judge, subject_of
 
-__all__ = ["check_selfie", "largest_face_embedding", "score_output"]
+__all__ = ["check_selfie", "score_output", "subject_embedding"]
 
 
 def check_selfie(models: FaceModels, image: bytes, rules: FaceRules) -> SelfieCheck:
@@ -37,21 +37,22 @@ def check_selfie(models: FaceModels, image: bytes, rules: FaceRules) -> SelfieCh
     )
 
 
-def largest_face_embedding(models: FaceModels, image: bytes, rules: FaceRules) -> Embedding | None:
-    """The embedding of the image's largest face, or None if it has none."""
+def subject_embedding(models: FaceModels, image: bytes, rules: FaceRules) -> Embedding | None:
+    """The embedding of the image's subject (the face the intake check takes as the person's,
+    see `subject_of`), or None if it has no face."""
     picture = decode(image, rules.detect_side)
-    faces = find_faces(models.detector, picture)
-    return embed(models, picture, faces[0]) if faces else None
+    subject = subject_of(find_faces(models.detector, picture), rules)
+    return None if subject is None else embed(models, picture, subject)
 
 
 def score_output(
     models: FaceModels, reference: Embedding | None, output: bytes, rules: FaceRules
 ) -> IdentityScore:
-    """Compare an output's largest face with the selfie's embedding (`reference`)."""
+    """Compare an output's subject with the selfie's embedding (`reference`)."""
     started = time.perf_counter()
     if reference is None:
         return IdentityScore(distance=None, passed=None, seconds=time.perf_counter() - started)
-    embedding = largest_face_embedding(models, output, rules)
+    embedding = subject_embedding(models, output, rules)
     measured = None if embedding is None else distance(reference, embedding)
     passed = measured is not None and measured <= rules.threshold
     return IdentityScore(distance=measured, passed=passed, seconds=time.perf_counter() - started)

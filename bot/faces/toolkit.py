@@ -6,6 +6,12 @@ loop for that long. Each worker is a spawned interpreter (never forked from this
 asyncio process) that loads its own models once, runs below the service in CPU priority, and
 answers one call at a time. A compare() call runs in one worker from start to end, so the
 embeddings never leave it: only verdicts, distances and times come back.
+
+Bounded: a call is handed to a worker only when one is free, so its time limit measures its
+own work; one that runs past it (a worker stuck in native code) has every worker killed and
+replaced. At most `max_waiting` intake checks wait or run at once, and more are refused
+(`FacesBusy`), so a flood of selfies cannot hold back the gate's checks of paid jobs, which
+always wait their turn.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bot.faces import checks
 from bot.faces.identity import IdentityScore
@@ -26,21 +32,42 @@ from bot.faces.models import FaceModels, FaceModelsMissing, load_models
 from bot.faces.rules import FaceRules
 from bot.faces.verdict import SelfieCheck
 
-__all__ = ["FaceToolkit"]
+__all__ = ["FaceCheckFailed", "FaceToolkit", "FacesBusy"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# How long aclose() waits for the workers to finish their calls before it kills them.
+_STOP_SECONDS = 10.0
+
+
+class FaceCheckFailed(Exception):
+    """The face workers could not answer: one died, or ran past its time limit."""
+
+
+class FacesBusy(Exception):
+    """Too many intake checks are waiting: this one is refused rather than queued."""
 
 
 class FaceToolkit:
     """Faces on the CPU with dlib, in `workers` worker processes (one call at a time each)."""
 
-    def __init__(self, rules: FaceRules, *, workers: int = 1) -> None:
+    def __init__(
+        self,
+        rules: FaceRules,
+        *,
+        workers: int = 1,
+        time_limit: float = 30.0,
+        max_waiting: int = 16,
+    ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.rules = rules
+        self.time_limit = time_limit
         self._workers = workers
+        self._max_waiting = max_waiting
+        self._intake_checks = 0
+        self._free = asyncio.Semaphore(workers)
         self._pool = self._new_pool()
 
     async def start(self) -> None:
@@ -48,8 +75,14 @@ class FaceToolkit:
         await asyncio.gather(*(self._run(_ready) for _ in range(self._workers)))
 
     async def check_selfie(self, image: bytes) -> SelfieCheck:
-        """The intake verdict on a sanitised selfie."""
-        check = await self._run(_check_selfie, image, self.rules)
+        """The intake verdict on a sanitised selfie; FacesBusy when too many are waiting."""
+        if self._intake_checks >= self._max_waiting:
+            raise FacesBusy(f"{self._intake_checks} face checks already waiting")
+        self._intake_checks += 1
+        try:
+            check = await self._run(_check_selfie, image, self.rules)
+        finally:
+            self._intake_checks -= 1
         log.debug("face check: %s in %.0f ms", check.verdict, check.seconds * 1000)
         return check
 
@@ -62,9 +95,14 @@ class FaceToolkit:
 
     async def aclose(self) -> None:
         pool = self._pool
-        await asyncio.get_running_loop().run_in_executor(
+        shutdown = asyncio.get_running_loop().run_in_executor(
             None, functools.partial(pool.shutdown, wait=True, cancel_futures=True)
         )
+        try:
+            await asyncio.wait_for(shutdown, _STOP_SECONDS)
+        except TimeoutError:
+            log.error("the face workers did not stop within %.0f s; killing them", _STOP_SECONDS)
+            _kill(pool)
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -75,16 +113,38 @@ class FaceToolkit:
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
-        pool = self._pool
-        try:
-            return await loop.run_in_executor(pool, functools.partial(fn, *args))
-        except BrokenExecutor:
-            # A worker died (killed, or crashed in native code): later calls get fresh ones.
-            log.error("a face worker died; starting new ones")
-            if self._pool is pool:
-                self._pool = self._new_pool()
-                pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        async with self._free:
+            pool = self._pool
+            work = loop.run_in_executor(pool, functools.partial(fn, *args))
+            try:
+                return await asyncio.wait_for(work, self.time_limit)
+            except TimeoutError:
+                log.error(
+                    "a face check ran past %.0f s; the face workers are replaced", self.time_limit
+                )
+                self._replace(pool)
+                raise FaceCheckFailed(f"ran past {self.time_limit:.0f} s") from None
+            except BrokenExecutor:
+                # A worker died (killed, or crashed in native code): later calls get fresh ones.
+                log.error("a face worker died; starting new ones")
+                self._replace(pool)
+                raise FaceCheckFailed("a face worker died") from None
+
+    def _replace(self, pool: ProcessPoolExecutor) -> None:
+        if self._pool is pool:
+            self._pool = self._new_pool()
+            _kill(pool)
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now, its running calls included: shutdown() alone waits for them."""
+    # The executor keeps its processes in a private mapping; nothing public can end a call
+    # stuck in native code.
+    processes: dict[int, Any] = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        with contextlib.suppress(Exception):
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 # What runs in the worker processes.
@@ -119,5 +179,5 @@ def _check_selfie(image: bytes, rules: FaceRules) -> SelfieCheck:
 
 def _compare(selfie: bytes, outputs: list[bytes], rules: FaceRules) -> list[IdentityScore]:
     models = _worker_models()
-    reference = checks.largest_face_embedding(models, selfie, rules)
+    reference = checks.subject_embedding(models, selfie, rules)
     return [checks.score_output(models, reference, output, rules) for output in outputs]

@@ -9,7 +9,14 @@ from enum import StrEnum
 from bot.faces.detect import Face
 from bot.faces.rules import FaceRules
 
-__all__ = ["MAX_CONFIRMATIONS", "SelfieCheck", "SelfieVerdict", "faces_that_count", "judge"]
+__all__ = [
+    "MAX_CONFIRMATIONS",
+    "SelfieCheck",
+    "SelfieVerdict",
+    "faces_that_count",
+    "judge",
+    "subject_of",
+]
 
 # The most faces confirmed per selfie (each costs 160-300 ms of CPU): a photo with more
 # candidates than this that none confirms is judged on its largest face.
@@ -56,15 +63,27 @@ def faces_that_count(
     """
     if not faces:
         return []
-    largest = faces[0]
-    others = [face for face in faces[1:] if largest.area_px < rules.dominance * face.area_px]
-    comparable = [largest, *others]
+    comparable = _comparable(faces, rules)
     subject = max(comparable, key=lambda face: face.score)
     rivals = [face for face in comparable if face is not subject]
     for face in rivals[:MAX_CONFIRMATIONS]:
         if confirm(face):
             return sorted([subject, face], key=lambda face: face.area_px, reverse=True)
     return [subject]
+
+
+def subject_of(faces: Sequence[Face], rules: FaceRules) -> Face | None:
+    """The face taken as the person's, of those HOG found (sorted largest first): among the
+    faces the largest does not dominate, the one HOG is surest of (see `faces_that_count`).
+    The identity gate embeds this face of the selfie and of each output."""
+    if not faces:
+        return None
+    return max(_comparable(faces, rules), key=lambda face: face.score)
+
+
+def _comparable(faces: Sequence[Face], rules: FaceRules) -> list[Face]:
+    largest = faces[0]
+    return [largest, *(f for f in faces[1:] if largest.area_px < rules.dominance * f.area_px)]
 
 
 def judge(faces: Sequence[Face], rules: FaceRules) -> SelfieVerdict:

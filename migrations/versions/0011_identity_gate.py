@@ -34,7 +34,7 @@ def upgrade() -> None:
         sa.Column("operation", sa.String(length=32), nullable=False),
         sa.Column("backend", sa.String(length=32), nullable=False),
         sa.Column("distance", sa.Float(), nullable=True),
-        sa.Column("passed", sa.Boolean(), nullable=False),
+        sa.Column("passed", sa.Boolean(), nullable=True),
         sa.Column("seconds", sa.Float(), nullable=False),
         sa.Column("content_key", sa.String(length=255), nullable=True),
         sa.Column("content_type", sa.String(length=32), nullable=True),
