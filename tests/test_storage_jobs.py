@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from typing import cast
 
 import pytest
 from sqlalchemy import select
 
+from bot.faces import FaceToolkit
+from bot.jobs.identity import IdentityGate
 from storage.accounts import AccountRepository
 from storage.audit import AuditRepository
 from storage.confirmations import ConfirmationRepository
 from storage.database import Database
 from storage.identity import MeasuredImage, best_per_slot
+from storage.imagestore import ImageStore
 from storage.jobs import JobRepository, NewJob, TooManyActive
 from storage.leases import Lease
 from storage.ledger import violations
@@ -296,6 +300,37 @@ def _measured(job_id: str, slot: int, attempt: int, distance: float | None) -> M
     image = OutputRecord(job_id, slot, f"{job_id}-{attempt}-{slot}.jpg", "", "image/jpeg", 1, 1, 1)
     passed = distance is not None and distance <= 0.6
     return MeasuredImage(image, attempt, "headshot", "modelslab", distance, passed, 0.1)
+
+
+async def test_a_gate_retry_asks_only_for_the_images_that_failed(db: Database) -> None:
+    """Three images owed: the first passed, the second failed, the generator never made the
+    third (its credit is released at the end). The retry asks for the second alone."""
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    await jobs.create(_new("j", user.id, credits=3), daily_quota=QUOTA, today=TODAY)
+    job = await jobs.transition("j", [JobState.QUEUED], JobState.REHOSTING)
+    assert job is not None
+    gate = IdentityGate(
+        cast(FaceToolkit, None),  # plan() reads the database only
+        store=cast(ImageStore, None),
+        jobs=jobs,
+        retries=2,
+        generator_of=lambda provider_id: "modelslab",
+    )
+    assert (await gate.plan(job)).slots == (0, 1, 2)
+    retried = await jobs.retry_for_identity(
+        job, [_measured("j", 0, 0, 0.3), _measured("j", 1, 0, 0.8)]
+    )
+    assert retried is not None
+    plan = await gate.plan(retried)
+    assert (plan.attempt, plan.slots) == (1, (1,))
+    assert plan.seed is not None and plan.seed != job.seed
+
+    # The second fails again: the second retry asks for it once more.
+    again = await jobs.transition("j", [JobState.QUEUED], JobState.REHOSTING)
+    assert again is not None
+    retried = await jobs.retry_for_identity(again, [_measured("j", 1, 1, 0.9)])
+    assert retried is not None and (await gate.plan(retried)).slots == (1,)
 
 
 async def test_the_identity_gate_counts_a_retry_once_and_keeps_what_it_measured(

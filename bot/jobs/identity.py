@@ -71,12 +71,13 @@ class IdentityGate:
         self._generator_of = generator_of
 
     async def plan(self, job: JobRecord) -> AttemptPlan:
-        """The attempt the job is at: after a gate retry, only the images still owed."""
+        """The attempt the job is at: after a gate retry, only the images that failed and have
+        not passed since (an image the generator never made is not asked for again)."""
         if job.identity_retries == 0:
             return first_plan(job)
         kept = tuple(await self._jobs.kept_images(job.id))
-        done = {image.slot for image in kept if not image.failed}
-        slots = tuple(slot for slot in range(job.credits_reserved) if slot not in done)
+        passed = {image.slot for image in kept if not image.failed}
+        slots = tuple(sorted({image.slot for image in kept if image.failed} - passed))
         return AttemptPlan(
             job.identity_retries, slots, retry_seed(job.seed, job.identity_retries), kept
         )
