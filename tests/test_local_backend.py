@@ -295,13 +295,14 @@ async def test_a_job_handed_over_mid_generation_survives_a_restart(
 
 
 def test_the_core_runs_without_the_local_extras_heavy_packages() -> None:
-    # numpy, torch, diffusers and friends come only with the [local] extra: the bot's own
-    # process must import without them (the GPU worker imports them in its own process).
+    # torch, diffusers and friends come only with the [local] extra: the bot's own process
+    # must import without them (the GPU worker imports them in its own process). numpy is a
+    # core dependency since the face check (dlib's images are numpy arrays).
     script = (
         "import sys\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.partition('.')[0] in {'numpy', 'torch', 'diffusers', 'transformers',"
+        "        if name.partition('.')[0] in {'torch', 'diffusers', 'transformers',"
         " 'cv2', 'insightface', 'onnxruntime'}:\n"
         "            raise ImportError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
