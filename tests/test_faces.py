@@ -12,7 +12,7 @@ import io
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,6 @@ from bot.faces import (
     FaceToolkit,
     SelfieCheck,
     SelfieVerdict,
-    UnreadableImage,
 )
 from bot.faces.checks import check_selfie
 from bot.faces.confirm import confirmed
@@ -39,7 +38,7 @@ from bot.faces.models import (
     load_models,
     models_folder,
 )
-from bot.faces.picture import decode
+from bot.faces.picture import UnreadableImage, decode
 from bot.faces.verdict import MAX_CONFIRMATIONS, faces_that_count, subject_of
 from tests.conftest import EXAMPLE_SELFIE
 from tests.face_set import insightface_image, jpeg, measure, png, t1_face
@@ -383,14 +382,14 @@ async def test_a_dead_worker_fails_its_call_and_the_next_call_gets_a_new_one() -
     kit = FaceToolkit(FaceRules())
     await kit.start()
     try:
-        pid = await kit._run(os.getpid)
+        pid = await kit._run(os.getpid, first=True)
         assert pid != os.getpid()
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(FaceCheckFailed, match="died"):
             await kit.check_selfie(EXAMPLE_SELFIE.read_bytes())
         check = await kit.check_selfie(EXAMPLE_SELFIE.read_bytes())
         assert check.verdict is SelfieVerdict.OK
-        assert await kit._run(os.getpid) != pid
+        assert await kit._run(os.getpid, first=True) != pid
     finally:
         await kit.aclose()
 
@@ -399,10 +398,10 @@ async def test_a_call_past_its_time_limit_has_its_worker_killed_and_replaced() -
     kit = FaceToolkit(FaceRules(), time_limit=1.0)
     await kit.start()
     try:
-        pid = await kit._run(os.getpid)
+        pid = await kit._run(os.getpid, first=True)
         started = time.perf_counter()
         with pytest.raises(FaceCheckFailed, match="ran past 1 s"):
-            await kit._run(time.sleep, 30)  # a worker stuck, as in native code
+            await kit._run(time.sleep, 30, first=False)  # stuck, as in native code
         assert time.perf_counter() - started < 10
         deadline = time.monotonic() + 10
         while _alive(pid) and time.monotonic() < deadline:
@@ -433,6 +432,30 @@ async def test_intake_checks_past_the_waiting_bound_are_refused_but_the_gate_wai
         ]
         assert isinstance(scores, list) and scores[0].passed
         assert (await kit.check_selfie(selfie)).verdict is SelfieVerdict.OK  # bound released
+    finally:
+        await kit.aclose()
+
+
+async def test_a_free_worker_goes_to_the_gate_before_waiting_intake_checks() -> None:
+    kit = FaceToolkit(FaceRules())
+    await kit.start()
+    selfie = EXAMPLE_SELFIE.read_bytes()
+    done: list[str] = []
+
+    async def record(name: str, call: Awaitable[object]) -> None:
+        await call
+        done.append(name)
+
+    try:
+        busy = asyncio.create_task(kit._run(time.sleep, 0.5, first=False))
+        await asyncio.sleep(0.05)  # the only worker is taken
+        intake = [
+            asyncio.create_task(record(f"intake {n}", kit.check_selfie(selfie))) for n in (1, 2)
+        ]
+        await asyncio.sleep(0.05)
+        gate = asyncio.create_task(record("gate", kit.compare(selfie, [selfie])))
+        await asyncio.gather(busy, *intake, gate)
+        assert done == ["gate", "intake 1", "intake 2"]
     finally:
         await kit.aclose()
 

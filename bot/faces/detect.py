@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bot.faces.picture import Picture
+if TYPE_CHECKING:
+    from bot.faces.picture import Picture
 
 __all__ = ["Face", "find_faces"]
 

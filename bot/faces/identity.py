@@ -6,33 +6,17 @@ logged or stored. Only the distance leaves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from numpy.typing import NDArray
 
 from bot.faces.detect import Face
 from bot.faces.models import FaceModels
 from bot.faces.picture import Picture
+from bot.faces.score import IdentityScore
 
 __all__ = ["Embedding", "IdentityScore", "distance", "embed"]
 
 Embedding = NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class IdentityScore:
-    """One output compared with the selfie.
-
-    `distance`: dlib's Euclidean distance between the two faces' embeddings (lower is closer;
-    None when the output has no face). `passed`: the distance is at or under the threshold
-    (False without a face in the output; None when the selfie has no face to compare with).
-    `seconds`: this output's check (decode, detect, embed, compare).
-    """
-
-    distance: float | None
-    passed: bool | None
-    seconds: float
 
 
 def embed(models: FaceModels, picture: Picture, face: Face) -> Embedding:

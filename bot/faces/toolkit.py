@@ -9,9 +9,15 @@ embeddings never leave it: only verdicts, distances and times come back.
 
 Bounded: a call is handed to a worker only when one is free, so its time limit measures its
 own work; one that runs past it (a worker stuck in native code) has every worker killed and
-replaced. At most `max_waiting` intake checks wait or run at once, and more are refused
-(`FacesBusy`), so a flood of selfies cannot hold back the gate's checks of paid jobs, which
-always wait their turn.
+replaced. A free worker goes to the gate's checks of paid jobs first, then to intake checks,
+each in arrival order, so a flood of selfies cannot hold back deliveries. At most
+`max_waiting` intake checks per worker wait or run at once (a few seconds of work); more are
+refused (`FacesBusy`). The gate's checks always wait their turn.
+
+numpy and dlib are imported in the workers only, never in the service: importing numpy alone
+in the service took `bench/discord_ack.py`'s acknowledgement p99 from 0.32 s to 1.1 s (faces
+off, 500 at once; the cause inside numpy's import is not isolated). `test_local_backend`
+checks that the service imports without it.
 """
 
 from __future__ import annotations
@@ -22,14 +28,14 @@ import functools
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from bot.faces import checks
-from bot.faces.identity import IdentityScore
 from bot.faces.models import FaceModels, FaceModelsMissing, load_models
 from bot.faces.rules import FaceRules
+from bot.faces.score import IdentityScore
 from bot.faces.verdict import SelfieCheck
 
 __all__ = ["FaceCheckFailed", "FaceToolkit", "FacesBusy"]
@@ -58,21 +64,21 @@ class FaceToolkit:
         *,
         workers: int = 1,
         time_limit: float = 30.0,
-        max_waiting: int = 16,
+        max_waiting: int = 64,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.rules = rules
         self.time_limit = time_limit
         self._workers = workers
-        self._max_waiting = max_waiting
+        self._max_waiting = max_waiting * workers
         self._intake_checks = 0
-        self._free = asyncio.Semaphore(workers)
+        self._turns = _Turns(workers)
         self._pool = self._new_pool()
 
     async def start(self) -> None:
         """Start the workers and load their models; raise FaceModelsMissing if they cannot."""
-        await asyncio.gather(*(self._run(_ready) for _ in range(self._workers)))
+        await asyncio.gather(*(self._run(_ready, first=True) for _ in range(self._workers)))
 
     async def check_selfie(self, image: bytes) -> SelfieCheck:
         """The intake verdict on a sanitised selfie; FacesBusy when too many are waiting."""
@@ -80,7 +86,7 @@ class FaceToolkit:
             raise FacesBusy(f"{self._intake_checks} face checks already waiting")
         self._intake_checks += 1
         try:
-            check = await self._run(_check_selfie, image, self.rules)
+            check = await self._run(_check_selfie, image, self.rules, first=False)
         finally:
             self._intake_checks -= 1
         log.debug("face check: %s in %.0f ms", check.verdict, check.seconds * 1000)
@@ -88,7 +94,7 @@ class FaceToolkit:
 
     async def compare(self, selfie: bytes, outputs: Sequence[bytes]) -> list[IdentityScore]:
         """Each output's face compared with the selfie's, in the outputs' order."""
-        scores = await self._run(_compare, selfie, list(outputs), self.rules)
+        scores = await self._run(_compare, selfie, list(outputs), self.rules, first=True)
         for score in scores:
             log.debug("identity check: passed=%s in %.0f ms", score.passed, score.seconds * 1000)
         return scores
@@ -111,9 +117,10 @@ class FaceToolkit:
             initializer=_start_worker,
         )
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+    async def _run(self, fn: Callable[..., T], *args: object, first: bool) -> T:
+        """Run `fn(*args)` in a worker when one is free (`first`: ahead of intake checks)."""
         loop = asyncio.get_running_loop()
-        async with self._free:
+        async with self._turns.turn(first=first):
             pool = self._pool
             work = loop.run_in_executor(pool, functools.partial(fn, *args))
             try:
@@ -134,6 +141,42 @@ class FaceToolkit:
         if self._pool is pool:
             self._pool = self._new_pool()
             _kill(pool)
+
+
+class _Turns:
+    """Who gets the next free worker: callers with `first` before the others, each group in
+    arrival order."""
+
+    def __init__(self, workers: int) -> None:
+        self._free = workers
+        self._waiting: tuple[deque[asyncio.Future[None]], ...] = (deque(), deque())
+
+    @contextlib.asynccontextmanager
+    async def turn(self, *, first: bool) -> AsyncIterator[None]:
+        if self._free > 0:
+            self._free -= 1
+        else:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting[0 if first else 1].append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._hand_on()  # given a worker just as it was cancelled: pass it on
+                raise
+        try:
+            yield
+        finally:
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        for queue in self._waiting:
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():  # a cancelled waiter is skipped
+                    waiter.set_result(None)
+                    return
+        self._free += 1
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:
@@ -174,10 +217,14 @@ def _ready() -> None:
 
 
 def _check_selfie(image: bytes, rules: FaceRules) -> SelfieCheck:
+    from bot.faces import checks  # numpy: in the workers only (see the module's doc)
+
     return checks.check_selfie(_worker_models(), image, rules)
 
 
 def _compare(selfie: bytes, outputs: list[bytes], rules: FaceRules) -> list[IdentityScore]:
+    from bot.faces import checks
+
     models = _worker_models()
     reference = checks.subject_embedding(models, selfie, rules)
     return [checks.score_output(models, reference, output, rules) for output in outputs]
