@@ -10,9 +10,9 @@ embeddings never leave it: only verdicts, distances and times come back.
 Bounded: a call is handed to a worker only when one is free, so its time limit measures its
 own work; one that runs past it (a worker stuck in native code) has every worker killed and
 replaced. A free worker goes to the gate's checks of paid jobs first, then to intake checks,
-each in arrival order, so a flood of selfies cannot hold back deliveries. At most
-`max_waiting` intake checks per worker wait or run at once (a few seconds of work); more are
-refused (`FacesBusy`). The gate's checks always wait their turn.
+each in arrival order, so a flood of selfies cannot hold back deliveries. An intake check is
+refused (`FacesBusy`) when those already waiting would take `max_wait` seconds (30) or more,
+by the running average of a check's time; the gate's checks always wait their turn.
 
 numpy and dlib are imported in the workers only, never in the service: importing numpy alone
 in the service took `bench/discord_ack.py`'s acknowledgement p99 from 0.32 s to 1.1 s (faces
@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # How long aclose() waits for the workers to finish their calls before it kills them.
 _STOP_SECONDS = 10.0
+# An intake check's time before any was measured (a phone photo's, with one confirmation),
+# and the weight of each new one in the running average.
+_FIRST_CHECK_SECONDS = 0.2
+_AVERAGE_WEIGHT = 0.1
 
 
 class FaceCheckFailed(Exception):
@@ -64,15 +68,16 @@ class FaceToolkit:
         *,
         workers: int = 1,
         time_limit: float = 30.0,
-        max_waiting: int = 64,
+        max_wait: float = 30.0,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.rules = rules
         self.time_limit = time_limit
         self._workers = workers
-        self._max_waiting = max_waiting * workers
+        self.max_wait = max_wait
         self._intake_checks = 0
+        self._check_seconds = _FIRST_CHECK_SECONDS
         self._turns = _Turns(workers)
         self._pool = self._new_pool()
 
@@ -81,14 +86,16 @@ class FaceToolkit:
         await asyncio.gather(*(self._run(_ready, first=True) for _ in range(self._workers)))
 
     async def check_selfie(self, image: bytes) -> SelfieCheck:
-        """The intake verdict on a sanitised selfie; FacesBusy when too many are waiting."""
-        if self._intake_checks >= self._max_waiting:
-            raise FacesBusy(f"{self._intake_checks} face checks already waiting")
+        """The intake verdict on a sanitised selfie; FacesBusy when too much is waiting."""
+        waiting = self._intake_checks * self._check_seconds / self._workers
+        if waiting >= self.max_wait:
+            raise FacesBusy(f"{self._intake_checks} face checks waiting, about {waiting:.0f} s")
         self._intake_checks += 1
         try:
             check = await self._run(_check_selfie, image, self.rules, first=False)
         finally:
             self._intake_checks -= 1
+        self._check_seconds += _AVERAGE_WEIGHT * (check.seconds - self._check_seconds)
         log.debug("face check: %s in %.0f ms", check.verdict, check.seconds * 1000)
         return check
 
