@@ -52,7 +52,7 @@ from bot.faces.models import CNN_DETECTOR_FILE, EMBEDDER_FILE, LANDMARKS_FILE, l
 from bot.faces.verdict import MAX_CONFIRMATIONS
 from bot.images import sanitise_selfie
 from tests.conftest import EXAMPLE_SELFIE
-from tests.face_set import measure
+from tests.face_set import measure, record_loop_gaps
 
 PHONE_PHOTO = (4032, 3024)
 OUTPUTS = {"512x768": ("headshot", 512, 768), "1024x1024": ("flux_headshot", 1024, 1024)}
@@ -120,21 +120,13 @@ async def timings(runs: int, rules: FaceRules) -> None:
 
     gaps: list[float] = []
 
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while True:
-            await asyncio.sleep(0.002)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
     intake_wall, intake_work, compare_wall = [], [], []
     plain_selfie, patched = EXAMPLE_SELFIE.read_bytes(), patched_selfie()
     plain_work: list[float] = []
     patched_work: list[float] = []
     per_output: dict[str, list[float]] = {size: [] for size in made}
     distances: dict[str, float | None] = {}
-    ticking = asyncio.create_task(ticker())
+    ticking = asyncio.create_task(record_loop_gaps(gaps))
     try:
         for _ in range(runs):
             started = time.perf_counter()

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage import ledger
+from storage import identity, ledger
 from storage.database import Database
 from storage.inbox import forget_inbox
 from storage.interactions import forget_interactions
@@ -291,11 +291,7 @@ async def _unreferenced(
     check's) or job row points at."""
     output_keys = sorted(set(outputs))
     input_keys = sorted(set(inputs) - set(output_keys))
-    shared: set[str] = set()
-    if output_keys:
-        for column in (_OUTPUTS.c.content_key, _CHECKS.c.content_key):
-            rows = await conn.execute(select(column).where(column.in_(output_keys)))
-            shared |= set(rows.scalars())
+    shared = await identity.in_use(conn, output_keys)
     shared |= await input_keys_in_use(conn, input_keys)
     return tuple(key for key in output_keys + input_keys if key not in shared)
 

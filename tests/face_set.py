@@ -13,9 +13,11 @@ of different identities. `tests/test_faces.py` asserts the errors this gives at 
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import io
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -147,3 +149,14 @@ def measure(models: FaceModels, rules: FaceRules) -> SetErrors:
         for a, b in itertools.combinations(sorted(embeddings), 2)
     ]
     return SetErrors(threshold=rules.threshold, genuine=genuine, impostor=impostor)
+
+
+async def record_loop_gaps(gaps: list[float]) -> None:
+    """Until cancelled, append to `gaps` each time between the event loop's wake-ups on a 2 ms
+    timer: a long one means something held the loop (face work must never)."""
+    last = time.perf_counter()
+    while True:
+        await asyncio.sleep(0.002)
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now

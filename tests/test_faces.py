@@ -41,7 +41,7 @@ from bot.faces.models import (
 from bot.faces.picture import UnreadableImage, decode
 from bot.faces.verdict import MAX_CONFIRMATIONS, faces_that_count, subject_of
 from tests.conftest import EXAMPLE_SELFIE
-from tests.face_set import insightface_image, jpeg, measure, png, t1_face
+from tests.face_set import insightface_image, jpeg, measure, png, record_loop_gaps, t1_face
 
 # The example selfie's face (384×384 photo): HOG's box, in the photo's pixels.
 ASTRONAUT_FACE = (130, 56, 205, 130)
@@ -356,15 +356,7 @@ async def test_the_event_loop_stays_free_while_faces_are_compared() -> None:
     )
     gaps: list[float] = []
 
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while True:
-            await asyncio.sleep(0.002)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    ticking = asyncio.create_task(ticker())
+    ticking = asyncio.create_task(record_loop_gaps(gaps))
     try:
         started = time.perf_counter()
         scores = await kit.compare(selfie, outputs)

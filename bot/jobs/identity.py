@@ -7,8 +7,8 @@ attempts, each image the job owes is the first that passed, or else the closest 
 with a note and its credit refunded. The user pays for delivered images only; the retries are
 the operator's.
 
-Face work runs in the face toolkit's threads, never in the event loop. The embeddings live only
-inside one `compare` call: what is kept is the distance.
+Face work runs in the face toolkit's worker processes, never in the event loop. The embeddings
+live only inside one `compare` call: what is kept is the distance.
 """
 
 from __future__ import annotations
