@@ -22,6 +22,7 @@ RUN pip install --no-cache-dir ".[${EXTRAS}]" && sh deploy/use-onnxruntime-gpu.s
 USER headshot
 VOLUME ["/data"]
 EXPOSE 8080
-# GET /healthz on the port and address the bot reads from its settings (WEB_PORT, WEB_HOST).
+# GET /readyz (the database can be written, the chat gateways are up) on the port and address
+# the bot reads from its settings (WEB_PORT, WEB_HOST).
 HEALTHCHECK --interval=30s --timeout=5s CMD ["python", "/app/deploy/healthcheck.py"]
 CMD ["headshot-bot", "run"]

@@ -3,9 +3,18 @@ processing time, own process) -> webhook -> fetch -> re-host -> commit.
 
     python bench/throughput.py --jobs 2000 --users 50 --cap 50
 
-Prints jobs/s, acknowledgement latency (request accepted and its credit reserved), latency from
-the webhook's arrival (the simulator sends it within one 20 ms tick of completing) to the
-re-hosted image, and the bot process's peak RSS. Run it a few times: report the median.
+Prints jobs/s, the bot process's CPU milliseconds per job, acknowledgement latency (request
+accepted and its credit reserved), latency from the webhook's arrival (the simulator sends it
+within one 20 ms tick of completing) to the re-hosted image, and the bot process's peak RSS. Run
+it a few times: report the median.
+
+    python bench/throughput.py --jobs 1000 --users 20 --cap 50 --metrics both --rounds 5
+
+What metrics cost: runs with METRICS on and off, interleaved (the order alternates each round),
+each against a fresh simulator and database, after one run not counted (the first run in a
+process warms caches), then the medians of each and their ratio. The CPU
+time per job is the bot process's own (the simulator is another process), and includes one
+scrape of /metrics at the end of a run with metrics on.
 """
 
 from __future__ import annotations
@@ -102,12 +111,31 @@ def bench_settings(workdir: Path, sim_port: int, cap: int, **overrides: Any) -> 
     )
 
 
-async def run(jobs: int, users: int, cap: int, sim_port: int, workdir: Path) -> dict[str, float]:
+async def run(
+    jobs: int, users: int, cap: int, sim_port: int, workdir: Path, *, metrics: bool = True
+) -> dict[str, float]:
     await _wait_until_listening(sim_port)
-    settings = bench_settings(workdir, sim_port, cap, daily_quota=10_000)
+    settings = bench_settings(workdir, sim_port, cap, daily_quota=10_000, metrics=metrics)
     timings = EngineTimings(min_poll_seconds=5.0, max_poll_seconds=5.0)
     async with HeadshotApp(settings, Overrides(timings=timings, local_webhooks=True)) as app:
-        return await _drive(app, jobs, users)
+        cpu = time.process_time()
+        figures = await _drive(app, jobs, users)
+        if metrics:
+            figures["scrape_ms"] = await _scrape_ms(app)
+        figures["cpu_ms_per_job"] = (time.process_time() - cpu) * 1000 / jobs
+        return figures
+
+
+async def _scrape_ms(app: HeadshotApp) -> float:
+    """One scrape, as Prometheus makes every 15 s: its wall time."""
+    reader, writer = await asyncio.open_connection(*app.base_url.removeprefix("http://").split(":"))
+    started = time.perf_counter()
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    if not answer.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"/metrics answered {answer[:40]!r}")
+    return (time.perf_counter() - started) * 1000
 
 
 async def _drive(app: HeadshotApp, jobs: int, users: int) -> dict[str, float]:
@@ -168,12 +196,42 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--cap", type=int, default=50, help="MODELSLAB_MAX_QUEUED, sim's cap")
+    parser.add_argument(
+        "--metrics", choices=("on", "off", "both"), default="on", help="METRICS; both: compare"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each setting")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, simulator_process(args.cap) as sim_port:
-        figures = asyncio.run(run(args.jobs, args.users, args.cap, sim_port, Path(tmp)))
+    settings = {"on": [True], "off": [False], "both": [True, False]}[args.metrics]
+    runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
     print(f"jobs={args.jobs} users={args.users} cap={args.cap}")
-    for name, value in figures.items():
-        print(f"{name:>14}: {value:8.1f}")
+    if args.metrics == "both":
+        # The first run in a process pays for what is cached after it (SQLAlchemy's compiled
+        # statements, imports): one run, not counted, before those compared.
+        with tempfile.TemporaryDirectory() as tmp, simulator_process(args.cap) as sim_port:
+            asyncio.run(run(min(args.jobs, 200), args.users, args.cap, sim_port, Path(tmp)))
+    for round_ in range(args.rounds):
+        order = settings if round_ % 2 == 0 else settings[::-1]
+        for metrics in order:
+            with tempfile.TemporaryDirectory() as tmp, simulator_process(args.cap) as sim_port:
+                figures = asyncio.run(
+                    run(args.jobs, args.users, args.cap, sim_port, Path(tmp), metrics=metrics)
+                )
+            runs[metrics].append(figures)
+            shown = " ".join(f"{name}={value:.1f}" for name, value in figures.items())
+            print(f"round {round_ + 1} metrics={'on' if metrics else 'off'}: {shown}")
+    medians = {
+        metrics: {name: statistics.median(r[name] for r in done) for name in done[0]}
+        for metrics, done in runs.items()
+        if done
+    }
+    for metrics, figures in medians.items():
+        print(f"median of {len(runs[metrics])}, metrics {'on' if metrics else 'off'}:")
+        for name, value in figures.items():
+            print(f"{name:>16}: {value:8.1f}")
+    if len(medians) == 2:
+        on, off = medians[True], medians[False]
+        print(f"cpu per job, on/off: {on['cpu_ms_per_job'] / off['cpu_ms_per_job']:.3f}")
+        print(f"jobs/s, on/off: {on['jobs_per_s'] / off['jobs_per_s']:.3f}")
 
 
 if __name__ == "__main__":

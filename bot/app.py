@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from backends.base import Backend
 from backends.fallback import generator_name
@@ -23,12 +24,15 @@ from bot.faces import FaceModelsMissing, FaceRules, FaceToolkit
 from bot.fetch import SafeFetcher
 from bot.fleet.backend import fleet_of
 from bot.fleet.pools import capacity_source
-from bot.fleet.view import FleetView
+from bot.fleet.view import FleetView, WorkerView
 from bot.generation import GenerationService
+from bot.health import ProviderHealth, Readiness
 from bot.images import workers as image_workers
 from bot.jobs.engine import EngineTimings, JobEngine
 from bot.jobs.event_bus import EventBus
 from bot.jobs.identity import IdentityGate
+from bot.metrics import ServiceFigures, WorkerFigures, open_metrics
+from bot.metrics.endpoint import MetricsPage, metrics_app
 from bot.stores import open_store
 from bot.web import ChatWebhooks, create_web_app
 from storage.accounts import AccountRepository
@@ -39,6 +43,7 @@ from storage.coordination import Coordination, ServiceAlreadyRunning, open_coord
 from storage.database import Database
 from storage.deliveries import DeliveryRepository
 from storage.dispatch import DispatchQueue
+from storage.health import WriteProbe
 from storage.history import HistoryRepository
 from storage.imagestore import ImageStore
 from storage.inbox import InboxRepository
@@ -109,6 +114,12 @@ class HeadshotApp:
         self.fetcher: SafeFetcher
         self.commands: CommandLayer
         self.base_url = ""
+        self.metrics = open_metrics(settings.metrics)
+        self.provider_health = ProviderHealth(self.metrics)
+        self.readiness: Readiness
+        self.fleet: FleetView
+        # Where /metrics is served when METRICS_PORT gives it a port of its own.
+        self.metrics_url: str | None = None
 
     async def start(self) -> None:
         """Open everything in order; whatever fails closes what was already open."""
@@ -145,6 +156,13 @@ class HeadshotApp:
         await upgrade(url)
         sock = _bind(settings.web_host, _pick(self._overrides.web_port, settings.web_port))
         opened.callback(sock.close)
+        metrics_sock = (
+            _bind(settings.web_host, settings.metrics_port, setting="METRICS_PORT")
+            if settings.metrics and settings.metrics_port is not None
+            else None
+        )
+        if metrics_sock is not None:
+            opened.callback(metrics_sock.close)
         if not on_fleet:
             await self._start_backend()
         if self._overrides.images is not None:
@@ -180,6 +198,8 @@ class HeadshotApp:
             _check_store_is_shared(settings)
         self.store = open_store(settings)
         opened.push_async_callback(self.store.aclose)
+        probe = WriteProbe(self.db)
+        opened.push_async_callback(probe.aclose)
         self.accounts = AccountRepository(self.db, self.pseudonyms)
         self.jobs = JobRepository(self.db)
         faces = await self._open_faces()
@@ -218,6 +238,7 @@ class HeadshotApp:
             ),
             input_retention_seconds=settings.selfie_retention_seconds,
             identity=identity,
+            metrics=self.metrics,
         )
         self.generation = GenerationService(
             accounts=self.accounts,
@@ -227,11 +248,22 @@ class HeadshotApp:
             daily_quota=settings.daily_quota,
             max_upload_bytes=settings.max_upload_bytes,
             faces=faces if settings.face_check else None,
+            metrics=self.metrics,
         )
         self.fetcher = self._overrides.fetcher or SafeFetcher(
             max_bytes=settings.max_selfie_url_bytes
         )
         opened.push_async_callback(self.fetcher.aclose)
+        self.fleet = FleetView(
+            self.backend,
+            gpus.workers if (gpus := fleet_of(self.backend)) else None,
+            timeout=settings.gpu_worker_timeout_seconds,
+        )
+        self.readiness = Readiness(
+            database_writable=probe.check,
+            provider=self.provider_health,
+            fleet_live=self._fleet_live if self.fleet.has_gpu else None,
+        )
         self.commands = CommandLayer(
             Services(
                 settings=settings,
@@ -256,25 +288,46 @@ class HeadshotApp:
                 inbox=InboxRepository(self.db),
                 interactions=InteractionRepository(self.db),
                 posts=PostRepository(self.db),
-                fleet=FleetView(
-                    self.backend,
-                    gpus.workers if (gpus := fleet_of(self.backend)) else None,
-                    timeout=settings.gpu_worker_timeout_seconds,
-                ),
+                fleet=self.fleet,
+                metrics=self.metrics,
+                readiness=self.readiness,
             )
         )
         opened.push_async_callback(self.commands.aclose)
+        page = (
+            MetricsPage(self.metrics, self.figures, token=_secret(settings.metrics_token))
+            if settings.metrics
+            else None
+        )
         runner = web.AppRunner(
-            create_web_app(self.engine, self.jobs, self.store, self.chat_webhooks)
+            create_web_app(
+                self.engine,
+                self.jobs,
+                self.store,
+                self.chat_webhooks,
+                self.readiness,
+                metrics=page if metrics_sock is None else None,
+            )
         )
         self.backend.listen(self.engine.nudge)
         await runner.setup()
         opened.push_async_callback(runner.cleanup)
         await web.SockSite(runner, sock).start()
+        if page is not None and metrics_sock is not None:
+            await self._serve_metrics_apart(page, metrics_sock)
         # Stopped first: no job is driven while what it uses closes.
         opened.push_async_callback(self.engine.stop)
         await self.engine.begin(take_over=self.service)
         log.info("listening on %s", self.base_url)
+
+    async def _serve_metrics_apart(self, page: MetricsPage, sock: socket.socket) -> None:
+        """`/metrics` alone on METRICS_PORT."""
+        runner = web.AppRunner(metrics_app(page))
+        await runner.setup()
+        self._opened.push_async_callback(runner.cleanup)
+        await web.SockSite(runner, sock).start()
+        host, port = sock.getsockname()[:2]
+        self.metrics_url = f"http://{host}:{port}/metrics"
 
     async def _open_faces(self) -> FaceToolkit | None:
         """The face toolkit, when the intake check or the identity gate is on."""
@@ -299,7 +352,39 @@ class HeadshotApp:
             self.settings,
             quick_provider_failure=self._overrides.quick_provider_failure,
             fleet=fleet,
+            on_provider_call=self.provider_health.record,
         )
+
+    async def figures(self) -> ServiceFigures:
+        """What a scrape reads now: the queue, the provider's slots, the GPU workers. Without
+        the database, what it holds is unknown (NaN); the counters are still scraped."""
+        try:
+            return await self._read_figures()
+        except Exception as exc:
+            log.warning("metrics: the queue could not be read (%s)", type(exc).__name__)
+            return ServiceFigures.unreadable(self.engine.active_jobs, self.provider_health.degraded)
+
+    async def _read_figures(self) -> ServiceFigures:
+        dispatcher = self.engine.dispatcher
+        workers = await self.fleet.workers()
+        return ServiceFigures(
+            queue_depth=await dispatcher.waiting_count(),
+            active_jobs=self.engine.active_jobs,
+            slots_used=await dispatcher.in_flight(),
+            slots_cap=await dispatcher.current_capacity(),
+            provider_degraded=self.provider_health.degraded
+            or (self.fleet.has_gpu and not any(worker.live for worker in workers)),
+            workers=tuple(_worker_figures(worker) for worker in workers),
+        )
+
+    async def _fleet_live(self) -> bool | None:
+        """Whether any GPU worker is live; None when that cannot be read now."""
+        try:
+            workers = await self.fleet.workers()
+        except Exception as exc:
+            log.warning("readiness: the GPU workers could not be read (%s)", type(exc).__name__)
+            return None
+        return any(worker.live for worker in workers)
 
     def _use_backend(self, backend: Backend) -> None:
         self.backend = backend
@@ -364,7 +449,23 @@ def _pick(override: int | None, default: int) -> int:
     return default if override is None else override
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _worker_figures(worker: WorkerView) -> WorkerFigures:
+    state = "draining" if worker.draining else ("live" if worker.live else "silent")
+    return WorkerFigures(
+        name=f"{worker.host}/{worker.device}"[:64],
+        state=state,
+        jobs_done=worker.jobs_done,
+        jobs_failed=worker.jobs_failed,
+        seconds_per_image=worker.seconds_per_image,
+        heartbeat_age=worker.heartbeat_age,
+    )
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def _bind(host: str, port: int, *, setting: str = "WEB_PORT") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -377,7 +478,7 @@ def _bind(host: str, port: int) -> socket.socket:
         setting = (
             "WEB_HOST"
             if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
-            else "WEB_PORT"
+            else setting
         )
         raise ConfigError(
             f"invalid setting {setting}: cannot listen on {host}:{port} ({exc.strerror})"

@@ -18,6 +18,7 @@ from backends.local.config import WorkerConfig
 from backends.local.probe import gpu_visible, local_extra_installed
 from backends.local.runtime import Runtime
 from backends.modelslab import ModelsLabClient
+from backends.modelslab.client import CallListener
 from backends.params import Operation
 from bot.config import ConfigError, Settings
 from bot.fleet.backend import FleetBackend, Listen
@@ -49,12 +50,14 @@ def choose_backend(
     *,
     quick_provider_failure: bool = False,
     fleet: FleetAccess | None = None,
+    on_provider_call: CallListener | None = None,
 ) -> Backend:
     """The configured generator (not started yet), wrapped with its fallback when one is set.
 
     `quick_provider_failure`: a provider that cannot be reached at all fails after one short
     try instead of the retry schedule (the command line, where a person waits). `fleet`: the
-    service's database and channel, wanted where `uses_fleet`.
+    service's database and channel, wanted where `uses_fleet`. `on_provider_call` hears how
+    each call to ModelsLab ended (the metrics, and whether it is in an outage).
     """
     if uses_fleet(settings) and fleet is None:
         raise ValueError("the GPU fleet's backend is built with the service's FleetAccess")
@@ -62,9 +65,9 @@ def choose_backend(
     if name == "auto":
         # auto looks for a GPU on this machine: a child worker, as ever, not the fleet.
         name = _auto(settings)
-        primary = _build(name, settings, quick_provider_failure, None)
+        primary = _build(name, settings, quick_provider_failure, None, on_provider_call)
     else:
-        primary = _build(name, settings, quick_provider_failure, fleet)
+        primary = _build(name, settings, quick_provider_failure, fleet, on_provider_call)
     fallback = settings.fallback_backend
     if fallback == "none":
         return primary
@@ -73,7 +76,9 @@ def choose_backend(
             log.info("BACKEND=auto chose %s, which is also FALLBACK_BACKEND: no fallback", name)
             return primary
         raise ConfigError(f"invalid setting FALLBACK_BACKEND: it is the same as BACKEND ({name})")
-    return FallbackBackend(primary, _build(fallback, settings, quick_provider_failure, fleet))
+    return FallbackBackend(
+        primary, _build(fallback, settings, quick_provider_failure, fleet, on_provider_call)
+    )
 
 
 def _auto(settings: Settings) -> str:
@@ -99,7 +104,11 @@ def _device_ready(settings: Settings) -> bool:
 
 
 def _build(
-    name: str, settings: Settings, quick_provider_failure: bool, fleet: FleetAccess | None
+    name: str,
+    settings: Settings,
+    quick_provider_failure: bool,
+    fleet: FleetAccess | None,
+    on_call: CallListener | None,
 ) -> Backend:
     if name == "modelslab":
         key = settings.api_key
@@ -110,6 +119,7 @@ def _build(
             str(settings.modelslab_base_url),
             timeout=settings.modelslab_timeout,
             quick_unreachable=quick_provider_failure,
+            on_call=on_call,
         )
     if fleet is not None:
         return _fleet(settings, fleet)

@@ -175,6 +175,17 @@ class Settings(BaseSettings):
     pseudonym_key_file: Path | None = None
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "plain" for a person at a terminal; "json": one JSON object per line, for a log shipper.
+    log_format: Literal["plain", "json"] = "plain"
+    # This replica's name in JSON logs (the host name when unset).
+    replica_name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[!-~]+$")
+
+    # Prometheus metrics at GET /metrics. METRICS_PORT serves them on their own port (bound to
+    # WEB_HOST) instead of the web server's; METRICS_TOKEN makes a scrape carry
+    # `Authorization: Bearer <token>`.
+    metrics: bool = True
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_token: SecretStr | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -204,6 +215,7 @@ class Settings(BaseSettings):
         "s3_secret_access_key",
         "discord_token",
         "telegram_bot_token",
+        "metrics_token",
     )
     @classmethod
     def _secret_is_one_word(cls, value: SecretStr | None) -> SecretStr | None:
@@ -404,6 +416,7 @@ class Settings(BaseSettings):
             self.discord_token,
             self.telegram_bot_token,
             self.pseudonym_key,
+            self.metrics_token,
         ]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 

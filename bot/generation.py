@@ -20,6 +20,7 @@ from bot import replies
 from bot.faces import FacesBusy, FaceToolkit, SelfieVerdict
 from bot.images import ImageRejected, image_workers
 from bot.jobs.engine import INPUT_PREFIX, JobEngine, drop_inputs
+from bot.metrics import Metrics
 from bot.tokens import new_job_id
 from storage.accounts import AccountRepository
 from storage.imagestore import ImageStore
@@ -81,8 +82,10 @@ class GenerationService:
         daily_quota: int,
         max_upload_bytes: int,
         faces: FaceToolkit | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._faces = faces
+        self._metrics = metrics or Metrics()
         self._accounts = accounts
         self._jobs = jobs
         self._store = store
@@ -154,6 +157,7 @@ class GenerationService:
             # Its first handling queued it: whoever drives it and shows its result goes on.
             await drop_inputs(self._store, selfie_key, pose_key)
             raise RequestRepeated(job.id)
+        self._metrics.job_created(job.operation, job.credits_reserved)
         self._engine.start(job)
         return job
 

@@ -1,9 +1,9 @@
 """Every reply the command layer gives, with its wording written here: job events are worded
-in `bot/jobs/events.py`, and refusals of a mistyped option in `bot/commands/parse.py`, beside
-the checks.
+in `bot/jobs/events.py`, refusals of a mistyped option in `bot/commands/parse.py`, beside
+the checks, and the labels of charts in `bot/charts/wording.py`.
 
 A reply is plain data: the text, whether only the person who asked should see it, images to
-show, buttons to offer and, when a job was queued, its id (follow it with
+show, a chart, buttons to offer and, when a job was queued, its id (follow it with
 `CommandLayer.follow`). Adapters render it; they never write their own wording.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from bot.posts import Removal
 from bot.safety import SafetyLevel
 from bot.styles import Style
-from bot.ui import Button, ButtonStyle, ImageRef, JobSummary, job_buttons, short_id
+from bot.ui import Button, ButtonStyle, Chart, ImageRef, JobSummary, job_buttons, short_id
 from storage.records import Allowance, AuditRecord, JobState, JobStats
 
 if TYPE_CHECKING:
@@ -37,6 +37,8 @@ class Reply:
     job_id: str | None = None
     # The command was refused and changed nothing (always private).
     refused: bool = False
+    # A chart of what the text says (/admin stats), shown with it.
+    chart: Chart | None = None
 
 
 def internal_error(reference: str) -> str:
@@ -543,7 +545,7 @@ def banned_words_list(own: Sequence[str], inherited: Sequence[str]) -> Reply:
     return done("\n".join(lines))
 
 
-def stats(report: JobStats, days: int, community: bool) -> Reply:
+def stats(report: JobStats, days: int, community: bool, chart: Chart | None = None) -> Reply:
     rate = f"{100 * report.succeeded / report.jobs:.0f}%" if report.jobs else "n/a"
     median = (
         f"{report.median_generation_seconds:.1f} s"
@@ -559,7 +561,7 @@ def stats(report: JobStats, days: int, community: bool) -> Reply:
         top = ", ".join(f"{who(user)} ({count})" for user, count in report.top_users)
         lines.append(f"Top users: {top}.")
     lines += _identity_gate(report)
-    return done("\n".join(lines))
+    return Reply("\n".join(lines), private=True, chart=chart)
 
 
 def _identity_gate(report: JobStats) -> list[str]:

@@ -28,6 +28,14 @@ class ImageRef:
         return extension_for_content_type(self.content_type)
 
 
+@dataclass(frozen=True)
+class Chart:
+    """A picture the command layer drew (a PNG), sent as it is: it is not a stored image."""
+
+    filename: str
+    png: bytes = field(repr=False)
+
+
 class ButtonStyle(StrEnum):
     PRIMARY = "primary"
     SECONDARY = "secondary"

@@ -1,16 +1,18 @@
-"""Our aiohttp server: ModelsLab webhooks, chat platforms' webhooks, the re-hosted images, and a
-health check."""
+"""Our aiohttp server: ModelsLab webhooks, chat platforms' webhooks, the re-hosted images,
+liveness (`/healthz`), readiness (`/readyz`) and, unless on a port of their own, `/metrics`."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from bot.health import Readiness
 from bot.jobs.engine import JobEngine
+from bot.log_context import job_context
+from bot.metrics.endpoint import MetricsPage
 from bot.tokens import token_hash
 from storage.imagestore import ImageNotFound, ImageStore
 from storage.jobs import JobRepository
@@ -21,10 +23,10 @@ MAX_WEBHOOK_BYTES = 64 * 1024
 # A chat platform's update can be larger than a provider's webhook (Telegram: a long message
 # replying to another, with entities); the provider's route checks its own cap.
 MAX_REQUEST_BYTES = 1024 * 1024
-HEALTH_DATABASE_SECONDS = 5.0
 ENGINE_KEY = web.AppKey("engine", JobEngine)
 JOBS_KEY = web.AppKey("jobs", JobRepository)
 STORE_KEY = web.AppKey("store", ImageStore)
+READINESS_KEY = web.AppKey("readiness", Readiness)
 
 ChatWebhook = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -67,16 +69,27 @@ class ChatWebhooks:
 
 
 def create_web_app(
-    engine: JobEngine, jobs: JobRepository, store: ImageStore, chats: ChatWebhooks
+    engine: JobEngine,
+    jobs: JobRepository,
+    store: ImageStore,
+    chats: ChatWebhooks,
+    readiness: Readiness,
+    *,
+    metrics: MetricsPage | None = None,
 ) -> web.Application:
+    """`metrics`: the page served at `/metrics` here (None: off, or on METRICS_PORT)."""
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[ENGINE_KEY] = engine
     app[JOBS_KEY] = jobs
     app[STORE_KEY] = store
+    app[READINESS_KEY] = readiness
     app.router.add_post("/webhooks/modelslab/{token}", modelslab_webhook)
     app.router.add_post("/webhooks/{platform}", chats.receive)
     app.router.add_get("/images/{token}", image)
-    app.router.add_get("/healthz", health)
+    app.router.add_get("/healthz", alive)
+    app.router.add_get("/readyz", ready)
+    if metrics is not None:
+        app.router.add_get("/metrics", metrics.handle)
     return app
 
 
@@ -100,8 +113,9 @@ async def modelslab_webhook(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="body must be JSON") from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="body must be a JSON object")
-    engine.wake(job_id)
-    log.debug("webhook for job %s (status %r)", job_id, body.get("status"))
+    with job_context(job_id):
+        engine.wake(job_id)
+        log.debug("webhook for job %s (status %r)", job_id, body.get("status"))
     return web.json_response({"ok": True})
 
 
@@ -125,12 +139,15 @@ async def image(request: web.Request) -> web.Response:
     )
 
 
-async def health(request: web.Request) -> web.Response:
-    """Up, and able to reach the database (a replica that lost it is taken out of rotation)."""
-    try:
-        async with asyncio.timeout(HEALTH_DATABASE_SECONDS):
-            await request.app[JOBS_KEY].reachable()
-    except Exception as exc:
-        log.warning("health check: the database is not reachable (%s)", type(exc).__name__)
-        return web.json_response({"ok": False, "database": "unreachable"}, status=503)
-    return web.json_response({"ok": True, "active_jobs": request.app[ENGINE_KEY].active_jobs})
+async def alive(request: web.Request) -> web.Response:
+    """The process is up and its event loop answers: a supervisor restarts it otherwise. It
+    says nothing of the database or the generator (that is `/readyz`)."""
+    return web.json_response({"alive": True, "active_jobs": request.app[ENGINE_KEY].active_jobs})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Whether a load balancer should send this replica work: its database can be written and
+    its chat gateways are connected. A generator outage shows as "degraded" in the body and
+    leaves it ready (bot/health/provider.py says why)."""
+    report = await request.app[READINESS_KEY].check()
+    return web.json_response(report.body, status=200 if report.ready else 503)

@@ -1,7 +1,9 @@
-"""The container's health check: `GET /healthz` where the bot listens, read from its settings.
+"""The container's health check: `GET /readyz` where the bot listens, read from its settings.
 
 Docker runs it inside the container. It reads WEB_PORT and WEB_HOST the way `headshot-bot run`
-does, so a port other than the image's 8080 is followed. Exit 0: healthy; 1: not.
+does, so a port other than the image's 8080 is followed. Exit 0: healthy, which is ready (its
+database can be written, its chat gateways are connected); 1: not. A generator outage leaves it
+ready: `/readyz` shows it as "degraded" in its body.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ def health_url() -> str:
     host = WILDCARDS.get(settings.web_host, settings.web_host)
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{settings.web_port}/healthz"
+    return f"http://{host}:{settings.web_port}/readyz"
 
 
 def main() -> int:

@@ -17,7 +17,7 @@ from storage.database import Database
 from storage.deliveries import insert_delivery, release_deliveries, renew_deliveries
 from storage.identity import MeasuredImage
 from storage.leases import Lease, lease_until
-from storage.models import Job, Output, utcnow
+from storage.models import Job, Output, User, utcnow
 from storage.records import FINISHED_STATES, AuditNote, JobRecord, JobState, OutputRecord
 
 
@@ -168,6 +168,16 @@ class JobRepository:
                     _JOBS.c.webhook_token_hash == webhook_token_hash,
                     _JOBS.c.state.in_(_UNFINISHED),
                 )
+            )
+            return found.scalar_one_or_none()
+
+    async def platform(self, job_id: str) -> str | None:
+        """The chat platform of the job's user ("discord", "telegram", ...)."""
+        async with self._db.read() as conn:
+            found = await conn.execute(
+                select(_USERS.c.platform)
+                .join(_JOBS, _JOBS.c.user_id == _USERS.c.id)
+                .where(_JOBS.c.id == job_id)
             )
             return found.scalar_one_or_none()
 
@@ -464,6 +474,7 @@ def one_match(rows: Sequence[Any], ref: str) -> Any | None:
 
 _JOBS = Job.__table__
 _OUTPUTS = Output.__table__
+_USERS = User.__table__
 _OUTPUT_COLUMNS = [_OUTPUTS.c[f.name] for f in fields(OutputRecord)]
 _FINISHED = [s.value for s in FINISHED_STATES]
 _UNFINISHED = [s.value for s in JobState if s not in FINISHED_STATES]

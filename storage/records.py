@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -227,6 +227,24 @@ class IdentityFigures:
     backend: str
     checks: int
     passed: int
+
+
+@dataclass(frozen=True)
+class DayFigures:
+    """One UTC day of what `JobStats` counts: the jobs created that day by outcome, the credits
+    they used, and how long the succeeded ones took to generate (None: none had a time)."""
+
+    day: date
+    succeeded: int = 0
+    failed: int = 0
+    other: int = 0  # cancelled, or not finished yet
+    credits_used: int = 0  # committed minus refunded
+    median_generation_seconds: float | None = None
+    p90_generation_seconds: float | None = None
+
+    @property
+    def jobs(self) -> int:
+        return self.succeeded + self.failed + self.other
 
 
 @dataclass(frozen=True)

@@ -174,6 +174,9 @@ async def test_stats_jobs_and_refund(chat: TestChat, selfie: bytes, simulator: S
     assert lines[0] == "Last 30 days here: 3 jobs, 2 succeeded, 1 failed (success rate 67%)."
     assert lines[1].startswith("Credits used: 2. Median generation time: ")
     assert lines[2] == "Top users: user alice (2), user bob (1)."
+    chart = stats.reply.chart
+    assert chart is not None and chart.filename == "stats.png"
+    assert chart.png.startswith(b"\x89PNG\r\n\x1a\n")
 
     jobs = await chat.send("/admin jobs", **G1_MOD)
     assert jobs.reply.text.count("• ") == 3 and "user carol" not in jobs.reply.text

@@ -6,7 +6,8 @@ cluster's replicas use only real settings, share one database, image store and k
 Discord shard once, and sit behind a load balancer that names every one of them. The `gpu`
 profile runs the local backend on a reserved GPU with its models in a volume, in an image whose
 only onnxruntime is the GPU build, and a GPU worker of the cluster that holds none of the bot's
-secrets."""
+secrets. The `monitoring` profile's Prometheus scrapes every bot, and its Grafana is provisioned
+with that Prometheus and the dashboard (which tests/test_prometheus_scrape.py runs for real)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
 USE_ONNXRUNTIME_GPU = ROOT / "deploy" / "use-onnxruntime-gpu.sh"
 CLUSTER = "cluster"
 GPU = "gpu"
+MONITORING = "monitoring"
 LB = "lb"
 # Where the image keeps the project (the Dockerfile's WORKDIR).
 APP = "/app/"
@@ -186,7 +188,7 @@ def test_the_quick_start_runs_one_process_on_sqlite(services: dict[str, Service]
     assert "DATABASE_URL" not in environment(single)
     for name, service in services.items():
         if name != "headshot-bot":
-            assert service["profiles"] in ([CLUSTER], [GPU]), name
+            assert service["profiles"] in ([CLUSTER], [GPU], [MONITORING]), name
 
 
 def test_long_running_services_have_healthchecks(services: dict[str, Service]) -> None:
@@ -436,6 +438,77 @@ def test_the_gpu_worker_gets_the_store_and_its_database_role_and_no_secret_of_th
     # Its health is its heartbeat row (nothing listens), and a stop waits for its job to end.
     assert worker["healthcheck"] == {"disable": True}
     assert worker["stop_grace_period"] == "2m"
+
+
+def mounts_of(service: Service) -> dict[str, tuple[str, list[str]]]:
+    """Container path -> (host path or volume, options) for each `volumes` entry."""
+    found = {}
+    for entry in service.get("volumes", []):
+        source, target, *options = str(entry).split(":")
+        found[target] = (source, options)
+    return found
+
+
+def test_the_monitoring_profile_scrapes_every_bot_and_shows_the_dashboard(
+    compose: dict[str, Any], services: dict[str, Service]
+) -> None:
+    monitoring = {n: s for n, s in services.items() if s.get("profiles") == [MONITORING]}
+    assert set(monitoring) == {"prometheus", "grafana"}
+    prometheus, grafana = monitoring["prometheus"], monitoring["grafana"]
+    for service in monitoring.values():
+        assert re.fullmatch(r"[\w/.-]+:v?\d+\.\d+\.\d+", service["image"]), "pin the image"
+
+    # Prometheus: its config, read-only, where the image reads it; its API on loopback only.
+    mounts = mounts_of(prometheus)
+    source, options = mounts["/etc/prometheus/prometheus.yml"]
+    assert options == ["ro"]
+    config = yaml.safe_load((ROOT / source).read_text())
+    assert prometheus["ports"] == ["127.0.0.1:9090:9090"]
+    assert mounts["/prometheus"][0] in compose["volumes"]
+    # Every bot, each at its own web port (through `lb` a scrape would reach any replica).
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    bots = {
+        f"{name}:{environment(service)['WEB_PORT']}"
+        for name, service in services.items()
+        if service.get("command") == ["headshot-bot", "run"]
+    }
+    assert targets == bots
+    assert all(
+        job.get("metrics_path", "/metrics") == "/metrics" for job in config["scrape_configs"]
+    )
+
+    # Grafana: its data source is that Prometheus, and its dashboard provider reads the
+    # dashboard's file where it is mounted; everything read-only.
+    mounts = mounts_of(grafana)
+    provisioning, options = mounts["/etc/grafana/provisioning"]
+    assert options == ["ro"]
+    provisioning_dir = ROOT / provisioning
+    sources = yaml.safe_load((provisioning_dir / "datasources" / "prometheus.yml").read_text())
+    [source_config] = sources["datasources"]
+    assert source_config["type"] == "prometheus" and source_config["isDefault"]
+    url = urlsplit(source_config["url"])
+    assert url.hostname == "prometheus" and url.port == 9090
+    assert source_config["jsonData"]["timeInterval"] == config["global"]["scrape_interval"]
+    providers = yaml.safe_load((provisioning_dir / "dashboards" / "headshot-bot.yml").read_text())
+    [provider] = providers["providers"]
+    assert provider["type"] == "file"
+    dashboards = {
+        target: source
+        for target, (source, options) in mounts.items()
+        if target.startswith(provider["options"]["path"] + "/") and options == ["ro"]
+    }
+    assert list(dashboards.values()) == ["./deploy/grafana/headshot-bot.json"]
+    assert json.loads((ROOT / "deploy" / "grafana" / "headshot-bot.json").read_text())["panels"]
+    assert mounts["/var/lib/grafana"][0] in compose["volumes"]
+    # The admin password comes from the environment (.env), with a default for a first look.
+    assert "${GRAFANA_ADMIN_PASSWORD:-" in grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert published(grafana) == [(3000, 3000)]
+    assert depends_on(grafana) == {"prometheus": "service_healthy"}
 
 
 def test_the_models_folder_belongs_to_the_images_user() -> None:

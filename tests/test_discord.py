@@ -23,10 +23,11 @@ from adapters.discord import DiscordAdapter
 from backends.modelslab.simulator import Simulator
 from bot.app import HeadshotApp, Overrides
 from bot.config import ConfigError, load_settings
-from bot.logs import setup_logging
+from bot.logs import LogFormat
 from tests.conftest import FAST, TEST_KEY, make_image, shared_image_workers
 from tests.databases import query, stored_bytes
 from tests.fake_discord import FakeDiscord, Interaction, Message
+from tests.logs import assert_secret_absent, json_lines, service_logging
 
 GUILD = 1_180_000_000_000_000_001
 OTHER_GUILD = 1_180_000_000_000_000_002
@@ -488,6 +489,27 @@ async def test_every_admin_command(world: World) -> None:
     assert f"discord:{MOD} · refund → discord:{BOB}" in audit
 
 
+async def test_admin_stats_shows_its_chart_in_the_embed(world: World) -> None:
+    await world.start()
+    await result_of(world.fake, await world.headshot(user_id=BOB))
+    fake = world.fake
+    interaction = await fake.run_command(
+        "admin stats", {"days": 30}, user_id=MOD, guild_id=GUILD, permissions=MANAGE_GUILD
+    )
+    await fake.wait_for(
+        lambda: interaction.original is not None and not interaction.original.loading
+    )
+    answer = interaction.original
+    assert answer is not None and interaction.ephemeral
+    assert answer.content.startswith("Last 30 days here: 1 job, 1 succeeded")
+    [chart] = answer.files
+    assert chart.filename == "stats.png"
+    assert [embed["image"]["url"] for embed in answer.embeds] == ["attachment://stats.png"]
+    assert answer.payload()["embeds"][0]["image"]["url"] == chart.url
+    with Image.open(io.BytesIO(chart.data)) as picture:
+        assert (picture.format, picture.size) == ("PNG", (1000, 750))
+
+
 async def test_admin_commands_are_checked_again_when_run(world: World) -> None:
     """A server can show /admin to anyone; running it still needs Manage Server."""
     await world.start()
@@ -633,21 +655,24 @@ async def test_a_restart_mid_job_still_delivers_and_old_buttons_still_work(
     assert rerolled.embeds[0]["description"].startswith("Done: 1 image · casual · seed ")
 
 
+@pytest.mark.parametrize("log_format", ["plain", "json"])
 async def test_no_interaction_token_reaches_the_database_or_the_log(
-    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture, log_format: LogFormat
 ) -> None:
-    root, discord_log = logging.getLogger(), logging.getLogger("discord")
-    saved = (root.handlers[:], root.level, discord_log.level)
-    setup_logging("DEBUG", [world.fake.token])  # what `headshot-bot run` sets up
-    root.addHandler(caplog.handler)
-    try:
-        await _token_free_run(world, tmp_path, caplog)
-    finally:
-        root.handlers[:], root.level = saved[0], saved[1]
-        discord_log.setLevel(saved[2])
+    # What `headshot-bot run` sets up.
+    with service_logging("DEBUG", [world.fake.token], log_format=log_format) as written:
+        logging.getLogger().addHandler(caplog.handler)
+        interaction = await _token_free_run(world, tmp_path, caplog)
+    for secret in (interaction.token, world.fake.token):
+        assert_secret_absent(written.getvalue(), secret, json_format=log_format == "json")
+    if log_format == "json":
+        driven = [e for e in json_lines(written.getvalue()) if "operation" in e]
+        assert driven and all(e["platform"] == "discord" for e in driven)
 
 
-async def _token_free_run(world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def _token_free_run(
+    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> Interaction:
     await world.start()
     world.simulator.config.processing_seconds = 0.3
     interaction = await world.headshot()
@@ -656,6 +681,7 @@ async def _token_free_run(world: World, tmp_path: Path, caplog: pytest.LogCaptur
     assert interaction.token.encode() not in database
     assert interaction.token not in caplog.text
     assert world.fake.token not in caplog.text
+    return interaction
 
 
 async def test_discords_recommended_shard_count_is_used_when_none_is_set(

@@ -23,6 +23,7 @@ from bot.jobs.rehost import RetryPolicy
 from storage.records import JobRecord, JobState
 from tests.conftest import TEST_KEY, AppFactory, make_image
 from tests.databases import stored_bytes
+from tests.logs import assert_secret_absent, service_logging
 
 OPTIONS: dict[str, dict[str, Any]] = {
     "headshot": {"prompt": "corporate headshot", "width": 384, "height": 512},
@@ -311,14 +312,18 @@ async def test_the_api_key_never_reaches_logs_or_the_database(
     simulator.config.processing_seconds = 0.1
     simulator.config.retry_after = 0
     simulator.config.inject = [429, 500]
-    app = await make_app()
-    await run_job(app, selfie)
-    simulator.config.failure_rate = 1.0
-    await run_job(app, selfie)
-    simulator.config.api_keys = frozenset({"another"})
-    await run_job(app, selfie)
+    # Nothing blanks it here (no secrets given): it is never logged at all, in either format.
+    with service_logging("DEBUG", [], log_format="json") as written:
+        logging.getLogger().addHandler(caplog.handler)
+        app = await make_app()
+        await run_job(app, selfie)
+        simulator.config.failure_rate = 1.0
+        await run_job(app, selfie)
+        simulator.config.api_keys = frozenset({"another"})
+        await run_job(app, selfie)
     assert caplog.records
     assert TEST_KEY not in caplog.text
+    assert_secret_absent(written.getvalue(), TEST_KEY, json_format=True)
     for path in (tmp_path / "data").rglob("*"):
         if path.is_file():
             assert TEST_KEY.encode() not in path.read_bytes(), path

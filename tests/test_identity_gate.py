@@ -135,6 +135,13 @@ async def test_a_stranger_is_made_again_and_only_passing_images_reach_the_user(
     stats = await chat.send("/admin stats 30", **G1_MOD)
     assert "3 retries" in stats.reply.text, stats.reply.text
     assert "headshot · modelslab: 4/7 passed" in stats.reply.text, stats.reply.text
+    # The same in the metrics: 7 images measured, 4 passed, 3 failed, 3 retries.
+    scraped = chat.app.metrics.exposition(await chat.app.figures()).decode()
+    assert 'headshot_identity_checks_total{result="passed"} 4.0' in scraped
+    assert 'headshot_identity_checks_total{result="failed"} 3.0' in scraped
+    assert "headshot_identity_retries_total 3.0" in scraped
+    # Measured once per attempt: three jobs, each made twice.
+    assert 'headshot_job_stage_seconds_count{stage="identity"} 6.0' in scraped
 
     shown = await chat.send(f"/show {(double.reply.job_id or '')[:8]}", **G1)
     assert re.search(r"image 1 0\.\d\d", shown.reply.text), shown.reply.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import io
 import json
@@ -1012,3 +1013,61 @@ async def test_download_follows_redirects(
     data = await scripted_client.download_output(f"{scripted.base_url}/o/1.png", max_bytes=100)
     assert data == b"\x89PNG-bytes"
     assert scripted.paths == ["/o/1.png", "/o/real.png"]
+
+
+# --- what a watcher hears -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("inject", "heard"),
+    [
+        ([], ["ok"]),
+        ([429, 429], ["rate_limited", "rate_limited", "ok"]),
+        ([500, 503], ["server_error", "server_error", "ok"]),
+        ([504], ["timeout", "ok"]),
+        ([401], ["refused_key"]),
+        ([402], ["refused_key"]),
+        ([403], ["refused_key"]),
+    ],
+)
+async def test_every_call_is_heard_with_how_it_ended(
+    make_client: MakeClient, sim: Simulator, inject: list[int], heard: list[str]
+) -> None:
+    outcomes: list[str] = []
+    client = make_client(on_call=outcomes.append)
+    sim.config.inject = list(inject)
+    with contextlib.suppress(BackendError):
+        await client.submit(_request("headshot"))
+    assert outcomes == heard
+    assert len(outcomes) == len(_api_calls(sim))
+
+
+async def test_a_refused_request_and_a_failed_job_are_heard_as_such(
+    make_client: MakeClient, sim: Simulator
+) -> None:
+    outcomes: list[str] = []
+    client = make_client(on_call=outcomes.append)
+    with pytest.raises(InvalidRequest):
+        await client.submit(_request("headshot", face=b"definitely not an image"))
+    assert outcomes == ["invalid_request"]
+    # A job the provider reports failed is an answer about the job: the engine counts it.
+    sim.config.failure_rate = 1.0
+    outcomes.clear()
+    result = await client.submit(_request("headshot"))
+    assert result.status is ResultStatus.FAILED and outcomes == []
+
+
+async def test_nothing_listening_is_heard_as_unreachable(sleeps: Sleeps) -> None:
+    outcomes: list[str] = []
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = ModelsLabClient(
+        KEY, f"http://127.0.0.1:{port}", sleep=sleeps, max_attempts=2, on_call=outcomes.append
+    )
+    try:
+        with pytest.raises(ProviderUnreachable):
+            await client.submit(_request("headshot"))
+    finally:
+        await client.aclose()
+    assert outcomes == ["unreachable", "unreachable"]

@@ -5,6 +5,7 @@ client against the simulator over HTTP, and a real SQLite file."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import logging
 import os
@@ -24,14 +25,17 @@ from telegram.ext import AIORateLimiter
 from adapters.telegram import TelegramAdapter
 from adapters.telegram.delivery import EditBudget
 from adapters.telegram.outgoing import PHOTO_LIMIT, uploads
+from adapters.telegram.watching import sends_a_message
 from backends.modelslab.simulator import Simulator
+from bot import replies
 from bot.app import HeadshotApp, Overrides
 from bot.config import ConfigError, load_settings
-from bot.logs import setup_logging
+from bot.logs import LogFormat
 from bot.ui import ImageRef
 from tests.conftest import FAST, TEST_KEY, make_image, shared_image_workers
 from tests.databases import stored_bytes
 from tests.fake_telegram import FakeTelegram
+from tests.logs import assert_secret_absent, json_lines, service_logging
 
 GROUP = -1001234567890
 ALICE, BOB, MOD, OWNER, STRANGER = 501, 502, 503, 599, 504
@@ -237,6 +241,15 @@ async def test_a_photo_with_the_command_as_caption(world: World, chat: str) -> N
     assert fake.calls_to("sendChatAction")[0].params["action"] == "upload_photo"
     assert [m for m in fake.bot_messages(chat_id) if caption_or_text(m).startswith("Got it")] == []
     await world.no_deliveries_owed()
+    # What the metrics say of it: one update in and acknowledged, one result delivered, and
+    # every message the bot sent or edited.
+    assert world.app is not None
+    scraped = world.app.metrics.exposition(await world.app.figures()).decode()
+    for family in ("received_total", "acknowledgement_seconds_count", "delivery_seconds_count"):
+        assert f'headshot_chat_{family}{{platform="telegram"}} 1.0' in scraped
+    shown = [c for c in fake.calls if sends_a_message(c.method) and c.status == 200]
+    sent = f'headshot_chat_messages_sent_total{{platform="telegram"}} {float(len(shown))}'
+    assert sent in scraped
 
 
 @pytest.mark.parametrize("chat", ["dm", "group"])
@@ -654,6 +667,35 @@ async def test_admin_in_a_dm_is_for_owners_only(world: World) -> None:
     assert answer["text"].startswith("Admin commands work in a server or group")
 
 
+async def test_admin_stats_is_a_chart_with_the_text_as_its_caption(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await world.start()
+    fake = world.fake
+    fake.send_photo(ALICE, ALICE, selfie_jpeg(), caption="/headshot studio")
+    await result_in(fake, ALICE)
+    asked = fake.send_text(OWNER, OWNER, "/admin stats 30")
+    answer = await bot_reply_to(fake, OWNER, asked["message_id"])
+    assert answer["caption"].startswith("Last 30 days everywhere (global): 1 job, 1 succeeded")
+    assert "text" not in answer
+    chart = fake.file_bytes(answer["photo"][-1]["file_id"])  # the largest size: the original
+    with Image.open(io.BytesIO(chart)) as picture:
+        assert (picture.format, picture.size) == ("PNG", (1000, 750))
+
+    # A text longer than a caption may be is cut to Telegram's 1,024 characters.
+    stats = replies.stats
+
+    def long_stats(*args: Any, **kwargs: Any) -> replies.Reply:
+        reply = stats(*args, **kwargs)
+        return dataclasses.replace(reply, text=reply.text + "\n" + "й" * 2000)
+
+    monkeypatch.setattr(replies, "stats", long_stats)
+    asked = fake.send_text(OWNER, OWNER, "/admin stats")
+    answer = await bot_reply_to(fake, OWNER, asked["message_id"], "Last 7 days")
+    assert len(answer["caption"]) == 1024 and answer["caption"].endswith("й…")
+    assert answer["photo"] and "text" not in answer
+
+
 async def test_private_answers_asked_in_a_group_need_a_private_chat(world: World) -> None:
     await world.start()
     fake = world.fake
@@ -755,25 +797,26 @@ async def test_flood_control_is_waited_out(world: World) -> None:
     assert [c.status for c in fake.calls_to("sendPhoto")] == [429, 200]
 
 
+@pytest.mark.parametrize("log_format", ["plain", "json"])
 async def test_the_token_reaches_no_log_and_no_database(
-    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture, log_format: LogFormat
 ) -> None:
-    root, telegram_log = logging.getLogger(), logging.getLogger("telegram")
-    saved = (root.handlers[:], root.level, telegram_log.level)
-    setup_logging("DEBUG", [world.fake.token])  # what `headshot-bot run` sets up
-    root.addHandler(caplog.handler)
-    try:
+    # What `headshot-bot run` sets up.
+    with service_logging("DEBUG", [world.fake.token], log_format=log_format) as written:
+        logging.getLogger().addHandler(caplog.handler)
         await world.start()
         world.fake.send_photo(ALICE, ALICE, selfie_jpeg(), caption="/headshot studio")
         await result_in(world.fake, ALICE)
-    finally:
-        root.handlers[:], root.level = saved[0], saved[1]
-        telegram_log.setLevel(saved[2])
     database = stored_bytes(world.database_url)
     token = world.fake.token
     assert token.encode() not in database
     assert token not in caplog.text and token.split(":")[1] not in caplog.text
     assert "DEBUG" in caplog.text
+    for secret in (token, token.split(":")[1]):
+        assert_secret_absent(written.getvalue(), secret, json_format=log_format == "json")
+    if log_format == "json":
+        driven = [e for e in json_lines(written.getvalue()) if "operation" in e]
+        assert driven and all(e["platform"] == "telegram" for e in driven)
 
 
 async def test_a_refused_token_is_one_clear_error(world: World) -> None:

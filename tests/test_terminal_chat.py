@@ -135,6 +135,10 @@ async def test_a_newcomer_types_the_commands_and_gets_the_image(
     await chat.expect(r"^Today: 4 of 5 images left\. The allowance resets at 00:00 UTC")
     chat.type("/admin stats")
     await chat.expect(r"^Last 7 days everywhere \(global\): 1 job, 1 succeeded, 0 failed")
+    chart = Path((await chat.expect(r"^  chart: (.+)$"))[1])
+    assert chart.parent == tmp_path / "out" and chart.name.startswith("stats-")
+    with Image.open(chart) as picture:
+        assert (picture.format, picture.size) == ("PNG", (1000, 750))
     chat.type(f"/press {buttons[1]}")  # Re-roll
     again = (await chat.expect(rf"queued as job (\w+) \(a re-roll of job {job}\)"))[1]
     await chat.expect(rf"^\[job {again}\] Done: 1 image")

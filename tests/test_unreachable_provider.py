@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bot.app import HeadshotApp, Overrides
 from bot.config import load_settings
 from bot.generation import GenerationRequest
+from bot.health.provider import OUTAGE_AFTER
 from bot.jobs.events import Failed, JobEvent, Progress
 from tests.conftest import FAST, TEST_KEY
 
@@ -91,3 +93,32 @@ async def test_the_service_retries_and_then_says_unreachable_not_busy(
     progress = [event.text for event in events if isinstance(event, Progress)]
     assert progress == ["The generator cannot be reached; trying again shortly…"] * 2
     assert "busy" not in " ".join(event.text for event in events if hasattr(event, "text"))
+
+
+async def test_an_unreachable_provider_is_degraded_and_the_replica_stays_ready(
+    start_app: StartApp, selfie: bytes
+) -> None:
+    app = await start_app(Overrides(timings=FAST, quick_provider_failure=True))
+    readyz = f"{app.base_url}/readyz"
+    for _ in range(OUTAGE_AFTER):
+        assert (await _get_json(readyz))[1]["generator"] == {"state": "ok"}
+        assert isinstance((await _run_job(app, selfie))[-1], Failed)
+    status, body = await _get_json(readyz)
+    # Ready all the same: out of the load balancer, it would not hear Telegram's webhooks.
+    assert (status, body["ready"], body["database"]) == (200, True, "writable")
+    generator = body["generator"]
+    assert isinstance(generator, dict)
+    assert generator["state"] == "degraded"
+    assert (generator["reason"], generator["failed_calls"]) == ("unreachable", OUTAGE_AFTER)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{app.base_url}/metrics") as answer,
+    ):
+        scraped = await answer.text()
+    assert "headshot_provider_degraded 1.0" in scraped
+    assert f'headshot_provider_errors_total{{kind="unreachable"}} {OUTAGE_AFTER}.0' in scraped
+
+
+async def _get_json(url: str) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as session, session.get(url) as answer:
+        return answer.status, await answer.json()

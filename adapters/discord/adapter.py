@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -43,10 +44,12 @@ from adapters.discord.delivery import (
 from adapters.discord.posts import DiscordPostRemover, note_shown
 from adapters.discord.registration import register
 from adapters.discord.rendering import reply_message
+from adapters.discord.watching import RateLimitWatch
 from bot import replies
 from bot.commands import Actor, CommandLayer, CommandRequest, CommandSpec
 from bot.config import ConfigError, Settings
 from bot.interactions import Abandoned, request_key
+from bot.log_context import job_context
 from bot.replies import Reply
 
 log = logging.getLogger(__name__)
@@ -134,6 +137,8 @@ class DiscordAdapter:
         self._acks_in_flight = 0
         self._no_acks_in_flight = asyncio.Event()
         self._no_acks_in_flight.set()
+        self._metrics = layer.services.metrics
+        self._rate_limits = RateLimitWatch(self._metrics)
 
     @property
     def client(self) -> HeadshotClient:
@@ -156,6 +161,9 @@ class DiscordAdapter:
             if isinstance(exc, discord.LoginFailure):
                 raise ConfigError("invalid setting DISCORD_TOKEN: Discord refused it") from None
             raise
+        self._rate_limits.install()
+        if self.layer.services.readiness is not None:
+            self.layer.services.readiness.gateway("discord", self._connected)
         # Deleting a job deletes its messages, whichever replica posted them.
         self._remover = DiscordPostRemover(client)
         self.layer.remove_posts_with(PLATFORM, self._remover)
@@ -197,6 +205,13 @@ class DiscordAdapter:
         while self._shards_held:
             await self.layer.let_go(self._shards_held.pop())
 
+    def _connected(self) -> bool:
+        """Every shard this replica runs is connected (for `/readyz`)."""
+        client = self._client
+        if client is None or client.is_closed() or not client.is_ready():
+            return False
+        return not any(shard.is_closed() for shard in client.shards.values())
+
     async def wait_ready(self) -> None:
         """Until every shard is connected and ready for interactions."""
         await self.client.wait_until_ready()
@@ -205,6 +220,9 @@ class DiscordAdapter:
         """Stop following jobs (what is owed stays noted for the next start) and disconnect.
         Interactions being answered get a few seconds; those still unanswered then are let
         go, for another process to end at once."""
+        if self.layer.services.readiness is not None:
+            self.layer.services.readiness.drop_gateway("discord")
+        self._rate_limits.remove()
         if self._answering_now:
             await asyncio.wait(list(self._answering_now), timeout=STOP_GRACE_SECONDS)
         if self._remover is not None:
@@ -235,6 +253,7 @@ class DiscordAdapter:
     async def run_command(
         self, spec: CommandSpec, interaction: discord.Interaction, given: dict[str, Any]
     ) -> None:
+        arrived = self._received()
         for name, value in given.items():
             if isinstance(value, discord.Attachment):
                 refusal = self.layer.check_upload(
@@ -244,10 +263,10 @@ class DiscordAdapter:
                     subject="pose image" if name == "pose_image" else "selfie",
                 )
                 if refusal is not None:
-                    async with self._acknowledging():
+                    async with self._acknowledging(arrived):
                         await interaction.response.send_message(refusal.text, ephemeral=True)
                     return
-        async with self._acknowledging():
+        async with self._acknowledging(arrived):
             deferred = await interaction.response.defer(thinking=True, ephemeral=spec.private)
         await self._after_acknowledgements()
         key = request_key(PLATFORM, interaction.id)
@@ -271,12 +290,13 @@ class DiscordAdapter:
             await self._answer(interaction, reply, private=spec.private, target=target)
 
     async def run_button(self, interaction: discord.Interaction, line: str) -> None:
+        arrived = self._received()
         spec = self.layer.command_of_line(line)
         # A reply takes the pressed message's place only on the presser's own message: a
         # stranger's press is answered to them alone.
         in_place = spec is not None and spec.replaces_message and _pressers_own(interaction)
         private = spec is None or spec.private
-        async with self._acknowledging():
+        async with self._acknowledging(arrived):
             if in_place:
                 deferred = await interaction.response.defer()
             else:
@@ -299,12 +319,18 @@ class DiscordAdapter:
                 interaction, reply, private=private, in_place=in_place, target=target
             )
 
+    def _received(self) -> float:
+        """Count an interaction in; returns when it arrived, for its acknowledgement's time."""
+        self._metrics.received(PLATFORM)
+        return time.monotonic()
+
     @contextlib.asynccontextmanager
-    async def _acknowledging(self) -> AsyncIterator[None]:
+    async def _acknowledging(self, arrived: float) -> AsyncIterator[None]:
         self._acks_in_flight += 1
         self._no_acks_in_flight.clear()
         try:
             yield
+            self._metrics.acknowledged(PLATFORM, time.monotonic() - arrived)
         finally:
             self._acks_in_flight -= 1
             if self._acks_in_flight == 0:
@@ -384,6 +410,7 @@ class DiscordAdapter:
                 await webhook.send(text)  # Discord's first follow-up replaces the "thinking…"
             else:
                 await webhook.edit_message(abandoned.message_id, content=text)
+            self._metrics.sent(PLATFORM)
         except discord.HTTPException as exc:
             if exc.status == 429 or exc.status >= 500:
                 return False
@@ -407,6 +434,7 @@ class DiscordAdapter:
             log.exception("interaction %s failed (ref %s)", interaction.id, reference)
             with contextlib.suppress(Exception):
                 await interaction.followup.send(replies.internal_error(reference), ephemeral=True)
+                self._metrics.sent(PLATFORM)
 
     async def _answer(
         self,
@@ -425,9 +453,11 @@ class DiscordAdapter:
             if not in_place:
                 await interaction.delete_original_response()
             await interaction.followup.send(**message.kwargs(editing=False), ephemeral=True)
+            self._metrics.sent(PLATFORM)
             return
         if reply.job_id is None:
             shown = await interaction.edit_original_response(**message.kwargs(editing=True))
+            self._metrics.sent(PLATFORM)
             if message.pictures:  # images shown again, in a message others see
                 jobs = [image.job_id for image in reply.images if image.job_id is not None]
                 await note_shown(self.layer, shown, jobs)
@@ -435,9 +465,13 @@ class DiscordAdapter:
         assert target is not None, "a command that queues a job is given a target"
         try:
             await interaction.edit_original_response(**message.kwargs(editing=True))
+            self._metrics.sent(PLATFORM)
         except discord.HTTPException:
             # The job is queued all the same: its result will be posted in the channel.
-            log.warning("job %s: could not show that it was queued", reply.job_id, exc_info=True)
+            with job_context(reply.job_id, platform=PLATFORM):
+                log.warning(
+                    "job %s: could not show that it was queued", reply.job_id, exc_info=True
+                )
             self._follow(reply.job_id, target, None)
             return
         self._follow(reply.job_id, target, interaction)

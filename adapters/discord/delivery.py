@@ -11,6 +11,7 @@ retried with a growing delay, so a result is shown at least once.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from adapters.discord.rendering import DEFAULT_UPLOAD_LIMIT, Outgoing, event_mes
 from adapters.targets import IntTarget
 from bot.commands import CommandLayer
 from bot.jobs.events import FINAL_EVENTS, JobEvent
+from bot.log_context import bind_job
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ class JobDelivery:
         self._edit_interval = edit_interval
 
     async def run(self) -> None:
+        bind_job(self._job_id, platform=PLATFORM)  # its own task: every line of it
         throttle = Throttle(self._show_progress, self._edit_interval)
         final: JobEvent | None = None
         try:
@@ -89,7 +92,9 @@ class JobDelivery:
                     throttle.offer(event)
         finally:
             await throttle.close()
+        ended = time.monotonic()
         await show_until_done(self._layer, self._job_id, final, self._deliver)
+        self._layer.services.metrics.delivered(PLATFORM, time.monotonic() - ended)
 
     def _can_edit(self) -> bool:
         interaction = self._interaction
@@ -104,6 +109,7 @@ class JobDelivery:
         message = await event_message(event, self._layer.image, self._target.upload_limit)
         try:
             await self._interaction.edit_original_response(**message.kwargs(editing=True))
+            self._layer.services.metrics.sent(PLATFORM)
         except Exception as exc:  # progress is a courtesy: the result is what must get through
             log.info("job %s: progress edit failed (%r); no more edits", self._job_id, exc)
             self._interaction = None
@@ -121,6 +127,7 @@ class JobDelivery:
                 log.info("job %s: result edit failed (%r); posting it", self._job_id, exc)
                 self._interaction = None
             else:
+                self._layer.services.metrics.sent(PLATFORM)
                 if message.pictures:
                     await note_shown(self._layer, shown, [self._job_id])
                 return True
@@ -160,7 +167,9 @@ class JobDelivery:
                 raise
             log.warning("job %s: files refused (%s); sending the text", self._job_id, exc)
             await channel.send(**message.without_files().kwargs(editing=False), reference=reference)  # type: ignore[arg-type]
+            self._layer.services.metrics.sent(PLATFORM)
             return None
+        self._layer.services.metrics.sent(PLATFORM)
         return sent if message.pictures else None
 
     async def _channel(self) -> discord.abc.Messageable:

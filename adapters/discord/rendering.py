@@ -16,7 +16,7 @@ from adapters.discord.buttons import view_of
 from bot.images import image_workers
 from bot.jobs.events import Completed, Failed, JobEvent
 from bot.replies import Reply
-from bot.ui import Button, ImageRef, short_id
+from bot.ui import Button, Chart, ImageRef, short_id
 
 MAX_CONTENT = 2000
 MAX_DESCRIPTION = 4096
@@ -35,7 +35,9 @@ ImageReader = Callable[[ImageRef], Awaitable[bytes]]
 class Picture:
     filename: str
     data: bytes
-    link: str  # our own address of the image: embeds sharing one form a gallery
+    # Our own address of the image: embeds sharing one form a gallery. None: not a stored
+    # image (a chart), shown in an embed of its own.
+    link: str | None
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,19 @@ class Outgoing:
 
 
 async def reply_message(reply: Reply, read: ImageReader, upload_limit: int) -> Outgoing:
+    pictures = await _pictures(reply.images, read, reply.job_id or "image", upload_limit)
     return Outgoing(
         content=reply.text,
-        pictures=await _pictures(reply.images, read, reply.job_id or "image", upload_limit),
+        pictures=pictures + _chart_picture(reply.chart, upload_limit),
         buttons=reply.buttons,
     )
+
+
+def _chart_picture(chart: Chart | None, upload_limit: int) -> tuple[Picture, ...]:
+    """The chart, shown in its embed; none when there is none (or, never expected, too big)."""
+    if chart is None or len(chart.png) > upload_limit:
+        return ()
+    return (Picture(chart.filename, chart.png, None),)
 
 
 async def event_message(event: JobEvent, read: ImageReader, upload_limit: int) -> Outgoing:

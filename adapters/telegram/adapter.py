@@ -53,7 +53,9 @@ from adapters.telegram.incoming import (
 )
 from adapters.telegram.outgoing import (
     MAX_ALERT,
+    MAX_CAPTION,
     MAX_TEXT,
+    chart_upload,
     command_of_press,
     cut,
     is_media,
@@ -69,6 +71,7 @@ from adapters.telegram.posts import TelegramPostRemover, posts_of
 from adapters.telegram.receiving import Receiver
 from adapters.telegram.registration import register
 from adapters.telegram.waiting import FileRef, Note, Request, keep_announcing_ended_waits
+from adapters.telegram.watching import CountedRequests
 from bot import replies
 from bot.commands import Access, Actor, CommandLayer, CommandSpec
 from bot.config import ConfigError, Settings
@@ -156,7 +159,7 @@ class TelegramAdapter:
             .token(self._token)
             .base_url(f"{api}/bot")
             .base_file_url(f"{api}/file/bot")
-            .rate_limiter(self.rate_limiter)
+            .rate_limiter(CountedRequests(self.rate_limiter, self.layer.services.metrics))
             .updater(None)
             .build()
         )
@@ -224,12 +227,23 @@ class TelegramAdapter:
                 self._poller = asyncio.create_task(
                     self._receiver.poll(POLL_TIMEOUT, ALLOWED_UPDATES), name="telegram-polling"
                 )
+            if self.layer.services.readiness is not None:
+                self.layer.services.readiness.gateway(PLATFORM, self._receiving)
         except BaseException:
             await self.stop()
             raise
 
+    def _receiving(self) -> bool:
+        """Updates reach this replica: its webhook is mounted, or its poller runs (`/readyz`).
+        A poller that cannot reach Telegram keeps trying, and says so in the log."""
+        if self._webhook_path is not None:
+            return True
+        return self._poller is not None and not self._poller.done()
+
     async def stop(self) -> None:
         """Stop receiving, stop following jobs (what is owed stays noted), disconnect."""
+        if self.layer.services.readiness is not None:
+            self.layer.services.readiness.drop_gateway(PLATFORM)
         if self._webhook_path is not None:
             self._webhooks.unmount(PLATFORM)
             self._webhook_path = None
@@ -601,7 +615,7 @@ class TelegramAdapter:
         """Show a reply in place of the pressed message (the next page, a deleted result)."""
         bot = self.application.bot
         markup = keyboard(reply.buttons)
-        if not reply.images and not is_media(message):
+        if not reply.images and reply.chart is None and not is_media(message):
             await query.answer()
             try:
                 await self._edit(message.chat_id, message.message_id, reply.text, reply)
@@ -620,7 +634,12 @@ class TelegramAdapter:
                     message_id=message.message_id,
                     caption=reply.text[:1024],
                 )
-        if not reply.images and markup is None and len(reply.text) <= MAX_ALERT:
+        if (
+            not reply.images
+            and reply.chart is None
+            and markup is None
+            and len(reply.text) <= MAX_ALERT
+        ):
             await query.answer(reply.text)
             return
         await query.answer()
@@ -648,10 +667,14 @@ class TelegramAdapter:
         files = await uploads(
             reply.images, self.layer.image, name=reply.job_id or "image", as_photo=self._as_photo
         )
+        text = reply.text
+        if reply.chart is not None:  # a photo with the text as its caption, cut to fit
+            files.append(chart_upload(reply.chart))
+            text = cut(text, MAX_CAPTION)
         sent = await send_all(
             self.application.bot,
             chat_id,
-            reply.text,
+            text,
             files=files,
             markup=keyboard(reply.buttons),
             reply_to=reply_to,

@@ -35,6 +35,7 @@ from adapters.telegram.outgoing import MAX_TEXT, Upload, cut, keyboard, send, se
 from adapters.telegram.posts import posts_of
 from bot.commands import CommandLayer
 from bot.jobs.events import FINAL_EVENTS, Completed, JobEvent, Started
+from bot.log_context import bind_job
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class JobDelivery:
         self._result_posted = False
 
     async def run(self) -> None:
+        bind_job(self._job_id, platform=PLATFORM)  # its own task: every line of it
         in_group = self._target.chat_id < 0
         interval = self._edit_interval * (GROUP_EDIT_SLOWER if in_group else 1)
         throttle = Throttle(self._show_progress, interval)
@@ -129,7 +131,9 @@ class JobDelivery:
                 action.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await action
+        ended = time.monotonic()
         await show_until_done(self._layer, self._job_id, final, self._deliver, self._tidy)
+        self._layer.services.metrics.delivered(PLATFORM, time.monotonic() - ended)
 
     async def _show_action(self) -> None:
         while True:

@@ -25,7 +25,7 @@ from telegram import (
 )
 
 from bot.images import image_workers
-from bot.ui import Button, ImageRef, short_id
+from bot.ui import Button, Chart, ImageRef, short_id
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,11 @@ async def uploads(
             extension = image.extension if content_type == image.content_type else "jpg"
         files.append(Upload(f"{stem}-{index}.{extension}", data, as_photo, image.job_id))
     return files
+
+
+def chart_upload(chart: Chart) -> Upload:
+    """A chart goes as a photo, whatever `TELEGRAM_SEND_AS` says of results."""
+    return Upload(chart.filename, chart.png, as_photo=True)
 
 
 async def send(

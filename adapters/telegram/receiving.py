@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from telegram import Update
@@ -64,6 +65,9 @@ class Receiver:
     async def take(self, update: Update, payload: dict[str, Any] | None = None) -> None:
         """Note an update (as Telegram sent it: `payload`) in the inbox, then handle it in the
         background. Raises if it could not be noted: then it must not be acknowledged."""
+        metrics = self._layer.services.metrics
+        metrics.received(PLATFORM)
+        arrived = time.monotonic()
         key = await self._layer.inbox.accept(
             PLATFORM,
             self._bot,
@@ -71,6 +75,7 @@ class Receiver:
             person=_person(update),
             payload=update.to_dict() if payload is None else payload,
         )
+        metrics.acknowledged(PLATFORM, time.monotonic() - arrived)
         if key is not None:
             self._handle_later(key, update)
 

@@ -23,7 +23,7 @@ from bot import replies
 from bot.commands import Actor, CommandLayer
 from bot.jobs.events import FINAL_EVENTS, Completed, Failed, JobEvent
 from bot.replies import Reply
-from bot.ui import Button, ImageRef, short_id
+from bot.ui import Button, Chart, ImageRef, short_id
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,8 @@ class TerminalChat:
     async def _show_reply(self, reply: Reply) -> None:
         self._write(reply.text)
         await self._show_images(reply.images)
+        if reply.chart is not None:
+            await self._show_chart(reply.chart)
         self._show_buttons(reply.buttons)
         if reply.job_id is not None:
             self._follow(reply.job_id)
@@ -201,6 +203,15 @@ class TerminalChat:
                 return False
             self._write(texts.image_saved(path))
         return True
+
+    async def _show_chart(self, chart: Chart) -> None:
+        try:
+            path = await self.folder.save_chart(chart)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            self._write(texts.image_not_saved(self.folder.path, reason))
+            return
+        self._write(texts.chart_saved(path))
 
     def _show_buttons(self, buttons: Sequence[Button]) -> None:
         line = self._board.show(buttons)

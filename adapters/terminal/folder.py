@@ -4,9 +4,10 @@ content, so showing the same image again (a history page) writes no second copy.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 
-from bot.ui import ImageRef
+from bot.ui import Chart, ImageRef
 
 NAME_CHARS = 16
 
@@ -20,6 +21,14 @@ class ImageFolder:
         name = Path(image.content_key).name
         target = self.path / f"{Path(name).stem[:NAME_CHARS]}.{image.extension}"
         await asyncio.to_thread(_write_once, target, data)
+        return target
+
+    async def save_chart(self, chart: Chart) -> Path:
+        """Write a chart, named by its content too ("stats-…png"), and return its path."""
+        name = Path(chart.filename)
+        digest = hashlib.sha256(chart.png).hexdigest()[:NAME_CHARS]
+        target = self.path / f"{name.stem}-{digest}{name.suffix}"
+        await asyncio.to_thread(_write_once, target, chart.png)
         return target
 
 

@@ -51,6 +51,10 @@ def image_saved(path: Path) -> str:
     return f"  image: {path}"
 
 
+def chart_saved(path: Path) -> str:
+    return f"  chart: {path}"
+
+
 def image_not_saved(folder: Path, reason: str) -> str:
     return f"Couldn't save the images in {folder} ({reason}): free some space or fix the folder."
 

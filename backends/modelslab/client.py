@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -49,6 +50,20 @@ AUTH_MESSAGE = "ModelsLab rejected the API key: check MODELSLAB_API_KEY"
 CREDITS_MESSAGE = "The ModelsLab account is out of credits: top it up at modelslab.com"
 # The contract's example 429 asks for 30 s; used when a rate limit names no wait.
 DEFAULT_RETRY_AFTER = 30.0
+# How a call ended, when it did not go well (each is heard by `on_call`).
+CALL_ERRORS = (
+    "rate_limited",
+    "server_error",
+    "timeout",
+    "unreachable",
+    "bad_answer",
+    "refused_key",
+    "content_refused",
+    "invalid_request",
+    "unknown_job",
+)
+_CONTENT_REFUSAL = re.compile(r"nsfw|not safe|unsafe|inappropriate|prohibited|safety", re.I)
+CallListener = Callable[[str], None]
 # With `quick_unreachable`, how long the one connection attempt may take.
 QUICK_CONNECT_SECONDS = 5.0
 # A provider's output link may redirect to its CDN, not around the world.
@@ -71,6 +86,8 @@ class _Transient:
     retry_after: float | None = None
     # No connection could be made at all (see ProviderUnreachable).
     unreachable: bool = False
+    # What it is, for whoever watches the calls (`CallListener`).
+    kind: str = "server_error"
 
 
 class ModelsLabClient:
@@ -103,7 +120,10 @@ class ModelsLabClient:
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
         quick_unreachable: bool = False,
+        on_call: CallListener | None = None,
     ) -> None:
+        """`on_call` hears how every API call ended: "ok", or the kind of error (one of
+        `CALL_ERRORS`); each try of a retried call is heard."""
         if not isinstance(api_key, str) or not api_key.strip():
             raise ValueError("The ModelsLab API key is empty: set MODELSLAB_API_KEY")
         if not timeout > 0:
@@ -132,6 +152,7 @@ class ModelsLabClient:
         )
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
+        self._on_call: CallListener = on_call or _ignore
 
     def __repr__(self) -> str:
         return f"ModelsLabClient(base_url={self._base_url!r})"
@@ -250,6 +271,17 @@ class ModelsLabClient:
     async def _post_once(
         self, path: str, body: dict[str, Any], operation: Operation, provider_id: str | None
     ) -> dict[str, Any] | _Transient:
+        outcome = await self._post_outcome(path, body, operation, provider_id)
+        if isinstance(outcome, _Transient):
+            self._on_call(outcome.kind)
+        elif not wire.is_error(outcome):
+            self._on_call("ok")
+        # An error body is heard where it is read (`_refusal`), or is a failed job's answer.
+        return outcome
+
+    async def _post_outcome(
+        self, path: str, body: dict[str, Any], operation: Operation, provider_id: str | None
+    ) -> dict[str, Any] | _Transient:
         response = await self._send(path, body)
         if isinstance(response, _Transient):
             return response
@@ -260,7 +292,8 @@ class ModelsLabClient:
         if code == 429:
             return _rate_limit(reply, response.headers.get("retry-after"))
         if code == 408 or code >= 500:
-            return _Transient(f"ModelsLab is unavailable (HTTP {code})")
+            kind = "timeout" if code in (408, 504) else "server_error"
+            return _Transient(f"ModelsLab is unavailable (HTTP {code})", kind=kind)
         raise self._http_error(code, reply, path, operation, provider_id)
 
     async def _send(self, path: str, body: dict[str, Any]) -> httpx.Response | _Transient:
@@ -273,16 +306,18 @@ class ModelsLabClient:
             )
         except (httpx.ConnectError, httpx.ConnectTimeout):
             # Refused, a name that does not resolve, or nothing answering the connect at all.
-            return _Transient("could not reach ModelsLab", unreachable=True)
+            return _Transient("could not reach ModelsLab", unreachable=True, kind="unreachable")
         except httpx.TimeoutException:
-            return _Transient("ModelsLab did not answer in time")
+            return _Transient("ModelsLab did not answer in time", kind="timeout")
         except (httpx.HTTPError, httpx.StreamError):
             return _Transient("could not reach ModelsLab")
 
     @staticmethod
     def _accepted(reply: dict[str, Any] | None, code: int) -> dict[str, Any] | _Transient:
         if reply is None or not wire.is_known(reply):
-            return _Transient(f"ModelsLab sent an unreadable answer (HTTP {code})")
+            return _Transient(
+                f"ModelsLab sent an unreadable answer (HTTP {code})", kind="bad_answer"
+            )
         if wire.is_error(reply) and wire.classify_error(reply) is wire.ErrorKind.RATE_LIMIT:
             return _rate_limit(reply, None)
         return reply
@@ -295,6 +330,12 @@ class ModelsLabClient:
         operation: Operation,
         provider_id: str | None,
     ) -> BackendError:
+        if code in (401, 402, 403):
+            self._on_call("refused_key")
+        elif code in (404, 410):
+            self._on_call("unknown_job" if provider_id is not None else "invalid_request")
+        elif reply is None:
+            self._on_call("invalid_request")
         if code == 401:
             return AuthenticationFailed(AUTH_MESSAGE)
         if code == 402:
@@ -314,6 +355,7 @@ class ModelsLabClient:
     ) -> BackendError:
         """The error for an error body: by its text, since a 200 can carry any of them."""
         kind = wire.classify_error(reply)
+        self._on_call(_call_error(kind, wire.message_of(reply, secrets=(self._key,))))
         if kind is wire.ErrorKind.AUTH:
             return AuthenticationFailed(AUTH_MESSAGE)
         if kind is wire.ErrorKind.CREDITS:
@@ -404,7 +446,25 @@ def _rate_limit(reply: dict[str, Any] | None, header: str | None) -> _Transient:
         "ModelsLab's queue for this account is full",
         rate_limited=True,
         retry_after=wire.retry_after(reply, header),
+        kind="rate_limited",
     )
+
+
+def _call_error(kind: wire.ErrorKind | None, message: str | None) -> str:
+    """What an error body is, as one of `CALL_ERRORS`."""
+    if kind in (wire.ErrorKind.AUTH, wire.ErrorKind.CREDITS, wire.ErrorKind.PLAN):
+        return "refused_key"
+    if kind is wire.ErrorKind.UNKNOWN_JOB:
+        return "unknown_job"
+    if kind is wire.ErrorKind.RATE_LIMIT:
+        return "rate_limited"
+    if message and _CONTENT_REFUSAL.search(message):
+        return "content_refused"
+    return "invalid_request"
+
+
+def _ignore(outcome: str) -> None:
+    pass
 
 
 def _exhausted(outcome: _Transient, attempts: int) -> BackendError:

@@ -71,7 +71,9 @@ def settings(*, quiet: bool = False, data: bool = True) -> Settings:
     if problem:
         raise ConfigError(f"invalid setting DATA_DIR: {problem}")
     level = "WARNING" if quiet and loaded.log_level in ("DEBUG", "INFO") else loaded.log_level
-    setup_logging(level, loaded.secrets())
+    setup_logging(
+        level, loaded.secrets(), log_format=loaded.log_format, replica=loaded.replica_name
+    )
     return loaded
 
 

@@ -47,7 +47,12 @@ async def _gpu_worker(args: argparse.Namespace) -> int:
     chosen = settings(data=False)
     # The worker's own password is a secret of its logs too.
     password = urlsplit(chosen.effective_database_url).password
-    setup_logging(chosen.log_level, [*chosen.secrets(), *([password] if password else [])])
+    setup_logging(
+        chosen.log_level,
+        [*chosen.secrets(), *([password] if password else [])],
+        log_format=chosen.log_format,
+        replica=chosen.replica_name,
+    )
     if not chosen.s3_bucket and (problem := write_problem(chosen.data_dir)):
         raise ConfigError(f"invalid setting DATA_DIR: {problem}")
 

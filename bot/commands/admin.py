@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot import replies
+from bot.charts import stats_chart
 from bot.commands.context import Context
 from bot.commands.parse import EVERYONE, CommandError
 from bot.policy import Key
@@ -71,9 +72,12 @@ async def unban(ctx: Context, options: dict[str, Any]) -> Reply:
 
 async def stats(ctx: Context, options: dict[str, Any]) -> Reply:
     days = options.get("days", DEFAULT_STATS_DAYS)
-    since = datetime.now(UTC) - timedelta(days=days)
+    now = datetime.now(UTC)
+    since = now - timedelta(days=days)
     report = await ctx.services.stats.summary(ctx.community_id, since=since)
-    return replies.stats(report, days, ctx.in_community)
+    daily = await ctx.services.stats.daily(ctx.community_id, since=since, until=now)
+    chart = await stats_chart(daily, period_days=days, community=ctx.in_community)
+    return replies.stats(report, days, ctx.in_community, chart)
 
 
 async def enable(ctx: Context, options: dict[str, Any]) -> Reply:
@@ -164,6 +168,8 @@ async def refund(ctx: Context, options: dict[str, Any]) -> Reply:
     credits = await ctx.services.jobs.refund(
         job.id, audit=ctx.audit("refund", ctx.person(listing.platform_user_id), job=job.id)
     )
+    if credits:
+        ctx.services.metrics.credits_refunded(credits)
     return replies.refund_result(job.id, listing.platform_user_id, credits, str(job.state))
 
 

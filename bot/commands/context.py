@@ -10,8 +10,10 @@ from bot.config import Settings
 from bot.fetch import SafeFetcher
 from bot.fleet.view import FleetView
 from bot.generation import GenerationService
+from bot.health import Readiness
 from bot.jobs.engine import JobEngine
 from bot.jobs.event_bus import EventBus
+from bot.metrics import Metrics
 from bot.policy import Policy, resolve
 from bot.posts import PostRemovers
 from storage.accounts import AccountRepository
@@ -92,6 +94,10 @@ class Services:
     removers: PostRemovers = field(default_factory=PostRemovers)
     # The GPU workers, for /admin workers; None: this bot has none (ModelsLab alone).
     fleet: FleetView | None = None
+    # What the service counts (adapters count what reaches and leaves their platform).
+    metrics: Metrics = field(default_factory=Metrics)
+    # Where an adapter says whether its gateway is connected (`/readyz`); None: not served.
+    readiness: Readiness | None = None
 
 
 @dataclass

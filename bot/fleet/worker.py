@@ -32,6 +32,7 @@ from backends.local.config import WorkerConfig
 from backends.local.probe import local_extra_installed
 from bot.backends import check_local_models, worker_config
 from bot.config import ConfigError, Settings
+from bot.log_context import job_context
 from bot.stores import open_store
 from storage.database import Database
 from storage.gpu_queue import (
@@ -248,6 +249,10 @@ class _Service:
         self._draining = draining
 
     async def handle(self, generation: QueuedGeneration) -> GenerationResult:
+        with job_context(generation.track_id, operation=generation.operation):
+            return await self._handle(generation)
+
+    async def _handle(self, generation: QueuedGeneration) -> GenerationResult:
         try:
             result = await self._make(generation)
         except HandBack:

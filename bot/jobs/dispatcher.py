@@ -25,6 +25,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
+from bot.log_context import outside_job
 from storage.coordination import Coordination
 from storage.dispatch import DispatchQueue, Pool
 
@@ -142,7 +143,10 @@ class Dispatcher:
     def _want_pass(self) -> None:
         self._pass_wanted = True
         if self._pump is None or self._pump.done():
-            self._pump = asyncio.create_task(self._pump_passes(), name="dispatch-pass")
+            # A pass serves every job, though the first to wait may start it from its task.
+            self._pump = asyncio.create_task(
+                self._pump_passes(), name="dispatch-pass", context=outside_job()
+            )
 
     async def _pump_passes(self) -> None:
         # Requests that come in during a pass are served by one more pass, not one each.
@@ -186,7 +190,7 @@ class Dispatcher:
         if not self._coordination.reaches_others:
             return
         message = json.dumps({"o": self._origin, "g": granted[:MAX_NOTED]}, separators=(",", ":"))
-        task = asyncio.create_task(self._publish(message))
+        task = asyncio.create_task(self._publish(message), context=outside_job())
         self._notes.add(task)
         task.add_done_callback(self._notes.discard)
 

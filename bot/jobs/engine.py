@@ -31,6 +31,7 @@ from backends.errors import (
     RateLimited,
     UnknownProviderJob,
 )
+from backends.fallback import generator_name
 from backends.params import GenerationParams
 from bot.jobs.dispatcher import CapacitySource, Dispatcher
 from bot.jobs.event_bus import EventBus
@@ -38,6 +39,8 @@ from bot.jobs.events import Failed, JobEvent, Progress, Queued, Started, complet
 from bot.jobs.identity import AttemptPlan, IdentityGate, first_plan
 from bot.jobs.rehost import Rehoster, RehostFailed, RetryPolicy
 from bot.jobs.relay import EventRelay
+from bot.log_context import bind_driven_job, job_context, outside_job
+from bot.metrics import Metrics
 from bot.tokens import new_token, token_hash
 from storage.coordination import Coordination
 from storage.dispatch import DispatchQueue
@@ -100,8 +103,10 @@ class JobEngine:
         timings: EngineTimings | None = None,
         input_retention_seconds: float = 0.0,
         identity: IdentityGate | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._jobs = jobs
+        self._metrics = metrics or Metrics()
         self._identity = identity
         self._backend = backend
         self._store = store
@@ -185,7 +190,8 @@ class JobEngine:
                     if job_id not in renewed and not task.done():
                         # Ended just now (its ending goes on by itself), or another process
                         # took it over while we stalled past the lease: stop driving it.
-                        log.info("job %s: no longer held here (ended, or taken over)", job_id)
+                        with job_context(job_id):
+                            log.info("job %s: no longer held here (ended, or taken over)", job_id)
                         task.cancel()
                 if take_over:
                     await self._take_over()
@@ -259,6 +265,7 @@ class JobEngine:
     # ---- one job ------------------------------------------------------------------------
 
     async def _drive(self, job: JobRecord) -> None:
+        await bind_driven_job(job, self._jobs)  # every line of this task (and its children)
         try:
             if job.state == JobState.PROCESSING and job.provider_id is not None:
                 # Sent by another process (or before a restart): the generator may need the
@@ -267,7 +274,9 @@ class JobEngine:
                 self._backend.adopt(job.provider_id, lambda: self._request_for(sent, None))
             while True:
                 if job.state == JobState.QUEUED:
+                    waited = time.monotonic()
                     await self.dispatcher.acquire(job.id)
+                    self._metrics.stage("queue_wait", time.monotonic() - waited)
                 if job.state in (JobState.QUEUED, JobState.SUBMITTED):
                     job = await self._submit(job)
                 if job.state == JobState.PROCESSING:
@@ -381,6 +390,7 @@ class JobEngine:
         if result.status == ResultStatus.FAILED:
             detail = f": {result.message}" if result.message else ""
             log.warning("job %s: provider reported failure%s", job.id, detail)
+            self._metrics.provider_call("generation_failed")
             raise JobFailure("the generator could not make this image")
         if result.status == ResultStatus.PROCESSING:
             if not result.provider_id:
@@ -409,6 +419,8 @@ class JobEngine:
             raise JobMovedOn
         if moved.state == JobState.REHOSTING:
             self.dispatcher.changed()  # its provider slot is free
+            if job.submitted_at is not None:
+                self._metrics.stage("provider", (now - job.submitted_at).total_seconds())
         return moved
 
     async def _rehost(self, job: JobRecord) -> JobRecord | None:
@@ -423,10 +435,12 @@ class JobEngine:
         plan = await self._plan(job)
         # More outputs than paid for are never fetched: only what was asked for is delivered.
         urls = job.provider_outputs[: len(plan.slots)]
+        started = time.monotonic()
         try:
             kept = await self._rehoster.rehost(job.id, urls, deadline=deadline)
         except RehostFailed as exc:
             raise JobFailure(str(exc)) from None
+        self._metrics.stage("rehost", time.monotonic() - started)
         # A generator that made fewer images than asked leaves the last slots empty.
         images = [
             replace(image, position=slot) for image, slot in zip(kept, plan.slots, strict=False)
@@ -434,13 +448,21 @@ class JobEngine:
         if self._identity is None:
             await self._ending(self._succeed(job, images))
             return None
+        started = time.monotonic()
         measured = await self._identity.measure(job, images, plan)
+        self._metrics.stage("identity", time.monotonic() - started)
+        self._metrics.identity_checked(
+            passed=sum(1 for image in measured if image.passed),
+            failed=sum(1 for image in measured if image.failed),
+            unjudged=sum(1 for image in measured if image.passed is None),
+        )
         if self._identity.wants_retry(job, measured):
             retried = await self._jobs.retry_for_identity(job, measured, owner=self.lease.owner)
             if retried is None:
                 raise JobMovedOn
             failed = sum(1 for image in measured if image.failed)
             log.info("job %s: %d image(s) failed the identity gate; retrying", job.id, failed)
+            self._metrics.identity_retry()
             self.relay.publish(Progress(job.id, "identity_retry"))
             self.dispatcher.changed()  # its provider slot is free, and it waits again
             return retried
@@ -482,6 +504,14 @@ class JobEngine:
             measured=measured or (),
         ):
             return False
+        self._metrics.job_ended(
+            operation=job.operation,
+            backend=generator_name(self._backend, job.provider_id),
+            outcome="succeeded",
+            committed=len(outputs),
+            released=job.credits_reserved - len(outputs),
+            refunded=sum(1 for out in outputs if out.identity_passed is False),
+        )
         if keep_until is None:
             await self._drop_inputs(job)
         self.relay.publish(completed_event(job, outputs, self._image_base_url))
@@ -518,6 +548,12 @@ class JobEngine:
             job.id, reason, keep_inputs_until=keep_until, owner=self.lease.owner
         )
         if refunded:
+            self._metrics.job_ended(
+                operation=job.operation,
+                backend=generator_name(self._backend, job.provider_id),
+                outcome="failed",
+                released=job.credits_reserved,
+            )
             if keep_until is None:
                 await self._drop_inputs(job)
             await self._drop_images(job, [image.image.content_key for image in kept])
@@ -708,7 +744,10 @@ class JobEngine:
         # A long queue changes at every dispatch: tell people at most every ANNOUNCE_SECONDS,
         # so that the cost stays one pass over the watchers per interval, not per change.
         if self._announcement is None and not self._stopping and self._events.watched_jobs:
-            self._announcement = asyncio.create_task(self._announce_positions())
+            # It serves every job: none of its lines is the job whose change started it.
+            self._announcement = asyncio.create_task(
+                self._announce_positions(), context=outside_job()
+            )
 
     async def _announce_positions(self) -> None:
         try:
