@@ -178,7 +178,7 @@ class Settings(BaseSettings):
     # "plain" for a person at a terminal; "json": one JSON object per line, for a log shipper.
     log_format: Literal["plain", "json"] = "plain"
     # This replica's name in JSON logs (the host name when unset).
-    replica_name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[!-~]+$")
+    replica_name: str | None = None
 
     # Prometheus metrics at GET /metrics. METRICS_PORT serves them on their own port (bound to
     # WEB_HOST) instead of the web server's; METRICS_TOKEN makes a scrape carry
@@ -223,6 +223,15 @@ class Settings(BaseSettings):
         # or as a header error; the value itself is never repeated.
         if value is not None and not _ONE_WORD.fullmatch(value.get_secret_value()):
             raise ValueError("has a space or a control character in it: set the value alone")
+        return value
+
+    @field_validator("replica_name")
+    @classmethod
+    def _replica_name_is_one_word(cls, value: str | None) -> str | None:
+        if value is not None and not (len(value) <= 64 and _ONE_WORD.fullmatch(value)):
+            raise ValueError(
+                "use one word of at most 64 letters, digits or signs, with no space, e.g. bot-1"
+            )
         return value
 
     @field_validator("data_dir", "local_models_dir", *_MODEL_FOLDERS)

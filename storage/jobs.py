@@ -149,11 +149,6 @@ class JobRepository:
             ).one_or_none()
             return job_record(row) if row else None
 
-    async def reachable(self) -> None:
-        """Raise if the database cannot be reached (a health check)."""
-        async with self._db.read() as conn:
-            await conn.execute(select(1))
-
     async def get(self, job_id: str) -> JobRecord | None:
         async with self._db.read() as conn:
             row = (await conn.execute(select(_JOBS).where(_JOBS.c.id == job_id))).one_or_none()

@@ -238,3 +238,25 @@ async def make_app(
             return app
 
         yield factory
+
+
+@pytest.fixture
+async def discord_world(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, simulator: Simulator, database_url: str
+) -> AsyncIterator[Any]:
+    """The fake Discord, the simulator, the service and its Discord adapter (tests.test_discord's
+    `World`, not started: `await discord_world.start(**settings)`)."""
+    import discord
+
+    from tests.fake_discord import FakeDiscord
+    from tests.test_discord import World
+
+    # The adapter points discord.py at the fake through two class attributes: restore them.
+    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
+    gateway = discord.gateway.DiscordWebSocket
+    monkeypatch.setattr(gateway, "DEFAULT_GATEWAY", gateway.DEFAULT_GATEWAY)
+    async with FakeDiscord() as fake:
+        running = World(tmp_path, fake, simulator, database_url)
+        yield running
+        await running.stop()
+        assert fake.unhandled == []

@@ -4,21 +4,14 @@ come from what a user typed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import aiohttp
-import discord
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from backends.modelslab.simulator import Simulator
 from bot.commands import Actor, CommandRequest
 from bot.metrics import labels
 from tests.cluster import free_port
 from tests.conftest import AppFactory, make_image
-from tests.fake_discord import FakeDiscord
 from tests.test_discord import World, result_of
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -39,22 +32,6 @@ PEOPLE = (4101, 4102, 4103, 4104)
 HOSTILE = 'x"} 1\nheadshot_jobs_total{operation="pwned'
 
 
-@pytest.fixture
-async def world(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, simulator: Simulator, database_url: str
-) -> AsyncIterator[World]:
-    """The fake Discord, the simulator, the service and its Discord adapter."""
-    # The adapter points discord.py at the fake through two class attributes: restore them.
-    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
-    gateway = discord.gateway.DiscordWebSocket
-    monkeypatch.setattr(gateway, "DEFAULT_GATEWAY", gateway.DEFAULT_GATEWAY)
-    async with FakeDiscord() as fake:
-        running = World(tmp_path, fake, simulator, database_url)
-        yield running
-        await running.stop()
-        assert fake.unhandled == []
-
-
 async def scrape(url: str, **headers: str) -> tuple[int, str]:
     async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as answer:
         return answer.status, await answer.text()
@@ -72,18 +49,18 @@ def value(found: Samples, name: str, **label_values: str) -> float:
     return found[(name, tuple(sorted(label_values.items())))]
 
 
-async def ledger(world: World, kind: str) -> int:
-    assert world.app is not None
-    async with world.app.db.read() as conn:
+async def ledger(discord_world: World, kind: str) -> int:
+    assert discord_world.app is not None
+    async with discord_world.app.db.read() as conn:
         query = text("SELECT coalesce(sum(amount), 0) FROM credit_ledger WHERE kind = :kind")
         return int((await conn.execute(query, {"kind": kind})).scalar_one())
 
 
-async def test_a_scrape_counts_what_happened_in_a_real_run(world: World) -> None:
-    await world.start()
-    app = world.app
+async def test_a_scrape_counts_what_happened_in_a_real_run(discord_world: World) -> None:
+    await discord_world.start()
+    app = discord_world.app
     assert app is not None
-    fake, simulator = world.fake, world.simulator
+    fake, simulator = discord_world.fake, discord_world.simulator
     before = samples((await scrape(f"{app.base_url}/metrics"))[1])
     assert (
         value(
@@ -98,14 +75,14 @@ async def test_a_scrape_counts_what_happened_in_a_real_run(world: World) -> None
 
     # Three people (a person may have two jobs unfinished at once).
     succeeded = [
-        await world.headshot(user_id=PEOPLE[0]),
-        await world.headshot(user_id=PEOPLE[1], samples=2),
-        await world.headshot(user_id=PEOPLE[2]),
+        await discord_world.headshot(user_id=PEOPLE[0]),
+        await discord_world.headshot(user_id=PEOPLE[1], samples=2),
+        await discord_world.headshot(user_id=PEOPLE[2]),
     ]
     for interaction in succeeded:
         await result_of(fake, interaction)
     simulator.config.failure_rate = 1.0
-    failing = await world.headshot(user_id=PEOPLE[3], samples=2)
+    failing = await discord_world.headshot(user_id=PEOPLE[3], samples=2)
     await fake.wait_for(
         lambda: (
             failing.original is not None
@@ -113,7 +90,7 @@ async def test_a_scrape_counts_what_happened_in_a_real_run(world: World) -> None
         ),
         timeout=30,
     )
-    await world.no_deliveries_owed()
+    await discord_world.no_deliveries_owed()
     await app.engine.wait_idle()
 
     status, exposition = await scrape(f"{app.base_url}/metrics")
@@ -133,15 +110,15 @@ async def test_a_scrape_counts_what_happened_in_a_real_run(world: World) -> None
     # Credits: equal to the ledger's own rows.
     assert value(found, "headshot_credits_total", movement="reserved") == 6
     assert value(found, "headshot_credits_total", movement="reserved") == await ledger(
-        world, "reserve"
+        discord_world, "reserve"
     )
     assert value(found, "headshot_credits_total", movement="committed") == 4
     assert value(found, "headshot_credits_total", movement="committed") == await ledger(
-        world, "commit"
+        discord_world, "commit"
     )
     assert value(found, "headshot_credits_total", movement="released") == 2
     assert value(found, "headshot_credits_total", movement="released") == await ledger(
-        world, "release"
+        discord_world, "release"
     )
 
     # The generator: every call the simulator answered, well or with the failure it reported.
@@ -172,12 +149,12 @@ async def test_a_scrape_counts_what_happened_in_a_real_run(world: World) -> None
     assert value(found, "headshot_provider_degraded") == 0
 
 
-async def test_no_label_value_comes_from_what_a_user_typed(world: World) -> None:
-    await world.start()
-    app = world.app
+async def test_no_label_value_comes_from_what_a_user_typed(discord_world: World) -> None:
+    await discord_world.start()
+    app = discord_world.app
     assert app is not None
-    done = await world.headshot(prompt=HOSTILE)
-    await result_of(world.fake, done)
+    done = await discord_world.headshot(prompt=HOSTILE)
+    await result_of(discord_world.fake, done)
     # Discord offers styles as choices; another way in (Telegram, the terminal) does not.
     refused = await app.commands.handle(
         CommandRequest(
@@ -187,7 +164,7 @@ async def test_no_label_value_comes_from_what_a_user_typed(world: World) -> None
         )
     )
     assert refused.refused
-    await world.no_deliveries_owed()
+    await discord_world.no_deliveries_owed()
     status, exposition = await scrape(f"{app.base_url}/metrics")
     assert status == 200
     assert "pwned" not in exposition and HOSTILE not in exposition

@@ -22,7 +22,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import discord
 import pytest
 import yaml
 
@@ -30,7 +29,7 @@ from backends.modelslab.simulator import Simulator
 from storage.gpu_workers import WorkerRegistry
 from tests.cluster import free_port
 from tests.conftest import EXAMPLE_SELFIE
-from tests.fake_discord import FakeDiscord, Interaction
+from tests.fake_discord import Interaction
 from tests.test_dashboard import load, metric_names, queries
 from tests.test_discord import GUILD, World, result_of
 from tests.test_identity_gate import stranger
@@ -166,22 +165,6 @@ class Prometheus:
         await self.until(done, f"{times} scrapes")
 
 
-@pytest.fixture
-async def world(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, simulator: Simulator, database_url: str
-) -> AsyncIterator[World]:
-    """The fake Discord, the simulator, the service and its Discord adapter."""
-    # The adapter points discord.py at the fake through two class attributes: restore them.
-    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
-    gateway = discord.gateway.DiscordWebSocket
-    monkeypatch.setattr(gateway, "DEFAULT_GATEWAY", gateway.DEFAULT_GATEWAY)
-    async with FakeDiscord() as fake:
-        running = World(tmp_path, fake, simulator, database_url)
-        yield running
-        await running.stop()
-        assert fake.unhandled == []
-
-
 def installed() -> bool:
     return PROMETHEUS.is_file()
 
@@ -207,16 +190,16 @@ async def launch_prometheus(tmp_path: Path) -> AsyncIterator[Launch]:
         await scraper.stop()
 
 
-async def headshot(world: World, user_id: int) -> Interaction:
+async def headshot(discord_world: World, user_id: int) -> Interaction:
     """/headshot with the astronaut's selfie: a face the identity gate can measure."""
-    selfie = world.fake.upload(EXAMPLE_SELFIE.read_bytes(), "me.jpg", "image/jpeg")
-    return await world.fake.run_command(
+    selfie = discord_world.fake.upload(EXAMPLE_SELFIE.read_bytes(), "me.jpg", "image/jpeg")
+    return await discord_world.fake.run_command(
         "headshot", {"selfie": selfie}, user_id=user_id, guild_id=GUILD
     )
 
 
 async def test_prometheus_scrapes_the_service_and_every_dashboard_query_returns_data(
-    world: World,
+    discord_world: World,
     simulator: Simulator,
     launch_prometheus: Launch,
     database_kind: str,
@@ -226,8 +209,8 @@ async def test_prometheus_scrapes_the_service_and_every_dashboard_query_returns_
     settings: dict[str, Any] = {"identity_gate": True, "metrics_token": TOKEN}
     if fleet:
         settings.update(backend="local", fallback_backend="modelslab")
-    await world.start(**settings)
-    app = world.app
+    await discord_world.start(**settings)
+    app = discord_world.app
     assert app is not None
     target = urlsplit(app.base_url).netloc
     token_file = tmp_path / "metrics-token"
@@ -247,17 +230,17 @@ async def test_prometheus_scrapes_the_service_and_every_dashboard_query_returns_
     simulator.config.stranger_image = stranger()
     simulator.config.stranger_rate = 0.5
     for person in PEOPLE[:2]:
-        await result_of(world.fake, await headshot(world, person))
+        await result_of(discord_world.fake, await headshot(discord_world, person))
     simulator.config.failure_rate = 1.0
-    failing = await headshot(world, PEOPLE[2])
-    await world.fake.wait_for(
+    failing = await headshot(discord_world, PEOPLE[2])
+    await discord_world.fake.wait_for(
         lambda: (
             failing.original is not None
             and failing.original.content.startswith("Sorry, that didn't work:")
         ),
         timeout=30,
     )
-    await world.no_deliveries_owed()
+    await discord_world.no_deliveries_owed()
     await app.engine.wait_idle()
     if fleet:
         # Two GPU workers report through the registry (they serve no operation asked here).

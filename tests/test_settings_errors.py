@@ -45,6 +45,8 @@ BAD_TEXT: dict[str, str] = {
     "local_face_analyser": "not a class",
     "pseudonym_key": "not hex",
     "pseudonym_key_file": FOLDER,
+    "replica_name": "bot one",
+    "metrics_token": "token with spaces",
 }
 
 
