@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from bot.charts.stats import HEIGHT, WIDTH, render_stats_chart
 from bot.charts.thread import in_chart_thread
 from bot.charts.wording import stats_chart_wording
+from bot.i18n import Translator
 from bot.ui import Chart
 from storage.records import DayFigures
 
@@ -21,12 +22,17 @@ STATS_CHART_SIZE = (WIDTH, HEIGHT)
 
 
 async def stats_chart(
-    figures: Sequence[DayFigures], *, period_days: int, community: bool
+    figures: Sequence[DayFigures],
+    *,
+    period_days: int,
+    community: bool,
+    tr: Translator | None = None,
 ) -> Chart | None:
-    """`/admin stats`'s chart of these days, drawn in the chart thread; None (and the reason
-    in the log) if it could not be drawn: the figures in words still stand."""
+    """`/admin stats`'s chart of these days, in `tr`'s language (English when None), drawn in
+    the chart thread; None (and the reason in the log) if it could not be drawn: the figures in
+    words still stand."""
     wording = stats_chart_wording(
-        [day.day for day in figures], period_days=period_days, community=community
+        [day.day for day in figures], period_days=period_days, community=community, tr=tr
     )
     try:
         png = await in_chart_thread(render_stats_chart, tuple(figures), wording)

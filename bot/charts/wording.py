@@ -1,6 +1,6 @@
-"""Every word the charts show, written here as the replies' are in `bot/replies.py`, so that a
-translation layer can wrap them in one place. Numbers on the axes are figures, not words: they
-are formatted by the chart (`bot/charts/scale.py`)."""
+"""Every word the charts show, written here as the replies' are in `bot/replies.py`, through the
+catalogues (`bot/i18n`); dates in the language's own form. Numbers on the axes are figures, not
+words: they are formatted by the chart (`bot/charts/scale.py`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
-MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+from bot.i18n import ENGLISH, Translator, translator
 
 
 @dataclass(frozen=True)
@@ -33,32 +33,38 @@ class StatsChartWording:
 
 
 def stats_chart_wording(
-    days: Sequence[date], *, period_days: int, community: bool
+    days: Sequence[date], *, period_days: int, community: bool, tr: Translator | None = None
 ) -> StatsChartWording:
-    scope = "in this community" if community else "everywhere"
+    """The labels in `tr`'s language (English when None)."""
+    tr = tr or translator(ENGLISH)
     first, last = days[0], days[-1]
-    return StatsChartWording(
-        title=f"Last {period_days} {'day' if period_days == 1 else 'days'} {scope}",
-        period=f"{_long_day(first)} – {_long_day(last)} (UTC)",
-        days=tuple(_day(day) for day in days),
-        jobs_panel="Jobs per day",
-        succeeded="Succeeded",
-        failed="Failed",
-        other="Cancelled or running",
-        times_panel="Generation time per day (seconds)",
-        median="Median",
-        p90="90th percentile",
-        credits_panel="Credits used per day",
-        credits="Credits used",
-        no_jobs="No jobs in this period",
-        no_times="No finished jobs with a generation time",
-        no_credits="No credits used",
+    title = (
+        tr.ngettext(
+            "Last {count} day in this community",
+            "Last {count} days in this community",
+            period_days,
+        )
+        if community
+        else tr.ngettext("Last {count} day everywhere", "Last {count} days everywhere", period_days)
     )
-
-
-def _day(day: date) -> str:
-    return f"{MONTHS[day.month - 1]} {day.day}"
-
-
-def _long_day(day: date) -> str:
-    return f"{_day(day)}, {day.year}"
+    return StatsChartWording(
+        title=title,
+        period=tr.gettext(
+            "{first} – {last} (UTC)",
+            first=tr.date(first, "yMMMd"),
+            last=tr.date(last, "yMMMd"),
+        ),
+        days=tuple(tr.date(day, "MMMd") for day in days),
+        jobs_panel=tr.gettext("Jobs per day"),
+        succeeded=tr.gettext("Succeeded"),
+        failed=tr.gettext("Failed"),
+        other=tr.gettext("Cancelled or running"),
+        times_panel=tr.gettext("Generation time per day (seconds)"),
+        median=tr.gettext("Median"),
+        p90=tr.gettext("90th percentile"),
+        credits_panel=tr.gettext("Credits used per day"),
+        credits=tr.gettext("Credits used"),
+        no_jobs=tr.gettext("No jobs in this period"),
+        no_times=tr.gettext("No finished jobs with a generation time"),
+        no_credits=tr.gettext("No credits used"),
+    )
