@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from bot.commands import CommandLayer
+from bot.i18n import speaking
 from bot.jobs.events import JobEvent
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,8 @@ async def take_over_deliveries(
     follow: Callable[[str, _Target], None],
 ) -> None:
     """Show the results this platform owes that no process is showing (at start: the last
-    run's; later: a replica's that died): each is claimed for this process, then followed."""
+    run's; later: a replica's that died): each is claimed for this process, then followed in
+    the language its asker was answered in."""
     for pending in await layer.undelivered(platform):
         try:
             target = read_target(pending.target)
@@ -96,7 +98,8 @@ async def take_over_deliveries(
             log.exception("job %s: unreadable delivery target; dropped", pending.job_id)
             await layer.delivered(pending.job_id)
             continue
-        follow(pending.job_id, target)
+        with speaking(layer.noted_language(pending.language)):
+            follow(pending.job_id, target)
 
 
 async def keep_taking_over_deliveries(

@@ -18,6 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.i18n.codes import SHIPPED, catalogue_for
 from storage.database import missing_driver
 from storage.imagestore import InvalidImageKey, missing_s3_support, validate_key
 from storage.pseudonyms import key_from_text
@@ -66,6 +67,9 @@ class Settings(BaseSettings):
     web_port: int = Field(8080, ge=0, le=65535)
 
     daily_quota: int = Field(5, ge=0, le=10_000)
+    # The language of people whose own and whose community's are unknown or not shipped (a
+    # catalogue's name or a platform's code: "de", "pt-BR"); unset, English. LANGUAGES.md.
+    default_language: str | None = None
     max_active_per_user: int = Field(2, ge=1, le=100)
     # The operators, moderators everywhere: comma-separated "platform:id" ("discord:1234, …").
     owner_ids: str = ""
@@ -224,6 +228,16 @@ class Settings(BaseSettings):
         if value is not None and not _ONE_WORD.fullmatch(value.get_secret_value()):
             raise ValueError("has a space or a control character in it: set the value alone")
         return value
+
+    @field_validator("default_language")
+    @classmethod
+    def _default_language_is_shipped(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        language = catalogue_for(value)
+        if language is None:
+            raise ValueError(f"no catalogue for {value[:20]!r}: use one of {', '.join(SHIPPED)}")
+        return language
 
     @field_validator("replica_name")
     @classmethod

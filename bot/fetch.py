@@ -51,6 +51,7 @@ from backends.addresses import (
     is_public_address,
     parse_address,
 )
+from bot.i18n import _, number
 
 __all__ = [
     "AddressPolicy",
@@ -75,14 +76,13 @@ _HEADERS = {
     "Accept-Encoding": "identity",
 }
 
-_ATTACH_INSTEAD = "send a public image link or attach the file"
-
 
 class FetchRefused(Exception):
     """The URL was refused or could not be fetched.
 
-    str(exc) is a short message for the user, e.g. "That link points to a private network
-    address: send a public image link or attach the file."
+    str(exc) is a short message for the user, in the language being written in where it was
+    raised, e.g. "That link points to a private network address: send a public image link or
+    attach the file."
     """
 
 
@@ -103,10 +103,26 @@ def _origin(url: URL) -> str:
         return f"{url.scheme}://{url.raw_host or '?'}"
 
 
-def _describe_size(max_bytes: int) -> str:
+def _figure(value: float) -> str:
+    """A number in the language's own form, with its decimals (up to 3): 0.3, 15, 2,5."""
+    digits = next((d for d in range(4) if round(value, d) == value), 3)
+    return number(value, digits)
+
+
+def _too_large(max_bytes: int) -> FetchRefused:
     if max_bytes >= _MB // 10:
-        return f"{round(max_bytes / _MB, 1):g} MB"
-    return f"{max(1, round(max_bytes / 1024)):g} KB"
+        return FetchRefused(
+            _(
+                "That image is larger than {size} MB: send a smaller one, or attach the file.",
+                size=_figure(round(max_bytes / _MB, 1)),
+            )
+        )
+    return FetchRefused(
+        _(
+            "That image is larger than {size} KB: send a smaller one, or attach the file.",
+            size=_figure(max(1, round(max_bytes / 1024))),
+        )
+    )
 
 
 def _sanitise_for_message(value: str, limit: int = 60) -> str:
@@ -115,18 +131,23 @@ def _sanitise_for_message(value: str, limit: int = 60) -> str:
     return kept[:limit] or "unknown"
 
 
-_RETRY_HINT = "Check the link, or attach the file instead."
-
-
 def _not_found(host: str) -> FetchRefused:
     return FetchRefused(
-        f"Could not download that link: the site {_sanitise_for_message(host, limit=80)} "
-        f"was not found. {_RETRY_HINT}"
+        _(
+            "Could not download that link: the site {host} was not found. Check the link, or "
+            "attach the file instead.",
+            host=_sanitise_for_message(host, limit=80),
+        )
     )
 
 
 def _private_address_refusal() -> FetchRefused:
-    return FetchRefused(f"That link points to a private network address: {_ATTACH_INSTEAD}.")
+    return FetchRefused(
+        _(
+            "That link points to a private network address: send a public image link or attach "
+            "the file."
+        )
+    )
 
 
 class _ValidatingResolver(AbstractResolver):
@@ -259,8 +280,10 @@ class SafeFetcher:
         except TimeoutError:
             log.warning("fetch refused: every download slot stayed busy for %gs", self._max_wait)
             raise FetchRefused(
-                "Too many links are being downloaded right now: try again in a minute, "
-                "or attach the file."
+                _(
+                    "Too many links are being downloaded right now: try again in a minute, or "
+                    "attach the file."
+                )
             ) from None
         try:
             return await self._fetch_in_turn(current)
@@ -274,7 +297,11 @@ class SafeFetcher:
         except TimeoutError:
             log.info("fetch timed out after %gs: %s", self._timeout, _origin(current))
             raise FetchRefused(
-                f"That link took too long to answer (over {self._timeout:g} s): {_ATTACH_INSTEAD}."
+                _(
+                    "That link took too long to answer (over {seconds} s): send a public image "
+                    "link or attach the file.",
+                    seconds=_figure(self._timeout),
+                )
             ) from None
 
     def _session_for_fetch(self) -> aiohttp.ClientSession:
@@ -295,34 +322,74 @@ class SafeFetcher:
 
     def _check_url(self, raw: str, *, redirected: bool = False) -> URL:
         """Scheme, credentials, length, host, and the address rule for IP-literal hosts."""
-        where = "The address that link redirects to" if redirected else "That link"
         if len(raw) > MAX_URL_LENGTH:
             raise FetchRefused(
-                f"{where} is too long (over {MAX_URL_LENGTH} characters): {_ATTACH_INSTEAD}."
+                _(
+                    "The address that link redirects to is too long (over {count} characters): "
+                    "send a public image link or attach the file.",
+                    count=number(MAX_URL_LENGTH),
+                )
+                if redirected
+                else _(
+                    "That link is too long (over {count} characters): send a public image link "
+                    "or attach the file.",
+                    count=number(MAX_URL_LENGTH),
+                )
             )
         try:
             url = URL(raw.strip())
         except (ValueError, TypeError):
-            raise FetchRefused(f"{where} is not a valid web address: {_ATTACH_INSTEAD}.") from None
+            raise FetchRefused(
+                _(
+                    "The address that link redirects to is not a valid web address: send a "
+                    "public image link or attach the file."
+                )
+                if redirected
+                else _(
+                    "That link is not a valid web address: send a public image link or attach "
+                    "the file."
+                )
+            ) from None
         if url.scheme not in _SCHEMES:
             raise FetchRefused(
-                "Only http:// and https:// links can be downloaded: "
-                "send a web link to the image or attach the file."
+                _(
+                    "Only http:// and https:// links can be downloaded: send a web link to the "
+                    "image or attach the file."
+                )
             )
         if url.raw_user is not None or url.raw_password is not None:
             raise FetchRefused(
-                "That link contains a user name or password: send a link that needs no login, "
-                "or attach the file."
+                _(
+                    "That link contains a user name or password: send a link that needs no "
+                    "login, or attach the file."
+                )
             )
         host = url.raw_host
         if not host:
-            raise FetchRefused(f"{where} has no host name: {_ATTACH_INSTEAD}.")
+            raise FetchRefused(
+                _(
+                    "The address that link redirects to has no host name: send a public image "
+                    "link or attach the file."
+                )
+                if redirected
+                else _("That link has no host name: send a public image link or attach the file.")
+            )
         if _looks_like_ip_literal(host):
             ip = parse_address(host)
             if ip is None:
+                shown = _sanitise_for_message(host)
                 raise FetchRefused(
-                    f"{where} is not a valid web address ({_sanitise_for_message(host)}): "
-                    f"{_ATTACH_INSTEAD}."
+                    _(
+                        "The address that link redirects to is not a valid web address "
+                        "({host}): send a public image link or attach the file.",
+                        host=shown,
+                    )
+                    if redirected
+                    else _(
+                        "That link is not a valid web address ({host}): send a public image "
+                        "link or attach the file.",
+                        host=shown,
+                    )
                 )
             if not self._allowed(ip):
                 log.info("fetch refused: disallowed address %s", _origin(url))
@@ -351,26 +418,38 @@ class SafeFetcher:
             except OSError as exc:
                 log.info("fetch failed (%s): %s", type(exc).__name__, _origin(url))
                 raise FetchRefused(
-                    f"Could not download that link: the connection failed. {_RETRY_HINT}"
+                    _(
+                        "Could not download that link: the connection failed. Check the link, "
+                        "or attach the file instead."
+                    )
                 ) from None
 
     def _redirect_target(self, url: URL, response: aiohttp.ClientResponse, done: int) -> URL:
         if done >= self._max_redirects:
             log.info("fetch refused: more than %d redirects: %s", self._max_redirects, _origin(url))
             raise FetchRefused(
-                f"That link redirects too many times (more than {self._max_redirects}): "
-                "send the final link to the image, or attach the file."
+                _(
+                    "That link redirects too many times (more than {count}): send the final "
+                    "link to the image, or attach the file.",
+                    count=number(self._max_redirects),
+                )
             )
         location = response.headers.get("Location")
         if not location:
             raise FetchRefused(
-                f"That link answered with a redirect that leads nowhere: {_ATTACH_INSTEAD}."
+                _(
+                    "That link answered with a redirect that leads nowhere: send a public image "
+                    "link or attach the file."
+                )
             )
         try:
             target = url.join(URL(location))
         except (ValueError, TypeError):
             raise FetchRefused(
-                f"That link redirects to an invalid address: {_ATTACH_INSTEAD}."
+                _(
+                    "That link redirects to an invalid address: send a public image link or "
+                    "attach the file."
+                )
             ) from None
         log.info("fetch redirected: %s -> %s", _origin(url), _origin(target))
         return self._check_url(str(target), redirected=True)
@@ -379,21 +458,24 @@ class SafeFetcher:
         if response.status != 200:
             log.info("fetch refused: HTTP %d from %s", response.status, _origin(url))
             raise FetchRefused(
-                f"That link answered with HTTP {response.status}: send a link that opens "
-                "the image itself, or attach the file."
+                _(
+                    "That link answered with HTTP {status}: send a link that opens the image "
+                    "itself, or attach the file.",
+                    status=str(response.status),
+                )
             )
         # No Content-Type at all means "unknown bytes" (RFC 9110 8.3), i.e. octet-stream.
         content_type = response.content_type.lower()
         if not (content_type.startswith("image/") or content_type == "application/octet-stream"):
             log.info("fetch refused: content type %r from %s", content_type[:60], _origin(url))
             raise FetchRefused(
-                f"That link is not an image (it is {_sanitise_for_message(content_type)}): "
-                "send a direct link to a JPEG, PNG, WebP or HEIC file, or attach it."
+                _(
+                    "That link is not an image (it is {type}): send a direct link to a JPEG, "
+                    "PNG, WebP or HEIC file, or attach it.",
+                    type=_sanitise_for_message(content_type),
+                )
             )
-        too_large = FetchRefused(
-            f"That image is larger than {_describe_size(self._max_bytes)}: "
-            "send a smaller one, or attach the file."
-        )
+        too_large = _too_large(self._max_bytes)
         declared = response.content_length
         if declared is not None and declared > self._max_bytes:
             log.info("fetch refused: declared %d bytes from %s", declared, _origin(url))
@@ -409,13 +491,28 @@ class SafeFetcher:
     def _describe_failure(url: URL, exc: aiohttp.ClientError) -> str:
         host = _sanitise_for_message(url.raw_host or "", limit=80)
         if isinstance(exc, aiohttp.ClientSSLError):
-            reason = f"the secure connection to {host} failed."
-        elif isinstance(exc, aiohttp.ClientConnectorError):
-            reason = f"the site {host} could not be reached."
-        elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-            reason = "the connection broke off."
-        elif isinstance(exc, aiohttp.InvalidURL):
-            reason = "the address is not valid."
-        else:
-            reason = "the server gave an invalid answer."
-        return f"Could not download that link: {reason} {_RETRY_HINT}"
+            return _(
+                "Could not download that link: the secure connection to {host} failed. Check "
+                "the link, or attach the file instead.",
+                host=host,
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return _(
+                "Could not download that link: the site {host} could not be reached. Check the "
+                "link, or attach the file instead.",
+                host=host,
+            )
+        if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+            return _(
+                "Could not download that link: the connection broke off. Check the link, or "
+                "attach the file instead."
+            )
+        if isinstance(exc, aiohttp.InvalidURL):
+            return _(
+                "Could not download that link: the address is not valid. Check the link, or "
+                "attach the file instead."
+            )
+        return _(
+            "Could not download that link: the server gave an invalid answer. Check the link, "
+            "or attach the file instead."
+        )

@@ -18,6 +18,7 @@ from typing import Any
 from backends.params import MAX_SEED, GenerationParams, ParameterError
 from bot import replies
 from bot.faces import FacesBusy, FaceToolkit, SelfieVerdict
+from bot.i18n import _, duration, language_now
 from bot.images import ImageRejected, image_workers
 from bot.jobs.engine import INPUT_PREFIX, JobEngine, drop_inputs
 from bot.metrics import Metrics
@@ -132,7 +133,10 @@ class GenerationService:
             seed=params.seed,
             style=req.style,
             user_prompt=req.user_prompt,
-            delivery=(req.platform, req.deliver_to) if req.deliver_to is not None else None,
+            # Shown in the asker's language, whichever process shows it.
+            delivery=(req.platform, req.deliver_to, language_now())
+            if req.deliver_to is not None
+            else None,
             request_key=req.request_key,
         )
         quota = self._daily_quota if req.daily_quota is None else req.daily_quota
@@ -169,7 +173,9 @@ class GenerationService:
         try:
             return GenerationParams.create(req.operation, **options)
         except ParameterError as exc:
-            raise RequestRefused(f"{exc}.") from None
+            # What the generator's own limits refuse that the options' checks let through (a
+            # list's items): the limit is the generator's words, in English.
+            raise RequestRefused(_("Not accepted: {limit}.", limit=str(exc))) from None
 
     async def _check_face(self, selfie: bytes) -> None:
         if self._faces is None:
@@ -198,13 +204,15 @@ class GenerationService:
                 data, max_bytes=self._max_upload_bytes, subject=what
             )
         except ImageRejected as exc:
-            raise RequestRefused(str(exc) if what == "selfie" else f"Pose image: {exc}") from None
+            if what == "selfie":
+                raise RequestRefused(exc.shown()) from None
+            raise RequestRefused(_("Pose image: {reason}", reason=exc.shown())) from None
         return image.data
 
 
 def until_reset(now: datetime | None = None) -> str:
-    """Time left until the daily allowance resets (00:00 UTC), as "5 h 12 min"."""
+    """Time left until the daily allowance resets (00:00 UTC), in the language being written
+    in: "5 hr 12 min" in English."""
     now = now or datetime.now(UTC)
     midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
-    minutes = int((midnight - now).total_seconds() // 60)
-    return f"{minutes // 60} h {minutes % 60} min"
+    return duration((midnight - now).total_seconds())

@@ -3,6 +3,10 @@
 The TOML shipped beside this module is loaded and checked once, at import: a broken file fails
 the start with one message naming the style and the field. `compose` turns a style and the
 user's free text into generation options for `GenerationParams.create`.
+
+A style's title and description are English in the TOML and read in the user's language with
+`shown_title()` and `shown_description()` (`bot/i18n/extract.py` puts them in the template);
+its prompts stay English.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from backends.params import MAX_PROMPT_CHARS, GenerationParams, Operation, ParameterError
+from bot.i18n import _
 
 PLACEHOLDER = "{details}"
 DEFAULT_STYLE = "corporate"
@@ -23,6 +28,8 @@ MAX_DESCRIPTION_CHARS = 80
 STYLES_RESOURCE = "styles.toml"
 
 _FIELDS = ("title", "description", "prompt", "negative_prompt")
+# Read by people, through the catalogues: a message's braces would be read as placeholders.
+_SHOWN_FIELDS = ("title", "description")
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 # Generation options that belong to the user or the operator, never to a style.
 _NOT_STYLE_OPTIONS = frozenset(
@@ -39,13 +46,20 @@ class StyleDataError(ValueError):
 
 
 class UnknownStyle(ValueError):
-    """A style name that is not one of the presets. The message is safe to show to a user."""
+    """A style name that is not one of the presets. The message is safe to show to a user, in
+    the language being written in where it is raised."""
 
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
         self.known = known
         shown = name if len(name) <= 40 else name[:39] + "…"
-        super().__init__(f"unknown style {shown!r}: choose one of {', '.join(known)}")
+        super().__init__(
+            _(
+                "unknown style {name}: choose one of {styles}",
+                name=repr(shown),
+                styles=", ".join(known),
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,14 @@ class Style:
     prompt: str  # template with {details}
     negative_prompt: str
     defaults: Mapping[str, Mapping[str, Any]]  # operation -> option -> value
+
+    def shown_title(self) -> str:
+        """The title in the language being written in (`title` is the English one)."""
+        return _(self.title)
+
+    def shown_description(self) -> str:
+        """The description in the language being written in."""
+        return _(self.description)
 
 
 def load_styles(text: str, *, source: str = STYLES_RESOURCE) -> Mapping[str, Style]:
@@ -148,6 +170,8 @@ def _parse_style(source: str, name: str, body: object) -> Style:
             raise StyleDataError(
                 f"{where}: field {field!r} must be one line without surrounding spaces"
             )
+        if field in _SHOWN_FIELDS and ("{" in value or "}" in value):
+            raise StyleDataError(f"{where}: field {field!r} may hold no curly braces")
         values[field] = value
     if len(values["description"]) > MAX_DESCRIPTION_CHARS:
         raise StyleDataError(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from bot.i18n import _
 from storage.imagestore import extension_for_content_type
 
 SHORT_ID_CHARS = 8
@@ -84,6 +85,6 @@ def short_id(job_id: str) -> str:
 def job_buttons(job_id: str) -> tuple[Button, ...]:
     """What a finished job offers: a new seed with the same settings, or deletion."""
     return (
-        Button("Re-roll", "reroll", {"job": job_id}, ButtonStyle.PRIMARY),
-        Button("Delete", "delete", {"job": job_id}, ButtonStyle.DANGER),
+        Button(_("Re-roll"), "reroll", {"job": job_id}, ButtonStyle.PRIMARY),
+        Button(_("Delete"), "delete", {"job": job_id}, ButtonStyle.DANGER),
     )

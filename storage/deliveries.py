@@ -32,11 +32,11 @@ class DeliveryRepository:
         """What this platform still owes, oldest first."""
         async with self._db.read() as conn:
             rows = await conn.execute(
-                select(_DELIVERIES.c.job_id, _DELIVERIES.c.target)
+                select(_DELIVERIES.c.job_id, _DELIVERIES.c.target, _DELIVERIES.c.language)
                 .where(_DELIVERIES.c.platform == platform)
                 .order_by(_DELIVERIES.c.created_at, _DELIVERIES.c.job_id)
             )
-            return [PendingDelivery(row.job_id, row.target) for row in rows]
+            return [PendingDelivery(row.job_id, row.target, row.language) for row in rows]
 
     async def claim(
         self, platform: str, lease: Lease, *, limit: int = 500
@@ -53,10 +53,15 @@ class DeliveryRepository:
                 where=[_DELIVERIES.c.platform == platform],
                 order_by=[_DELIVERIES.c.created_at, _DELIVERIES.c.job_id],
                 limit=limit,
-                returning=[_DELIVERIES.c.job_id, _DELIVERIES.c.target, _DELIVERIES.c.created_at],
+                returning=[
+                    _DELIVERIES.c.job_id,
+                    _DELIVERIES.c.target,
+                    _DELIVERIES.c.language,
+                    _DELIVERIES.c.created_at,
+                ],
             )
             claimed = sorted(rows, key=lambda row: (row.created_at, row.job_id))
-            return [PendingDelivery(row.job_id, row.target) for row in claimed]
+            return [PendingDelivery(row.job_id, row.target, row.language) for row in claimed]
 
     async def retarget(self, job_id: str, target: Mapping[str, Any]) -> None:
         """Change where a result still owed goes (no-op once it has been shown)."""
@@ -129,14 +134,16 @@ async def insert_delivery(
     job_id: str,
     platform: str,
     target: Mapping[str, Any],
+    language: str | None = None,
     lease: Lease | None = None,
 ) -> None:
     """Note a delivery inside the caller's transaction (the job's own, when it is created),
-    shown by the lease's owner (the process that took the command)."""
+    shown by the lease's owner (the process that took the command), in `language`."""
     values: dict[str, Any] = {
         "job_id": job_id,
         "platform": platform,
         "target": dict(target),
+        "language": language,
         "created_at": utcnow(),
     }
     if lease is not None:

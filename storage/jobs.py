@@ -34,8 +34,9 @@ class NewJob:
     seed: int | None
     style: str | None = None
     user_prompt: str | None = None
-    # Where a chat adapter will show the result: (platform, its own address for it).
-    delivery: tuple[str, Mapping[str, Any]] | None = None
+    # Where a chat adapter will show the result: (platform, its own address for it), and in
+    # which language (the asker's, when known).
+    delivery: tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], str] | None = None
     # The request that asks for it (a chat platform's update or interaction): the one job of
     # that request, whatever number of times it is handled.
     request_key: str | None = None

@@ -292,6 +292,9 @@ class Delivery(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column()
     # The process that last took the result to show, just before posting it (migration 0008).
     show_owner: Mapped[str | None] = mapped_column(String(64))
+    # The language its texts are written in, the asker's (migration 0012): a restart or another
+    # replica answers in the same one.
+    language: Mapped[str | None] = mapped_column(String(16))
 
 
 class InstanceFact(Base):

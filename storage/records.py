@@ -249,7 +249,9 @@ class DayFigures:
 
 @dataclass(frozen=True)
 class PendingDelivery:
-    """A job whose result a chat adapter has yet to show, and where (the adapter's address)."""
+    """A job whose result a chat adapter has yet to show, where (the adapter's address), and in
+    which language (a shipped catalogue's name; None: asked before languages were kept)."""
 
     job_id: str
     target: dict[str, Any]
+    language: str | None = None

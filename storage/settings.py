@@ -54,12 +54,18 @@ class SettingsRepository:
         user_id: int | None,
         key: str,
         value: Any,
-        audit: AuditNote,
+        audit: AuditNote | None = None,
+        by: str | None = None,
     ) -> None:
-        """Set `key` at exactly this scope, replacing its value there, and log it."""
+        """Set `key` at exactly this scope, replacing its value there, and log it; a person's
+        own choice for themselves is not a moderation: `by` them, and not logged."""
+        setter = audit.actor if audit is not None else by
+        if setter is None:
+            raise ValueError("a setting is set by someone: give audit or by")
         async with self._db.write() as conn:
-            await _upsert(conn, community_id, user_id, key, value, audit.actor)
-            await write_audit(conn, audit)
+            await _upsert(conn, community_id, user_id, key, value, setter)
+            if audit is not None:
+                await write_audit(conn, audit)
 
     async def update_list(
         self,
@@ -102,16 +108,23 @@ class SettingsRepository:
             return True
 
     async def unset(
-        self, *, community_id: int | None, user_id: int | None, key: str, audit: AuditNote
+        self,
+        *,
+        community_id: int | None,
+        user_id: int | None,
+        key: str,
+        audit: AuditNote | None = None,
     ) -> bool:
-        """Remove `key` at exactly this scope; False (and nothing logged) if it was not set."""
+        """Remove `key` at exactly this scope; False (and nothing logged) if it was not set.
+        Without `audit`, a person's own choice: not logged."""
         async with self._db.write() as conn:
             removed = await conn.execute(
                 delete(_SETTINGS).where(*_exactly(community_id, user_id, key))
             )
             if removed.rowcount == 0:
                 return False
-            await write_audit(conn, audit)
+            if audit is not None:
+                await write_audit(conn, audit)
             return True
 
 

@@ -26,9 +26,12 @@ class Exchange:
     events: list[JobEvent] = field(default_factory=list)
     follower: asyncio.Task[None] | None = None
 
+    # The event texts, as the follower read them (in the asker's language).
+    event_texts: list[str] = field(default_factory=list)
+
     @property
     def texts(self) -> list[str]:
-        return [self.reply.text, *(event.text for event in self.events)]
+        return [self.reply.text, *self.event_texts]
 
     @property
     def final(self) -> JobEvent:
@@ -47,8 +50,15 @@ class TestChat:
     def __init__(self, app: HeadshotApp) -> None:
         self.app = app
 
-    def actor(self, user: str, *, community: str | None = None, moderator: bool = False) -> Actor:
-        return Actor(PLATFORM, user, community, is_moderator=moderator)
+    def actor(
+        self,
+        user: str,
+        *,
+        community: str | None = None,
+        moderator: bool = False,
+        locale: str | None = None,
+    ) -> Actor:
+        return Actor(PLATFORM, user, community, is_moderator=moderator, locale=locale)
 
     async def send(
         self,
@@ -59,11 +69,15 @@ class TestChat:
         moderator: bool = False,
         attachments: dict[str, bytes] | None = None,
         wait: bool = True,
+        locale: str | None = None,
     ) -> Exchange:
-        """Type `text` as `user`; with `wait`, return once the job it queued (if any) has ended."""
-        actor = self.actor(user, community=community, moderator=moderator)
-        reply = await self.app.commands.run_line(actor, text, attachments)
-        return await self._exchange(reply, wait)
+        """Type `text` as `user`, whose app runs in `locale`; with `wait`, return once the job
+        it queued (if any) has ended. The job's events are read in the language `user` was
+        answered in, as an adapter shows them."""
+        actor = self.actor(user, community=community, moderator=moderator, locale=locale)
+        async with self.app.commands.answering(actor):
+            reply = await self.app.commands.run_line(actor, text, attachments)
+            return await self._exchange(reply, wait)
 
     async def press(
         self,
@@ -73,11 +87,13 @@ class TestChat:
         community: str | None = None,
         moderator: bool = False,
         wait: bool = True,
+        locale: str | None = None,
     ) -> Exchange:
         """Press a button as `user`, the way a platform carries it: as text in callback data."""
-        actor = self.actor(user, community=community, moderator=moderator)
-        reply = await self.app.commands.run_line(actor, button.encode())
-        return await self._exchange(reply, wait)
+        actor = self.actor(user, community=community, moderator=moderator, locale=locale)
+        async with self.app.commands.answering(actor):
+            reply = await self.app.commands.run_line(actor, button.encode())
+            return await self._exchange(reply, wait)
 
     async def _exchange(self, reply: Reply, wait: bool) -> Exchange:
         exchange = Exchange(reply)
@@ -87,6 +103,7 @@ class TestChat:
         async def follow(job_id: str) -> None:
             async for event in self.app.commands.follow(job_id):
                 exchange.events.append(event)
+                exchange.event_texts.append(event.text)
 
         exchange.follower = asyncio.create_task(follow(reply.job_id))
         if wait:

@@ -433,6 +433,10 @@ class FakeDiscord:
         self.sessions: list[GatewaySession] = []
         self.identifies: list[Identify] = []
         self.commands: list[JSON] = []
+        # Each user's client language and each server's (Discord sends both with every
+        # interaction); unset: American English, Discord's default.
+        self.locales: dict[int, str] = {}
+        self.guild_locales: dict[int, str] = {}
         self.guild_commands: dict[int, list[JSON]] = {}
         self.interactions: dict[int, Interaction] = {}
         self.messages: dict[int, Message] = {}
@@ -828,7 +832,7 @@ class FakeDiscord:
             "channel_id": str(channel_id),
             "channel": self._channels[channel_id],
             "app_permissions": str(_BOT_PERMISSIONS),
-            "locale": "en-US",
+            "locale": self.locales.get(user_id, "en-US"),
             "entitlements": [],
             "attachment_size_limit": attachment_size_limit or self.attachment_size_limit,
         }
@@ -839,8 +843,9 @@ class FakeDiscord:
         else:
             payload["channel"] = {**payload["channel"], "permissions": str(permissions)}
             payload["guild_id"] = str(guild_id)
-            payload["guild"] = {"id": str(guild_id), "locale": "en-US", "features": []}
-            payload["guild_locale"] = "en-US"
+            guild_locale = self.guild_locales.get(guild_id, "en-US")
+            payload["guild"] = {"id": str(guild_id), "locale": guild_locale, "features": []}
+            payload["guild_locale"] = guild_locale
             payload["member"] = self._member(user_id, permissions)
             payload["context"] = 0
             payload["authorizing_integration_owners"] = {"0": str(guild_id)}
@@ -1730,6 +1735,45 @@ def _button_problems(button: JSON, where: str) -> list[tuple[str, str]]:
     return problems
 
 
+# The locales Discord's clients run in (its "Locales" reference).
+DISCORD_LOCALES = frozenset(
+    [
+        "id",
+        "da",
+        "de",
+        "en-GB",
+        "en-US",
+        "es-ES",
+        "es-419",
+        "fr",
+        "hr",
+        "it",
+        "lt",
+        "hu",
+        "nl",
+        "no",
+        "pl",
+        "pt-BR",
+        "ro",
+        "fi",
+        "sv-SE",
+        "vi",
+        "tr",
+        "cs",
+        "el",
+        "bg",
+        "ru",
+        "uk",
+        "hi",
+        "th",
+        "zh-CN",
+        "ja",
+        "zh-TW",
+        "ko",
+    ]
+)
+
+
 def _command_problems(commands: Any) -> list[tuple[str, str]]:
     """The checks Discord makes on a bulk overwrite of commands."""
     if not isinstance(commands, list):
@@ -1755,6 +1799,15 @@ def _name_problems(node: JSON, where: str) -> list[tuple[str, str]]:
         problems.append((f"{where}.name", f"Invalid name {name!r}"))
     if not 1 <= len(description) <= 100:
         problems.append((f"{where}.description", "Must be between 1 and 100 in length."))
+    for kind in ("name", "description"):
+        localized = node.get(f"{kind}_localizations") or {}
+        for locale, text in localized.items():
+            at = f"{where}.{kind}_localizations.{locale}"
+            if locale not in DISCORD_LOCALES:
+                problems.append((at, f"Invalid locale {locale!r}"))
+            elif not isinstance(text, str) or not 1 <= len(text) <= (32 if kind == "name" else 100):
+                limit = 32 if kind == "name" else 100
+                problems.append((at, f"Must be between 1 and {limit} in length."))
     return problems
 
 

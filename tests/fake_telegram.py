@@ -670,15 +670,23 @@ class FakeTelegram:
 
     # -- people and chats --------------------------------------------------------------------
 
-    def add_user(self, user_id: int, first_name: str = "User", username: str | None = None) -> JSON:
-        """A Telegram user; their private chat (id = user_id) exists, but see `started`."""
+    def add_user(
+        self,
+        user_id: int,
+        first_name: str = "User",
+        username: str | None = None,
+        *,
+        language_code: str = "en",
+    ) -> JSON:
+        """A Telegram user, whose app runs in `language_code` (sent with each of their
+        updates); their private chat (id = user_id) exists, but see `started`."""
         if user_id <= 0:
             raise ValueError("user ids are positive")
         user: JSON = {"id": user_id, "is_bot": False, "first_name": first_name}
         chat: JSON = {"id": user_id, "first_name": first_name}
         if username:
             user["username"] = chat["username"] = username
-        user["language_code"] = "en"
+        user["language_code"] = language_code
         self._users[user_id] = user
         self._chats[user_id] = {**chat, "type": "private"}
         return copy.deepcopy(user)

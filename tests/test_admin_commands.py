@@ -37,7 +37,7 @@ async def test_quota_set_for_everyone_and_for_one_user_narrowest_wins(chat: Test
     assert one.reply.text == "Daily allowance for user bob here: 1 image per day."
     assert (await chat.send("/quota", **G1)).reply.text.startswith("Today: 10 of 10 images left.")
     bob = await chat.send("/quota", user="bob", **G1)
-    assert bob.reply.text.startswith("Today: 1 of 1 images left.")
+    assert bob.reply.text.startswith("Today: 1 of 1 image left.")
     elsewhere = await chat.send("/quota", user="bob", **G2)
     assert elsewhere.reply.text.startswith("Today: 5 of 5 images left.")
 
@@ -260,7 +260,7 @@ async def test_moderators_cannot_grant_or_refund_to_themselves(
     assert refund.reply.text == "You can't refund yourself: ask another moderator or an owner."
     assert await count_rows(chat.app, "credit_ledger", "kind IN ('grant', 'refund')") == 0
     by_owner = await chat.send("/admin grant root 1", user="root", **G1)
-    assert by_owner.reply.text == "Gave user root 1 credit; they don't expire."
+    assert by_owner.reply.text == "Gave user root 1 credit; it doesn't expire."
 
 
 async def test_lifting_a_community_ban_says_when_a_global_one_remains(chat: TestChat) -> None:

@@ -95,10 +95,10 @@ async def test_an_owner_sees_every_worker_and_which_are_draining_or_gone(
         assert header == "GPU workers: 2 live of 4, room for 3 jobs at once."
         assert fallback == FALLBACK
         assert len(lines) == 4
-        heard = r" · last heartbeat \d+ s ago"
+        heard = r" · last heartbeat \d+ sec ago"
         live = {line.split(" · ")[0]: line for line in lines[:2]}
         assert re.fullmatch(
-            r"• gpu-box-1 · cuda:0 · headshot, facegen · 12 jobs done, 1 failed, 4\.3 s/image"
+            r"• gpu-box-1 · cuda:0 · headshot, facegen · 12 jobs done, 1 failed, 4\.3 sec/image"
             + heard,
             live["• gpu-box-1"],
         )
@@ -107,12 +107,12 @@ async def test_an_owner_sees_every_worker_and_which_are_draining_or_gone(
             live["• gpu-box-2"],
         )
         assert re.fullmatch(
-            r"• gpu-box-3 · cuda:0 · headshot · 3 jobs done, 5\.0 s/image · "
-            r"draining: finishing its jobs, last heartbeat \d+ s ago",
+            r"• gpu-box-3 · cuda:0 · headshot · 3 jobs done, 5 sec/image · "
+            r"draining: finishing its jobs, last heartbeat \d+ sec ago",
             lines[2],
         )
         assert lines[3] == (
-            "• gpu-box-4 · cuda:0 · avatar · 7 jobs done, 6.0 s/image · not heard from for 5 min"
+            "• gpu-box-4 · cuda:0 · avatar · 7 jobs done, 6 sec/image · not heard from for 5 min"
         )
 
 
@@ -180,8 +180,8 @@ async def test_an_owner_sees_the_single_machines_child_worker_and_its_figures(
     header, line, fallback = (await chat.send("/admin workers", **OWNER_DM)).reply.text.split("\n")
     assert header == "GPU workers: 1 live of 1, room for 2 jobs at once."
     assert re.fullmatch(
-        r"• \S+ · cpu · headshot, facegen · 1 job done, \d+\.\d s/image · "
-        r"the bot's own process, last job \d+ s ago",
+        r"• \S+ · cpu · headshot, facegen · 1 job done, \d+(\.\d)? sec/image · "
+        r"the bot's own process, last job \d+ sec ago",
         line,
     )
     assert fallback == FALLBACK

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import gettext
 import re
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 from babel.messages.catalog import Catalog
 from babel.messages.extract import extract_from_dir
+from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
 
 from bot.charts.wording import stats_chart_wording
@@ -82,10 +83,11 @@ def test_the_first_code_with_a_catalogue_wins_then_english() -> None:
 
 
 def test_the_template_holds_every_message_the_code_wraps() -> None:
+    with (ROOT / "babel.cfg").open() as mapping:
+        method_map, options_map = parse_mapping_cfg(mapping)
     found = set()
-    for folder in ("bot", "adapters"):
-        for _, _, message, _, _ in extract_from_dir(ROOT / folder):
-            found.add(message if isinstance(message, str) else tuple(message))
+    for _, _, message, _, _ in extract_from_dir(ROOT, method_map, options_map):
+        found.add(message if isinstance(message, str) else tuple(message))
     assert found == ids(template()), "run the pybabel commands of LANGUAGES.md"
 
 
@@ -173,3 +175,61 @@ def test_the_stats_chart_reads_in_each_language(language: str) -> None:
 def test_an_unshipped_language_is_refused() -> None:
     with pytest.raises(ValueError, match="no catalogue for 'ko'"):
         translator("ko")
+
+
+# ---- the platforms' limits, in every language -------------------------------------------------
+
+DISCORD_DESCRIPTION, TELEGRAM_MENU_ENTRY, DISCORD_LABEL = 100, 256, 80
+TELEGRAM_CALLBACK_BYTES, TELEGRAM_CAPTION = 64, 1024
+
+
+@pytest.mark.parametrize("language", SHIPPED)
+def test_texts_stay_within_every_platforms_limits(language: str) -> None:
+    from adapters.telegram.outgoing import pick_keyboard
+    from bot.commands.spec import COMMANDS, GROUP_SUMMARIES
+    from bot.i18n import _, speaking
+    from bot.jobs import reasons
+    from bot.jobs.events import Completed, Failed
+    from bot.replies import default_style_label, forget_ask, history_page
+    from bot.styles import STYLES
+    from bot.ui import ImageRef, JobSummary
+    from bot.waits import Waits
+
+    with speaking(language):
+        described = [_(spec.summary) for spec in COMMANDS.values()]
+        described += [_(o.description) for spec in COMMANDS.values() for o in spec.options]
+        described += [_(summary) for summary in GROUP_SUMMARIES.values()]
+        too_long = [text for text in described if not 1 <= len(text) <= DISCORD_DESCRIPTION]
+        assert too_long == []  # Discord's option and command descriptions (Telegram's: 256)
+
+        job = JobSummary(
+            "f" * 32,
+            "flux_headshot",
+            "succeeded",
+            "black_and_white",
+            None,
+            4_294_967_295,
+            datetime(2026, 12, 4, tzinfo=UTC),
+        )
+        image = ImageRef("https://example.test/i.png", "outputs/i.png", "image/png", 512, 512)
+        done = Completed(job.id, (image, image), job, refunded=2, unlike=2)
+        reason = reasons.stored("the generator refused the request", "x" * 200)
+        failed = Failed(job.id, reason, True, can_retry=True)
+        for caption in (done.text, failed.text):
+            assert len(caption) <= TELEGRAM_CAPTION
+
+        labels = [button.label for button in done.buttons + failed.buttons]
+        labels += [default_style_label(), *(style.shown_title() for style in STYLES.values())]
+        labels += [b.label for b in forget_ask("c" * 32, 3, 10).buttons]
+        entries = [(job, (image,))] * 2
+        labels += [b.label for b in history_page(entries, 2, 3).buttons]
+        assert all(1 <= len(label) <= DISCORD_LABEL for label in labels), labels
+
+        keyboard = pick_keyboard(
+            Waits.new_token(),
+            [(style.name, style.shown_title()) for style in STYLES.values()],
+            default_style_label(),
+        )
+        for row in keyboard.inline_keyboard:
+            for button in row:
+                assert len(str(button.callback_data).encode()) <= TELEGRAM_CALLBACK_BYTES

@@ -388,8 +388,8 @@ def test_an_unreachable_modelslab_is_said_plainly_and_soon(tmp_path: Path) -> No
     assert result.returncode == 1, result.stderr
     last = result.stderr.splitlines()[-1]
     assert last.endswith(
-        f"failed: cannot reach ModelsLab at http://127.0.0.1:{port}: check the network or "
-        "MODELSLAB_BASE_URL"
+        f"failed: the generator cannot be reached (cannot reach ModelsLab at "
+        f"http://127.0.0.1:{port}: check the network or MODELSLAB_BASE_URL)"
     ), result.stderr
     # A person at a terminal pays no credits: nothing about them.
     assert "credit" not in result.stderr.lower() and "refund" not in result.stderr.lower()

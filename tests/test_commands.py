@@ -208,7 +208,7 @@ async def test_quota_exhausted_is_refused_with_the_reset_time(
 
     assert refused.reply.text.startswith("You have no credits left: your daily allowance resets")
     quota = await chat.send("/quota")
-    assert quota.reply.text.startswith("Today: 0 of 1 images left.")
+    assert quota.reply.text.startswith("Today: 0 of 1 image left.")
 
 
 # ---- the user's own things ------------------------------------------------------------------

@@ -229,7 +229,7 @@ async def test_quota_refusal_reserves_nothing(
     _, events = await run_job(app, selfie)
     assert isinstance(events[-1], Completed)
     submitted = len(simulator.jobs)
-    with pytest.raises(RequestRefused, match=r"asked for 2 images but have 1 credit\(s\) left"):
+    with pytest.raises(RequestRefused, match=r"asked for 2 images but have 1 credit left"):
         await run_job(app, selfie, prompt="p", samples=2)
     _, events = await run_job(app, selfie)
     assert isinstance(events[-1], Completed)

@@ -355,7 +355,7 @@ def test_public_address_rule() -> None:
         ("http://user:pw@example.com/img.png", "That link contains a user name or password"),
         ("http://user@example.com/img.png", "That link contains a user name or password"),
         ("http:///img.png", "That link has no host name"),
-        ("http://example.com/" + "a" * 2048, "That link is too long (over 2048 characters)"),
+        ("http://example.com/" + "a" * 2048, "That link is too long (over 2,048 characters)"),
         ("http://127.1/img.png", "That link is not a valid web address"),
     ],
 )

@@ -257,10 +257,10 @@ def test_stats_text_with_many_backends_stays_one_message() -> None:
     text = stats(report, 30, community=False).text
     assert len(text) < 2000  # Discord's limit
     # 7992 of 8000 is 99.9%: shown as 99%, since 8 did fail.
-    assert "7992 of 8000 images passed (99%)" in text
-    assert "• flux_headshot · local: 999/1000 passed (99%)" in text
+    assert "7,992 of 8,000 images passed (99%)" in text
+    assert "• flux_headshot · local: 999/1,000 passed (99%)" in text
     few = _stats(identity=(IdentityFigures("headshot", "local", 1000, 1),))
-    assert "1/1000 passed (1%)" in stats(few, 1, community=True).text
+    assert "1/1,000 passed (1%)" in stats(few, 1, community=True).text
 
 
 def _outputs(*measures: Measure) -> list[OutputRecord]:

@@ -46,6 +46,7 @@ BAD_TEXT: dict[str, str] = {
     "pseudonym_key": "not hex",
     "pseudonym_key_file": FOLDER,
     "replica_name": "bot one",
+    "default_language": "klingon",
     "metrics_token": "token with spaces",
 }
 

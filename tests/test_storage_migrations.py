@@ -39,7 +39,7 @@ PROCRASTINATE = {
     "procrastinate_events",
     "procrastinate_periodic_defers",
 }
-HEAD_REVISION = "0011"
+HEAD_REVISION = "0012"
 NEW_JOB_COLUMNS = {"style", "user_prompt", "deleted_at", "inputs_expire_at"}
 
 

@@ -20,7 +20,9 @@ from backends.modelslab.simulator import Simulator
 from bot import replies
 from bot.app import HeadshotApp
 from bot.commands.spec import find_command
+from bot.i18n import translator
 from tests.conftest import EXAMPLE_SELFIE, AppFactory
+from tests.pseudo import opening
 
 STEP_SECONDS = 60
 
@@ -37,7 +39,7 @@ class Process:
 
     @classmethod
     async def start(cls, *args: str, cwd: Path, env: dict[str, str]) -> Process:
-        unset = ("MODELSLAB_", "DATA", "DISCORD_", "TELEGRAM_")
+        unset = ("MODELSLAB_", "DATA", "DISCORD_", "TELEGRAM_", "LC_", "LANG")
         clean = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
         process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -121,7 +123,7 @@ async def test_a_newcomer_types_the_commands_and_gets_the_image(
     await chat.expect(r"Headshot Bot chat: you are the operator")
     chat.type(f"/headshot {EXAMPLE_SELFIE}")
     job = (await chat.expect(r"queued as job (\w+)\. This message will show its progress"))[1]
-    await chat.expect(rf"^\[job {job}\] Generating your image, about \d+ s…")
+    await chat.expect(rf"^\[job {job}\] Generating your image, about \d+ sec…")
     await chat.expect(rf"^\[job {job}\] Done: 1 image · corporate · seed \d+ · job {job}\.")
     image = Path((await chat.expect(r"^  image: (.+)$"))[1])
     assert image.parent == tmp_path / "out"
@@ -150,6 +152,31 @@ async def test_a_newcomer_types_the_commands_and_gets_the_image(
     status, errors = await chat.ended()
     assert status == 0, errors
     assert "Traceback" not in errors
+
+
+async def test_the_terminal_speaks_the_language_of_lang(tmp_path: Path, database_url: str) -> None:
+    env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": database_url}
+    env |= {"IMAGE_STORE_SHARED": "1", "LANG": "de_DE.UTF-8"}
+    chat = await Process.start("chat", "--demo", cwd=tmp_path, env=env)
+    try:
+        welcome = opening(
+            "de",
+            "Headshot Bot chat: you are the operator; images come from the built-in simulator "
+            "(demo: no API key, no charge) and are saved in {folder}. Try /headshot "
+            "examples/astronaut.jpg, /help for more, /quit to leave.",
+        )
+        await chat.expect("^" + re.escape(welcome))
+        chat.type("/quota")
+        today = opening(
+            "de", "Today: {left} of {count} image left.", "Today: {left} of {count} images left."
+        )
+        await chat.expect("^" + re.escape(today))
+        chat.type("/quit")
+        await chat.expect("^" + re.escape(translator("de").gettext("Bye.")) + "$")
+        status, errors = await chat.ended()
+        assert status == 0, errors
+    finally:
+        chat.kill()
 
 
 async def test_commands_piped_in_see_their_jobs_end(tmp_path: Path, database_url: str) -> None:
@@ -275,7 +302,7 @@ async def test_what_cannot_be_used_is_said_in_one_line(
         screen.lines[2],
         f"Can't read {tmp_path} (not a file): check the path and its permissions.",
         "No button 7: type /press and a number shown in [ ].",
-        "No button (none given): type /press and a number shown in [ ].",
+        "No button given: type /press and a number shown in [ ].",
         # The command layer's words, then how to say it here.
         replies.no_selfie(),
         "Here, give your selfie's path: /headshot examples/astronaut.jpg (or selfie=PATH).",
@@ -328,7 +355,7 @@ async def test_a_job_running_at_quit_is_shown_the_next_time(
     await chat.stop()
     await first.stop()
     assert screen.lines[-1] == (
-        "Bye. 1 job is still running: the results are shown the next time you chat."
+        "Bye. 1 job is still running: the result is shown the next time you chat."
     )
     job = screen.matching(r"queued as job (\w+)")[0][1]
     assert not screen.matching("Done:")

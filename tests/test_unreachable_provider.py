@@ -75,7 +75,9 @@ async def test_asked_to_give_up_quickly_it_says_where_it_tried(
     events = await _run_job(app, selfie)
     final = events[-1]
     assert isinstance(final, Failed) and final.refunded
+    # Stored as the reason and, on its own line, the provider's words (bot.jobs.reasons).
     assert final.reason == (
+        "the generator cannot be reached\n"
         f"cannot reach ModelsLab at {base_url}: check the network or MODELSLAB_BASE_URL"
     )
     assert not any(isinstance(event, Progress) for event in events)  # no retry rounds

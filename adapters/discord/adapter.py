@@ -41,6 +41,7 @@ from adapters.discord.delivery import (
     JobDelivery,
     Target,
 )
+from adapters.discord.localizing import Descriptions
 from adapters.discord.posts import DiscordPostRemover, note_shown
 from adapters.discord.registration import register
 from adapters.discord.rendering import reply_message
@@ -48,6 +49,7 @@ from adapters.discord.watching import RateLimitWatch
 from bot import replies
 from bot.commands import Actor, CommandLayer, CommandRequest, CommandSpec
 from bot.config import ConfigError, Settings
+from bot.i18n import speaking
 from bot.interactions import Abandoned, request_key
 from bot.log_context import job_context
 from bot.replies import Reply
@@ -94,6 +96,7 @@ class HeadshotClient(discord.AutoShardedClient):
         await self.adapter.hold_shards(self.shard_ids or list(range(self.shard_count)))
         self.add_dynamic_items(CommandButton)
         # Replicas starting together register the commands in turn, not all at once.
+        await self.tree.set_translator(Descriptions())
         async with self.adapter.layer.one_at_a_time("discord-command-sync"):
             commands = await self.tree.sync()
         log.info("registered %d slash commands", len(commands))
@@ -254,23 +257,37 @@ class DiscordAdapter:
         self, spec: CommandSpec, interaction: discord.Interaction, given: dict[str, Any]
     ) -> None:
         arrived = self._received()
-        for name, value in given.items():
-            if isinstance(value, discord.Attachment):
-                refusal = self.layer.check_upload(
-                    value.content_type,
-                    value.size,
-                    interaction.filesize_limit,
-                    subject="pose image" if name == "pose_image" else "selfie",
-                )
-                if refusal is not None:
-                    async with self._acknowledging(arrived):
-                        await interaction.response.send_message(refusal.text, ephemeral=True)
-                    return
+        actor = _actor(interaction)
+
+        def refusal() -> Reply | None:
+            """An attachment refused from what Discord says of it, before anything is read."""
+            for name, value in given.items():
+                if isinstance(value, discord.Attachment):
+                    refused = self.layer.check_upload(
+                        value.content_type,
+                        value.size,
+                        interaction.filesize_limit,
+                        subject="pose image" if name == "pose_image" else "selfie",
+                    )
+                    if refused is not None:
+                        return refused
+            return None
+
+        if refusal() is not None:  # rare: worded in the person's language, read first
+            async with self.layer.answering(actor), self._acknowledging(arrived):
+                refused = refusal()
+                assert refused is not None
+                await interaction.response.send_message(refused.text, ephemeral=True)
+            return
         async with self._acknowledging(arrived):
             deferred = await interaction.response.defer(thinking=True, ephemeral=spec.private)
         await self._after_acknowledgements()
         key = request_key(PLATFORM, interaction.id)
-        async with self._answering(interaction), self._noted(interaction, deferred):
+        async with (
+            self.layer.answering(actor),
+            self._answering(interaction),
+            self._noted(interaction, deferred),
+        ):
             options: dict[str, Any] = {}
             for name, value in given.items():
                 if value is None:
@@ -283,9 +300,7 @@ class DiscordAdapter:
                     await self._answer(interaction, reply, private=spec.private)
                     return
             target = Target.of(interaction, deferred.message_id if deferred else None)
-            request = CommandRequest(
-                _actor(interaction), spec.name, options, target.to_json(), request_key=key
-            )
+            request = CommandRequest(actor, spec.name, options, target.to_json(), request_key=key)
             reply = await self.layer.handle(request)
             await self._answer(interaction, reply, private=spec.private, target=target)
 
@@ -305,12 +320,13 @@ class DiscordAdapter:
         # A press answered in place shows no "thinking…": nothing to end if this process dies.
         noted = contextlib.nullcontext() if in_place else self._noted(interaction, deferred)
         pressed = interaction.message.id if in_place and interaction.message else None
-        async with self._answering(interaction), noted:
+        actor = _actor(interaction)
+        async with self.layer.answering(actor), self._answering(interaction), noted:
             message_id = None if in_place or deferred is None else deferred.message_id
             target = Target.of(interaction, message_id)
             with self._replacing(pressed):
                 reply = await self.layer.run_line(
-                    _actor(interaction),
+                    actor,
                     line,
                     deliver_to=target.to_json(),
                     request_key=request_key(PLATFORM, interaction.id),
@@ -398,10 +414,13 @@ class DiscordAdapter:
     async def _end(self, abandoned: Abandoned) -> bool:
         """Replace the "thinking…" with where the request stands; False if Discord may take it
         later (a 5xx, a 429, the network)."""
-        if abandoned.job_id is None:
-            text = replies.request_lost()
-        else:  # its result is owed, and shown like any result after a restart
-            text = replies.request_resumed(abandoned.job_id)
+        # The note keeps no language: the operator's default (the result itself, owed, is
+        # shown in its asker's).
+        with speaking(self.layer.noted_language(None)):
+            if abandoned.job_id is None:
+                text = replies.request_lost()
+            else:  # its result is owed, and shown like any result after a restart
+                text = replies.request_resumed(abandoned.job_id)
         webhook = discord.Webhook.partial(
             abandoned.application_id, abandoned.token, client=self.client
         )
@@ -533,6 +552,7 @@ def _actor(interaction: discord.Interaction) -> Actor:
         # What the server says now, whatever it let the member see: checked on every run.
         is_moderator=guild_id is not None
         and (permissions.manage_guild or permissions.administrator),
+        locale=interaction.locale.value,
     )
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 from telegram import CallbackQuery, ForceReply, Message, Update
+from telegram import User as TelegramUser
 from telegram.constants import ChatMemberStatus, ChatType
 from telegram.error import BadRequest, Forbidden, InvalidToken, TelegramError
 from telegram.ext import (
@@ -75,6 +76,7 @@ from adapters.telegram.watching import CountedRequests
 from bot import replies
 from bot.commands import Access, Actor, CommandLayer, CommandSpec
 from bot.config import ConfigError, Settings
+from bot.i18n import language_now, speaking
 from bot.replies import Reply
 from bot.waits import Wait
 from bot.web import ChatWebhooks
@@ -302,7 +304,10 @@ class TelegramAdapter:
         sender = sender_of(message)
         if sender is None:
             return
-        async with self._answering(message.chat_id, message.message_id):
+        async with (
+            self.layer.answering(_asker(message.chat_id, sender, message.from_user)),
+            self._answering(message.chat_id, message.message_id),
+        ):
             await self._message(message, sender, self.receiver.key(update))
 
     async def _message(self, message: Message, sender: Sender, key: str) -> None:
@@ -350,7 +355,9 @@ class TelegramAdapter:
             # A moderator points at someone by replying to their message: the other words
             # are then the command's other options.
             line = f"{line} user={subject}"
-        request = Request(line, message.chat_id, sender.id, message.message_id)
+        request = Request(
+            line, message.chat_id, sender.id, message.message_id, language=language_now()
+        )
         if spec is not None and spec.takes_selfie:
             await self._selfie_command(message, sender, request, key)
         elif spec is not None and not spec.private:
@@ -510,18 +517,20 @@ class TelegramAdapter:
         query = update.callback_query
         if query is None:
             return
-        try:
-            await self._press(query, self.receiver.key(update))
-        except Exception:
-            reference = secrets.token_hex(4)
-            log.exception("button press %s failed (ref %s)", query.id, reference)
-            text = replies.internal_error(reference)
+        chat_id = query.message.chat.id if query.message else query.from_user.id
+        asker = _asker(chat_id, Sender(query.from_user.id), query.from_user)
+        async with self.layer.answering(asker):
             try:
-                await query.answer(cut(text, MAX_ALERT), show_alert=True)
-            except TelegramError:  # answered already: say it in the chat
-                with contextlib.suppress(TelegramError):
-                    chat = query.message.chat.id if query.message else query.from_user.id
-                    await send(self.application.bot, chat, text)
+                await self._press(query, self.receiver.key(update))
+            except Exception:
+                reference = secrets.token_hex(4)
+                log.exception("button press %s failed (ref %s)", query.id, reference)
+                text = replies.internal_error(reference)
+                try:
+                    await query.answer(cut(text, MAX_ALERT), show_alert=True)
+                except TelegramError:  # answered already: say it in the chat
+                    with contextlib.suppress(TelegramError):
+                        await send(self.application.bot, chat_id, text)
 
     async def _press(self, query: CallbackQuery, key: str) -> None:
         pressed = query.message
@@ -767,9 +776,17 @@ class TelegramAdapter:
         """Tell the person the bot stopped waiting, in the message that asked."""
         spec = self.layer.command_of_line(note.request.line)
         name = spec.name if spec is not None else "headshot"
-        text = replies.selfie_wait_over(name) if wait.for_photo else replies.choice_expired()
+        with speaking(self.layer.noted_language(note.request.language)):
+            text = replies.selfie_wait_over(name) if wait.for_photo else replies.choice_expired()
         with contextlib.suppress(TelegramError):
             await self._edit(note.request.chat_id, note.prompt_id, text)
+
+
+def _asker(chat_id: int, sender: Sender, user: TelegramUser | None) -> Actor:
+    """Whom a message or a press is answered for, with the language their app runs in (an
+    anonymous admin's message is the group's: the group's language)."""
+    locale = user.language_code if user is not None and sender.is_person else None
+    return dataclasses.replace(_actor(chat_id, sender.id, is_moderator=False), locale=locale)
 
 
 def _actor(chat_id: int, sender_id: int, *, is_moderator: bool) -> Actor:

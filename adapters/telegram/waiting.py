@@ -69,6 +69,8 @@ class Request:
     # The person's message that the answers reply to.
     reply_to: int | None
     selfie: FileRef | None = None
+    # The language the asker was answered in (the wait's end is told in it).
+    language: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +79,7 @@ class Request:
             "sender_id": self.sender_id,
             "reply_to": self.reply_to,
             "selfie": None if self.selfie is None else self.selfie.to_json(),
+            "language": self.language,
         }
 
     @classmethod
@@ -89,6 +92,7 @@ class Request:
             _number(fields, "sender_id"),
             _number(fields, "reply_to", optional=True),
             None if selfie is None else FileRef.from_json(selfie),
+            _text(fields, "language", optional=True),
         )
 
 

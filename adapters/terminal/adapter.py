@@ -50,12 +50,14 @@ class TerminalChat:
         *,
         demo: bool = False,
         write: Callable[[str], None] = _print,
+        locale: str | None = None,
     ) -> None:
+        """`locale`: the terminal's language, as `LANG` gives it ("de_DE.UTF-8")."""
         self.layer = layer
         self.folder = folder
         self._demo = demo
         self._write = write
-        self.actor = Actor(PLATFORM, USER)
+        self.actor = Actor(PLATFORM, USER, locale=locale)
         self._board = ButtonBoard()
         self._followers: dict[str, asyncio.Task[None]] = {}
 
@@ -67,7 +69,8 @@ class TerminalChat:
     async def start(self) -> None:
         """Greet, then show what the last run of the chat still owed (jobs that ended after
         it quit)."""
-        self._write(texts.welcome(self.folder.path, self._demo))
+        async with self.layer.answering(self.actor):
+            self._write(texts.welcome(self.folder.path, self._demo))
         await take_over_deliveries(
             self.layer, PLATFORM, lambda target: target, lambda job_id, _: self._follow(job_id)
         )
@@ -83,15 +86,23 @@ class TerminalChat:
         script piped in sees its results)."""
         async for line in lines:
             if not await self.handle(line):
-                self._write(texts.leaving(self.running))
+                async with self.layer.answering(self.actor):
+                    self._write(texts.leaving(self.running))
                 return
         if self.running:
-            self._write(texts.waiting_for(self.running))
+            async with self.layer.answering(self.actor):
+                self._write(texts.waiting_for(self.running))
             await asyncio.gather(*self._followers.values(), return_exceptions=True)
-        self._write(texts.leaving(0))
+        async with self.layer.answering(self.actor):
+            self._write(texts.leaving(0))
 
     async def handle(self, line: str) -> bool:
-        """Run one typed line; False when it asks to leave."""
+        """Run one typed line, answered in the operator's language; False when it asks to
+        leave."""
+        async with self.layer.answering(self.actor):
+            return await self._handle(line)
+
+    async def _handle(self, line: str) -> bool:
         text = line.strip()
         if not text:
             return True
@@ -135,7 +146,7 @@ class TerminalChat:
         try:
             found = await asyncio.to_thread(path.stat)
             if not stat.S_ISREG(found.st_mode):
-                self._write(texts.unreadable_file(path, "not a file"))
+                self._write(texts.unreadable_file(path, texts.not_a_file()))
                 return None
             # The size first, as a platform's word on an attachment: the command layer checks
             # the bytes in full.

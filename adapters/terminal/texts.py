@@ -5,67 +5,98 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bot.i18n import _, ngettext
+
 
 def welcome(out_dir: Path, demo: bool) -> str:
-    source = "the built-in simulator (demo: no API key, no charge)" if demo else "your backend"
-    return (
-        f"Headshot Bot chat: you are the operator; images come from {source} and are saved in "
-        f"{out_dir}. Try /headshot examples/astronaut.jpg, /help for more, /quit to leave."
+    if demo:
+        return _(
+            "Headshot Bot chat: you are the operator; images come from the built-in simulator "
+            "(demo: no API key, no charge) and are saved in {folder}. Try /headshot "
+            "examples/astronaut.jpg, /help for more, /quit to leave.",
+            folder=out_dir,
+        )
+    return _(
+        "Headshot Bot chat: you are the operator; images come from your backend and are saved "
+        "in {folder}. Try /headshot examples/astronaut.jpg, /help for more, /quit to leave.",
+        folder=out_dir,
     )
 
 
 def terminal_help(out_dir: Path) -> str:
     return "\n".join(
         [
-            "In this terminal:",
-            "• attach an image by its path: /headshot examples/astronaut.jpg [style] [prompt…]"
-            " (or selfie=PATH, pose_image=PATH)",
-            "• press a button with /press <number> (buttons are shown as [1] Re-roll)",
-            f"• images are saved in {out_dir}; their paths are printed",
-            "• /quit (or Ctrl-D) to leave; jobs still running are shown the next time",
+            _("In this terminal:"),
+            _(
+                "• attach an image by its path: /headshot examples/astronaut.jpg [style] "
+                "[prompt…] (or selfie=PATH, pose_image=PATH)"
+            ),
+            _("• press a button with /press <number> (buttons are shown as [1] Re-roll)"),
+            _("• images are saved in {folder}; their paths are printed", folder=out_dir),
+            _("• /quit (or Ctrl-D) to leave; jobs still running are shown the next time"),
         ]
     )
 
 
 def no_such_file(path: Path) -> str:
-    return f"No such file: {path}. Give the path of a JPEG, PNG, WebP or HEIC image."
+    return _("No such file: {path}. Give the path of a JPEG, PNG, WebP or HEIC image.", path=path)
 
 
 def unreadable_file(path: Path, reason: str) -> str:
-    return f"Can't read {path} ({reason}): check the path and its permissions."
+    return _(
+        "Can't read {path} ({reason}): check the path and its permissions.",
+        path=path,
+        reason=reason,
+    )
+
+
+def not_a_file() -> str:
+    return _("not a file")
 
 
 def give_a_path() -> str:
-    return "Here, give your selfie's path: /headshot examples/astronaut.jpg (or selfie=PATH)."
+    return _("Here, give your selfie's path: /headshot examples/astronaut.jpg (or selfie=PATH).")
 
 
 def lost_track(job: str) -> str:
-    return f"Couldn't follow this job any more: type /show {job} to see how it ends."
+    return _("Couldn't follow this job any more: type /show {job} to see how it ends.", job=job)
 
 
 def no_such_button(typed: str) -> str:
-    return f"No button {typed.strip() or '(none given)'}: type /press and a number shown in [ ]."
+    if not typed.strip():
+        return _("No button given: type /press and a number shown in [ ].")
+    return _("No button {typed}: type /press and a number shown in [ ].", typed=typed.strip())
 
 
 def image_saved(path: Path) -> str:
-    return f"  image: {path}"
+    return _("  image: {path}", path=path)
 
 
 def chart_saved(path: Path) -> str:
-    return f"  chart: {path}"
+    return _("  chart: {path}", path=path)
 
 
 def image_not_saved(folder: Path, reason: str) -> str:
-    return f"Couldn't save the images in {folder} ({reason}): free some space or fix the folder."
+    return _(
+        "Couldn't save the images in {folder} ({reason}): free some space or fix the folder.",
+        folder=folder,
+        reason=reason,
+    )
 
 
 def waiting_for(jobs: int) -> str:
-    noun = "job" if jobs == 1 else "jobs"
-    return f"Waiting for {jobs} {noun} to finish (Ctrl-C to leave now)…"
+    return ngettext(
+        "Waiting for {count} job to finish (Ctrl-C to leave now)…",
+        "Waiting for {count} jobs to finish (Ctrl-C to leave now)…",
+        jobs,
+    )
 
 
 def leaving(running: int) -> str:
     if not running:
-        return "Bye."
-    noun = "job is" if running == 1 else "jobs are"
-    return f"Bye. {running} {noun} still running: the results are shown the next time you chat."
+        return _("Bye.")
+    return ngettext(
+        "Bye. {count} job is still running: the result is shown the next time you chat.",
+        "Bye. {count} jobs are still running: the results are shown the next time you chat.",
+        running,
+    )

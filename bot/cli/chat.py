@@ -4,6 +4,7 @@ token needed; with --demo no API key either."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from bot.cli.common import Commands, add_demo_flag, service, settings
@@ -39,7 +40,7 @@ async def _chat(args: argparse.Namespace) -> int:
     folder = ImageFolder(args.out)
     # In demo mode any free port will do: the simulator sends its webhooks there.
     async with service(chosen, demo=args.demo, web_port=0 if args.demo else None) as app:
-        chat = TerminalChat(app.commands, folder, demo=args.demo)
+        chat = TerminalChat(app.commands, folder, demo=args.demo, locale=terminal_language())
         await chat.start()
         try:
             await chat.run(stdin_lines())
@@ -52,3 +53,13 @@ def _with_owner(chosen: Settings, owner: str) -> Settings:
     """The person at the terminal runs the bot: an owner, whose admin commands act globally."""
     owners = ",".join([*chosen.owners, owner])
     return chosen.model_copy(update={"owner_ids": owners})
+
+
+def terminal_language() -> str | None:
+    """The terminal's language, as the C library reads it: LC_ALL, then LC_MESSAGES, then LANG
+    (`C` and `POSIX` name none)."""
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None

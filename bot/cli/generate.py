@@ -13,6 +13,7 @@ from bot.cli.common import CliError, Commands, add_demo_flag, read, service, set
 from bot.cli.flags import FLAGS, flag_help, flag_name
 from bot.cli.outdir import check_out_folder, make_out_folder, unmake_out_folder
 from bot.generation import GenerationRequest
+from bot.jobs import reasons
 from bot.jobs.events import Completed, Failed, JobEvent
 from storage.imagestore import extension_for_content_type
 
@@ -127,7 +128,7 @@ def _checked_options(args: argparse.Namespace) -> dict[str, Any]:
 def _text(event: JobEvent) -> str:
     """The job's progress in a terminal's words: nobody here pays credits."""
     if isinstance(event, Failed):
-        return f"failed: {event.reason}"
+        return f"failed: {reasons.shown(event.reason)}"
     if isinstance(event, Completed):
         count = len(event.images)
         noun = "image" if count == 1 else "images"

@@ -11,6 +11,8 @@ from bot import replies
 from bot.charts import stats_chart
 from bot.commands.context import Context
 from bot.commands.parse import EVERYONE, CommandError
+from bot.i18n import first_shipped, speaking
+from bot.i18n import now as writing_in
 from bot.policy import Key
 from bot.replies import Reply
 from bot.safety import SafetyLevel, normalise_phrase
@@ -76,7 +78,7 @@ async def stats(ctx: Context, options: dict[str, Any]) -> Reply:
     since = now - timedelta(days=days)
     report = await ctx.services.stats.summary(ctx.community_id, since=since)
     daily = await ctx.services.stats.daily(ctx.community_id, since=since, until=now)
-    chart = await stats_chart(daily, period_days=days, community=ctx.in_community)
+    chart = await stats_chart(daily, period_days=days, community=ctx.in_community, tr=writing_in())
     return replies.stats(report, days, ctx.in_community, chart)
 
 
@@ -185,7 +187,10 @@ async def audit(ctx: Context, options: dict[str, Any]) -> Reply:
     entries = await ctx.services.audit.recent(
         ctx.community_id, limit=AUDIT_PAGE_SIZE, offset=(page - 1) * AUDIT_PAGE_SIZE
     )
-    return replies.audit_page(entries, page)
+    # The community's record, in the community's language (whoever of its moderators reads it).
+    place = (await ctx.policy(None)).place_language
+    with speaking(first_shipped(place, ctx.services.settings.default_language)):
+        return replies.audit_page(entries, page)
 
 
 # ---- the scope's own settings -------------------------------------------------------------

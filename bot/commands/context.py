@@ -46,6 +46,9 @@ class Actor:
     # The adapter's word on whether this person moderates that community (server permission,
     # group admin). The command layer decides what a moderator may do.
     is_moderator: bool = False
+    # The language the platform says this person reads ("de", "es-419", Telegram's "pt-br", a
+    # terminal's LANG); None when it says none.
+    locale: str | None = None
 
     @property
     def key(self) -> str:

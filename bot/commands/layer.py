@@ -12,12 +12,14 @@ import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from bot import replies
 from bot.commands import admin, mine
 from bot.commands.context import Actor, CommandRequest, Context, Services
 from bot.commands.generate import generate, reroll
+from bot.commands.language import community_language, language, language_of
 from bot.commands.parse import (
     CommandError,
     ParsedCommand,
@@ -27,6 +29,7 @@ from bot.commands.parse import (
 )
 from bot.commands.spec import COMMANDS, GENERATION_COMMANDS, Access, CommandSpec, find_command
 from bot.generation import RequestRefused, RequestRepeated
+from bot.i18n import first_shipped, speaking
 from bot.images import ImageRejected, check_upload
 from bot.inbox import Inbox
 from bot.interactions import SEALING_PURPOSE, DeferredInteractions
@@ -43,6 +46,9 @@ from storage.sealing import Sealer
 
 log = logging.getLogger(__name__)
 
+# Whom the texts being written answer (an actor's key), set by `CommandLayer.answering`.
+_ANSWERING: ContextVar[str | None] = ContextVar("answering", default=None)
+
 Handler = Callable[[Context, dict[str, Any]], Awaitable[Reply]]
 
 HANDLERS: dict[str, Handler] = {
@@ -55,6 +61,7 @@ HANDLERS: dict[str, Handler] = {
     "quota": mine.quota,
     "forget": mine.forget,
     "help": mine.help_,
+    "language": language,
     "admin quota set": admin.quota_set,
     "admin grant": admin.grant,
     "admin ban": admin.ban,
@@ -71,6 +78,7 @@ HANDLERS: dict[str, Handler] = {
     "admin refund": admin.refund,
     "admin audit": admin.audit,
     "admin workers": admin.workers,
+    "admin language": community_language,
 }
 
 
@@ -89,9 +97,42 @@ class CommandLayer:
     def commands(self) -> Mapping[str, CommandSpec]:
         return COMMANDS
 
+    @contextlib.asynccontextmanager
+    async def answering(self, actor: Actor) -> AsyncIterator[str]:
+        """Answer `actor` inside the block: every text written there, and in tasks started
+        there (the job it follows), is in their language (see `language_of`). Never fails for
+        want of the database: then it is their app's language, else the default."""
+        try:
+            language = await self.language_of(actor)
+        except Exception:
+            log.exception("the person's own language could not be read: their app's is used")
+            language = first_shipped(actor.locale, self.services.settings.default_language)
+        token = _ANSWERING.set(actor.key)
+        try:
+            with speaking(language):
+                yield language
+        finally:
+            _ANSWERING.reset(token)
+
+    async def language_of(self, actor: Actor) -> str:
+        """The language `actor` is answered in (see `language.language_of`)."""
+        return await language_of(self.services, actor)
+
+    def noted_language(self, language: str | None) -> str:
+        """The language to finish something in that was asked for earlier (a result still
+        owed, a wait that ran out): the asker's, noted with it (None: not noted)."""
+        return first_shipped(language, self.services.settings.default_language)
+
     async def handle(self, request: CommandRequest) -> Reply:
-        """Run one command. Every refusal is a private reply, and a refused command changed
-        nothing: all checks run before anything is written."""
+        """Run one command, in the language of the person running it. Every refusal is a
+        private reply, and a refused command changed nothing: all checks run before anything
+        is written."""
+        if _ANSWERING.get() == request.actor.key:
+            return await self._handle(request)
+        async with self.answering(request.actor):
+            return await self._handle(request)
+
+    async def _handle(self, request: CommandRequest) -> Reply:
         spec = find_command(request.command)
         if spec is None:
             return replies.refused(unknown_command(request.command))
@@ -120,6 +161,15 @@ class CommandLayer:
         request_key: str | None = None,
     ) -> Reply:
         """Run a command typed as text ("/admin quota set everyone 10")."""
+        if _ANSWERING.get() != actor.key:
+            async with self.answering(actor):
+                return await self.run_line(
+                    actor,
+                    text,
+                    attachments,
+                    deliver_to=deliver_to,
+                    request_key=request_key,
+                )
         try:
             read = read_line(text, attachments=attachments)
         except CommandError as refusal:
@@ -143,7 +193,7 @@ class CommandLayer:
 
     def style_choices(self) -> list[tuple[str, str]]:
         """The style presets as (name, title), for platforms that offer them as buttons."""
-        return [(style.name, style.title) for style in STYLES.values()]
+        return [(style.name, style.shown_title()) for style in STYLES.values()]
 
     async def follow(self, job_id: str) -> AsyncIterator[JobEvent]:
         """A job's events until it ends: where it stands now, then every change.
@@ -187,7 +237,7 @@ class CommandLayer:
         try:
             check_upload(content_type, size, max_bytes=limit, subject=subject)
         except ImageRejected as exc:
-            return replies.refused(str(exc))
+            return replies.refused(exc.shown())
         return None
 
     async def image(self, image: ImageRef) -> bytes:

@@ -11,6 +11,7 @@ from bot.commands.context import Context
 from bot.commands.parse import CommandError
 from bot.commands.spec import COMMANDS, Access
 from bot.generation import until_reset
+from bot.i18n import _
 from bot.replies import Reply
 from bot.styles import STYLES
 from bot.views import image_refs, job_summary, likeness
@@ -118,7 +119,7 @@ async def forget(ctx: Context, options: dict[str, Any]) -> Reply:
 
 async def help_(ctx: Context, options: dict[str, Any]) -> Reply:
     moderator = ctx.is_owner or (ctx.in_community and ctx.actor.is_moderator)
-    listed = [(s.name, s.summary) for s in COMMANDS.values() if s.access == Access.EVERYONE]
+    listed = [(s.name, _(s.summary)) for s in COMMANDS.values() if s.access == Access.EVERYONE]
     admin = [
         s.name.removeprefix("admin ")
         for s in COMMANDS.values()

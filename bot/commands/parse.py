@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.commands.spec import CommandSpec, OptionSpec, OptionType, find_command
+from bot.i18n import _, number
 
 _USER_ID = re.compile(r"^[A-Za-z0-9_:.-]{1,64}$")
 _NAMED = re.compile(r"^([a-z][a-z_]{1,39})=(.+)$", re.DOTALL)
@@ -24,7 +25,8 @@ EVERYONE = "everyone"
 
 
 class CommandError(Exception):
-    """The command or one of its options is wrong. The message is for the user."""
+    """The command or one of its options is wrong. The message is for the user, written in
+    their language where it is raised."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ def read_line(text: str, *, attachments: Mapping[str, bytes] | None = None) -> P
     (unchecked); attachments fill the image options."""
     words = text.strip().removeprefix("/").split()
     if not words:
-        raise CommandError("Type a command, for example /headshot with your selfie attached.")
+        raise CommandError(_("Type a command, for example /headshot with your selfie attached."))
     spec = None
     for length in (3, 2, 1):
         spec = find_command(" ".join(words[:length]))
@@ -84,7 +86,13 @@ def _assign_positional(spec: CommandSpec, words: list[str], raw: dict[str, Any])
             raw[option.name] = words[index]
             index += 1
     if index < len(words):
-        raise CommandError(f"I didn't understand {quote(words[index])}. Usage: {spec.usage}")
+        raise CommandError(
+            _(
+                "I didn't understand “{word}”. Usage: {usage}",
+                word=printable(words[index]),
+                usage=spec.usage,
+            )
+        )
 
 
 def check_options(spec: CommandSpec, raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,14 +101,15 @@ def check_options(spec: CommandSpec, raw: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in raw.items():
         option = spec.option(name)
         if option is None:
-            known = ", ".join(o.name for o in spec.options) or "none"
-            raise CommandError(f"/{spec.name} has no option {quote(name)} (its options: {known}).")
+            raise CommandError(_no_such_option(spec, name))
         if value is None or (isinstance(value, str) and not value.strip()):
             continue
         checked[name] = _check(spec, option, value)
     for option in spec.options:
         if option.required and option.name not in checked:
-            raise CommandError(f"Missing {option.name}. Usage: {spec.usage}")
+            raise CommandError(
+                _("Missing {option}. Usage: {usage}", option=option.name, usage=spec.usage)
+            )
     return checked
 
 
@@ -108,49 +117,71 @@ def _check(spec: CommandSpec, option: OptionSpec, value: Any) -> Any:
     kind = option.type
     if kind == OptionType.IMAGE:
         if not isinstance(value, bytes | bytearray) or not value:
-            raise CommandError(f"{option.name} must be an attached image.")
+            raise CommandError(_("{option} must be an attached image.", option=option.name))
         return bytes(value)
     if kind == OptionType.BOOLEAN:
         return _boolean(option, value)
     if kind == OptionType.INTEGER:
-        number: int | float = _integer(option, value)
+        amount: int | float = _integer(option, value)
     elif kind == OptionType.NUMBER:
-        number = _number(option, value)
+        amount = _number(option, value)
     else:
         return _text(option, value)
-    if option.choices and number not in option.choices:
-        allowed = ", ".join(map(str, option.choices))
-        raise CommandError(f"{option.name} must be one of {allowed} (got {number}).")
+    if option.choices and amount not in option.choices:
+        raise CommandError(
+            _(
+                "{option} must be one of {choices} (got {value}).",
+                option=option.name,
+                choices=_choices(option),
+                value=str(amount),
+            )
+        )
     low, high = option.min_value, option.max_value
-    if low is not None and low == high and number != low:
-        only = _fmt(low)
+    if low is not None and low == high and amount != low:
         raise CommandError(
-            f"/{spec.name} allows only {option.name}={only}: leave it out or use {only}."
+            _(
+                "/{command} allows only {option}={value}: leave it out or use {value}.",
+                command=spec.name,
+                option=option.name,
+                value=_fmt(low),
+            )
         )
-    if (low is not None and number < low) or (high is not None and number > high):
-        raise CommandError(
-            f"{option.name} must be from {_fmt(low)} to {_fmt(high)} (got {number})."
-        )
-    return number
+    if (low is not None and amount < low) or (high is not None and amount > high):
+        raise CommandError(_out_of_range(option, amount))
+    return amount
 
 
 def _text(option: OptionSpec, value: Any) -> str:
     if not isinstance(value, str | int) or isinstance(value, bool):
-        raise CommandError(f"{option.name} must be text.")
+        raise CommandError(_("{option} must be text.", option=option.name))
     text = " ".join(str(value).split())
     if option.type == OptionType.USER:
         if text.lower() == EVERYONE and option.allows_everyone:
             return EVERYONE
         if text.lower() == EVERYONE or not _USER_ID.match(text):
-            raise CommandError(f"{option.name} must be a user (mention them, or give their id).")
+            raise CommandError(
+                _("{option} must be a user (mention them, or give their id).", option=option.name)
+            )
         return text
     if option.max_length is not None and len(text) > option.max_length:
-        raise CommandError(f"{option.name} is too long: at most {option.max_length} characters.")
+        raise CommandError(
+            _(
+                "{option} is too long: at most {count} characters.",
+                option=option.name,
+                count=number(option.max_length),
+            )
+        )
     if option.choices:
         choice = _choice(option, text)
         if choice is None:
-            allowed = ", ".join(map(str, option.choices))
-            raise CommandError(f"{option.name} must be one of {allowed} (got {quote(text)}).")
+            raise CommandError(
+                _(
+                    "{option} must be one of {choices} (got “{value}”).",
+                    option=option.name,
+                    choices=_choices(option),
+                    value=printable(text),
+                )
+            )
         return str(choice)
     return text
 
@@ -171,46 +202,115 @@ def _boolean(option: OptionSpec, value: Any) -> bool:
         return True
     if word in _FALSE:
         return False
-    raise CommandError(f"{option.name} must be yes or no.")
+    raise CommandError(_("{option} must be yes or no.", option=option.name))
 
 
 def _integer(option: OptionSpec, value: Any) -> int:
     if isinstance(value, bool):
-        raise CommandError(f"{option.name} must be a whole number.")
+        raise CommandError(_("{option} must be a whole number.", option=option.name))
     if isinstance(value, int):
         return value
     if isinstance(value, str) and re.fullmatch(r"[+-]?\d{1,40}", value.strip()):
         return int(value)
-    raise CommandError(f"{option.name} must be a whole number (got {quote(str(value))}).")
+    raise CommandError(
+        _(
+            "{option} must be a whole number (got “{value}”).",
+            option=option.name,
+            value=printable(str(value)),
+        )
+    )
 
 
 def _number(option: OptionSpec, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise CommandError(f"{option.name} must be a number.")
+        raise CommandError(_("{option} must be a number.", option=option.name))
     try:
-        number = float(value) if len(str(value)) <= 40 else math.nan
+        read = float(value) if len(str(value)) <= 40 else math.nan
     except ValueError:
-        number = math.nan
-    if not math.isfinite(number):
-        raise CommandError(f"{option.name} must be a number (got {quote(str(value))}).")
-    return number
+        read = math.nan
+    if not math.isfinite(read):
+        raise CommandError(
+            _(
+                "{option} must be a number (got “{value}”).",
+                option=option.name,
+                value=printable(str(value)),
+            )
+        )
+    return read
 
 
-def quote(text: str, limit: int = 40) -> str:
-    """User input repeated back: printable characters only, cut short, in quotes."""
-    printable = "".join(ch for ch in text if ch.isprintable() and unicodedata.category(ch) != "Cf")
-    if len(printable) > limit:
-        printable = printable[: limit - 1] + "…"
-    return f"“{printable}”"
+def printable(text: str, limit: int = 40) -> str:
+    """User input repeated back: printable characters only, cut short (the message around it
+    puts it in its language's quotes)."""
+    kept = "".join(ch for ch in text if ch.isprintable() and unicodedata.category(ch) != "Cf")
+    if len(kept) > limit:
+        kept = kept[: limit - 1] + "…"
+    return kept
 
 
 def unknown_command(typed: str) -> str:
+    """The refusal of a command that does not exist, in the language being written in."""
     if typed.split(" ")[0].lower() == "admin":
-        return "Which admin command? Type /help to see them (for example /admin stats)."
-    return f"Unknown command /{quote(typed, 30)[1:-1]}: type /help to see the commands."
+        return _("Which admin command? Type /help to see them (for example /admin stats).")
+    return _(
+        "Unknown command /{command}: type /help to see the commands.",
+        command=printable(typed, 30),
+    )
 
 
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "any"
+def _no_such_option(spec: CommandSpec, name: str) -> str:
+    if not spec.options:
+        return _(
+            "/{command} has no option “{option}” (its options: none).",
+            command=spec.name,
+            option=printable(name),
+        )
+    return _(
+        "/{command} has no option “{option}” (its options: {options}).",
+        command=spec.name,
+        option=printable(name),
+        options=", ".join(o.name for o in spec.options),
+    )
+
+
+def _choices(option: OptionSpec) -> str:
+    """The values as typed in a command: not words of a sentence."""
+    return ", ".join(map(str, option.choices))
+
+
+def _out_of_range(option: OptionSpec, got: float) -> str:
+    low, high = option.min_value, option.max_value
+    if low is None:
+        return _(
+            "{option} must be at most {high} (got {value}).",
+            option=option.name,
+            high=_figure(high),
+            value=str(got),
+        )
+    if high is None:
+        return _(
+            "{option} must be at least {low} (got {value}).",
+            option=option.name,
+            low=_figure(low),
+            value=str(got),
+        )
+    return _(
+        "{option} must be from {low} to {high} (got {value}).",
+        option=option.name,
+        low=_figure(low),
+        high=_figure(high),
+        value=str(got),
+    )
+
+
+def _fmt(value: float) -> str:
+    """A value as typed in a command (`samples=1`): not a figure in a sentence."""
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _figure(value: float | None) -> str:
+    """A limit, written in the language's own form (as many decimals as it has, up to 6)."""
+    if value is None:
+        return ""
+    digits = next((d for d in range(7) if round(value, d) == value), 6)
+    return number(value, digits)

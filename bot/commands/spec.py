@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from backends.params import LIMITS, MAX_PROMPT_CHARS, MAX_SEED, FloatRange, IntRange, Operation
+from bot.i18n import N_
 from bot.safety import SafetyLevel
 from bot.styles import STYLES
 
@@ -37,6 +38,7 @@ class Access(StrEnum):
 class OptionSpec:
     name: str
     type: OptionType
+    # English, marked with N_ where it is written: whoever shows it translates it, `_(...)`.
     description: str
     required: bool = False
     min_value: float | None = None
@@ -52,7 +54,7 @@ class OptionSpec:
 @dataclass(frozen=True)
 class CommandSpec:
     name: str  # words separated by spaces: "admin quota set"
-    summary: str
+    summary: str  # English, marked with N_: translated where it is shown, `_(spec.summary)`
     options: tuple[OptionSpec, ...] = ()
     access: Access = Access.EVERYONE
     # A selfie is needed: as the `selfie` attachment or the `selfie_url` link.
@@ -99,22 +101,22 @@ GENERATION_COMMANDS: dict[str, Operation] = {
 }
 
 _SUMMARIES = {
-    Operation.HEADSHOT: "Turn a selfie into a professional headshot",
-    Operation.FACEGEN: "Generate a new photo of your face from a prompt",
-    Operation.AVATAR: "Make an avatar of your face, optionally in a given pose",
-    Operation.FLUX_HEADSHOT: "A high-resolution FLUX headshot from your selfie",
+    Operation.HEADSHOT: N_("Turn a selfie into a professional headshot"),
+    Operation.FACEGEN: N_("Generate a new photo of your face from a prompt"),
+    Operation.AVATAR: N_("Make an avatar of your face, optionally in a given pose"),
+    Operation.FLUX_HEADSHOT: N_("A high-resolution FLUX headshot from your selfie"),
 }
 
 # What each knob does, in words a user understands. Knobs the moderators control (the safety
 # checker) are not user options.
 _KNOB_DESCRIPTIONS = {
-    "num_inference_steps": "More steps: more detail, slower",
-    "guidance_scale": "How closely to follow the prompt",
-    "s_scale": "How strongly to keep your likeness",
-    "identitynet_strength_ratio": "How strongly the face structure is kept",
-    "adapter_strength_ratio": "How strongly your identity is applied",
-    "pose_strength": "How closely to follow the pose image",
-    "canny_strength": "How closely to follow the selfie's outlines",
+    "num_inference_steps": N_("More steps: more detail, slower"),
+    "guidance_scale": N_("How closely to follow the prompt"),
+    "s_scale": N_("How strongly to keep your likeness"),
+    "identitynet_strength_ratio": N_("How strongly the face structure is kept"),
+    "adapter_strength_ratio": N_("How strongly your identity is applied"),
+    "pose_strength": N_("How closely to follow the pose image"),
+    "canny_strength": N_("How closely to follow the selfie's outlines"),
 }
 _USER_KNOBS = tuple(_KNOB_DESCRIPTIONS)
 # The user's words go into a style's template; the whole prompt must fit the provider's limit.
@@ -124,29 +126,39 @@ PROMPT_BUDGET = MAX_PROMPT_CHARS - max(len(style.prompt) for style in STYLES.val
 def _generation_spec(name: str, operation: Operation) -> CommandSpec:
     limits = LIMITS[operation]
     options = [
-        OptionSpec("selfie", OptionType.IMAGE, "Your selfie: a clear, front-facing photo"),
-        OptionSpec("style", OptionType.TEXT, "A style preset (see /styles)", choices=tuple(STYLES)),
+        OptionSpec("selfie", OptionType.IMAGE, N_("Your selfie: a clear, front-facing photo")),
+        OptionSpec(
+            "style", OptionType.TEXT, N_("A style preset (see /styles)"), choices=tuple(STYLES)
+        ),
         OptionSpec(
             "prompt",
             OptionType.TEXT,
-            "Anything to add: clothes, background, mood",
+            N_("Anything to add: clothes, background, mood"),
             max_length=PROMPT_BUDGET,
             rest=True,
         ),
-        OptionSpec("selfie_url", OptionType.TEXT, "A link to your selfie, instead of attaching it"),
+        OptionSpec(
+            "selfie_url", OptionType.TEXT, N_("A link to your selfie, instead of attaching it")
+        ),
         OptionSpec(
             "samples",
             OptionType.INTEGER,
-            "How many images (one credit each)",
+            N_("How many images (one credit each)"),
             min_value=1,
             max_value=limits.max_samples,
         ),
-        OptionSpec("seed", OptionType.INTEGER, "Repeat a result", min_value=0, max_value=MAX_SEED),
         OptionSpec(
-            "width", OptionType.INTEGER, "Image width", min_value=64, max_value=limits.max_width
+            "seed", OptionType.INTEGER, N_("Repeat a result"), min_value=0, max_value=MAX_SEED
         ),
         OptionSpec(
-            "height", OptionType.INTEGER, "Image height", min_value=64, max_value=limits.max_height
+            "width", OptionType.INTEGER, N_("Image width"), min_value=64, max_value=limits.max_width
+        ),
+        OptionSpec(
+            "height",
+            OptionType.INTEGER,
+            N_("Image height"),
+            min_value=64,
+            max_value=limits.max_height,
         ),
     ]
     for knob in _USER_KNOBS:
@@ -175,12 +187,12 @@ def _generation_spec(name: str, operation: Operation) -> CommandSpec:
             OptionSpec(
                 "controlnet_selection",
                 OptionType.TEXT,
-                "Guides to use, comma-separated: pose, canny, depth",
+                N_("Guides to use, comma-separated: pose, canny, depth"),
                 max_length=40,
             )
         )
     if limits.pose_image:
-        options.append(OptionSpec("pose_image", OptionType.IMAGE, "A photo whose pose to copy"))
+        options.append(OptionSpec("pose_image", OptionType.IMAGE, N_("A photo whose pose to copy")))
     return CommandSpec(
         name, _SUMMARIES[operation], tuple(options), takes_selfie=True, private=False
     )
@@ -189,87 +201,114 @@ def _generation_spec(name: str, operation: Operation) -> CommandSpec:
 # ---- everything else ---------------------------------------------------------------------
 
 _JOB = OptionSpec(
-    "job", OptionType.TEXT, "The job id (from /history)", required=True, max_length=32
+    "job", OptionType.TEXT, N_("The job id (from /history)"), required=True, max_length=32
 )
-_USER = OptionSpec("user", OptionType.USER, "The user", required=True)
+_USER = OptionSpec("user", OptionType.USER, N_("The user"), required=True)
 _OPERATION = OptionSpec(
-    "operation", OptionType.TEXT, "The operation", required=True, choices=tuple(GENERATION_COMMANDS)
+    "operation",
+    OptionType.TEXT,
+    N_("The operation"),
+    required=True,
+    choices=tuple(GENERATION_COMMANDS),
 )
 _WORD = OptionSpec(
-    "word", OptionType.TEXT, "A word or phrase", required=True, max_length=60, rest=True
+    "word", OptionType.TEXT, N_("A word or phrase"), required=True, max_length=60, rest=True
 )
-_PAGE = OptionSpec("page", OptionType.INTEGER, "Page number", min_value=1, max_value=10_000)
+_PAGE = OptionSpec("page", OptionType.INTEGER, N_("Page number"), min_value=1, max_value=10_000)
 
 _OTHER_COMMANDS = (
-    CommandSpec("styles", "List the style presets"),
-    CommandSpec("history", "Your past images, newest first", (_PAGE,), replaces_message=True),
-    CommandSpec("show", "One of your jobs in full", (_JOB,)),
-    CommandSpec("reroll", "Run one of your jobs again with a new seed", (_JOB,), private=False),
-    CommandSpec("delete", "Delete one of your jobs and its images", (_JOB,), replaces_message=True),
-    CommandSpec("quota", "What you have left today, and what is in progress"),
+    CommandSpec("styles", N_("List the style presets")),
+    CommandSpec("history", N_("Your past images, newest first"), (_PAGE,), replaces_message=True),
+    CommandSpec("show", N_("One of your jobs in full"), (_JOB,)),
+    CommandSpec("reroll", N_("Run one of your jobs again with a new seed"), (_JOB,), private=False),
+    CommandSpec(
+        "delete", N_("Delete one of your jobs and its images"), (_JOB,), replaces_message=True
+    ),
+    CommandSpec("quota", N_("What you have left today, and what is in progress")),
     CommandSpec(
         "forget",
-        "Delete everything we hold about you",
-        (OptionSpec("confirm", OptionType.TEXT, "The confirmation code", max_length=32),),
+        N_("Delete everything we hold about you"),
+        (OptionSpec("confirm", OptionType.TEXT, N_("The confirmation code"), max_length=32),),
         replaces_message=True,
     ),
-    CommandSpec("help", "What this bot can do"),
+    CommandSpec("help", N_("What this bot can do")),
+    CommandSpec(
+        "language",
+        N_("The language I answer you in: see it, choose one, or auto"),
+        (
+            OptionSpec(
+                "language",
+                OptionType.TEXT,
+                N_("A language code (de, es, pt-BR, …), or auto for your app's"),
+                max_length=16,
+            ),
+        ),
+    ),
     CommandSpec(
         "admin quota set",
-        "Set the daily allowance for a user or everyone",
+        N_("Set the daily allowance for a user or everyone"),
         (
             OptionSpec(
                 "user",
                 OptionType.USER,
-                "A user, or everyone",
+                N_("A user, or everyone"),
                 required=True,
                 allows_everyone=True,
             ),
             OptionSpec(
-                "per_day", OptionType.INTEGER, "Images per day", True, min_value=0, max_value=10_000
+                "per_day",
+                OptionType.INTEGER,
+                N_("Images per day"),
+                True,
+                min_value=0,
+                max_value=10_000,
             ),
         ),
         Access.MODERATOR,
     ),
     CommandSpec(
         "admin grant",
-        "Give a user extra credits",
-        (_USER, OptionSpec("credits", OptionType.INTEGER, "Credits", True, 1, 10_000)),
+        N_("Give a user extra credits"),
+        (_USER, OptionSpec("credits", OptionType.INTEGER, N_("Credits"), True, 1, 10_000)),
         Access.MODERATOR,
     ),
     CommandSpec(
         "admin ban",
-        "Stop a user from using the bot here",
-        (_USER, OptionSpec("reason", OptionType.TEXT, "Why", max_length=200, rest=True)),
+        N_("Stop a user from using the bot here"),
+        (_USER, OptionSpec("reason", OptionType.TEXT, N_("Why"), max_length=200, rest=True)),
         Access.MODERATOR,
     ),
-    CommandSpec("admin unban", "Lift a ban", (_USER,), Access.MODERATOR),
+    CommandSpec("admin unban", N_("Lift a ban"), (_USER,), Access.MODERATOR),
     CommandSpec(
         "admin stats",
-        "Jobs, success rate, credits and top users",
-        (OptionSpec("days", OptionType.INTEGER, "How many days back", min_value=1, max_value=365),),
-        Access.MODERATOR,
-    ),
-    CommandSpec("admin enable", "Allow an operation", (_OPERATION,), Access.MODERATOR),
-    CommandSpec("admin disable", "Turn an operation off", (_OPERATION,), Access.MODERATOR),
-    CommandSpec(
-        "admin style-default",
-        "The style used when none is given",
+        N_("Jobs, success rate, credits and top users"),
         (
             OptionSpec(
-                "style", OptionType.TEXT, "A style preset", required=True, choices=tuple(STYLES)
+                "days", OptionType.INTEGER, N_("How many days back"), min_value=1, max_value=365
+            ),
+        ),
+        Access.MODERATOR,
+    ),
+    CommandSpec("admin enable", N_("Allow an operation"), (_OPERATION,), Access.MODERATOR),
+    CommandSpec("admin disable", N_("Turn an operation off"), (_OPERATION,), Access.MODERATOR),
+    CommandSpec(
+        "admin style-default",
+        N_("The style used when none is given"),
+        (
+            OptionSpec(
+                "style", OptionType.TEXT, N_("A style preset"), required=True, choices=tuple(STYLES)
             ),
         ),
         Access.MODERATOR,
     ),
     CommandSpec(
         "admin safety",
-        "Make the image safety filter stricter",
+        N_("Make the image safety filter stricter"),
         (
             OptionSpec(
                 "level",
                 OptionType.TEXT,
-                "How flagged images are shown",
+                N_("How flagged images are shown"),
                 required=True,
                 choices=tuple(SafetyLevel),
             ),
@@ -277,36 +316,53 @@ _OTHER_COMMANDS = (
         Access.MODERATOR,
     ),
     CommandSpec(
-        "admin banned-words add", "Refuse prompts with this word", (_WORD,), Access.MODERATOR
+        "admin banned-words add", N_("Refuse prompts with this word"), (_WORD,), Access.MODERATOR
     ),
     CommandSpec(
-        "admin banned-words remove", "Allow a banned word again", (_WORD,), Access.MODERATOR
+        "admin banned-words remove", N_("Allow a banned word again"), (_WORD,), Access.MODERATOR
     ),
-    CommandSpec("admin banned-words list", "The banned words", (), Access.MODERATOR),
+    CommandSpec("admin banned-words list", N_("The banned words"), (), Access.MODERATOR),
     CommandSpec(
         "admin jobs",
-        "Recent jobs here",
-        (OptionSpec("failed", OptionType.BOOLEAN, "Only failed ones"),),
+        N_("Recent jobs here"),
+        (OptionSpec("failed", OptionType.BOOLEAN, N_("Only failed ones")),),
         Access.MODERATOR,
     ),
     CommandSpec(
-        "admin refund", "Give back the credits of a finished job", (_JOB,), Access.MODERATOR
+        "admin refund", N_("Give back the credits of a finished job"), (_JOB,), Access.MODERATOR
     ),
     CommandSpec(
         "admin audit",
-        "Who changed what, newest first",
+        N_("Who changed what, newest first"),
         (_PAGE,),
         Access.MODERATOR,
         replaces_message=True,
     ),
-    CommandSpec("admin workers", "The GPU workers, their jobs and heartbeats", (), Access.OWNER),
+    CommandSpec(
+        "admin workers", N_("The GPU workers, their jobs and heartbeats"), (), Access.OWNER
+    ),
+    CommandSpec(
+        "admin language",
+        N_("The language for people whose own I don't speak, and for the community"),
+        (
+            OptionSpec(
+                "language",
+                OptionType.TEXT,
+                N_("A language code: de, es, pt-BR, fr, ru, ja or en"),
+                required=True,
+                max_length=16,
+            ),
+        ),
+        Access.MODERATOR,
+    ),
 )
 
-# What each group of commands is for, for platforms that show groups ("/admin quota …").
+# What each group of commands is for, for platforms that show groups ("/admin quota …"); English,
+# translated where shown.
 GROUP_SUMMARIES: dict[str, str] = {
-    "admin": "Moderate this bot here",
-    "admin quota": "Daily allowances",
-    "admin banned-words": "Words refused in prompts",
+    "admin": N_("Moderate this bot here"),
+    "admin quota": N_("Daily allowances"),
+    "admin banned-words": N_("Words refused in prompts"),
 }
 
 COMMANDS: dict[str, CommandSpec] = {

@@ -21,14 +21,18 @@ ENGLISH = "en"
 SHIPPED = ("en", "es", "pt_BR", "de", "fr", "ru", "ja")
 # A language whose only catalogue is one region's: other regions read it.
 _ONLY_REGION = {"pt": "pt_BR"}
-_CODE = re.compile(r"([A-Za-z]{2,3})(?:[-_]([A-Za-z0-9]{2,8}))?")
+# Catalogues read by their exact name besides those shipped (`translator.preview`).
+_PREVIEWED: set[str] = set()
+_CODE = re.compile(r"([A-Za-z]{2,3})(?:[-_]([A-Za-z0-9]{2,8}))?(?:[-_][A-Za-z0-9_-]*)?")
 
 
 def catalogue_for(code: str | None) -> str | None:
     """The shipped catalogue for a platform's language code, or None (see the module's rules)."""
     if not code:
         return None
-    found = _CODE.match(code.strip().split(".", 1)[0].split("@", 1)[0])
+    if code in _PREVIEWED:
+        return code
+    found = _CODE.fullmatch(code.strip().split(".", 1)[0].split("@", 1)[0])
     if found is None:
         return None
     language, region = found.group(1).lower(), found.group(2)
@@ -49,3 +53,8 @@ def first_shipped(*codes: str | None) -> str:
         if catalogue is not None:
             return catalogue
     return ENGLISH
+
+
+def read_also(language: str) -> None:
+    """Let a catalogue that does not ship be chosen by its exact name (a previewed one)."""
+    _PREVIEWED.add(language)

@@ -18,24 +18,40 @@ from babel import Locale
 from babel.dates import format_date
 from babel.numbers import format_decimal
 from babel.support import Translations
+from babel.units import format_unit
 
-from bot.i18n.codes import ENGLISH, SHIPPED
+from bot.i18n.codes import ENGLISH, SHIPPED, read_also
 
 LOCALE_DIR = Path(__file__).resolve().parent.parent / "locale"
 DOMAIN = "headshot"
 
 
 class Translator:
-    def __init__(self, language: str) -> None:
-        if language not in SHIPPED:
+    def __init__(
+        self,
+        language: str,
+        catalogue: stdlib_gettext.NullTranslations | None = None,
+        *,
+        locale: str | None = None,
+    ) -> None:
+        """A shipped catalogue's translator; or, given `catalogue`, one that reads it (a
+        catalogue being written, previewed before it ships), in `locale`'s number forms."""
+        if catalogue is None and language not in SHIPPED:
             raise ValueError(f"no catalogue for {language!r}: one of {', '.join(SHIPPED)}")
         self.language = language
-        self.locale = Locale.parse(language)
-        self._catalogue: stdlib_gettext.NullTranslations = (
-            stdlib_gettext.NullTranslations()
-            if language == ENGLISH
-            else Translations.load(LOCALE_DIR, [language], domain=DOMAIN)
-        )
+        self.locale = Locale.parse(locale or language)
+        if catalogue is None:
+            catalogue = (
+                stdlib_gettext.NullTranslations()
+                if language == ENGLISH
+                else Translations.load(LOCALE_DIR, [language], domain=DOMAIN)
+            )
+        self._catalogue = catalogue
+
+    @property
+    def name(self) -> str:
+        """The language's own name for itself: "Deutsch", "português (Brasil)", "日本語"."""
+        return self.locale.get_display_name(self.locale) or self.language
 
     def gettext(self, message: str, **values: Any) -> str:
         return self._catalogue.gettext(message).format(**values)
@@ -50,13 +66,49 @@ class Translator:
         pattern = "#,##0" + ("." + "0" * digits if digits else "")
         return format_decimal(value, format=pattern, locale=self.locale)
 
+    def seconds(self, value: float, digits: int = 1) -> str:
+        """ "12.5 sec", "12,5 s", "12,5 Sek."""
+        return self._unit(round(value, digits), "duration-second")
+
+    def duration(self, seconds: float) -> str:
+        """A wait, to the minute: "40 sec", "5 min", "3 hr 20 min", "2 days" in English."""
+        seconds = max(0.0, seconds)
+        if seconds < 60:
+            return self._unit(int(seconds), "duration-second")
+        minutes = int(seconds // 60)
+        if minutes < 60:
+            return self._unit(minutes, "duration-minute")
+        if minutes < 48 * 60:
+            hours = self._unit(minutes // 60, "duration-hour")
+            if minutes % 60 == 0:
+                return hours
+            return f"{hours} {self._unit(minutes % 60, 'duration-minute')}"
+        return self._unit(minutes // (24 * 60), "duration-day")
+
+    def _unit(self, value: float, unit: str) -> str:
+        return format_unit(value, unit, length="short", locale=self.locale)
+
     def date(self, day: date, form: str) -> str:
         """`form` is one of CLDR's skeletons: "MMMd" (Nov 21, 21 нояб.), "yMMMd"."""
         pattern = self.locale.datetime_skeletons.get(form)
         return format_date(day, format=pattern or "medium", locale=self.locale)
 
 
-@lru_cache(maxsize=len(SHIPPED))
+_PREVIEWED: dict[str, Translator] = {}
+
+
+def preview(previewed: Translator) -> None:
+    """Make a catalogue that does not ship readable by its language's name, for as long as the
+    process runs (a test's pseudo-language; a translation being checked in a live bot)."""
+    _PREVIEWED[previewed.language] = previewed
+    read_also(previewed.language)
+
+
 def translator(language: str) -> Translator:
-    """The translator for a shipped catalogue's language, made once."""
+    """The translator for a shipped (or previewed) catalogue's language, made once."""
+    return _PREVIEWED.get(language) or _shipped(language)
+
+
+@lru_cache(maxsize=len(SHIPPED))
+def _shipped(language: str) -> Translator:
     return Translator(language)

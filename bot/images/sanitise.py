@@ -4,7 +4,8 @@ Everything here is synchronous Pillow work, bounded before it starts: the file's
 walked and its decode memory estimated from its header before any decoder runs. The service
 runs these functions in its decode workers (`bot.images.workers`), which add a time limit and
 a limit on how many run at once. Every failure a user or a provider can cause surfaces as
-`ImageRejected`, whose text can be shown to the user as it is.
+`ImageRejected`, whose `shown()` text can be shown to the user as it is (in their language:
+the workers do not know it, so the message travels untranslated, see `bot.images.errors`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from bot.i18n import N_
 from bot.images.budget import DEFAULT_BUDGET, estimate, jpeg_reduction
-from bot.images.errors import OUTPUT_WORDING, ImageRejected, Wording
+from bot.images.errors import OUTPUT_WORDING, Figure, ImageRejected, Phrase, Wording, figure
 from bot.images.structure import Layout, OddStructure, scan
 
 if TYPE_CHECKING:
@@ -87,11 +89,6 @@ class ImageInfo:
 
 
 @functools.cache
-def _upload_wording(subject: str) -> Wording:
-    return Wording.upload(subject, _accepted_formats_phrase())
-
-
-@functools.cache
 def heic_supported() -> bool:
     """Register the HEIF/HEIC opener on first use; False when pillow-heif is missing."""
     try:
@@ -106,8 +103,14 @@ def _selfie_formats() -> tuple[str, ...]:
     return (*_SELFIE_FORMATS, "HEIF") if heic_supported() else _SELFIE_FORMATS
 
 
-def _accepted_formats_phrase() -> str:
-    return "JPEG, PNG, WebP or HEIC" if heic_supported() else "JPEG, PNG or WebP"
+def _accepted_formats() -> Phrase:
+    if heic_supported():
+        return Phrase.of(N_("JPEG, PNG, WebP or HEIC"))
+    return Phrase.of(N_("JPEG, PNG or WebP"))
+
+
+def _not_image(wording: Wording) -> ImageRejected:
+    return ImageRejected(wording.not_image, reason="not_image", formats=_accepted_formats())
 
 
 # What chat platforms call the formats a selfie may arrive in.
@@ -127,7 +130,7 @@ def check_upload(
     if content_type:
         accepted = _SELFIE_CONTENT_TYPES | (_HEIF_CONTENT_TYPES if heic_supported() else set())
         if content_type.split(";")[0].strip().lower() not in accepted:
-            raise ImageRejected(_upload_wording(subject).not_image, reason="not_image")
+            raise _not_image(Wording.upload(subject))
     _check_size(size, max_bytes)
 
 
@@ -149,9 +152,9 @@ def sanitise_selfie(
     `max_side`, applies the EXIF orientation, converts to sRGB (alpha flattened onto white)
     and drops all metadata.
     """
-    wording = _upload_wording(subject)
+    wording = Wording.upload(subject)
     if not data:
-        raise ImageRejected(wording.not_image, reason="not_image")
+        raise _not_image(wording)
     _check_size(len(data), max_bytes)
 
     def reduction(width: int, height: int) -> int:
@@ -192,7 +195,7 @@ def inspect_output(
     """
     wording = OUTPUT_WORDING
     if not data:
-        raise ImageRejected(wording.not_image, reason="not_image")
+        raise _not_image(wording)
     image = _open(
         data, tuple(_OUTPUT_FORMATS), wording, max_pixels, memory_budget, _eighth, resized=False
     )
@@ -222,19 +225,23 @@ def _check_size(size: int, max_bytes: int) -> None:
     if size > max_bytes:
         size_mb = math.ceil(size / _MB * 10) / 10
         raise ImageRejected(
-            f"That image is too large ({size_mb:.1f} MB): send one under {max_bytes / _MB:g} MB",
+            N_("That image is too large ({size} MB): send one under {limit} MB"),
             reason="too_large",
+            size=Figure(size_mb, 1),
+            limit=figure(max_bytes / _MB),
         )
 
 
 def _check_pixels(width: int, height: int, max_pixels: int, wording: Wording) -> None:
     if width * height > max_pixels:
-        size = f"{width}×{height} pixels"
-        raise ImageRejected(_too_big(wording, size, max_pixels), reason="too_big")
+        size = Phrase.of(N_("{size} pixels"), size=f"{width}×{height}")
+        raise _too_big(wording, size, max_pixels)
 
 
-def _too_big(wording: Wording, size: str, max_pixels: int) -> str:
-    return wording.too_big.format(size=size, limit=f"{max_pixels / 1e6:g}")
+def _too_big(wording: Wording, size: Phrase, max_pixels: int) -> ImageRejected:
+    return ImageRejected(
+        wording.too_big, reason="too_big", size=size, limit=figure(max_pixels / 1e6)
+    )
 
 
 def _check_budget(
@@ -245,8 +252,9 @@ def _check_budget(
         return
     # The size that would fit, at this format's cost per pixel.
     limit = math.floor(budget / cost * layout.width * layout.height / 1e5) / 10
-    message = wording.too_costly.format(size=layout.describe(), limit=f"{limit:g}")
-    raise ImageRejected(message, reason="too_costly")
+    raise ImageRejected(
+        wording.too_costly, reason="too_costly", size=layout.describe(), limit=figure(limit)
+    )
 
 
 def _check_shape(
@@ -261,15 +269,20 @@ def _check_shape(
     """The shorter side, before and once shrunk to `max_side`, must be at least `min_side`."""
     assert wording.too_small is not None and wording.too_narrow is not None
     if original is None and min(width, height) < min_side:
-        message = wording.too_small.format(size=f"{width}×{height}", min=min_side)
-        raise ImageRejected(message, reason="too_small")
+        raise ImageRejected(
+            wording.too_small, reason="too_small", size=f"{width}×{height}", min=min_side
+        )
     shrunk = min(width, height) * min(1.0, max_side / max(width, height))
     if original is not None:
         shrunk = min(width, height)
     if round(shrunk) < min_side:
-        size = "{}×{}".format(*(original or (width, height)))
-        message = wording.too_narrow.format(size=size, ratio=f"{max_side / min_side:g}")
-        raise ImageRejected(message, reason="too_narrow")
+        shown_width, shown_height = original or (width, height)
+        raise ImageRejected(
+            wording.too_narrow,
+            reason="too_narrow",
+            size=f"{shown_width}×{shown_height}",
+            ratio=figure(max_side / min_side),
+        )
 
 
 def _open(
@@ -288,7 +301,7 @@ def _open(
         layout = scan(data)
     except OddStructure as exc:
         raise ImageRejected(
-            wording.odd_structure.format(detail=exc), reason="odd_structure"
+            wording.odd_structure, reason="odd_structure", detail=exc.phrase
         ) from None
     if layout is not None and layout.format in formats:
         _check_pixels(layout.width, layout.height, max_pixels, wording)
@@ -334,12 +347,17 @@ def _parse_header(
             raise ImageRejected(wording.damaged, reason="damaged") from None
         refused = _refused_format_name(data)
         if refused is None or wording.unsupported is None:
-            raise ImageRejected(wording.not_image, reason="not_image") from None
-        message = wording.unsupported.format(name=refused)
-        raise ImageRejected(message, reason="unsupported_format") from None
+            raise _not_image(wording) from None
+        raise ImageRejected(
+            wording.unsupported,
+            reason="unsupported_format",
+            name=refused,
+            formats=_accepted_formats(),
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        size = f"over {(Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels"
-        raise ImageRejected(_too_big(wording, size, max_pixels), reason="too_big") from None
+        megapixels = round((Image.MAX_IMAGE_PIXELS or 0) / 1e6)
+        size = Phrase.of(N_("over {count} megapixels"), count=megapixels)
+        raise _too_big(wording, size, max_pixels) from None
     except MemoryError:
         raise
     except Exception as exc:  # a hostile header can break a parser in many ways

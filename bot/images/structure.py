@@ -14,11 +14,19 @@ import re
 import struct
 from dataclasses import dataclass
 
+from bot.i18n import N_
+from bot.images.errors import Phrase
+
 __all__ = ["LIMITS", "Layout", "OddStructure", "ScanLimits", "scan"]
 
 
 class OddStructure(ValueError):
-    """The file's structure is past a limit. `str()` says which, for the user: "2,010 scans"."""
+    """The file's structure is past a limit. `phrase` says which, for the user ("over 40
+    scans"), `str()` the same in English."""
+
+    def __init__(self, message: str, count: int) -> None:
+        self.phrase = Phrase.of(message, count=count)
+        super().__init__(self.phrase.english())
 
 
 @dataclass(frozen=True)
@@ -61,19 +69,18 @@ class Layout:
     lossless: bool = False  # WebP
     animated: bool = False
 
-    def describe(self) -> str:
+    def describe(self) -> Phrase:
         """ "6000×6000, 16-bit PNG with transparency": for the user's message."""
-        words = [f"{self.width}×{self.height},"]
-        if self.bit_depth > 8:
-            words.append(f"{self.bit_depth}-bit")
-        if self.progressive:
-            words.append("progressive")
+        kind: str | Phrase = {"WEBP": "WebP", "HEIF": "HEIC"}.get(self.format, self.format)
         if self.lossless:
-            words.append("lossless")
-        words.append({"WEBP": "WebP", "HEIF": "HEIC"}.get(self.format, self.format))
+            kind = Phrase.of(N_("lossless {format}"), format=kind)
+        if self.progressive:
+            kind = Phrase.of(N_("progressive {format}"), format=kind)
+        if self.bit_depth > 8:
+            kind = Phrase.of(N_("{bits}-bit {format}"), bits=self.bit_depth, format=kind)
         if self.alpha:
-            words.append("with transparency")
-        return " ".join(words)
+            kind = Phrase.of(N_("{format} with transparency"), format=kind)
+        return Phrase.of(N_("{size}, {format}"), size=f"{self.width}×{self.height}", format=kind)
 
 
 def scan(data: bytes, limits: ScanLimits = LIMITS) -> Layout | None:
@@ -113,13 +120,13 @@ def _jpeg(data: bytes, limits: ScanLimits) -> Layout | None:
             filler += next_ff - pos
             pos = next_ff
             if filler > limits.jpeg_filler_bytes:
-                raise OddStructure(f"over {limits.jpeg_filler_bytes:,} filler bytes")
+                raise OddStructure(N_("over {count} filler bytes"), limits.jpeg_filler_bytes)
             continue
         run = _FF_RUN.match(data, pos)
         assert run is not None
         filler += run.end() - pos - 1
         if filler > limits.jpeg_filler_bytes:
-            raise OddStructure(f"over {limits.jpeg_filler_bytes:,} filler bytes")
+            raise OddStructure(N_("over {count} filler bytes"), limits.jpeg_filler_bytes)
         pos = run.end()
         if pos >= end:
             break
@@ -140,7 +147,9 @@ def _jpeg(data: bytes, limits: ScanLimits) -> Layout | None:
             if 0xE0 <= marker <= 0xEF or marker == _COM:
                 metadata += 1
                 if metadata > limits.jpeg_metadata_segments:
-                    raise OddStructure(f"over {limits.jpeg_metadata_segments:,} metadata segments")
+                    raise OddStructure(
+                        N_("over {count} metadata segments"), limits.jpeg_metadata_segments
+                    )
                 continue
             segments += 1
             if marker in _SOF and layout is None:
@@ -149,11 +158,11 @@ def _jpeg(data: bytes, limits: ScanLimits) -> Layout | None:
                 scans += 1
                 allowed = _allowed_scans(layout, limits)
                 if scans > allowed:
-                    raise OddStructure(f"over {allowed} scans")
+                    raise OddStructure(N_("over {count} scans"), allowed)
                 found = _SCAN_END.search(data, pos)
                 pos = end if found is None else found.start()
         if segments > limits.jpeg_segments:
-            raise OddStructure(f"over {limits.jpeg_segments:,} segments")
+            raise OddStructure(N_("over {count} segments"), limits.jpeg_segments)
     return layout
 
 
@@ -202,13 +211,13 @@ def _png(data: bytes, limits: ScanLimits) -> Layout | None:
         elif kind in (b"IDAT", b"fdAT"):
             pieces += 1
             if pieces > limits.png_data_chunks:
-                raise OddStructure(f"over {limits.png_data_chunks:,} data chunks")
+                raise OddStructure(N_("over {count} data chunks"), limits.png_data_chunks)
         elif kind == b"IEND":
             break
         else:
             ancillary += 1
             if ancillary > limits.png_ancillary_chunks:
-                raise OddStructure(f"over {limits.png_ancillary_chunks:,} extra chunks")
+                raise OddStructure(N_("over {count} extra chunks"), limits.png_ancillary_chunks)
             transparency = transparency or kind == b"tRNS"
             animated = animated or kind == b"acTL"
         pos += 12 + length
@@ -245,7 +254,7 @@ def _webp(data: bytes, limits: ScanLimits) -> Layout | None:
         body = data[pos + 8 : pos + 8 + min(length, 16)]
         chunks += 1
         if chunks > limits.webp_chunks:
-            raise OddStructure(f"over {limits.webp_chunks:,} chunks")
+            raise OddStructure(N_("over {count} chunks"), limits.webp_chunks)
         if kind == b"VP8X" and len(body) >= 10:
             flags = body[0]
             alpha, animated = bool(flags & 0x10), bool(flags & 0x02)
@@ -304,7 +313,7 @@ def _heif(data: bytes, limits: ScanLimits) -> Layout | None:
                 break
             boxes += 1
             if boxes > limits.heif_boxes:
-                raise OddStructure(f"over {limits.heif_boxes:,} boxes")
+                raise OddStructure(N_("over {count} boxes"), limits.heif_boxes)
             box_end = min(pos + size, end)
             if kind in _CONTAINERS:
                 pending.append((pos + header + _CONTAINERS[kind], box_end))

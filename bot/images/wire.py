@@ -19,6 +19,9 @@ _RESULT_CLASSES = frozenset(
         ("bot.images.sanitise", "SanitisedImage"),
         ("bot.images.sanitise", "ImageInfo"),
         ("bot.images.errors", "_rebuild"),
+        # A refusal's untranslated message (`_rebuild` checks what they hold).
+        ("bot.images.errors", "Phrase"),
+        ("bot.images.errors", "Figure"),
         ("builtins", "RuntimeError"),
     }
 )
@@ -44,7 +47,7 @@ def send_call(
 
 def receive_call(conn: Connection) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
     first = conn.recv_bytes()
-    buffers = [conn.recv_bytes() for _ in range(int.from_bytes(first[:4], "big"))]
+    buffers = [conn.recv_bytes() for _buffer in range(int.from_bytes(first[:4], "big"))]
     fn, args, kwargs = pickle.loads(first[4:], buffers=buffers)  # noqa: S301 (our own service)
     return fn, args, kwargs
 

@@ -33,6 +33,8 @@ from backends.errors import (
 )
 from backends.fallback import generator_name
 from backends.params import GenerationParams
+from bot.i18n import N_
+from bot.jobs import reasons
 from bot.jobs.dispatcher import CapacitySource, Dispatcher
 from bot.jobs.event_bus import EventBus
 from bot.jobs.events import Failed, JobEvent, Progress, Queued, Started, completed_event
@@ -61,7 +63,12 @@ ANNOUNCE_SECONDS = 0.25
 
 
 class JobFailure(Exception):
-    """Ends a job as failed. The message is the reason shown to the user."""
+    """Ends a job as failed: `reason` is an English message marked with `N_` (shown to the user
+    in their language), `detail` what the provider said, if anything. `str()` is the reason as
+    stored (`reasons.stored`)."""
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reasons.stored(reason, detail))
 
 
 class JobMovedOn(Exception):
@@ -293,7 +300,7 @@ class JobEngine:
             log.info("job %s: already moved on elsewhere", job.id)
         except Exception:
             log.exception("job %s: unexpected error", job.id)
-            await self._fail(job, "something went wrong on our side")
+            await self._fail(job, N_("something went wrong on our side"))
 
     async def _submit(self, job: JobRecord) -> JobRecord:
         token = new_token() if self._webhook_base_url else None
@@ -347,7 +354,7 @@ class JobEngine:
         polls = 0
         while True:
             if time.monotonic() >= deadline:
-                raise JobFailure("it took too long: the generator did not finish in time")
+                raise JobFailure(N_("it took too long: the generator did not finish in time"))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     nudge.wait(), timeout=min(delay, deadline - time.monotonic())
@@ -391,10 +398,10 @@ class JobEngine:
             detail = f": {result.message}" if result.message else ""
             log.warning("job %s: provider reported failure%s", job.id, detail)
             self._metrics.provider_call("generation_failed")
-            raise JobFailure("the generator could not make this image")
+            raise JobFailure(N_("the generator could not make this image"))
         if result.status == ResultStatus.PROCESSING:
             if not result.provider_id:
-                raise JobFailure("the generator gave no job id to follow")
+                raise JobFailure(N_("the generator gave no job id to follow"))
             eta_at = now + timedelta(seconds=result.eta_seconds or 0)
             moved = await self._transition(
                 job.id,
@@ -439,7 +446,7 @@ class JobEngine:
         try:
             kept = await self._rehoster.rehost(job.id, urls, deadline=deadline)
         except RehostFailed as exc:
-            raise JobFailure(str(exc)) from None
+            raise JobFailure(str(exc)) from None  # its reason, marked with N_
         self._metrics.stage("rehost", time.monotonic() - started)
         # A generator that made fewer images than asked leaves the last slots empty.
         images = [
@@ -536,7 +543,11 @@ class JobEngine:
         )
         if moved is None:
             return False
-        log.info("job %s: its gate retry failed (%s); delivering earlier images", job.id, reason)
+        log.info(
+            "job %s: its gate retry failed (%s); delivering earlier images",
+            job.id,
+            reasons.english(reason),
+        )
         self.dispatcher.changed()
         await self._ending(self._succeed_measured(moved, kept, []))
         return True
@@ -559,7 +570,7 @@ class JobEngine:
             await self._drop_images(job, [image.image.content_key for image in kept])
             retry = keep_until is not None
             self.relay.publish(Failed(job.id, reason, refunded=True, can_retry=retry))
-            log.info("job %s failed: %s", job.id, reason)
+            log.info("job %s failed: %s", job.id, reasons.english(reason))
 
     async def _ending(self, step: Coroutine[Any, Any, None]) -> None:
         """Run the step that ends a job (commit, delete the selfie, tell the user) through, even
@@ -585,21 +596,21 @@ class JobEngine:
                 wait = exc.retry_after + random.uniform(0, 1)
             except ProviderUnreachable as exc:
                 if not exc.retryable:  # asked to give up at once: say where it tried
-                    raise JobFailure(exc.message) from None
+                    raise JobFailure(N_("the generator cannot be reached"), exc.message) from None
                 unreachable = exc
                 wait = self._timings.retry.delay(round_ + 2)
             except (AuthenticationFailed, InsufficientCredits, PlanRestricted) as exc:
                 log.error("job %s: provider refused the account: %s", job.id, exc)
                 raise JobFailure(
-                    "the image service is misconfigured; an admin must fix it"
+                    N_("the image service is misconfigured; an admin must fix it")
                 ) from None
             except InvalidRequest as exc:
-                raise JobFailure(f"the generator refused the request ({exc})") from None
+                raise JobFailure(N_("the generator refused the request"), str(exc)) from None
             except UnknownProviderJob:
-                raise JobFailure("the generator lost track of this job") from None
+                raise JobFailure(N_("the generator lost track of this job")) from None
             except BackendError as exc:
                 if not exc.retryable:
-                    raise JobFailure(f"the generator failed ({exc})") from None
+                    raise JobFailure(N_("the generator failed"), str(exc)) from None
                 unreachable = None
                 wait = self._timings.retry.delay(round_ + 2)
             log.info("job %s: provider busy, retrying in %.1f s", job.id, wait)
@@ -610,17 +621,17 @@ class JobEngine:
         if unreachable is not None:
             log.error("job %s: %s", job.id, unreachable)
             raise JobFailure(
-                "the generator cannot be reached right now; try again in a few minutes"
+                N_("the generator cannot be reached right now; try again in a few minutes")
             )
-        raise JobFailure("the generator is unavailable right now; try again in a few minutes")
+        raise JobFailure(N_("the generator is unavailable right now; try again in a few minutes"))
 
     async def _input(self, key: str | None) -> bytes:
         if key is None:
-            raise JobFailure("the selfie for this job is missing")
+            raise JobFailure(N_("the selfie for this job is missing"))
         try:
             return await self._store.get(key)
         except ImageNotFound:
-            raise JobFailure("the selfie for this job is missing") from None
+            raise JobFailure(N_("the selfie for this job is missing")) from None
 
     async def _drop_inputs(self, job: JobRecord) -> None:
         """Delete an ended job's selfie and pose image. The job has ended already, so a store

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bot.i18n import N_, _, duration, ngettext, number
+from bot.jobs.reasons import shown
 from bot.replies import unlike_note
 from bot.ui import Button, ImageRef, JobSummary, job_buttons
 from bot.views import image_refs, job_summary
@@ -23,12 +25,11 @@ __all__ = [
 ]
 
 
-def eta_text(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
+def _eta(seconds: float) -> str:
+    """A wait, rounded: to the second under a minute, else to the minute."""
     if seconds < 60:
-        return f", about {max(1, round(seconds))} s"
-    return f", about {round(seconds / 60)} min"
+        return duration(max(1, round(seconds)))
+    return duration(60 * round(seconds / 60))
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,25 @@ class Queued:
     @property
     def text(self) -> str:
         ahead = self.position - 1
+        if self.eta_seconds is None:
+            if ahead == 0:
+                return _("Queued: you're next.")
+            return ngettext(
+                "Queued: position {position} ({count} job ahead).",
+                "Queued: position {position} ({count} jobs ahead).",
+                ahead,
+                position=number(self.position),
+            )
+        eta = _eta(self.eta_seconds)
         if ahead == 0:
-            return f"Queued: you're next{eta_text(self.eta_seconds)}."
-        jobs = "job" if ahead == 1 else "jobs"
-        eta = eta_text(self.eta_seconds)
-        return f"Queued: position {self.position} ({ahead} {jobs} ahead){eta}."
+            return _("Queued: you're next, about {time}.", time=eta)
+        return ngettext(
+            "Queued: position {position} ({count} job ahead), about {time}.",
+            "Queued: position {position} ({count} jobs ahead), about {time}.",
+            ahead,
+            position=number(self.position),
+            time=eta,
+        )
 
 
 @dataclass(frozen=True)
@@ -54,7 +69,18 @@ class Started:
 
     @property
     def text(self) -> str:
-        return f"Generating your image{eta_text(self.eta_seconds)}…"
+        if self.eta_seconds is None:
+            return _("Generating your image…")
+        return _("Generating your image, about {time}…", time=_eta(self.eta_seconds))
+
+
+# What each stage of a job says while it runs (an unknown stage reads as its name).
+_STAGES = {
+    "rehosting": N_("Almost there: saving your images…"),
+    "identity_retry": N_("That didn't look enough like you: making it again…"),
+    "retrying": N_("The generator is busy; trying again shortly…"),
+    "unreachable": N_("The generator cannot be reached; trying again shortly…"),
+}
 
 
 @dataclass(frozen=True)
@@ -64,12 +90,9 @@ class Progress:
 
     @property
     def text(self) -> str:
-        return {
-            "rehosting": "Almost there: saving your images…",
-            "identity_retry": "That didn't look enough like you: making it again…",
-            "retrying": "The generator is busy; trying again shortly…",
-            "unreachable": "The generator cannot be reached; trying again shortly…",
-        }.get(self.stage, f"{self.stage}…")
+        if self.stage in _STAGES:
+            return _(_STAGES[self.stage])
+        return f"{self.stage}…"
 
 
 @dataclass(frozen=True)
@@ -88,13 +111,35 @@ class Completed:
     @property
     def text(self) -> str:
         count = len(self.images)
-        noun = "image" if count == 1 else "images"
-        style = f" · {self.job.style}" if self.job.style else ""
-        note = f" {self.refunded} unused credit(s) returned." if self.refunded else ""
-        return (
-            f"Done: {count} {noun}{style} · seed {self.job.seed} · job {self.job.short_id}."
-            f"{note}{' ' + unlike_note(self.unlike, count) if self.unlike else ''}"
-        )
+        if self.job.style:
+            done = ngettext(
+                "Done: {count} image · {style} · seed {seed} · job {job}.",
+                "Done: {count} images · {style} · seed {seed} · job {job}.",
+                count,
+                style=self.job.style,
+                seed=self.job.seed,
+                job=self.job.short_id,
+            )
+        else:
+            done = ngettext(
+                "Done: {count} image · seed {seed} · job {job}.",
+                "Done: {count} images · seed {seed} · job {job}.",
+                count,
+                seed=self.job.seed,
+                job=self.job.short_id,
+            )
+        texts = [done]
+        if self.refunded:
+            texts.append(
+                ngettext(
+                    "{count} unused credit returned.",
+                    "{count} unused credits returned.",
+                    self.refunded,
+                )
+            )
+        if self.unlike:
+            texts.append(unlike_note(self.unlike, count))
+        return " ".join(texts)
 
     @property
     def buttons(self) -> tuple[Button, ...]:
@@ -104,6 +149,7 @@ class Completed:
 @dataclass(frozen=True)
 class Failed:
     job_id: str
+    # As stored in jobs.error (`bot.jobs.reasons`): shown in the language being written in.
     reason: str
     refunded: bool
     # The selfie is still kept, so the same job can be tried again with one press.
@@ -111,13 +157,23 @@ class Failed:
 
     @property
     def text(self) -> str:
-        refund = " Your credits were returned." if self.refunded else ""
-        again = " Press Try again to retry." if self.can_retry else ""
-        return f"Sorry, that didn't work: {self.reason}.{refund}{again}"
+        texts = [_("Sorry, that didn't work: {reason}.", reason=shown(self.reason))]
+        if self.refunded:
+            texts.append(_("Your credits were returned."))
+        if self.can_retry:
+            texts.append(_("Press {button} to retry.", button=_try_again()))
+        return " ".join(texts)
 
     @property
     def buttons(self) -> tuple[Button, ...]:
-        return (Button("Try again", "reroll", {"job": self.job_id}),) if self.can_retry else ()
+        if not self.can_retry:
+            return ()
+        return (Button(_try_again(), "reroll", {"job": self.job_id}),)
+
+
+def _try_again() -> str:
+    """The retry button's label, which the failure's text names too."""
+    return _("Try again")
 
 
 def completed_event(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from backends.base import Backend, StoredOutput
 from backends.errors import BackendError, OutputTooLarge, OutputUnavailable
+from bot.i18n import N_
 from bot.images import ImageRejected, image_workers
 from bot.tokens import new_token
 from storage.imagestore import ImageStore
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class RehostFailed(Exception):
-    """An output could not be kept. The message is the user-facing reason."""
+    """An output could not be kept. The message is the user-facing reason: English, marked
+    with `N_`, translated where it is shown (`bot.jobs.reasons`)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class Rehoster:
     ) -> list[OutputRecord]:
         """Download, check and store every output before `deadline` (a time.monotonic())."""
         if not urls:
-            raise RehostFailed("the generator returned no image")
+            raise RehostFailed(N_("the generator returned no image"))
         tasks = [self._one(job_id, position, url, deadline) for position, url in enumerate(urls)]
         return list(await asyncio.gather(*tasks))
 
@@ -67,8 +69,10 @@ class Rehoster:
         except ImageRejected as exc:
             log.warning("job %s: output %d refused (%s): %s", job_id, position, exc.reason, exc)
             if exc.reason in ("too_slow", "crashed"):  # our checking failed, not their image
-                raise RehostFailed("the generated image could not be checked here") from None
-            raise RehostFailed("the generator sent back something that isn't an image") from None
+                raise RehostFailed(N_("the generated image could not be checked here")) from None
+            raise RehostFailed(
+                N_("the generator sent back something that isn't an image")
+            ) from None
         key = await self._store.put(data, content_type=info.content_type)
         return OutputRecord(
             job_id=job_id,
@@ -83,10 +87,10 @@ class Rehoster:
 
     async def _kept(self, job_id: str, position: int, stored: StoredOutput) -> OutputRecord:
         if stored.size_bytes > self._max_bytes:
-            raise RehostFailed("the generated image was larger than we accept")
+            raise RehostFailed(N_("the generated image was larger than we accept"))
         if not await self._store.exists(stored.key):
             log.warning("job %s: output %d is not in the image store", job_id, position)
-            raise RehostFailed("the generated image could not be found in our store")
+            raise RehostFailed(N_("the generated image could not be found in our store"))
         return OutputRecord(
             job_id=job_id,
             position=position,
@@ -104,14 +108,16 @@ class Rehoster:
             try:
                 return await self._backend.download_output(url, max_bytes=self._max_bytes)
             except OutputUnavailable:
-                raise RehostFailed("the generated image expired before it could be saved") from None
+                raise RehostFailed(
+                    N_("the generated image expired before it could be saved")
+                ) from None
             except OutputTooLarge:
-                raise RehostFailed("the generated image was larger than we accept") from None
+                raise RehostFailed(N_("the generated image was larger than we accept")) from None
             except BackendError as exc:
                 wait = self._retry.delay(attempt)
                 if time.monotonic() + wait >= deadline:
                     raise RehostFailed(
-                        "the generated image expired before it could be saved"
+                        N_("the generated image expired before it could be saved")
                     ) from None
                 log.info("job %s: download failed (%s), retrying in %.1f s", job_id, exc, wait)
                 attempt += 1

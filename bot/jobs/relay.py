@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from bot.i18n import N_
 from bot.jobs.event_bus import EventBus
 from bot.jobs.events import (
     FINAL_EVENTS,
@@ -91,7 +92,8 @@ class EventRelay:
             outputs = await self._jobs.outputs(job.id)
             return completed_event(job, outputs, self._image_base_url)
         retry = job.selfie_key is not None
-        return Failed(job.id, job.error or "it was cancelled", refunded=True, can_retry=retry)
+        reason = job.error or N_("it was cancelled")  # as stored: `reasons.shown` reads it
+        return Failed(job.id, reason, refunded=True, can_retry=retry)
 
     # ---- what comes in ----------------------------------------------------------------------
 
