@@ -25,7 +25,8 @@ class Key(StrEnum):
     STYLE_DEFAULT = "style_default"
     BANNED_WORDS = "banned_words"
     SAFETY_LEVEL = "safety_level"
-    # A person's own choice (/language, their scope) or a community's (/admin language).
+    # A person's own choice (/language, their scope) or a community's (/admin language): read
+    # by `bot/commands/language.py`, not part of the policy.
     LANGUAGE = "language"
 
 
@@ -36,10 +37,6 @@ class Policy:
     style_default: str
     banned_words: tuple[str, ...]
     safety_level: SafetyLevel
-    # The person's own choice of language (/language), and the one of the place they are in
-    # (the community's, else the operator's global one): catalogue names, None when unset.
-    own_language: str | None = None
-    place_language: str | None = None
 
 
 def resolve(
@@ -66,10 +63,6 @@ def resolve(
     def narrowest(key: Key, default: Any) -> Any:
         return next((scope[key] for scope in narrowest_first if key in scope), default)
 
-    def first(key: Key, scopes: list[dict[str, Any]]) -> Any:
-        return next((scope[key] for scope in scopes if key in scope), None)
-
-    own_scope = user_id is not None and (None, user_id) in by_scope
     style = narrowest(Key.STYLE_DEFAULT, DEFAULT_STYLE)
     words: list[str] = []
     for scope in broad:
@@ -85,6 +78,4 @@ def resolve(
             SafetyLevel.STANDARD,
             *(SafetyLevel(scope[Key.SAFETY_LEVEL]) for scope in broad if Key.SAFETY_LEVEL in scope),
         ),
-        own_language=first(Key.LANGUAGE, [by_scope[None, user_id]] if own_scope else []),
-        place_language=first(Key.LANGUAGE, narrowest_first[2:]),
     )

@@ -122,6 +122,16 @@ class JobListing:
 
 
 @dataclass(frozen=True)
+class PersonsSetting:
+    """One setting's values at the scopes a person choosing for themselves and their place
+    (their community, then everyone) have: None where it is not set."""
+
+    own: Any = None
+    community: Any = None
+    everyone: Any = None
+
+
+@dataclass(frozen=True)
 class SettingRecord:
     """One scoped setting. None means "any": (None, None) is global, (c, None) a community's
     default, (None, u) a user's everywhere, (c, u) a user's in one community."""

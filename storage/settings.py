@@ -17,10 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.audit import write_audit
 from storage.database import Database
-from storage.models import ScopedSetting, utcnow
-from storage.records import AuditNote, SettingRecord
+from storage.models import Community, ScopedSetting, User, utcnow
+from storage.records import AuditNote, PersonsSetting, SettingRecord
 
 _SETTINGS = ScopedSetting.__table__
+_USERS = User.__table__
+_COMMUNITIES = Community.__table__
 
 
 class SettingsRepository:
@@ -46,6 +48,45 @@ class SettingsRepository:
                 .order_by(_SETTINGS.c.id)
             )
             return [SettingRecord(*row) for row in rows]
+
+    async def for_person(
+        self,
+        key: str,
+        *,
+        platform: str,
+        platform_user_id: str,
+        platform_community_id: str | None,
+    ) -> PersonsSetting:
+        """`key`'s values for a person by their platform's ids, in one read: theirs (set for
+        themselves, everywhere), their community's and everyone's (the global scope)."""
+        user = select(_USERS.c.id).where(
+            _USERS.c.platform == platform, _USERS.c.platform_user_id == platform_user_id
+        )
+        scopes = [
+            (_SETTINGS.c.community_id.is_(None) & (_SETTINGS.c.user_id == user.scalar_subquery())),
+            (_SETTINGS.c.community_id.is_(None) & _SETTINGS.c.user_id.is_(None)),
+        ]
+        if platform_community_id is not None:
+            community = select(_COMMUNITIES.c.id).where(
+                _COMMUNITIES.c.platform == platform,
+                _COMMUNITIES.c.platform_community_id == platform_community_id,
+            )
+            scopes.append(
+                _SETTINGS.c.user_id.is_(None)
+                & (_SETTINGS.c.community_id == community.scalar_subquery())
+            )
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(_SETTINGS.c.community_id, _SETTINGS.c.user_id, _SETTINGS.c.value)
+                .where(_SETTINGS.c.key == key, or_(*scopes))
+                .order_by(_SETTINGS.c.id)
+            )
+            found: dict[str, Any] = {}
+            for community_id, user_id, value in rows:
+                scope = "own" if user_id is not None else "everyone"
+                scope = "community" if community_id is not None else scope
+                found.setdefault(scope, value)
+            return PersonsSetting(**found)
 
     async def set(
         self,

@@ -10,9 +10,10 @@ from typing import Any
 from bot import replies
 from bot.charts import stats_chart
 from bot.commands.context import Context
+from bot.commands.language import community_language
 from bot.commands.parse import EVERYONE, CommandError
-from bot.i18n import first_shipped, speaking
 from bot.i18n import now as writing_in
+from bot.i18n import speaking
 from bot.policy import Key
 from bot.replies import Reply
 from bot.safety import SafetyLevel, normalise_phrase
@@ -188,8 +189,7 @@ async def audit(ctx: Context, options: dict[str, Any]) -> Reply:
         ctx.community_id, limit=AUDIT_PAGE_SIZE, offset=(page - 1) * AUDIT_PAGE_SIZE
     )
     # The community's record, in the community's language (whoever of its moderators reads it).
-    place = (await ctx.policy(None)).place_language
-    with speaking(first_shipped(place, ctx.services.settings.default_language)):
+    with speaking(await community_language(ctx.services, ctx.actor)):
         return replies.audit_page(entries, page)
 
 

@@ -9,7 +9,7 @@ from bot import replies
 from bot.commands.context import Actor, Context, Services
 from bot.commands.parse import CommandError
 from bot.i18n import catalogue_for, first_shipped, language_now, speaking
-from bot.policy import Key, resolve
+from bot.policy import Key
 from bot.replies import Reply
 
 # The option's word for "no choice of my own: my app's language again".
@@ -37,7 +37,7 @@ async def language(ctx: Context, options: dict[str, Any]) -> Reply:
         return replies.language_chosen(catalogue)
 
 
-async def community_language(ctx: Context, options: dict[str, Any]) -> Reply:
+async def set_community_language(ctx: Context, options: dict[str, Any]) -> Reply:
     """/admin language <code>: the language of a community's people whose own is unknown, and of
     what the bot addresses to the community (in a DM, an owner sets everyone's)."""
     catalogue = _catalogue(options["language"])
@@ -55,24 +55,31 @@ async def language_of(services: Services, actor: Actor) -> str:
     """The language to answer a person in: their own choice (/language), else the one their
     platform says they read, else their community's (/admin language), else the operator's
     global one, else DEFAULT_LANGUAGE, else English."""
-    user = await services.accounts.find_user(actor.platform, actor.user_id)
-    community_id = None
-    if actor.community_id is not None:
-        community_id = await services.accounts.find_community(actor.platform, actor.community_id)
-    user_id = user.id if user is not None else None
-    rows = await services.scoped.for_context(user_id=user_id, community_id=community_id)
-    policy = resolve(
-        rows,
-        user_id=user_id,
-        community_id=community_id,
-        default_quota=services.settings.daily_quota,
+    chosen = await services.scoped.for_person(
+        Key.LANGUAGE,
+        platform=actor.platform,
+        platform_user_id=actor.user_id,
+        platform_community_id=actor.community_id,
     )
     return first_shipped(
-        policy.own_language,
+        chosen.own,
         actor.locale,
-        policy.place_language,
+        chosen.community,
+        chosen.everyone,
         services.settings.default_language,
     )
+
+
+async def community_language(services: Services, actor: Actor) -> str:
+    """The language of what is addressed to `actor`'s community (its audit log): the
+    community's, else the operator's global one, else DEFAULT_LANGUAGE, else English."""
+    chosen = await services.scoped.for_person(
+        Key.LANGUAGE,
+        platform=actor.platform,
+        platform_user_id=actor.user_id,
+        platform_community_id=actor.community_id,
+    )
+    return first_shipped(chosen.community, chosen.everyone, services.settings.default_language)
 
 
 def _catalogue(code: str) -> str:

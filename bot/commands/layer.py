@@ -19,7 +19,7 @@ from bot import replies
 from bot.commands import admin, mine
 from bot.commands.context import Actor, CommandRequest, Context, Services
 from bot.commands.generate import generate, reroll
-from bot.commands.language import community_language, language, language_of
+from bot.commands.language import language, language_of, set_community_language
 from bot.commands.parse import (
     CommandError,
     ParsedCommand,
@@ -78,7 +78,7 @@ HANDLERS: dict[str, Handler] = {
     "admin refund": admin.refund,
     "admin audit": admin.audit,
     "admin workers": admin.workers,
-    "admin language": community_language,
+    "admin language": set_community_language,
 }
 
 
