@@ -11,6 +11,7 @@ from bot.commands.parse import CommandError
 from bot.i18n import catalogue_for, first_shipped, language_now, speaking
 from bot.policy import Key
 from bot.replies import Reply
+from storage.records import PersonsSetting
 
 # The option's word for "no choice of my own: my app's language again".
 AUTOMATIC = "auto"
@@ -55,31 +56,26 @@ async def language_of(services: Services, actor: Actor) -> str:
     """The language to answer a person in: their own choice (/language), else the one their
     platform says they read, else their community's (/admin language), else the operator's
     global one, else DEFAULT_LANGUAGE, else English."""
-    chosen = await services.scoped.for_person(
-        Key.LANGUAGE,
-        platform=actor.platform,
-        platform_user_id=actor.user_id,
-        platform_community_id=actor.community_id,
-    )
-    return first_shipped(
-        chosen.own,
-        actor.locale,
-        chosen.community,
-        chosen.everyone,
-        services.settings.default_language,
-    )
+    chosen = await _chosen(services, actor)
+    default = services.settings.default_language
+    return first_shipped(chosen.own, actor.locale, chosen.community, chosen.everyone, default)
 
 
 async def community_language(services: Services, actor: Actor) -> str:
     """The language of what is addressed to `actor`'s community (its audit log): the
     community's, else the operator's global one, else DEFAULT_LANGUAGE, else English."""
-    chosen = await services.scoped.for_person(
+    chosen = await _chosen(services, actor)
+    return first_shipped(chosen.community, chosen.everyone, services.settings.default_language)
+
+
+async def _chosen(services: Services, actor: Actor) -> PersonsSetting:
+    """The languages chosen for the actor, by them, their community and the operator."""
+    return await services.scoped.for_person(
         Key.LANGUAGE,
         platform=actor.platform,
         platform_user_id=actor.user_id,
         platform_community_id=actor.community_id,
     )
-    return first_shipped(chosen.community, chosen.everyone, services.settings.default_language)
 
 
 def _catalogue(code: str) -> str:
