@@ -119,6 +119,12 @@ async def test_progress_events_read_like_a_status_line(
         ("/headshot colour=blue", "/headshot has no option “colour” (its options: selfie, "),
         ("/styles please", "I didn't understand “please”. Usage: /styles"),
         ("/paint me", "Unknown command /paint"),
+        (
+            "/avatar controlnet_selection=pose,laser",
+            "controlnet_selection takes one or more of pose, canny, depth, separated by commas "
+            "(got “pose,laser”).",
+        ),
+        ("/avatar controlnet_selection=,", "controlnet_selection takes one or more of pose, "),
     ],
 )
 async def test_bad_options_get_one_clear_message_and_reserve_nothing(

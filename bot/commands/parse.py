@@ -183,7 +183,25 @@ def _text(option: OptionSpec, value: Any) -> str:
                 )
             )
         return str(choice)
+    if option.items:
+        return _items(option, text)
     return text
+
+
+def _items(option: OptionSpec, text: str) -> str:
+    """A comma-separated list of the option's words, each checked here (the generator's own
+    check would answer in its English)."""
+    words = [word.strip().lower() for word in text.split(",") if word.strip()]
+    if not words or any(word not in option.items for word in words):
+        raise CommandError(
+            _(
+                "{option} takes one or more of {choices}, separated by commas (got “{value}”).",
+                option=option.name,
+                choices=", ".join(option.items),
+                value=printable(text),
+            )
+        )
+    return ",".join(words)
 
 
 def _choice(option: OptionSpec, word: str) -> str | int | float | None:

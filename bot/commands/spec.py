@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from backends.params import LIMITS, MAX_PROMPT_CHARS, MAX_SEED, FloatRange, IntRange, Operation
+from backends.params import (
+    CONTROLNETS,
+    LIMITS,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    FloatRange,
+    IntRange,
+    Operation,
+)
 from bot.i18n import N_
 from bot.safety import SafetyLevel
 from bot.styles import STYLES
@@ -45,6 +53,8 @@ class OptionSpec:
     max_value: float | None = None
     choices: tuple[str | int | float, ...] = ()
     max_length: int | None = None
+    # A TEXT option that is a comma-separated list of these words (one at least).
+    items: tuple[str, ...] = ()
     # Typed as text, this option takes the rest of the line (a prompt, a reason).
     rest: bool = False
     # A USER option that also accepts the word "everyone".
@@ -189,6 +199,7 @@ def _generation_spec(name: str, operation: Operation) -> CommandSpec:
                 OptionType.TEXT,
                 N_("Guides to use, comma-separated: pose, canny, depth"),
                 max_length=40,
+                items=CONTROLNETS,
             )
         )
     if limits.pose_image:
