@@ -21,6 +21,7 @@ from typing import Any
 
 from backends.params import MAX_PROMPT_CHARS, GenerationParams, Operation, ParameterError
 from bot.i18n import _
+from bot.i18n.extract import SHOWN_FIELDS
 
 PLACEHOLDER = "{details}"
 DEFAULT_STYLE = "corporate"
@@ -28,8 +29,6 @@ MAX_DESCRIPTION_CHARS = 80
 STYLES_RESOURCE = "styles.toml"
 
 _FIELDS = ("title", "description", "prompt", "negative_prompt")
-# Read by people, through the catalogues: a message's braces would be read as placeholders.
-_SHOWN_FIELDS = ("title", "description")
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 # Generation options that belong to the user or the operator, never to a style.
 _NOT_STYLE_OPTIONS = frozenset(
@@ -170,7 +169,8 @@ def _parse_style(source: str, name: str, body: object) -> Style:
             raise StyleDataError(
                 f"{where}: field {field!r} must be one line without surrounding spaces"
             )
-        if field in _SHOWN_FIELDS and ("{" in value or "}" in value):
+        # Read by people, through the catalogues: braces would be read as placeholders.
+        if field in SHOWN_FIELDS and ("{" in value or "}" in value):
             raise StyleDataError(f"{where}: field {field!r} may hold no curly braces")
         values[field] = value
     if len(values["description"]) > MAX_DESCRIPTION_CHARS:

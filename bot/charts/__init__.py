@@ -28,9 +28,9 @@ async def stats_chart(
     community: bool,
     tr: Translator | None = None,
 ) -> Chart | None:
-    """`/admin stats`'s chart of these days, in `tr`'s language (English when None), drawn in
-    the chart thread; None (and the reason in the log) if it could not be drawn: the figures in
-    words still stand."""
+    """`/admin stats`'s chart of these days, in `tr`'s language (None: the one being written
+    in), drawn in the chart thread; None (and the reason in the log) if it could not be drawn:
+    the figures in words still stand."""
     wording = stats_chart_wording(
         [day.day for day in figures], period_days=period_days, community=community, tr=tr
     )

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from bot.i18n import ENGLISH, Translator, translator
+from bot.i18n import Translator, now
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class StatsChartWording:
 def stats_chart_wording(
     days: Sequence[date], *, period_days: int, community: bool, tr: Translator | None = None
 ) -> StatsChartWording:
-    """The labels in `tr`'s language (English when None)."""
-    tr = tr or translator(ENGLISH)
+    """The labels in `tr`'s language (None: the language being written in)."""
+    tr = tr or now()
     first, last = days[0], days[-1]
     title = (
         tr.ngettext(

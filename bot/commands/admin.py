@@ -12,7 +12,6 @@ from bot.charts import stats_chart
 from bot.commands.context import Context
 from bot.commands.language import community_language
 from bot.commands.parse import EVERYONE, CommandError
-from bot.i18n import now as writing_in
 from bot.i18n import speaking
 from bot.policy import Key
 from bot.replies import Reply
@@ -79,7 +78,7 @@ async def stats(ctx: Context, options: dict[str, Any]) -> Reply:
     since = now - timedelta(days=days)
     report = await ctx.services.stats.summary(ctx.community_id, since=since)
     daily = await ctx.services.stats.daily(ctx.community_id, since=since, until=now)
-    chart = await stats_chart(daily, period_days=days, community=ctx.in_community, tr=writing_in())
+    chart = await stats_chart(daily, period_days=days, community=ctx.in_community)
     return replies.stats(report, days, ctx.in_community, chart)
 
 

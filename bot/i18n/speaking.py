@@ -37,9 +37,10 @@ def language_now() -> str:
 @contextlib.contextmanager
 def speaking(language: str) -> Iterator[Translator]:
     """Write in `language` (a shipped catalogue's name) inside the block."""
-    token = _NOW.set(translator(language))
+    written_in = translator(language)
+    token = _NOW.set(written_in)
     try:
-        yield _NOW.get() or translator(ENGLISH)
+        yield written_in
     finally:
         _NOW.reset(token)
 
