@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import platform
@@ -70,6 +69,7 @@ from adapters.discord.delivery import EDIT_INTERVAL
 from backends.modelslab.simulator import Simulator, SimulatorConfig
 from bench.throughput import _percentile, _selfie, bench_settings
 from bot.app import HeadshotApp, Overrides
+from bot.collector import settle_after_start_up, undo_settling
 from bot.logs import setup_logging
 from bot.ui import short_id
 from tests.fake_discord import FakeDiscord, Interaction
@@ -362,10 +362,11 @@ async def one_run(args: argparse.Namespace, faces: bool) -> Run:
                 await adapter.start()
                 try:
                     await asyncio.wait_for(adapter.wait_ready(), 30)
-                    gc.freeze()  # as `headshot-bot run` does once everything has started
+                    settle_after_start_up()  # as `headshot-bot run` does once it has started
                     return await measure(args, fake, sim, example=args.faces != "off")
                 finally:
                     await adapter.stop()
+                    undo_settling()
 
 
 async def measure(args: argparse.Namespace, fake: Helper, sim: Helper, *, example: bool) -> Run:

@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -79,6 +78,7 @@ from adapters.telegram.delivery import EDIT_INTERVAL
 from backends.modelslab.simulator import Simulator, SimulatorConfig
 from bench.throughput import _free_port, _percentile
 from bot.app import HeadshotApp
+from bot.collector import settle_after_start_up, undo_settling
 from bot.config import Settings, load_settings
 from bot.logs import setup_logging
 from tests.conftest import make_image
@@ -436,13 +436,13 @@ async def one_run(args: argparse.Namespace, mode: str) -> Run:
                     )
                     await adapter.start()
                     try:
-                        gc.freeze()  # as `headshot-bot run` does once everything has started
+                        settle_after_start_up()  # as `headshot-bot run` does once it has started
                         run = await measure(args, mode, fake)
                         run.simulator_log = Counter((await sim.post("/quiet", {}))["warnings"])
                     finally:
                         stopping = time.monotonic()
                         await adapter.stop()
-                        gc.unfreeze()
+                        undo_settling()
                     run.stop_s = time.monotonic() - stopping
             finally:
                 logging.getLogger().removeHandler(counter)

@@ -1,12 +1,28 @@
 """Throughput of the whole path: request -> reserve -> dispatch -> real client -> simulator (zero
 processing time, own process) -> webhook -> fetch -> re-host -> commit.
 
-    python bench/throughput.py --jobs 2000 --users 50 --cap 50
+    python bench/throughput.py --jobs 1000 --users 20 --cap 50 --metrics off
 
-Prints jobs/s, the bot process's CPU milliseconds per job, acknowledgement latency (request
-accepted and its credit reserved), latency from the webhook's arrival (the simulator sends it
-within one 20 ms tick of completing) to the re-hosted image, and the bot process's peak RSS. Run
-it a few times: report the median.
+Prints jobs/s, the bot process's CPU milliseconds per job (user and system), acknowledgement
+latency (request accepted and its credit reserved), latency from the webhook's arrival to the
+re-hosted image, the bot process's peak RSS, and the full (generation-2) garbage collections
+during the run. Run it a few times: report the median (`--rounds`).
+
+Each user sends the benchmark's selfie: a generated 256x320 JPEG with no face, so the face check
+and the identity gate are off. `--faces on` turns both on and sends the example selfie
+(examples/astronaut.jpg), as `headshot-bot run` does by default.
+
+    python bench/throughput.py --jobs 100 --users 1 --one-at-a-time      # light load
+
+`--one-at-a-time`: each user waits for its job's image before the next request, which measures
+webhook -> re-hosted latency without a queue in front of it.
+
+    python -m tests.postgres -- python bench/throughput.py --database postgres
+    python bench/throughput.py --sqlite-synchronous FULL
+    python bench/throughput.py --loop uvloop
+
+PostgreSQL: a fresh database on TEST_POSTGRES_URL's server, one replica. `--sqlite-synchronous`
+sets SQLITE_SYNCHRONOUS. `--loop uvloop` runs the bot on uvloop's event loop.
 
     python bench/throughput.py --jobs 1000 --users 20 --cap 50 --metrics both --rounds 5
 
@@ -22,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import io
 import os
 import resource
@@ -31,17 +48,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
+# `python bench/throughput.py` puts bench/ on sys.path, not the repository root: add the root
+# so that the test helpers (the example selfie, a fresh PostgreSQL database) can be imported.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from bot.app import HeadshotApp, Overrides
+from bot.collector import settle_after_start_up, undo_settling
 from bot.config import Settings, load_settings
 from bot.generation import GenerationRequest
 from bot.jobs.engine import EngineTimings
-from bot.jobs.events import Completed
+from bot.jobs.events import Completed, Failed
+from storage.database import SQLITE_SYNCHRONOUS
+from tests.conftest import EXAMPLE_SELFIE
+from tests.databases import fresh_postgres_database
+
+T = TypeVar("T")
 
 
 def _free_port() -> int:
@@ -99,10 +126,13 @@ FACES_OFF: dict[str, Any] = {"face_check": False, "identity_gate": False}
 
 def bench_settings(workdir: Path, sim_port: int, cap: int, **overrides: Any) -> Settings:
     """The service in `workdir`, against the simulator on `sim_port`, both with cap `cap`."""
-    overrides = {**FACES_OFF, **overrides}
+    overrides = {
+        **FACES_OFF,
+        "database_url": f"sqlite+aiosqlite:///{workdir / 'bench.db'}",
+        **overrides,
+    }
     return load_settings(
         data_dir=workdir,
-        database_url=f"sqlite+aiosqlite:///{workdir / 'bench.db'}",
         modelslab_base_url=f"http://127.0.0.1:{sim_port}",
         modelslab_api_key="bench-key",
         modelslab_max_queued=cap,
@@ -112,18 +142,71 @@ def bench_settings(workdir: Path, sim_port: int, cap: int, **overrides: Any) -> 
 
 
 async def run(
-    jobs: int, users: int, cap: int, sim_port: int, workdir: Path, *, metrics: bool = True
+    jobs: int,
+    users: int,
+    cap: int,
+    sim_port: int,
+    workdir: Path,
+    *,
+    metrics: bool = True,
+    faces: bool = False,
+    database_url: str | None = None,
+    synchronous: str = "NORMAL",
+    one_at_a_time: bool = False,
+    around: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> dict[str, float]:
+    """One run in a fresh service; `around` is entered just around the requests and their jobs
+    (a profiler: `bench/profile_job.py`)."""
     await _wait_until_listening(sim_port)
-    settings = bench_settings(workdir, sim_port, cap, daily_quota=10_000, metrics=metrics)
+    settings = bench_settings(
+        workdir,
+        sim_port,
+        cap,
+        daily_quota=10_000,
+        metrics=metrics,
+        face_check=faces,
+        identity_gate=faces,
+        sqlite_synchronous=synchronous,
+        # One replica on PostgreSQL: its own folder is the one image store.
+        **({"database_url": database_url, "image_store_shared": True} if database_url else {}),
+    )
     timings = EngineTimings(min_poll_seconds=5.0, max_poll_seconds=5.0)
+    selfie = EXAMPLE_SELFIE.read_bytes() if faces else _selfie()
     async with HeadshotApp(settings, Overrides(timings=timings, local_webhooks=True)) as app:
-        cpu = time.process_time()
-        figures = await _drive(app, jobs, users)
+        settle_after_start_up()  # as `headshot-bot run` does once everything has started
+        full_collections = _count_full_collections()
+        with full_collections, around():
+            cpu = os.times()
+            figures = await _drive(app, jobs, users, selfie, one_at_a_time=one_at_a_time)
+            spent = os.times()
+        undo_settling()
         if metrics:
             figures["scrape_ms"] = await _scrape_ms(app)
-        figures["cpu_ms_per_job"] = (time.process_time() - cpu) * 1000 / jobs
+        figures["cpu_ms_per_job"] = (
+            (spent.user + spent.system - cpu.user - cpu.system) * 1000 / jobs
+        )
+        figures["user_ms_per_job"] = (spent.user - cpu.user) * 1000 / jobs
+        figures["system_ms_per_job"] = (spent.system - cpu.system) * 1000 / jobs
+        figures["full_gc"] = full_collections.count
         return figures
+
+
+class _count_full_collections(contextlib.AbstractContextManager["_count_full_collections"]):
+    """Counts the collector's full (generation-2) passes while entered."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def _seen(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            self.count += 1
+
+    def __enter__(self) -> _count_full_collections:
+        gc.callbacks.append(self._seen)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._seen)
 
 
 async def _scrape_ms(app: HeadshotApp) -> float:
@@ -138,8 +221,9 @@ async def _scrape_ms(app: HeadshotApp) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-async def _drive(app: HeadshotApp, jobs: int, users: int) -> dict[str, float]:
-    selfie = _selfie()
+async def _drive(
+    app: HeadshotApp, jobs: int, users: int, selfie: bytes, *, one_at_a_time: bool = False
+) -> dict[str, float]:
     webhook_at: dict[str, float] = {}
     nudge = app.engine.nudge
 
@@ -156,6 +240,9 @@ async def _drive(app: HeadshotApp, jobs: int, users: int) -> dict[str, float]:
         async for event in app.events.watch(job_id):
             if isinstance(event, Completed):
                 rehost_latency.append(time.perf_counter() - webhook_at[job_id])
+                return
+            if isinstance(event, Failed):
+                raise RuntimeError(f"job {job_id} failed: {event.reason}")
 
     async def user(index: int, count: int) -> None:
         for _ in range(count):
@@ -170,7 +257,10 @@ async def _drive(app: HeadshotApp, jobs: int, users: int) -> dict[str, float]:
                 )
             )
             acks.append(time.perf_counter() - started)
-            watchers.append(asyncio.create_task(watch(job.id)))
+            watcher = asyncio.create_task(watch(job.id))
+            watchers.append(watcher)
+            if one_at_a_time:
+                await watcher
 
     share, extra = divmod(jobs, users)
     started = time.perf_counter()
@@ -191,31 +281,79 @@ async def _drive(app: HeadshotApp, jobs: int, users: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+async def one_run(
+    args: argparse.Namespace, sim_port: int, workdir: Path, **kw: Any
+) -> dict[str, float]:
+    """One run as the command line asks, on a fresh database of the kind it names."""
+    options: dict[str, Any] = {
+        "faces": args.faces == "on",
+        "synchronous": args.sqlite_synchronous,
+        "one_at_a_time": args.one_at_a_time,
+        **kw,
+    }
+    if args.database == "sqlite":
+        return await run(args.jobs, args.users, args.cap, sim_port, workdir, **options)
+    async with fresh_postgres_database() as url:
+        return await run(
+            args.jobs, args.users, args.cap, sim_port, workdir, database_url=url, **options
+        )
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--cap", type=int, default=50, help="MODELSLAB_MAX_QUEUED, sim's cap")
+    parser.add_argument(
+        "--faces",
+        choices=("off", "on"),
+        default="off",
+        help="on: face check and identity gate, and the example selfie",
+    )
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--sqlite-synchronous", choices=SQLITE_SYNCHRONOUS, default="NORMAL")
+    parser.add_argument(
+        "--one-at-a-time", action="store_true", help="each user waits for its image (light load)"
+    )
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+
+
+def event_loop_runner(loop: str) -> Callable[[Coroutine[Any, Any, T]], T]:
+    """asyncio.run, on uvloop's loop if asked."""
+    if loop == "asyncio":
+        return asyncio.run
+    import uvloop
+
+    return uvloop.run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_options(parser)
     parser.add_argument(
         "--metrics", choices=("on", "off", "both"), default="on", help="METRICS; both: compare"
     )
     parser.add_argument("--rounds", type=int, default=1, help="runs of each setting")
     args = parser.parse_args()
+    run_loop = event_loop_runner(args.loop)
     settings = {"on": [True], "off": [False], "both": [True, False]}[args.metrics]
     runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
-    print(f"jobs={args.jobs} users={args.users} cap={args.cap}")
+    selfie = "the example selfie" if args.faces == "on" else "a generated 256x320 JPEG"
+    print(
+        f"jobs={args.jobs} users={args.users} cap={args.cap} faces={args.faces} ({selfie}) "
+        f"database={args.database} loop={args.loop} one_at_a_time={args.one_at_a_time}"
+        + (f" sqlite_synchronous={args.sqlite_synchronous}" if args.database == "sqlite" else "")
+    )
     if args.metrics == "both":
         # The first run in a process pays for what is cached after it (SQLAlchemy's compiled
         # statements, imports): one run, not counted, before those compared.
         with tempfile.TemporaryDirectory() as tmp, simulator_process(args.cap) as sim_port:
-            asyncio.run(run(min(args.jobs, 200), args.users, args.cap, sim_port, Path(tmp)))
+            warm = argparse.Namespace(**{**vars(args), "jobs": min(args.jobs, 200)})
+            run_loop(one_run(warm, sim_port, Path(tmp)))
     for round_ in range(args.rounds):
         order = settings if round_ % 2 == 0 else settings[::-1]
         for metrics in order:
             with tempfile.TemporaryDirectory() as tmp, simulator_process(args.cap) as sim_port:
-                figures = asyncio.run(
-                    run(args.jobs, args.users, args.cap, sim_port, Path(tmp), metrics=metrics)
-                )
+                figures = run_loop(one_run(args, sim_port, Path(tmp), metrics=metrics))
             runs[metrics].append(figures)
             shown = " ".join(f"{name}={value:.1f}" for name, value in figures.items())
             print(f"round {round_ + 1} metrics={'on' if metrics else 'off'}: {shown}")
@@ -227,7 +365,7 @@ def main() -> None:
     for metrics, figures in medians.items():
         print(f"median of {len(runs[metrics])}, metrics {'on' if metrics else 'off'}:")
         for name, value in figures.items():
-            print(f"{name:>16}: {value:8.1f}")
+            print(f"{name:>17}: {value:8.1f}")
     if len(medians) == 2:
         on, off = medians[True], medians[False]
         print(f"cpu per job, on/off: {on['cpu_ms_per_job'] / off['cpu_ms_per_job']:.3f}")

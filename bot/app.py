@@ -178,7 +178,7 @@ class HeadshotApp:
             await self.images.start()
         image_workers.install(self.images)
         opened.callback(image_workers.uninstall, self.images)
-        self.db = Database(url)
+        self.db = Database(url, sqlite_synchronous=settings.sqlite_synchronous)
         opened.push_async_callback(self.db.dispose)
         if on_fleet:
             # Quick (the workers hold the models), and closed before the database.

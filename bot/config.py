@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     modelslab_timeout: float = Field(30.0, gt=0, le=300)
 
     database_url: str | None = None
+    # SQLite's durability: NORMAL (WAL synced at checkpoints; a power cut may lose the last
+    # commits, never corrupts) or FULL (each commit synced before it returns). See README.
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     data_dir: Path = Path("./data")
     public_base_url: HttpUrl | None = None
     web_host: str = "127.0.0.1"

@@ -14,7 +14,14 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from storage import sqlite_driver
+
 BUSY_TIMEOUT_MS = 30_000
+# NORMAL: in WAL mode a commit is durable once the WAL is synced, at the next checkpoint; a power
+# cut (not a process crash) may lose the last commits but never corrupts. FULL: every commit is
+# synced before it returns.
+SQLITE_SYNCHRONOUS = ("NORMAL", "FULL")
+sqlite_driver.register()
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -32,7 +39,9 @@ class Database:
     deferred transaction and, in WAL mode, never block or wait for writers.
     """
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, sqlite_synchronous: str = "NORMAL") -> None:
+        if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+            raise ValueError(f"SQLITE_SYNCHRONOUS must be one of {', '.join(SQLITE_SYNCHRONOUS)}")
         self.url = url
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -46,9 +55,12 @@ class Database:
         else:
             # A replica serves many jobs at once; each transaction holds a connection briefly.
             kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        engine_url = parsed
         if self.is_sqlite:
-            _configure_sqlite(self.engine)
+            engine_url = parsed.set(drivername=f"sqlite+{sqlite_driver.DRIVER_NAME}")
+        self.engine: AsyncEngine = create_async_engine(engine_url, **kwargs)
+        if self.is_sqlite:
+            _configure_sqlite(self.engine, sqlite_synchronous)
         self._write_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         # SQLite has one writer at a time. Writers of this process queue here, in the event loop,
         # rather than inside SQLite, whose busy handler waits by sleeping in growing steps.
@@ -185,7 +197,7 @@ def missing_driver(url: str) -> str | None:
     return None
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
     sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine, "connect")
@@ -196,7 +208,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.close()
 
     @event.listens_for(sync_engine, "begin")

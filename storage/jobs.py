@@ -231,7 +231,8 @@ class JobRepository:
                 )
             await ledger.settle(conn, job_id=job_id, delivered=len(outputs))
             await identity.record(conn, measured, keep=False)
-            await identity.let_go(conn, job_id)
+            if moved.identity_retries:  # only a retry for the gate kept earlier images
+                await identity.let_go(conn, job_id)
             unlike = sum(1 for out in outputs if out.identity_passed is False)
             if unlike:
                 # What the user paid (nothing, unmetered) bounds what comes back.

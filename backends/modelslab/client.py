@@ -1,23 +1,32 @@
 """The ModelsLab backend: submit, fetch and download over HTTP, with bounded retries.
 
+API calls (submit, fetch) go through aiohttp's client, to the configured base URL only, over
+kept-alive connections: on the hot path of every job it costs a small fraction of httpx's CPU
+per call (bench/profile_job.py). Output downloads, whose links come from the provider's answers,
+go through httpx and the guarded transport (`backends.guarded_http`).
+
 The API key travels in every JSON body, so it must never reach anything that outlives a call:
 exceptions are built from our own words (plus the provider's sanitised message), and every
 error is raised outside the `except` clause that caught the transport failure, so no
-`__context__` chain keeps an httpx exception, whose `.request` holds the body, alive.
+`__context__` chain keeps a transport exception, and what it holds of the request, alive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import random
 import re
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+import aiohttp
+import certifi
 import httpx
 
 from backends.base import ProviderResult, RequestSource, ResultStatus, SubmitRequest
@@ -43,6 +52,9 @@ log = logging.getLogger(__name__)
 # Keep enough idle connections for every provider slot plus downloads: with httpx's default of
 # 20 keep-alive connections a busy account reopens a TCP connection for most calls.
 _POOL_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+# API calls: as many connections at once, each kept open this long between calls.
+_API_CONNECTIONS = 200
+_API_KEEPALIVE_SECONDS = 60.0
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -75,6 +87,15 @@ def _plan_message(operation: Operation) -> str:
         f"The ModelsLab plan does not include {operation}: "
         "upgrade the plan at modelslab.com or turn this command off"
     )
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What an API call answered: its status, body and Retry-After header."""
+
+    status: int
+    content: bytes
+    retry_after: str | None
 
 
 @dataclass(frozen=True)
@@ -116,7 +137,6 @@ class ModelsLabClient:
         backoff_base: float = 0.5,
         backoff_cap: float = 20.0,
         max_retry_after: float = 120.0,
-        http: httpx.AsyncClient | None = None,
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
         quick_unreachable: bool = False,
@@ -132,18 +152,13 @@ class ModelsLabClient:
         self._key = api_key
         self._timeout = httpx.Timeout(timeout)
         self._quick_unreachable = quick_unreachable
-        self._call_timeout = (
-            httpx.Timeout(timeout, connect=min(timeout, QUICK_CONNECT_SECONDS))
-            if quick_unreachable
-            else self._timeout
+        self._call_timeout = aiohttp.ClientTimeout(
+            total=timeout,
+            connect=min(timeout, QUICK_CONNECT_SECONDS) if quick_unreachable else None,
         )
         self._retry = RetryPolicy(max_attempts, backoff_base, backoff_cap, max_retry_after)
-        self._owns_http = http is None
-        self._http = (
-            http
-            if http is not None
-            else httpx.AsyncClient(timeout=self._timeout, limits=_POOL_LIMITS)
-        )
+        # Made by the first call, in its event loop.
+        self._api: aiohttp.ClientSession | None = None
         self._downloads = httpx.AsyncClient(
             transport=guarded_transport([self._base_url], limits=_POOL_LIMITS),
             trust_env=False,
@@ -182,8 +197,22 @@ class ModelsLabClient:
 
     async def aclose(self) -> None:
         await self._downloads.aclose()
-        if self._owns_http:
-            await self._http.aclose()
+        if self._api is not None:
+            await self._api.close()
+
+    def _api_session(self) -> aiohttp.ClientSession:
+        if self._api is None:
+            connector = aiohttp.TCPConnector(
+                limit=_API_CONNECTIONS,
+                keepalive_timeout=_API_KEEPALIVE_SECONDS,
+                # The same certificate authorities as httpx's downloads.
+                ssl=ssl.create_default_context(cafile=certifi.where()),
+            )
+            # trust_env: an operator's HTTPS_PROXY (and NO_PROXY) applies, as it always has.
+            self._api = aiohttp.ClientSession(
+                connector=connector, trust_env=True, json_serialize=json.dumps
+            )
+        return self._api
 
     # --- generation -----------------------------------------------------------------------
 
@@ -286,30 +315,34 @@ class ModelsLabClient:
         if isinstance(response, _Transient):
             return response
         reply = wire.json_object(response.content)
-        code = response.status_code
+        code = response.status
         if 200 <= code < 300:
             return self._accepted(reply, code)
         if code == 429:
-            return _rate_limit(reply, response.headers.get("retry-after"))
+            return _rate_limit(reply, response.retry_after)
         if code == 408 or code >= 500:
             kind = "timeout" if code in (408, 504) else "server_error"
             return _Transient(f"ModelsLab is unavailable (HTTP {code})", kind=kind)
         raise self._http_error(code, reply, path, operation, provider_id)
 
-    async def _send(self, path: str, body: dict[str, Any]) -> httpx.Response | _Transient:
+    async def _send(self, path: str, body: dict[str, Any]) -> _Answer | _Transient:
         try:
-            return await self._http.post(
+            async with self._api_session().post(
                 self._base_url + path,
                 json=body,
                 headers={"Accept": "application/json"},
                 timeout=self._call_timeout,
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout):
+                allow_redirects=False,
+            ) as response:
+                return _Answer(
+                    response.status, await response.read(), response.headers.get("retry-after")
+                )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
             # Refused, a name that does not resolve, or nothing answering the connect at all.
             return _Transient("could not reach ModelsLab", unreachable=True, kind="unreachable")
-        except httpx.TimeoutException:
+        except TimeoutError:
             return _Transient("ModelsLab did not answer in time", kind="timeout")
-        except (httpx.HTTPError, httpx.StreamError):
+        except aiohttp.ClientError:
             return _Transient("could not reach ModelsLab")
 
     @staticmethod

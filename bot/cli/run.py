@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import signal
 import sys
 from collections.abc import AsyncIterator
 
 from bot.app import HeadshotApp
 from bot.cli.common import Commands, add_demo_flag, service, settings
+from bot.collector import settle_after_start_up
 
 NO_PLATFORM = (
     "no chat platform token set: set DISCORD_TOKEN or TELEGRAM_BOT_TOKEN to connect Discord or "
@@ -33,9 +33,7 @@ async def _run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     # The address is logged once, by the app, as it starts listening.
     async with service(chosen, demo=args.demo, web_port=None) as app, _chat_adapters(app):
-        # What start-up made lives as long as the process: keep it out of the collector's
-        # full passes, each of which would otherwise stall a burst of interactions.
-        gc.freeze()
+        settle_after_start_up()
         await stop.wait()
     return 0
 

@@ -152,6 +152,10 @@ class JobEngine:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._endings: set[asyncio.Task[None]] = set()
         self._nudges: dict[str, asyncio.Event] = {}
+        # The webhook token hash of each job driven here, both ways: a webhook for one of them
+        # is matched without a read (every other token is looked up in the database).
+        self._webhook_jobs: dict[str, str] = {}
+        self._webhook_tokens: dict[str, str] = {}
         self._announced: dict[str, int] = {}
         self._typical: tuple[float, float] | None = None  # (seconds, when worked out)
 
@@ -249,10 +253,22 @@ class JobEngine:
         return True
 
     async def job_for_webhook(self, webhook_token_hash: str) -> str | None:
-        """The unfinished job a provider's webhook token belongs to. Looked up in the database,
-        not in this process's memory: matched whichever process receives it, even after a
-        restart."""
+        """The unfinished job a provider's webhook token belongs to: one driven here by its
+        latest token, else looked up in the database, so that it is matched whichever process
+        receives it, even after a restart."""
+        job_id = self._webhook_jobs.get(webhook_token_hash)
+        if job_id is not None:
+            return job_id
         return await self._jobs.id_for_webhook(webhook_token_hash)
+
+    def _note_webhook_token(self, job_id: str, webhook_token_hash: str | None) -> None:
+        """The job's token is now this one (None: none); its earlier one matches no more."""
+        earlier = self._webhook_tokens.pop(job_id, None)
+        if earlier is not None:
+            self._webhook_jobs.pop(earlier, None)
+        if webhook_token_hash is not None:
+            self._webhook_tokens[job_id] = webhook_token_hash
+            self._webhook_jobs[webhook_token_hash] = job_id
 
     async def wait_idle(self) -> None:
         while self._tasks:
@@ -266,6 +282,7 @@ class JobEngine:
         self._tasks.pop(job_id, None)
         self._nudges.pop(job_id, None)
         self._announced.pop(job_id, None)
+        self._note_webhook_token(job_id, None)
         if not self._stopping:
             self.dispatcher.changed()
 
@@ -318,6 +335,7 @@ class JobEngine:
         if submitted is None:
             raise JobMovedOn
         job = submitted
+        self._note_webhook_token(job.id, submitted.webhook_token_hash)
         request = await self._request_for(job, token)
         result = await self._call_with_retries(job, lambda: self._backend.submit(request))
         return await self._record_result(job, result)

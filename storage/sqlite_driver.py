@@ -1,0 +1,300 @@
+"""SQLite under SQLAlchemy's asyncio engine with one thread hop per statement.
+
+SQLite's calls block, so they run in a thread that owns the connection, never in the event loop.
+The stock driver, aiosqlite, hops to that thread and back for each step of a statement (make a
+cursor, execute, fetch, close) and for the rollback with which the pool resets every connection
+it takes back. Each hop wakes the thread and then the loop, and on the hot path the hops cost
+more CPU than SQLite itself. Here a statement is one hop: its cursor is made, run, read and
+closed in the thread, and a commit or rollback with no transaction open makes none.
+
+Selected by `Database` for every `sqlite+aiosqlite://` URL (the name stays for operators'
+settings); the engine is SQLAlchemy's own SQLite dialect, so SQL, types and pooling are unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
+from sqlalchemy.engine import AdaptedConnection
+from sqlalchemy.util.concurrency import await_
+
+DRIVER_NAME = "headshot_sqlite"
+
+_Row = tuple[Any, ...]
+_Outcome = tuple[Any, list[_Row], int, int | None, bool]
+
+
+class _Thread:
+    """The one thread that touches a connection: calls run there in the order they were sent."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="sqlite", daemon=True)
+        self._thread.start()
+
+    def call(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._calls.put((loop, future, function, args))
+        return future
+
+    def stop(self) -> None:
+        self._calls.put(None)
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            loop, future, function, args = call
+            try:
+                outcome = (function(*args), None)
+            except BaseException as exc:  # handed to the awaiting task, whatever it is
+                outcome = (None, exc)
+            # RuntimeError: the loop has closed, and nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the awaiting task was cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _run(
+    connection: sqlite3.Connection, sql: str, parameters: Any, many: bool, begin: str | None
+) -> _Outcome:
+    cursor = connection.cursor()
+    try:
+        if begin is not None:
+            cursor.execute(begin)
+        if many:
+            cursor.executemany(sql, parameters)
+        elif parameters is None:
+            cursor.execute(sql)
+        else:
+            cursor.execute(sql, parameters)
+        description = cursor.description
+        rows = cursor.fetchall() if description else []
+        return description, rows, cursor.rowcount, cursor.lastrowid, connection.in_transaction
+    finally:
+        cursor.close()
+
+
+class Cursor:
+    """A DB-API cursor whose statement ran, whole, in one hop; its rows are already here."""
+
+    arraysize = 1
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self.description: Any = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self._rows: list[_Row] = []
+        self._next = 0
+
+    def execute(self, sql: str, parameters: Any = None) -> Cursor:
+        if self._connection._defer_begin(sql):
+            self._take((None, [], -1, None, True))
+            return self
+        self._take(self._connection._statement(sql, parameters, False))
+        return self
+
+    def executemany(self, sql: str, parameters: Sequence[Any]) -> Cursor:
+        self._take(self._connection._statement(sql, parameters, True))
+        return self
+
+    def _take(self, outcome: _Outcome) -> None:
+        self.description, self._rows, self.rowcount, self.lastrowid, open_ = outcome
+        self._next = 0
+        self._connection._in_transaction = open_
+
+    def fetchone(self) -> _Row | None:
+        if self._next >= len(self._rows):
+            return None
+        self._next += 1
+        return self._rows[self._next - 1]
+
+    def fetchmany(self, size: int | None = None) -> list[_Row]:
+        end = self._next + (size or self.arraysize)
+        taken = self._rows[self._next : end]
+        self._next += len(taken)
+        return taken
+
+    def fetchall(self) -> list[_Row]:
+        taken = self._rows[self._next :]
+        self._next = len(self._rows)
+        return taken
+
+    def __iter__(self) -> Iterator[_Row]:
+        while (row := self.fetchone()) is not None:
+            yield row
+
+    def close(self) -> None:
+        self._rows = []
+
+    async def _async_soft_close(self) -> None:
+        """SQLAlchemy's asyncio results call this; the real cursor closed in its hop."""
+
+    def setinputsizes(self, *sizes: Any) -> None:
+        pass
+
+    def setoutputsize(self, *args: Any) -> None:
+        pass
+
+
+class Connection(AdaptedConnection):
+    """The sqlite3 connection behind a thread, as the synchronous DB-API SQLAlchemy drives."""
+
+    def __init__(self, thread: _Thread, connection: sqlite3.Connection) -> None:
+        self._thread = thread
+        self._connection = connection
+        self._in_transaction = connection.in_transaction
+        # A BEGIN not sent yet: it goes with the transaction's first statement, in its hop.
+        self._begin: str | None = None
+
+    def _hop(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await_(self._thread.call(function, self._connection, *args))
+
+    def _defer_begin(self, sql: str) -> bool:
+        """Keep a BEGIN for the next statement. SQLite takes no lock and reads nothing until
+        the first statement after BEGIN (DEFERRED), or takes the write lock at once
+        (IMMEDIATE), so running it just before that statement changes nothing but the hop."""
+        if self._in_transaction or sql.lstrip()[:5].upper() != "BEGIN":
+            return False
+        self._begin = sql
+        return True
+
+    def _statement(self, sql: str, parameters: Any, many: bool) -> _Outcome:
+        begin, self._begin = self._begin, None
+        try:
+            outcome: _Outcome = self._hop(_run, sql, parameters, many, begin)
+        except BaseException:
+            if begin is not None:
+                # Whether the BEGIN itself ran, SQLite says: keep its word for the rollback.
+                self._in_transaction = self._connection.in_transaction
+            raise
+        return outcome
+
+    def cursor(self, server_side: bool = False) -> Cursor:
+        return Cursor(self)
+
+    def execute(self, sql: str, parameters: Any = None) -> Cursor:
+        return self.cursor().execute(sql, parameters)
+
+    def commit(self) -> None:
+        if self._unsent():
+            return
+        if self._in_transaction:
+            self._in_transaction = self._hop(_commit)
+
+    def rollback(self) -> None:
+        if self._unsent():
+            return
+        if self._in_transaction:
+            self._in_transaction = self._hop(_rollback)
+
+    def _unsent(self) -> bool:
+        """Ends a transaction whose BEGIN was never sent (it ran no statement): True if so."""
+        if self._begin is None:
+            return False
+        self._begin = None
+        self._in_transaction = False
+        return True
+
+    def close(self) -> None:
+        try:
+            self._hop(sqlite3.Connection.close)
+        finally:
+            self._thread.stop()
+
+    def terminate(self) -> None:
+        self.close()
+
+    @property
+    def isolation_level(self) -> str | None:
+        return self._connection.isolation_level
+
+    @isolation_level.setter
+    def isolation_level(self, value: str | None) -> None:
+        self._hop(_set_isolation_level, value)
+
+    def create_function(self, *args: Any, **kwargs: Any) -> None:
+        self._hop(lambda connection: connection.create_function(*args, **kwargs))
+
+
+def _commit(connection: sqlite3.Connection) -> bool:
+    connection.commit()
+    return connection.in_transaction
+
+
+def _rollback(connection: sqlite3.Connection) -> bool:
+    connection.rollback()
+    return connection.in_transaction
+
+
+def _set_isolation_level(connection: sqlite3.Connection, value: str | None) -> None:
+    connection.isolation_level = value
+
+
+class _DBAPI:
+    """The module-like object SQLAlchemy's dialect reads: sqlite3's names, our `connect`."""
+
+    paramstyle = "qmark"
+    has_stop = True  # read by the aiosqlite dialect this one extends
+
+    def __init__(self) -> None:
+        for name in (
+            *("Error", "DatabaseError", "IntegrityError", "NotSupportedError"),
+            *("OperationalError", "ProgrammingError", "InterfaceError", "InternalError"),
+            *("DataError", "Warning", "sqlite_version", "sqlite_version_info"),
+            *("PARSE_COLNAMES", "PARSE_DECLTYPES", "Binary"),
+        ):
+            setattr(self, name, getattr(sqlite3, name))
+
+    def connect(self, *args: Any, **kwargs: Any) -> Connection:
+        thread = _Thread()
+        # The loop reads nothing from the connection while a call is in its thread.
+        kwargs["check_same_thread"] = False
+        try:
+            connection = await_(thread.call(lambda: sqlite3.connect(*args, **kwargs)))
+        except BaseException:
+            thread.stop()
+            raise
+        return Connection(thread, connection)
+
+
+class SQLiteThreadDialect(SQLiteDialect_aiosqlite):
+    driver = DRIVER_NAME
+    supports_statement_cache = True
+    supports_server_side_cursors = False
+    has_terminate = True
+
+    @classmethod
+    def import_dbapi(cls) -> Any:
+        return _DBAPI()
+
+    def retrieve_dbapi_version(self, dbapi: Any) -> Any:
+        return tuple(sqlite3.sqlite_version_info)
+
+    def get_driver_connection(self, connection: Any) -> Any:
+        return connection._connection
+
+    def do_terminate(self, dbapi_connection: Any) -> None:
+        dbapi_connection.terminate()
+
+
+def register() -> None:
+    """Make `sqlite+headshot_sqlite://` URLs name this dialect (idempotent)."""
+    from sqlalchemy.dialects import registry
+
+    registry.register(f"sqlite.{DRIVER_NAME}", __name__, "SQLiteThreadDialect")
