@@ -175,6 +175,8 @@ async def run(
     async with HeadshotApp(settings, Overrides(timings=timings, local_webhooks=True)) as app:
         settle_after_start_up()  # as `headshot-bot run` does once everything has started
         full_collections = _count_full_collections()
+        group = app.db.group_commit
+        writes, commits = (group.writes, group.transactions) if group else (0, 0)
         with full_collections, around():
             cpu = os.times()
             figures = await _drive(app, jobs, users, selfie, one_at_a_time=one_at_a_time)
@@ -188,6 +190,11 @@ async def run(
         figures["user_ms_per_job"] = (spent.user - cpu.user) * 1000 / jobs
         figures["system_ms_per_job"] = (spent.system - cpu.system) * 1000 / jobs
         figures["full_gc"] = full_collections.count
+        if group is not None:
+            # SQLite's group commit: writes per COMMIT during the run.
+            figures["writes_per_commit"] = (group.writes - writes) / max(
+                1, group.transactions - commits
+            )
         return figures
 
 

@@ -184,6 +184,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # "plain" for a person at a terminal; "json": one JSON object per line, for a log shipper.
     log_format: Literal["plain", "json"] = "plain"
+    # `headshot-bot run`'s event loop: asyncio's own, or uvloop's (pip install uvloop), which
+    # spends less CPU per request (bench/throughput.py --loop uvloop).
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     # This replica's name in JSON logs (the host name when unset).
     replica_name: str | None = None
 

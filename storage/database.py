@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from storage import sqlite_driver
+from storage.group_commit import GroupCommit
+from storage.transactions import transaction
 
 BUSY_TIMEOUT_MS = 30_000
 # NORMAL: in WAL mode a commit is durable once the WAL is synced, at the next checkpoint; a power
@@ -63,24 +64,29 @@ class Database:
             _configure_sqlite(self.engine, sqlite_synchronous)
         self._write_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         # SQLite has one writer at a time. Writers of this process queue here, in the event loop,
-        # rather than inside SQLite, whose busy handler waits by sleeping in growing steps.
-        # Other processes (a CLI beside the service) still meet the busy timeout.
-        self._write_turn = asyncio.Lock() if self.is_sqlite else None
+        # and share COMMITs (storage/group_commit.py). Other processes (a CLI beside the
+        # service) still meet the busy timeout.
+        self.group_commit = GroupCommit(self._write_engine) if self.is_sqlite else None
         # Each open transaction: a future done when it ends (`dispose` waits), and its task.
         self._open: dict[asyncio.Future[None], asyncio.Task[Any]] = {}
         self._closing = False
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """One write transaction: committed on normal exit, rolled back on an exception."""
-        async with contextlib.AsyncExitStack() as stack:
-            if self._write_turn is not None:
-                await stack.enter_async_context(self._write_turn)
-            yield await stack.enter_async_context(self._held(self._write_engine))
+        """One write transaction: committed on normal exit, rolled back on an exception. On
+        SQLite it may share its COMMIT with the writers queued behind it (group commit); it
+        returns once that COMMIT has ended."""
+        async with self._tracked():
+            if self.group_commit is not None:
+                async with self.group_commit.writing() as connection:
+                    yield connection
+            else:
+                async with transaction(self._write_engine) as connection:
+                    yield connection
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._held(self.engine) as connection:
+        async with self._tracked(), transaction(self.engine) as connection:
             yield connection
 
     async def dispose(self, *, grace_seconds: float = 2.0) -> None:
@@ -100,10 +106,13 @@ class Database:
                 for ended in still_open:
                     others[ended].cancel()
             await asyncio.wait(still_open, timeout=grace_seconds)
+        if self.group_commit is not None:
+            await self.group_commit.wait_idle()
         await self.engine.dispose()
 
     @asynccontextmanager
-    async def _held(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    async def _tracked(self) -> AsyncIterator[None]:
+        """A transaction's lifetime, known to `dispose`."""
         if self._closing:
             # The service is stopping: the task ends here, as if cancelled, before it takes a
             # connection that the loop's end would cut short.
@@ -114,70 +123,10 @@ class Database:
         ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._open[ended] = task
         try:
-            async with _transaction(engine) as connection:
-                yield connection
+            yield
         finally:
             del self._open[ended]
             ended.set_result(None)
-
-
-@asynccontextmanager
-async def _transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A transaction whose opening and ending run to completion even when the task using it is
-    cancelled meanwhile (a shutdown cancels every task, sometimes twice). A rollback cut short
-    leaves the connection half reset, which the pool then logs as a traceback; the caller gets
-    its cancellation once the connection is back in the pool. (SQLAlchemy 2.1 already runs its
-    own close to completion; the 2.0 line, which the requirements allow, does not.)"""
-    opening, interrupted = await _settle(_begin(engine))
-    if interrupted:
-        if opening.exception() is None:
-            await _settle(_end(opening.result(), commit=False))
-        raise asyncio.CancelledError
-    connection = opening.result()
-    try:
-        yield connection
-    except BaseException:
-        ending, _ = await _settle(_end(connection, commit=False))
-        if ending.exception() is not None:
-            log.warning("rollback failed: %s", type(ending.exception()).__name__)
-        raise
-    ending, interrupted = await _settle(_end(connection, commit=True))
-    ending.result()
-    if interrupted:
-        raise asyncio.CancelledError
-
-
-async def _begin(engine: AsyncEngine) -> AsyncConnection:
-    connection = await engine.connect()
-    try:
-        await connection.begin()
-    except BaseException:
-        await connection.close()
-        raise
-    return connection
-
-
-async def _end(connection: AsyncConnection, *, commit: bool) -> None:
-    try:
-        if commit:
-            await connection.commit()
-        else:
-            await connection.rollback()
-    finally:
-        await connection.close()
-
-
-async def _settle(step: Coroutine[Any, Any, T]) -> tuple[asyncio.Task[T], bool]:
-    """Run `step` in a task of its own to its end, even if the caller is cancelled meanwhile.
-    Returns the finished task and whether the caller was cancelled while it waited."""
-    task = asyncio.ensure_future(step)
-    interrupted = False
-    while not task.done():
-        try:
-            await asyncio.wait((task,))
-        except asyncio.CancelledError:
-            interrupted = True
-    return task, interrupted
 
 
 # The package extra that installs each database's driver.

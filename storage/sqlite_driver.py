@@ -4,8 +4,11 @@ SQLite's calls block, so they run in a thread that owns the connection, never in
 The stock driver, aiosqlite, hops to that thread and back for each step of a statement (make a
 cursor, execute, fetch, close) and for the rollback with which the pool resets every connection
 it takes back. Each hop wakes the thread and then the loop, and on the hot path the hops cost
-more CPU than SQLite itself. Here a statement is one hop: its cursor is made, run, read and
-closed in the thread, and a commit or rollback with no transaction open makes none.
+more CPU than SQLite itself (each wakes a thread that then waits for the GIL). Here:
+- a statement is one hop: its cursor is made, run, read and closed in the thread;
+- BEGIN, SAVEPOINT and RELEASE go with the statement after them, in its hop;
+- a commit or rollback with no transaction open makes none;
+- a COMMIT that fails is rolled back in the same hop, so the connection comes back clean.
 
 Selected by `Database` for every `sqlite+aiosqlite://` URL (the name stays for operators'
 settings); the engine is SQLAlchemy's own SQLite dialect, so SQL, types and pooling are unchanged.
@@ -70,12 +73,12 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 
 
 def _run(
-    connection: sqlite3.Connection, sql: str, parameters: Any, many: bool, begin: str | None
+    connection: sqlite3.Connection, sql: str, parameters: Any, many: bool, prelude: list[str]
 ) -> _Outcome:
     cursor = connection.cursor()
     try:
-        if begin is not None:
-            cursor.execute(begin)
+        for step in prelude:
+            cursor.execute(step)
         if many:
             cursor.executemany(sql, parameters)
         elif parameters is None:
@@ -103,7 +106,7 @@ class Cursor:
         self._next = 0
 
     def execute(self, sql: str, parameters: Any = None) -> Cursor:
-        if self._connection._defer_begin(sql):
+        if not parameters and self._connection._defer(sql):
             self._take((None, [], -1, None, True))
             return self
         self._take(self._connection._statement(sql, parameters, False))
@@ -159,29 +162,39 @@ class Connection(AdaptedConnection):
         self._thread = thread
         self._connection = connection
         self._in_transaction = connection.in_transaction
-        # A BEGIN not sent yet: it goes with the transaction's first statement, in its hop.
-        self._begin: str | None = None
+        # BEGIN, SAVEPOINT and RELEASE not sent yet: they go with the next statement, in its
+        # hop, and a commit or rollback that comes first makes them moot.
+        self._prelude: list[str] = []
 
     def _hop(self, function: Callable[..., Any], *args: Any) -> Any:
         return await_(self._thread.call(function, self._connection, *args))
 
-    def _defer_begin(self, sql: str) -> bool:
-        """Keep a BEGIN for the next statement. SQLite takes no lock and reads nothing until
-        the first statement after BEGIN (DEFERRED), or takes the write lock at once
-        (IMMEDIATE), so running it just before that statement changes nothing but the hop."""
-        if self._in_transaction or sql.lstrip()[:5].upper() != "BEGIN":
+    def _defer(self, sql: str) -> bool:
+        """Keep a transaction's BEGIN, or a savepoint's start or release, for the next
+        statement. Nothing in between reads or writes, so running them just before it changes
+        nothing but the hop: SQLite takes no lock until the first statement after BEGIN
+        (DEFERRED), or takes the write lock at once (IMMEDIATE) just as it would have."""
+        word = sql.lstrip()[:9].upper()
+        if word.startswith("BEGIN") and not self._in_transaction:
+            self._in_transaction = True
+        elif not (word.startswith(("SAVEPOINT", "RELEASE")) and self._in_transaction):
             return False
-        self._begin = sql
+        self._prelude.append(sql)
         return True
 
+    def savepoint(self, name: str) -> None:
+        """Start a savepoint inside the open transaction, sent with the next statement. Left to
+        the COMMIT to release; `ROLLBACK TO SAVEPOINT <name>` undoes what followed it."""
+        if not self._defer(f"SAVEPOINT {name}"):
+            raise RuntimeError("a savepoint needs an open transaction")
+
     def _statement(self, sql: str, parameters: Any, many: bool) -> _Outcome:
-        begin, self._begin = self._begin, None
+        prelude, self._prelude = self._prelude, []
         try:
-            outcome: _Outcome = self._hop(_run, sql, parameters, many, begin)
+            outcome: _Outcome = self._hop(_run, sql, parameters, many, prelude)
         except BaseException:
-            if begin is not None:
-                # Whether the BEGIN itself ran, SQLite says: keep its word for the rollback.
-                self._in_transaction = self._connection.in_transaction
+            # What the prelude began, SQLite says: its word for the rollback to come.
+            self._in_transaction = self._connection.in_transaction
             raise
         return outcome
 
@@ -195,7 +208,11 @@ class Connection(AdaptedConnection):
         if self._unsent():
             return
         if self._in_transaction:
-            self._in_transaction = self._hop(_commit)
+            try:
+                self._in_transaction = self._hop(_commit)
+            except BaseException:
+                self._in_transaction = self._connection.in_transaction
+                raise
 
     def rollback(self) -> None:
         if self._unsent():
@@ -204,10 +221,11 @@ class Connection(AdaptedConnection):
             self._in_transaction = self._hop(_rollback)
 
     def _unsent(self) -> bool:
-        """Ends a transaction whose BEGIN was never sent (it ran no statement): True if so."""
-        if self._begin is None:
+        """Drops the prelude (a COMMIT releases every savepoint, a ROLLBACK undoes them). True
+        if the transaction's BEGIN was in it: nothing was sent, and there is nothing to end."""
+        prelude, self._prelude = self._prelude, []
+        if not any(step.lstrip()[:5].upper() == "BEGIN" for step in prelude):
             return False
-        self._begin = None
         self._in_transaction = False
         return True
 
@@ -233,7 +251,13 @@ class Connection(AdaptedConnection):
 
 
 def _commit(connection: sqlite3.Connection) -> bool:
-    connection.commit()
+    try:
+        connection.commit()
+    except sqlite3.Error:
+        # A COMMIT that failed (a deferred constraint, a full disk) leaves the transaction open;
+        # the caller hears that nothing was kept, so nothing is: the connection comes back clean.
+        connection.rollback()
+        raise
     return connection.in_transaction
 
 

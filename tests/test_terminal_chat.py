@@ -242,6 +242,36 @@ async def test_run_without_tokens_points_to_the_terminal_chat_and_logs_its_addre
     assert "headshot-bot chat --demo" in pointer
 
 
+async def test_run_on_uvloop_when_event_loop_says_so(tmp_path: Path) -> None:
+    env = {
+        **{"DATA_DIR": str(tmp_path / "data"), "WEB_PORT": "0", "LOG_LEVEL": "INFO"},
+        "EVENT_LOOP": "uvloop",
+    }
+    run = await Process.start("run", "--demo", cwd=tmp_path, env=env)
+    try:
+        assert run.process.stderr is not None
+        said: list[str] = []
+        while not any("listening on http://" in line for line in said):
+            raw = await asyncio.wait_for(run.process.stderr.readline(), STEP_SECONDS)
+            assert raw, said
+            said.append(raw.decode())
+        run.process.send_signal(signal.SIGINT)
+        status, rest = await run.ended()
+    finally:
+        run.kill()
+    assert status == 0, rest
+    assert any(line.rstrip().endswith("event loop: uvloop") for line in said), said
+
+
+async def test_an_unknown_event_loop_is_one_line(tmp_path: Path) -> None:
+    env = {"DATA_DIR": str(tmp_path / "data"), "EVENT_LOOP": "trio"}
+    run = await Process.start("run", "--demo", cwd=tmp_path, env=env)
+    status, errors = await run.ended()
+    assert status == 2
+    [line] = errors.strip().splitlines()
+    assert line.startswith("headshot-bot: invalid setting EVENT_LOOP: "), line
+
+
 # ---- the adapter in-process --------------------------------------------------------------------
 
 

@@ -4,13 +4,13 @@ command; each registers its own parser."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
 from bot.cli import chat, generate, gpu_worker, migrate, models, run, simulate
 from bot.cli.common import CliError, OneLineParser, package_version
-from bot.config import ConfigError
+from bot.config import ConfigError, load_settings
+from bot.event_loop import loop_runner
 from bot.generation import RequestRefused
 
 __all__ = ["CliError", "main"]
@@ -19,7 +19,11 @@ __all__ = ["CliError", "main"]
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return asyncio.run(args.handler(args))
+        # A long-running command's loop is the operator's choice (EVENT_LOOP).
+        choice = (
+            load_settings().event_loop if getattr(args, "event_loop_setting", False) else "asyncio"
+        )
+        return loop_runner(choice)(args.handler(args))
     except (CliError, ConfigError, RequestRefused) as exc:
         print(f"headshot-bot: {exc}", file=sys.stderr)
         return 2

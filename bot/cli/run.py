@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -12,6 +13,9 @@ from collections.abc import AsyncIterator
 from bot.app import HeadshotApp
 from bot.cli.common import Commands, add_demo_flag, service, settings
 from bot.collector import settle_after_start_up
+from bot.event_loop import loop_name
+
+log = logging.getLogger(__name__)
 
 NO_PLATFORM = (
     "no chat platform token set: set DISCORD_TOKEN or TELEGRAM_BOT_TOKEN to connect Discord or "
@@ -22,7 +26,7 @@ NO_PLATFORM = (
 def register(commands: Commands) -> None:
     run = commands.add_parser("run", help="run the service: web server, dispatcher, poller")
     add_demo_flag(run)
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=_run, event_loop_setting=True)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -31,6 +35,7 @@ async def _run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    log.info("event loop: %s", loop_name())
     # The address is logged once, by the app, as it starts listening.
     async with service(chosen, demo=args.demo, web_port=None) as app, _chat_adapters(app):
         settle_after_start_up()
