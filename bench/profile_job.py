@@ -204,7 +204,8 @@ def sampled_budget(raw: Path, rate: int, jobs: int) -> tuple[dict[str, float], d
 @contextlib.contextmanager
 def sampled(raw: Path, rate: int) -> Iterator[None]:
     """py-spy attached to this process while entered; its raw stacks written to `raw`."""
-    spy = shutil.which("py-spy")
+    beside = Path(sys.executable).with_name("py-spy")  # a virtual environment not activated
+    spy = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
     if spy is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     process = subprocess.Popen(

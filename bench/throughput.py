@@ -5,8 +5,10 @@ processing time, own process) -> webhook -> fetch -> re-host -> commit.
 
 Prints jobs/s, the bot process's CPU milliseconds per job (user and system), acknowledgement
 latency (request accepted and its credit reserved), latency from the webhook's arrival to the
-re-hosted image, the bot process's peak RSS, and the full (generation-2) garbage collections
-during the run. Run it a few times: report the median (`--rounds`).
+re-hosted image, the bot process's peak RSS, the full (generation-2) garbage collections during
+the run, on SQLite the writes per COMMIT, and the CPU per job of the processes sharing the cores
+with the bot: the simulator and the image decode workers. Run it a few times: report the median
+(`--rounds`).
 
 Each user sends the benchmark's selfie: a generated 256x320 JPEG with no face, so the face check
 and the identity gate are off. `--faces on` turns both on and sends the example selfie
@@ -52,6 +54,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 from PIL import Image
 
 # `python bench/throughput.py` puts bench/ on sys.path, not the repository root: add the root
@@ -177,10 +180,13 @@ async def run(
         full_collections = _count_full_collections()
         group = app.db.group_commit
         writes, commits = (group.writes, group.transactions) if group else (0, 0)
+        others = _Helpers(sim_port, app.images.pids)
         with full_collections, around():
             cpu = os.times()
+            others.start()
             figures = await _drive(app, jobs, users, selfie, one_at_a_time=one_at_a_time)
             spent = os.times()
+            figures.update(others.ms_per_job(jobs))
         undo_settling()
         if metrics:
             figures["scrape_ms"] = await _scrape_ms(app)
@@ -196,6 +202,36 @@ async def run(
                 1, group.transactions - commits
             )
         return figures
+
+
+class _Helpers:
+    """The CPU of the processes beside the bot on the same cores: the simulator (found by the
+    port it listens on) and the image decode workers."""
+
+    def __init__(self, sim_port: int, image_worker_pids: list[int]) -> None:
+        listening = [
+            c.pid
+            for c in psutil.net_connections("tcp")
+            if c.laddr and c.laddr.port == sim_port and c.status == psutil.CONN_LISTEN and c.pid
+        ]
+        self._groups = {
+            "simulator_ms_per_job": [psutil.Process(pid) for pid in listening[:1]],
+            "image_workers_ms_per_job": [psutil.Process(pid) for pid in image_worker_pids],
+        }
+        self._before: dict[str, float] = {}
+
+    def _cpu(self, name: str) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self._groups[name])
+
+    def start(self) -> None:
+        self._before = {name: self._cpu(name) for name in self._groups}
+
+    def ms_per_job(self, jobs: int) -> dict[str, float]:
+        return {
+            name: (self._cpu(name) - self._before[name]) * 1000 / jobs
+            for name, processes in self._groups.items()
+            if processes
+        }
 
 
 class _count_full_collections(contextlib.AbstractContextManager["_count_full_collections"]):

@@ -215,15 +215,15 @@ async def test_an_unwritable_out_folder_is_one_line_before_anything_starts(
 # ---- `run`: what it says at start ------------------------------------------------------------
 
 
-async def test_run_without_tokens_points_to_the_terminal_chat_and_logs_its_address_once(
-    tmp_path: Path,
-) -> None:
-    env = {"DATA_DIR": str(tmp_path / "data"), "WEB_PORT": "0", "LOG_LEVEL": "INFO"}
+async def _run_until(tmp_path: Path, said_last: str, **env: str) -> tuple[list[str], str]:
+    """`headshot-bot run --demo` until it says `said_last`, then stopped with SIGINT: the lines
+    it said until then, and the rest of its output. It must stop with status 0."""
+    env = {"DATA_DIR": str(tmp_path / "data"), "WEB_PORT": "0", "LOG_LEVEL": "INFO", **env}
     run = await Process.start("run", "--demo", cwd=tmp_path, env=env)
     try:
         assert run.process.stderr is not None
         said: list[str] = []
-        while not any("no chat platform token set" in line for line in said):
+        while not any(said_last in line for line in said):
             raw = await asyncio.wait_for(run.process.stderr.readline(), STEP_SECONDS)
             assert raw, said
             said.append(raw.decode())
@@ -232,6 +232,13 @@ async def test_run_without_tokens_points_to_the_terminal_chat_and_logs_its_addre
     finally:
         run.kill()
     assert status == 0, rest
+    return said, rest
+
+
+async def test_run_without_tokens_points_to_the_terminal_chat_and_logs_its_address_once(
+    tmp_path: Path,
+) -> None:
+    said, rest = await _run_until(tmp_path, "no chat platform token set")
     everything = "".join(said) + rest
     addresses = set(re.findall(r"http://127\.0\.0\.1:\d+", everything))
     assert addresses, everything
@@ -243,23 +250,7 @@ async def test_run_without_tokens_points_to_the_terminal_chat_and_logs_its_addre
 
 
 async def test_run_on_uvloop_when_event_loop_says_so(tmp_path: Path) -> None:
-    env = {
-        **{"DATA_DIR": str(tmp_path / "data"), "WEB_PORT": "0", "LOG_LEVEL": "INFO"},
-        "EVENT_LOOP": "uvloop",
-    }
-    run = await Process.start("run", "--demo", cwd=tmp_path, env=env)
-    try:
-        assert run.process.stderr is not None
-        said: list[str] = []
-        while not any("listening on http://" in line for line in said):
-            raw = await asyncio.wait_for(run.process.stderr.readline(), STEP_SECONDS)
-            assert raw, said
-            said.append(raw.decode())
-        run.process.send_signal(signal.SIGINT)
-        status, rest = await run.ended()
-    finally:
-        run.kill()
-    assert status == 0, rest
+    said, _ = await _run_until(tmp_path, "listening on http://", EVENT_LOOP="uvloop")
     assert any(line.rstrip().endswith("event loop: uvloop") for line in said), said
 
 
