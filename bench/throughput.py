@@ -181,12 +181,12 @@ async def run(
         group = app.db.group_commit
         writes, commits = (group.writes, group.transactions) if group else (0, 0)
         others = _Helpers(sim_port, app.images.pids)
+        others.start()
         with full_collections, around():
             cpu = os.times()
-            others.start()
             figures = await _drive(app, jobs, users, selfie, one_at_a_time=one_at_a_time)
             spent = os.times()
-            figures.update(others.ms_per_job(jobs))
+        figures.update(others.ms_per_job(jobs))
         undo_settling()
         if metrics:
             figures["scrape_ms"] = await _scrape_ms(app)
