@@ -29,7 +29,8 @@ Figures, per run and the median over --runs runs:
    `acked_at - sent_at` (time.monotonic() in the fake's process: the INTERACTION_CREATE frame
    going out to the deferral arriving). Printed: p50 / p99 / max in ms (aim: p99 ≤ 300 ms at 500
    concurrent), how many were acknowledged, how many answers were "Got it…" (queued) and how
-   many were refusals, and how long until every answer was in.
+   many were refusals, how long until every answer was in, and the bot's CPU per interaction
+   over that time (this process's user and system time).
 2. completion -> final message: with the provider full (--cap jobs at the simulator, the rest
    waiting in the bot's dispatcher), the simulator completes --complete of them, oldest first,
    at --rate per second, noting time.time() at each; the fake Discord notes the wall-clock time
@@ -312,6 +313,8 @@ class Run:
     answered_in_s: float
     finals_ms: list[float]
     completed: int  # jobs the simulator completed: the final messages expected
+    # The bot's CPU (this process) from firing the interactions to every answer in, per one.
+    intake_cpu_ms: float = float("nan")
 
     @property
     def refusals(self) -> Counter[str]:
@@ -325,6 +328,7 @@ class Run:
             "refused": self.refusals.total(),
             "unanswered": self.answers[NO_ANSWER],
             "answered in s": self.answered_in_s,
+            "intake CPU ms": self.intake_cpu_ms,
             **_spread("final", self.finals_ms),
             "finals shown": len(self.finals_ms),
         }
@@ -370,7 +374,9 @@ async def one_run(args: argparse.Namespace, faces: bool) -> Run:
 
 
 async def measure(args: argparse.Namespace, fake: Helper, sim: Helper, *, example: bool) -> Run:
+    cpu = os.times()
     fired = await fake.post("/fire", {"n": args.n, "timeout": ANSWER_TIMEOUT, "example": example})
+    spent = os.times()
     acks = [i["ack"] * 1000 for i in fired["interactions"] if i["ack"] is not None]
     answers = Counter(_kind_of(i["answer"]) for i in fired["interactions"])
     queued = answers[QUEUED]
@@ -382,7 +388,8 @@ async def measure(args: argparse.Namespace, fake: Helper, sim: Helper, *, exampl
     await sim.post("/complete", {"count": sample, "rate": args.rate})
     completed = await _wait_completed(sim, sample, sample / args.rate + 60)
     finals = await _wait_finals(fake, completed)
-    return Run(acks, answers, fired["answered_in"], finals, len(completed))
+    intake_cpu = (spent.user + spent.system - cpu.user - cpu.system) * 1000 / args.n
+    return Run(acks, answers, fired["answered_in"], finals, len(completed), intake_cpu)
 
 
 def _kind_of(answer: str | None) -> str:
@@ -461,7 +468,8 @@ def print_run(index: int, run: Run, n: int) -> None:
         f"{f['ack max ms']:.0f} ms, {len(run.acks_ms)}/{n} acknowledged; answers: "
         f"{f['queued']:.0f} queued, {f['refused']:.0f} refused, {f['unanswered']:.0f} none"
         + (f" (refusals: {dict(run.refusals)})" if run.refusals else "")
-        + f", all in by {run.answered_in_s:.1f} s; completion -> final message p50 "
+        + f", all in by {run.answered_in_s:.1f} s ({run.intake_cpu_ms:.1f} ms of the bot's CPU "
+        "each); completion -> final message p50 "
         f"{f['final p50 ms']:.0f} / p99 {f['final p99 ms']:.0f} / max {f['final max ms']:.0f} "
         f"ms, {len(run.finals_ms)}/{run.completed} shown",
         flush=True,

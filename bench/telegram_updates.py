@@ -36,11 +36,12 @@ each of two rate limiters:
 Figures: updates/s (N over the time from the first post to the last first status message),
 p50 / p99 / max of update -> first status message, how many got one, and how many jobs ended
 with a result photo at the fake within --result-window seconds of the first post (counted, not
-required; the same window in both modes). Also per run: how long the posts took, posts the bot
-did not answer 2xx, the Bot API calls made and any answers other than 200, the bot's
-WARNING-or-worse log records (printed to stderr as they happen), the simulator's (its webhooks
-to the bot failing, say), and how long the adapter took to stop at the end, with every job's
-delivery still in flight.
+required; the same window in both modes), and the bot's CPU per update from the first post to
+the end of that window (this process's user and system time). Also per run: how long the posts
+took, posts the bot did not answer 2xx, the Bot API calls made and any answers other than 200,
+the bot's WARNING-or-worse log records (printed to stderr as they happen), the simulator's (its
+webhooks to the bot failing, say), and how long the adapter took to stop at the end, with every
+job's delivery still in flight.
 """
 
 from __future__ import annotations
@@ -372,6 +373,9 @@ class Run:
     results: int  # within the results window
     refused: Counter[str]
     methods: Counter[str]
+    # The bot's CPU (this process: the service and the adapter) from the first post to the end
+    # of the results window, per update.
+    cpu_ms_per_update: float = float("nan")
     log: Counter[str] = field(default_factory=Counter)
     simulator_log: Counter[str] = field(default_factory=Counter)
     stop_s: float = float("nan")  # how long the adapter took to stop, deliveries in flight
@@ -382,6 +386,7 @@ class Run:
             **_spread(self.delays_ms),
             "status": len(self.delays_ms),
             "results": self.results,
+            "CPU ms/upd": self.cpu_ms_per_update,
         }
 
 
@@ -451,6 +456,7 @@ async def one_run(args: argparse.Namespace, mode: str) -> Run:
 
 
 async def measure(args: argparse.Namespace, mode: str, fake: Helper) -> Run:
+    cpu = os.times()
     fired = await fake.post("/fire", {"timeout": STATUS_TIMEOUT})
     posts = fired["posts"]
     first = min(post["posted_at"] for post in posts)
@@ -464,6 +470,7 @@ async def measure(args: argparse.Namespace, mode: str, fake: Helper) -> Run:
         if report["results"] >= args.n or time.monotonic() >= deadline:
             break
         await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+    spent = os.times()
     return Run(
         mode=mode,
         n=args.n,
@@ -475,6 +482,7 @@ async def measure(args: argparse.Namespace, mode: str, fake: Helper) -> Run:
         results=report["results"],
         refused=Counter(report["refused"]),
         methods=Counter(report["methods"]),
+        cpu_ms_per_update=(spent.user + spent.system - cpu.user - cpu.system) * 1000 / args.n,
     )
 
 
@@ -502,7 +510,7 @@ def settings_line(args: argparse.Namespace) -> str:
     )
 
 
-COLUMNS = ("updates/s", "p50 ms", "p99 ms", "max ms", "status", "results")
+COLUMNS = ("updates/s", "p50 ms", "p99 ms", "max ms", "status", "results", "CPU ms/upd")
 
 
 def header() -> str:
@@ -513,7 +521,8 @@ def row(mode: str, label: str, figures: dict[str, float]) -> str:
     cells = []
     for name in COLUMNS:
         value = figures[name]
-        cells.append(f"{value:>10.0f}" if name != "updates/s" else f"{value:>10.1f}")
+        decimals = 1 if name in ("updates/s", "CPU ms/upd") else 0
+        cells.append(f"{value:>10.{decimals}f}")
     return f"{mode:<11} {label:>6} " + " ".join(cells)
 
 

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class Database:
-    """Owns the engine. `write()` is one serialised transaction; `read()` a consistent snapshot.
+    """Owns the engine. `write()` is one serialised write (on SQLite it may share its COMMIT
+    with the writes queued behind it: storage/group_commit.py); `read()` a consistent snapshot.
 
     Both hand out Core connections: the repositories speak SQL expressions, not ORM sessions,
     which costs a fraction of the CPU on the hot path of every job.

@@ -46,7 +46,8 @@ class _Chain:
     driver: SQLiteConnection
     committed: asyncio.Future[None]
     writers: int = 0
-    # Why the chain cannot be committed: a savepoint that could not be ended.
+    # Why the chain cannot be committed: a failed writer whose savepoint could not be rolled
+    # back (SQLite had already rolled the whole transaction back, say).
     broken: BaseException | None = None
 
 

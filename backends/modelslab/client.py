@@ -1,9 +1,10 @@
 """The ModelsLab backend: submit, fetch and download over HTTP, with bounded retries.
 
 API calls (submit, fetch) go through aiohttp's client, to the configured base URL only, over
-kept-alive connections: on the hot path of every job it costs a small fraction of httpx's CPU
-per call (bench/profile_job.py). Output downloads, whose links come from the provider's answers,
-go through httpx and the guarded transport (`backends.guarded_http`).
+kept-alive connections: they are on the hot path of every job, and aiohttp costs about a
+twentieth of httpx's CPU per call (bench/http_clients.py). Output downloads, whose links come
+from the provider's answers, go through httpx and the guarded transport
+(`backends.guarded_http`).
 
 The API key travels in every JSON body, so it must never reach anything that outlives a call:
 exceptions are built from our own words (plus the provider's sanitised message), and every
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import random
 import re
@@ -209,9 +209,7 @@ class ModelsLabClient:
                 ssl=ssl.create_default_context(cafile=certifi.where()),
             )
             # trust_env: an operator's HTTPS_PROXY (and NO_PROXY) applies, as it always has.
-            self._api = aiohttp.ClientSession(
-                connector=connector, trust_env=True, json_serialize=json.dumps
-            )
+            self._api = aiohttp.ClientSession(connector=connector, trust_env=True)
         return self._api
 
     # --- generation -----------------------------------------------------------------------
