@@ -63,10 +63,6 @@ from bot.jobs.event_bus import Subscription
 from storage import ledger
 
 STAGE: contextvars.ContextVar[str] = contextvars.ContextVar("bench_stage", default="")
-STAGE_ORDER = [
-    *("intake", "reserve", "dispatch", "submit", "webhook"),
-    *("fetch", "re-host", "commit", "deliver"),
-]
 # (owner, attribute, stage): each coroutine function noting its stage while it runs.
 STAGED: list[tuple[Any, str, str]] = [
     (GenerationService, "request", "intake"),
@@ -79,6 +75,7 @@ STAGED: list[tuple[Any, str, str]] = [
     (JobEngine, "_succeed", "commit"),
     (Subscription, "__anext__", "deliver"),
 ]
+STAGE_ORDER = list(dict.fromkeys(stage for _, _, stage in STAGED))
 LIBRARIES = {
     "SQL": ("sqlalchemy/", "aiosqlite/", "storage/sqlite_driver.py", "psycopg/", "sqlite3/"),
     "HTTP": ("httpx/", "httpcore/", "h11/", "aiohttp/", "anyio/", "yarl/", "multidict/"),

@@ -50,9 +50,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 from PIL import Image
@@ -64,14 +64,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bot.app import HeadshotApp, Overrides
 from bot.collector import settle_after_start_up, undo_settling
 from bot.config import Settings, load_settings
+from bot.event_loop import loop_runner
 from bot.generation import GenerationRequest
 from bot.jobs.engine import EngineTimings
 from bot.jobs.events import Completed, Failed
 from storage.database import SQLITE_SYNCHRONOUS
 from tests.conftest import EXAMPLE_SELFIE
 from tests.databases import fresh_postgres_database
-
-T = TypeVar("T")
 
 
 def _free_port() -> int:
@@ -103,6 +102,10 @@ async def _wait_until_listening(port: int) -> None:
     raise RuntimeError("the simulator did not start")
 
 
+# The process of each simulator `simulator_process` runs, by its port (for its CPU time).
+SIMULATOR_PIDS: dict[int, int] = {}
+
+
 @contextlib.contextmanager
 def simulator_process(cap: int, processing_seconds: float = 0.001) -> Iterator[int]:
     """The simulator in its own process, as the real provider is elsewhere; yields its port."""
@@ -115,9 +118,11 @@ def simulator_process(cap: int, processing_seconds: float = 0.001) -> Iterator[i
         env={**os.environ, "LOG_LEVEL": "WARNING"},
         stderr=subprocess.DEVNULL,
     )
+    SIMULATOR_PIDS[port] = process.pid
     try:
         yield port
     finally:
+        del SIMULATOR_PIDS[port]
         process.terminate()
         process.wait()
 
@@ -205,17 +210,13 @@ async def run(
 
 
 class _Helpers:
-    """The CPU of the processes beside the bot on the same cores: the simulator (found by the
-    port it listens on) and the image decode workers."""
+    """The CPU of the processes beside the bot on the same cores: the simulator (when
+    `simulator_process` runs it) and the image decode workers."""
 
     def __init__(self, sim_port: int, image_worker_pids: list[int]) -> None:
-        listening = [
-            c.pid
-            for c in psutil.net_connections("tcp")
-            if c.laddr and c.laddr.port == sim_port and c.status == psutil.CONN_LISTEN and c.pid
-        ]
+        simulator = SIMULATOR_PIDS.get(sim_port)
         self._groups = {
-            "simulator_ms_per_job": [psutil.Process(pid) for pid in listening[:1]],
+            "simulator_ms_per_job": [psutil.Process(simulator)] if simulator else [],
             "image_workers_ms_per_job": [psutil.Process(pid) for pid in image_worker_pids],
         }
         self._before: dict[str, float] = {}
@@ -360,15 +361,6 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
 
 
-def event_loop_runner(loop: str) -> Callable[[Coroutine[Any, Any, T]], T]:
-    """asyncio.run, on uvloop's loop if asked."""
-    if loop == "asyncio":
-        return asyncio.run
-    import uvloop
-
-    return uvloop.run
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_options(parser)
@@ -377,7 +369,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=1, help="runs of each setting")
     args = parser.parse_args()
-    run_loop = event_loop_runner(args.loop)
+    run_loop = loop_runner(args.loop)
     settings = {"on": [True], "off": [False], "both": [True, False]}[args.metrics]
     runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
     selfie = "the example selfie" if args.faces == "on" else "a generated 256x320 JPEG"

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -24,7 +24,6 @@ BUSY_TIMEOUT_MS = 30_000
 SQLITE_SYNCHRONOUS = ("NORMAL", "FULL")
 sqlite_driver.register()
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 

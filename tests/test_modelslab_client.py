@@ -768,6 +768,8 @@ class Scripted:
     def __init__(self) -> None:
         self.replies: list[Callable[[], web.StreamResponse]] = []
         self.paths: list[str] = []
+        # Each request's client address: the TCP connection it came over.
+        self.peers: list[object] = []
         self.base_url = ""
 
     def add(
@@ -792,6 +794,7 @@ class Scripted:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         await request.read()
         self.paths.append(request.path)
+        self.peers.append(request.transport and request.transport.get_extra_info("peername"))
         return self.replies.pop(0)()
 
 
@@ -1073,30 +1076,15 @@ async def test_nothing_listening_is_heard_as_unreachable(sleeps: Sleeps) -> None
     assert outcomes == ["unreachable", "unreachable"]
 
 
-async def test_api_calls_reuse_one_kept_alive_connection() -> None:
+async def test_api_calls_reuse_one_kept_alive_connection(
+    scripted: Scripted, scripted_client: ModelsLabClient
+) -> None:
     """Calls one after another go over one TCP connection to the provider, kept open between
     them: no connect (and no TLS handshake, on https) per call."""
-    peers: list[tuple[str, int]] = []
-
-    async def fetch(request: web.Request) -> web.Response:
-        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
-        await request.read()
-        return web.json_response({"status": "processing", "id": 7, "output": "", "eta": 5})
-
-    app = web.Application()
-    app.router.add_post("/api/v6/image_editing/fetch/{id}", fetch)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        async with ModelsLabClient(KEY, base_url) as client:
-            for _ in range(10):
-                result = await client.fetch(Operation.HEADSHOT, "7")
-                assert result.status is ResultStatus.PROCESSING
-                await asyncio.sleep(0.05)
-    finally:
-        await runner.cleanup()
-    assert len(peers) == 10
-    assert len(set(peers)) == 1, peers
+    scripted.add(body={"status": "processing", "id": 7, "output": "", "eta": 5}, times=10)
+    for _ in range(10):
+        result = await scripted_client.fetch(Operation.HEADSHOT, "7")
+        assert result.status is ResultStatus.PROCESSING
+        await asyncio.sleep(0.05)
+    assert len(scripted.peers) == 10
+    assert len(set(scripted.peers)) == 1, scripted.peers
