@@ -4,6 +4,8 @@ come from what a user typed."""
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
@@ -93,9 +95,24 @@ async def test_a_scrape_counts_what_happened_in_a_real_run(discord_world: World)
     await discord_world.no_deliveries_owed()
     await app.engine.wait_idle()
 
-    status, exposition = await scrape(f"{app.base_url}/metrics")
+    def sent_to_discord() -> int:
+        return sum(
+            1
+            for method, path in fake.requests
+            if method in ("POST", "PATCH") and "/messages" in path
+        )
+
+    # A message is counted once Discord has answered it: one the fake has just received may be
+    # a moment from its count. The scrape is taken once the two agree (or 5 s have passed).
+    deadline = asyncio.get_running_loop().time() + 5
+    while True:
+        status, exposition = await scrape(f"{app.base_url}/metrics")
+        found = samples(exposition)
+        counted = value(found, "headshot_chat_messages_sent_total", platform="discord")
+        if counted == sent_to_discord() or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)
     assert status == 200
-    found = samples(exposition)
     jobs = 4
     assert value(found, "headshot_jobs_queued_total", operation="headshot") == jobs
     ended = {"operation": "headshot", "backend": "modelslab"}
