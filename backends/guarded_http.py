@@ -1,24 +1,29 @@
-"""An httpx transport that dials only public addresses, and the few origins we chose ourselves.
+"""Downloads that dial only public addresses, and the few origins we chose ourselves.
 
-For downloads from links someone else hands us (a provider's output links, and wherever they
-redirect): they must not reach our loopback, our LAN or the cloud metadata service.
+For links someone else hands us (a provider's output links, and wherever they redirect): they
+must not reach our loopback, our LAN or the cloud metadata service.
 
-The check sits where the connection is made, in httpcore's network backend: the host name is
-resolved once, every address must pass `backends.addresses.is_public_address`, and only those
-checked addresses are dialled, so no second lookup can answer differently (DNS rebinding). Every
-new connection goes through it, a redirect's included, while TLS still verifies the host name.
-A trusted origin (the provider's configured base URL: the simulator on loopback in tests and
-`--demo`) is dialled as is.
+The check sits where connections are made, in aiohttp's connector: a host name is resolved
+once, by `GuardedResolver`, every address must pass `backends.addresses.is_public_address`, and
+only those checked addresses are dialled, so no second lookup can answer differently (DNS
+rebinding); TLS still verifies the host name. aiohttp dials an address literal without asking
+the resolver, so `GuardedDownloads` checks a literal itself, on every hop: redirects are
+followed here, one checked hop at a time. A trusted origin (the provider's configured base URL:
+the simulator on loopback in tests and `--demo`) is dialled as is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 
-import httpcore
-import httpx
+import aiohttp
+import certifi
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from backends.addresses import (
     AddressPolicy,
@@ -28,123 +33,156 @@ from backends.addresses import (
     parse_address,
 )
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class AddressRefused(Exception):
     """A connection would have reached an address the policy refuses.
 
-    httpx passes it through unchanged (it maps only httpcore's own errors).
+    Not an OSError, so aiohttp's connector passes it through rather than calling it a failed
+    lookup.
     """
 
 
-def origin_key(url: str) -> tuple[str, int]:
-    """(host, port) as httpcore names the connection it opens for `url`."""
-    parsed = httpx.URL(url)
-    port = parsed.port if parsed.port is not None else _DEFAULT_PORTS.get(parsed.scheme, 0)
-    return parsed.raw_host.decode("ascii").lower(), port
+class TooManyRedirects(Exception):
+    """A link redirected more times than a download allows."""
 
 
-class GuardedNetwork(httpcore.AsyncNetworkBackend):
-    """httpcore network backend that checks every address before connecting to it."""
+def origin_key(url: str | URL) -> tuple[str, int]:
+    """(host, port) as aiohttp's connector names the connection it opens for `url`."""
+    parsed = URL(url)
+    if parsed.raw_host is None or parsed.port is None:
+        raise ValueError("the URL has no host")
+    return parsed.raw_host.lower(), parsed.port
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp resolver that refuses a name unless every address it has passes the policy."""
 
     def __init__(
         self,
-        inner: httpcore.AsyncNetworkBackend,
         *,
-        trusted: Iterable[tuple[str, int]] = (),
-        allowed: AddressPolicy = is_public_address,
-        resolver: Resolver | None = None,
+        trusted: frozenset[tuple[str, int]],
+        allowed: AddressPolicy,
+        resolver: Resolver,
     ) -> None:
-        self._inner = inner
-        self._trusted = frozenset(trusted)
+        self._trusted = trusted
         self._allowed = allowed
-        self._resolver: Resolver = resolver or SystemResolver()
+        self._resolver = resolver
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        if (host.lower(), port) in self._trusted:
-            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        failure: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
-        for address in await self._checked_addresses(host, port, timeout):
-            try:
-                return await self._inner.connect_tcp(
-                    address, port, timeout, local_address, socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-        assert failure is not None  # _checked_addresses never returns an empty list
-        raise failure
-
-    async def _checked_addresses(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None,  # noqa: ASYNC109 (the connect timeout, passed along)
-    ) -> list[str]:
-        literal = parse_address(host)
-        if literal is not None:
-            texts = [host]
-        else:
-            try:
-                async with asyncio.timeout(timeout):
-                    texts = await self._resolver.resolve(host, port)
-            except TimeoutError:
-                raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
-            except OSError:
-                raise httpcore.ConnectError(f"{host} did not resolve") from None
-            if not texts:
-                raise httpcore.ConnectError(f"{host} did not resolve")
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        try:
+            texts = await self._resolver.resolve(host, port)
+        except OSError:
+            raise OSError(f"{host} did not resolve") from None
+        if not texts:
+            raise OSError(f"{host} did not resolve")
+        trusted = (host.lower(), port) in self._trusted
+        results: list[ResolveResult] = []
         for text in texts:
             ip = parse_address(text)
-            if ip is None or not self._allowed(ip):
+            if ip is None or not (trusted or self._allowed(ip)):
                 raise AddressRefused(f"{host} is not a public address")
-        return texts
+            results.append(
+                {
+                    "hostname": host,
+                    "host": text,
+                    "port": port,
+                    "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                    "proto": 0,
+                    "flags": socket.AI_NUMERICHOST,
+                }
+            )
+        return results
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise AddressRefused("a Unix socket is not a public address")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+    async def close(self) -> None:
+        pass
 
 
-def guarded_transport(
-    trusted_urls: Iterable[str] = (),
-    *,
-    limits: httpx.Limits,
-    allowed: AddressPolicy = is_public_address,
-    resolver: Resolver | None = None,
-    verify: ssl.SSLContext | bool = True,
-) -> httpx.AsyncHTTPTransport:
-    """An httpx transport whose every connection goes through `GuardedNetwork`.
+class GuardedDownloads:
+    """GET requests to links from outside, every connection and every redirect checked.
 
-    The client using it must pass `trust_env=False`: an environment proxy would do the
-    resolving and connecting instead of us.
+    Made lazily in the running event loop by its first request; `aclose` ends it. No proxy from
+    the environment applies: a proxy would do the resolving and connecting instead of us.
     """
-    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False, verify=verify)
-    # httpx has no public way to choose httpcore's network backend; the pool keeps it here.
-    # Checked rather than assumed: a renamed attribute must fail loudly, not unguarded.
-    pool = getattr(transport, "_pool", None)
-    inner = getattr(pool, "_network_backend", None)
-    if not isinstance(pool, httpcore.AsyncConnectionPool) or not isinstance(
-        inner, httpcore.AsyncNetworkBackend
-    ):
-        raise RuntimeError("this httpx hides its connection pool: downloads cannot be guarded")
-    pool._network_backend = GuardedNetwork(
-        inner,
-        trusted=[origin_key(url) for url in trusted_urls],
-        allowed=allowed,
-        resolver=resolver,
-    )
-    return transport
+
+    def __init__(
+        self,
+        trusted_urls: Iterable[str] = (),
+        *,
+        timeout: float,
+        max_redirects: int,
+        connections: int = 200,
+        allowed: AddressPolicy = is_public_address,
+        resolver: Resolver | None = None,
+        verify: ssl.SSLContext | None = None,
+    ) -> None:
+        self._trusted = frozenset(origin_key(url) for url in trusted_urls)
+        self._allowed = allowed
+        self._resolver: Resolver = resolver or SystemResolver()
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_redirects = max_redirects
+        self._connections = connections
+        self._verify = verify
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _opened(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            tls = self._verify or await asyncio.to_thread(certifi_context)
+            if self._session is None:
+                connector = aiohttp.TCPConnector(
+                    limit=self._connections,
+                    resolver=GuardedResolver(
+                        trusted=self._trusted, allowed=self._allowed, resolver=self._resolver
+                    ),
+                    ssl=tls,
+                )
+                self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @asynccontextmanager
+    async def get(self, url: str | URL) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The response at the end of `url`'s redirects; its body is not read yet.
+
+        Raises AddressRefused, TooManyRedirects, TimeoutError or aiohttp.ClientError.
+        """
+        target = _http_url(URL(url))
+        session = await self._opened()
+        for _ in range(self._max_redirects + 1):
+            self._check_literal(target)
+            response = await session.get(target, allow_redirects=False, timeout=self._timeout)
+            location = response.headers.get("Location")
+            if response.status not in _REDIRECTS or location is None:
+                try:
+                    yield response
+                finally:
+                    response.release()
+                return
+            response.release()
+            target = _http_url(target.join(URL(location)))
+        raise TooManyRedirects(f"more than {self._max_redirects} redirects")
+
+    def _check_literal(self, url: URL) -> None:
+        host = url.raw_host or ""
+        ip = parse_address(host)
+        if ip is None or origin_key(url) in self._trusted:
+            return  # a name: the resolver checks it
+        if not self._allowed(ip):
+            raise AddressRefused(f"{host} is not a public address")
+
+
+def certifi_context() -> ssl.SSLContext:
+    """TLS client settings with certifi's certificate authorities (it reads a file)."""
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+def _http_url(url: URL) -> URL:
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        raise aiohttp.InvalidUrlClientError(url, "is not an http(s) URL")
+    return url

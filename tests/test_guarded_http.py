@@ -1,4 +1,4 @@
-"""The guarded httpx transport (provider output downloads), against a real server on loopback.
+"""Guarded downloads (provider output links), against a real server on loopback.
 
 The server is on 127.0.0.1, which the real rule refuses; tests that need "the internet" let
 127.0.0.1 alone stand in for it, so every other private address still meets the real rule.
@@ -9,11 +9,12 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
+import aiohttp
 import pytest
 from aiohttp import web
 from cryptography import x509
@@ -22,10 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from backends.addresses import AddressPolicy, IPAddress, is_public_address
-from backends.guarded_http import AddressRefused, guarded_transport, origin_key
+from backends.guarded_http import AddressRefused, GuardedDownloads, TooManyRedirects, origin_key
 from tests.test_fetch import FakeResolver
 
-LIMITS = httpx.Limits(max_connections=10, max_keepalive_connections=0)
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 
 
@@ -45,6 +45,8 @@ async def server() -> AsyncIterator[Server]:
 
     async def image(request: web.Request) -> web.Response:
         state.hosts.append(request.headers.get("Host", ""))
+        if "to" in request.query:
+            raise web.HTTPFound(request.query["to"])
         return web.Response(body=b"\x89PNG", content_type="image/png")
 
     app = web.Application()
@@ -60,22 +62,39 @@ async def server() -> AsyncIterator[Server]:
         await runner.cleanup()
 
 
-def _client(
+@asynccontextmanager
+async def _client(
     resolver: FakeResolver,
     trusted: tuple[str, ...] = (),
     allowed: AddressPolicy = loopback_is_public,
-) -> httpx.AsyncClient:
-    transport = guarded_transport(trusted, limits=LIMITS, allowed=allowed, resolver=resolver)
-    return httpx.AsyncClient(transport=transport, trust_env=False)
+    verify: ssl.SSLContext | None = None,
+) -> AsyncIterator[GuardedDownloads]:
+    downloads = GuardedDownloads(
+        trusted,
+        timeout=5.0,
+        max_redirects=2,
+        allowed=allowed,
+        resolver=resolver,
+        verify=verify,
+    )
+    try:
+        yield downloads
+    finally:
+        await downloads.aclose()
+
+
+async def _body(downloads: GuardedDownloads, url: str) -> bytes:
+    async with downloads.get(url) as response:
+        return await response.read()
 
 
 async def test_a_name_is_resolved_once_and_the_checked_address_dialled(server: Server) -> None:
     resolver = FakeResolver({"cdn.example": ["127.0.0.1"]})
     async with _client(resolver) as client:
-        response = await client.get(f"http://cdn.example:{server.port}/o.png")
-    assert response.content == b"\x89PNG"
+        assert await _body(client, f"http://cdn.example:{server.port}/o.png") == b"\x89PNG"
+        assert await _body(client, f"http://cdn.example:{server.port}/p.png") == b"\x89PNG"
     assert resolver.lookups == ["cdn.example"]
-    assert server.hosts == [f"cdn.example:{server.port}"]  # the name still goes in Host
+    assert server.hosts == [f"cdn.example:{server.port}"] * 2  # the name still goes in Host
 
 
 @pytest.mark.parametrize(
@@ -88,7 +107,7 @@ async def test_a_name_with_any_private_address_is_refused(
     resolver = FakeResolver({"cdn.example": addresses})
     async with _client(resolver) as client:
         with pytest.raises(AddressRefused):
-            await client.get(f"http://cdn.example:{server.port}/o.png")
+            await _body(client, f"http://cdn.example:{server.port}/o.png")
     assert server.hosts == []
 
 
@@ -97,13 +116,36 @@ async def test_only_the_trusted_origin_is_exempt(server: Server) -> None:
     resolver = FakeResolver({"localhost": ["127.0.0.1"]})
     trusted = (f"http://127.0.0.1:{server.port}/api",)
     async with _client(resolver, trusted, allowed=is_public_address) as client:
-        response = await client.get(f"http://127.0.0.1:{server.port}/o.png")
-        assert response.content == b"\x89PNG"
+        assert await _body(client, f"http://127.0.0.1:{server.port}/o.png") == b"\x89PNG"
         with pytest.raises(AddressRefused):
-            await client.get(f"http://127.0.0.1:{server.port + 1}/o.png")
+            await _body(client, f"http://127.0.0.1:{server.port + 1}/o.png")
         with pytest.raises(AddressRefused):
-            await client.get(f"http://localhost:{server.port}/o.png")
+            await _body(client, f"http://localhost:{server.port}/o.png")
     assert server.hosts == [f"127.0.0.1:{server.port}"]
+
+
+@pytest.mark.parametrize(
+    "target", ["http://10.0.0.1/x", "http://[::1]/x", "http://private.example/"]
+)
+async def test_every_redirect_is_checked_before_it_is_dialled(server: Server, target: str) -> None:
+    """The first hop is the trusted origin; where it redirects is not."""
+    resolver = FakeResolver({"private.example": ["192.168.0.9"]})
+    trusted = (f"http://127.0.0.1:{server.port}",)
+    async with _client(resolver, trusted, allowed=is_public_address) as client:
+        with pytest.raises(AddressRefused):
+            await _body(client, f"http://127.0.0.1:{server.port}/o.png?to={target}")
+    assert server.hosts == [f"127.0.0.1:{server.port}"]
+
+
+async def test_redirects_are_followed_up_to_the_limit(server: Server) -> None:
+    base = f"http://127.0.0.1:{server.port}"
+    async with _client(FakeResolver({}), (base,), allowed=is_public_address) as client:
+        assert await _body(client, f"{base}/a?to=/b?to=/c") == b"\x89PNG"
+        with pytest.raises(TooManyRedirects):
+            await _body(client, f"{base}/a?to=/b?to=/c?to=/d")
+        with pytest.raises(aiohttp.InvalidUrlClientError):
+            await _body(client, f"{base}/a?to=file:///etc/passwd")
+    assert len(server.hosts) == 3 + 3 + 1
 
 
 def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
@@ -151,19 +193,12 @@ async def test_tls_checks_the_name_while_the_checked_address_is_dialled(tmp_path
     port = int(runner.addresses[0][1])
     try:
         resolver = FakeResolver({"cdn.example": ["127.0.0.1"], "other.example": ["127.0.0.1"]})
-        transport = guarded_transport(
-            (),
-            limits=LIMITS,
-            allowed=loopback_is_public,
-            resolver=resolver,
-            verify=ssl.create_default_context(cafile=str(cert_path)),
-        )
-        async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
-            response = await client.get(f"https://cdn.example:{port}/o.png")
-            assert response.content == b"\x89PNG"
+        verify = ssl.create_default_context(cafile=str(cert_path))
+        async with _client(resolver, verify=verify) as client:
+            assert await _body(client, f"https://cdn.example:{port}/o.png") == b"\x89PNG"
             # Same address, a name the certificate does not cover: TLS still refuses it.
-            with pytest.raises(httpx.ConnectError, match=r"(?i)certificate"):
-                await client.get(f"https://other.example:{port}/o.png")
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await _body(client, f"https://other.example:{port}/o.png")
     finally:
         await runner.cleanup()
 
@@ -171,8 +206,8 @@ async def test_tls_checks_the_name_while_the_checked_address_is_dialled(tmp_path
 async def test_an_unknown_name_is_a_connect_error() -> None:
     resolver = FakeResolver({})
     async with _client(resolver) as client:
-        with pytest.raises(httpx.ConnectError):
-            await client.get("http://nowhere.example/o.png")
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await _body(client, "http://nowhere.example/o.png")
 
 
 def test_origin_key_fills_in_default_ports() -> None:

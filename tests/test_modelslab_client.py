@@ -744,7 +744,6 @@ async def test_the_key_never_reaches_logs_or_errors(
         UnknownProviderJob,
     }
     assert caplog.records, "expected some logging to inspect"
-    assert any(record.name.startswith("httpx") for record in caplog.records)
     assert any(record.name.startswith("backends.modelslab.client") for record in caplog.records)
     for secret in (KEY, wrong):
         assert secret not in caplog.text
@@ -770,6 +769,9 @@ class Scripted:
         self.paths: list[str] = []
         # Each request's client address: the TCP connection it came over.
         self.peers: list[object] = []
+        # Each request's Host and Proxy-Authorization headers.
+        self.hosts: list[str | None] = []
+        self.proxy_credentials: list[str | None] = []
         self.base_url = ""
 
     def add(
@@ -795,6 +797,8 @@ class Scripted:
         await request.read()
         self.paths.append(request.path)
         self.peers.append(request.transport and request.transport.get_extra_info("peername"))
+        self.hosts.append(request.headers.get("Host"))
+        self.proxy_credentials.append(request.headers.get("Proxy-Authorization"))
         return self.replies.pop(0)()
 
 
@@ -1088,3 +1092,33 @@ async def test_api_calls_reuse_one_kept_alive_connection(
         await asyncio.sleep(0.05)
     assert len(scripted.peers) == 10
     assert len(set(scripted.peers)) == 1, scripted.peers
+
+
+@pytest.mark.parametrize("credentials", ["", "operator:proxy-secret@"])
+async def test_api_calls_go_through_the_environments_proxy(
+    scripted: Scripted, sleeps: Sleeps, monkeypatch: pytest.MonkeyPatch, credentials: str
+) -> None:
+    """HTTP_PROXY names the scripted server; the provider's name is never resolved here."""
+    proxy = scripted.base_url.replace("http://", f"http://{credentials}")
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    scripted.add(body=SUCCESS, times=2)
+    async with ModelsLabClient(KEY, "http://modelslab.invalid", sleep=sleeps) as client:
+        await client.fetch(Operation.HEADSHOT, "5")
+        await client.fetch(Operation.HEADSHOT, "5")
+    assert scripted.paths == ["/api/v6/image_editing/fetch/5"] * 2
+    assert scripted.hosts == ["modelslab.invalid"] * 2
+    expected = f"Basic {base64.b64encode(b'operator:proxy-secret').decode()}"
+    assert scripted.proxy_credentials == [expected if credentials else None] * 2
+
+
+async def test_no_proxy_sends_api_calls_direct(
+    scripted: Scripted, sleeps: Sleeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    scripted.add(body=SUCCESS)
+    async with ModelsLabClient(KEY, scripted.base_url, sleep=sleeps) as client:
+        await client.fetch(Operation.HEADSHOT, "5")
+    assert scripted.proxy_credentials == [None]

@@ -1,10 +1,10 @@
 """The ModelsLab backend: submit, fetch and download over HTTP, with bounded retries.
 
-API calls (submit, fetch) go through aiohttp's client, to the configured base URL only, over
-kept-alive connections: they are on the hot path of every job, and aiohttp costs about a
-twentieth of httpx's CPU per call (bench/http_clients.py). Output downloads, whose links come
-from the provider's answers, go through httpx and the guarded transport
-(`backends.guarded_http`).
+Everything goes through aiohttp's client over kept-alive connections: calls and downloads are
+on the hot path of every job, and aiohttp costs about a twentieth of httpx's CPU per call
+(bench/http_clients.py). API calls (submit, fetch) go to the configured base URL only; output
+downloads, whose links come from the provider's answers, go through `GuardedDownloads`
+(`backends.guarded_http`), which dials only public addresses and the base URL's origin.
 
 The API key travels in every JSON body, so it must never reach anything that outlives a call:
 exceptions are built from our own words (plus the provider's sanitised message), and every
@@ -19,15 +19,14 @@ import dataclasses
 import logging
 import random
 import re
-import ssl
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
-import certifi
-import httpx
+from yarl import URL
 
 from backends.base import ProviderResult, RequestSource, ResultStatus, SubmitRequest
 from backends.errors import (
@@ -43,17 +42,20 @@ from backends.errors import (
     RateLimited,
     UnknownProviderJob,
 )
-from backends.guarded_http import AddressRefused, guarded_transport
+from backends.guarded_http import (
+    AddressRefused,
+    GuardedDownloads,
+    TooManyRedirects,
+    certifi_context,
+)
 from backends.modelslab import wire
 from backends.modelslab.retry import RetryPolicy
 from backends.params import MAX_SEED, GenerationParams, Operation, ParameterError
 
 log = logging.getLogger(__name__)
-# Keep enough idle connections for every provider slot plus downloads: with httpx's default of
-# 20 keep-alive connections a busy account reopens a TCP connection for most calls.
-_POOL_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=100)
-# API calls: as many connections at once, each kept open this long between calls.
-_API_CONNECTIONS = 200
+# API calls and downloads: as many connections at once (each), API connections kept open this
+# long between calls.
+_CONNECTIONS = 200
 _API_KEEPALIVE_SECONDS = 60.0
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -150,7 +152,6 @@ class ModelsLabClient:
             raise ValueError("timeout must be more than 0 seconds")
         self._base_url = _checked_base_url(base_url)
         self._key = api_key
-        self._timeout = httpx.Timeout(timeout)
         self._quick_unreachable = quick_unreachable
         self._call_timeout = aiohttp.ClientTimeout(
             total=timeout,
@@ -159,11 +160,12 @@ class ModelsLabClient:
         self._retry = RetryPolicy(max_attempts, backoff_base, backoff_cap, max_retry_after)
         # Made by the first call, in its event loop.
         self._api: aiohttp.ClientSession | None = None
-        self._downloads = httpx.AsyncClient(
-            transport=guarded_transport([self._base_url], limits=_POOL_LIMITS),
-            trust_env=False,
-            timeout=self._timeout,
+        self._proxy: URL | None = None
+        self._downloads = GuardedDownloads(
+            [self._base_url],
+            timeout=timeout,
             max_redirects=_MAX_OUTPUT_REDIRECTS,
+            connections=_CONNECTIONS,
         )
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
@@ -200,17 +202,20 @@ class ModelsLabClient:
         if self._api is not None:
             await self._api.close()
 
-    def _api_session(self) -> aiohttp.ClientSession:
+    async def _api_session(self) -> tuple[aiohttp.ClientSession, URL | None]:
         if self._api is None:
-            connector = aiohttp.TCPConnector(
-                limit=_API_CONNECTIONS,
-                keepalive_timeout=_API_KEEPALIVE_SECONDS,
-                # The same certificate authorities as httpx's downloads.
-                ssl=ssl.create_default_context(cafile=certifi.where()),
-            )
-            # trust_env: an operator's HTTPS_PROXY (and NO_PROXY) applies, as it always has.
-            self._api = aiohttp.ClientSession(connector=connector, trust_env=True)
-        return self._api
+            # An operator's HTTPS_PROXY (and NO_PROXY) applies, as it always has. Looked up
+            # once: with aiohttp's trust_env, every call would read the environment and
+            # ~/.netrc again, in a worker thread. Files are read in a thread, not the loop.
+            proxy = await asyncio.to_thread(_env_proxy, URL(self._base_url))
+            tls = await asyncio.to_thread(certifi_context)
+            if self._api is None:
+                connector = aiohttp.TCPConnector(
+                    limit=_CONNECTIONS, keepalive_timeout=_API_KEEPALIVE_SECONDS, ssl=tls
+                )
+                self._api = aiohttp.ClientSession(connector=connector)
+                self._proxy = proxy
+        return self._api, self._proxy
 
     # --- generation -----------------------------------------------------------------------
 
@@ -287,7 +292,7 @@ class ModelsLabClient:
             await self._sleep(wait)
 
     def _unreachable_message(self) -> str:
-        shown = httpx.URL(self._base_url).copy_with(username=None, password=None)
+        shown = URL(self._base_url).with_user(None)
         return f"cannot reach ModelsLab at {shown}: check the network or MODELSLAB_BASE_URL"
 
     def _wait(self, outcome: _Transient, attempt: int) -> float | None:
@@ -325,12 +330,14 @@ class ModelsLabClient:
 
     async def _send(self, path: str, body: dict[str, Any]) -> _Answer | _Transient:
         try:
-            async with self._api_session().post(
+            session, proxy = await self._api_session()
+            async with session.post(
                 self._base_url + path,
                 json=body,
                 headers={"Accept": "application/json"},
                 timeout=self._call_timeout,
                 allow_redirects=False,
+                proxy=proxy,
             ) as response:
                 return _Answer(
                     response.status, await response.read(), response.headers.get("retry-after")
@@ -421,11 +428,11 @@ class ModelsLabClient:
             raise OutputTooLarge(f"the output is larger than {max_bytes} bytes")
         return image
 
-    async def _stream(self, url: httpx.URL, limit: int, max_bytes: int) -> bytes | BackendError:
+    async def _stream(self, url: URL, limit: int, max_bytes: int) -> bytes | BackendError:
         """The body, up to `limit` bytes; an error (returned, not raised: see the module doc)."""
         too_large = OutputTooLarge(f"the output is larger than {max_bytes} bytes")
         try:
-            async with self._downloads.stream("GET", url, follow_redirects=True) as response:
+            async with self._downloads.get(url) as response:
                 problem = _download_problem(response, limit, too_large)
                 if problem is not None:
                     return problem
@@ -434,21 +441,32 @@ class ModelsLabClient:
         except AddressRefused:
             log.warning("output link refused: %s leads to a private address", _origin(url))
             return OutputUnavailable("the output link leads to a private network address")
-        except httpx.TooManyRedirects:
+        except TooManyRedirects:
             return OutputUnavailable("the output link redirects too many times")
-        except httpx.TimeoutException:
+        except TimeoutError:
             return ProviderUnavailable("the output download timed out")
-        except (httpx.HTTPError, httpx.StreamError):
+        except aiohttp.InvalidURL:
+            return OutputUnavailable("the output link is not an http(s) URL")
+        except aiohttp.ClientError:
             return ProviderUnavailable("could not download the output")
 
 
 # --- helpers ------------------------------------------------------------------------------
 
 
+def _env_proxy(url: URL) -> URL | None:
+    """The proxy the environment names for `url` (HTTP(S)_PROXY, NO_PROXY), if any; aiohttp
+    sends the credentials in its URL as Proxy-Authorization."""
+    named = urllib.request.getproxies().get(url.scheme)
+    if not named or urllib.request.proxy_bypass(url.host or ""):
+        return None
+    return URL(named)
+
+
 def _checked_base_url(base_url: str) -> str:
     try:
-        url = httpx.URL(base_url)
-    except (httpx.InvalidURL, TypeError):
+        url = URL(base_url)
+    except (ValueError, TypeError):
         url = None
     if url is None or url.scheme not in ("http", "https") or not url.host:
         raise ValueError("base_url must be an http:// or https:// URL")
@@ -510,19 +528,19 @@ def _exhausted(outcome: _Transient, attempts: int) -> BackendError:
     return ProviderUnavailable(f"{outcome.reason}; gave up after {attempts} {tries}")
 
 
-def _output_url(url: str) -> httpx.URL:
+def _output_url(url: str) -> URL:
     try:
-        target = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
+        target = URL(url)
+    except (ValueError, TypeError):
         target = None
-    if target is None or target.scheme not in ("http", "https") or not target.host:
+    if target is None or target.scheme not in ("http", "https") or not target.raw_host:
         raise OutputUnavailable("the output link is not an http(s) URL")
     return target
 
 
-def _origin(url: httpx.URL) -> str:
+def _origin(url: URL) -> str:
     """scheme://host[:port] for a log line: an output link's path and query may be secret."""
-    port = f":{url.port}" if url.port is not None else ""
+    port = "" if url.is_default_port() else f":{url.port}"
     return f"{url.scheme}://{url.host}{port}"
 
 
@@ -533,9 +551,9 @@ def _base64_length(max_bytes: int) -> int:
 
 
 def _download_problem(
-    response: httpx.Response, limit: int, too_large: OutputTooLarge
+    response: aiohttp.ClientResponse, limit: int, too_large: OutputTooLarge
 ) -> BackendError | None:
-    code = response.status_code
+    code = response.status
     if code in (404, 410):
         return OutputUnavailable("the output link has expired")
     if code >= 500:
@@ -553,10 +571,11 @@ def _download_problem(
     return None
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> bytes | None:
-    """The body, or None as soon as more than `limit` bytes have arrived."""
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None as soon as more than `limit` bytes have arrived (decompressed: aiohttp
+    inflates a compressed body a bounded piece at a time)."""
     received = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_any():
         received += chunk
         if len(received) > limit:
             return None
