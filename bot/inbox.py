@@ -52,12 +52,19 @@ class Inbox:
         )
         return key if fresh else None
 
-    async def take_over(self, platform: str, bot: str) -> list[InboxItem]:
-        """Updates whose process stopped or died before handling them: now this process's."""
+    async def take_over(self, platform: str, bot: str) -> tuple[list[InboxItem], list[InboxItem]]:
+        """Updates whose process stopped or died before handling them, now this process's to
+        handle; and those dropped instead, whose senders should hear that it failed unless a
+        job was queued for them (`InboxItem.job_queued`)."""
         items, dropped = await self._repository.claim(platform, bot, self._lease)
-        for key in dropped:
-            log.error("update %s was dropped: every process that handled it died", key)
-        return items
+        for item in dropped:
+            log.error(
+                "update %s was dropped: every process that handled it died (%d times)%s",
+                item.key,
+                item.attempts,
+                "; its job was queued" if item.job_queued else "",
+            )
+        return items, dropped
 
     async def done(self, key: str) -> None:
         await self._repository.done(key)

@@ -119,15 +119,29 @@ async def test_an_update_is_noted_once_and_taken_over_when_its_handler_dies(db: 
 
 
 async def test_an_update_that_kills_every_handler_is_dropped(db: Database) -> None:
+    """Dropped after MAX_ATTEMPTS handlers died on it, with what it was (its sender hears that it
+    failed) and whether a job was queued under its key anyway (then that job answers)."""
     inbox = InboxRepository(db)
+    world = World(db)
+    user = await world.accounts.user("telegram", "501")
+    await world.jobs.create(
+        _job("queued", user.id, request_key="t:1:8"), daily_quota=QUOTA, today=TODAY
+    )
     lease = Lease("replica", 0.05)
-    await inbox.accept("t:1:9", platform="t", bot="1", person=None, payload={}, lease=lease)
+    for key in ("t:1:8", "t:1:9"):
+        payload = {"update_id": int(key.rsplit(":", 1)[1])}
+        await inbox.accept(key, platform="t", bot="1", person=None, payload=payload, lease=lease)
     for attempt in range(2, MAX_ATTEMPTS + 1):
         await asyncio.sleep(0.1)
         items, _ = await inbox.claim("t", "1", lease)
-        assert [item.attempts for item in items] == [attempt]
+        assert [item.attempts for item in items] == [attempt, attempt]
     await asyncio.sleep(0.1)
-    assert await inbox.claim("t", "1", lease) == ([], ["t:1:9"])
+    items, dropped = await inbox.claim("t", "1", lease)
+    assert items == []
+    assert [(d.key, d.payload, d.attempts, d.job_queued) for d in dropped] == [
+        ("t:1:8", {"update_id": 8}, MAX_ATTEMPTS, True),
+        ("t:1:9", {"update_id": 9}, MAX_ATTEMPTS, False),
+    ]
     assert query(db.url, "SELECT count(*) FROM chat_inbox") == [(0,)]
 
 

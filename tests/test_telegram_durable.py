@@ -19,11 +19,11 @@ import pytest
 
 from backends.modelslab.simulator import Simulator
 from storage.database import Database
-from storage.inbox import InboxRepository
+from storage.inbox import MAX_ATTEMPTS, InboxRepository
 from storage.leases import Lease
 from tests import test_telegram
 from tests.conftest import FAST, TEST_KEY
-from tests.databases import query
+from tests.databases import execute, query
 from tests.fake_telegram import FakeTelegram
 from tests.test_telegram import (
     ALICE,
@@ -306,3 +306,36 @@ async def test_an_update_left_in_the_inbox_is_handled_at_the_next_start(world: W
     async with asyncio.timeout(10):
         while await world.rows("chat_inbox"):
             await asyncio.sleep(0.02)
+
+
+async def test_an_update_every_handler_died_on_is_dropped_and_its_sender_told(
+    world: World,
+) -> None:
+    """Spent (MAX_ATTEMPTS handlers died on it): it is not handled again, but its sender hears
+    that it failed rather than nothing at all. No job, no charge; the inbox is empty."""
+    fake = world.fake
+    sent = fake.send_photo(ALICE, ALICE, selfie_jpeg(), caption="/headshot studio")
+    (update,) = fake._updates
+    fake._updates.clear()
+    db = Database(world.database_url)
+    try:
+        await InboxRepository(db).accept(
+            f"telegram:{fake.bot_id}:{update['update_id']}",
+            platform="telegram",
+            bot=str(fake.bot_id),
+            person=str(ALICE),
+            payload=update,
+            lease=Lease("a process that died", 0.01),
+        )
+    finally:
+        await db.dispose()
+    execute(world.database_url, "UPDATE chat_inbox SET attempts = :n", n=MAX_ATTEMPTS)
+    await asyncio.sleep(0.05)
+
+    await world.start()
+    told = await bot_reply_to(fake, ALICE, sent["message_id"])
+    assert caption_or_text(told).startswith("Something went wrong on our side (ref ")
+    assert "nothing was charged" in caption_or_text(told)
+    assert await world.rows("chat_inbox") == 0
+    assert await world.rows("jobs") == 0
+    assert len(fake.bot_messages(ALICE)) == 1

@@ -206,7 +206,7 @@ class TelegramAdapter:
                 name="telegram-ended-waits",
             )
             await application.start()
-            self._receiver = Receiver(application, self.layer)
+            self._receiver = Receiver(application, self.layer, self._dropped)
             await self._receiver.start()
             if webhook:
                 self._webhook_path = self._webhooks.mount(PLATFORM, self._receive)
@@ -339,6 +339,19 @@ class TelegramAdapter:
         # A new command replaces the wait for a photo.
         await self.layer.waits.cancel(PLATFORM, str(chat_id), str(sender.id), photo_only=True)
         await self._command(message, sender, line, key)
+
+    async def _dropped(self, update: Update) -> None:
+        """An update every process handling it died on (`bot.inbox`): its sender hears that it
+        failed, and nothing of it is handled."""
+        message = update.message
+        sender = None if message is None else sender_of(message)
+        if message is None or sender is None:
+            return
+        reference = secrets.token_hex(4)
+        log.error("update %s was dropped unhandled (ref %s)", update.update_id, reference)
+        async with self.layer.answering(_asker(message.chat_id, sender, message.from_user)):
+            text = replies.internal_error(reference)
+            await send(self.application.bot, message.chat_id, text, reply_to=message.message_id)
 
     def _ours(self, word: str, message: Message) -> bool:
         """Whether a command is this bot's: one of its words, or addressed to it by name."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from telegram import Update
@@ -39,12 +40,20 @@ POLL_RETRY_FIRST_SECONDS = 1.0
 POLL_RETRY_MAX_SECONDS = 30.0
 
 
+# Tells the sender of an update that was dropped (see `bot.inbox`) that it failed.
+DroppedListener = Callable[[Update], Awaitable[None]]
+
+
 class Receiver:
     def __init__(
-        self, application: Application[Any, Any, Any, Any, Any, Any], layer: CommandLayer
+        self,
+        application: Application[Any, Any, Any, Any, Any, Any],
+        layer: CommandLayer,
+        on_dropped: DroppedListener,
     ) -> None:
         self._application = application
         self._layer = layer
+        self._on_dropped = on_dropped
         self._bot = str(application.bot.id)
         self._turns = asyncio.Semaphore(CONCURRENT_UPDATES)
         self._handling: dict[str, asyncio.Task[None]] = {}
@@ -158,7 +167,17 @@ class Receiver:
                 log.exception("keeping the Telegram inbox failed; trying again shortly")
 
     async def _take_over(self) -> None:
-        for item in await self._layer.inbox.take_over(PLATFORM, self._bot):
+        items, dropped = await self._layer.inbox.take_over(PLATFORM, self._bot)
+        for item in dropped:
+            if item.job_queued:
+                continue  # its job answers
+            update = Update.de_json(item.payload, self._application.bot)
+            if update is not None:
+                try:
+                    await self._on_dropped(update)
+                except Exception:
+                    log.exception("telling the sender of dropped update %s failed", item.key)
+        for item in items:
             update = Update.de_json(item.payload, self._application.bot)
             if update is None:
                 await self._layer.inbox.done(item.key)
