@@ -15,7 +15,7 @@ import logging
 import random
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -431,15 +431,27 @@ class JobEngine:
             if moved is not None:
                 self.relay.publish(Started(job.id, result.eta_seconds))
         else:
-            moved = await self._transition(
-                job.id,
-                [JobState.SUBMITTED, JobState.PROCESSING],
-                JobState.REHOSTING,
-                provider_id=result.provider_id or job.provider_id,
-                provider_outputs=list(result.outputs),
-                completed_at=now,
-                generation_time=result.generation_time,
-            )
+            if self._identity is None:
+                # Downloaded and checked while the result is recorded; stored only once it is.
+                self._rehoster.check_ahead(
+                    job.id,
+                    _outputs_for(first_plan(job), result.outputs),
+                    deadline=time.monotonic() + self._timings.link_ttl_seconds,
+                )
+            moved = None
+            try:
+                moved = await self._transition(
+                    job.id,
+                    [JobState.SUBMITTED, JobState.PROCESSING],
+                    JobState.REHOSTING,
+                    provider_id=result.provider_id or job.provider_id,
+                    provider_outputs=list(result.outputs),
+                    completed_at=now,
+                    generation_time=result.generation_time,
+                )
+            finally:
+                if moved is None:
+                    self._rehoster.drop_ahead(job.id)
         if moved is None:
             raise JobMovedOn
         if moved.state == JobState.REHOSTING:
@@ -458,8 +470,7 @@ class JobEngine:
         )
         deadline = time.monotonic() + link_left.total_seconds()
         plan = await self._plan(job)
-        # More outputs than paid for are never fetched: only what was asked for is delivered.
-        urls = job.provider_outputs[: len(plan.slots)]
+        urls = _outputs_for(plan, job.provider_outputs)
         started = time.monotonic()
         try:
             kept = await self._rehoster.rehost(job.id, urls, deadline=deadline)
@@ -797,6 +808,12 @@ class JobEngine:
 
 
 INPUT_PREFIX = "inputs/"
+
+
+def _outputs_for(plan: AttemptPlan, outputs: Sequence[str]) -> tuple[str, ...]:
+    """The outputs an attempt keeps: more than paid for are never fetched, since only what was
+    asked for is delivered."""
+    return tuple(outputs[: len(plan.slots)])
 
 
 async def drop_inputs(store: ImageStore, *keys: str | None) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from backends.base import Backend, StoredOutput
 from backends.errors import BackendError, OutputTooLarge, OutputUnavailable
 from bot.i18n import N_
-from bot.images import ImageRejected, image_workers
+from bot.images import ImageInfo, ImageRejected, image_workers
 from bot.tokens import new_token
 from storage.imagestore import ImageStore
 from storage.records import OutputRecord
@@ -36,7 +36,32 @@ class RetryPolicy:
         return random.uniform(0, min(self.cap_seconds, self.base_seconds * 2**attempt))
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """An output downloaded and proved an image, not stored yet."""
+
+    data: bytes
+    info: ImageInfo
+
+
+# What checking one output gives: its bytes to store, or the record of one in our store already.
+_Result = _Checked | OutputRecord
+
+
+def _forget(task: asyncio.Task[list[_Result]]) -> None:
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()  # seen: a failure nobody takes is not an error to report
+
+
 class Rehoster:
+    """Downloads, checks and stores a job's outputs.
+
+    `check_ahead` starts the downloads and checks while the caller records the provider's
+    answer: `rehost` with the same links then only stores what they got. Nothing is stored
+    before `rehost`, so a job that moved on meanwhile leaves nothing behind (`drop_ahead`)."""
+
     def __init__(
         self,
         backend: Backend,
@@ -49,17 +74,43 @@ class Rehoster:
         self._store = store
         self._max_bytes = max_bytes
         self._retry = retry or RetryPolicy()
+        self._ahead: dict[str, tuple[tuple[str, ...], asyncio.Task[list[_Result]]]] = {}
+
+    def check_ahead(self, job_id: str, urls: tuple[str, ...], *, deadline: float) -> None:
+        """Start downloading and checking `urls` for `rehost` to take."""
+        self.drop_ahead(job_id)
+        task = asyncio.create_task(self._check_all(job_id, urls, deadline))
+        self._ahead[job_id] = (urls, task)
+
+    def drop_ahead(self, job_id: str) -> None:
+        """Forget what `check_ahead` started for the job (it moved on, or failed)."""
+        ahead = self._ahead.pop(job_id, None)
+        if ahead is not None:
+            _forget(ahead[1])
 
     async def rehost(
         self, job_id: str, urls: tuple[str, ...], *, deadline: float
     ) -> list[OutputRecord]:
         """Download, check and store every output before `deadline` (a time.monotonic())."""
+        ahead = self._ahead.pop(job_id, None)
+        if ahead is not None and ahead[0] == urls:
+            checked = await ahead[1]
+        else:
+            if ahead is not None:
+                _forget(ahead[1])
+            checked = await self._check_all(job_id, urls, deadline)
+        kept = [self._keep(job_id, position, one) for position, one in enumerate(checked)]
+        return list(await asyncio.gather(*kept))
+
+    async def _check_all(
+        self, job_id: str, urls: tuple[str, ...], deadline: float
+    ) -> list[_Result]:
         if not urls:
             raise RehostFailed(N_("the generator returned no image"))
-        tasks = [self._one(job_id, position, url, deadline) for position, url in enumerate(urls)]
+        tasks = [self._check(job_id, position, url, deadline) for position, url in enumerate(urls)]
         return list(await asyncio.gather(*tasks))
 
-    async def _one(self, job_id: str, position: int, url: str, deadline: float) -> OutputRecord:
+    async def _check(self, job_id: str, position: int, url: str, deadline: float) -> _Result:
         stored = StoredOutput.parse(url) if self._backend.owns_output(url) else None
         if stored is not None:
             return await self._kept(job_id, position, stored)
@@ -73,16 +124,21 @@ class Rehoster:
             raise RehostFailed(
                 N_("the generator sent back something that isn't an image")
             ) from None
-        key = await self._store.put(data, content_type=info.content_type)
+        return _Checked(data, info)
+
+    async def _keep(self, job_id: str, position: int, checked: _Result) -> OutputRecord:
+        if isinstance(checked, OutputRecord):
+            return checked  # in our store already
+        key = await self._store.put(checked.data, content_type=checked.info.content_type)
         return OutputRecord(
             job_id=job_id,
             position=position,
             content_key=key,
             public_token=new_token(),
-            content_type=info.content_type,
-            width=info.width,
-            height=info.height,
-            size_bytes=len(data),
+            content_type=checked.info.content_type,
+            width=checked.info.width,
+            height=checked.info.height,
+            size_bytes=len(checked.data),
         )
 
     async def _kept(self, job_id: str, position: int, stored: StoredOutput) -> OutputRecord:
