@@ -57,14 +57,20 @@ def origin_key(url: str | URL) -> tuple[str, int]:
 
 
 class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that refuses a name unless every address it has passes the policy."""
+    """aiohttp resolver that refuses a name unless every address it has passes the policy.
+
+    The connector dials exactly what this returns, so the checked address is the connected one.
+    A name that does not resolve (or has no address of the family asked for) is an OSError; a
+    refused one is `AddressRefused`, which aiohttp passes through as it is. Used for provider
+    outputs here and for selfie links (`bot.fetch`).
+    """
 
     def __init__(
         self,
         *,
-        trusted: frozenset[tuple[str, int]],
         allowed: AddressPolicy,
         resolver: Resolver,
+        trusted: frozenset[tuple[str, int]] = frozenset(),
     ) -> None:
         self._trusted = trusted
         self._allowed = allowed
@@ -77,24 +83,27 @@ class GuardedResolver(AbstractResolver):
             texts = await self._resolver.resolve(host, port)
         except OSError:
             raise OSError(f"{host} did not resolve") from None
-        if not texts:
-            raise OSError(f"{host} did not resolve")
         trusted = (host.lower(), port) in self._trusted
         results: list[ResolveResult] = []
         for text in texts:
             ip = parse_address(text)
             if ip is None or not (trusted or self._allowed(ip)):
                 raise AddressRefused(f"{host} is not a public address")
+            ip_family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            if family not in (socket.AF_UNSPEC, ip_family):
+                continue
             results.append(
-                {
-                    "hostname": host,
-                    "host": text,
-                    "port": port,
-                    "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
-                    "proto": 0,
-                    "flags": socket.AI_NUMERICHOST,
-                }
+                ResolveResult(
+                    hostname=host,
+                    host=str(ip),
+                    port=port,
+                    family=ip_family,
+                    proto=socket.IPPROTO_TCP,
+                    flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                )
             )
+        if not results:
+            raise OSError(f"{host} did not resolve")
         return results
 
     async def close(self) -> None:

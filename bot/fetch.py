@@ -10,7 +10,8 @@ How the address rule is enforced, without a DNS-rebinding window:
 * IP-literal hosts (`http://10.0.0.1/`, `http://[::1]/`) are checked before any request is made.
   aiohttp never resolves them, so the checked address is the one it connects to.
 * Host names are resolved inside the connection itself: the aiohttp `TCPConnector` gets a
-  `_ValidatingResolver`, which resolves the name once, refuses unless *every* address is allowed,
+  `_ValidatingResolver` (`backends.guarded_http.GuardedResolver`, as the provider's output
+  downloads have), which resolves the name once, refuses unless *every* address is allowed,
   and hands the connector only those checked addresses. There is no second lookup that a hostile
   DNS server could answer differently, and the DNS cache and keep-alive are off, so each
   connection (every redirect hop included) is checked afresh. TLS SNI and the Host header still
@@ -40,7 +41,7 @@ import logging
 import socket
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import ResolveResult
 from yarl import URL
 
 from backends.addresses import (
@@ -51,6 +52,7 @@ from backends.addresses import (
     is_public_address,
     parse_address,
 )
+from backends.guarded_http import AddressRefused, GuardedResolver
 from bot.i18n import _, number
 
 __all__ = [
@@ -150,55 +152,23 @@ def _private_address_refusal() -> FetchRefused:
     )
 
 
-class _ValidatingResolver(AbstractResolver):
-    """aiohttp resolver that answers only with addresses the policy allows.
-
-    The connector dials exactly what this returns, so the checked address is the connected one.
-    A refusal is raised as `FetchRefused` (not an OSError), which aiohttp passes through as is.
-    """
+class _ValidatingResolver(GuardedResolver):
+    """`GuardedResolver` whose refusals are `FetchRefused`, with the user's message."""
 
     def __init__(self, resolver: Resolver, allowed: AddressPolicy) -> None:
-        self._resolver = resolver
-        self._allowed = allowed
+        super().__init__(allowed=allowed, resolver=resolver)
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         try:
-            texts = await self._resolver.resolve(host, port)
+            return await super().resolve(host, port, family)
+        except AddressRefused:
+            log.info("fetch refused: %s resolves to a disallowed address", host)
+            raise _private_address_refusal() from None
         except OSError as exc:
             log.info("fetch failed: %s did not resolve (%s)", host, type(exc).__name__)
             raise _not_found(host) from None
-        if not texts:
-            raise _not_found(host)
-        addresses: list[IPAddress] = []
-        for text in texts:
-            ip = parse_address(text)
-            if ip is None or not self._allowed(ip):
-                log.info("fetch refused: %s resolves to a disallowed address", host)
-                raise _private_address_refusal()
-            addresses.append(ip)
-        results: list[ResolveResult] = []
-        for ip in addresses:
-            ip_family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-            if family not in (socket.AF_UNSPEC, ip_family):
-                continue
-            results.append(
-                ResolveResult(
-                    hostname=host,
-                    host=str(ip),
-                    port=port,
-                    family=ip_family,
-                    proto=socket.IPPROTO_TCP,
-                    flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-                )
-            )
-        if not results:
-            raise _not_found(host)
-        return results
-
-    async def close(self) -> None:
-        return None
 
 
 async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytearray:
