@@ -278,13 +278,9 @@ async def test_an_update_whose_handler_was_killed_is_handled_by_the_next_process
         await following.stop()
 
 
-async def test_an_update_left_in_the_inbox_is_handled_at_the_next_start(world: World) -> None:
-    """What a dead process left in the inbox (its lease run out) is handled by the next start,
-    whether updates come by long polling (as here) or by webhook."""
+async def left_in_inbox(world: World, update: dict[str, Any]) -> None:
+    """`update` in the inbox, as a process that died while handling it left it."""
     fake = world.fake
-    sent = fake.send_photo(ALICE, ALICE, selfie_jpeg(), caption="/headshot studio")
-    (update,) = fake._updates  # taken by the process that died: Telegram sends it no more
-    fake._updates.clear()
     db = Database(world.database_url)
     try:
         await InboxRepository(db).accept(
@@ -297,6 +293,16 @@ async def test_an_update_left_in_the_inbox_is_handled_at_the_next_start(world: W
         )
     finally:
         await db.dispose()
+
+
+async def test_an_update_left_in_the_inbox_is_handled_at_the_next_start(world: World) -> None:
+    """What a dead process left in the inbox (its lease run out) is handled by the next start,
+    whether updates come by long polling (as here) or by webhook."""
+    fake = world.fake
+    sent = fake.send_photo(ALICE, ALICE, selfie_jpeg(), caption="/headshot studio")
+    (update,) = fake._updates  # taken by the process that died: Telegram sends it no more
+    fake._updates.clear()
+    await left_in_inbox(world, update)
     await asyncio.sleep(0.05)
 
     await world.start()
@@ -317,18 +323,7 @@ async def test_an_update_every_handler_died_on_is_dropped_and_its_sender_told(
     sent = fake.send_photo(ALICE, ALICE, selfie_jpeg(), caption="/headshot studio")
     (update,) = fake._updates
     fake._updates.clear()
-    db = Database(world.database_url)
-    try:
-        await InboxRepository(db).accept(
-            f"telegram:{fake.bot_id}:{update['update_id']}",
-            platform="telegram",
-            bot=str(fake.bot_id),
-            person=str(ALICE),
-            payload=update,
-            lease=Lease("a process that died", 0.01),
-        )
-    finally:
-        await db.dispose()
+    await left_in_inbox(world, update)
     execute(world.database_url, "UPDATE chat_inbox SET attempts = :n", n=MAX_ATTEMPTS)
     await asyncio.sleep(0.05)
 
