@@ -4,7 +4,8 @@ A platform that got its acknowledgement never sends an update again, so an updat
 before it is acknowledged and deleted once it has been handled. The process handling it holds
 its lease (`storage.leases`); if that process dies, another takes the update over once the lease
 has run out and handles it again. An update that keeps killing its handlers is dropped after
-`MAX_ATTEMPTS`, and said so (`InboxItem.job_queued` tells whether its job is queued anyway).
+`MAX_ATTEMPTS`, with the waits it took; its sender is to be told, unless a job was queued under
+its key (`InboxItem.job_queued`), which then answers them.
 
 Keyed by platform, bot and update id: the same update delivered again while it is here changes
 nothing. Rows hold what people wrote (names and text): `forget` deletes a person's rows.
@@ -109,6 +110,8 @@ class InboxRepository:
                     ).scalars()
                 )
                 await conn.execute(delete(_INBOX).where(_INBOX.c.key.in_(keys)))
+                for key in keys:
+                    await drop_taken(conn, key)
                 dropped = [
                     InboxItem(row.key, dict(row.payload), row.attempts, row.key in queued)
                     for row in spent

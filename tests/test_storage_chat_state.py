@@ -119,14 +119,18 @@ async def test_an_update_is_noted_once_and_taken_over_when_its_handler_dies(db: 
 
 
 async def test_an_update_that_kills_every_handler_is_dropped(db: Database) -> None:
-    """Dropped after MAX_ATTEMPTS handlers died on it, with what it was (its sender hears that it
-    failed) and whether a job was queued under its key anyway (then that job answers)."""
+    """Dropped after MAX_ATTEMPTS handlers died on it, with the waits it took; returned with what
+    it was (its sender hears that it failed) and whether a job was queued under its key anyway
+    (then that job answers)."""
     inbox = InboxRepository(db)
     world = World(db)
     user = await world.accounts.user("telegram", "501")
     await world.jobs.create(
         _job("queued", user.id, request_key="t:1:8"), daily_quota=QUOTA, today=TODAY
     )
+    waits = WaitRepository(db)
+    await photo_wait(waits, "w")
+    assert await waits.take("w", key="t:1:9")  # the photo that ended a wait
     lease = Lease("replica", 0.05)
     for key in ("t:1:8", "t:1:9"):
         payload = {"update_id": int(key.rsplit(":", 1)[1])}
@@ -143,6 +147,7 @@ async def test_an_update_that_kills_every_handler_is_dropped(db: Database) -> No
         ("t:1:9", {"update_id": 9}, MAX_ATTEMPTS, False),
     ]
     assert query(db.url, "SELECT count(*) FROM chat_inbox") == [(0,)]
+    assert query(db.url, "SELECT count(*) FROM chat_waits") == [(0,)]  # the wait it took went
 
 
 async def test_a_clean_stop_lets_updates_go_at_once(db: Database) -> None:

@@ -433,6 +433,7 @@ class JobEngine:
         else:
             if self._identity is None:
                 # Downloaded and checked while the result is recorded; stored only once it is.
+                # (With the identity gate, its plan, read from the database, decides what.)
                 self._rehoster.check_ahead(
                     job.id,
                     _outputs_for(first_plan(job), result.outputs),
