@@ -1,15 +1,21 @@
 """Downloads that dial only public addresses, and the few origins we chose ourselves.
 
-For links someone else hands us (a provider's output links, and wherever they redirect): they
-must not reach our loopback, our LAN or the cloud metadata service.
+For links someone else hands us (a provider's output links, a selfie link a user sent through
+`bot.fetch`, and wherever they redirect): they must not reach our loopback, our LAN or the cloud
+metadata service. `GuardedDownloads` is the one mechanism for both.
 
 The check sits where connections are made, in aiohttp's connector: a host name is resolved
-once, by `GuardedResolver`, every address must pass `backends.addresses.is_public_address`, and
-only those checked addresses are dialled, so no second lookup can answer differently (DNS
-rebinding); TLS still verifies the host name. aiohttp dials an address literal without asking
-the resolver, so `GuardedDownloads` checks a literal itself, on every hop: redirects are
-followed here, one checked hop at a time. A trusted origin (the provider's configured base URL:
-the simulator on loopback in tests and `--demo`) is dialled as is.
+once, by `GuardedResolver`, every address must pass the policy (`is_public_address` unless the
+caller passes another), and only those checked addresses are dialled, so no second lookup can
+answer differently (DNS rebinding); TLS still verifies the host name. aiohttp dials an address
+literal without asking the resolver, so `GuardedDownloads` checks a literal itself, on every hop:
+redirects are followed here, one checked hop at a time, each hop first through the caller's own
+`check_hop` (if any), then the literal check, and only then dialled. A kept-alive connection or
+a cached answer was checked when it was made; with `keep_alive=False` there are neither, so
+every connection, each redirect hop included, is resolved and checked afresh. A trusted origin
+(the provider's configured base URL: the simulator on loopback in tests and `--demo`) is
+dialled as is. No proxy from the environment applies: a proxy would do the resolving and
+connecting instead of us.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -33,7 +39,12 @@ from backends.addresses import (
     parse_address,
 )
 
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+# A caller's own check of each URL about to be dialled: (url, redirected) -> the URL to dial.
+# Called on the first URL (redirected False) and on every redirect target (True), before the
+# address checks; it refuses a hop by raising.
+HopCheck = Callable[[URL, bool], URL]
 
 
 class AddressRefused(Exception):
@@ -45,7 +56,25 @@ class AddressRefused(Exception):
 
 
 class TooManyRedirects(Exception):
-    """A link redirected more times than a download allows."""
+    """A link redirected more times than a download allows: `url` answered redirect number
+    `limit + 1`."""
+
+    def __init__(self, limit: int, url: URL) -> None:
+        super().__init__(f"more than {limit} redirects")
+        self.limit = limit
+        self.url = url
+
+
+class BadRedirect(aiohttp.InvalidUrlRedirectClientError):
+    """`url` answered a redirect with no Location (`location` None) or one that is not a URL.
+
+    An aiohttp.InvalidURL, as aiohttp's own redirects raise for a Location that is not a URL.
+    """
+
+    def __init__(self, url: URL, location: str | None) -> None:
+        reason = "no Location" if location is None else "a Location that is not a URL"
+        super().__init__(url, f"a redirect with {reason}")
+        self.location = location
 
 
 def origin_key(url: str | URL) -> tuple[str, int]:
@@ -61,8 +90,7 @@ class GuardedResolver(AbstractResolver):
 
     The connector dials exactly what this returns, so the checked address is the connected one.
     A name that does not resolve (or has no address of the family asked for) is an OSError; a
-    refused one is `AddressRefused`, which aiohttp passes through as it is. Used for provider
-    outputs here and for selfie links (`bot.fetch`).
+    refused one is `AddressRefused`, which aiohttp passes through as it is.
     """
 
     def __init__(
@@ -113,21 +141,29 @@ class GuardedResolver(AbstractResolver):
 class GuardedDownloads:
     """GET requests to links from outside, every connection and every redirect checked.
 
-    Made lazily in the running event loop by its first request; `aclose` ends it. No proxy from
-    the environment applies: a proxy would do the resolving and connecting instead of us.
+    Made lazily in the running event loop by its first request; `aclose` ends it. `timeout`
+    bounds each hop (None: no bound here, the caller sets its own). `headers` go with every
+    request; `cookies=False` neither keeps nor sends any; `keep_alive=False` opens a new
+    connection, with a new lookup, for every request.
     """
 
     def __init__(
         self,
         trusted_urls: Iterable[str] = (),
         *,
-        timeout: float,
+        timeout: float | None,
         max_redirects: int,
         connections: int = 200,
         allowed: AddressPolicy = is_public_address,
         resolver: Resolver | None = None,
         verify: ssl.SSLContext | None = None,
+        headers: Mapping[str, str] | None = None,
+        keep_alive: bool = True,
+        cookies: bool = True,
+        check_hop: HopCheck | None = None,
     ) -> None:
+        if max_redirects < 0:
+            raise ValueError("max_redirects must not be negative")
         self._trusted = frozenset(origin_key(url) for url in trusted_urls)
         self._allowed = allowed
         self._resolver: Resolver = resolver or SystemResolver()
@@ -135,6 +171,10 @@ class GuardedDownloads:
         self._max_redirects = max_redirects
         self._connections = connections
         self._verify = verify
+        self._headers = dict(headers or {})
+        self._keep_alive = keep_alive
+        self._cookies = cookies
+        self._check_hop = check_hop
         self._session: aiohttp.ClientSession | None = None
 
     async def _opened(self) -> aiohttp.ClientSession:
@@ -147,8 +187,16 @@ class GuardedDownloads:
                         trusted=self._trusted, allowed=self._allowed, resolver=self._resolver
                     ),
                     ssl=tls,
+                    force_close=not self._keep_alive,
+                    use_dns_cache=self._keep_alive,
                 )
-                self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+                self._session = aiohttp.ClientSession(
+                    connector=connector,
+                    trust_env=False,
+                    headers=self._headers,
+                    cookie_jar=None if self._cookies else aiohttp.DummyCookieJar(),
+                    timeout=self._timeout,
+                )
         return self._session
 
     async def aclose(self) -> None:
@@ -159,25 +207,37 @@ class GuardedDownloads:
     async def get(self, url: str | URL) -> AsyncIterator[aiohttp.ClientResponse]:
         """The response at the end of `url`'s redirects; its body is not read yet.
 
-        Raises AddressRefused, TooManyRedirects, TimeoutError or aiohttp.ClientError.
+        Raises AddressRefused, TooManyRedirects, BadRedirect, TimeoutError,
+        aiohttp.ClientError, or what `check_hop` raises.
         """
-        target = _http_url(URL(url))
+        target = self._checked(URL(url), redirected=False)
         session = await self._opened()
-        for _ in range(self._max_redirects + 1):
-            self._check_literal(target)
-            response = await session.get(target, allow_redirects=False, timeout=self._timeout)
-            location = response.headers.get("Location")
-            if response.status not in _REDIRECTS or location is None:
+        redirects = 0
+        while True:
+            response = await session.get(target, allow_redirects=False)
+            if response.status not in _REDIRECT_STATUSES:
                 try:
                     yield response
                 finally:
                     response.release()
                 return
             response.release()
-            target = _http_url(target.join(URL(location)))
-        raise TooManyRedirects(f"more than {self._max_redirects} redirects")
+            if redirects == self._max_redirects:
+                raise TooManyRedirects(self._max_redirects, target)
+            redirects += 1
+            target = self._checked(_redirect_target(target, response), redirected=True)
 
-    def _check_literal(self, url: URL) -> None:
+    def _checked(self, url: URL, *, redirected: bool) -> URL:
+        """`url` as it will be dialled, once the caller's check and the literal check pass."""
+        if self._check_hop is not None:
+            url = self._check_hop(url, redirected)
+        url = _http_url(url)
+        self.check_literal(url)
+        return url
+
+    def check_literal(self, url: URL) -> None:
+        """AddressRefused if `url`'s host is an address literal the policy refuses (every hop
+        is checked anyway; a caller may refuse a link at once, before waiting for its turn)."""
         host = url.raw_host or ""
         ip = parse_address(host)
         if ip is None or origin_key(url) in self._trusted:
@@ -189,6 +249,16 @@ class GuardedDownloads:
 def certifi_context() -> ssl.SSLContext:
     """TLS client settings with certifi's certificate authorities (it reads a file)."""
     return ssl.create_default_context(cafile=certifi.where())
+
+
+def _redirect_target(url: URL, response: aiohttp.ClientResponse) -> URL:
+    location = response.headers.get("Location")
+    if not location:
+        raise BadRedirect(url, None)
+    try:
+        return url.join(URL(location))
+    except (ValueError, TypeError):
+        raise BadRedirect(url, location) from None
 
 
 def _http_url(url: URL) -> URL:

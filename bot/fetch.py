@@ -5,19 +5,21 @@ loopback interface, the LAN, the cloud metadata service (169.254.169.254) or an 
 page; it may send an endless body, a web page instead of an image, or never answer. `SafeFetcher`
 refuses all of these with a short message the user can act on (`FetchRefused`).
 
-How the address rule is enforced, without a DNS-rebinding window:
+How the address rule is enforced, without a DNS-rebinding window: the download is a
+`backends.guarded_http.GuardedDownloads`, the same mechanism as the provider's output downloads.
 
-* IP-literal hosts (`http://10.0.0.1/`, `http://[::1]/`) are checked before any request is made.
+* IP-literal hosts (`http://10.0.0.1/`, `http://[::1]/`) are checked before they are dialled.
   aiohttp never resolves them, so the checked address is the one it connects to.
-* Host names are resolved inside the connection itself: the aiohttp `TCPConnector` gets a
-  `_ValidatingResolver` (`backends.guarded_http.GuardedResolver`, as the provider's output
-  downloads have), which resolves the name once, refuses unless *every* address is allowed,
-  and hands the connector only those checked addresses. There is no second lookup that a hostile
-  DNS server could answer differently, and the DNS cache and keep-alive are off, so each
+* Host names are resolved inside the connection itself, by `GuardedResolver`, which resolves the
+  name once, refuses unless *every* address is allowed, and hands the connector only those
+  checked addresses. There is no second lookup that a hostile DNS server could answer
+  differently, and the DNS cache and keep-alive are off here (`keep_alive=False`), so each
   connection (every redirect hop included) is checked afresh. TLS SNI and the Host header still
   carry the host name, because aiohttp only swaps the address it dials.
-* System proxies are ignored (`trust_env=False`): a proxy would do the resolving for us.
-* Redirects are followed by hand, and every new URL goes through the same checks from scratch.
+* System proxies are ignored: a proxy would do the resolving for us.
+* Redirects are followed one hop at a time, and every new URL goes through the same checks from
+  scratch: this module's own (`SafeFetcher._check_url`: length, scheme, credentials, host,
+  malformed literals), then the address rule.
 
 Testability. Two seams, both keyword arguments:
 
@@ -38,10 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 
 import aiohttp
-from aiohttp.abc import ResolveResult
 from yarl import URL
 
 from backends.addresses import (
@@ -52,7 +52,12 @@ from backends.addresses import (
     is_public_address,
     parse_address,
 )
-from backends.guarded_http import AddressRefused, GuardedResolver
+from backends.guarded_http import (
+    AddressRefused,
+    BadRedirect,
+    GuardedDownloads,
+    TooManyRedirects,
+)
 from bot.i18n import _, number
 
 __all__ = [
@@ -69,7 +74,6 @@ log = logging.getLogger(__name__)
 
 MAX_URL_LENGTH = 2048
 _SCHEMES = frozenset({"http", "https"})
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _MB = 1024 * 1024
 _HEADERS = {
     "User-Agent": "headshot-bot (selfie fetch)",
@@ -133,16 +137,6 @@ def _sanitise_for_message(value: str, limit: int = 60) -> str:
     return kept[:limit] or "unknown"
 
 
-def _not_found(host: str) -> FetchRefused:
-    return FetchRefused(
-        _(
-            "Could not download that link: the site {host} was not found. Check the link, or "
-            "attach the file instead.",
-            host=_sanitise_for_message(host, limit=80),
-        )
-    )
-
-
 def _private_address_refusal() -> FetchRefused:
     return FetchRefused(
         _(
@@ -150,25 +144,6 @@ def _private_address_refusal() -> FetchRefused:
             "the file."
         )
     )
-
-
-class _ValidatingResolver(GuardedResolver):
-    """`GuardedResolver` whose refusals are `FetchRefused`, with the user's message."""
-
-    def __init__(self, resolver: Resolver, allowed: AddressPolicy) -> None:
-        super().__init__(allowed=allowed, resolver=resolver)
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        try:
-            return await super().resolve(host, port, family)
-        except AddressRefused:
-            log.info("fetch refused: %s resolves to a disallowed address", host)
-            raise _private_address_refusal() from None
-        except OSError as exc:
-            log.info("fetch failed: %s did not resolve (%s)", host, type(exc).__name__)
-            raise _not_found(host) from None
 
 
 async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytearray:
@@ -212,8 +187,6 @@ class SafeFetcher:
             raise ValueError("max_bytes must be positive")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
-        if max_redirects < 0:
-            raise ValueError("max_redirects must not be negative")
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         if max_wait is not None and max_wait <= 0:
@@ -222,28 +195,35 @@ class SafeFetcher:
             raise ValueError("pass allow_private or address_allowed, not both")
         self._max_bytes = max_bytes
         self._timeout = timeout
-        self._max_redirects = max_redirects
-        self._resolver: Resolver = resolver or SystemResolver()
-        if allow_private:
-            self._allowed: AddressPolicy = _allow_everything
-        else:
-            self._allowed = address_allowed or is_public_address
+        # One overall timeout (in `fetch`) bounds every hop and the body together.
+        self._downloads = GuardedDownloads(
+            timeout=None,
+            max_redirects=max_redirects,
+            allowed=_allow_everything if allow_private else address_allowed or is_public_address,
+            resolver=resolver,
+            headers=_HEADERS,
+            keep_alive=False,
+            cookies=False,
+            check_hop=self._check_hop,
+        )
         self._turns = asyncio.Semaphore(max_concurrent)
         self._max_wait = timeout if max_wait is None else max_wait
-        self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        await self._downloads.aclose()
 
     async def fetch(self, url: str) -> bytearray:
         """Download the image at `url` and return its raw bytes (a bytearray: not copied)."""
         if self._closed:
             raise RuntimeError("SafeFetcher is closed")
         current = self._check_url(url)
+        try:
+            self._downloads.check_literal(current)  # refused at once, not after a wait
+        except AddressRefused as exc:
+            log.info("fetch refused: %s", exc)
+            raise _private_address_refusal() from None
         try:
             async with asyncio.timeout(self._max_wait):
                 await self._turns.acquire()
@@ -263,7 +243,7 @@ class SafeFetcher:
     async def _fetch_in_turn(self, current: URL) -> bytearray:
         try:
             async with asyncio.timeout(self._timeout):
-                return await self._follow(current)
+                return await self._download(current)
         except TimeoutError:
             log.info("fetch timed out after %gs: %s", self._timeout, _origin(current))
             raise FetchRefused(
@@ -274,24 +254,50 @@ class SafeFetcher:
                 )
             ) from None
 
-    def _session_for_fetch(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                resolver=_ValidatingResolver(self._resolver, self._allowed),
-                use_dns_cache=False,
-                force_close=True,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                trust_env=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                timeout=aiohttp.ClientTimeout(total=None),
-                headers=_HEADERS,
-            )
-        return self._session
+    async def _download(self, url: URL) -> bytearray:
+        """The image at the end of `url`'s redirects; every failure but a timeout is a
+        `FetchRefused`. `_check_hop` logs each hop's origin before it is dialled."""
+        try:
+            async with self._downloads.get(url) as response:
+                return await self._read_image(response)
+        except (FetchRefused, TimeoutError):
+            raise
+        except AddressRefused as exc:
+            log.info("fetch refused: %s", exc)  # names the host only
+            raise _private_address_refusal() from None
+        except TooManyRedirects as exc:
+            log.info("fetch refused: more than %d redirects: %s", exc.limit, _origin(exc.url))
+            raise FetchRefused(
+                _(
+                    "That link redirects too many times (more than {count}): send the final "
+                    "link to the image, or attach the file.",
+                    count=number(exc.limit),
+                )
+            ) from None
+        except BadRedirect as exc:
+            log.info("fetch refused: a redirect with no valid Location: %s", _origin(URL(exc.url)))
+            raise _bad_redirect(exc) from None
+        except aiohttp.ClientError as exc:
+            log.info("fetch failed (%s): %s", type(exc).__name__, _origin(url))
+            raise FetchRefused(self._describe_failure(exc)) from None
+        except OSError as exc:
+            log.info("fetch failed (%s): %s", type(exc).__name__, _origin(url))
+            raise FetchRefused(
+                _(
+                    "Could not download that link: the connection failed. Check the link, "
+                    "or attach the file instead."
+                )
+            ) from None
+
+    def _check_hop(self, url: URL, redirected: bool) -> URL:
+        """`GuardedDownloads`' per-hop hook: this module's checks, on every URL it dials."""
+        checked = self._check_url(str(url), redirected=redirected)
+        log.info("fetch redirected to %s" if redirected else "fetching %s", _origin(checked))
+        return checked
 
     def _check_url(self, raw: str, *, redirected: bool = False) -> URL:
-        """Scheme, credentials, length, host, and the address rule for IP-literal hosts."""
+        """Length, scheme, credentials, host, and a host that looks like an IP literal but is
+        not a valid one. Addresses are `GuardedDownloads`' to check."""
         if len(raw) > MAX_URL_LENGTH:
             raise FetchRefused(
                 _(
@@ -344,87 +350,25 @@ class SafeFetcher:
                 if redirected
                 else _("That link has no host name: send a public image link or attach the file.")
             )
-        if _looks_like_ip_literal(host):
-            ip = parse_address(host)
-            if ip is None:
-                shown = _sanitise_for_message(host)
-                raise FetchRefused(
-                    _(
-                        "The address that link redirects to is not a valid web address "
-                        "({host}): send a public image link or attach the file.",
-                        host=shown,
-                    )
-                    if redirected
-                    else _(
-                        "That link is not a valid web address ({host}): send a public image "
-                        "link or attach the file.",
-                        host=shown,
-                    )
+        if _looks_like_ip_literal(host) and parse_address(host) is None:
+            shown = _sanitise_for_message(host)
+            raise FetchRefused(
+                _(
+                    "The address that link redirects to is not a valid web address "
+                    "({host}): send a public image link or attach the file.",
+                    host=shown,
                 )
-            if not self._allowed(ip):
-                log.info("fetch refused: disallowed address %s", _origin(url))
-                raise _private_address_refusal()
+                if redirected
+                else _(
+                    "That link is not a valid web address ({host}): send a public image "
+                    "link or attach the file.",
+                    host=shown,
+                )
+            )
         return url.with_fragment(None)
 
-    async def _follow(self, url: URL) -> bytearray:
-        session = self._session_for_fetch()
-        redirects = 0
-        while True:
-            log.info("fetching %s", _origin(url))
-            try:
-                async with session.get(url, allow_redirects=False) as response:
-                    if response.status in _REDIRECT_STATUSES:
-                        url = self._redirect_target(url, response, redirects)
-                        redirects += 1
-                        continue
-                    return await self._read_image(url, response)
-            except FetchRefused:
-                raise
-            except TimeoutError:
-                raise
-            except aiohttp.ClientError as exc:
-                log.info("fetch failed (%s): %s", type(exc).__name__, _origin(url))
-                raise FetchRefused(self._describe_failure(url, exc)) from None
-            except OSError as exc:
-                log.info("fetch failed (%s): %s", type(exc).__name__, _origin(url))
-                raise FetchRefused(
-                    _(
-                        "Could not download that link: the connection failed. Check the link, "
-                        "or attach the file instead."
-                    )
-                ) from None
-
-    def _redirect_target(self, url: URL, response: aiohttp.ClientResponse, done: int) -> URL:
-        if done >= self._max_redirects:
-            log.info("fetch refused: more than %d redirects: %s", self._max_redirects, _origin(url))
-            raise FetchRefused(
-                _(
-                    "That link redirects too many times (more than {count}): send the final "
-                    "link to the image, or attach the file.",
-                    count=number(self._max_redirects),
-                )
-            )
-        location = response.headers.get("Location")
-        if not location:
-            raise FetchRefused(
-                _(
-                    "That link answered with a redirect that leads nowhere: send a public image "
-                    "link or attach the file."
-                )
-            )
-        try:
-            target = url.join(URL(location))
-        except (ValueError, TypeError):
-            raise FetchRefused(
-                _(
-                    "That link redirects to an invalid address: send a public image link or "
-                    "attach the file."
-                )
-            ) from None
-        log.info("fetch redirected: %s -> %s", _origin(url), _origin(target))
-        return self._check_url(str(target), redirected=True)
-
-    async def _read_image(self, url: URL, response: aiohttp.ClientResponse) -> bytearray:
+    async def _read_image(self, response: aiohttp.ClientResponse) -> bytearray:
+        url = response.url
         if response.status != 200:
             log.info("fetch refused: HTTP %d from %s", response.status, _origin(url))
             raise FetchRefused(
@@ -458,19 +402,24 @@ class SafeFetcher:
         return data
 
     @staticmethod
-    def _describe_failure(url: URL, exc: aiohttp.ClientError) -> str:
-        host = _sanitise_for_message(url.raw_host or "", limit=80)
+    def _describe_failure(exc: aiohttp.ClientError) -> str:
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            return _(
+                "Could not download that link: the site {host} was not found. Check the link, or "
+                "attach the file instead.",
+                host=_sanitise_for_message(exc.host, limit=80),
+            )
         if isinstance(exc, aiohttp.ClientSSLError):
             return _(
                 "Could not download that link: the secure connection to {host} failed. Check "
                 "the link, or attach the file instead.",
-                host=host,
+                host=_sanitise_for_message(exc.host, limit=80),
             )
         if isinstance(exc, aiohttp.ClientConnectorError):
             return _(
                 "Could not download that link: the site {host} could not be reached. Check the "
                 "link, or attach the file instead.",
-                host=host,
+                host=_sanitise_for_message(exc.host, limit=80),
             )
         if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
             return _(
@@ -486,3 +435,16 @@ class SafeFetcher:
             "Could not download that link: the server gave an invalid answer. Check the link, "
             "or attach the file instead."
         )
+
+
+def _bad_redirect(exc: BadRedirect) -> FetchRefused:
+    if exc.location is None:
+        return FetchRefused(
+            _(
+                "That link answered with a redirect that leads nowhere: send a public image "
+                "link or attach the file."
+            )
+        )
+    return FetchRefused(
+        _("That link redirects to an invalid address: send a public image link or attach the file.")
+    )

@@ -86,6 +86,9 @@ async def server() -> AsyncIterator[ImageServer]:
     async def nowhere(request: web.Request) -> web.Response:
         return web.Response(status=302)
 
+    async def bad_location(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "http://[::1"})
+
     async def declared_huge(request: web.Request) -> web.StreamResponse:
         # Declares 1 GB, sends 10 bytes, then stalls: reading the body would hang.
         response = web.StreamResponse(headers={"Content-Type": "image/png"})
@@ -154,6 +157,7 @@ async def server() -> AsyncIterator[ImageServer]:
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/hop/{n}", hop)
     app.router.add_get("/nowhere", nowhere)
+    app.router.add_get("/bad-location", bad_location)
     app.router.add_get("/declared-huge", declared_huge)
     app.router.add_get("/endless", endless)
     app.router.add_get("/slow-headers", slow_headers)
@@ -439,6 +443,25 @@ async def test_redirect_without_location(server: ImageServer, make: MakeFetcher)
     assert message.startswith("That link answered with a redirect that leads nowhere")
 
 
+async def test_redirect_to_an_invalid_location(server: ImageServer, make: MakeFetcher) -> None:
+    message = await refused(make(allow_private=True), server.url("/bad-location"))
+    assert message.startswith("That link redirects to an invalid address")
+    assert server.requests == ["/bad-location"]
+
+
+async def test_every_redirect_hop_is_resolved_and_checked_afresh(
+    server: ImageServer, make: MakeFetcher
+) -> None:
+    """A redirect to the same name is a new connection and a new lookup: a rebinding DNS
+    server cannot have its second answer skipped by a kept-alive connection or a cache."""
+    resolver = FlippingResolver([["127.0.0.1"], ["10.0.0.1"]])
+    fetcher = make(resolver=resolver, address_allowed=loopback_is_public)
+    message = await refused(fetcher, server.url("/redirect?to=/img.png", "public.example"))
+    assert message.startswith(PRIVATE)
+    assert resolver.lookups == ["public.example", "public.example"]
+    assert server.requests == ["/redirect?to=/img.png"]
+
+
 # --- responses ------------------------------------------------------------------------------
 
 
@@ -502,6 +525,21 @@ async def test_a_fetch_waiting_too_long_for_its_turn_is_refused(
     server.release.set()
     assert await holding == PNG
     assert await fetcher.fetch(server.url("/img.png")) == PNG  # the turn was given back
+
+
+async def test_a_private_address_is_refused_at_once_while_every_turn_is_taken(
+    server: ImageServer, make: MakeFetcher
+) -> None:
+    fetcher = make(address_allowed=loopback_is_public, max_concurrent=1, timeout=5.0)
+    holding = asyncio.create_task(fetcher.fetch(server.url("/held")))
+    async with asyncio.timeout(3):
+        while server.in_flight < 1:
+            await asyncio.sleep(0.01)
+    async with asyncio.timeout(0.5):  # well inside the 5 s wait for a turn
+        message = await refused(fetcher, "http://10.0.0.1/img.png")
+    assert message.startswith(PRIVATE)
+    server.release.set()
+    assert await holding == PNG
 
 
 @pytest.mark.parametrize("query", ["", "?chunked"])

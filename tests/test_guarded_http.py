@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,10 +22,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from yarl import URL
 
 from backends.addresses import AddressPolicy, IPAddress, is_public_address
-from backends.guarded_http import AddressRefused, GuardedDownloads, TooManyRedirects, origin_key
-from tests.test_fetch import FakeResolver
+from backends.guarded_http import (
+    AddressRefused,
+    BadRedirect,
+    GuardedDownloads,
+    TooManyRedirects,
+    origin_key,
+)
+from tests.test_fetch import FakeResolver, FlippingResolver
 
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 
@@ -37,6 +45,10 @@ def loopback_is_public(ip: IPAddress) -> bool:
 class Server:
     port: int = 0
     hosts: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    client_ports: list[int] = field(default_factory=list)
+    cookies: list[str] = field(default_factory=list)
+    user_agents: list[str] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -45,8 +57,17 @@ async def server() -> AsyncIterator[Server]:
 
     async def image(request: web.Request) -> web.Response:
         state.hosts.append(request.headers.get("Host", ""))
+        state.paths.append(request.path_qs)
+        assert request.transport is not None
+        state.client_ports.append(request.transport.get_extra_info("peername")[1])
+        state.cookies.append(request.headers.get("Cookie", ""))
+        state.user_agents.append(request.headers.get("User-Agent", ""))
+        if "raw" in request.query:  # a Location as it is, even empty or not a URL
+            return web.Response(status=302, headers={"Location": request.query["raw"]})
         if "to" in request.query:
-            raise web.HTTPFound(request.query["to"])
+            redirect = web.HTTPFound(request.query["to"])
+            redirect.set_cookie("visited", "yes")
+            raise redirect
         return web.Response(body=b"\x89PNG", content_type="image/png")
 
     app = web.Application()
@@ -68,14 +89,16 @@ async def _client(
     trusted: tuple[str, ...] = (),
     allowed: AddressPolicy = loopback_is_public,
     verify: ssl.SSLContext | None = None,
+    **options: Any,
 ) -> AsyncIterator[GuardedDownloads]:
+    options.setdefault("timeout", 5.0)
     downloads = GuardedDownloads(
         trusted,
-        timeout=5.0,
         max_redirects=2,
         allowed=allowed,
         resolver=resolver,
         verify=verify,
+        **options,
     )
     try:
         yield downloads
@@ -141,11 +164,87 @@ async def test_redirects_are_followed_up_to_the_limit(server: Server) -> None:
     base = f"http://127.0.0.1:{server.port}"
     async with _client(FakeResolver({}), (base,), allowed=is_public_address) as client:
         assert await _body(client, f"{base}/a?to=/b?to=/c") == b"\x89PNG"
-        with pytest.raises(TooManyRedirects):
+        with pytest.raises(TooManyRedirects) as too_many:
             await _body(client, f"{base}/a?to=/b?to=/c?to=/d")
+        assert too_many.value.limit == 2
         with pytest.raises(aiohttp.InvalidUrlClientError):
             await _body(client, f"{base}/a?to=file:///etc/passwd")
     assert len(server.hosts) == 3 + 3 + 1
+
+
+@pytest.mark.parametrize(("location", "expected"), [("", None), ("http://[::1", "http://[::1")])
+async def test_a_redirect_with_nowhere_to_go_is_refused(
+    server: Server, location: str, expected: str | None
+) -> None:
+    """No Location, or one that is not a URL: an aiohttp.InvalidURL, as a dead link."""
+    base = f"http://127.0.0.1:{server.port}"
+    async with _client(FakeResolver({}), (base,), allowed=is_public_address) as client:
+        with pytest.raises(BadRedirect) as bad:
+            await _body(client, str(URL(base).with_path("/a").with_query(raw=location)))
+    assert bad.value.location == expected
+    assert isinstance(bad.value, aiohttp.InvalidURL)
+    assert len(server.hosts) == 1
+
+
+class Refused(Exception):
+    pass
+
+
+async def test_the_hop_check_sees_every_url_before_it_is_dialled(server: Server) -> None:
+    """First the caller's check, then the address rule; what it returns is what is dialled."""
+    seen: list[tuple[str, bool]] = []
+
+    def check_hop(url: URL, redirected: bool) -> URL:
+        seen.append((str(url), redirected))
+        if url.host == "10.0.0.1":
+            raise Refused(str(url))
+        return url.update_query(checked="yes")
+
+    base = f"http://cdn.example:{server.port}"
+    resolver = FakeResolver({"cdn.example": ["127.0.0.1"]})
+    async with _client(resolver, check_hop=check_hop) as client:
+        assert await _body(client, f"{base}/a?to=/b") == b"\x89PNG"
+        assert seen == [(f"{base}/a?to=/b", False), (f"{base}/b", True)]
+        with pytest.raises(Refused):
+            await _body(client, f"{base}/a?to=http://10.0.0.1/x")
+    assert server.paths == [
+        "/a?to=/b&checked=yes",
+        "/b?checked=yes",
+        "/a?to=http://10.0.0.1/x&checked=yes",
+    ]
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+async def test_without_keep_alive_every_hop_is_a_new_connection_and_lookup(
+    server: Server, keep_alive: bool
+) -> None:
+    resolver = FakeResolver({"cdn.example": ["127.0.0.1"]})
+    async with _client(resolver, keep_alive=keep_alive, timeout=None) as client:
+        url = f"http://cdn.example:{server.port}/a?to=/b?to=/c"
+        assert await _body(client, url) == b"\x89PNG"
+    connections = len(set(server.client_ports))
+    assert (connections, len(resolver.lookups)) == ((1, 1) if keep_alive else (3, 3))
+
+
+async def test_a_rebinding_name_is_refused_on_the_next_hop(server: Server) -> None:
+    resolver = FlippingResolver([["127.0.0.1"], ["10.0.0.1"]])
+    async with _client(resolver, keep_alive=False) as client:
+        with pytest.raises(AddressRefused):
+            await _body(client, f"http://cdn.example:{server.port}/a?to=/b")
+    assert resolver.lookups == ["cdn.example", "cdn.example"]
+    assert len(server.hosts) == 1
+
+
+@pytest.mark.parametrize("cookies", [True, False])
+async def test_headers_go_on_every_hop_and_cookies_only_when_kept(
+    server: Server, cookies: bool
+) -> None:
+    resolver = FakeResolver({"cdn.example": ["127.0.0.1"]})
+    headers = {"User-Agent": "guarded-test"}
+    async with _client(resolver, headers=headers, cookies=cookies) as client:
+        assert await _body(client, f"http://cdn.example:{server.port}/a?to=/b") == b"\x89PNG"
+    assert server.user_agents == ["guarded-test"] * 2
+    assert server.cookies == ["", "visited=yes" if cookies else ""]
 
 
 def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:

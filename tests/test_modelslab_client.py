@@ -663,6 +663,17 @@ async def test_output_redirect_loop_is_cut(
     assert len(scripted.paths) == 6
 
 
+@pytest.mark.parametrize("headers", [{}, {"Location": "http://[::1"}])
+async def test_output_redirect_to_nowhere_is_refused(
+    scripted: Scripted, scripted_client: ModelsLabClient, headers: dict[str, str]
+) -> None:
+    scripted.add(302, text="", headers=headers)
+    with pytest.raises(OutputUnavailable, match="redirects nowhere valid") as caught:
+        await scripted_client.download_output(f"{scripted.base_url}/o/1.png", max_bytes=100)
+    assert not caught.value.retryable
+    assert scripted.paths == ["/o/1.png"]
+
+
 # --- the key never leaks --------------------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ from backends.errors import (
 )
 from backends.guarded_http import (
     AddressRefused,
+    BadRedirect,
     GuardedDownloads,
     TooManyRedirects,
     certifi_context,
@@ -443,6 +444,8 @@ class ModelsLabClient:
             return OutputUnavailable("the output link leads to a private network address")
         except TooManyRedirects:
             return OutputUnavailable("the output link redirects too many times")
+        except BadRedirect:
+            return OutputUnavailable("the output link redirects nowhere valid")
         except TimeoutError:
             return ProviderUnavailable("the output download timed out")
         except aiohttp.InvalidURL:
