@@ -201,7 +201,7 @@ class HeadshotApp:
         probe = WriteProbe(self.db)
         opened.push_async_callback(probe.aclose)
         self.accounts = AccountRepository(self.db, self.pseudonyms)
-        self.jobs = JobRepository(self.db)
+        self.jobs = JobRepository(self.db, self.pseudonyms)
         faces = await self._open_faces()
         identity = (
             IdentityGate(
@@ -241,7 +241,6 @@ class HeadshotApp:
             metrics=self.metrics,
         )
         self.generation = GenerationService(
-            accounts=self.accounts,
             jobs=self.jobs,
             store=self.store,
             engine=self.engine,

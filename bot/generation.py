@@ -3,7 +3,8 @@
 Everything that can refuse a request runs before a credit moves: options are checked against
 the documented limits, the selfie is sanitised and its face checked (one face, big enough: a
 generator bills for a selfie it cannot use), and only then is the job inserted together with
-its credit reservation in one transaction.
+its credit reservation in one transaction, which also finds the user's row (or makes it, on
+first sight) and the community's.
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from bot.images import ImageRejected, image_workers
 from bot.jobs.engine import INPUT_PREFIX, JobEngine, drop_inputs
 from bot.metrics import Metrics
 from bot.tokens import new_job_id
-from storage.accounts import AccountRepository
 from storage.imagestore import ImageStore
 from storage.jobs import JobRepository, NewJob, TooManyActive
 from storage.ledger import QuotaExceeded
-from storage.records import JobRecord
+from storage.records import JobRecord, PlatformCommunity, PlatformUser
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,6 @@ class GenerationService:
     def __init__(
         self,
         *,
-        accounts: AccountRepository,
         jobs: JobRepository,
         store: ImageStore,
         engine: JobEngine,
@@ -87,7 +86,6 @@ class GenerationService:
     ) -> None:
         self._faces = faces
         self._metrics = metrics or Metrics()
-        self._accounts = accounts
         self._jobs = jobs
         self._store = store
         self._engine = engine
@@ -104,12 +102,6 @@ class GenerationService:
             pose = await self._sanitise(pose, "pose image") if pose else None
             # A re-roll's selfie passed this check when it was first sent.
             await self._check_face(selfie)
-        user = await self._accounts.user(req.platform, req.platform_user_id)
-        community_id = (
-            await self._accounts.community(req.platform, req.platform_community_id)
-            if req.platform_community_id
-            else None
-        )
         job_id = new_job_id()
         selfie_key = await self._store.put(
             selfie, content_type="image/jpeg", key=f"{INPUT_PREFIX}{job_id}.jpg"
@@ -123,8 +115,11 @@ class GenerationService:
         )
         new_job = NewJob(
             id=job_id,
-            user_id=user.id,
-            community_id=community_id,
+            # Found, or made on first sight, in the job's own transaction.
+            user=PlatformUser(req.platform, req.platform_user_id),
+            community=PlatformCommunity(req.platform, req.platform_community_id)
+            if req.platform_community_id
+            else None,
             operation=str(params.operation),
             params=params.to_dict(),
             credits=params.samples,

@@ -19,7 +19,7 @@ from storage.database import Database
 from storage.dml import insert_ignoring_duplicates
 from storage.models import Community, ForgottenUsage, User, utcnow
 from storage.pseudonyms import Pseudonyms
-from storage.records import Allowance, AuditNote, UserRecord
+from storage.records import Allowance, AuditNote, PlatformCommunity, PlatformUser, UserRecord
 
 
 class AccountRepository:
@@ -34,20 +34,10 @@ class AccountRepository:
         if row is not None:
             return row
         async with self._db.write() as conn:
-            # Another request may have created the user since we looked: then this is a no-op,
-            # and the carryover is theirs to have moved.
-            inserted = await conn.execute(
-                insert_ignoring_duplicates(conn, _USERS)
-                .values(platform=platform, platform_user_id=platform_user_id, created_at=utcnow())
-                .returning(_USERS.c.id)
+            user_id = await user_id_in(
+                conn, PlatformUser(platform, platform_user_id), self._pseudonyms
             )
-            new_id = inserted.scalar_one_or_none()
-            if new_id is not None and self._pseudonyms is not None:
-                subject = self._pseudonyms.subject(platform, platform_user_id)
-                await _carry_over(conn, int(new_id), subject)
-            row = await _find_user(conn, platform, platform_user_id)
-        assert row is not None
-        return row
+        return UserRecord(user_id, platform, platform_user_id)
 
     async def find_user(self, platform: str, platform_user_id: str) -> UserRecord | None:
         """The user with this platform id, or None: looking someone up never creates them."""
@@ -57,18 +47,8 @@ class AccountRepository:
     async def community(self, platform: str, platform_community_id: str) -> int:
         """The community's id, created on first sight (by whichever of two requests at once
         comes first: the other finds it)."""
-        where = _community_is(platform, platform_community_id)
         async with self._db.write() as conn:
-            found = (await conn.execute(select(_COMMUNITIES.c.id).where(*where))).scalar()
-            if found is not None:
-                return int(found)
-            values = {
-                "platform": platform,
-                "platform_community_id": platform_community_id,
-                "created_at": utcnow(),
-            }
-            await conn.execute(insert_ignoring_duplicates(conn, _COMMUNITIES).values(values))
-            return int((await conn.execute(select(_COMMUNITIES.c.id).where(*where))).scalar_one())
+            return await community_id_in(conn, PlatformCommunity(platform, platform_community_id))
 
     async def find_community(self, platform: str, platform_community_id: str) -> int | None:
         """The community's id, or None: looking a community up never creates it."""
@@ -139,6 +119,48 @@ async def _find_user(
         )
     ).one_or_none()
     return UserRecord(*row) if row else None
+
+
+async def user_id_in(
+    conn: AsyncConnection, who: PlatformUser, pseudonyms: Pseudonyms | None
+) -> int:
+    """`who`'s user id, in a write transaction that makes their row on first sight: then the
+    usage they had when they were forgotten is carried over (with `pseudonyms`), in the same
+    transaction, so that whatever it goes on to reserve is counted against it."""
+    found = await _find_user(conn, who.platform, who.platform_user_id)
+    if found is not None:
+        return found.id
+    # Another transaction may have made the row since we looked (PostgreSQL: this insert waits
+    # for it): then nothing is inserted, and the carryover was theirs to move.
+    inserted = await conn.execute(
+        insert_ignoring_duplicates(conn, _USERS)
+        .values(platform=who.platform, platform_user_id=who.platform_user_id, created_at=utcnow())
+        .returning(_USERS.c.id)
+    )
+    new_id = inserted.scalar_one_or_none()
+    if new_id is None:
+        made = await _find_user(conn, who.platform, who.platform_user_id)
+        assert made is not None
+        return made.id
+    if pseudonyms is not None:
+        subject = pseudonyms.subject(who.platform, who.platform_user_id)
+        await _carry_over(conn, int(new_id), subject)
+    return int(new_id)
+
+
+async def community_id_in(conn: AsyncConnection, where: PlatformCommunity) -> int:
+    """The community's id, in a write transaction that makes its row on first sight."""
+    named = _community_is(where.platform, where.platform_community_id)
+    found = (await conn.execute(select(_COMMUNITIES.c.id).where(*named))).scalar()
+    if found is not None:
+        return int(found)
+    values = {
+        "platform": where.platform,
+        "platform_community_id": where.platform_community_id,
+        "created_at": utcnow(),
+    }
+    await conn.execute(insert_ignoring_duplicates(conn, _COMMUNITIES).values(values))
+    return int((await conn.execute(select(_COMMUNITIES.c.id).where(*named))).scalar_one())
 
 
 async def _carry_over(conn: AsyncConnection, user_id: int, subject: str) -> None:

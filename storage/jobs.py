@@ -12,20 +12,32 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import dispatch, identity, leases, ledger
+from storage.accounts import community_id_in, user_id_in
 from storage.audit import write_audit
 from storage.database import Database
 from storage.deliveries import insert_delivery, release_deliveries, renew_deliveries
 from storage.identity import MeasuredImage
 from storage.leases import Lease, lease_until
 from storage.models import Job, Output, User, utcnow
-from storage.records import FINISHED_STATES, AuditNote, JobRecord, JobState, OutputRecord
+from storage.pseudonyms import Pseudonyms
+from storage.records import (
+    FINISHED_STATES,
+    AuditNote,
+    JobRecord,
+    JobState,
+    OutputRecord,
+    PlatformCommunity,
+    PlatformUser,
+)
 
 
 @dataclass(frozen=True)
 class NewJob:
     id: str
-    user_id: int
-    community_id: int | None
+    # The user's id, or who they are on their platform: then their row is found (or made, on
+    # first sight) in the job's own transaction, and so is the community's.
+    user: int | PlatformUser
+    community: int | PlatformCommunity | None
     operation: str
     params: dict[str, Any]
     credits: int
@@ -51,8 +63,11 @@ class TooManyActive(Exception):
 
 
 class JobRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, pseudonyms: Pseudonyms | None = None) -> None:
+        """`pseudonyms`: a user made by a job's transaction takes back their forgotten usage
+        (see `storage.accounts`); without them, it is not carried over."""
         self._db = db
+        self._pseudonyms = pseudonyms
 
     async def create(
         self,
@@ -97,8 +112,6 @@ class JobRepository:
         now = utcnow()
         values = {
             "id": job.id,
-            "user_id": job.user_id,
-            "community_id": job.community_id,
             "operation": job.operation,
             "params": job.params,
             "state": JobState.QUEUED.value,
@@ -121,10 +134,13 @@ class JobRepository:
                 earlier = made.one_or_none()
                 if earlier is not None:
                     return job_record(earlier)
+            user_id = await self._user_id(conn, job.user)
+            values["user_id"] = user_id
+            values["community_id"] = await _community_id(conn, job.community)
             if max_active is not None or daily_quota is not None:
-                await ledger.lock_user(conn, job.user_id)
+                await ledger.lock_user(conn, user_id)
             if max_active is not None:
-                active = await _active_count(conn, job.user_id)
+                active = await _active_count(conn, user_id)
                 if active >= max_active:
                     raise TooManyActive(active)
             if lease is not None:
@@ -135,13 +151,18 @@ class JobRepository:
                 await insert_delivery(conn, job.id, *job.delivery, lease=lease)
             await ledger.reserve(
                 conn,
-                user_id=job.user_id,
+                user_id=user_id,
                 job_id=job.id,
                 credits=job.credits,
                 daily_quota=daily_quota,
                 today=today,
             )
             return job_record(row)
+
+    async def _user_id(self, conn: AsyncConnection, user: int | PlatformUser) -> int:
+        if isinstance(user, int):
+            return user
+        return await user_id_in(conn, user, self._pseudonyms)
 
     async def _by_request(self, request_key: str) -> JobRecord | None:
         async with self._db.read() as conn:
@@ -482,6 +503,14 @@ def _inputs_after_finish(keep_until: datetime | None) -> dict[str, Any]:
     if keep_until is None:
         return {"selfie_key": None, "pose_key": None, "webhook_token_hash": None}
     return {"inputs_expire_at": keep_until, "webhook_token_hash": None}
+
+
+async def _community_id(
+    conn: AsyncConnection, community: int | PlatformCommunity | None
+) -> int | None:
+    if community is None or isinstance(community, int):
+        return community
+    return await community_id_in(conn, community)
 
 
 async def _active_count(conn: AsyncConnection, user_id: int) -> int:

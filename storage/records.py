@@ -46,6 +46,24 @@ class LedgerKind(StrEnum):
 
 
 @dataclass(frozen=True)
+class PlatformUser:
+    """A person as their chat platform names them. A transaction that needs their user row
+    finds it, or makes it on first sight (`storage.accounts.user_id_in`)."""
+
+    platform: str
+    platform_user_id: str
+
+
+@dataclass(frozen=True)
+class PlatformCommunity:
+    """A community (a Discord server, a Telegram group) as its platform names it; found or made
+    by the transaction that needs it (`storage.accounts.community_id_in`)."""
+
+    platform: str
+    platform_community_id: str
+
+
+@dataclass(frozen=True)
 class UserRecord:
     id: int
     platform: str

@@ -34,8 +34,8 @@ def new_job(
 ) -> NewJob:
     return NewJob(
         id=job_id,
-        user_id=user_id,
-        community_id=community_id,
+        user=user_id,
+        community=community_id,
         operation=operation,
         params={"operation": operation, "samples": 1},
         credits=1,

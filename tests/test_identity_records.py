@@ -58,8 +58,8 @@ async def make_job(
     jobs = JobRepository(db)
     new = NewJob(
         id=job_id,
-        user_id=user.id,
-        community_id=community_id,
+        user=user.id,
+        community=community_id,
         operation=operation,
         params={},
         credits=len(delivered),

@@ -57,8 +57,8 @@ class Jobs:
     ) -> None:
         new = NewJob(
             id=job_id,
-            user_id=user.id,
-            community_id=community_id,
+            user=user.id,
+            community=community_id,
             operation="headshot",
             params={},
             credits=images,

@@ -25,8 +25,8 @@ TODAY = date(2026, 11, 21)
 def _job(job_id: str, user_id: int, credits: int = 1) -> NewJob:
     return NewJob(
         id=job_id,
-        user_id=user_id,
-        community_id=None,
+        user=user_id,
+        community=None,
         operation="headshot",
         params={"operation": "headshot", "prompt": "p", "samples": credits},
         credits=credits,

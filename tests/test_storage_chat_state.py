@@ -232,8 +232,8 @@ def test_a_sealed_token_opens_only_for_its_row_under_its_key() -> None:
 def _job(job_id: str, user_id: int, *, request_key: str | None) -> NewJob:
     return NewJob(
         id=job_id,
-        user_id=user_id,
-        community_id=None,
+        user=user_id,
+        community=None,
         operation="headshot",
         params={"operation": "headshot"},
         credits=1,

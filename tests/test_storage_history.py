@@ -19,7 +19,7 @@ from storage.deliveries import DeliveryRepository
 from storage.history import HistoryRepository, UserBusy
 from storage.jobs import JobRepository, NewJob
 from storage.leases import Lease
-from storage.ledger import violations
+from storage.ledger import QuotaExceeded, violations
 from storage.models import IdentityCheck
 from storage.pseudonyms import Pseudonyms
 from storage.records import (
@@ -28,6 +28,7 @@ from storage.records import (
     JobDeletion,
     JobState,
     OutputRecord,
+    PlatformUser,
     UserRecord,
 )
 from storage.settings import SettingsRepository
@@ -66,8 +67,8 @@ class World:
         credits = max(1, len(outputs))
         new = NewJob(
             id=job_id,
-            user_id=user.id,
-            community_id=community_id,
+            user=user.id,
+            community=community_id,
             operation="headshot",
             params={"operation": "headshot", "prompt": f"{user.platform_user_id} at work"},
             credits=credits,
@@ -357,6 +358,47 @@ async def test_forget_and_return_keeps_todays_use(db: Database, database_url: st
     await world.forget(back)
     again = await asyncio.gather(*(world.accounts.user("telegram", "5550001234") for _ in range(3)))
     assert await world.daily_left(again[0]) == QUOTA - 3
+    async with db.read() as conn:
+        assert await violations(conn) == []
+
+
+async def test_a_forgotten_user_returning_with_a_request_takes_back_todays_use_in_its_job(
+    db: Database, database_url: str
+) -> None:
+    world = World(db)
+    me = await world.accounts.user("telegram", "5550001234")
+    await world.job("ok", me, outputs=("a.jpg", "b.jpg"))  # 2 of today's allowance used
+    await world.forget(me)
+    jobs = JobRepository(db, PSEUDONYMS)
+    returning = PlatformUser("telegram", "5550001234")
+
+    def request(job_id: str, credits: int) -> NewJob:
+        return NewJob(
+            id=job_id,
+            user=returning,
+            community=None,
+            operation="headshot",
+            params={"operation": "headshot", "samples": credits},
+            credits=credits,
+            selfie_key=f"inputs/{job_id}.jpg",
+            pose_key=None,
+            seed=1,
+        )
+
+    # The carried-over use counts against the job that makes the row: 9 > 10 - 2.
+    with pytest.raises(QuotaExceeded):
+        await jobs.create(request("too-big", QUOTA - 1), daily_quota=QUOTA, today=TODAY)
+    assert await world.accounts.find_user("telegram", "5550001234") is None
+    assert query(database_url, "SELECT count(*) FROM forgotten_usage") == [(1,)]
+
+    # Several at once: the user is made once, and the use carried over once.
+    made = await asyncio.gather(
+        *(jobs.create(request(f"r{n}", 1), daily_quota=QUOTA, today=TODAY) for n in range(3))
+    )
+    back = await world.accounts.find_user("telegram", "5550001234")
+    assert back is not None and {job.user_id for job in made} == {back.id}
+    assert await world.daily_left(back) == QUOTA - 2 - 3
+    assert query(database_url, "SELECT count(*) FROM forgotten_usage") == [(0,)]
     async with db.read() as conn:
         assert await violations(conn) == []
 

@@ -21,9 +21,9 @@ from storage.identity import MeasuredImage, best_per_slot
 from storage.imagestore import ImageStore
 from storage.jobs import JobRepository, NewJob, TooManyActive
 from storage.leases import Lease
-from storage.ledger import violations
+from storage.ledger import QuotaExceeded, violations
 from storage.models import Confirmation
-from storage.records import AuditNote, JobState, OutputRecord
+from storage.records import AuditNote, JobState, OutputRecord, PlatformCommunity, PlatformUser
 from tests.databases import query
 
 TODAY = date(2026, 11, 21)
@@ -34,8 +34,8 @@ QUOTA = 10
 def _new(job_id: str, user_id: int, credits: int = 1, selfie: str | None = None) -> NewJob:
     return NewJob(
         id=job_id,
-        user_id=user_id,
-        community_id=None,
+        user=user_id,
+        community=None,
         operation="headshot",
         params={"operation": "headshot", "samples": credits},
         credits=credits,
@@ -69,6 +69,39 @@ async def test_new_job_keeps_style_and_prompt(db: Database) -> None:
     assert created.deleted_at is None and created.inputs_expire_at is None
     again = await jobs.get("j")
     assert again == created
+
+
+async def test_a_job_finds_or_makes_its_user_and_community_in_its_own_transaction(
+    db: Database, database_url: str
+) -> None:
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    newcomer = PlatformUser("discord", "newcomer")
+    server = PlatformCommunity("discord", "server-1")
+
+    def new(job_id: str, credits: int = 1) -> NewJob:
+        return replace(_new(job_id, 0, credits), user=newcomer, community=server)
+
+    # Refused: nothing is written, not even the user or the community the job would have made.
+    with pytest.raises(QuotaExceeded):
+        await jobs.create(new("too-big", QUOTA + 1), daily_quota=QUOTA, today=TODAY)
+    assert await accounts.find_user("discord", "newcomer") is None
+    assert await accounts.find_community("discord", "server-1") is None
+
+    # Five requests at once from someone never seen, in a server never seen: one row each.
+    made = await asyncio.gather(
+        *(jobs.create(new(f"j{n}"), daily_quota=QUOTA, today=TODAY) for n in range(5))
+    )
+    user = await accounts.find_user("discord", "newcomer")
+    community_id = await accounts.find_community("discord", "server-1")
+    assert user is not None and community_id is not None
+    assert {(job.user_id, job.community_id) for job in made} == {(user.id, community_id)}
+    assert _count(database_url, "SELECT count(*) FROM users") == 1
+    assert _count(database_url, "SELECT count(*) FROM communities") == 1
+    allowance = await accounts.allowance(user.id, daily_quota=QUOTA, today=TODAY)
+    assert allowance.daily_left == QUOTA - 5
+    # A user known by id, and no community (a DM), as before.
+    dm = await jobs.create(_new("dm", user.id), daily_quota=QUOTA, today=TODAY)
+    assert (dm.user_id, dm.community_id) == (user.id, None)
 
 
 async def test_too_many_active_counts_unfinished_and_writes_nothing(
