@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.database import Database
@@ -211,6 +211,25 @@ class DispatchQueue:
             return {}
         line = await self.waiting()
         return {job_id: i for i, job_id in enumerate(line, 1) if job_id in wanted}
+
+    async def position(self, job_id: str) -> int | None:
+        """1-based place in the line of one job, if it waits and is placed: the jobs ahead of
+        it are counted by the database, not read (a burst's every newcomer asks its place)."""
+        ahead = _JOBS.alias("ahead")
+        count_ahead = (
+            select(func.count())
+            .select_from(ahead)
+            .where(
+                ahead.c.state == _QUEUED,
+                ahead.c.queue_seq.is_not(None),
+                tuple_(ahead.c.queue_round, ahead.c.queue_slot, ahead.c.queue_seq)
+                < tuple_(*_LINE_ORDER),
+            )
+            .scalar_subquery()
+        )
+        async with self._db.read() as conn:
+            found = await conn.scalar(select(count_ahead).where(_JOBS.c.id == job_id, *_waiting()))
+            return None if found is None else int(found) + 1
 
     async def waiting_count(self) -> int:
         async with self._db.read() as conn:
