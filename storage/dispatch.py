@@ -215,21 +215,9 @@ class DispatchQueue:
     async def position(self, job_id: str) -> int | None:
         """1-based place in the line of one job, if it waits and is placed: the jobs ahead of
         it are counted by the database, not read (a burst's every newcomer asks its place)."""
-        ahead = _JOBS.alias("ahead")
-        count_ahead = (
-            select(func.count())
-            .select_from(ahead)
-            .where(
-                ahead.c.state == _QUEUED,
-                ahead.c.queue_seq.is_not(None),
-                tuple_(ahead.c.queue_round, ahead.c.queue_slot, ahead.c.queue_seq)
-                < tuple_(*_LINE_ORDER),
-            )
-            .scalar_subquery()
-        )
         async with self._db.read() as conn:
-            found = await conn.scalar(select(count_ahead).where(_JOBS.c.id == job_id, *_waiting()))
-            return None if found is None else int(found) + 1
+            found = await conn.scalar(_POSITION, {"job": job_id})
+            return None if found is None else int(found)
 
     async def waiting_count(self) -> int:
         async with self._db.read() as conn:
@@ -333,6 +321,21 @@ async def _in_flight_by_operation(conn: AsyncConnection) -> Counter[str]:
 
 def _waiting() -> tuple[Any, ...]:
     return (_JOBS.c.state == _QUEUED, _JOBS.c.queue_seq.is_not(None))
+
+
+# Built once: an alias's columns are made anew for every alias, at a cost a burst notices.
+_AHEAD = _JOBS.alias("ahead")
+_POSITION = select(
+    select(func.count() + 1)
+    .select_from(_AHEAD)
+    .where(
+        _AHEAD.c.state == _QUEUED,
+        _AHEAD.c.queue_seq.is_not(None),
+        tuple_(_AHEAD.c.queue_round, _AHEAD.c.queue_slot, _AHEAD.c.queue_seq)
+        < tuple_(*_LINE_ORDER),
+    )
+    .scalar_subquery()
+).where(_JOBS.c.id == bindparam("job"), *_waiting())
 
 
 @dataclass
