@@ -21,7 +21,9 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from storage.jobs import NewJob
 from storage.migrate import alembic_config
+from storage.records import PlatformUser
 
 KINDS = ("sqlite", "postgresql")
 TEMPLATE = "headshot_template"
@@ -170,3 +172,21 @@ async def fresh_postgres_database() -> AsyncIterator[str]:
         yield url
     finally:
         databases.drop(url)
+
+
+def new_job(
+    job_id: str, user: int | PlatformUser, credits: int = 1, selfie: str | None = None
+) -> NewJob:
+    """A headshot job of `credits` images for `user` (an id, or who they are on a platform), in
+    no community."""
+    return NewJob(
+        id=job_id,
+        user=user,
+        community=None,
+        operation="headshot",
+        params={"operation": "headshot", "samples": credits},
+        credits=credits,
+        selfie_key=selfie or f"inputs/{job_id}.jpg",
+        pose_key=None,
+        seed=1,
+    )

@@ -33,7 +33,7 @@ from storage.records import (
 )
 from storage.settings import SettingsRepository
 from storage.stats import StatsRepository
-from tests.databases import all_rows, query
+from tests.databases import all_rows, new_job, query
 
 TODAY = date(2026, 11, 21)
 YESTERDAY = TODAY - timedelta(days=1)
@@ -372,28 +372,18 @@ async def test_a_forgotten_user_returning_with_a_request_takes_back_todays_use_i
     jobs = JobRepository(db, PSEUDONYMS)
     returning = PlatformUser("telegram", "5550001234")
 
-    def request(job_id: str, credits: int) -> NewJob:
-        return NewJob(
-            id=job_id,
-            user=returning,
-            community=None,
-            operation="headshot",
-            params={"operation": "headshot", "samples": credits},
-            credits=credits,
-            selfie_key=f"inputs/{job_id}.jpg",
-            pose_key=None,
-            seed=1,
-        )
-
     # The carried-over use counts against the job that makes the row: 9 > 10 - 2.
     with pytest.raises(QuotaExceeded):
-        await jobs.create(request("too-big", QUOTA - 1), daily_quota=QUOTA, today=TODAY)
+        await jobs.create(new_job("too-big", returning, QUOTA - 1), daily_quota=QUOTA, today=TODAY)
     assert await world.accounts.find_user("telegram", "5550001234") is None
     assert query(database_url, "SELECT count(*) FROM forgotten_usage") == [(1,)]
 
     # Several at once: the user is made once, and the use carried over once.
     made = await asyncio.gather(
-        *(jobs.create(request(f"r{n}", 1), daily_quota=QUOTA, today=TODAY) for n in range(3))
+        *(
+            jobs.create(new_job(f"r{n}", returning), daily_quota=QUOTA, today=TODAY)
+            for n in range(3)
+        )
     )
     back = await world.accounts.find_user("telegram", "5550001234")
     assert back is not None and {job.user_id for job in made} == {back.id}

@@ -24,25 +24,11 @@ from storage.leases import Lease
 from storage.ledger import QuotaExceeded, violations
 from storage.models import Confirmation
 from storage.records import AuditNote, JobState, OutputRecord, PlatformCommunity, PlatformUser
-from tests.databases import query
+from tests.databases import new_job, query
 
 TODAY = date(2026, 11, 21)
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 QUOTA = 10
-
-
-def _new(job_id: str, user_id: int, credits: int = 1, selfie: str | None = None) -> NewJob:
-    return NewJob(
-        id=job_id,
-        user=user_id,
-        community=None,
-        operation="headshot",
-        params={"operation": "headshot", "samples": credits},
-        credits=credits,
-        selfie_key=selfie or f"inputs/{job_id}.jpg",
-        pose_key=None,
-        seed=1,
-    )
 
 
 async def _succeed(
@@ -63,7 +49,7 @@ def _count(database_url: str, sql: str) -> int:
 async def test_new_job_keeps_style_and_prompt(db: Database) -> None:
     accounts, jobs = AccountRepository(db), JobRepository(db)
     user = await accounts.user("test", "u1")
-    new = replace(_new("j", user.id), style="corporate", user_prompt="navy")
+    new = replace(new_job("j", user.id), style="corporate", user_prompt="navy")
     created = await jobs.create(new, daily_quota=QUOTA, today=TODAY)
     assert (created.style, created.user_prompt) == ("corporate", "navy")
     assert created.deleted_at is None and created.inputs_expire_at is None
@@ -79,7 +65,7 @@ async def test_a_job_finds_or_makes_its_user_and_community_in_its_own_transactio
     server = PlatformCommunity("discord", "server-1")
 
     def new(job_id: str, credits: int = 1) -> NewJob:
-        return replace(_new(job_id, 0, credits), user=newcomer, community=server)
+        return replace(new_job(job_id, 0, credits), user=newcomer, community=server)
 
     # Refused: nothing is written, not even the user or the community the job would have made.
     with pytest.raises(QuotaExceeded):
@@ -100,7 +86,7 @@ async def test_a_job_finds_or_makes_its_user_and_community_in_its_own_transactio
     allowance = await accounts.allowance(user.id, daily_quota=QUOTA, today=TODAY)
     assert allowance.daily_left == QUOTA - 5
     # A user known by id, and no community (a DM), as before.
-    dm = await jobs.create(_new("dm", user.id), daily_quota=QUOTA, today=TODAY)
+    dm = await jobs.create(new_job("dm", user.id), daily_quota=QUOTA, today=TODAY)
     assert (dm.user_id, dm.community_id) == (user.id, None)
 
 
@@ -110,30 +96,30 @@ async def test_too_many_active_counts_unfinished_and_writes_nothing(
     accounts, jobs = AccountRepository(db), JobRepository(db)
     user = await accounts.user("test", "u1")
     other = await accounts.user("test", "u2")
-    await jobs.create(_new("a", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
-    await jobs.create(_new("b", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
+    await jobs.create(new_job("a", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
+    await jobs.create(new_job("b", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
     with pytest.raises(TooManyActive) as refused:
-        await jobs.create(_new("c", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
+        await jobs.create(new_job("c", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
     assert refused.value.active == 2
     assert await jobs.get("c") is None
     assert _count(database_url, "SELECT count(*) FROM credit_ledger WHERE job_id='c'") == 0
     # Another user's jobs do not count against this one, nor do finished jobs.
-    await jobs.create(_new("d", other.id), daily_quota=QUOTA, today=TODAY, max_active=1)
+    await jobs.create(new_job("d", other.id), daily_quota=QUOTA, today=TODAY, max_active=1)
     await jobs.fail("a", "boom")
     await _succeed(jobs, "b", 1)
-    await jobs.create(_new("c", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
-    await jobs.create(_new("e", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
+    await jobs.create(new_job("c", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
+    await jobs.create(new_job("e", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
     with pytest.raises(TooManyActive):
-        await jobs.create(_new("f", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
+        await jobs.create(new_job("f", user.id), daily_quota=QUOTA, today=TODAY, max_active=2)
     # No limit given: none applies (the old behaviour).
-    await jobs.create(_new("g", user.id), daily_quota=QUOTA, today=TODAY)
+    await jobs.create(new_job("g", user.id), daily_quota=QUOTA, today=TODAY)
 
 
 async def test_finished_jobs_let_inputs_go_unless_kept(db: Database) -> None:
     accounts, jobs = AccountRepository(db), JobRepository(db)
     user = await accounts.user("test", "u1")
     for job_id in ("gone", "kept-ok", "kept-failed", "later", "running"):
-        await jobs.create(_new(job_id, user.id), daily_quota=QUOTA, today=TODAY)
+        await jobs.create(new_job(job_id, user.id), daily_quota=QUOTA, today=TODAY)
     await _succeed(jobs, "gone", 1)
     await _succeed(jobs, "kept-ok", 1, keep=NOW)
     assert await jobs.fail("kept-failed", "boom", keep_inputs_until=NOW - timedelta(minutes=1))
@@ -171,9 +157,9 @@ async def test_finished_jobs_let_inputs_go_unless_kept(db: Database) -> None:
 async def test_expired_inputs_leave_out_a_selfie_a_reroll_still_needs(db: Database) -> None:
     accounts, jobs = AccountRepository(db), JobRepository(db)
     user = await accounts.user("test", "u1")
-    await jobs.create(_new("first", user.id), daily_quota=QUOTA, today=TODAY)
+    await jobs.create(new_job("first", user.id), daily_quota=QUOTA, today=TODAY)
     await _succeed(jobs, "first", 1, keep=NOW)
-    reroll = _new("reroll", user.id, selfie="inputs/first.jpg")
+    reroll = new_job("reroll", user.id, selfie="inputs/first.jpg")
     await jobs.create(reroll, daily_quota=QUOTA, today=TODAY)
     assert await jobs.expired_inputs(NOW) == [("first", ())]
     # Both due at once: the key is listed, since no job outside the batch needs it.
@@ -189,11 +175,11 @@ async def test_refund_once_for_a_success_only(db: Database, database_url: str) -
     user = await accounts.user("test", "u1")
     note = AuditNote(actor="test:mod", action="refund", target="test:u1", details={"job": "ok"})
     await accounts.grant(user.id, 1, actor="op", note=None)
-    await jobs.create(_new("ok", user.id, credits=3), daily_quota=2, today=TODAY)
+    await jobs.create(new_job("ok", user.id, credits=3), daily_quota=2, today=TODAY)
     await _succeed(jobs, "ok", 2)  # 2 of 3 delivered: 2 committed (daily), 1 grant released
-    await jobs.create(_new("failed", user.id), daily_quota=2, today=TODAY)
+    await jobs.create(new_job("failed", user.id), daily_quota=2, today=TODAY)
     await jobs.fail("failed", "boom")
-    await jobs.create(_new("open", user.id), daily_quota=2, today=TODAY)
+    await jobs.create(new_job("open", user.id), daily_quota=2, today=TODAY)
 
     before = await accounts.allowance(user.id, daily_quota=2, today=TODAY)
     assert await jobs.refund("failed", audit=note) == 0
@@ -214,7 +200,7 @@ async def test_refund_once_for_a_success_only(db: Database, database_url: str) -
 async def test_unmetered_success_has_nothing_to_refund(db: Database) -> None:
     accounts, jobs = AccountRepository(db), JobRepository(db)
     user = await accounts.user("test", "op")
-    await jobs.create(_new("free", user.id), daily_quota=None, today=TODAY)
+    await jobs.create(new_job("free", user.id), daily_quota=None, today=TODAY)
     await _succeed(jobs, "free", 1)
     assert await jobs.refund("free", audit=AuditNote(actor="op", action="refund")) == 0
 
@@ -222,9 +208,9 @@ async def test_unmetered_success_has_nothing_to_refund(db: Database) -> None:
 async def test_the_checker_catches_a_forged_refund(db: Database) -> None:
     accounts, jobs = AccountRepository(db), JobRepository(db)
     user = await accounts.user("test", "u1")
-    await jobs.create(_new("failed", user.id), daily_quota=QUOTA, today=TODAY)
+    await jobs.create(new_job("failed", user.id), daily_quota=QUOTA, today=TODAY)
     await jobs.fail("failed", "boom")
-    await jobs.create(_new("ok", user.id), daily_quota=QUOTA, today=TODAY)
+    await jobs.create(new_job("ok", user.id), daily_quota=QUOTA, today=TODAY)
     await _succeed(jobs, "ok", 1)
 
     class Undo(Exception):
@@ -252,7 +238,7 @@ async def test_a_webhook_token_names_its_job_until_the_job_ends(db: Database) ->
     """Webhooks are matched in the database: any process that receives one finds the job."""
     accounts, jobs = AccountRepository(db), JobRepository(db)
     user = await accounts.user("test", "u1")
-    await jobs.create(_new("j", user.id), daily_quota=QUOTA, today=TODAY)
+    await jobs.create(new_job("j", user.id), daily_quota=QUOTA, today=TODAY)
     assert await jobs.id_for_webhook("a" * 64) is None
     await jobs.transition("j", [JobState.QUEUED], JobState.SUBMITTED, webhook_token_hash="a" * 64)
     assert await jobs.id_for_webhook("a" * 64) == "j"
@@ -289,8 +275,8 @@ async def test_a_job_is_driven_by_its_lease_holder_and_taken_over_once_the_lease
     accounts, jobs = AccountRepository(db), JobRepository(db)
     user = await accounts.user("test", "u1")
     first, second = Lease("replica-a", 0.3), Lease("replica-b", 30)
-    await jobs.create(_new("held", user.id), daily_quota=QUOTA, today=TODAY, lease=first)
-    await jobs.create(_new("free", user.id), daily_quota=QUOTA, today=TODAY)  # no lease
+    await jobs.create(new_job("held", user.id), daily_quota=QUOTA, today=TODAY, lease=first)
+    await jobs.create(new_job("free", user.id), daily_quota=QUOTA, today=TODAY)  # no lease
 
     # A live lease is left alone; a job without one is anyone's.
     assert [job.id for job in await jobs.take_over(second)] == ["free"]
@@ -322,7 +308,7 @@ async def test_a_job_held_but_no_longer_driven_is_left_to_run_out(db: Database) 
     user = await accounts.user("test", "u1")
     here = Lease("replica-a", 0.3)
     for job_id in ("driven", "dropped"):
-        await jobs.create(_new(job_id, user.id), daily_quota=QUOTA, today=TODAY, lease=here)
+        await jobs.create(new_job(job_id, user.id), daily_quota=QUOTA, today=TODAY, lease=here)
     for _ in range(3):
         await asyncio.sleep(0.15)
         assert await jobs.renew_leases(here, ["driven"]) == {"driven"}
@@ -340,7 +326,7 @@ async def test_a_gate_retry_asks_only_for_the_images_that_failed(db: Database) -
     third (its credit is released at the end). The retry asks for the second alone."""
     accounts, jobs = AccountRepository(db), JobRepository(db)
     user = await accounts.user("test", "u1")
-    await jobs.create(_new("j", user.id, credits=3), daily_quota=QUOTA, today=TODAY)
+    await jobs.create(new_job("j", user.id, credits=3), daily_quota=QUOTA, today=TODAY)
     job = await jobs.transition("j", [JobState.QUEUED], JobState.REHOSTING)
     assert job is not None
     gate = IdentityGate(
@@ -371,7 +357,7 @@ async def test_the_identity_gate_counts_a_retry_once_and_keeps_what_it_measured(
 ) -> None:
     accounts, jobs = AccountRepository(db), JobRepository(db)
     user = await accounts.user("test", "u1")
-    await jobs.create(_new("j", user.id, credits=2), daily_quota=QUOTA, today=TODAY)
+    await jobs.create(new_job("j", user.id, credits=2), daily_quota=QUOTA, today=TODAY)
     job = await jobs.transition("j", [JobState.QUEUED], JobState.REHOSTING)
     assert job is not None and job.identity_retries == 0
     first = [_measured("j", 0, 0, 0.3), _measured("j", 1, 0, 0.8)]
