@@ -60,6 +60,7 @@ from storage.pseudonyms import (
     verify_key,
 )
 from storage.settings import SettingsRepository
+from storage.standing import StandingRepository
 from storage.stats import StatsRepository
 from storage.waits import WaitRepository
 
@@ -287,6 +288,7 @@ class HeadshotApp:
                 inbox=InboxRepository(self.db),
                 interactions=InteractionRepository(self.db),
                 posts=PostRepository(self.db),
+                standing=StandingRepository(self.db),
                 fleet=self.fleet,
                 metrics=self.metrics,
                 readiness=self.readiness,

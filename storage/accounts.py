@@ -42,7 +42,7 @@ class AccountRepository:
     async def find_user(self, platform: str, platform_user_id: str) -> UserRecord | None:
         """The user with this platform id, or None: looking someone up never creates them."""
         async with self._db.read() as conn:
-            return await _find_user(conn, platform, platform_user_id)
+            return await find_user_in(conn, platform, platform_user_id)
 
     async def community(self, platform: str, platform_community_id: str) -> int:
         """The community's id, created on first sight (by whichever of two requests at once
@@ -107,9 +107,10 @@ _COMMUNITIES = Community.__table__
 _FORGOTTEN = ForgottenUsage.__table__
 
 
-async def _find_user(
+async def find_user_in(
     conn: AsyncConnection, platform: str, platform_user_id: str
 ) -> UserRecord | None:
+    """The user with this platform id, or None (never made here)."""
     row = (
         await conn.execute(
             select(_USERS.c.id, _USERS.c.platform, _USERS.c.platform_user_id).where(
@@ -127,7 +128,7 @@ async def user_id_in(
     """`who`'s user id, in a write transaction that makes their row on first sight: then the
     usage they had when they were forgotten is carried over (with `pseudonyms`), in the same
     transaction, so that whatever it goes on to reserve is counted against it."""
-    found = await _find_user(conn, who.platform, who.platform_user_id)
+    found = await find_user_in(conn, who.platform, who.platform_user_id)
     if found is not None:
         return found.id
     # Another transaction may have made the row since we looked (PostgreSQL: this insert waits
@@ -139,7 +140,7 @@ async def user_id_in(
     )
     new_id = inserted.scalar_one_or_none()
     if new_id is None:
-        made = await _find_user(conn, who.platform, who.platform_user_id)
+        made = await find_user_in(conn, who.platform, who.platform_user_id)
         assert made is not None
         return made.id
     if pseudonyms is not None:

@@ -58,23 +58,30 @@ class BanRepository:
             return True
 
     async def find(self, subject: str, *, community_id: int | None) -> BanRecord | None:
-        """The ban that keeps `subject` out of `community_id` (None: a DM, where only a global
-        ban applies). A global ban is preferred: it is the one a community cannot lift."""
-        applies = (
-            _BANS.c.community_id.is_(None)
-            if community_id is None
-            else or_(_BANS.c.community_id.is_(None), _BANS.c.community_id == community_id)
-        )
+        """The ban that keeps `subject` out of `community_id` (see `ban_in`)."""
         async with self._db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(_BANS.c.community_id, _BANS.c.reason, _BANS.c.banned_by, _BANS.c.at)
-                    .where(_BANS.c.subject == subject, applies)
-                    .order_by(_BANS.c.community_id.asc().nulls_first(), _BANS.c.id)
-                    .limit(1)
-                )
-            ).one_or_none()
-            return BanRecord(*row) if row else None
+            return await ban_in(conn, subject, community_id=community_id)
+
+
+async def ban_in(
+    conn: AsyncConnection, subject: str, *, community_id: int | None
+) -> BanRecord | None:
+    """The ban that keeps `subject` out of `community_id` (None: a DM, where only a global ban
+    applies). A global ban is preferred: it is the one a community cannot lift."""
+    applies = (
+        _BANS.c.community_id.is_(None)
+        if community_id is None
+        else or_(_BANS.c.community_id.is_(None), _BANS.c.community_id == community_id)
+    )
+    row = (
+        await conn.execute(
+            select(_BANS.c.community_id, _BANS.c.reason, _BANS.c.banned_by, _BANS.c.at)
+            .where(_BANS.c.subject == subject, applies)
+            .order_by(_BANS.c.community_id.asc().nulls_first(), _BANS.c.id)
+            .limit(1)
+        )
+    ).one_or_none()
+    return BanRecord(*row) if row else None
 
 
 def _scope(community_id: int | None) -> Any:

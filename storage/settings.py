@@ -34,20 +34,7 @@ class SettingsRepository:
     ) -> list[SettingRecord]:
         """Every setting that applies to this user in this community, at any level."""
         async with self._db.read() as conn:
-            rows = await conn.execute(
-                select(
-                    _SETTINGS.c.community_id,
-                    _SETTINGS.c.user_id,
-                    _SETTINGS.c.key,
-                    _SETTINGS.c.value,
-                )
-                .where(
-                    _applies(_SETTINGS.c.community_id, community_id),
-                    _applies(_SETTINGS.c.user_id, user_id),
-                )
-                .order_by(_SETTINGS.c.id)
-            )
-            return [SettingRecord(*row) for row in rows]
+            return await settings_in(conn, user_id=user_id, community_id=community_id)
 
     async def for_person(
         self,
@@ -195,6 +182,21 @@ async def _upsert(
                 updated_by=actor,
             )
         )
+
+
+async def settings_in(
+    conn: AsyncConnection, *, user_id: int | None, community_id: int | None
+) -> list[SettingRecord]:
+    """Every setting that applies to this user in this community, at any level, oldest first."""
+    rows = await conn.execute(
+        select(_SETTINGS.c.community_id, _SETTINGS.c.user_id, _SETTINGS.c.key, _SETTINGS.c.value)
+        .where(
+            _applies(_SETTINGS.c.community_id, community_id),
+            _applies(_SETTINGS.c.user_id, user_id),
+        )
+        .order_by(_SETTINGS.c.id)
+    )
+    return [SettingRecord(*row) for row in rows]
 
 
 def _applies(column: Any, value: int | None) -> Any:

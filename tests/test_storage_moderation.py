@@ -19,6 +19,7 @@ from storage.models import Job
 from storage.pseudonyms import Pseudonyms
 from storage.records import AuditNote, JobState, OutputRecord, SettingRecord, UserRecord
 from storage.settings import SettingsRepository
+from storage.standing import Standing, StandingRepository
 from storage.stats import StatsRepository
 from tests.databases import query
 
@@ -260,6 +261,46 @@ async def test_find_user_and_community_never_create(db: Database, database_url: 
     assert await accounts.find_user("test", "me") == me
     assert await accounts.find_community("test", "here") == here
     assert await accounts.find_user("other", "me") is None
+
+
+async def test_a_standing_is_read_as_the_repositories_read_it(db: Database) -> None:
+    accounts, bans, scoped = AccountRepository(db), BanRepository(db), SettingsRepository(db)
+    standing = StandingRepository(db)
+    here = await accounts.community("test", "here")
+    there = await accounts.community("test", "there")
+
+    async def of(platform_user_id: str, community_id: int | None) -> Standing:
+        return await standing.read(
+            platform="test",
+            platform_user_id=platform_user_id,
+            subject=f"subject-{platform_user_id}",
+            community_id=community_id,
+        )
+
+    # Never seen: no user, yet the settings of everyone and of the community apply.
+    await scoped.set(community_id=None, user_id=None, key="daily_quota", value=5, by="owner")
+    await scoped.set(community_id=here, user_id=None, key="daily_quota", value=3, by="mod")
+    ghost = await of("ghost", here)
+    assert ghost.user is None and ghost.ban is None
+    assert ghost.settings == await scoped.for_context(user_id=None, community_id=here)
+    assert [row.value for row in ghost.settings] == [5, 3]
+    assert await accounts.find_user("test", "ghost") is None  # reading makes no one
+
+    me = await accounts.user("test", "me")
+    await scoped.set(community_id=None, user_id=me.id, key="language", value="de", by="me")
+    await scoped.set(community_id=there, user_id=None, key="daily_quota", value=9, by="mod")
+    note = AuditNote(actor="test:mod", action="ban", target="test:me")
+    await bans.ban("subject-me", community_id=there, reason="spam", audit=note)
+    mine = await of("me", here)
+    assert mine.user == me
+    assert mine.settings == await scoped.for_context(user_id=me.id, community_id=here)
+    assert mine.ban is None  # banned there, not here
+    away = await of("me", there)
+    assert away.ban == await bans.find("subject-me", community_id=there)
+    assert away.ban is not None and away.ban.reason == "spam"
+    await bans.ban("subject-me", community_id=None, reason="everywhere", audit=note)
+    assert (await of("me", there)).ban == await bans.find("subject-me", community_id=there)
+    assert (await of("me", None)).ban is not None
 
 
 # --- stats ----------------------------------------------------------------------------------

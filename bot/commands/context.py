@@ -31,6 +31,7 @@ from storage.posts import PostRepository
 from storage.pseudonyms import Pseudonyms
 from storage.records import AuditNote, BanRecord, UserRecord
 from storage.settings import SettingsRepository
+from storage.standing import Standing, StandingRepository
 from storage.stats import StatsRepository
 from storage.waits import WaitRepository
 
@@ -93,6 +94,7 @@ class Services:
     inbox: InboxRepository
     interactions: InteractionRepository
     posts: PostRepository
+    standing: StandingRepository
     # Each running chat adapter's way to remove its platform's messages (registered at start).
     removers: PostRemovers = field(default_factory=PostRemovers)
     # The GPU workers, for /admin workers; None: this bot has none (ModelsLab alone).
@@ -115,18 +117,36 @@ class Context:
     # Where the adapter will show a queued job's result (see `CommandRequest.deliver_to`).
     deliver_to: Mapping[str, Any] | None = None
     request_key: str | None = None
+    _standing: Standing | None = field(default=None, init=False, repr=False)
 
     @property
     def in_community(self) -> bool:
         return self.community_id is not None
 
+    async def standing(self) -> Standing:
+        """The actor's standing here (user, settings, ban), read once per command, in one
+        transaction: a command's checks see one moment of it."""
+        if self._standing is None:
+            self._standing = await self.services.standing.read(
+                platform=self.actor.platform,
+                platform_user_id=self.actor.user_id,
+                subject=self.subject(self.actor.user_id),
+                community_id=self.community_id,
+            )
+        return self._standing
+
     async def known_user(self) -> UserRecord | None:
-        return await self.services.accounts.find_user(self.actor.platform, self.actor.user_id)
+        return (await self.standing()).user
 
     async def policy(self, user_id: int | None) -> Policy:
-        rows = await self.services.scoped.for_context(
-            user_id=user_id, community_id=self.community_id
-        )
+        """The policy for `user_id` here: the actor's from their standing, anyone else's read."""
+        standing = await self.standing()
+        if user_id == (standing.user.id if standing.user else None):
+            rows = standing.settings
+        else:
+            rows = await self.services.scoped.for_context(
+                user_id=user_id, community_id=self.community_id
+            )
         return resolve(
             rows,
             user_id=user_id,
@@ -136,8 +156,7 @@ class Context:
 
     async def ban(self) -> BanRecord | None:
         """The ban that keeps the actor from generating here (global or this community's)."""
-        subject = self.subject(self.actor.user_id)
-        return await self.services.bans.find(subject, community_id=self.community_id)
+        return (await self.standing()).ban
 
     def subject(self, platform_user_id: str) -> str:
         """The keyed pseudonym of a person on the actor's platform (what bans are stored by)."""
