@@ -9,7 +9,6 @@ from collections import Counter
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -184,44 +183,6 @@ async def test_one_jobs_place_is_counted_as_the_line_reads(db: Database) -> None
     assert await line.queue.position("unknown") is None
     await _create(line, "unplaced", "E")
     assert await line.queue.position("unplaced") is None
-
-
-async def test_newcomers_asking_their_place_share_the_passes_that_place_them(
-    db: Database, database_url: str
-) -> None:
-    """A burst's every newcomer asks where it stands: the pump's passes place them all, not a
-    pass for each."""
-    line = Line(db, capacity=1)
-    await line.arrive("z", "Z")  # holds the one slot
-    passes = 0
-
-    class Counted(DispatchQueue):
-        async def dispatch(self, capacity: int | list[Pool]) -> Any:
-            nonlocal passes
-            passes += 1
-            return await super().dispatch(capacity)
-
-    coordination = open_coordination(database_url)
-    dispatcher = Dispatcher(
-        queue=Counted(db), coordination=coordination, capacity=1, origin="here", check_seconds=60
-    )
-    dispatcher.start()
-    newcomers = [f"n{k}" for k in range(20)]
-    waits: list[asyncio.Task[None]] = []
-    try:
-        for job_id in newcomers:
-            await _create(line, job_id, job_id)
-        waits = [asyncio.create_task(dispatcher.acquire(job_id)) for job_id in newcomers]
-        async with asyncio.timeout(10):
-            places = await asyncio.gather(*(dispatcher.position(j) for j in newcomers))
-        assert sorted(places) == list(range(1, 21))  # type: ignore[type-var]
-        assert passes <= 3, passes
-        assert not any(wait.done() for wait in waits)
-    finally:
-        for wait in waits:
-            wait.cancel()
-        await dispatcher.stop()
-        await coordination.aclose()
 
 
 async def test_a_users_next_job_after_an_idle_spell_takes_the_next_round(db: Database) -> None:

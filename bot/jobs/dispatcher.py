@@ -69,8 +69,6 @@ class Dispatcher:
         self._pass_turn = asyncio.Lock()
         self._pass_wanted = False
         self._pump: asyncio.Task[None] | None = None
-        # Told when the next pass of the pump has ended (`_next_pass`).
-        self._after_pass: list[asyncio.Future[None]] = []
         self._checker: asyncio.Task[None] | None = None
         self._notes: set[asyncio.Task[None]] = set()
 
@@ -112,11 +110,13 @@ class Dispatcher:
 
     async def position(self, job_id: str) -> int | None:
         """1-based place in the line; None if the job does not wait. A job that waits here but
-        has no place yet is placed first, by the next pass (one pass places a burst's every
-        newcomer, however many of them ask)."""
+        has no place yet is placed first."""
         position = await self._queue.position(job_id)
         if position is None and job_id in self._waiters:
-            await self._next_pass()
+            # A pass of its own. Waiting for the pump's next pass instead (one pass for a burst's
+            # newcomers) cost less CPU, but Discord's final messages then came about 100 ms
+            # later at p99 in bench/discord_ack.py, for a reason not found yet.
+            await self._dispatch()
             position = await self._queue.position(job_id)
         return position
 
@@ -151,32 +151,16 @@ class Dispatcher:
                 self._pump_passes(), name="dispatch-pass", context=outside_job()
             )
 
-    async def _next_pass(self) -> None:
-        """Until a pass that starts from now on has ended (or none is needed any more)."""
-        ended = asyncio.get_running_loop().create_future()
-        self._after_pass.append(ended)
-        self._want_pass()
-        await ended
-
     async def _pump_passes(self) -> None:
         # Requests that come in during a pass are served by one more pass, not one each.
-        try:
-            while self._pass_wanted and self._waiters:
-                self._pass_wanted = False
-                ending, self._after_pass = self._after_pass, []
-                failed = False
-                try:
-                    await self._dispatch()
-                except Exception:
-                    log.exception("a dispatch pass failed; trying again shortly")
-                    self._pass_wanted = failed = True
-                finally:
-                    _tell(ending)
-                if failed:
-                    await asyncio.sleep(RETRY_SECONDS)
-        finally:
-            ending, self._after_pass = self._after_pass, []
-            _tell(ending)
+        while self._pass_wanted and self._waiters:
+            self._pass_wanted = False
+            try:
+                await self._dispatch()
+            except Exception:
+                log.exception("a dispatch pass failed; trying again shortly")
+                self._pass_wanted = True
+                await asyncio.sleep(RETRY_SECONDS)
 
     async def _dispatch(self) -> None:
         async with self._pass_turn:
@@ -246,9 +230,3 @@ def _constant(slots: int) -> CapacitySource:
 
 def _total(pools: list[Pool]) -> int:
     return sum(pool.slots for pool in pools if not pool.to_refuse)
-
-
-def _tell(futures: list[asyncio.Future[None]]) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_result(None)
