@@ -137,7 +137,8 @@ def _sanitise_for_message(value: str, limit: int = 60) -> str:
     return kept[:limit] or "unknown"
 
 
-def _private_address_refusal() -> FetchRefused:
+def _private_address_refusal(refused: AddressRefused) -> FetchRefused:
+    log.info("fetch refused: %s", refused)  # names the host only
     return FetchRefused(
         _(
             "That link points to a private network address: send a public image link or attach "
@@ -222,8 +223,7 @@ class SafeFetcher:
         try:
             self._downloads.check_literal(current)  # refused at once, not after a wait
         except AddressRefused as exc:
-            log.info("fetch refused: %s", exc)
-            raise _private_address_refusal() from None
+            raise _private_address_refusal(exc) from None
         try:
             async with asyncio.timeout(self._max_wait):
                 await self._turns.acquire()
@@ -263,8 +263,7 @@ class SafeFetcher:
         except (FetchRefused, TimeoutError):
             raise
         except AddressRefused as exc:
-            log.info("fetch refused: %s", exc)  # names the host only
-            raise _private_address_refusal() from None
+            raise _private_address_refusal(exc) from None
         except TooManyRedirects as exc:
             log.info("fetch refused: more than %d redirects: %s", exc.limit, _origin(exc.url))
             raise FetchRefused(
@@ -290,8 +289,9 @@ class SafeFetcher:
             ) from None
 
     def _check_hop(self, url: URL, redirected: bool) -> URL:
-        """`GuardedDownloads`' per-hop hook: this module's checks, on every URL it dials."""
-        checked = self._check_url(str(url), redirected=redirected)
+        """`GuardedDownloads`' per-hop hook: this module's checks, on every URL it dials (the
+        first one passed them in `fetch`, before its turn)."""
+        checked = self._check_url(str(url), redirected=True) if redirected else url
         log.info("fetch redirected to %s" if redirected else "fetching %s", _origin(checked))
         return checked
 
