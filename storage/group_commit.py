@@ -17,21 +17,35 @@ Nothing is weakened:
 A savepoint costs no hop: the driver sends its SAVEPOINT with the writer's first statement, and
 the COMMIT releases it (`storage/sqlite_driver.py`); only a writer that fails costs one, for its
 ROLLBACK TO.
+
+A writer whose statements are a body that awaits nothing but them (`run`) goes further: the body
+runs whole in SQLite's thread, so the write lock is held for one hop rather than one per
+statement (each hop waits for the busy event loop to come round, twice). And the writer whose
+turn it is runs the bodies of the `run` writers queued right behind it in the same hop, each in
+its savepoint: a burst's writes then hold the lock for the time SQLite and SQLAlchemy take,
+not for the loop's. A body whose writer is cancelled once it has run is kept: the writer hears
+of the cancellation after the COMMIT, as one cancelled while waiting for its COMMIT does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.sqlite_driver import Connection as SQLiteConnection
+from storage.sqlite_driver import Outcome
 from storage.transactions import begin, end, run_to_end
+
+T = TypeVar("T")
+Body = Callable[[AsyncConnection], Coroutine[Any, Any, Any]]
 
 # Writers in one transaction at most: a bound on how long the first of them waits for its
 # COMMIT (each writer's turn is a few statements).
@@ -50,27 +64,54 @@ class _Chain:
     # back (SQLite had already rolled the whole transaction back, say).
     broken: BaseException | None = None
 
+    def savepoint(self) -> str:
+        """The next writer's savepoint, named for its place in the chain."""
+        self.writers += 1
+        return f"writer_{self.writers}"
+
+
+@dataclass(frozen=True)
+class _Served:
+    """A `run` writer's body, run by the writer ahead of it in its own hop: its outcome."""
+
+    chain: _Chain
+    outcome: Outcome
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A writer waiting for its turn: `turn` is given the open chain, None to begin one, or
+    (a `run` writer's) its body's outcome once the writer ahead has run it."""
+
+    turn: asyncio.Future[_Chain | _Served | None]
+    body: Body | None = None
+    # Taken by the writer ahead, whose hop runs `body`: its outcome is to come.
+    taken: bool = False
+
 
 class GroupCommit:
-    """`async with group.writing() as conn:` one writer's turn, committed with its chain."""
+    """`async with group.writing() as conn:` one writer's turn, committed with its chain;
+    `await group.run(body)` one whose statements are `body(conn)`."""
 
     def __init__(self, engine: AsyncEngine, *, max_writers: int = MAX_WRITERS) -> None:
         self._engine = engine
         self._max_writers = max_writers
         self._held = False
-        # Writers waiting for their turn: each is given the open chain, or None to begin one.
-        self._waiting: deque[asyncio.Future[_Chain | None]] = deque()
+        self._waiting: deque[_Waiter] = deque()
         self._commits: set[asyncio.Task[None]] = set()
-        # Writers' turns, and the transactions (chains) that held them: for tests and benchmarks.
+        # Writers' turns, the transactions (chains) that held them, and the hops that ran `run`
+        # writers' bodies: for tests and benchmarks.
         self.writes = 0
         self.transactions = 0
+        self.hops = 0
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[AsyncConnection]:
-        chain = await self._take_turn()
-        chain.writers += 1
+        given = await self._take_turn()
+        assert isinstance(given, _Chain)
+        chain = given
         self.writes += 1
-        savepoint = f"writer_{chain.writers}"
+        savepoint = chain.savepoint()
         chain.driver.savepoint(savepoint)
         try:
             yield chain.connection
@@ -83,27 +124,88 @@ class GroupCommit:
             await run_to_end(_ended(chain.committed))
             raise
         self._pass_on(chain)
-        # This writer's writes are the chain's: they are kept when its COMMIT is.
-        committed, cancelled = await run_to_end(_outcome(chain.committed))
-        committed.result()
-        if cancelled:
-            raise asyncio.CancelledError
+        await self._kept(chain, cancelled=False)
+
+    async def run(self, body: Callable[[AsyncConnection], Coroutine[Any, Any, T]]) -> T:
+        """One writer's turn, as `writing`, whose statements are `body(conn)`, run whole in
+        SQLite's thread, together with the bodies of the `run` writers queued behind it."""
+        given = await self._take_turn(body)
+        if isinstance(given, _Served):
+            return await self._result(given.chain, given.outcome, cancelled=False)
+        chain = given
+        riders = self._riders(chain)
+        steps = [
+            (chain.savepoint(), functools.partial(each, chain.connection))
+            for each in (body, *(waiter.body for waiter in riders if waiter.body))
+        ]
+        self.writes += len(steps)
+        self.hops += 1
+        ran, cancelled = await run_to_end(_outcome(chain.driver.run_each(steps)))
+        if ran.exception() is not None:  # the hop itself failed: nothing can be trusted
+            error = ran.exception()
+            outcomes: list[Outcome] = [(None, error)] * len(steps)
+            chain.broken = chain.broken or error
+        else:
+            outcomes, broken = ran.result()
+            chain.broken = chain.broken or broken
+        self._pass_on(chain)
+        for waiter, outcome in zip(riders, outcomes[1:], strict=True):
+            waiter.turn.set_result(_Served(chain, outcome))
+        return await self._result(chain, outcomes[0], cancelled=cancelled)
 
     async def wait_idle(self) -> None:
         """Until every chain's COMMIT has ended (before the engine is disposed)."""
         while self._commits:
             await asyncio.gather(*list(self._commits), return_exceptions=True)
 
-    async def _take_turn(self) -> _Chain:
-        """This writer's turn: in the chain handed over by the one before, or a new one."""
+    async def _result(self, chain: _Chain, outcome: Outcome, *, cancelled: bool) -> Any:
+        """A `run` writer's answer once its chain has ended: its body's error (rolled back to
+        its savepoint), or its value once the COMMIT holding its writes has ended."""
+        value, error = outcome
+        if error is not None:
+            await run_to_end(_ended(chain.committed))
+            raise error
+        await self._kept(chain, cancelled=cancelled)
+        return value
+
+    async def _kept(self, chain: _Chain, *, cancelled: bool) -> None:
+        """Until the COMMIT holding this writer's writes has ended; they are kept when it is."""
+        committed, interrupted = await run_to_end(_outcome(chain.committed))
+        committed.result()
+        if cancelled or interrupted:
+            raise asyncio.CancelledError
+
+    def _riders(self, chain: _Chain) -> list[_Waiter]:
+        """The `run` writers queued right behind this one, as many as the chain has room for
+        beside it: taken from the queue, their bodies to run in this writer's hop."""
+        room = self._max_writers - chain.writers - 1
+        riders: list[_Waiter] = []
+        while self._waiting and len(riders) < room:
+            waiter = self._waiting[0]
+            if waiter.body is None:
+                break
+            self._waiting.popleft()
+            waiter.taken = True
+            riders.append(waiter)
+        return riders
+
+    async def _take_turn(self, body: Body | None = None) -> _Chain | _Served:
+        """This writer's turn: in the chain handed over by the one before, or a new one; or,
+        for a `run` writer, its body's outcome when the writer ahead ran it."""
         if self._held or self._waiting:
-            waiter: asyncio.Future[_Chain | None] = asyncio.get_running_loop().create_future()
+            waiter = _Waiter(asyncio.get_running_loop().create_future(), body)
             self._waiting.append(waiter)
             try:
-                handed = await waiter
+                # Shielded: a cancelled writer's turn may still come, and be passed on.
+                handed = await asyncio.shield(waiter.turn)
             except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._pass_on(waiter.result())  # given the turn as it was cancelled
+                if waiter.taken:
+                    # The writer ahead is running its body: that is kept (see the module's
+                    # docstring), and the cancellation heard after its COMMIT.
+                    served, _ = await run_to_end(_outcome(waiter.turn))
+                    await run_to_end(_ended(served.result().chain.committed))  # type: ignore[union-attr]
+                elif waiter.turn.done():
+                    self._pass_on(waiter.turn.result())  # type: ignore[arg-type]
                 else:
                     with contextlib.suppress(ValueError):
                         self._waiting.remove(waiter)
@@ -129,19 +231,15 @@ class GroupCommit:
         """End a turn: the next waiting writer goes on in the open chain, unless the chain is
         full or broken (or nobody waits): then it is ended, and the turn passes after that."""
         if chain is not None and (
-            chain.broken is not None
-            or chain.writers >= self._max_writers
-            or not any(not waiter.done() for waiter in self._waiting)
+            chain.broken is not None or chain.writers >= self._max_writers or not self._waiting
         ):
             task = asyncio.ensure_future(self._end(chain))
             self._commits.add(task)
             task.add_done_callback(self._commits.discard)
             return
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(chain)
-                return
+        if self._waiting:
+            self._waiting.popleft().turn.set_result(chain)
+            return
         self._held = False
 
     async def _end(self, chain: _Chain) -> None:
@@ -160,8 +258,8 @@ class GroupCommit:
         self._pass_on(None)
 
 
-async def _outcome(future: asyncio.Future[None]) -> None:
-    await future
+async def _outcome(future: asyncio.Future[T]) -> T:
+    return await future
 
 
 async def _ended(future: asyncio.Future[None]) -> None:

@@ -126,7 +126,8 @@ class JobRepository:
             "updated_at": now,
             "request_key": job.request_key,
         }
-        async with self._db.write() as conn:
+
+        async def create(conn: AsyncConnection) -> JobRecord:
             if job.request_key is not None:
                 made = await conn.execute(
                     select(_JOBS).where(_JOBS.c.request_key == job.request_key)
@@ -158,6 +159,8 @@ class JobRepository:
                 today=today,
             )
             return job_record(row)
+
+        return await self._db.run_write(create)
 
     async def _user_id(self, conn: AsyncConnection, user: int | PlatformUser) -> int:
         if isinstance(user, int):
@@ -211,8 +214,9 @@ class JobRepository:
         while that process holds its lease): the job as it now is, or None."""
         if to in FINISHED_STATES:
             raise ValueError("finish a job with succeed() or fail(): they settle its credits")
-        async with self._db.write() as conn:
-            return await _guarded_update(conn, job_id, expected, to, fields, owner=owner)
+        return await self._db.run_write(
+            lambda conn: _guarded_update(conn, job_id, expected, to, fields, owner=owner)
+        )
 
     async def succeed(
         self,
@@ -234,7 +238,8 @@ class JobRepository:
         among `outputs`). An output that failed the gate is delivered but not paid for: its
         credit is committed and then refunded, once, in this transaction.
         """
-        async with self._db.write() as conn:
+
+        async def succeed(conn: AsyncConnection) -> bool:
             fields = {
                 "finished_at": utcnow(),
                 "generation_time": generation_time,
@@ -261,6 +266,8 @@ class JobRepository:
                 if credits:
                     await ledger.refund(conn, user_id=moved.user_id, job_id=job_id, credits=credits)
             return True
+
+        return await self._db.run_write(succeed)
 
     async def retry_for_identity(
         self, job: JobRecord, measured: Sequence[MeasuredImage], *, owner: str | None = None
@@ -325,7 +332,8 @@ class JobRepository:
         if state not in (JobState.FAILED, JobState.CANCELLED):
             raise ValueError(f"fail() ends a job as failed or cancelled, not {state}")
         unfinished = [s for s in JobState if s not in FINISHED_STATES]
-        async with self._db.write() as conn:
+
+        async def fail(conn: AsyncConnection) -> bool:
             fields = {
                 "error": reason,
                 "finished_at": utcnow(),
@@ -340,6 +348,8 @@ class JobRepository:
                 # The caller deletes them: it read them with `kept_images` before.
                 await identity.let_go(conn, job_id)
             return moved is not None
+
+        return await self._db.run_write(fail)
 
     async def outputs(self, job_id: str) -> list[OutputRecord]:
         async with self._db.read() as conn:

@@ -8,7 +8,8 @@ more CPU than SQLite itself (each wakes a thread that then waits for the GIL). H
 - a statement is one hop: its cursor is made, run, read and closed in the thread;
 - BEGIN, SAVEPOINT and RELEASE go with the statement after them, in its hop;
 - a commit or rollback with no transaction open makes none;
-- a COMMIT that fails is rolled back in the same hop, so the connection comes back clean.
+- a COMMIT that fails is rolled back in the same hop, so the connection comes back clean;
+- `run_each` runs whole coroutines of statements in the thread: one hop for all of them.
 
 Selected by `Database` for every `sqlite+aiosqlite://` URL (the name stays for operators'
 settings); the engine is SQLAlchemy's own SQLite dialect, so SQL, types and pooling are unchanged.
@@ -21,8 +22,8 @@ import contextlib
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import AdaptedConnection
@@ -30,8 +31,11 @@ from sqlalchemy.util.concurrency import await_
 
 DRIVER_NAME = "headshot_sqlite"
 
+T = TypeVar("T")
 _Row = tuple[Any, ...]
 _Outcome = tuple[Any, list[_Row], int, int | None, bool]
+# A coroutine's end: (its value, None) or (None, its error).
+Outcome = tuple[Any, BaseException | None]
 
 
 class _Thread:
@@ -50,6 +54,9 @@ class _Thread:
 
     def stop(self) -> None:
         self._calls.put(None)
+
+    def is_current(self) -> bool:
+        return threading.get_ident() == self._thread.ident
 
     def _serve(self) -> None:
         while (call := self._calls.get()) is not None:
@@ -70,6 +77,22 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+async def _at_once(function: Callable[..., T], *args: Any) -> T:
+    return function(*args)
+
+
+def _drive(body: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run `body()` to its end here and now: each statement it awaits is answered at once, in
+    this thread, so it never waits on the event loop."""
+    coroutine = body()
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("a body run in SQLite's thread awaited something other than a statement")
 
 
 def _run(
@@ -167,7 +190,49 @@ class Connection(AdaptedConnection):
         self._prelude: list[str] = []
 
     def _hop(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self._thread.is_current():
+            # Inside `run_each`: already there. Awaited all the same (it never suspends),
+            # as SQLAlchemy's asyncio connection checks that a statement was.
+            return await_(_at_once(function, self._connection, *args))
         return await_(self._thread.call(function, self._connection, *args))
+
+    def run_each(
+        self, steps: Sequence[tuple[str, Callable[[], Coroutine[Any, Any, Any]]]]
+    ) -> asyncio.Future[tuple[list[Outcome], BaseException | None]]:
+        """Run each step's coroutine whole, one after the other, in this connection's thread,
+        in a savepoint of its own (named by the step): each statement a coroutine sends runs at
+        once, so all of them take one hop instead of one each. A coroutine must await nothing
+        but statements on this connection (through SQLAlchemy's asyncio connection); the loop
+        goes on meanwhile, and must not use the connection until this is done.
+
+        Each step's outcome is (its value, None), or (None, its error) with its writes rolled
+        back to its savepoint and the others kept. If that rollback fails too, the transaction
+        cannot be trusted: it is the second value returned, and no later step runs."""
+        return self._thread.call(self._run_each, steps)
+
+    def _run_each(
+        self, steps: Sequence[tuple[str, Callable[[], Coroutine[Any, Any, Any]]]]
+    ) -> tuple[list[Outcome], BaseException | None]:
+        outcomes: list[Outcome] = []
+        broken: BaseException | None = None
+        for savepoint, body in steps:
+            if broken is not None:
+                outcomes.append((None, broken))
+                continue
+            self.savepoint(savepoint)
+            try:
+                outcomes.append((_drive(body), None))
+            except Exception as exc:
+                outcomes.append((None, exc))
+                prelude, self._prelude = self._prelude, []
+                try:
+                    _run(
+                        self._connection, f"ROLLBACK TO SAVEPOINT {savepoint}", None, False, prelude
+                    )
+                except Exception as failed:
+                    broken = failed
+                self._in_transaction = self._connection.in_transaction
+        return outcomes, broken
 
     def _defer(self, sql: str) -> bool:
         """Keep a transaction's BEGIN, or a savepoint's start or release, for the next

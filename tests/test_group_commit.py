@@ -1,15 +1,19 @@
 """SQLite's group commit (storage/group_commit.py): writers queued for the write lock share a
-COMMIT, a failing writer is rolled back alone, and nobody returns before its COMMIT."""
+COMMIT, a failing writer is rolled back alone, and nobody returns before its COMMIT; bodies
+queued together run in one hop, in the database's thread."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.database import Database
 from tests.databases import sqlite_url
@@ -125,3 +129,138 @@ async def test_a_failed_commit_fails_every_writer_of_its_transaction(db: Databas
     await parent(5)
     async with db.read() as conn:
         assert (await conn.execute(text("SELECT id FROM parents"))).scalars().all() == [5]
+
+
+def _hops(db: Database) -> int:
+    group = db.group_commit
+    assert group is not None
+    return group.hops
+
+
+async def _insert_note(conn: AsyncConnection, body: str) -> int:
+    await conn.execute(text("INSERT INTO notes (body) VALUES (:body)"), {"body": body})
+    return threading.get_ident()
+
+
+async def _held_turn(
+    db: Database, held: asyncio.Event, release: asyncio.Event, body: str = "first"
+) -> None:
+    """A writer that holds its turn until released, so that others queue behind it."""
+    async with db.write() as conn:
+        await _insert_note(conn, body)
+        held.set()
+        await release.wait()
+
+
+async def test_bodies_queued_together_run_in_one_hop_in_the_database_thread(
+    db: Database,
+) -> None:
+    held, release = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(_held_turn(db, held, release))
+    await held.wait()
+    writes, commits = _counts(db)
+    hops = _hops(db)
+    bodies = [f"note {k}" for k in range(WRITERS)]
+    runs = [
+        asyncio.create_task(db.run_write(functools.partial(_insert_note, body=body)))
+        for body in bodies
+    ]
+    await asyncio.sleep(0.01)  # every one of them queued behind the held turn
+    release.set()
+    threads = await asyncio.gather(*runs)
+    await first
+    assert await _bodies(db) == {"first", *bodies}
+    # All ran in the connection's own thread, none in the event loop's.
+    assert len(set(threads)) == 1 and threads[0] != threading.get_ident()
+    # The first of them ran the others' bodies in its own hop, and they all shared the held
+    # turn's transaction.
+    assert _hops(db) - hops == 1
+    assert _counts(db) == (writes + WRITERS, commits + 1)
+
+
+async def test_a_body_that_fails_is_rolled_back_alone_among_those_run_with_it(
+    db: Database,
+) -> None:
+    async with db.write() as conn:
+        await conn.execute(text("INSERT INTO notes (body) VALUES ('taken')"))
+
+    class Refused(Exception):
+        pass
+
+    async def body(conn: AsyncConnection, k: int) -> str:
+        await _insert_note(conn, f"note {k}")
+        if k == 3:
+            raise Refused  # after writing: its row must go
+        if k == 7:
+            await _insert_note(conn, "taken")  # the database refuses this one
+        if k == 9:
+            await asyncio.sleep(0)  # not a statement: it cannot run in the database thread
+        return f"note {k}"
+
+    held, release = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(_held_turn(db, held, release))
+    await held.wait()
+    hops = _hops(db)
+    runs = [asyncio.create_task(db.run_write(functools.partial(body, k=k))) for k in range(12)]
+    await asyncio.sleep(0.01)
+    release.set()
+    outcomes = await asyncio.gather(*runs, return_exceptions=True)
+    await first
+    assert isinstance(outcomes[3], Refused)
+    assert isinstance(outcomes[7], IntegrityError)
+    assert isinstance(outcomes[9], RuntimeError)
+    assert "awaited something other than a statement" in str(outcomes[9])
+    kept = {f"note {k}" for k in range(12) if k not in (3, 7, 9)}
+    assert {o for k, o in enumerate(outcomes) if k not in (3, 7, 9)} == kept
+    assert await _bodies(db) == kept | {"taken", "first"}
+    assert _hops(db) - hops == 1
+
+
+async def test_a_writer_cancelled_as_its_body_runs_keeps_it_and_hears_after_the_commit(
+    db: Database,
+) -> None:
+    """Its body has run in the database's thread (or is running): that cannot be stopped, so
+    its writes are kept, and the cancellation comes once their COMMIT has ended. One cancelled
+    while it still waits for its turn writes nothing."""
+    started, proceed = threading.Event(), threading.Event()
+
+    async def slow(conn: AsyncConnection) -> None:
+        await _insert_note(conn, "slow")
+        started.set()
+        proceed.wait(timeout=5)  # in the database's thread: the event loop goes on
+
+    held, release = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(_held_turn(db, held, release))
+    await held.wait()
+    running = asyncio.create_task(db.run_write(slow))
+    riding = asyncio.create_task(db.run_write(functools.partial(_insert_note, body="rider")))
+    await asyncio.sleep(0.01)
+    release.set()
+    while not started.is_set():
+        await asyncio.sleep(0.005)
+    # `running` leads the hop, `riding`'s body is in it: both are cancelled mid-hop.
+    running.cancel()
+    riding.cancel()
+    await asyncio.sleep(0.01)
+    assert not running.done() and not riding.done()  # they wait for the hop, and the COMMIT
+    proceed.set()
+    for task in (running, riding):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await first
+    # Seen from another connection as soon as they returned: committed first.
+    assert await _bodies(db) == {"first", "slow", "rider"}
+
+    held, release = asyncio.Event(), asyncio.Event()
+    again = asyncio.create_task(_held_turn(db, held, release, "again"))
+    await held.wait()
+    waiting = asyncio.create_task(db.run_write(functools.partial(_insert_note, body="never")))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    release.set()
+    await again
+    await db.run_write(functools.partial(_insert_note, body="after"))
+    assert "never" not in await _bodies(db)
+    assert "after" in await _bodies(db)

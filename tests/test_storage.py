@@ -9,13 +9,14 @@ from datetime import date
 
 import pytest
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.accounts import AccountRepository
+from storage.accounts import AccountRepository, user_id_in
 from storage.database import Database
 from storage.jobs import JobRepository, NewJob
 from storage.ledger import QuotaExceeded, violations
 from storage.migrate import downgrade, upgrade
-from storage.records import JobState, OutputRecord
+from storage.records import JobState, OutputRecord, PlatformUser
 from tests.databases import query, tables
 from tests.test_storage_migrations import head_tables
 
@@ -54,6 +55,37 @@ async def test_sqlite_uses_wal_and_refuses_memory(database_url: str, db: Databas
         assert query(database_url, "PRAGMA journal_mode") == [("wal",)]
     with pytest.raises(ValueError, match="in-memory"):
         Database("sqlite+aiosqlite:///:memory:")
+
+
+async def test_run_write_keeps_its_body_whole_or_not_at_all(db: Database) -> None:
+    """`Database.run_write`: on SQLite the body runs in the database's thread, on PostgreSQL in
+    a transaction of its own; either way all of it is kept, or none of it when it fails."""
+
+    class Refused(Exception):
+        pass
+
+    async def two_users(conn: AsyncConnection, first: str, second: str, refuse: bool) -> int:
+        await user_id_in(conn, PlatformUser("test", first), None)
+        made = await user_id_in(conn, PlatformUser("test", second), None)
+        if refuse:
+            raise Refused
+        return made
+
+    accounts = AccountRepository(db)
+    with pytest.raises(Refused):
+        await db.run_write(lambda conn: two_users(conn, "a", "b", True))
+    assert await accounts.find_user("test", "a") is None
+    assert await accounts.find_user("test", "b") is None
+    made = await asyncio.gather(
+        *(
+            db.run_write(lambda conn, k=k: two_users(conn, f"c{k}", f"d{k}", False))
+            for k in range(5)
+        )
+    )
+    for k, user_id in enumerate(made):
+        assert await accounts.find_user("test", f"c{k}") is not None
+        found = await accounts.find_user("test", f"d{k}")
+        assert found is not None and found.id == user_id
 
 
 async def test_seeds_up_to_two_to_the_32_are_stored(db: Database) -> None:
