@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import ledger
@@ -105,6 +105,11 @@ class AccountRepository:
 _USERS = User.__table__
 _COMMUNITIES = Community.__table__
 _FORGOTTEN = ForgottenUsage.__table__
+# Built once, as every request runs it (see storage/ledger.py).
+_FIND_USER = select(_USERS.c.id, _USERS.c.platform, _USERS.c.platform_user_id).where(
+    _USERS.c.platform == bindparam("platform"),
+    _USERS.c.platform_user_id == bindparam("platform_user_id"),
+)
 
 
 async def find_user_in(
@@ -112,12 +117,7 @@ async def find_user_in(
 ) -> UserRecord | None:
     """The user with this platform id, or None (never made here)."""
     row = (
-        await conn.execute(
-            select(_USERS.c.id, _USERS.c.platform, _USERS.c.platform_user_id).where(
-                _USERS.c.platform == platform,
-                _USERS.c.platform_user_id == platform_user_id,
-            )
-        )
+        await conn.execute(_FIND_USER, {"platform": platform, "platform_user_id": platform_user_id})
     ).one_or_none()
     return UserRecord(*row) if row else None
 

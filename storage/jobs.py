@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Update, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -147,7 +148,12 @@ class JobRepository:
             if lease is not None:
                 values["lease_owner"] = lease.owner
                 values["lease_expires_at"] = lease_until(conn, lease.seconds)
-            row = (await conn.execute(insert(_JOBS).values(values).returning(_JOBS))).one()
+            if any(isinstance(value, ColumnElement) for value in values.values()):
+                # The database's clock (PostgreSQL's, for a lease's expiry) is an expression,
+                # built into the statement; plain values go into the one built once.
+                row = (await conn.execute(insert(_JOBS).values(values).returning(_JOBS))).one()
+            else:
+                row = (await conn.execute(_INSERT_JOB, values)).one()
             if job.delivery is not None:
                 await insert_delivery(conn, job.id, *job.delivery, lease=lease)
             await ledger.reserve(
@@ -253,7 +259,7 @@ class JobRepository:
             if outputs:
                 now = utcnow()
                 await conn.execute(
-                    insert(_OUTPUTS), [{**asdict(out), "created_at": now} for out in outputs]
+                    _INSERT_OUTPUTS, [{**asdict(out), "created_at": now} for out in outputs]
                 )
             await ledger.settle(conn, job_id=job_id, delivered=len(outputs))
             await identity.record(conn, measured, keep=False)
@@ -298,7 +304,7 @@ class JobRepository:
                 JobState.QUEUED,
                 fields,
                 owner=owner,
-                also=[_JOBS.c.identity_retries == job.identity_retries],
+                retries=job.identity_retries,
             )
             if moved is not None:
                 await identity.record(conn, measured, keep=True)
@@ -506,6 +512,9 @@ _USERS = User.__table__
 _OUTPUT_COLUMNS = [_OUTPUTS.c[f.name] for f in fields(OutputRecord)]
 _FINISHED = [s.value for s in FINISHED_STATES]
 _UNFINISHED = [s.value for s in JobState if s not in FINISHED_STATES]
+# Built once, as every job runs them (see `_guarded_statement`).
+_INSERT_JOB = insert(_JOBS).returning(_JOBS)
+_INSERT_OUTPUTS = insert(_OUTPUTS)
 
 
 def _inputs_after_finish(keep_until: datetime | None) -> dict[str, Any]:
@@ -557,22 +566,51 @@ async def _guarded_update(
     values: dict[str, Any],
     *,
     owner: str | None = None,
-    also: Sequence[Any] = (),
+    retries: int | None = None,
 ) -> JobRecord | None:
-    guards = [_JOBS.c.id == job_id, _JOBS.c.state.in_([s.value for s in expected]), *also]
-    if owner is not None:
-        # A process whose lease was taken over (it stalled past its expiry) moves nothing.
-        guards.append(_JOBS.c.lease_owner == owner)
+    """Move the job to `to` with `values`, only if it is in one of `expected` (and, given an
+    `owner`, only while that process holds its lease; given `retries`, only while its identity
+    gate's retry counter has that value): the job as it now is, or None."""
     if to in FINISHED_STATES:
         values = {**values, "lease_expires_at": None}
-    result = await conn.execute(
+    statement = _guarded_statement(
+        tuple(sorted(s.value for s in expected)),
+        tuple(values),
+        owned=owner is not None,
+        counted=retries is not None,
+    )
+    parameters = {f"set_{name}": value for name, value in values.items()}
+    parameters.update(
+        guard_id=job_id,
+        guard_owner=owner,
+        guard_retries=retries,
+        set_state=to.value,
+        set_updated_at=utcnow(),
+    )
+    row = (await conn.execute(statement, parameters)).one_or_none()
+    return job_record(row) if row else None
+
+
+@functools.lru_cache(maxsize=256)
+def _guarded_statement(
+    states: tuple[str, ...], names: tuple[str, ...], *, owned: bool, counted: bool
+) -> Update:
+    """The guarded UPDATE of one kind of transition, built once: what changes from one job to
+    the next is bound when it runs. (Building and keying a statement for every transition cost
+    about three times what running it does.)"""
+    guards = [_JOBS.c.id == bindparam("guard_id"), _JOBS.c.state.in_(states)]
+    if owned:
+        # A process whose lease was taken over (it stalled past its expiry) moves nothing.
+        guards.append(_JOBS.c.lease_owner == bindparam("guard_owner"))
+    if counted:
+        guards.append(_JOBS.c.identity_retries == bindparam("guard_retries"))
+    columns = ("state", "updated_at", *names)
+    return (
         update(_JOBS)
         .where(*guards)
-        .values(state=to.value, updated_at=utcnow(), **values)
+        .values({name: bindparam(f"set_{name}") for name in columns})
         .returning(_JOBS)
     )
-    row = result.one_or_none()
-    return job_record(row) if row else None
 
 
 def job_record(row: Any) -> JobRecord:

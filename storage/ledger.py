@@ -21,11 +21,32 @@ from collections import defaultdict
 from datetime import date
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import bindparam, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import Job, LedgerEntry, User, utcnow
 from storage.records import FINISHED_STATES, Allowance, JobState, LedgerKind, Pool
+
+# Every job's statements, built once (building and keying a statement cost more than running
+# it): what changes from one job to the next is bound when they run.
+_LEDGER = LedgerEntry.__table__
+# A user's sums by kind and pool: their grants, and today's allowance.
+_SUMS = (
+    select(_LEDGER.c.kind, _LEDGER.c.pool, func.sum(_LEDGER.c.amount))
+    .where(
+        _LEDGER.c.user_id == bindparam("user_id"),
+        or_(
+            _LEDGER.c.pool == Pool.GRANT,
+            (_LEDGER.c.pool == Pool.DAILY) & (_LEDGER.c.day == bindparam("today")),
+        ),
+    )
+    .group_by(_LEDGER.c.kind, _LEDGER.c.pool)
+)
+# What a job reserved, to settle.
+_RESERVED = select(_LEDGER.c.user_id, _LEDGER.c.pool, _LEDGER.c.amount, _LEDGER.c.day).where(
+    _LEDGER.c.job_id == bindparam("job_id"), _LEDGER.c.kind == LedgerKind.RESERVE
+)
+_APPEND = insert(_LEDGER)
 
 
 class QuotaExceeded(Exception):
@@ -38,17 +59,7 @@ class QuotaExceeded(Exception):
 async def allowance(
     conn: AsyncConnection, user_id: int, daily_quota: int, today: date
 ) -> Allowance:
-    rows = await conn.execute(
-        select(LedgerEntry.kind, LedgerEntry.pool, func.sum(LedgerEntry.amount))
-        .where(
-            LedgerEntry.user_id == user_id,
-            or_(
-                LedgerEntry.pool == Pool.GRANT,
-                (LedgerEntry.pool == Pool.DAILY) & (LedgerEntry.day == today),
-            ),
-        )
-        .group_by(LedgerEntry.kind, LedgerEntry.pool)
-    )
+    rows = await conn.execute(_SUMS, {"user_id": user_id, "today": today})
     sums: dict[tuple[str, str], int] = {(k, p): int(s or 0) for k, p, s in rows}
     daily_used = _daily_used(sums)
     granted = (
@@ -138,11 +149,7 @@ async def lock_user(conn: AsyncConnection, user_id: int) -> None:
 
 async def settle(conn: AsyncConnection, *, job_id: str, delivered: int) -> None:
     """Commit `delivered` of a job's reserved credits (allowance first) and release the rest."""
-    rows = await conn.execute(
-        select(LedgerEntry.user_id, LedgerEntry.pool, LedgerEntry.amount, LedgerEntry.day).where(
-            LedgerEntry.job_id == job_id, LedgerEntry.kind == LedgerKind.RESERVE
-        )
-    )
+    rows = await conn.execute(_RESERVED, {"job_id": job_id})
     order = {Pool.DAILY: 0, Pool.UNMETERED: 1, Pool.GRANT: 2}
     to_commit = delivered
     entries = []
@@ -212,7 +219,7 @@ def _entry(
 
 async def _append(conn: AsyncConnection, entries: list[dict[str, Any]]) -> None:
     if entries:
-        await conn.execute(insert(LedgerEntry), entries)
+        await conn.execute(_APPEND, entries)
 
 
 async def violations(conn: AsyncConnection) -> list[str]:
