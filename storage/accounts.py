@@ -47,8 +47,11 @@ class AccountRepository:
     async def community(self, platform: str, platform_community_id: str) -> int:
         """The community's id, created on first sight (by whichever of two requests at once
         comes first: the other finds it)."""
-        async with self._db.write() as conn:
+
+        async def write(conn: AsyncConnection) -> int:
             return await community_id_in(conn, PlatformCommunity(platform, platform_community_id))
+
+        return await self._db.run_write(write)
 
     async def find_community(self, platform: str, platform_community_id: str) -> int | None:
         """The community's id, or None: looking a community up never creates it."""

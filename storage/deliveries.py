@@ -79,7 +79,8 @@ class DeliveryRepository:
         shown, may show it twice (that one may have posted it before it died): each such case
         is written to the audit log (`delivery_repeated`), so that it is counted."""
         expires = _DELIVERIES.c.lease_expires_at
-        async with self._db.write() as conn:
+
+        async def write(conn: AsyncConnection) -> bool:
             row = (
                 await conn.execute(
                     select(_DELIVERIES.c.show_owner)
@@ -110,12 +111,15 @@ class DeliveryRepository:
                 await write_audit(conn, note)
             return True
 
+        return await self._db.run_write(write)
+
     async def done(self, job_id: str, *, shown_by: str | None = None) -> bool:
         """The result has been shown: no longer owed. False if it was no longer owed already:
         another process showed it as well (it took the result over while this one stalled past
         its lease, between taking it to show and recording it). Such a duplicate is written to
         the audit log (`duplicate_delivery`), so that it is counted."""
-        async with self._db.write() as conn:
+
+        async def write(conn: AsyncConnection) -> bool:
             gone = await conn.execute(
                 delete(_DELIVERIES)
                 .where(_DELIVERIES.c.job_id == job_id)
@@ -127,6 +131,8 @@ class DeliveryRepository:
                 note = AuditNote(shown_by, "duplicate_delivery", target=job_id)
                 await write_audit(conn, note)
             return False
+
+        return await self._db.run_write(write)
 
 
 async def insert_delivery(

@@ -156,7 +156,8 @@ class DispatchQueue:
         An int is one pool of that many slots for every operation. The jobs given a slot are
         `submitted` now: their processes send them."""
         pools = [Pool(None, pools)] if isinstance(pools, int) else list(pools)
-        async with self._db.write() as conn:
+
+        async def write(conn: AsyncConnection) -> DispatchPass:
             state = await lock_line(conn)
             placed = await _place_new(conn, state)
             use = _Use(pools, await _in_flight_by_operation(conn))
@@ -197,6 +198,8 @@ class DispatchQueue:
                 .values(current_round=state.current_round, next_seq=state.next_seq)
             )
             return DispatchPass(placed, [job_id for job_id, _ in granted])
+
+        return await self._db.run_write(write)
 
     async def waiting(self) -> list[str]:
         """The placed waiting jobs, in the order they will get slots (if nothing else comes)."""

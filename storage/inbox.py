@@ -63,7 +63,8 @@ class InboxRepository:
     ) -> bool:
         """Note an update, now `lease.owner`'s to handle; False (nothing changed) if it is here
         already: delivered again while it is being handled."""
-        async with self._db.write() as conn:
+
+        async def write(conn: AsyncConnection) -> bool:
             noted = await conn.execute(
                 insert_ignoring_duplicates(conn, _INBOX)
                 .values(
@@ -80,6 +81,8 @@ class InboxRepository:
                 .returning(_INBOX.c.key)
             )
             return noted.first() is not None
+
+        return await self._db.run_write(write)
 
     async def claim(
         self, platform: str, bot: str, lease: Lease, *, limit: int = 100
@@ -142,9 +145,12 @@ class InboxRepository:
 
     async def done(self, key: str) -> None:
         """The update has been handled: it goes, and so do the waits it took."""
-        async with self._db.write() as conn:
+
+        async def write(conn: AsyncConnection) -> None:
             await conn.execute(delete(_INBOX).where(_INBOX.c.key == key))
             await drop_taken(conn, key)
+
+        await self._db.run_write(write)
 
 
 async def forget_inbox(conn: AsyncConnection, platform: str, person: str) -> None:

@@ -54,7 +54,8 @@ class InteractionRepository:
 
     async def add(self, deferral: NewDeferral, lease: Lease) -> None:
         """Note a deferred interaction, being answered by `lease.owner`."""
-        async with self._db.write() as conn:
+
+        async def write(conn: AsyncConnection) -> None:
             await conn.execute(
                 insert(_DEFERRED).values(
                     key=deferral.key,
@@ -70,10 +71,15 @@ class InteractionRepository:
                 )
             )
 
+        await self._db.run_write(write)
+
     async def answered(self, key: str) -> None:
         """Answered (or ended by another process): it goes, with its token."""
-        async with self._db.write() as conn:
+
+        async def write(conn: AsyncConnection) -> None:
             await conn.execute(delete(_DEFERRED).where(_DEFERRED.c.key == key))
+
+        await self._db.run_write(write)
 
     async def claim_abandoned(
         self, platform: str, lease: Lease, *, limit: int = 100

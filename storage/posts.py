@@ -30,7 +30,8 @@ class PostRepository:
         deleted meanwhile (or never was): the caller removes them at once."""
         if not posts:
             return True
-        async with self._db.write() as conn:
+
+        async def write(conn: AsyncConnection) -> bool:
             alive = (
                 await conn.execute(
                     select(_JOBS.c.id)
@@ -57,6 +58,8 @@ class PostRepository:
                 ],
             )
             return True
+
+        return await self._db.run_write(write)
 
     async def of_job(self, job_id: str) -> list[PostRecord]:
         """The messages noted for a job, in the order they were posted."""
