@@ -175,9 +175,6 @@ async def run(
         face_check=faces,
         identity_gate=faces,
         sqlite_synchronous=synchronous,
-        # Room for every selfie and every output that can wait for an image worker at once
-        # (above that, a selfie is refused as "busy": the bound is the hardening issue's).
-        image_decode_queue=max(32, users + cap),
         # One replica on PostgreSQL: its own folder is the one image store.
         **({"database_url": database_url, "image_store_shared": True} if database_url else {}),
     )

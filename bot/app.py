@@ -173,6 +173,7 @@ class HeadshotApp:
                 workers=settings.image_workers,
                 time_limit=settings.image_decode_seconds,
                 max_waiting=settings.image_decode_queue,
+                max_wait_seconds=settings.image_decode_wait_seconds,
                 memory_budget=settings.image_decode_memory_mb * 1024 * 1024,
             )
             opened.push_async_callback(self.images.aclose)

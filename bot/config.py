@@ -112,7 +112,8 @@ class Settings(BaseSettings):
     image_workers: int = Field(2, ge=1, le=64)
     image_decode_seconds: float = Field(5.0, gt=0, le=300)
     image_decode_memory_mb: int = Field(256, ge=32, le=65536)
-    image_decode_queue: int = Field(32, ge=0, le=10_000)
+    image_decode_queue: int = Field(512, ge=0, le=10_000)
+    image_decode_wait_seconds: float = Field(10.0, gt=0, le=600)
 
     # Telegram: `headshot-bot run` starts the Telegram adapter when the token is set. It polls
     # for updates unless PUBLIC_BASE_URL is set: then Telegram posts them to our web server.

@@ -80,6 +80,49 @@ async def test_a_real_decode_past_the_limit_is_stopped() -> None:
         await pool.aclose()
 
 
+async def test_a_burst_of_cheap_uploads_waits_its_turn() -> None:
+    """500 people sent to /headshot at once by a server's announcement: their selfies take a
+    few milliseconds each, so they wait rather than being told to try again. Counted, as
+    before, at most 32 could wait and the rest were refused."""
+    burst = 200
+    selfie = noise_png((160, 160))
+    for max_waiting, refused in ((512, 0), (32, burst - 2 - 32)):
+        pool = ImageWorkers(workers=2, time_limit=30.0, max_waiting=max_waiting)
+        await pool.start()
+        try:
+            outcomes = await asyncio.gather(
+                *(pool.sanitise(selfie, max_bytes=10 * MB) for _ in range(burst)),
+                return_exceptions=True,
+            )
+        finally:
+            await pool.aclose()
+        busy = [o for o in outcomes if isinstance(o, ImageRejected) and o.reason == "busy"]
+        assert len(busy) == refused
+        sanitised = [o for o in outcomes if o not in busy]
+        assert len(sanitised) == burst - refused
+        assert all(o.width == 160 for o in sanitised)  # type: ignore[union-attr]
+
+
+async def test_uploads_that_would_wait_too_long_are_told_to_try_again() -> None:
+    """The pace is the oldest running call's age when that is longer than the recent mean: a
+    costly decode running for half a second with a one-second bound leaves room for one
+    upload behind it, not two."""
+    pool = ImageWorkers(workers=1, time_limit=30.0, max_waiting=100, max_wait_seconds=1.0)
+    await pool.start()
+    try:
+        slow = asyncio.create_task(pool.run(time.sleep, 2.0))
+        await asyncio.sleep(0.5)
+        first = asyncio.create_task(pool.sanitise(noise_png((200, 200)), max_bytes=10 * MB))
+        await asyncio.sleep(0)
+        with pytest.raises(ImageRejected) as caught:
+            await pool.sanitise(noise_png((200, 200)), max_bytes=10 * MB)
+        assert caught.value.reason == "busy"
+        await slow
+        assert (await first).width == 200
+    finally:
+        await pool.aclose()
+
+
 async def test_uploads_past_the_waiting_bound_are_told_to_try_again() -> None:
     pool = ImageWorkers(workers=1, time_limit=30.0, max_waiting=1)
     await pool.start()

@@ -7,9 +7,12 @@ limit, a backstop for what the budget estimate misses.
 
 Why its own pool: image work never runs on asyncio's default thread pool, which serves the
 image store, so uploads cannot starve `/images`, the database or webhooks. At most `workers`
-decodes run at once; a user's upload waits behind at most `max_waiting` others and is refused
-past that ("busy, try again"): waiting is cheap (the bytes are already here) but unbounded
-waiting is unbounded latency. Our own work (checking a generator's output, shrinking our own
+decodes run at once; a user's upload is refused ("busy, try again") when it would wait behind
+`max_waiting` others, or longer than `max_wait_seconds` at the pace the calls go: waiting is
+cheap (the bytes are already here) but unbounded waiting is unbounded latency. The pace is the
+longer of the recent calls' mean time and the oldest running call's age, so a burst of cheap
+selfies (a server's announcement) waits its turn while a flood of costly decodes is refused
+after a few seconds' worth. Our own work (checking a generator's output, shrinking our own
 images for a platform) always waits its turn: refusing it would fail a paid job.
 
 Each worker is a fresh interpreter (`python -m bot.images.decoder`), never forked from this
@@ -55,6 +58,8 @@ T = TypeVar("T")
 _BOOT_SECONDS = 60.0
 # A decode waiting for a core gets this many times its CPU limit in wall-clock time.
 _STARVED_FACTOR = 4
+# The weight of the last call in the moving average of calls' times.
+_PACE_WEIGHT = 0.2
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # The environment variables a worker inherits (and LC_*): none of them holds a secret.
 _PASSED_ON = frozenset(
@@ -72,12 +77,18 @@ class ImageWorkers:
         *,
         workers: int = 2,
         time_limit: float = 5.0,
-        max_waiting: int = 32,
+        max_waiting: int = 512,
+        max_wait_seconds: float = 10.0,
         memory_budget: int = DEFAULT_BUDGET,
     ) -> None:
         self.time_limit = time_limit
         self.memory_budget = memory_budget
         self._max_waiting = max_waiting
+        self._max_wait = max_wait_seconds
+        # The pace: the recent calls' mean time (a moving average), and when each running
+        # call started, by worker.
+        self._call_seconds = 0.0
+        self._started: dict[_Worker, float] = {}
         self._closed = False
         self._workers = [_Worker(memory_budget) for _ in range(workers)]
         self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-work")
@@ -155,7 +166,7 @@ class ImageWorkers:
         with self._lock:
             if self._idle:
                 return self._idle.popleft()
-            if refuse_when_busy and len(self._waiters) >= self._max_waiting:
+            if refuse_when_busy and self._too_busy():
                 raise ImageRejected(BUSY, reason="busy")
             waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -168,6 +179,16 @@ class ImageWorkers:
             if waiter.done() and not waiter.cancelled():
                 self._release(waiter.result())
             raise
+
+    def _too_busy(self) -> bool:
+        """Whether an upload would wait behind too many others, or for too long (see the
+        module's docstring). Called holding the lock."""
+        ahead = len(self._waiters)
+        if ahead >= self._max_waiting:
+            return True
+        now = time.monotonic()
+        pace = max([self._call_seconds, *(now - started for started in self._started.values())])
+        return (ahead + 1) * pace / len(self._workers) > self._max_wait
 
     def _release(self, worker: _Worker) -> None:
         """Give the worker to the first caller still waiting, else back to the idle ones.
@@ -191,9 +212,16 @@ class ImageWorkers:
     def _call(
         self, worker: _Worker, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> T:
+        started = time.monotonic()
+        with self._lock:
+            self._started[worker] = started
         try:
             return worker.call(fn, args, kwargs, self.time_limit)
         finally:
+            took = time.monotonic() - started
+            with self._lock:
+                del self._started[worker]
+                self._call_seconds += _PACE_WEIGHT * (took - self._call_seconds)
             self._release(worker)
 
 
