@@ -597,7 +597,7 @@ def _guarded_statement(
 ) -> Update:
     """The guarded UPDATE of one kind of transition, built once: what changes from one job to
     the next is bound when it runs. (Building and keying a statement for every transition cost
-    about three times what running it does.)"""
+    about two and a half times what running it does.)"""
     guards = [_JOBS.c.id == bindparam("guard_id"), _JOBS.c.state.in_(states)]
     if owned:
         # A process whose lease was taken over (it stalled past its expiry) moves nothing.
