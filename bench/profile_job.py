@@ -22,7 +22,8 @@ Each stage's coroutine is wrapped to note its name in a context variable, and ev
 the loop runs is timed (thread CPU) and charged to the stage its task was in. Only the loop is
 timed this way; the other threads' CPU (the SQLite connections', file I/O's) is the process's
 minus the loop's. On SQLite a write's statements run whole in its connection's thread
-(`Database.run_write`), so most of reserve's and commit's CPU shows there, not in their stage. The timing adds two clock reads per callback.
+(`Database.run_write`), so most of reserve's and commit's CPU shows there, not in their stage.
+The timing adds two clock reads per callback.
 
 By library, sampled by py-spy (`--gil --nonblocking`: the thread holding the GIL, read from
 outside without pausing the process, so it does not distort what it measures): the share of
