@@ -136,7 +136,7 @@ class GroupCommit:
         riders = self._riders(chain)
         steps = [
             (chain.savepoint(), functools.partial(each, chain.connection))
-            for each in (body, *(waiter.body for waiter in riders if waiter.body))
+            for each in (body, *(ridden for _, ridden in riders))
         ]
         self.writes += len(steps)
         self.hops += 1
@@ -149,7 +149,7 @@ class GroupCommit:
             outcomes, broken = ran.result()
             chain.broken = chain.broken or broken
         self._pass_on(chain)
-        for waiter, outcome in zip(riders, outcomes[1:], strict=True):
+        for (waiter, _), outcome in zip(riders, outcomes[1:], strict=True):
             waiter.turn.set_result(_Served(chain, outcome))
         return await self._result(chain, outcomes[0], cancelled=cancelled)
 
@@ -175,18 +175,18 @@ class GroupCommit:
         if cancelled or interrupted:
             raise asyncio.CancelledError
 
-    def _riders(self, chain: _Chain) -> list[_Waiter]:
+    def _riders(self, chain: _Chain) -> list[tuple[_Waiter, Body]]:
         """The `run` writers queued right behind this one, as many as the chain has room for
-        beside it: taken from the queue, their bodies to run in this writer's hop."""
+        beside it, with their bodies: taken from the queue, to run in this writer's hop."""
         room = self._max_writers - chain.writers - 1
-        riders: list[_Waiter] = []
+        riders: list[tuple[_Waiter, Body]] = []
         while self._waiting and len(riders) < room:
             waiter = self._waiting[0]
             if waiter.body is None:
                 break
             self._waiting.popleft()
             waiter.taken = True
-            riders.append(waiter)
+            riders.append((waiter, waiter.body))
         return riders
 
     async def _take_turn(self, body: Body | None = None) -> _Chain | _Served:
