@@ -24,6 +24,7 @@ from storage.pseudonyms import Pseudonyms
 from storage.records import (
     FINISHED_STATES,
     AuditNote,
+    GeneratorAnswer,
     JobRecord,
     JobState,
     OutputRecord,
@@ -233,8 +234,14 @@ class JobRepository:
         keep_inputs_until: datetime | None = None,
         owner: str | None = None,
         measured: Sequence[MeasuredImage] = (),
+        answer: GeneratorAnswer | None = None,
     ) -> bool:
         """rehosting -> succeeded: keep the outputs, commit a credit per image, release the rest.
+
+        Given the generator's `answer`, the job may still be submitted or processing: the answer
+        is written with its end, in this transaction (a job whose images are kept in
+        milliseconds is not moved to rehosting first: one write fewer). Without it, the job
+        must be rehosting, its answer written already.
 
         The job's selfie and pose image are let go (the caller deletes them) unless
         `keep_inputs_until` says to keep them until then, so that the job can be re-rolled.
@@ -251,8 +258,16 @@ class JobRepository:
                 "generation_time": generation_time,
                 **_inputs_after_finish(keep_inputs_until),
             }
+            expected = [JobState.REHOSTING]
+            if answer is not None:
+                expected += [JobState.SUBMITTED, JobState.PROCESSING]
+                fields.update(
+                    provider_id=answer.provider_id,
+                    provider_outputs=list(answer.outputs),
+                    completed_at=answer.completed_at,
+                )
             moved = await _guarded_update(
-                conn, job_id, [JobState.REHOSTING], JobState.SUCCEEDED, fields, owner=owner
+                conn, job_id, expected, JobState.SUCCEEDED, fields, owner=owner
             )
             if moved is None:
                 return False

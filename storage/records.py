@@ -104,6 +104,16 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class GeneratorAnswer:
+    """A provider attempt's finished answer: the job it ended is written with it
+    (`JobRepository.succeed`), whether or not the job was moved to rehosting first."""
+
+    provider_id: str | None
+    outputs: tuple[str, ...]
+    completed_at: datetime
+
+
+@dataclass(frozen=True)
 class OutputRecord:
     job_id: str
     position: int

@@ -38,7 +38,11 @@ def _state(db: str) -> str | None:
     return str(rows[0][0]) if rows else None
 
 
-@pytest.mark.parametrize("kill_when", ["submitted", "processing"])
+# "keeping": the generator has answered a fetch and its image is being downloaded. The answer
+# is written only with the job's end, so the row still says processing. "keeping at once": the
+# submit itself was answered with the image; that answer is written first (the row would not
+# say where to fetch it again), so the row says rehosting and the job is not submitted again.
+@pytest.mark.parametrize("kill_when", ["submitted", "processing", "keeping", "keeping at once"])
 async def test_killed_mid_job_then_restarted_finishes_the_job(
     tmp_path: Path, simulator: Simulator, kill_when: str, empty_database_url: str
 ) -> None:
@@ -60,9 +64,13 @@ async def test_killed_mid_job_then_restarted_finishes_the_job(
         "JOB_LEASE_SECONDS": "2",  # no re-roll window: the selfie goes with the job
     }
     register_database(db)
-    simulator.config.processing_seconds = 2.0
+    simulator.config.processing_seconds = 0.0 if kill_when == "keeping at once" else 2.0
     if kill_when == "submitted":
         simulator.config.delay_seconds = 2.0  # the submit call is in flight when we kill
+    keeping = kill_when.startswith("keeping")
+    if keeping:
+        simulator.config.output_delay_seconds = 30.0  # the download is in flight when we kill
+    row_state = {"keeping": "processing", "keeping at once": "rehosting"}.get(kill_when, kill_when)
 
     generate = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -76,13 +84,17 @@ async def test_killed_mid_job_then_restarted_finishes_the_job(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
-    await _wait_for(lambda: _state(db) == kill_when)
+    if keeping:
+        await _wait_for(lambda: simulator.output_requests > 0)
+    else:
+        await _wait_for(lambda: _state(db) == kill_when)
     generate.send_signal(signal.SIGKILL)
     assert await generate.wait() == -signal.SIGKILL
-    assert _state(db) == kill_when
+    assert _state(db) == row_state
     assert query(db, "SELECT kind, amount FROM credit_ledger") == [("reserve", 1)]
 
     simulator.config.delay_seconds = 0.0
+    simulator.config.output_delay_seconds = 0.0
     service = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -104,5 +116,5 @@ async def test_killed_mid_job_then_restarted_finishes_the_job(
     (content_key,) = query(db, "SELECT content_key FROM outputs")[0]
     assert (data_dir / "images" / str(content_key)).is_file()
     assert not list((data_dir / "images").glob("inputs/*")), "the selfie outlived its job"
-    if kill_when == "processing":
+    if kill_when != "submitted":
         assert len(simulator.jobs) == 1, "resumed by fetching, not by submitting again"

@@ -347,6 +347,29 @@ async def test_a_restarted_service_finishes_what_the_last_one_started(
     assert len(simulator.jobs) == 1  # resumed by fetching, not submitted again
 
 
+async def test_a_job_ended_elsewhere_while_its_image_is_kept_leaves_no_image_behind(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes
+) -> None:
+    simulator.config.processing_seconds = 0.3
+    simulator.config.output_delay_seconds = 1.0
+    app = await make_app()
+    job = await start_processing_job(app, selfie)
+    async with asyncio.timeout(10):
+        while simulator.output_requests == 0:
+            await asyncio.sleep(0.01)
+    # The answer is not written yet (the row still says processing) when something else ends
+    # the job: the engine's end is refused, and the image it stored meanwhile is deleted.
+    assert (await app.jobs.get(job.id)).state == JobState.PROCESSING  # type: ignore[union-attr]
+    assert await app.jobs.fail(job.id, "ended elsewhere", state=JobState.CANCELLED)
+    await app.engine.wait_idle()
+    ended = await app.jobs.get(job.id)
+    assert ended is not None and ended.state == JobState.CANCELLED
+    assert ended.error == "ended elsewhere"
+    assert await app.jobs.outputs(job.id) == []
+    assert [key for key in await app.store.keys() if not key.startswith("inputs/")] == []
+    assert await allowance_left(app) == app.settings.daily_quota  # released once, not paid
+
+
 async def test_generate_drives_only_its_own_job_and_sweeps_nothing(
     make_app: AppFactory, simulator: Simulator, selfie: bytes, tmp_path: Path
 ) -> None:

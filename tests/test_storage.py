@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 from sqlalchemy.exc import IntegrityError
@@ -16,7 +16,7 @@ from storage.database import Database
 from storage.jobs import JobRepository, NewJob
 from storage.ledger import QuotaExceeded, violations
 from storage.migrate import downgrade, upgrade
-from storage.records import JobState, OutputRecord, PlatformUser
+from storage.records import GeneratorAnswer, JobState, OutputRecord, PlatformUser
 from tests.databases import query, tables
 from tests.test_storage_migrations import head_tables
 
@@ -156,6 +156,30 @@ async def test_failure_refunds_once_and_success_commits_delivered(db: Database) 
     assert (await accounts.allowance(user.id, daily_quota=5, today=TODAY)).total == 4
     done = await jobs.get("ok")
     assert done is not None and done.state == JobState.SUCCEEDED and done.selfie_key is None
+
+
+async def test_an_answer_is_written_with_the_end_of_a_job_never_moved_to_rehosting(
+    db: Database,
+) -> None:
+    accounts, jobs = AccountRepository(db), JobRepository(db)
+    user = await accounts.user("test", "u1")
+    await jobs.create(_job("j", user.id, credits=2), daily_quota=5, today=TODAY)
+    assert await jobs.transition("j", [JobState.QUEUED], JobState.SUBMITTED)
+    assert await jobs.transition("j", [JobState.SUBMITTED], JobState.PROCESSING, provider_id="7")
+    out = OutputRecord("j", 0, "abc.jpg", "tok", "image/jpeg", 1, 1, 10)
+    # Without the answer, only a job that was moved to rehosting (its answer written) may end.
+    assert not await jobs.succeed("j", [out], generation_time=1.0)
+    completed = datetime(2026, 11, 21, 12, 0, 5, tzinfo=UTC)
+    answer = GeneratorAnswer("8", ("https://cdn.example/a.jpg",), completed)
+    assert await jobs.succeed("j", [out], generation_time=2.5, answer=answer)
+    assert not await jobs.succeed("j", [out], generation_time=2.5, answer=answer)
+    done = await jobs.get("j")
+    assert done is not None and done.state == JobState.SUCCEEDED
+    assert (done.provider_id, done.provider_outputs) == ("8", ("https://cdn.example/a.jpg",))
+    assert done.completed_at == completed and done.generation_time == 2.5
+    assert [o.content_key for o in await jobs.outputs("j")] == ["abc.jpg"]
+    # One image of two: one credit spent, one returned, once.
+    assert (await accounts.allowance(user.id, daily_quota=5, today=TODAY)).total == 4
 
 
 async def test_transitions_never_move_backwards(db: Database) -> None:

@@ -117,6 +117,7 @@ class SimulatorConfig:
     errors_as_http_status: bool = True  # False: validation errors as HTTP 200 error bodies
     inject: list[int] = field(default_factory=list)  # statuses for the next API POSTs
     delay_seconds: float = 0.0  # real sleep before every API answer
+    output_delay_seconds: float = 0.0  # real sleep before every output download answers
     seed: int | None = None  # RNG seed; read once, when the Simulator is made
     webhook_duplicates: int = 0  # extra copies of every webhook
     webhook_jitter_seconds: float = 0.0  # random delay before each delivery
@@ -233,6 +234,7 @@ class Simulator:
         self.clock: Clock = clock or time.monotonic
         self.jobs: dict[str, SimJob] = {}
         self.requests: list[tuple[str, int]] = []
+        self.output_requests = 0  # output downloads begun (counted before their delay)
         self.webhook_deliveries: list[dict[str, Any]] = []
         self.base_url: str | None = None
         self._rng = random.Random(self.config.seed)
@@ -716,6 +718,9 @@ class Simulator:
         return data
 
     async def _output(self, request: web.Request) -> web.Response:
+        self.output_requests += 1
+        if self.config.output_delay_seconds > 0:
+            await asyncio.sleep(self.config.output_delay_seconds)
         job = self.jobs.get(request.match_info["job_id"])
         name = _OUTPUT_NAME.fullmatch(request.match_info["name"])
         if job is None or name is None:

@@ -50,7 +50,7 @@ from storage.identity import MeasuredImage, best_per_slot
 from storage.imagestore import ImageNotFound, ImageStore
 from storage.jobs import JobRepository
 from storage.leases import Lease
-from storage.records import JobRecord, JobState, OutputRecord
+from storage.records import GeneratorAnswer, JobRecord, JobState, OutputRecord
 
 log = logging.getLogger(__name__)
 
@@ -411,6 +411,8 @@ class JobEngine:
         return moved
 
     async def _record_result(self, job: JobRecord, result: ProviderResult) -> JobRecord:
+        """The job once the generator's answer is taken: processing, or rehosting with the
+        answer (written, or, without the identity gate, to be written with the job's end)."""
         now = datetime.now(UTC)
         if result.status == ResultStatus.FAILED:
             detail = f": {result.message}" if result.message else ""
@@ -431,35 +433,46 @@ class JobEngine:
             if moved is not None:
                 self.relay.publish(Started(job.id, result.eta_seconds))
         else:
-            if self._identity is None:
-                # Downloaded and checked while the result is recorded; stored only once it is.
-                # (With the identity gate, its plan, read from the database, decides what.)
-                self._rehoster.check_ahead(
-                    job.id,
-                    _outputs_for(first_plan(job), result.outputs),
-                    deadline=time.monotonic() + self._timings.link_ttl_seconds,
-                )
-            moved = None
-            try:
-                moved = await self._transition(
-                    job.id,
-                    [JobState.SUBMITTED, JobState.PROCESSING],
-                    JobState.REHOSTING,
-                    provider_id=result.provider_id or job.provider_id,
-                    provider_outputs=list(result.outputs),
-                    completed_at=now,
-                    generation_time=result.generation_time,
-                )
-            finally:
-                if moved is None:
-                    self._rehoster.drop_ahead(job.id)
+            answered = replace(
+                job,
+                state=JobState.REHOSTING,
+                provider_id=result.provider_id or job.provider_id,
+                provider_outputs=tuple(result.outputs),
+                completed_at=now,
+                generation_time=result.generation_time,
+            )
+            refetchable = (
+                job.state == JobState.PROCESSING and answered.provider_id == job.provider_id
+            )
+            if self._identity is None and refetchable:
+                # Its images are kept in milliseconds: the answer is written with the job's
+                # end, one write fewer. Until then the row says processing, so a process that
+                # dies meanwhile leaves a job that is resumed by fetching the answer again.
+                # (An answer to the submit itself is written first: the row does not say where
+                # to fetch it, and a restart would submit again, paying the generator twice.)
+                self._note_provider_time(job, now)
+                return answered
+            # The identity gate measures for longer: the answer is written first, and the
+            # generator's slot is free meanwhile.
+            moved = await self._transition(
+                job.id,
+                [JobState.SUBMITTED, JobState.PROCESSING],
+                JobState.REHOSTING,
+                provider_id=answered.provider_id,
+                provider_outputs=list(result.outputs),
+                completed_at=now,
+                generation_time=result.generation_time,
+            )
         if moved is None:
             raise JobMovedOn
         if moved.state == JobState.REHOSTING:
             self.dispatcher.changed()  # its provider slot is free
-            if job.submitted_at is not None:
-                self._metrics.stage("provider", (now - job.submitted_at).total_seconds())
+            self._note_provider_time(job, now)
         return moved
+
+    def _note_provider_time(self, job: JobRecord, now: datetime) -> None:
+        if job.submitted_at is not None:
+            self._metrics.stage("provider", (now - job.submitted_at).total_seconds())
 
     async def _rehost(self, job: JobRecord) -> JobRecord | None:
         """Keep the attempt's images and end the job; through the identity gate, if there is
@@ -532,6 +545,9 @@ class JobEngine:
         measured: list[MeasuredImage] | None = None,
     ) -> bool:
         keep_until = self._keep_inputs_until()
+        answer = None
+        if job.completed_at is not None:  # None: a gate retry failed, nothing was answered
+            answer = GeneratorAnswer(job.provider_id, job.provider_outputs, job.completed_at)
         if not await self._jobs.succeed(
             job.id,
             outputs,
@@ -539,7 +555,11 @@ class JobEngine:
             keep_inputs_until=keep_until,
             owner=self.lease.owner,
             measured=measured or (),
+            answer=answer,
         ):
+            # It moved on while its images were kept (another process took it over, or it
+            # was ended): what was stored for it goes, unless another job holds the same image.
+            await self._drop_images(job, [out.content_key for out in outputs])
             return False
         self._metrics.job_ended(
             operation=job.operation,

@@ -48,19 +48,8 @@ class _Checked:
 _Result = _Checked | OutputRecord
 
 
-def _forget(task: asyncio.Task[list[_Result]]) -> None:
-    if not task.done():
-        task.cancel()
-    elif not task.cancelled():
-        task.exception()  # seen: a failure nobody takes is not an error to report
-
-
 class Rehoster:
-    """Downloads, checks and stores a job's outputs.
-
-    `check_ahead` starts the downloads and checks while the caller records the provider's
-    answer: `rehost` with the same links then only stores what they got. Nothing is stored
-    before `rehost`, so a job that moved on meanwhile leaves nothing behind (`drop_ahead`)."""
+    """Downloads, checks and stores a job's outputs."""
 
     def __init__(
         self,
@@ -74,31 +63,12 @@ class Rehoster:
         self._store = store
         self._max_bytes = max_bytes
         self._retry = retry or RetryPolicy()
-        self._ahead: dict[str, tuple[tuple[str, ...], asyncio.Task[list[_Result]]]] = {}
-
-    def check_ahead(self, job_id: str, urls: tuple[str, ...], *, deadline: float) -> None:
-        """Start downloading and checking `urls` for `rehost` to take."""
-        self.drop_ahead(job_id)
-        task = asyncio.create_task(self._check_all(job_id, urls, deadline))
-        self._ahead[job_id] = (urls, task)
-
-    def drop_ahead(self, job_id: str) -> None:
-        """Forget what `check_ahead` started for the job (it moved on, or failed)."""
-        ahead = self._ahead.pop(job_id, None)
-        if ahead is not None:
-            _forget(ahead[1])
 
     async def rehost(
         self, job_id: str, urls: tuple[str, ...], *, deadline: float
     ) -> list[OutputRecord]:
         """Download, check and store every output before `deadline` (a time.monotonic())."""
-        ahead = self._ahead.pop(job_id, None)
-        if ahead is not None and ahead[0] == urls:
-            checked = await ahead[1]
-        else:
-            if ahead is not None:
-                _forget(ahead[1])
-            checked = await self._check_all(job_id, urls, deadline)
+        checked = await self._check_all(job_id, urls, deadline)
         kept = [self._keep(job_id, position, one) for position, one in enumerate(checked)]
         return list(await asyncio.gather(*kept))
 
