@@ -9,7 +9,8 @@ more CPU than SQLite itself (each wakes a thread that then waits for the GIL). H
 - BEGIN, SAVEPOINT and RELEASE go with the statement after them, in its hop;
 - a commit or rollback with no transaction open makes none;
 - a COMMIT that fails is rolled back in the same hop, so the connection comes back clean;
-- `run_each` runs whole coroutines of statements in the thread: one hop for all of them.
+- `run_each` runs whole coroutines of statements in the thread: one hop for all of them, and
+  for their COMMIT too when asked.
 
 Selected by `Database` for every `sqlite+aiosqlite://` URL (the name stays for operators'
 settings); the engine is SQLAlchemy's own SQLite dialect, so SQL, types and pooling are unchanged.
@@ -197,7 +198,10 @@ class Connection(AdaptedConnection):
         return await_(self._thread.call(function, self._connection, *args))
 
     def run_each(
-        self, steps: Sequence[tuple[str, Callable[[], Coroutine[Any, Any, Any]]]]
+        self,
+        steps: Sequence[tuple[str, Callable[[], Coroutine[Any, Any, Any]]]],
+        *,
+        commit: bool = False,
     ) -> asyncio.Future[tuple[list[Outcome], BaseException | None]]:
         """Run each step's coroutine whole, one after the other, in this connection's thread,
         in a savepoint of its own (named by the step): each statement a coroutine sends runs at
@@ -207,11 +211,17 @@ class Connection(AdaptedConnection):
 
         Each step's outcome is (its value, None), or (None, its error) with its writes rolled
         back to its savepoint and the others kept. If that rollback fails too, the transaction
-        cannot be trusted: it is the second value returned, and no later step runs."""
-        return self._thread.call(self._run_each, steps)
+        cannot be trusted: it is the second value returned, and no later step runs.
+
+        With `commit`, the transaction is then committed in the same hop; a COMMIT that fails
+        is the second value returned, the transaction rolled back. The caller's own commit then
+        has nothing left to send."""
+        return self._thread.call(self._run_each, steps, commit)
 
     def _run_each(
-        self, steps: Sequence[tuple[str, Callable[[], Coroutine[Any, Any, Any]]]]
+        self,
+        steps: Sequence[tuple[str, Callable[[], Coroutine[Any, Any, Any]]]],
+        commit: bool,
     ) -> tuple[list[Outcome], BaseException | None]:
         outcomes: list[Outcome] = []
         broken: BaseException | None = None
@@ -232,6 +242,12 @@ class Connection(AdaptedConnection):
                 except Exception as failed:
                     broken = failed
                 self._in_transaction = self._connection.in_transaction
+        if commit and broken is None and not self._unsent() and self._in_transaction:
+            try:
+                self._in_transaction = _commit(self._connection)
+            except Exception as failed:
+                self._in_transaction = self._connection.in_transaction
+                broken = failed
         return outcomes, broken
 
     def _defer(self, sql: str) -> bool:

@@ -264,3 +264,72 @@ async def test_a_writer_cancelled_as_its_body_runs_keeps_it_and_hears_after_the_
     await db.run_write(functools.partial(_insert_note, body="after"))
     assert "never" not in await _bodies(db)
     assert "after" in await _bodies(db)
+
+
+def _sealed(db: Database) -> int:
+    group = db.group_commit
+    assert group is not None
+    return group.sealed
+
+
+async def test_a_body_nobody_waits_behind_is_committed_in_its_own_hop(db: Database) -> None:
+    writes, commits = _counts(db)
+    hops, sealed = _hops(db), _sealed(db)
+    await db.run_write(functools.partial(_insert_note, body="alone"))
+    assert "alone" in await _bodies(db)  # seen from another connection: committed
+    assert (_hops(db) - hops, _sealed(db) - sealed) == (1, 1)
+    assert _counts(db) == (writes + 1, commits + 1)
+
+
+async def test_writers_that_come_during_a_sealed_hop_wait_for_the_next_transaction(
+    db: Database,
+) -> None:
+    """The first body's COMMIT is in its hop: a writer that comes meanwhile cannot join that
+    transaction, and gets its own, whole or not at all."""
+    started, proceed = threading.Event(), threading.Event()
+
+    async def slow(conn: AsyncConnection) -> None:
+        await _insert_note(conn, "slow")
+        started.set()
+        proceed.wait(timeout=5)  # in the database's thread: the event loop goes on
+
+    class Refused(Exception):
+        pass
+
+    async def undone() -> None:
+        async with db.write() as conn:
+            await _insert_note(conn, "undone")
+            raise Refused  # after writing: its row must go
+
+    sealed = _sealed(db)
+    running = asyncio.create_task(db.run_write(slow))
+    while not started.is_set():
+        await asyncio.sleep(0.005)
+    late = asyncio.create_task(undone())
+    later = asyncio.create_task(db.run_write(functools.partial(_insert_note, body="later")))
+    await asyncio.sleep(0.01)
+    assert not late.done() and not later.done()  # they wait for the sealed hop to end
+    proceed.set()
+    await running
+    with pytest.raises(Refused):
+        await late
+    await later
+    assert await _bodies(db) == {"slow", "later"}
+    assert _sealed(db) - sealed == 2  # the first hop, and the last writer's own
+
+
+async def test_a_commit_that_fails_in_its_hop_fails_its_writer_and_keeps_nothing(
+    db: Database,
+) -> None:
+    async def orphan(conn: AsyncConnection) -> None:
+        # A deferred foreign key: refused only by the COMMIT, which runs in this hop.
+        await conn.execute(text("INSERT INTO children (id, parent_id) VALUES (1, 999)"))
+        await _insert_note(conn, "with the orphan")
+
+    sealed = _sealed(db)
+    with pytest.raises(IntegrityError):
+        await db.run_write(orphan)
+    assert _sealed(db) == sealed
+    assert await _bodies(db) == set()
+    await db.run_write(functools.partial(_insert_note, body="after"))
+    assert await _bodies(db) == {"after"}
