@@ -370,6 +370,31 @@ async def test_a_job_ended_elsewhere_while_its_image_is_kept_leaves_no_image_beh
     assert await allowance_left(app) == app.settings.daily_quota  # released once, not paid
 
 
+async def test_an_answer_is_written_first_while_another_job_waits_for_its_slot(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes
+) -> None:
+    """Its images can take long to keep (here a slow download): the generator's only slot goes
+    to the job waiting for it at once, not once they are kept."""
+    simulator.config.processing_seconds = 0.3
+    simulator.config.output_delay_seconds = 1.0
+    simulator.config.max_queued = 1
+    app = await make_app(modelslab_max_queued=1)
+    first = await start_processing_job(app, selfie)
+    second = await app.generation.request(
+        GenerationRequest("test", "bob", "headshot", OPTIONS["headshot"], selfie)
+    )
+    async with asyncio.timeout(10):
+        while simulator.output_requests == 0:
+            await asyncio.sleep(0.01)
+        # The first job's image is still on its way, and the second job has its slot.
+        while (await app.jobs.get(second.id)).state == JobState.QUEUED:  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+    assert (await app.jobs.get(first.id)).state == JobState.REHOSTING  # type: ignore[union-attr]
+    await app.engine.wait_idle()
+    for job_id in (first.id, second.id):
+        assert (await app.jobs.get(job_id)).state == JobState.SUCCEEDED  # type: ignore[union-attr]
+
+
 async def test_generate_drives_only_its_own_job_and_sweeps_nothing(
     make_app: AppFactory, simulator: Simulator, selfie: bytes, tmp_path: Path
 ) -> None:

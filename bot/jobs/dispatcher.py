@@ -102,6 +102,11 @@ class Dispatcher:
             if self._waiters.get(job_id) is future:
                 del self._waiters[job_id]
 
+    @property
+    def has_waiting(self) -> bool:
+        """Whether a job of this process waits for a slot. (Another replica's are not seen.)"""
+        return bool(self._waiters)
+
     def changed(self) -> None:
         """The line changed here (a slot freed, a job ended): pass it on, to every process."""
         self._want_pass()

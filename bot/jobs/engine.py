@@ -441,19 +441,9 @@ class JobEngine:
                 completed_at=now,
                 generation_time=result.generation_time,
             )
-            refetchable = (
-                job.state == JobState.PROCESSING and answered.provider_id == job.provider_id
-            )
-            if self._identity is None and refetchable:
-                # Its images are kept in milliseconds: the answer is written with the job's
-                # end, one write fewer. Until then the row says processing, so a process that
-                # dies meanwhile leaves a job that is resumed by fetching the answer again.
-                # (An answer to the submit itself is written first: the row does not say where
-                # to fetch it, and a restart would submit again, paying the generator twice.)
+            if self._answer_waits_for_the_end(job, answered):
                 self._note_provider_time(job, now)
                 return answered
-            # The identity gate measures for longer: the answer is written first, and the
-            # generator's slot is free meanwhile.
             moved = await self._transition(
                 job.id,
                 [JobState.SUBMITTED, JobState.PROCESSING],
@@ -469,6 +459,20 @@ class JobEngine:
             self.dispatcher.changed()  # its provider slot is free
             self._note_provider_time(job, now)
         return moved
+
+    def _answer_waits_for_the_end(self, job: JobRecord, answered: JobRecord) -> bool:
+        """Whether a finished answer is written with the job's end rather than first (moving
+        the job to rehosting), one write fewer. Until then the row says processing: a process
+        that dies meanwhile leaves a job resumed by fetching the answer again, and the
+        generator's slot stays taken. So the answer is written first when:
+        - a job waits for that slot here (re-hosting can take long when the image workers
+          are busy: the slot is freed first);
+        - it answered the submit itself (the row does not say where to fetch it again, and a
+          restart would submit again, paying the generator twice);
+        - the identity gate measures the images (that takes long, and a gate retry starts
+          from rehosting)."""
+        refetchable = job.state == JobState.PROCESSING and answered.provider_id == job.provider_id
+        return refetchable and self._identity is None and not self.dispatcher.has_waiting
 
     def _note_provider_time(self, job: JobRecord, now: datetime) -> None:
         if job.submitted_at is not None:
