@@ -105,8 +105,8 @@ class JobRecord:
 
 @dataclass(frozen=True)
 class GeneratorAnswer:
-    """A provider attempt's finished answer: the job it ended is written with it
-    (`JobRepository.succeed`), whether or not the job was moved to rehosting first."""
+    """A provider attempt's finished answer, written with its job's end
+    (`JobRepository.succeed`) whether or not the job was moved to rehosting with it first."""
 
     provider_id: str | None
     outputs: tuple[str, ...]

@@ -22,7 +22,7 @@ from bot.jobs.events import Completed, Failed, JobEvent, Queued, Started
 from bot.jobs.rehost import RetryPolicy
 from storage.records import JobRecord, JobState
 from tests.conftest import TEST_KEY, AppFactory, make_image
-from tests.databases import stored_bytes
+from tests.databases import execute, stored_bytes
 from tests.logs import assert_secret_absent, service_logging
 
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -368,6 +368,27 @@ async def test_a_job_ended_elsewhere_while_its_image_is_kept_leaves_no_image_beh
     assert await app.jobs.outputs(job.id) == []
     assert [key for key in await app.store.keys() if not key.startswith("inputs/")] == []
     assert await allowance_left(app) == app.settings.daily_quota  # released once, not paid
+
+
+async def test_a_job_taken_over_while_its_image_is_kept_leaves_the_image_to_the_new_owner(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes, database_url: str
+) -> None:
+    """The other process may be storing the very same image (the store is content-addressed):
+    the process whose end is refused does not delete it."""
+    simulator.config.processing_seconds = 0.3
+    simulator.config.output_delay_seconds = 1.0
+    app = await make_app()
+    job = await start_processing_job(app, selfie)
+    async with asyncio.timeout(10):
+        while simulator.output_requests == 0:
+            await asyncio.sleep(0.01)
+    execute(database_url, "UPDATE jobs SET lease_owner = 'elsewhere' WHERE id = :id", id=job.id)
+    await app.engine.wait_idle()
+    taken = await app.jobs.get(job.id)
+    assert taken is not None and taken.state == JobState.PROCESSING
+    assert taken.lease_owner == "elsewhere"
+    kept = [key for key in await app.store.keys() if not key.startswith("inputs/")]
+    assert len(kept) == 1  # stored before the end was refused, and left there
 
 
 async def test_an_answer_is_written_first_while_another_job_waits_for_its_slot(

@@ -412,7 +412,7 @@ class JobEngine:
 
     async def _record_result(self, job: JobRecord, result: ProviderResult) -> JobRecord:
         """The job once the generator's answer is taken: processing, or rehosting with the
-        answer (written, or, without the identity gate, to be written with the job's end)."""
+        answer (written, or to be written with the job's end: `_answer_waits_for_the_end`)."""
         now = datetime.now(UTC)
         if result.status == ResultStatus.FAILED:
             detail = f": {result.message}" if result.message else ""
@@ -561,9 +561,13 @@ class JobEngine:
             measured=measured or (),
             answer=answer,
         ):
-            # It moved on while its images were kept (another process took it over, or it
-            # was ended): what was stored for it goes, unless another job holds the same image.
-            await self._drop_images(job, [out.content_key for out in outputs])
+            # It moved on while its images were kept. Ended (cancelled, failed elsewhere): what
+            # was stored for it goes, unless another job holds the same image. Taken over by
+            # another process: that one may be storing these very images (the store is
+            # content-addressed), so they stay.
+            current = await self._jobs.get(job.id)
+            if current is None or current.state.finished:
+                await self._drop_images(job, [out.content_key for out in outputs])
             return False
         self._metrics.job_ended(
             operation=job.operation,
