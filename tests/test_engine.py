@@ -347,16 +347,29 @@ async def test_a_restarted_service_finishes_what_the_last_one_started(
     assert len(simulator.jobs) == 1  # resumed by fetching, not submitted again
 
 
-async def test_a_job_ended_elsewhere_while_its_image_is_kept_leaves_no_image_behind(
+async def _output_requested(simulator: Simulator) -> None:
+    """Until the simulator has been asked for an output (it answers after its delay)."""
+    async with asyncio.timeout(10):
+        while simulator.output_requests == 0:
+            await asyncio.sleep(0.01)
+
+
+async def _job_keeping_its_image(
     make_app: AppFactory, simulator: Simulator, selfie: bytes
-) -> None:
+) -> tuple[HeadshotApp, JobRecord]:
+    """An app whose job has the generator's answer and is downloading its image (for 1 s)."""
     simulator.config.processing_seconds = 0.3
     simulator.config.output_delay_seconds = 1.0
     app = await make_app()
     job = await start_processing_job(app, selfie)
-    async with asyncio.timeout(10):
-        while simulator.output_requests == 0:
-            await asyncio.sleep(0.01)
+    await _output_requested(simulator)
+    return app, job
+
+
+async def test_a_job_ended_elsewhere_while_its_image_is_kept_leaves_no_image_behind(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes
+) -> None:
+    app, job = await _job_keeping_its_image(make_app, simulator, selfie)
     # The answer is not written yet (the row still says processing) when something else ends
     # the job: the engine's end is refused, and the image it stored meanwhile is deleted.
     assert (await app.jobs.get(job.id)).state == JobState.PROCESSING  # type: ignore[union-attr]
@@ -375,13 +388,7 @@ async def test_a_job_taken_over_while_its_image_is_kept_leaves_the_image_to_the_
 ) -> None:
     """The other process may be storing the very same image (the store is content-addressed):
     the process whose end is refused does not delete it."""
-    simulator.config.processing_seconds = 0.3
-    simulator.config.output_delay_seconds = 1.0
-    app = await make_app()
-    job = await start_processing_job(app, selfie)
-    async with asyncio.timeout(10):
-        while simulator.output_requests == 0:
-            await asyncio.sleep(0.01)
+    app, job = await _job_keeping_its_image(make_app, simulator, selfie)
     execute(database_url, "UPDATE jobs SET lease_owner = 'elsewhere' WHERE id = :id", id=job.id)
     await app.engine.wait_idle()
     taken = await app.jobs.get(job.id)
@@ -404,9 +411,8 @@ async def test_an_answer_is_written_first_while_another_job_waits_for_its_slot(
     second = await app.generation.request(
         GenerationRequest("test", "bob", "headshot", OPTIONS["headshot"], selfie)
     )
+    await _output_requested(simulator)
     async with asyncio.timeout(10):
-        while simulator.output_requests == 0:
-            await asyncio.sleep(0.01)
         # The first job's image is still on its way, and the second job has its slot.
         while (await app.jobs.get(second.id)).state == JobState.QUEUED:  # type: ignore[union-attr]
             await asyncio.sleep(0.01)
