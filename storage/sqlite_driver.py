@@ -242,11 +242,10 @@ class Connection(AdaptedConnection):
                 except Exception as failed:
                     broken = failed
                 self._in_transaction = self._connection.in_transaction
-        if commit and broken is None and not self._unsent() and self._in_transaction:
+        if commit and broken is None:
             try:
-                self._in_transaction = _commit(self._connection)
+                self._commit_by(lambda commit: commit(self._connection))
             except Exception as failed:
-                self._in_transaction = self._connection.in_transaction
                 broken = failed
         return outcomes, broken
 
@@ -286,14 +285,18 @@ class Connection(AdaptedConnection):
         return self.cursor().execute(sql, parameters)
 
     def commit(self) -> None:
-        if self._unsent():
+        self._commit_by(self._hop)
+
+    def _commit_by(self, run: Callable[[Callable[[sqlite3.Connection], bool]], bool]) -> None:
+        """COMMIT the open transaction, `run` in a hop or, from the connection's own thread
+        (`run_each`), at once. Whatever happens, the transaction flag follows SQLite's."""
+        if self._unsent() or not self._in_transaction:
             return
-        if self._in_transaction:
-            try:
-                self._in_transaction = self._hop(_commit)
-            except BaseException:
-                self._in_transaction = self._connection.in_transaction
-                raise
+        try:
+            self._in_transaction = run(_commit)
+        except BaseException:
+            self._in_transaction = self._connection.in_transaction
+            raise
 
     def rollback(self) -> None:
         if self._unsent():
