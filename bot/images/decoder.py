@@ -13,7 +13,7 @@ import sys
 from multiprocessing.connection import Connection
 
 from bot.images.errors import OUT_OF_MEMORY, ImageRejected
-from bot.images.sanitise import heic_supported
+from bot.images.sanitise import heic_supported, warm_up
 from bot.images.wire import receive_call
 
 _MB = 1024 * 1024
@@ -27,6 +27,7 @@ def serve(conn: Connection, memory_budget: int) -> None:
     with contextlib.suppress(OSError):
         os.nice(10)
     _single_threaded_codecs()
+    warm_up()
     _limit_address_space(memory_budget)
     conn.send(("ready", None))
     while True:

@@ -10,6 +10,7 @@ the workers do not know it, so the message travels untranslated, see `bot.images
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
@@ -37,6 +38,7 @@ __all__ = [
     "heic_supported",
     "inspect_output",
     "sanitise_selfie",
+    "warm_up",
 ]
 
 log = logging.getLogger(__name__)
@@ -215,6 +217,20 @@ def inspect_output(
         width=width,
         height=height,
     )
+
+
+def warm_up() -> None:
+    """Run each kind of work once on a small generated image, so that a worker's first real
+    call does not also pay for loading Pillow's plugins and setting up its codecs."""
+    image = Image.new("RGB", (160, 160), _WHITE)
+    for image_format in ("JPEG", "PNG", "WEBP"):
+        out = io.BytesIO()
+        image.save(out, image_format)
+        data = out.getvalue()
+        sanitise_selfie(data)
+        inspect_output(data)
+    with contextlib.suppress(Exception):  # no colour management here: no profile to convert to
+        _srgb_profile()
 
 
 def _eighth(width: int, height: int) -> int:
