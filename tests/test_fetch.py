@@ -164,7 +164,7 @@ async def server() -> AsyncIterator[ImageServer]:
     app.router.add_get("/slow-body", slow_body)
     app.router.add_get("/held", held)
     app.router.add_get("/big", big)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
