@@ -176,28 +176,35 @@ class GuardedDownloads:
         self._cookies = cookies
         self._check_hop = check_hop
         self._session: aiohttp.ClientSession | None = None
+        # The first downloads of a burst wait for one opening: each would otherwise read
+        # certifi's bundle into a TLS context of its own (milliseconds of CPU apiece).
+        self._opening = asyncio.Lock()
 
     async def _opened(self) -> aiohttp.ClientSession:
         if self._session is None:
-            tls = self._verify or await asyncio.to_thread(certifi_context)
-            if self._session is None:
-                connector = aiohttp.TCPConnector(
-                    limit=self._connections,
-                    resolver=GuardedResolver(
-                        trusted=self._trusted, allowed=self._allowed, resolver=self._resolver
-                    ),
-                    ssl=tls,
-                    force_close=not self._keep_alive,
-                    use_dns_cache=self._keep_alive,
-                )
-                self._session = aiohttp.ClientSession(
-                    connector=connector,
-                    trust_env=False,
-                    headers=self._headers,
-                    cookie_jar=None if self._cookies else aiohttp.DummyCookieJar(),
-                    timeout=self._timeout,
-                )
+            async with self._opening:
+                if self._session is None:
+                    self._session = await self._open()
         return self._session
+
+    async def _open(self) -> aiohttp.ClientSession:
+        tls = self._verify or await asyncio.to_thread(certifi_context)
+        connector = aiohttp.TCPConnector(
+            limit=self._connections,
+            resolver=GuardedResolver(
+                trusted=self._trusted, allowed=self._allowed, resolver=self._resolver
+            ),
+            ssl=tls,
+            force_close=not self._keep_alive,
+            use_dns_cache=self._keep_alive,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            trust_env=False,
+            headers=self._headers,
+            cookie_jar=None if self._cookies else aiohttp.DummyCookieJar(),
+            timeout=self._timeout,
+        )
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -6,6 +6,7 @@ The server is on 127.0.0.1, which the real rule refuses; tests that need "the in
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import ssl
 from collections.abc import AsyncIterator
@@ -24,12 +25,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from yarl import URL
 
+from backends import guarded_http
 from backends.addresses import AddressPolicy, IPAddress, is_public_address
 from backends.guarded_http import (
     AddressRefused,
     BadRedirect,
     GuardedDownloads,
     TooManyRedirects,
+    certifi_context,
     origin_key,
 )
 from tests.test_fetch import FakeResolver, FlippingResolver
@@ -118,6 +121,27 @@ async def test_a_name_is_resolved_once_and_the_checked_address_dialled(server: S
         assert await _body(client, f"http://cdn.example:{server.port}/p.png") == b"\x89PNG"
     assert resolver.lookups == ["cdn.example"]
     assert server.hosts == [f"cdn.example:{server.port}"] * 2  # the name still goes in Host
+
+
+async def test_a_burst_of_first_downloads_opens_one_session(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty downloads at once on fresh downloads: certifi's bundle is read into a TLS context
+    once for all of them, not once each (milliseconds of CPU apiece) while the session did not
+    exist yet."""
+    contexts: list[ssl.SSLContext] = []
+
+    def counted() -> ssl.SSLContext:
+        contexts.append(certifi_context())
+        return contexts[-1]
+
+    monkeypatch.setattr(guarded_http, "certifi_context", counted)
+    resolver = FakeResolver({"cdn.example": ["127.0.0.1"]})
+    async with _client(resolver) as client:
+        url = f"http://cdn.example:{server.port}/o.png"
+        bodies = await asyncio.gather(*(_body(client, url) for _ in range(20)))
+    assert bodies == [b"\x89PNG"] * 20
+    assert len(contexts) == 1
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from backends.errors import (
     UnknownProviderJob,
 )
 from backends.modelslab import ModelsLabClient
+from backends.modelslab import client as client_module
 from backends.modelslab.simulator import Simulator, SimulatorConfig
 from backends.params import MAX_SEED, GenerationParams, Operation
 
@@ -1103,6 +1104,31 @@ async def test_api_calls_reuse_one_kept_alive_connection(
         await asyncio.sleep(0.05)
     assert len(scripted.peers) == 10
     assert len(set(scripted.peers)) == 1, scripted.peers
+
+
+async def test_a_burst_of_first_calls_opens_one_session(
+    scripted: Scripted, scripted_client: ModelsLabClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty calls at once on a fresh client: the environment's proxy is looked up, and
+    certifi's bundle read into a TLS context, once for all of them. Each used to do both,
+    milliseconds of CPU apiece, while the session did not exist yet."""
+    opened: list[str] = []
+
+    def counted(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            opened.append(name)
+            return real(*args)
+
+        return call
+
+    for name in ("certifi_context", "_env_proxy"):
+        monkeypatch.setattr(client_module, name, counted(name, getattr(client_module, name)))
+    scripted.add(body={"status": "processing", "id": 7, "output": "", "eta": 5}, times=20)
+    results = await asyncio.gather(
+        *(scripted_client.fetch(Operation.HEADSHOT, "7") for _ in range(20))
+    )
+    assert [r.status for r in results] == [ResultStatus.PROCESSING] * 20
+    assert sorted(opened) == ["_env_proxy", "certifi_context"]
 
 
 @pytest.mark.parametrize("credentials", ["", "operator:proxy-secret@"])

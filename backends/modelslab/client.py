@@ -162,6 +162,9 @@ class ModelsLabClient:
         # Made by the first call, in its event loop.
         self._api: aiohttp.ClientSession | None = None
         self._proxy: URL | None = None
+        # The first calls of a burst wait for one opening, rather than each reading the
+        # environment and certifi's bundle (milliseconds of CPU apiece) for a session of its own.
+        self._opening = asyncio.Lock()
         self._downloads = GuardedDownloads(
             [self._base_url],
             timeout=timeout,
@@ -205,17 +208,18 @@ class ModelsLabClient:
 
     async def _api_session(self) -> tuple[aiohttp.ClientSession, URL | None]:
         if self._api is None:
-            # An operator's HTTPS_PROXY (and NO_PROXY) applies, as it always has. Looked up
-            # once: with aiohttp's trust_env, every call would read the environment and
-            # ~/.netrc again, in a worker thread. Files are read in a thread, not the loop.
-            proxy = await asyncio.to_thread(_env_proxy, URL(self._base_url))
-            tls = await asyncio.to_thread(certifi_context)
-            if self._api is None:
-                connector = aiohttp.TCPConnector(
-                    limit=_CONNECTIONS, keepalive_timeout=_API_KEEPALIVE_SECONDS, ssl=tls
-                )
-                self._api = aiohttp.ClientSession(connector=connector)
-                self._proxy = proxy
+            async with self._opening:
+                if self._api is None:
+                    # An operator's HTTPS_PROXY (and NO_PROXY) applies, as it always has.
+                    # Looked up once: with aiohttp's trust_env, every call would read the
+                    # environment and ~/.netrc again, in a worker thread. Files are read in a
+                    # thread, not the loop.
+                    self._proxy = await asyncio.to_thread(_env_proxy, URL(self._base_url))
+                    tls = await asyncio.to_thread(certifi_context)
+                    connector = aiohttp.TCPConnector(
+                        limit=_CONNECTIONS, keepalive_timeout=_API_KEEPALIVE_SECONDS, ssl=tls
+                    )
+                    self._api = aiohttp.ClientSession(connector=connector)
         return self._api, self._proxy
 
     # --- generation -----------------------------------------------------------------------
