@@ -175,16 +175,22 @@ async def fresh_postgres_database() -> AsyncIterator[str]:
 
 
 def new_job(
-    job_id: str, user: int | PlatformUser, credits: int = 1, selfie: str | None = None
+    job_id: str,
+    user: int | PlatformUser,
+    credits: int = 1,
+    selfie: str | None = None,
+    *,
+    community: int | None = None,
+    operation: str = "headshot",
 ) -> NewJob:
-    """A headshot job of `credits` images for `user` (an id, or who they are on a platform), in
-    no community."""
+    """A job of `credits` images (a headshot unless `operation` says otherwise) for `user` (an
+    id, or who they are on a platform), in `community` (an id) or none."""
     return NewJob(
         id=job_id,
         user=user,
-        community=None,
-        operation="headshot",
-        params={"operation": "headshot", "samples": credits},
+        community=community,
+        operation=operation,
+        params={"operation": operation, "samples": credits},
         credits=credits,
         selfie_key=selfie or f"inputs/{job_id}.jpg",
         pose_key=None,

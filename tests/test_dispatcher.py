@@ -20,29 +20,14 @@ from storage.accounts import AccountRepository
 from storage.coordination import open_coordination
 from storage.database import Database
 from storage.dispatch import DispatchQueue, Pool
-from storage.jobs import JobRepository, NewJob
+from storage.jobs import JobRepository
 from storage.leases import Lease
 from storage.models import DispatchState, Job
 from storage.records import JobState
+from tests.databases import new_job
 
 TODAY = date(2026, 12, 3)
 LEASE = Lease("here", 600)
-
-
-def new_job(
-    job_id: str, user_id: int, community_id: int | None = None, operation: str = "headshot"
-) -> NewJob:
-    return NewJob(
-        id=job_id,
-        user=user_id,
-        community=community_id,
-        operation=operation,
-        params={"operation": operation, "samples": 1},
-        credits=1,
-        selfie_key=None,
-        pose_key=None,
-        seed=1,
-    )
 
 
 class Line:
@@ -77,7 +62,7 @@ class Line:
                 found = await self.accounts.community("test", str(community))
                 self._communities[community] = found
             community_id = self._communities[community]
-        new = new_job(job_id, self._users[user], community_id, operation)
+        new = new_job(job_id, self._users[user], community=community_id, operation=operation)
         await self.jobs.create(new, daily_quota=None, today=TODAY, lease=lease)
         await self.dispatch()
 
