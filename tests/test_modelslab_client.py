@@ -697,7 +697,7 @@ async def test_the_key_never_reaches_logs_or_errors(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     for name in ("httpx", "httpcore", "aiohttp", "backends"):
-        logging.getLogger(name).setLevel(logging.DEBUG)
+        caplog.set_level(logging.DEBUG, logger=name)  # put back after the test
     wrong = "sk-wrong-SECRET-111122223333"
     client = make_client(max_attempts=2)
     errors: list[BaseException] = []
