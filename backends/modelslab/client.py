@@ -210,17 +210,19 @@ class ModelsLabClient:
         if self._api is None:
             async with self._opening:
                 if self._api is None:
-                    # An operator's HTTPS_PROXY (and NO_PROXY) applies, as it always has.
-                    # Looked up once: with aiohttp's trust_env, every call would read the
-                    # environment and ~/.netrc again, in a worker thread. Files are read in a
-                    # thread, not the loop.
-                    self._proxy = await asyncio.to_thread(_env_proxy, URL(self._base_url))
-                    tls = await asyncio.to_thread(certifi_context)
-                    connector = aiohttp.TCPConnector(
-                        limit=_CONNECTIONS, keepalive_timeout=_API_KEEPALIVE_SECONDS, ssl=tls
-                    )
-                    self._api = aiohttp.ClientSession(connector=connector)
+                    self._api, self._proxy = await self._open_api()
         return self._api, self._proxy
+
+    async def _open_api(self) -> tuple[aiohttp.ClientSession, URL | None]:
+        # An operator's HTTPS_PROXY (and NO_PROXY) applies, as it always has. Looked up once:
+        # with aiohttp's trust_env, every call would read the environment and ~/.netrc again,
+        # in a worker thread. Files are read in a thread, not the loop.
+        proxy = await asyncio.to_thread(_env_proxy, URL(self._base_url))
+        tls = await asyncio.to_thread(certifi_context)
+        connector = aiohttp.TCPConnector(
+            limit=_CONNECTIONS, keepalive_timeout=_API_KEEPALIVE_SECONDS, ssl=tls
+        )
+        return aiohttp.ClientSession(connector=connector), proxy
 
     # --- generation -----------------------------------------------------------------------
 

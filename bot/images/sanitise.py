@@ -228,8 +228,9 @@ def warm_up() -> None:
         with contextlib.suppress(Exception):
             out = io.BytesIO()
             image.save(out, image_format)
-            sanitise_selfie(out.getvalue())
-            inspect_output(out.getvalue())
+            data = out.getvalue()
+            sanitise_selfie(data)
+            inspect_output(data)
     with contextlib.suppress(Exception):  # no colour management here: no profile to convert to
         _srgb_profile()
 
