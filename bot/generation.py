@@ -96,23 +96,10 @@ class GenerationService:
         """Queue the job and return it; RequestRefused (nothing changed) if it cannot be done,
         RequestRepeated if this request queued a job before."""
         params = self._params(req)
-        selfie, pose = req.selfie, req.pose_image
-        if not req.images_sanitised:
-            selfie = await self._sanitise(selfie, "selfie")
-            pose = await self._sanitise(pose, "pose image") if pose else None
-            # A re-roll's selfie passed this check when it was first sent.
-            await self._check_face(selfie)
         job_id = new_job_id()
-        selfie_key = await self._store.put(
-            selfie, content_type="image/jpeg", key=f"{INPUT_PREFIX}{job_id}.jpg"
-        )
-        pose_key = (
-            await self._store.put(
-                pose, content_type="image/jpeg", key=f"{INPUT_PREFIX}{job_id}-pose.jpg"
-            )
-            if pose
-            else None
-        )
+        selfie_key = f"{INPUT_PREFIX}{job_id}.jpg"
+        pose_key = f"{INPUT_PREFIX}{job_id}-pose.jpg" if req.pose_image else None
+        await self._keep_inputs(req, selfie_key, pose_key)
         new_job = NewJob(
             id=job_id,
             # Found, or made on first sight, in the job's own transaction.
@@ -193,10 +180,34 @@ class GenerationService:
                 replies.face_too_small(check.face_px or 0, self._faces.rules.min_face_px)
             )
 
-    async def _sanitise(self, data: bytes, what: str) -> bytes:
+    async def _keep_inputs(
+        self, req: GenerationRequest, selfie_key: str, pose_key: str | None
+    ) -> None:
+        """Store the selfie and the pose image at their keys: sanitised on the way (a
+        re-roll's were, when first sent) and the selfie's face checked. A refusal leaves
+        nothing stored."""
+        if req.images_sanitised:
+            await self._store.put(req.selfie, content_type="image/jpeg", key=selfie_key)
+            if req.pose_image is not None and pose_key is not None:
+                await self._store.put(req.pose_image, content_type="image/jpeg", key=pose_key)
+            return
+        kept: list[str] = []
         try:
-            image = await image_workers().sanitise(
-                data, max_bytes=self._max_upload_bytes, subject=what
+            selfie = await self._sanitise(req.selfie, "selfie", selfie_key)
+            kept.append(selfie_key)
+            if req.pose_image is not None and pose_key is not None:
+                await self._sanitise(req.pose_image, "pose image", pose_key)
+                kept.append(pose_key)
+            await self._check_face(selfie)
+        except BaseException:
+            await drop_inputs(self._store, *kept)
+            raise
+
+    async def _sanitise(self, data: bytes, what: str, key: str) -> bytes:
+        """The upload sanitised and stored at `key`; RequestRefused if it is not acceptable."""
+        try:
+            image = await image_workers().sanitise_into(
+                self._store, key, data, max_bytes=self._max_upload_bytes, subject=what
             )
         except ImageRejected as exc:
             if what == "selfie":

@@ -42,7 +42,7 @@ first.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -149,18 +149,21 @@ class DispatchQueue:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def dispatch(self, pools: Sequence[Pool] | int) -> DispatchPass:
+    async def dispatch(
+        self, pools: Sequence[Pool] | int, *, answered: Collection[str] = ()
+    ) -> DispatchPass:
         """Place the jobs queued since the last pass, then give free provider slots to the
         first waiting jobs in line whose process is alive: a job gets one from the first pool
-        of its operation with room (in flight counted per operation, across every process).
-        An int is one pool of that many slots for every operation. The jobs given a slot are
-        `submitted` now: their processes send them."""
+        of its operation with room (in flight counted per operation, across every process,
+        but for `answered`: jobs the generator has answered whose rows say otherwise until
+        their end is written). An int is one pool of that many slots for every operation. The
+        jobs given a slot are `submitted` now: their processes send them."""
         pools = [Pool(None, pools)] if isinstance(pools, int) else list(pools)
 
         async def write(conn: AsyncConnection) -> DispatchPass:
             state = await lock_line(conn)
             placed = await _place_new(conn, state)
-            use = _Use(pools, await _in_flight_by_operation(conn))
+            use = _Use(pools, await _in_flight_by_operation(conn, answered))
             candidates: dict[str, tuple[Place, str, int]] = {}
             for index, pool in enumerate(pools):
                 free = use.free(index)
@@ -313,12 +316,15 @@ _PLACE = (_JOBS.c.queue_round, _JOBS.c.queue_slot, _JOBS.c.queue_seq, _JOBS.c.qu
 _LINE_ORDER = (_JOBS.c.queue_round, _JOBS.c.queue_slot, _JOBS.c.queue_seq)
 
 
-async def _in_flight_by_operation(conn: AsyncConnection) -> Counter[str]:
-    rows = await conn.execute(
+async def _in_flight_by_operation(conn: AsyncConnection, answered: Collection[str]) -> Counter[str]:
+    query = (
         select(_JOBS.c.operation, func.count().label("count"))
         .where(_JOBS.c.state.in_(IN_FLIGHT))
         .group_by(_JOBS.c.operation)
     )
+    if answered:
+        query = query.where(_JOBS.c.id.not_in(sorted(answered)))
+    rows = await conn.execute(query)
     return Counter({row.operation: int(row.count) for row in rows})
 
 

@@ -13,12 +13,14 @@ import hashlib
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = [
     "DiskImageStore",
+    "FolderWriter",
     "ImageNotFound",
     "ImageStore",
     "ImageStoreConfigError",
@@ -77,6 +79,12 @@ class ImageStore(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def local_writer(self) -> FolderWriter | None:
+        """A writer of this store that another process on this machine can run itself (a
+        decode worker storing the image it has just checked, the bytes never coming back),
+        or None where the store is not a folder here."""
+        ...
+
 
 def validate_key(key: str) -> str:
     """Return `key` if it is safe to use, else raise `InvalidImageKey`."""
@@ -114,11 +122,47 @@ def _content_key(data: bytes, content_type: str) -> str:
     return f"{hashlib.sha256(data).hexdigest()}.{extension_for_content_type(content_type)}"
 
 
+@dataclass(frozen=True)
+class FolderWriter:
+    """Writes images as files under `root`, synchronously and atomically (a temporary file,
+    then a rename): what `DiskImageStore` runs in a thread, and what a process it is handed to
+    (pickled: it is only the folder) runs itself."""
+
+    root: Path
+
+    def put(self, data: bytes, content_type: str, key: str | None = None) -> str:
+        """As `ImageStore.put`."""
+        if key is None:
+            key = _content_key(data, content_type)
+            if self.path(key).is_file():
+                return key
+        else:
+            validate_key(key)
+            extension_for_content_type(content_type)
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as temp:
+                temp.write(data)
+            os.replace(temp_name, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp_name)
+            raise
+        return key
+
+    def path(self, key: str) -> Path:
+        """Where `key` lies (a checked key: see `validate_key`)."""
+        return self.root.joinpath(*key.split("/"))
+
+
 class DiskImageStore:
     """Images as files under `root`. Writes are atomic (temporary file, then rename)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._writer = FolderWriter(self.root)
 
     def __repr__(self) -> str:
         return f"DiskImageStore(root={str(self.root)!r})"
@@ -127,7 +171,7 @@ class DiskImageStore:
         if key is not None:
             validate_key(key)
             extension_for_content_type(content_type)
-        return await asyncio.to_thread(self._put, data, content_type, key)
+        return await asyncio.to_thread(self._writer.put, data, content_type, key)
 
     async def get(self, key: str) -> bytes:
         return await asyncio.to_thread(self._get, validate_key(key))
@@ -144,26 +188,11 @@ class DiskImageStore:
     async def aclose(self) -> None:
         return None
 
-    def _path(self, key: str) -> Path:
-        return self.root.joinpath(*key.split("/"))
+    def local_writer(self) -> FolderWriter:
+        return self._writer
 
-    def _put(self, data: bytes, content_type: str, key: str | None) -> str:
-        if key is None:
-            key = _content_key(data, content_type)
-            if self._path(key).is_file():
-                return key
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as temp:
-                temp.write(data)
-            os.replace(temp_name, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp_name)
-            raise
-        return key
+    def _path(self, key: str) -> Path:
+        return self._writer.path(key)
 
     def _get(self, key: str) -> bytes:
         try:
@@ -291,6 +320,9 @@ class S3ImageStore:
                 if written_before is None or item["LastModified"] < written_before
             )
         return sorted(found)
+
+    def local_writer(self) -> None:
+        return None  # a bucket, written through its API
 
     async def aclose(self) -> None:
         async with self._client_lock:

@@ -202,6 +202,22 @@ async def test_jobs_already_at_the_provider_count_against_the_cap(db: Database) 
     assert line.dispatched == ["resumed", "a1"]
 
 
+async def test_a_job_whose_answer_is_in_hand_frees_its_slot_for_this_process(
+    db: Database,
+) -> None:
+    """The generator answered "processing" (its row says so until its end is written): the
+    process holding the answer counts the slot free; a pass that does not know of the answer
+    (another process's) still counts it taken."""
+    line = Line(db, capacity=1)
+    await line.arrive("answered", "R")
+    await line.jobs.transition("answered", [JobState.SUBMITTED], JobState.PROCESSING)
+    await line.arrive("a1", "A")
+    assert (await line.queue.dispatch(1)).granted == []
+    assert (await line.queue.dispatch(1, answered={"elsewhere"})).granted == []
+    assert (await line.queue.dispatch(1, answered={"answered"})).granted == ["a1"]
+    assert (await line.queue.dispatch(1, answered={"answered"})).granted == []  # a1 holds it
+
+
 async def test_a_job_whose_process_died_keeps_its_place_but_gets_no_slot(db: Database) -> None:
     line = Line(db, capacity=1)
     await line.arrive("z", "Z")

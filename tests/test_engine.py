@@ -398,11 +398,114 @@ async def test_a_job_taken_over_while_its_image_is_kept_leaves_the_image_to_the_
     assert len(kept) == 1  # stored before the end was refused, and left there
 
 
-async def test_an_answer_is_written_first_while_another_job_waits_for_its_slot(
+def slow_move_to_processing(
+    app: HeadshotApp, monkeypatch: pytest.MonkeyPatch, seen: list[str], before: Any = None
+) -> None:
+    """The real repository's move to processing, half a second late (noted in `seen` once
+    written); `before(job_id)` runs first."""
+    transition = app.jobs.transition
+
+    async def late(job_id: str, expected: list[JobState], to: JobState, **fields: Any) -> Any:
+        if to != JobState.PROCESSING or JobState.PROCESSING in expected:
+            return await transition(job_id, expected, to, **fields)
+        await asyncio.sleep(0.5)
+        if before is not None:
+            before(job_id)
+        moved = await transition(job_id, expected, to, **fields)
+        seen.append("processing written" if moved is not None else "processing refused")
+        return moved
+
+    monkeypatch.setattr(app.jobs, "transition", late)
+
+
+def fetches(simulator: Simulator) -> int:
+    return sum(1 for path, _status in simulator.requests if "/fetch" in path)
+
+
+async def test_the_result_is_fetched_while_the_move_to_processing_is_written(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook that comes before that write has ended is served at once; the job's end is
+    written after it, never before."""
+    simulator.config.processing_seconds = 0.05
+    app = await make_app()
+    seen: list[str] = []
+    slow_move_to_processing(app, monkeypatch, seen)
+    ends = app.jobs.succeed
+
+    async def succeed(*args: Any, **kwargs: Any) -> Any:
+        seen.append("end written")
+        return await ends(*args, **kwargs)
+
+    monkeypatch.setattr(app.jobs, "succeed", succeed)
+    job = await app.generation.request(
+        GenerationRequest("test", "alice", "headshot", OPTIONS["headshot"], selfie)
+    )
+    async with asyncio.timeout(10):
+        while fetches(simulator) == 0:
+            await asyncio.sleep(0.01)
+    assert seen == []  # fetched, and the move to processing not written yet
+    await app.engine.wait_idle()
+    assert seen == ["processing written", "end written"]
+    done = await app.jobs.get(job.id)
+    assert done is not None and done.state == JobState.SUCCEEDED and done.provider_id
+
+
+async def test_a_job_taken_over_before_its_move_to_processing_is_written_is_not_ended_here(
+    make_app: AppFactory,
+    simulator: Simulator,
+    selfie: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+) -> None:
+    simulator.config.processing_seconds = 0.05
+    app = await make_app()
+    seen: list[str] = []
+
+    def taken_over(job_id: str) -> None:
+        execute(database_url, "UPDATE jobs SET lease_owner = 'elsewhere' WHERE id = :id", id=job_id)
+
+    slow_move_to_processing(app, monkeypatch, seen, before=taken_over)
+    job = await app.generation.request(
+        GenerationRequest("test", "alice", "headshot", OPTIONS["headshot"], selfie)
+    )
+    await app.engine.wait_idle()
+    assert seen == ["processing refused"]
+    left = await app.jobs.get(job.id)
+    assert left is not None and left.state == JobState.SUBMITTED
+    assert left.lease_owner == "elsewhere"
+    assert await app.jobs.outputs(job.id) == []
+
+
+async def test_an_attempt_whose_other_output_fails_leaves_none_of_its_images(
+    make_app: AppFactory, simulator: Simulator, selfie: bytes
+) -> None:
+    """Each output is stored as soon as it is checked: when another of the attempt's outputs
+    is refused, the job fails, its credits come back, and the images stored for it go."""
+    simulator.config.processing_seconds = 0.3
+    app = await make_app()
+    options = {**OPTIONS["headshot"], "samples": 2}
+    job = await app.generation.request(
+        GenerationRequest("test", "alice", "headshot", options, selfie)
+    )
+    async with asyncio.timeout(10):
+        while not simulator.jobs:
+            await asyncio.sleep(0.01)
+    (made,) = simulator.jobs.values()
+    made.outputs[1] = b"%PDF-1.7 not an image"
+    await app.engine.wait_idle()
+    ended = await app.jobs.get(job.id)
+    assert ended is not None and ended.state == JobState.FAILED
+    assert [key for key in await app.store.keys() if not key.startswith("inputs/")] == []
+    assert await allowance_left(app) == app.settings.daily_quota
+
+
+async def test_an_answered_job_frees_its_slot_while_its_images_are_kept(
     make_app: AppFactory, simulator: Simulator, selfie: bytes
 ) -> None:
     """Its images can take long to keep (here a slow download): the generator's only slot goes
-    to the job waiting for it at once, not once they are kept."""
+    to the job waiting for it once the answer is in hand, though the answer is written only
+    with the job's end (the row still says processing meanwhile)."""
     simulator.config.processing_seconds = 0.3
     simulator.config.output_delay_seconds = 1.0
     simulator.config.max_queued = 1
@@ -416,7 +519,7 @@ async def test_an_answer_is_written_first_while_another_job_waits_for_its_slot(
         # The first job's image is still on its way, and the second job has its slot.
         while (await app.jobs.get(second.id)).state == JobState.QUEUED:  # type: ignore[union-attr]
             await asyncio.sleep(0.01)
-    assert (await app.jobs.get(first.id)).state == JobState.REHOSTING  # type: ignore[union-attr]
+    assert (await app.jobs.get(first.id)).state == JobState.PROCESSING  # type: ignore[union-attr]
     await app.engine.wait_idle()
     for job_id in (first.id, second.id):
         assert (await app.jobs.get(job_id)).state == JobState.SUCCEEDED  # type: ignore[union-attr]

@@ -1,7 +1,8 @@
 """Images from outside: selfies and pose images users send, outputs generators return.
 
 `sanitise`, `budget` and `structure` are the synchronous checks and re-encoding;
-`workers` runs them in a small pool of decode processes, with a time limit each.
+`workers` runs them in a small pool of decode processes, with a time limit each; `keep` has a
+worker store what it checked, where the image store is a folder here.
 """
 
 from bot.images.errors import ImageRejected

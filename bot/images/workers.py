@@ -16,7 +16,8 @@ after a few seconds' worth. Our own work (checking a generator's output, shrinki
 images for a platform) always waits its turn: refusing it would fail a paid job.
 
 Each worker is a fresh interpreter (`python -m bot.images.decoder`), never forked from this
-threaded asyncio process; it imports only Pillow and this package.
+threaded asyncio process; it imports only Pillow, this package and the image store's folder
+writer (`bot.images.keep`: a worker stores what it has checked where the store is a folder).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any, TypeVar
 
 from bot.images.budget import DEFAULT_BUDGET
 from bot.images.errors import BUSY, CRASHED, TOO_SLOW, ImageRejected
+from bot.images.keep import inspect_and_keep, sanitise_and_keep
 from bot.images.sanitise import (
     ImageInfo,
     SanitisedImage,
@@ -49,6 +51,7 @@ from bot.images.sanitise import (
     sanitise_selfie,
 )
 from bot.images.wire import receive_result, send_call
+from storage.imagestore import ImageStore, validate_key
 
 __all__ = ["ImageWorkers", "image_workers", "install", "uninstall"]
 
@@ -129,8 +132,38 @@ class ImageWorkers:
             refuse_when_busy=True,
         )
 
+    async def sanitise_into(
+        self, store: ImageStore, key: str, data: bytes, *, max_bytes: int, subject: str
+    ) -> SanitisedImage:
+        """`sanitise`, the result stored at `key`: by the worker, where the store is a folder
+        here (`bot.images.keep`), else from here."""
+        writer = store.local_writer()
+        if writer is None:
+            image = await self.sanitise(data, max_bytes=max_bytes, subject=subject)
+            await store.put(image.data, content_type=image.content_type, key=key)
+            return image
+        return await self.run(
+            sanitise_and_keep,
+            data,
+            writer,
+            key,
+            max_bytes=max_bytes,
+            memory_budget=self.memory_budget,
+            subject=subject,
+            refuse_when_busy=True,
+        )
+
     async def inspect(self, data: bytes) -> ImageInfo:
         return await self.run(inspect_output, data, memory_budget=self.memory_budget)
+
+    async def inspect_into(self, store: ImageStore, data: bytes) -> tuple[ImageInfo, str]:
+        """`inspect`, the image stored, content-addressed: what it is, and its key."""
+        writer = store.local_writer()
+        if writer is None:
+            info = await self.inspect(data)
+            return info, await store.put(data, content_type=info.content_type)
+        info, key = await self.run(inspect_and_keep, data, writer, memory_budget=self.memory_budget)
+        return info, validate_key(key)
 
     async def fit(self, data: bytes, content_type: str, max_bytes: int) -> tuple[bytes, str] | None:
         if len(data) <= max_bytes:  # nothing to decode

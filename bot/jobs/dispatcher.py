@@ -66,6 +66,9 @@ class Dispatcher:
         self._check_seconds = check_seconds
         self._on_change = on_change or (lambda: None)
         self._waiters: dict[str, asyncio.Future[None]] = {}
+        # Jobs of this process the generator has answered while the database still counts
+        # them in flight (their answer is written with their end): their slots are free.
+        self._answered: set[str] = set()
         self._pass_turn = asyncio.Lock()
         self._pass_wanted = False
         self._pump: asyncio.Task[None] | None = None
@@ -102,10 +105,15 @@ class Dispatcher:
             if self._waiters.get(job_id) is future:
                 del self._waiters[job_id]
 
-    @property
-    def has_waiting(self) -> bool:
-        """Whether a job of this process waits for a slot. (Another replica's are not seen.)"""
-        return bool(self._waiters)
+    def answered(self, job_id: str) -> None:
+        """The generator has answered this job of this process, whose row still says it is in
+        flight until its end is written: its slot is free now, for this process's passes."""
+        self._answered.add(job_id)
+        self.changed()
+
+    def forget(self, job_id: str) -> None:
+        """The job is no longer driven here (ended, or left to another process)."""
+        self._answered.discard(job_id)
 
     def changed(self) -> None:
         """The line changed here (a slot freed, a job ended): pass it on, to every process."""
@@ -169,7 +177,8 @@ class Dispatcher:
 
     async def _dispatch(self) -> None:
         async with self._pass_turn:
-            result = await self._queue.dispatch(await self._read_pools())
+            pools = await self._read_pools()
+            result = await self._queue.dispatch(pools, answered=frozenset(self._answered))
         self._granted(result.granted)
         if result.changed:
             self._on_change()

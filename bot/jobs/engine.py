@@ -151,6 +151,9 @@ class JobEngine:
         self._stopping = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._endings: set[asyncio.Task[None]] = set()
+        # Each job's write still under way: its move to processing, written while its result
+        # is awaited. Whatever writes the job next waits for it first (`_written`).
+        self._unwritten: dict[str, asyncio.Task[JobRecord | None]] = {}
         self._nudges: dict[str, asyncio.Event] = {}
         # The webhook token hash of each job driven here, both ways: a webhook for one of them
         # is matched without a read (every other token is looked up in the database).
@@ -223,6 +226,7 @@ class JobEngine:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*self._endings, return_exceptions=True)
+        await asyncio.gather(*self._unwritten.values(), return_exceptions=True)
         await self.relay.stop()
         await self.dispatcher.stop()
         try:
@@ -283,6 +287,11 @@ class JobEngine:
         self._nudges.pop(job_id, None)
         self._announced.pop(job_id, None)
         self._note_webhook_token(job_id, None)
+        self.dispatcher.forget(job_id)
+        unwritten = self._unwritten.get(job_id)
+        if unwritten is not None:  # the job's task was cancelled: its write goes on alone
+            unwritten.add_done_callback(lambda _t: self._unwritten.pop(job_id, None))
+            unwritten.add_done_callback(lambda task: _log_unwritten(job_id, task))
         if not self._stopping:
             self.dispatcher.changed()
 
@@ -391,7 +400,23 @@ class JobEngine:
         self, job_id: str, expected: list[JobState], to: JobState, **fields: Any
     ) -> JobRecord | None:
         """A guarded transition, made only while this process still holds the job's lease."""
+        await self._written(job_id)
         return await self._jobs.transition(job_id, expected, to, owner=self.lease.owner, **fields)
+
+    async def _written(self, job_id: str) -> None:
+        """Until the job's write still under way (see `_unwritten`) has ended; JobMovedOn if
+        it found the job moved on."""
+        unwritten = self._unwritten.pop(job_id, None)
+        if unwritten is not None and await unwritten is None:
+            raise JobMovedOn
+
+    async def _unwritten_ended(self, job_id: str) -> None:
+        """Until the job's write still under way has ended, whatever its outcome: for a write
+        that ends the job, guarded itself."""
+        unwritten = self._unwritten.pop(job_id, None)
+        if unwritten is not None:
+            await asyncio.wait((unwritten,))
+            _log_unwritten(job_id, unwritten)
 
     async def _record_move(self, job: JobRecord, result: ProviderResult) -> JobRecord:
         """The job goes by a new provider id (a fallback moved it to the other generator):
@@ -423,56 +448,62 @@ class JobEngine:
             if not result.provider_id:
                 raise JobFailure(N_("the generator gave no job id to follow"))
             eta_at = now + timedelta(seconds=result.eta_seconds or 0)
-            moved = await self._transition(
-                job.id,
-                [JobState.SUBMITTED],
-                JobState.PROCESSING,
-                provider_id=result.provider_id,
-                eta_at=eta_at,
+            # Written while the result is awaited (a webhook may come at once): the job's next
+            # write waits for it, and a job found moved on stops there.
+            await self._written(job.id)
+            self._unwritten[job.id] = asyncio.create_task(
+                self._jobs.transition(
+                    job.id,
+                    [JobState.SUBMITTED],
+                    JobState.PROCESSING,
+                    owner=self.lease.owner,
+                    provider_id=result.provider_id,
+                    eta_at=eta_at,
+                )
             )
-            if moved is not None:
-                self.relay.publish(Started(job.id, result.eta_seconds))
-        else:
-            answered = replace(
-                job,
-                state=JobState.REHOSTING,
-                provider_id=result.provider_id or job.provider_id,
-                provider_outputs=tuple(result.outputs),
-                completed_at=now,
-                generation_time=result.generation_time,
+            self.relay.publish(Started(job.id, result.eta_seconds))
+            return replace(
+                job, state=JobState.PROCESSING, provider_id=result.provider_id, eta_at=eta_at
             )
-            if self._answer_waits_for_the_end(job, answered):
-                self._note_provider_time(job, now)
-                return answered
-            moved = await self._transition(
-                job.id,
-                [JobState.SUBMITTED, JobState.PROCESSING],
-                JobState.REHOSTING,
-                provider_id=answered.provider_id,
-                provider_outputs=list(result.outputs),
-                completed_at=now,
-                generation_time=result.generation_time,
-            )
+        answered = replace(
+            job,
+            state=JobState.REHOSTING,
+            provider_id=result.provider_id or job.provider_id,
+            provider_outputs=tuple(result.outputs),
+            completed_at=now,
+            generation_time=result.generation_time,
+        )
+        self._note_provider_time(job, now)
+        if self._answer_waits_for_the_end(job, answered):
+            self.dispatcher.answered(job.id)  # its provider slot is free
+            return answered
+        moved = await self._transition(
+            job.id,
+            [JobState.SUBMITTED, JobState.PROCESSING],
+            JobState.REHOSTING,
+            provider_id=answered.provider_id,
+            provider_outputs=list(result.outputs),
+            completed_at=now,
+            generation_time=result.generation_time,
+        )
         if moved is None:
             raise JobMovedOn
-        if moved.state == JobState.REHOSTING:
-            self.dispatcher.changed()  # its provider slot is free
-            self._note_provider_time(job, now)
+        self.dispatcher.changed()  # its provider slot is free
         return moved
 
     def _answer_waits_for_the_end(self, job: JobRecord, answered: JobRecord) -> bool:
         """Whether a finished answer is written with the job's end rather than first (moving
         the job to rehosting), one write fewer. Until then the row says processing: a process
-        that dies meanwhile leaves a job resumed by fetching the answer again, and the
-        generator's slot stays taken. So the answer is written first when:
-        - a job waits for that slot here (re-hosting can take long when the image workers
-          are busy: the slot is freed first);
+        that dies meanwhile leaves a job resumed by fetching the answer again. Its provider
+        slot is free all the same: this process's dispatch passes count it no more
+        (`Dispatcher.answered`), other processes' do until the end is written. So the answer
+        is written first only when:
         - it answered the submit itself (the row does not say where to fetch it again, and a
           restart would submit again, paying the generator twice);
         - the identity gate measures the images (that takes long, and a gate retry starts
           from rehosting)."""
         refetchable = job.state == JobState.PROCESSING and answered.provider_id == job.provider_id
-        return refetchable and self._identity is None and not self.dispatcher.has_waiting
+        return refetchable and self._identity is None
 
     def _note_provider_time(self, job: JobRecord, now: datetime) -> None:
         if job.submitted_at is not None:
@@ -493,6 +524,7 @@ class JobEngine:
         try:
             kept = await self._rehoster.rehost(job.id, urls, deadline=deadline)
         except RehostFailed as exc:
+            await self._drop_images(job, list(exc.stored))
             raise JobFailure(str(exc)) from None  # its reason, marked with N_
         self._metrics.stage("rehost", time.monotonic() - started)
         # A generator that made fewer images than asked leaves the last slots empty.
@@ -548,6 +580,7 @@ class JobEngine:
         *,
         measured: list[MeasuredImage] | None = None,
     ) -> bool:
+        await self._unwritten_ended(job.id)  # the end's own guard tells whether it stands
         keep_until = self._keep_inputs_until()
         answer = None
         if job.completed_at is not None:  # None: a gate retry failed, nothing was answered
@@ -611,6 +644,7 @@ class JobEngine:
         return True
 
     async def _record_failure(self, job: JobRecord, reason: str) -> None:
+        await self._unwritten_ended(job.id)
         keep_until = self._keep_inputs_until()
         kept = await self._jobs.kept_images(job.id) if job.identity_retries else []
         refunded = await self._jobs.fail(
@@ -700,7 +734,8 @@ class JobEngine:
             log.exception("job %s: deleting its selfie failed; the next start will", job.id)
 
     async def _drop_images(self, job: JobRecord, keys: list[str]) -> None:
-        """Delete generated images the job will not deliver (the identity gate's others)."""
+        """Delete generated images the job will not deliver (the identity gate's others, or
+        those stored before another of the attempt's outputs failed), unless a job uses them."""
         if not keys:
             return
         try:
@@ -843,6 +878,11 @@ def _outputs_for(plan: AttemptPlan, outputs: Sequence[str]) -> tuple[str, ...]:
     """The outputs an attempt keeps: more than paid for are never fetched, since only what was
     asked for is delivered."""
     return tuple(outputs[: len(plan.slots)])
+
+
+def _log_unwritten(job_id: str, write: asyncio.Task[JobRecord | None]) -> None:
+    if not write.cancelled() and (error := write.exception()) is not None:
+        log.warning("job %s: its move to processing was not written (%r)", job_id, error)
 
 
 async def drop_inputs(store: ImageStore, *keys: str | None) -> None:

@@ -24,7 +24,13 @@ log = logging.getLogger(__name__)
 
 class RehostFailed(Exception):
     """An output could not be kept. The message is the user-facing reason: English, marked
-    with `N_`, translated where it is shown (`bot.jobs.reasons`)."""
+    with `N_`, translated where it is shown (`bot.jobs.reasons`). `stored`: the keys of the
+    job's other outputs, stored before this one failed (for whoever ends the job to delete,
+    if nothing else uses them)."""
+
+    def __init__(self, reason: str, stored: tuple[str, ...] = ()) -> None:
+        super().__init__(reason)
+        self.stored = stored
 
 
 @dataclass(frozen=True)
@@ -37,15 +43,16 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
-class _Checked:
-    """An output downloaded and proved an image, not stored yet."""
+class _Kept:
+    """An output downloaded, proved an image and stored under `key`."""
 
-    data: bytes
+    key: str
     info: ImageInfo
+    size_bytes: int
 
 
-# What checking one output gives: its bytes to store, or the record of one in our store already.
-_Result = _Checked | OutputRecord
+# What checking one output gives: it stored now, or the record of one in our store already.
+_Result = _Kept | OutputRecord
 
 
 class Rehoster:
@@ -68,17 +75,20 @@ class Rehoster:
         self, job_id: str, urls: tuple[str, ...], *, deadline: float
     ) -> list[OutputRecord]:
         """Download, check and store every output before `deadline` (a time.monotonic())."""
-        checked = await self._check_all(job_id, urls, deadline)
-        kept = [self._keep(job_id, position, one) for position, one in enumerate(checked)]
-        return list(await asyncio.gather(*kept))
-
-    async def _check_all(
-        self, job_id: str, urls: tuple[str, ...], deadline: float
-    ) -> list[_Result]:
         if not urls:
             raise RehostFailed(N_("the generator returned no image"))
         tasks = [self._check(job_id, position, url, deadline) for position, url in enumerate(urls)]
-        return list(await asyncio.gather(*tasks))
+        # Each output's own outcome: one that fails does not leave the others running.
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        checked: list[_Result] = []
+        for result in results:
+            if isinstance(result, RehostFailed):
+                stored = tuple(one.key for one in results if isinstance(one, _Kept))
+                raise RehostFailed(str(result), stored) from None
+            if isinstance(result, BaseException):
+                raise result
+            checked.append(result)
+        return [self._record(job_id, position, one) for position, one in enumerate(checked)]
 
     async def _check(self, job_id: str, position: int, url: str, deadline: float) -> _Result:
         stored = StoredOutput.parse(url) if self._backend.owns_output(url) else None
@@ -86,7 +96,7 @@ class Rehoster:
             return await self._kept(job_id, position, stored)
         data = await self._download(job_id, url, deadline)
         try:
-            info = await image_workers().inspect(data)
+            info, key = await image_workers().inspect_into(self._store, data)
         except ImageRejected as exc:
             log.warning("job %s: output %d refused (%s): %s", job_id, position, exc.reason, exc)
             if exc.reason in ("too_slow", "crashed"):  # our checking failed, not their image
@@ -94,21 +104,20 @@ class Rehoster:
             raise RehostFailed(
                 N_("the generator sent back something that isn't an image")
             ) from None
-        return _Checked(data, info)
+        return _Kept(key, info, len(data))
 
-    async def _keep(self, job_id: str, position: int, checked: _Result) -> OutputRecord:
+    def _record(self, job_id: str, position: int, checked: _Result) -> OutputRecord:
         if isinstance(checked, OutputRecord):
             return checked  # in our store already
-        key = await self._store.put(checked.data, content_type=checked.info.content_type)
         return OutputRecord(
             job_id=job_id,
             position=position,
-            content_key=key,
+            content_key=checked.key,
             public_token=new_token(),
             content_type=checked.info.content_type,
             width=checked.info.width,
             height=checked.info.height,
-            size_bytes=len(checked.data),
+            size_bytes=checked.size_bytes,
         )
 
     async def _kept(self, job_id: str, position: int, stored: StoredOutput) -> OutputRecord:
