@@ -30,7 +30,8 @@ sets SQLITE_SYNCHRONOUS. `--loop uvloop` runs the bot on uvloop's event loop.
 
 What metrics cost: runs with METRICS on and off, interleaved (the order alternates each round),
 each against a fresh simulator and database, after one run not counted (the first run in a
-process warms caches), then the medians of each and their ratio. The CPU
+process warms caches: `--warm-up` does the same for any other run), then the medians of each
+and their ratio. The CPU
 time per job is the bot process's own (the simulator is another process), and includes one
 scrape of /metrics at the end of a run with metrics on.
 """
@@ -368,6 +369,11 @@ def main() -> None:
         "--metrics", choices=("on", "off", "both"), default="on", help="METRICS; both: compare"
     )
     parser.add_argument("--rounds", type=int, default=1, help="runs of each setting")
+    parser.add_argument(
+        "--warm-up",
+        action="store_true",
+        help="one run of up to 200 jobs first, not counted (always with --metrics both)",
+    )
     args = parser.parse_args()
     run_loop = loop_runner(args.loop)
     settings = {"on": [True], "off": [False], "both": [True, False]}[args.metrics]
@@ -378,7 +384,7 @@ def main() -> None:
         f"database={args.database} loop={args.loop} one_at_a_time={args.one_at_a_time}"
         + (f" sqlite_synchronous={args.sqlite_synchronous}" if args.database == "sqlite" else "")
     )
-    if args.metrics == "both":
+    if args.metrics == "both" or args.warm_up:
         # The first run in a process pays for what is cached after it (SQLAlchemy's compiled
         # statements, imports): one run, not counted, before those compared.
         with tempfile.TemporaryDirectory() as tmp, simulator_process(args.cap) as sim_port:
