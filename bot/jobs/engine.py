@@ -150,7 +150,7 @@ class JobEngine:
         self._announcement: asyncio.Task[None] | None = None
         self._stopping = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._endings: set[asyncio.Task[None]] = set()
+        self._endings: set[asyncio.Task[Any]] = set()
         # Each job's write still under way: its move to processing, written while its result
         # is awaited. Whatever writes the job next waits for it first (`_written`).
         self._unwritten: dict[str, asyncio.Task[JobRecord | None]] = {}
@@ -226,7 +226,6 @@ class JobEngine:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*self._endings, return_exceptions=True)
-        await asyncio.gather(*self._unwritten.values(), return_exceptions=True)
         await self.relay.stop()
         await self.dispatcher.stop()
         try:
@@ -288,10 +287,11 @@ class JobEngine:
         self._announced.pop(job_id, None)
         self._note_webhook_token(job_id, None)
         self.dispatcher.forget(job_id)
-        unwritten = self._unwritten.get(job_id)
-        if unwritten is not None:  # the job's task was cancelled: its write goes on alone
-            unwritten.add_done_callback(lambda _t: self._unwritten.pop(job_id, None))
-            unwritten.add_done_callback(lambda task: _log_unwritten(job_id, task))
+        unwritten = self._unwritten.pop(job_id, None)
+        if unwritten is not None:  # the job's task ended before it: it goes on alone
+            self._endings.add(unwritten)
+            unwritten.add_done_callback(self._endings.discard)
+            unwritten.add_done_callback(lambda write: _log_unwritten(job_id, write))
         if not self._stopping:
             self.dispatcher.changed()
 
@@ -410,6 +410,10 @@ class JobEngine:
         if unwritten is not None and await unwritten is None:
             raise JobMovedOn
 
+    def _publish_if_written(self, write: asyncio.Task[JobRecord | None], event: JobEvent) -> None:
+        if not write.cancelled() and write.exception() is None and write.result() is not None:
+            self.relay.publish(event)
+
     async def _unwritten_ended(self, job_id: str) -> None:
         """Until the job's write still under way has ended, whatever its outcome: for a write
         that ends the job, guarded itself."""
@@ -451,7 +455,7 @@ class JobEngine:
             # Written while the result is awaited (a webhook may come at once): the job's next
             # write waits for it, and a job found moved on stops there.
             await self._written(job.id)
-            self._unwritten[job.id] = asyncio.create_task(
+            write = asyncio.create_task(
                 self._jobs.transition(
                     job.id,
                     [JobState.SUBMITTED],
@@ -461,7 +465,9 @@ class JobEngine:
                     eta_at=eta_at,
                 )
             )
-            self.relay.publish(Started(job.id, result.eta_seconds))
+            started = Started(job.id, result.eta_seconds)
+            write.add_done_callback(lambda done: self._publish_if_written(done, started))
+            self._unwritten[job.id] = write
             return replace(
                 job, state=JobState.PROCESSING, provider_id=result.provider_id, eta_at=eta_at
             )

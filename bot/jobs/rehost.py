@@ -43,7 +43,7 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
-class _Kept:
+class _Checked:
     """An output downloaded, proved an image and stored under `key`."""
 
     key: str
@@ -52,7 +52,7 @@ class _Kept:
 
 
 # What checking one output gives: it stored now, or the record of one in our store already.
-_Result = _Kept | OutputRecord
+_Result = _Checked | OutputRecord
 
 
 class Rehoster:
@@ -83,7 +83,7 @@ class Rehoster:
         checked: list[_Result] = []
         for result in results:
             if isinstance(result, RehostFailed):
-                stored = tuple(one.key for one in results if isinstance(one, _Kept))
+                stored = tuple(one.key for one in results if isinstance(one, _Checked))
                 raise RehostFailed(str(result), stored) from None
             if isinstance(result, BaseException):
                 raise result
@@ -104,7 +104,7 @@ class Rehoster:
             raise RehostFailed(
                 N_("the generator sent back something that isn't an image")
             ) from None
-        return _Kept(key, info, len(data))
+        return _Checked(key, info, len(data))
 
     def _record(self, job_id: str, position: int, checked: _Result) -> OutputRecord:
         if isinstance(checked, OutputRecord):
