@@ -79,6 +79,11 @@ class ImageStore(Protocol):
 
     async def aclose(self) -> None: ...
 
+    async def sweep_unfinished(self, *, written_before: datetime) -> int:
+        """Delete what writes begun before then left behind unfinished (a process killed in
+        the middle of one: a selfie's copy, say); how many."""
+        ...
+
     def local_writer(self) -> FolderWriter | None:
         """A writer of this store that another process on this machine can run itself (a
         decode worker storing the image it has just checked, the bytes never coming back),
@@ -118,6 +123,10 @@ def _modified(path: Path) -> datetime:
         return datetime.max.replace(tzinfo=UTC)
 
 
+# A write's temporary file, renamed to its key once whole (a hidden name: never a key).
+_UNFINISHED = ".tmp-"
+
+
 def _content_key(data: bytes, content_type: str) -> str:
     return f"{hashlib.sha256(data).hexdigest()}.{extension_for_content_type(content_type)}"
 
@@ -141,7 +150,7 @@ class FolderWriter:
             extension_for_content_type(content_type)
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        fd, temp_name = tempfile.mkstemp(prefix=_UNFINISHED, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as temp:
                 temp.write(data)
@@ -204,6 +213,19 @@ class DiskImageStore:
         path = self._path(key)
         if path.is_file():
             path.unlink(missing_ok=True)
+
+    async def sweep_unfinished(self, *, written_before: datetime) -> int:
+        return await asyncio.to_thread(self._sweep_unfinished, written_before)
+
+    def _sweep_unfinished(self, written_before: datetime) -> int:
+        swept = 0
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                path = Path(dirpath, name)
+                if name.startswith(_UNFINISHED) and _modified(path) < written_before:
+                    path.unlink(missing_ok=True)
+                    swept += 1
+        return swept
 
     def _keys(self, prefix: str, written_before: datetime | None) -> list[str]:
         if not self.root.is_dir():
@@ -320,6 +342,9 @@ class S3ImageStore:
                 if written_before is None or item["LastModified"] < written_before
             )
         return sorted(found)
+
+    async def sweep_unfinished(self, *, written_before: datetime) -> int:
+        return 0  # an object is written whole or not at all
 
     def local_writer(self) -> None:
         return None  # a bucket, written through its API

@@ -581,6 +581,26 @@ async def test_the_sweep_spares_a_selfie_whose_job_is_being_inserted(
     assert (inputs / "being-inserted.jpg").is_file()
 
 
+async def test_the_start_deletes_what_unfinished_writes_left(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """A process killed in the middle of an image write (a decode worker at its time limit,
+    the service) leaves its temporary file: a copy of a selfie, say. The next start deletes
+    those begun ORPHAN_GRACE ago or more; one being written now stays."""
+    images = tmp_path / "data" / "images"
+    (images / "inputs").mkdir(parents=True)
+    stale = [images / "inputs" / ".tmp-k1ll3d", images / ".tmp-0utput"]
+    for path in stale:
+        path.write_bytes(b"half a selfie")
+        old = time.time() - ORPHAN_GRACE.total_seconds() - 60
+        os.utime(path, (old, old))
+    being_written = images / "inputs" / ".tmp-n0w"
+    being_written.write_bytes(b"a selfie on its way")
+    await make_app()
+    assert [path for path in stale if path.exists()] == []
+    assert being_written.is_file()
+
+
 @pytest.mark.parametrize("ending", ["succeeded", "failed"])
 async def test_a_stop_while_a_job_is_ending_lets_it_finish_ending(
     make_app: AppFactory, simulator: Simulator, selfie: bytes, tmp_path: Path, ending: str

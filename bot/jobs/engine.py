@@ -180,6 +180,7 @@ class JobEngine:
         if take_over:
             if await self._coordination.try_lock(SWEEP_LOCK):
                 await self.sweep_inputs()
+                await self._sweep_unfinished_writes()
             self._sweeper = asyncio.create_task(self._sweep_periodically(), name="input-sweeper")
         self._keeper = asyncio.create_task(self._keep_leases(take_over), name="lease-keeper")
         return taken
@@ -769,6 +770,19 @@ class JobEngine:
         for key in old:
             if key not in needed:
                 await self._store.delete(key)
+
+    async def _sweep_unfinished_writes(self) -> None:
+        """At start: delete the temporary files of image writes that a process killed in the
+        middle of one left (a decode worker killed at its time limit, the service itself)."""
+        try:
+            swept = await self._store.sweep_unfinished(
+                written_before=datetime.now(UTC) - ORPHAN_GRACE
+            )
+        except Exception:
+            log.exception("sweeping unfinished image writes failed; the next start will")
+            return
+        if swept:
+            log.info("deleted %d unfinished image write(s)", swept)
 
     def _keep_inputs_until(self) -> datetime | None:
         """Until when a finished job keeps its selfie, so that it can be re-rolled."""
