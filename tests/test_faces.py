@@ -370,13 +370,22 @@ async def test_the_event_loop_stays_free_while_faces_are_compared() -> None:
     assert max(gaps) < 0.05
 
 
-async def test_a_dead_worker_fails_its_call_and_the_next_call_gets_a_new_one() -> None:
+@pytest.mark.parametrize("noticed", [False, True], ids=["during the call", "before the call"])
+async def test_a_dead_worker_fails_its_call_and_the_next_call_gets_a_new_one(
+    noticed: bool,
+) -> None:
+    """Whether the pool notices the death while the call waits, or before it is made (then it
+    refuses the call itself): the call fails with one reason, and the next gets a new worker."""
     kit = FaceToolkit(FaceRules())
     await kit.start()
     try:
         pid = await kit._run(os.getpid, first=True)
         assert pid != os.getpid()
         os.kill(pid, signal.SIGKILL)
+        if noticed:
+            async with asyncio.timeout(10):
+                while not kit._pool._broken:  # type: ignore[attr-defined]
+                    await asyncio.sleep(0.01)
         with pytest.raises(FaceCheckFailed, match="died"):
             await kit.check_selfie(EXAMPLE_SELFIE.read_bytes())
         check = await kit.check_selfie(EXAMPLE_SELFIE.read_bytes())

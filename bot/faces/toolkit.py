@@ -129,8 +129,9 @@ class FaceToolkit:
         loop = asyncio.get_running_loop()
         async with self._turns.turn(first=first):
             pool = self._pool
-            work = loop.run_in_executor(pool, functools.partial(fn, *args))
             try:
+                # A pool that has seen its worker die already refuses the call itself.
+                work = loop.run_in_executor(pool, functools.partial(fn, *args))
                 return await asyncio.wait_for(work, self.time_limit)
             except TimeoutError:
                 log.error(
