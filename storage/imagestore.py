@@ -177,9 +177,6 @@ class DiskImageStore:
         return f"DiskImageStore(root={str(self.root)!r})"
 
     async def put(self, data: bytes, *, content_type: str, key: str | None = None) -> str:
-        if key is not None:
-            validate_key(key)
-            extension_for_content_type(content_type)
         return await asyncio.to_thread(self._writer.put, data, content_type, key)
 
     async def get(self, key: str) -> bytes:
